@@ -1,0 +1,287 @@
+//! A running node's handles, shared by every listener: the Raft instance, the
+//! published model, the peer client; and the three ways in which a request
+//! reaches the leader — writes, linearizable read barriers and membership
+//! changes — forwarded over the peer network when this node is not the leader.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ChangeMembers;
+use serde::{Deserialize, Serialize};
+use tollgate_proto::{Command, CommandResult};
+
+use crate::cluster::network::{CallError, PeerClient};
+use crate::cluster::peer::{self, ClusterToken, ForwardError};
+use crate::cluster::state_machine::{Published, SharedModel};
+use crate::cluster::typ;
+use crate::cluster::{NodeAddr, NodeId};
+use crate::metrics::Metrics;
+use crate::secret::Digest;
+
+/// How long a write or read barrier may wait for a leader before giving up.
+pub const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+pub struct App {
+    pub id: NodeId,
+    pub addr: NodeAddr,
+    pub raft: typ::Raft,
+    /// The model as last applied; readers load it without locking.
+    pub model: SharedModel,
+    pub peers: PeerClient,
+    /// Digest of the bootstrap admin token (`TOLLGATE_ADMIN_TOKEN`), if set.
+    pub bootstrap_token: Option<Digest>,
+    /// Digest of the token peers must present, if the cluster has one.
+    pub cluster_token: Option<ClusterToken>,
+    /// Highest committed log index this node knows (from the log store).
+    pub committed: Arc<AtomicU64>,
+    pub metrics: Metrics,
+}
+
+/// A membership change, carried out by the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MembershipOp {
+    /// Add a node as learner (caught up before this returns), then as voter if asked.
+    Add {
+        id: NodeId,
+        addr: NodeAddr,
+        voter: bool,
+    },
+    /// Make a learner a voter.
+    Promote { id: NodeId },
+    /// Remove a voter or learner from the cluster.
+    Remove { id: NodeId },
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClusterError {
+    #[error("this node is not the leader")]
+    NotLeader { leader: Option<(NodeId, NodeAddr)> },
+    #[error("no leader is known; the cluster may be electing one or lack a quorum")]
+    NoLeader,
+    #[error("{0}")]
+    Refused(String),
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
+}
+
+fn leader_of(f: &openraft::error::ForwardToLeader<NodeId, NodeAddr>) -> Option<(NodeId, NodeAddr)> {
+    Some((f.leader_id?, f.leader_node.clone()?))
+}
+
+impl App {
+    pub fn published(&self) -> Arc<Published> {
+        self.model.load_full()
+    }
+
+    /// Proposes a command, forwarding it to the leader when needed, and
+    /// returns the state machine's answer once it is committed and applied.
+    pub async fn write(&self, command: Command) -> Result<CommandResult, ClusterError> {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            let attempt = match self.write_here(command.clone()).await {
+                Err(ClusterError::NotLeader {
+                    leader: Some((id, node)),
+                }) if id != self.id => {
+                    self.forward::<_, CommandResult>(&node, peer::WRITE, &command)
+                        .await
+                }
+                other => other,
+            };
+            match attempt {
+                Err(ClusterError::NotLeader { .. } | ClusterError::NoLeader)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    self.await_leader_change(deadline).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Proposes a command on this node only; fails if it is not the leader.
+    pub async fn write_here(&self, command: Command) -> Result<CommandResult, ClusterError> {
+        match self.raft.client_write(command).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match leader_of(&f) {
+                Some(leader) => Err(ClusterError::NotLeader {
+                    leader: Some(leader),
+                }),
+                None => Err(ClusterError::NoLeader),
+            },
+            Err(e) => Err(ClusterError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Waits until this node has applied everything the leader had committed
+    /// when it was asked: a read of the local model after this is linearizable.
+    pub async fn read_barrier(&self) -> Result<(), ClusterError> {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        let index = loop {
+            let attempt = match self.read_index_here().await {
+                Err(ClusterError::NotLeader {
+                    leader: Some((id, node)),
+                }) if id != self.id => self.forward::<_, u64>(&node, peer::READ_INDEX, &()).await,
+                other => other,
+            };
+            match attempt {
+                Err(ClusterError::NotLeader { .. } | ClusterError::NoLeader)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    self.await_leader_change(deadline).await;
+                }
+                other => break other?,
+            }
+        };
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.raft
+            .wait(Some(remaining.max(Duration::from_millis(100))))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                ClusterError::Unavailable(format!("this node did not catch up in time: {e}"))
+            })
+    }
+
+    /// The leader's read index, if this node is the leader (leadership is
+    /// confirmed by a quorum before it answers).
+    pub async fn read_index_here(&self) -> Result<u64, ClusterError> {
+        match self.raft.get_read_log_id().await {
+            Ok((read_log_id, _applied)) => Ok(read_log_id.map(|l| l.index).unwrap_or(0)),
+            Err(RaftError::APIError(typ::CheckIsLeaderError::ForwardToLeader(f))) => {
+                match leader_of(&f) {
+                    Some(leader) => Err(ClusterError::NotLeader {
+                        leader: Some(leader),
+                    }),
+                    None => Err(ClusterError::NoLeader),
+                }
+            }
+            Err(e) => Err(ClusterError::Unavailable(e.to_string())),
+        }
+    }
+
+    pub async fn change_membership(&self, op: MembershipOp) -> Result<(), ClusterError> {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            let attempt = match self.change_membership_here(op.clone()).await {
+                Err(ClusterError::NotLeader {
+                    leader: Some((id, node)),
+                }) if id != self.id => self.forward::<_, ()>(&node, peer::MEMBERSHIP, &op).await,
+                other => other,
+            };
+            match attempt {
+                Err(ClusterError::NotLeader { .. } | ClusterError::NoLeader)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    self.await_leader_change(deadline).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub async fn change_membership_here(&self, op: MembershipOp) -> Result<(), ClusterError> {
+        let result = match op {
+            MembershipOp::Add { id, addr, voter } => {
+                let added = self.raft.add_learner(id, addr, true).await;
+                match added {
+                    Ok(_) if voter => {
+                        self.raft
+                            .change_membership(
+                                ChangeMembers::AddVoterIds(BTreeSet::from([id])),
+                                false,
+                            )
+                            .await
+                    }
+                    other => other,
+                }
+            }
+            MembershipOp::Promote { id } => {
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+            }
+            MembershipOp::Remove { id } => {
+                let metrics = self.raft.metrics().borrow().clone();
+                let is_voter = metrics
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == id);
+                let change = if is_voter {
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                };
+                self.raft.change_membership(change, false).await
+            }
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match leader_of(&f) {
+                Some(leader) => Err(ClusterError::NotLeader {
+                    leader: Some(leader),
+                }),
+                None => Err(ClusterError::NoLeader),
+            },
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ClusterError::Refused(e.to_string()))
+            }
+            Err(e) => Err(ClusterError::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn forward<Req: Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        leader: &NodeAddr,
+        path: &str,
+        request: &Req,
+    ) -> Result<Resp, ClusterError> {
+        self.metrics.forwarded.inc();
+        let answer: Result<Result<Resp, ForwardError>, CallError> = self
+            .peers
+            .call(&leader.peer, path, request, LEADER_WAIT)
+            .await;
+        match answer {
+            Ok(inner) => inner.map_err(ClusterError::from),
+            // The leader may have just died; let the caller wait for a new one.
+            Err(CallError::Unreachable { .. }) => Err(ClusterError::NoLeader),
+            Err(e) => Err(ClusterError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Sleeps until the known leader changes, a short while passes, or the deadline.
+    async fn await_leader_change(&self, deadline: tokio::time::Instant) {
+        let before = self.raft.metrics().borrow().current_leader;
+        let pause = deadline.min(tokio::time::Instant::now() + Duration::from_millis(200));
+        let mut metrics = self.raft.metrics();
+        let _ = tokio::time::timeout_at(pause, async {
+            loop {
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+                let now = metrics.borrow().current_leader;
+                if now.is_some() && now != before {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// The voters and learners with their addresses.
+    pub fn members(&self) -> (BTreeMap<NodeId, NodeAddr>, BTreeSet<NodeId>) {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let nodes = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+        let voters = membership.voter_ids().collect();
+        (nodes, voters)
+    }
+
+    pub fn committed_index(&self) -> u64 {
+        self.committed.load(Ordering::Relaxed)
+    }
+}

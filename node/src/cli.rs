@@ -1,0 +1,562 @@
+//! The `tollgate` command line: `serve`, `dev`, and admin subcommands that call
+//! the admin HTTP API (`keys`, `plans`, `apis`, `policies`, `authorizers`,
+//! `tokens`, `cluster`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::config::ServeArgs;
+use crate::dev::DevArgs;
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Distributed rate-limit and API-key metering cluster"
+)]
+struct Cli {
+    /// Admin API base URL of any node.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    url: String,
+    /// Admin token (bearer).
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// Run one node.
+    Serve(ServeArgs),
+    /// Run a three-node cluster on loopback for development.
+    Dev(DevArgs),
+    /// API keys.
+    #[command(subcommand)]
+    Keys(KeyCmd),
+    /// Usage plans.
+    #[command(subcommand)]
+    Plans(PlanCmd),
+    /// APIs (stages, routes).
+    #[command(subcommand)]
+    Apis(ObjectCmd),
+    /// IAM-style policies.
+    #[command(subcommand)]
+    Policies(ObjectCmd),
+    /// JWT and HTTP authorizers.
+    #[command(subcommand)]
+    Authorizers(ObjectCmd),
+    /// Admin tokens.
+    #[command(subcommand)]
+    Tokens(TokenCmd),
+    /// Cluster membership and status.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Create a key; its secret is printed once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// A plan the key belongs to (repeatable).
+        #[arg(long = "plan")]
+        plans: Vec<String>,
+        /// A tag, NAME=VALUE (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[arg(long)]
+        customer: Option<String>,
+        /// RFC 3339 expiry time.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    List(ListArgs),
+    Get {
+        id: String,
+    },
+    Disable {
+        id: String,
+    },
+    Enable {
+        id: String,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlanCmd {
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        id: Option<String>,
+        /// Steady rate, requests per second.
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long)]
+        burst: Option<u32>,
+        /// Requests per period.
+        #[arg(long)]
+        quota: Option<u64>,
+        /// day, week or month.
+        #[arg(long, default_value = "month")]
+        period: String,
+        #[arg(long, default_value_t = 0)]
+        offset: u32,
+        /// An API stage the plan covers, API_ID/STAGE (repeatable).
+        #[arg(long = "stage")]
+        stages: Vec<String>,
+    },
+    List(ListArgs),
+    Get {
+        id: String,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ObjectCmd {
+    /// Create from a JSON file (`-` for standard input) or inline JSON.
+    Create(JsonInput),
+    /// Replace from JSON.
+    Update {
+        id: String,
+        #[command(flatten)]
+        input: JsonInput,
+    },
+    List(ListArgs),
+    Get {
+        id: String,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create an admin token; its secret is printed once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// read or write (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
+    List(ListArgs),
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    Status,
+    /// Add a node (as learner, then voter unless --learner).
+    AddNode {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        http: String,
+        #[arg(long)]
+        peer: String,
+        #[arg(long)]
+        learner: bool,
+    },
+    Promote {
+        id: u64,
+    },
+    Remove {
+        id: u64,
+    },
+}
+
+#[derive(clap::Args)]
+struct ListArgs {
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long)]
+    after: Option<String>,
+    /// Read the node's local copy.
+    #[arg(long)]
+    stale: bool,
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct JsonInput {
+    #[arg(long)]
+    file: Option<PathBuf>,
+    #[arg(long)]
+    json: Option<String>,
+}
+
+impl JsonInput {
+    fn read(&self) -> anyhow::Result<Value> {
+        let text = match (&self.file, &self.json) {
+            (Some(p), _) if p.as_os_str() == "-" => std::io::read_to_string(std::io::stdin())?,
+            (Some(p), _) => std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?,
+            (None, Some(j)) => j.clone(),
+            (None, None) => bail!("give --file or --json"),
+        };
+        serde_json::from_str(&text).context("the input is not JSON")
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let admin = Admin {
+        base: cli.url.trim_end_matches('/').to_string(),
+        token: cli.token,
+        http: reqwest::Client::new(),
+    };
+    match cli.command {
+        Top::Serve(args) => {
+            init_logging();
+            let config = args.resolve()?;
+            crate::server::run(config, shutdown_signal()).await
+        }
+        Top::Dev(args) => crate::dev::run(args).await,
+        Top::Keys(cmd) => keys(&admin, cmd).await,
+        Top::Plans(cmd) => plans(&admin, cmd).await,
+        Top::Apis(cmd) => objects(&admin, "apis", cmd).await,
+        Top::Policies(cmd) => objects(&admin, "policies", cmd).await,
+        Top::Authorizers(cmd) => objects(&admin, "authorizers", cmd).await,
+        Top::Tokens(cmd) => tokens(&admin, cmd).await,
+        Top::Cluster(cmd) => cluster(&admin, cmd).await,
+    }
+}
+
+/// A small admin API client that prints what it gets.
+struct Admin {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Admin {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let token = self
+            .token
+            .as_deref()
+            .ok_or_else(|| anyhow!("set --token or TOLLGATE_ADMIN_TOKEN"))?;
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if !status.is_success() {
+            let err = &value["error"];
+            match err["field"].as_str() {
+                Some(field) => bail!(
+                    "{status}: {field}: {}",
+                    err["message"].as_str().unwrap_or_default()
+                ),
+                None => bail!(
+                    "{status}: {}",
+                    err["message"]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| value.to_string())
+                ),
+            }
+        }
+        Ok(value)
+    }
+
+    async fn print(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<()> {
+        let value = self.call(method, path, body).await?;
+        if !value.is_null() {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
+        Ok(())
+    }
+
+    async fn list(&self, collection: &str, args: &ListArgs) -> anyhow::Result<()> {
+        let mut query = vec![];
+        if let Some(l) = args.limit {
+            query.push(format!("limit={l}"));
+        }
+        if let Some(a) = &args.after {
+            query.push(format!("after={a}"));
+        }
+        if args.stale {
+            query.push("stale=true".into());
+        }
+        let path = format!("/v1/admin/{collection}?{}", query.join("&"));
+        self.print(reqwest::Method::GET, &path, None).await
+    }
+}
+
+use reqwest::Method;
+
+async fn keys(admin: &Admin, cmd: KeyCmd) -> anyhow::Result<()> {
+    match cmd {
+        KeyCmd::Create {
+            name,
+            plans,
+            tags,
+            customer,
+            expires,
+        } => {
+            let mut tag_map = BTreeMap::new();
+            for t in tags {
+                let (k, v) = t
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("--tag {t:?}: expected NAME=VALUE"))?;
+                tag_map.insert(k.to_string(), v.to_string());
+            }
+            let body = json!({"name": name, "plan_ids": plans, "tags": tag_map, "customer_id": customer, "expires_at": expires});
+            admin
+                .print(Method::POST, "/v1/admin/keys", Some(body))
+                .await
+        }
+        KeyCmd::List(args) => admin.list("keys", &args).await,
+        KeyCmd::Get { id } => {
+            admin
+                .print(Method::GET, &format!("/v1/admin/keys/{id}"), None)
+                .await
+        }
+        KeyCmd::Disable { id } => set_enabled(admin, &id, false).await,
+        KeyCmd::Enable { id } => set_enabled(admin, &id, true).await,
+        KeyCmd::Delete { id } => {
+            admin
+                .print(Method::DELETE, &format!("/v1/admin/keys/{id}"), None)
+                .await
+        }
+    }
+}
+
+async fn set_enabled(admin: &Admin, id: &str, enabled: bool) -> anyhow::Result<()> {
+    let path = format!("/v1/admin/keys/{id}");
+    let mut key = admin.call(Method::GET, &path, None).await?;
+    key["enabled"] = Value::Bool(enabled);
+    admin.print(Method::PUT, &path, Some(key)).await
+}
+
+async fn plans(admin: &Admin, cmd: PlanCmd) -> anyhow::Result<()> {
+    match cmd {
+        PlanCmd::Create {
+            name,
+            id,
+            rate,
+            burst,
+            quota,
+            period,
+            offset,
+            stages,
+        } => {
+            let throttle = match (rate, burst) {
+                (Some(r), Some(b)) => json!({"rate_per_sec": r, "burst": b}),
+                (None, None) => Value::Null,
+                _ => bail!("give --rate and --burst together"),
+            };
+            let quota =
+                quota.map(|limit| json!({"limit": limit, "period": period, "offset": offset}));
+            let mut api_stages = vec![];
+            for s in stages {
+                let (api, stage) = s
+                    .split_once('/')
+                    .ok_or_else(|| anyhow!("--stage {s:?}: expected API_ID/STAGE"))?;
+                api_stages.push(json!({"api_id": api, "stage": stage}));
+            }
+            let body = json!({"id": id.unwrap_or_default(), "name": name, "throttle": throttle, "quota": quota, "api_stages": api_stages});
+            admin
+                .print(Method::POST, "/v1/admin/plans", Some(body))
+                .await
+        }
+        PlanCmd::List(args) => admin.list("plans", &args).await,
+        PlanCmd::Get { id } => {
+            admin
+                .print(Method::GET, &format!("/v1/admin/plans/{id}"), None)
+                .await
+        }
+        PlanCmd::Delete { id } => {
+            admin
+                .print(Method::DELETE, &format!("/v1/admin/plans/{id}"), None)
+                .await
+        }
+    }
+}
+
+async fn objects(admin: &Admin, collection: &str, cmd: ObjectCmd) -> anyhow::Result<()> {
+    match cmd {
+        ObjectCmd::Create(input) => {
+            admin
+                .print(
+                    Method::POST,
+                    &format!("/v1/admin/{collection}"),
+                    Some(input.read()?),
+                )
+                .await
+        }
+        ObjectCmd::Update { id, input } => {
+            admin
+                .print(
+                    Method::PUT,
+                    &format!("/v1/admin/{collection}/{id}"),
+                    Some(input.read()?),
+                )
+                .await
+        }
+        ObjectCmd::List(args) => admin.list(collection, &args).await,
+        ObjectCmd::Get { id } => {
+            admin
+                .print(Method::GET, &format!("/v1/admin/{collection}/{id}"), None)
+                .await
+        }
+        ObjectCmd::Delete { id } => {
+            admin
+                .print(
+                    Method::DELETE,
+                    &format!("/v1/admin/{collection}/{id}"),
+                    None,
+                )
+                .await
+        }
+    }
+}
+
+async fn tokens(admin: &Admin, cmd: TokenCmd) -> anyhow::Result<()> {
+    match cmd {
+        TokenCmd::Create { name, scopes } => {
+            admin
+                .print(
+                    Method::POST,
+                    "/v1/admin/tokens",
+                    Some(json!({"name": name, "scopes": scopes})),
+                )
+                .await
+        }
+        TokenCmd::List(args) => admin.list("tokens", &args).await,
+        TokenCmd::Delete { id } => {
+            admin
+                .print(Method::DELETE, &format!("/v1/admin/tokens/{id}"), None)
+                .await
+        }
+    }
+}
+
+async fn cluster(admin: &Admin, cmd: ClusterCmd) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCmd::Status => admin.print(Method::GET, "/v1/admin/cluster", None).await,
+        ClusterCmd::AddNode {
+            id,
+            http,
+            peer,
+            learner,
+        } => {
+            let body = json!({"id": id, "http_addr": http, "peer_addr": peer, "voter": !learner});
+            admin
+                .print(Method::POST, "/v1/admin/cluster/nodes", Some(body))
+                .await
+        }
+        ClusterCmd::Promote { id } => {
+            admin
+                .print(
+                    Method::POST,
+                    &format!("/v1/admin/cluster/nodes/{id}/promote"),
+                    None,
+                )
+                .await
+        }
+        ClusterCmd::Remove { id } => {
+            admin
+                .print(
+                    Method::DELETE,
+                    &format!("/v1/admin/cluster/nodes/{id}"),
+                    None,
+                )
+                .await
+        }
+    }
+}

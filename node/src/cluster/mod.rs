@@ -1,0 +1,73 @@
+//! Consensus: openraft's type configuration, the log store and state machine on
+//! our [`Kv`](crate::store::Kv) storage, and the peer network.
+//!
+//! Every durable change to the model is a Raft log entry. This module never
+//! interprets a command itself: applying one is [`crate::state`]'s job.
+
+pub mod log_store;
+pub mod network;
+pub mod peer;
+pub mod state_machine;
+
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+use tollgate_proto::{Command, CommandResult};
+
+/// A node's two addresses, as every member records them in the membership.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddr {
+    /// `host:port` of the HTTP listener (check, admin, metrics).
+    pub http: String,
+    /// `host:port` of the peer listener (Raft RPCs, forwarded writes).
+    pub peer: String,
+}
+
+impl fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http={} peer={}", self.http, self.peer)
+    }
+}
+
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// Tollgate's openraft type configuration.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = NodeAddr,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// Short names for openraft's long generic types.
+pub mod typ {
+    use super::{NodeAddr, NodeId, TypeConfig};
+
+    pub type Raft = openraft::Raft<TypeConfig>;
+    pub type Entry = openraft::Entry<TypeConfig>;
+    pub type LogId = openraft::LogId<NodeId>;
+    pub type Vote = openraft::Vote<NodeId>;
+    pub type StoredMembership = openraft::StoredMembership<NodeId, NodeAddr>;
+    pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeAddr>;
+    pub type Snapshot = openraft::Snapshot<TypeConfig>;
+    pub type StorageError = openraft::StorageError<NodeId>;
+    pub type RaftError<E = openraft::error::Infallible> = openraft::error::RaftError<NodeId, E>;
+    pub type RPCError<E = openraft::error::Infallible> =
+        openraft::error::RPCError<NodeId, NodeAddr, RaftError<E>>;
+    pub type ClientWriteError = openraft::error::ClientWriteError<NodeId, NodeAddr>;
+    pub type CheckIsLeaderError = openraft::error::CheckIsLeaderError<NodeId, NodeAddr>;
+    pub type InstallSnapshotError = openraft::error::InstallSnapshotError;
+    pub type Metrics = openraft::RaftMetrics<NodeId, NodeAddr>;
+}
+
+/// Maps any displayable failure to a storage error that names what was being done.
+pub(crate) fn storage_err(
+    subject: openraft::ErrorSubject<NodeId>,
+    verb: openraft::ErrorVerb,
+    err: impl fmt::Display,
+) -> typ::StorageError {
+    openraft::StorageIOError::new(subject, verb, openraft::AnyError::error(err.to_string())).into()
+}

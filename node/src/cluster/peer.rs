@@ -1,0 +1,160 @@
+//! The peer network, server side: the routes other members call on our peer
+//! port — Raft RPCs, and the requests a follower forwards to the leader
+//! (writes, read-index, membership changes).
+//!
+//! A forwarded request is executed here only if this node is the leader; it is
+//! never forwarded again, so a stale leader hint cannot make a loop.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tollgate_proto::{codec, Command};
+
+use super::{NodeAddr, NodeId, TypeConfig};
+use crate::app::{App, ClusterError, MembershipOp};
+use crate::secret::Digest;
+
+pub const APPEND: &str = "/raft/append";
+pub const VOTE: &str = "/raft/vote";
+pub const SNAPSHOT: &str = "/raft/snapshot";
+pub const WRITE: &str = "/cluster/write";
+pub const READ_INDEX: &str = "/cluster/read-index";
+pub const MEMBERSHIP: &str = "/cluster/membership";
+
+/// Largest peer request: snapshot chunks and append batches stay well below.
+const MAX_PEER_BODY: usize = 64 << 20;
+
+/// Why a forwarded request was not carried out on the node it was sent to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardError {
+    /// That node is not (or no longer) the leader; here is who it thinks is.
+    NotLeader {
+        leader: Option<(NodeId, NodeAddr)>,
+    },
+    /// Carried out nowhere, for a reason the caller should pass on.
+    Refused(String),
+    Unavailable(String),
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route(APPEND, post(append))
+        .route(VOTE, post(vote))
+        .route(SNAPSHOT, post(snapshot))
+        .route(WRITE, post(write))
+        .route(READ_INDEX, post(read_index))
+        .route(MEMBERSHIP, post(membership))
+        .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
+        .with_state(app)
+}
+
+/// Decodes a peer request after checking the cluster token.
+fn accept<T: DeserializeOwned>(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<T, Response> {
+    if let Some(expected) = &app.cluster_token {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| expected.matches(g)) {
+            return Err(
+                (StatusCode::UNAUTHORIZED, "cluster token missing or wrong").into_response()
+            );
+        }
+    }
+    codec::decode(body).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("undecodable peer request: {e}"),
+        )
+            .into_response()
+    })
+}
+
+fn reply<T: Serialize>(value: &T) -> Response {
+    match codec::encode(value) {
+        Ok(bytes) => bytes.into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn append(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: AppendEntriesRequest<TypeConfig> = match accept(&app, &headers, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    reply(&app.raft.append_entries(req).await)
+}
+
+async fn vote(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: VoteRequest<NodeId> = match accept(&app, &headers, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    reply(&app.raft.vote(req).await)
+}
+
+async fn snapshot(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: InstallSnapshotRequest<TypeConfig> = match accept(&app, &headers, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    reply(&app.raft.install_snapshot(req).await)
+}
+
+async fn write(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let command: Command = match accept(&app, &headers, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    reply(&app.write_here(command).await.map_err(ForwardError::from))
+}
+
+async fn read_index(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(resp) = accept::<()>(&app, &headers, &body) {
+        return resp;
+    }
+    reply(&app.read_index_here().await.map_err(ForwardError::from))
+}
+
+async fn membership(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let op: MembershipOp = match accept(&app, &headers, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    reply(
+        &app.change_membership_here(op)
+            .await
+            .map_err(ForwardError::from),
+    )
+}
+
+impl From<ClusterError> for ForwardError {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            ClusterError::NotLeader { leader } => ForwardError::NotLeader { leader },
+            ClusterError::Refused(m) => ForwardError::Refused(m),
+            other => ForwardError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<ForwardError> for ClusterError {
+    fn from(e: ForwardError) -> Self {
+        match e {
+            ForwardError::NotLeader { leader } => ClusterError::NotLeader { leader },
+            ForwardError::Refused(m) => ClusterError::Refused(m),
+            ForwardError::Unavailable(m) => ClusterError::Unavailable(m),
+        }
+    }
+}
+
+/// A digest kept in place of a shared token.
+pub type ClusterToken = Digest;

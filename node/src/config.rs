@@ -1,0 +1,278 @@
+//! `tollgate serve` configuration: every option is a flag, an environment
+//! variable (`TOLLGATE_*`) and a key in the TOML file given by `--config`.
+//! Precedence: flag, then environment, then file, then the default here.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::cluster::{NodeAddr, NodeId};
+
+pub const DEFAULT_HTTP: &str = "127.0.0.1:8081";
+pub const DEFAULT_PEER: &str = "127.0.0.1:9081";
+pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
+pub const DEFAULT_ELECTION_MIN_MS: u64 = 400;
+pub const DEFAULT_ELECTION_MAX_MS: u64 = 800;
+/// Build a snapshot after this many entries since the last one.
+pub const DEFAULT_SNAPSHOT_LOGS: u64 = 10_000;
+/// Entries kept in the log behind a snapshot (lets a briefly absent follower
+/// catch up without a snapshot transfer).
+pub const DEFAULT_KEEP_LOGS: u64 = 1_000;
+pub const DEFAULT_CACHE_MB: u64 = 64;
+
+/// The flags of `tollgate serve`. Unset ones fall back to the file, then defaults.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// TOML file with any of these options (keys as the long flag, with `_`).
+    #[arg(long, env = "TOLLGATE_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// This node's id: a whole number above 0, unique in the cluster.
+    #[arg(long, env = "TOLLGATE_NODE_ID")]
+    pub id: Option<NodeId>,
+    /// Address of the HTTP listener (check, admin, metrics).
+    #[arg(long, env = "TOLLGATE_HTTP_ADDR")]
+    pub http: Option<String>,
+    /// Address of the peer listener (Raft).
+    #[arg(long, env = "TOLLGATE_PEER_ADDR")]
+    pub peer: Option<String>,
+    /// Address other nodes use to reach this one's HTTP listener (default: --http).
+    #[arg(long, env = "TOLLGATE_ADVERTISE_HTTP")]
+    pub advertise_http: Option<String>,
+    /// Address other nodes use to reach this one's peer listener (default: --peer).
+    #[arg(long, env = "TOLLGATE_ADVERTISE_PEER")]
+    pub advertise_peer: Option<String>,
+    /// Directory for this node's data.
+    #[arg(long, env = "TOLLGATE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Initialise a new single-node cluster with this node (once; ignored later).
+    #[arg(long, env = "TOLLGATE_INIT")]
+    pub init: Option<bool>,
+    /// The initial members, `ID=HTTP_ADDR/PEER_ADDR` separated by commas; the
+    /// member with the lowest id initialises the cluster on first start.
+    #[arg(long, env = "TOLLGATE_PEERS")]
+    pub peers: Option<String>,
+    #[arg(long, env = "TOLLGATE_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    #[arg(long, env = "TOLLGATE_ELECTION_MIN_MS")]
+    pub election_min_ms: Option<u64>,
+    #[arg(long, env = "TOLLGATE_ELECTION_MAX_MS")]
+    pub election_max_ms: Option<u64>,
+    /// Entries between snapshots.
+    #[arg(long, env = "TOLLGATE_SNAPSHOT_LOGS")]
+    pub snapshot_logs: Option<u64>,
+    /// Entries kept behind a snapshot.
+    #[arg(long, env = "TOLLGATE_KEEP_LOGS")]
+    pub keep_logs: Option<u64>,
+    /// sled page cache in MiB.
+    #[arg(long, env = "TOLLGATE_CACHE_MB")]
+    pub cache_mb: Option<u64>,
+}
+
+/// A fully resolved node configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub http: String,
+    pub peer: String,
+    pub advertise_http: Option<String>,
+    pub advertise_peer: Option<String>,
+    pub data_dir: PathBuf,
+    pub init: bool,
+    pub peers: Vec<(NodeId, NodeAddr)>,
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    pub snapshot_logs: u64,
+    pub keep_logs: u64,
+    pub cache_mb: u64,
+    /// Bootstrap admin token (from `TOLLGATE_ADMIN_TOKEN`); held only as a digest.
+    pub admin_token: Option<String>,
+    /// Token every peer must present (from `TOLLGATE_CLUSTER_TOKEN`).
+    pub cluster_token: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn bad(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Parses `1=127.0.0.1:8081/127.0.0.1:9081,2=…`.
+pub fn parse_peers(text: &str) -> Result<Vec<(NodeId, NodeAddr)>, ConfigError> {
+    let mut peers = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addrs) = part
+            .split_once('=')
+            .ok_or_else(|| bad("peers", format!("{part:?}: expected ID=HTTP/PEER")))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|_| bad("peers", format!("{id:?} is not a node id")))?;
+        let (http, peer) = addrs.split_once('/').ok_or_else(|| {
+            bad(
+                "peers",
+                format!("{part:?}: expected ID=HTTP_ADDR/PEER_ADDR"),
+            )
+        })?;
+        if peers.iter().any(|(other, _)| *other == id) {
+            return Err(bad("peers", format!("node {id} appears twice")));
+        }
+        peers.push((
+            id,
+            NodeAddr {
+                http: http.trim().to_string(),
+                peer: peer.trim().to_string(),
+            },
+        ));
+    }
+    Ok(peers)
+}
+
+impl ServeArgs {
+    fn from_file(path: &Path) -> Result<ServeArgs, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad("config", format!("{}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| bad("config", format!("{}: {e}", path.display())))
+    }
+
+    /// Resolves flags over the file over defaults.
+    pub fn resolve(self) -> Result<NodeConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => ServeArgs::from_file(path)?,
+            None => ServeArgs::default(),
+        };
+        let id = self
+            .id
+            .or(file.id)
+            .ok_or_else(|| bad("id", "set --id (or TOLLGATE_NODE_ID) to a number above 0"))?;
+        if id == 0 {
+            return Err(bad("id", "must be above 0"));
+        }
+        let peers = match self.peers.or(file.peers) {
+            Some(text) => parse_peers(&text)?,
+            None => Vec::new(),
+        };
+        let config = NodeConfig {
+            id,
+            http: self
+                .http
+                .or(file.http)
+                .unwrap_or_else(|| DEFAULT_HTTP.into()),
+            peer: self
+                .peer
+                .or(file.peer)
+                .unwrap_or_else(|| DEFAULT_PEER.into()),
+            advertise_http: self.advertise_http.or(file.advertise_http),
+            advertise_peer: self.advertise_peer.or(file.advertise_peer),
+            data_dir: self
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(format!("tollgate-data-{id}"))),
+            init: self.init.or(file.init).unwrap_or(false),
+            peers,
+            heartbeat_ms: self
+                .heartbeat_ms
+                .or(file.heartbeat_ms)
+                .unwrap_or(DEFAULT_HEARTBEAT_MS),
+            election_min_ms: self
+                .election_min_ms
+                .or(file.election_min_ms)
+                .unwrap_or(DEFAULT_ELECTION_MIN_MS),
+            election_max_ms: self
+                .election_max_ms
+                .or(file.election_max_ms)
+                .unwrap_or(DEFAULT_ELECTION_MAX_MS),
+            snapshot_logs: self
+                .snapshot_logs
+                .or(file.snapshot_logs)
+                .unwrap_or(DEFAULT_SNAPSHOT_LOGS),
+            keep_logs: self
+                .keep_logs
+                .or(file.keep_logs)
+                .unwrap_or(DEFAULT_KEEP_LOGS),
+            cache_mb: self.cache_mb.or(file.cache_mb).unwrap_or(DEFAULT_CACHE_MB),
+            admin_token: std::env::var("TOLLGATE_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
+            cluster_token: std::env::var("TOLLGATE_CLUSTER_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
+        };
+        if config.election_min_ms <= config.heartbeat_ms * 2
+            || config.election_max_ms <= config.election_min_ms
+        {
+            return Err(bad(
+                "election_min_ms",
+                "need heartbeat_ms * 2 < election_min_ms < election_max_ms",
+            ));
+        }
+        if config.init && !config.peers.is_empty() {
+            return Err(bad(
+                "init",
+                "use either --init (single-node start) or --peers, not both",
+            ));
+        }
+        if !config.peers.is_empty() && !config.peers.iter().any(|(p, _)| *p == id) {
+            return Err(bad("peers", format!("must include this node ({id})")));
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_name_the_problem() {
+        let peers = parse_peers("1=127.0.0.1:8081/127.0.0.1:9081, 2=h:1/h:2").unwrap();
+        assert_eq!(
+            peers[1],
+            (
+                2,
+                NodeAddr {
+                    http: "h:1".into(),
+                    peer: "h:2".into()
+                }
+            )
+        );
+        assert_eq!(parse_peers("1=a:1").unwrap_err().field, "peers");
+        assert!(parse_peers("1=a:1/b:2,1=c:3/d:4").is_err());
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "id = 7\nhttp = \"0.0.0.0:1\"\nheartbeat_ms = 50\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            http: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        };
+        let config = args.resolve().unwrap();
+        assert_eq!(
+            (config.id, config.http.as_str(), config.heartbeat_ms),
+            (7, "127.0.0.1:2", 50)
+        );
+        std::fs::write(&path, "idd = 7\n").unwrap();
+        let err = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert_eq!(err.field, "config");
+    }
+}

@@ -1,0 +1,188 @@
+//! `tollgate dev`: three real node processes on loopback, one folder of data,
+//! the endpoints and a fresh admin token printed; Ctrl-C or SIGTERM stops all
+//! three. Running it again on the same folder brings the same cluster back.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+#[derive(Debug, Clone, Args)]
+pub struct DevArgs {
+    /// Folder for the three nodes' data and logs.
+    #[arg(long, default_value = ".tollgate-dev")]
+    pub data_dir: PathBuf,
+    /// HTTP ports are P, P+1, P+2; peer ports P+1000 … P+1002.
+    #[arg(long, default_value_t = 8081)]
+    pub base_port: u16,
+}
+
+/// The three processes; killed when dropped, so an early error leaves none behind.
+struct Nodes(Vec<Child>);
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Nodes {
+    /// Asks each node to stop (SIGTERM), then waits a while before killing.
+    fn stop(&mut self) {
+        for child in &self.0 {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for child in &mut self.0 {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let base = args.base_port;
+    if base > 65535 - 1002 {
+        bail!("--base-port: must leave room for P+1002 (at most 64533)");
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let exe = std::env::current_exe().context("cannot find the tollgate binary")?;
+    let token = match std::env::var("TOLLGATE_ADMIN_TOKEN") {
+        Ok(t) if !t.is_empty() => t,
+        _ => crate::secret::generate("tga_").0,
+    };
+    let cluster_token = crate::secret::generate("tgc_").0;
+    let addr = |i: u16| {
+        (
+            format!("127.0.0.1:{}", base + i),
+            format!("127.0.0.1:{}", base + 1000 + i),
+        )
+    };
+    let peers: Vec<String> = (0..3)
+        .map(|i| {
+            let (http, peer) = addr(i);
+            format!("{}={http}/{peer}", i + 1)
+        })
+        .collect();
+    let peers = peers.join(",");
+
+    let mut nodes = Nodes(Vec::new());
+    for i in 0..3u16 {
+        let dir = args.data_dir.join(format!("node{}", i + 1));
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("node.log"))?;
+        let (http, peer) = addr(i);
+        let child = Command::new(&exe)
+            .arg("serve")
+            .args([
+                "--id",
+                &(i + 1).to_string(),
+                "--http",
+                &http,
+                "--peer",
+                &peer,
+                "--peers",
+                &peers,
+            ])
+            .arg("--data-dir")
+            .arg(&dir)
+            .env("TOLLGATE_ADMIN_TOKEN", &token)
+            .env("TOLLGATE_CLUSTER_TOKEN", &cluster_token)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start a node")?;
+        nodes.0.push(child);
+    }
+
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 0..3u16 {
+        let url = format!("http://{}/readyz", addr(i).0);
+        loop {
+            if let Some(status) = nodes.0[i as usize].try_wait()? {
+                bail!(
+                    "node {} exited ({status}); see {}",
+                    i + 1,
+                    args.data_dir
+                        .join(format!("node{}/node.log", i + 1))
+                        .display()
+                );
+            }
+            if http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node {} did not become ready in 30 s; see its node.log",
+                    i + 1
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    println!(
+        "Tollgate dev cluster is up (data in {}).",
+        args.data_dir.display()
+    );
+    for i in 0..3u16 {
+        let (h, p) = addr(i);
+        println!(
+            "  node {}: http://{h}  (peer {p}, log {}/node{}/node.log)",
+            i + 1,
+            args.data_dir.display(),
+            i + 1
+        );
+    }
+    println!();
+    println!("Admin token (valid while this runs):");
+    println!("  export TOLLGATE_ADMIN_TOKEN={token}");
+    println!("  export TOLLGATE_URL=http://{}", addr(0).0);
+    println!();
+    println!("Try:  curl -s -H \"Authorization: Bearer $TOLLGATE_ADMIN_TOKEN\" $TOLLGATE_URL/v1/admin/cluster");
+    println!("Ctrl-C stops all three nodes.");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut watch = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = watch.tick() => {
+                for (i, child) in nodes.0.iter_mut().enumerate() {
+                    if let Some(status) = child.try_wait()? {
+                        eprintln!("node {} exited ({status}); stopping the others", i + 1);
+                        nodes.stop();
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+    println!("stopping…");
+    nodes.stop();
+    Ok(())
+}

@@ -1,0 +1,336 @@
+//! The admin API's object routes: create, read, replace, delete and list for
+//! every kind of object, under `/v1/admin/{apis,plans,keys,policies,authorizers,tokens}`.
+//!
+//! Writes go through Raft (forwarded to the leader when this node is not it).
+//! Reads are linearizable unless `?stale=true`. Input is validated here
+//! (field-level rules) and again by the state machine (rules that need the rest
+//! of the model); either way a failure names the field and changes nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use tollgate_proto::command::{Applied, PutMode};
+use tollgate_proto::model::*;
+use tollgate_proto::{validate, Command, FieldError, Rejection};
+
+use super::error::ApiError;
+use crate::app::App;
+use crate::secret;
+
+/// One kind of object as the admin API serves it.
+pub trait Resource: Send + Sync + 'static {
+    const KIND: EntityKind;
+    /// The collection's path segment, e.g. `plans`.
+    const PATH: &'static str;
+    type Input: DeserializeOwned + Send;
+    /// The object to create, and a secret to show once (keys and tokens).
+    fn create(input: Self::Input) -> Result<(Entity, Option<String>), FieldError>;
+    /// The object that replaces the stored one with this id.
+    fn replace(id: &str, input: Self::Input) -> Result<Entity, FieldError>;
+}
+
+fn path_id(body_id: &mut String, path_id: &str) -> Result<(), FieldError> {
+    if !body_id.is_empty() && body_id != path_id {
+        return Err(FieldError {
+            field: "id".into(),
+            message: "must be left out or match the id in the path".into(),
+        });
+    }
+    *body_id = path_id.to_string();
+    Ok(())
+}
+
+macro_rules! plain_resource {
+    ($marker:ident, $ty:ty, $kind:expr, $path:literal, $variant:ident, $check:path) => {
+        pub struct $marker;
+        impl Resource for $marker {
+            const KIND: EntityKind = $kind;
+            const PATH: &'static str = $path;
+            type Input = $ty;
+            fn create(mut input: $ty) -> Result<(Entity, Option<String>), FieldError> {
+                if input.id.is_empty() {
+                    input.id = secret::new_id(Self::KIND);
+                }
+                $check(&input)?;
+                Ok((Entity::$variant(input), None))
+            }
+            fn replace(id: &str, mut input: $ty) -> Result<Entity, FieldError> {
+                path_id(&mut input.id, id)?;
+                $check(&input)?;
+                Ok(Entity::$variant(input))
+            }
+        }
+    };
+}
+
+plain_resource!(Apis, Api, EntityKind::Api, "apis", Api, validate::api);
+plain_resource!(
+    Plans,
+    UsagePlan,
+    EntityKind::Plan,
+    "plans",
+    Plan,
+    validate::plan
+);
+plain_resource!(
+    Policies,
+    Policy,
+    EntityKind::Policy,
+    "policies",
+    Policy,
+    validate::policy
+);
+plain_resource!(
+    Authorizers,
+    Authorizer,
+    EntityKind::Authorizer,
+    "authorizers",
+    Authorizer,
+    validate::authorizer
+);
+
+pub struct Keys;
+impl Resource for Keys {
+    const KIND: EntityKind = EntityKind::Key;
+    const PATH: &'static str = "keys";
+    type Input = ApiKeySpec;
+    fn create(spec: ApiKeySpec) -> Result<(Entity, Option<String>), FieldError> {
+        validate::key_spec(&spec)?;
+        let (plain, digest) = secret::generate("tgk_");
+        let key = ApiKey::from_spec(
+            secret::new_id(Self::KIND),
+            spec,
+            digest,
+            Timestamp::default(),
+        );
+        Ok((Entity::Key(key), Some(plain)))
+    }
+    fn replace(id: &str, spec: ApiKeySpec) -> Result<Entity, FieldError> {
+        validate::key_spec(&spec)?;
+        // The state machine keeps the stored secret digest.
+        Ok(Entity::Key(ApiKey::from_spec(
+            id.to_string(),
+            spec,
+            SecretDigest::default(),
+            Timestamp::default(),
+        )))
+    }
+}
+
+pub struct Tokens;
+impl Resource for Tokens {
+    const KIND: EntityKind = EntityKind::Token;
+    const PATH: &'static str = "tokens";
+    type Input = AdminTokenSpec;
+    fn create(spec: AdminTokenSpec) -> Result<(Entity, Option<String>), FieldError> {
+        validate::token_spec(&spec)?;
+        let (plain, digest) = secret::generate("tga_");
+        let token = AdminToken {
+            id: secret::new_id(Self::KIND),
+            name: spec.name,
+            scopes: spec.scopes,
+            secret: digest,
+            created_at: Timestamp::default(),
+            updated_at: Timestamp::default(),
+        };
+        Ok((Entity::Token(token), Some(plain)))
+    }
+    fn replace(id: &str, spec: AdminTokenSpec) -> Result<Entity, FieldError> {
+        validate::token_spec(&spec)?;
+        Ok(Entity::Token(AdminToken {
+            id: id.to_string(),
+            name: spec.name,
+            scopes: spec.scopes,
+            secret: SecretDigest::default(),
+            created_at: Timestamp::default(),
+            updated_at: Timestamp::default(),
+        }))
+    }
+}
+
+/// Adds the five routes of one resource.
+pub fn routes<R: Resource>(router: Router<Arc<App>>) -> Router<Arc<App>> {
+    router
+        .route(
+            &format!("/v1/admin/{}", R::PATH),
+            get(list::<R>).post(create::<R>),
+        )
+        .route(
+            &format!("/v1/admin/{}/{{id}}", R::PATH),
+            get(read::<R>).put(replace::<R>).delete(delete::<R>),
+        )
+}
+
+/// Parses a JSON body; a failure names the field (as a path) that was wrong.
+pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::field("body", "expected a JSON object"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
+        ApiError::field(field, e.inner().to_string())
+    })?;
+    de.end()
+        .map_err(|e| ApiError::field("body", e.to_string()))?;
+    Ok(value)
+}
+
+/// `?stale`, `?limit`, `?after`, parsed with errors that name the parameter.
+pub struct ReadOptions {
+    pub stale: bool,
+    pub limit: usize,
+    pub after: Option<String>,
+}
+
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 1000;
+
+impl ReadOptions {
+    pub fn parse(query: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let stale = match query.get("stale").map(String::as_str) {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") | Some("") => true,
+            Some(_) => return Err(ApiError::field("stale", "must be true or false")),
+        };
+        let limit = match query.get("limit") {
+            None => DEFAULT_PAGE,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+                _ => {
+                    return Err(ApiError::field(
+                        "limit",
+                        format!("must be a whole number from 1 to {MAX_PAGE}"),
+                    ))
+                }
+            },
+        };
+        Ok(ReadOptions {
+            stale,
+            limit,
+            after: query.get("after").cloned(),
+        })
+    }
+}
+
+type QueryParams = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
+
+fn query_params(q: QueryParams) -> Result<ReadOptions, ApiError> {
+    let Query(map) = q.map_err(|e| ApiError::field("query", e.body_text()))?;
+    ReadOptions::parse(&map)
+}
+
+async fn barrier(app: &App, options: &ReadOptions) -> Result<(), ApiError> {
+    if !options.stale {
+        app.read_barrier().await?;
+    }
+    Ok(())
+}
+
+fn shown(entity: &Entity, secret: Option<String>) -> Value {
+    let mut view = entity.to_view_json();
+    if let (Some(secret), Value::Object(map)) = (secret, &mut view) {
+        map.insert("secret".into(), Value::String(secret));
+    }
+    view
+}
+
+async fn create<R: Resource>(
+    State(app): State<Arc<App>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let input: R::Input = parse_body(&body)?;
+    let (entity, secret) = R::create(input)?;
+    let command = Command::Put {
+        entity,
+        mode: PutMode::Create,
+        now: Timestamp::now(),
+    };
+    match app.write(command).await?? {
+        Applied::Put(stored) => {
+            Ok((StatusCode::CREATED, Json(shown(&stored, secret))).into_response())
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn replace<R: Resource>(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let input: R::Input = parse_body(&body)?;
+    let entity = R::replace(&id, input)?;
+    let command = Command::Put {
+        entity,
+        mode: PutMode::Replace,
+        now: Timestamp::now(),
+    };
+    match app.write(command).await?? {
+        Applied::Put(stored) => Ok(Json(shown(&stored, None)).into_response()),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn delete<R: Resource>(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    app.write(Command::Delete { kind: R::KIND, id }).await??;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn read<R: Resource>(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    let options = query_params(query)?;
+    barrier(&app, &options).await?;
+    let published = app.published();
+    match published.model.get(R::KIND, &id) {
+        Some(entity) => Ok(Json(entity.to_view_json()).into_response()),
+        None => Err(Rejection::not_found(R::KIND, &id).into()),
+    }
+}
+
+async fn list<R: Resource>(
+    State(app): State<Arc<App>>,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    let options = query_params(query)?;
+    barrier(&app, &options).await?;
+    let published = app.published();
+    let mut page = published
+        .model
+        .page(R::KIND, options.after.as_deref(), options.limit + 1);
+    let next = if page.len() > options.limit {
+        page.truncate(options.limit);
+        page.last().map(|e| e.id().to_string())
+    } else {
+        None
+    };
+    let items: Vec<Value> = page.iter().map(|e| e.to_view_json()).collect();
+    Ok(Json(json!({"items": items, "next_after": next})).into_response())
+}
+
+fn unexpected(applied: Applied) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        format!("unexpected answer {applied:?}"),
+    )
+}

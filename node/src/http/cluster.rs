@@ -1,0 +1,155 @@
+//! Cluster administration: status, adding a node (learner, then voter),
+//! promoting a learner, removing a node. Changes are carried out by the leader.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::admin::parse_body;
+use super::error::ApiError;
+use crate::app::{App, MembershipOp};
+use crate::cluster::{NodeAddr, NodeId};
+
+pub fn routes(router: Router<Arc<App>>) -> Router<Arc<App>> {
+    router
+        .route("/v1/admin/cluster", get(status))
+        .route("/v1/admin/cluster/nodes", post(add_node))
+        .route("/v1/admin/cluster/nodes/{id}/promote", post(promote))
+        .route("/v1/admin/cluster/nodes/{id}", delete(remove))
+}
+
+async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    let m = app.raft.metrics().borrow().clone();
+    let (nodes, voters) = app.members();
+    let members: Vec<_> = nodes
+        .iter()
+        .map(|(id, addr)| json!({"id": id, "http_addr": addr.http, "peer_addr": addr.peer, "voter": voters.contains(id)}))
+        .collect();
+    Json(json!({
+        "node_id": app.id,
+        "state": format!("{:?}", m.state),
+        "leader_id": m.current_leader,
+        "term": m.current_term,
+        "last_log_index": m.last_log_index,
+        "commit_index": app.committed_index(),
+        "applied_index": m.last_applied.map(|l| l.index),
+        "snapshot_index": m.snapshot.map(|l| l.index),
+        "purged_index": m.purged.map(|l| l.index),
+        "members": members,
+    }))
+}
+
+#[derive(Deserialize)]
+struct AddNode {
+    id: NodeId,
+    http_addr: String,
+    peer_addr: String,
+    #[serde(default = "yes")]
+    voter: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn check_addr(field: &str, value: &str) -> Result<(), ApiError> {
+    match value.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {
+            Ok(())
+        }
+        _ => Err(ApiError::field(
+            field,
+            "must be host:port with a port from 1 to 65535",
+        )),
+    }
+}
+
+fn node_id(raw: &str) -> Result<NodeId, ApiError> {
+    match raw.parse::<NodeId>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err(ApiError::field("id", "must be a whole number above 0")),
+    }
+}
+
+async fn add_node(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: AddNode = parse_body(&body)?;
+    if req.id == 0 {
+        return Err(ApiError::field("id", "must be a whole number above 0"));
+    }
+    check_addr("http_addr", &req.http_addr)?;
+    check_addr("peer_addr", &req.peer_addr)?;
+    if app.members().0.contains_key(&req.id) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("node {} is already a member", req.id),
+        ));
+    }
+    let addr = NodeAddr {
+        http: req.http_addr,
+        peer: req.peer_addr,
+    };
+    app.change_membership(MembershipOp::Add {
+        id: req.id,
+        addr,
+        voter: req.voter,
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": req.id, "voter": req.voter})),
+    )
+        .into_response())
+}
+
+async fn promote(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = node_id(&id)?;
+    let (nodes, voters) = app.members();
+    if !nodes.contains_key(&id) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("node {id} is not a member"),
+        ));
+    }
+    if voters.contains(&id) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("node {id} is already a voter"),
+        ));
+    }
+    app.change_membership(MembershipOp::Promote { id }).await?;
+    Ok(Json(json!({"id": id, "voter": true})).into_response())
+}
+
+async fn remove(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = node_id(&id)?;
+    let (nodes, voters) = app.members();
+    if !nodes.contains_key(&id) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("node {id} is not a member"),
+        ));
+    }
+    if voters.contains(&id) && voters.len() == 1 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "cannot remove the last voter",
+        ));
+    }
+    app.change_membership(MembershipOp::Remove { id }).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,119 @@
+//! The HTTP listener: admin API, health, metrics and the OpenAPI document.
+//!
+//! Every admin route requires a bearer admin token: the bootstrap token from
+//! `TOLLGATE_ADMIN_TOKEN`, or one created through `/v1/admin/tokens`. Tokens
+//! with the `read` scope may only GET. Request bodies are capped and every
+//! request has a time limit. Nothing here logs a header or a body.
+
+pub mod admin;
+pub mod cluster;
+pub mod error;
+pub mod openapi;
+pub mod ops;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, Method};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use tollgate_proto::model::Scope;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::app::App;
+use crate::secret;
+use error::ApiError;
+
+/// Largest admin request body.
+pub const MAX_BODY: usize = 1 << 20;
+/// Longest time one HTTP request may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn router(app: Arc<App>) -> Router {
+    let mut admin = Router::new();
+    admin = admin::routes::<admin::Apis>(admin);
+    admin = admin::routes::<admin::Plans>(admin);
+    admin = admin::routes::<admin::Keys>(admin);
+    admin = admin::routes::<admin::Policies>(admin);
+    admin = admin::routes::<admin::Authorizers>(admin);
+    admin = admin::routes::<admin::Tokens>(admin);
+    let admin = cluster::routes(admin)
+        .route_layer(middleware::from_fn_with_state(app.clone(), require_admin))
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            count_admin_request,
+        ));
+    Router::new()
+        .merge(admin)
+        .merge(ops::routes())
+        .fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ))
+        .with_state(app)
+}
+
+/// Checks the bearer admin token and its scope.
+async fn require_admin(
+    State(app): State<Arc<App>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::unauthorized("an admin token is required: Authorization: Bearer <token>")
+        })?;
+    let bootstrap = app
+        .bootstrap_token
+        .as_ref()
+        .is_some_and(|d| d.matches(token));
+    if !bootstrap {
+        let published = app.published();
+        let stored = published
+            .model
+            .token_by_digest(&secret::sha256(token))
+            .ok_or_else(|| ApiError::unauthorized("the admin token is not valid"))?;
+        let reading = matches!(*request.method(), Method::GET | Method::HEAD);
+        let allowed = stored.scopes.contains(&Scope::Write)
+            || (reading && stored.scopes.contains(&Scope::Read));
+        if !allowed {
+            return Err(ApiError::forbidden("this admin token may only read"));
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+/// Counts admin requests by route template (bounded), method and status.
+async fn count_admin_request(
+    State(app): State<Arc<App>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    app.metrics
+        .admin_requests
+        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
+        .inc();
+    response
+}

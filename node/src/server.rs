@@ -1,0 +1,185 @@
+//! Starting and stopping one node: open storage, bind the listeners, start
+//! Raft, initialise the cluster if asked, serve until shut down.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use openraft::{Config, SnapshotPolicy};
+use tokio::net::TcpListener;
+
+use crate::app::App;
+use crate::cluster::log_store::LogStore;
+use crate::cluster::network::{PeerClient, PeerNetwork};
+use crate::cluster::state_machine::StateMachine;
+use crate::cluster::{typ, NodeAddr};
+use crate::config::NodeConfig;
+use crate::metrics::Metrics;
+use crate::secret::Digest;
+use crate::store::{Kv, SledKv, SledOptions};
+
+/// What a started node reports about itself (also written to
+/// `DATA_DIR/node.json` so tools and tests find the bound ports).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Endpoints {
+    pub id: u64,
+    pub http: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+/// Runs a node until `shutdown` completes.
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let kv = Arc::new(SledKv::open(
+        &config.data_dir.join("db"),
+        &SledOptions {
+            cache_bytes: config.cache_mb << 20,
+        },
+    )?);
+
+    let http_listener = TcpListener::bind(&config.http)
+        .await
+        .with_context(|| format!("cannot listen on --http {}", config.http))?;
+    let peer_listener = TcpListener::bind(&config.peer)
+        .await
+        .with_context(|| format!("cannot listen on --peer {}", config.peer))?;
+    let endpoints = Endpoints {
+        id: config.id,
+        http: http_listener.local_addr()?,
+        peer: peer_listener.local_addr()?,
+    };
+    let addr = NodeAddr {
+        http: config
+            .advertise_http
+            .clone()
+            .unwrap_or_else(|| endpoints.http.to_string()),
+        peer: config
+            .advertise_peer
+            .clone()
+            .unwrap_or_else(|| endpoints.peer.to_string()),
+    };
+
+    let raft_config = Config {
+        cluster_name: "tollgate".into(),
+        heartbeat_interval: config.heartbeat_ms,
+        election_timeout_min: config.election_min_ms,
+        election_timeout_max: config.election_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+        max_in_snapshot_log_to_keep: config.keep_logs,
+        ..Default::default()
+    }
+    .validate()
+    .context("raft configuration")?;
+
+    let published = Arc::new(ArcSwap::from_pointee(Default::default()));
+    let committed = Arc::new(AtomicU64::new(0));
+    let started = std::time::Instant::now();
+    let state_machine = StateMachine::open(kv.clone(), published.clone())?;
+    let objects = published.load().model.all().count();
+    tracing::info!(
+        objects,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "state loaded"
+    );
+    let log_store = LogStore::new(kv.clone(), committed.clone());
+    let peers = PeerClient::new(config.cluster_token.clone());
+    let network = PeerNetwork {
+        client: peers.clone(),
+    };
+    let raft = typ::Raft::new(
+        config.id,
+        Arc::new(raft_config),
+        network,
+        log_store,
+        state_machine,
+    )
+    .await
+    .context("starting raft")?;
+
+    let app = Arc::new(App {
+        id: config.id,
+        addr: addr.clone(),
+        raft: raft.clone(),
+        model: published,
+        peers,
+        bootstrap_token: config.admin_token.as_deref().map(Digest::of),
+        cluster_token: config.cluster_token.as_deref().map(Digest::of),
+        committed,
+        metrics: Metrics::new(),
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let serve = |listener: TcpListener,
+                 router: axum::Router,
+                 mut stop: tokio::sync::watch::Receiver<bool>| {
+        tokio::spawn(async move {
+            let graceful = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(graceful)
+            .await
+        })
+    };
+    let http_task = serve(
+        http_listener,
+        crate::http::router(app.clone()),
+        stop_rx.clone(),
+    );
+    let peer_task = serve(
+        peer_listener,
+        crate::cluster::peer::router(app.clone()),
+        stop_rx,
+    );
+
+    initialise(&raft, &config, &addr).await?;
+    write_endpoints(&config, &endpoints)?;
+    tracing::info!(id = config.id, http = %endpoints.http, peer = %endpoints.peer, "node started");
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = raft.shutdown().await;
+    let _ = http_task.await;
+    let _ = peer_task.await;
+    kv.flush().await?;
+    Ok(())
+}
+
+/// Initialises a new cluster once: with `--init`, this node alone; with
+/// `--peers`, all of them, done by the member with the lowest id.
+async fn initialise(raft: &typ::Raft, config: &NodeConfig, addr: &NodeAddr) -> anyhow::Result<()> {
+    if raft.is_initialized().await? {
+        return Ok(());
+    }
+    let members: std::collections::BTreeMap<_, _> = if config.init {
+        [(config.id, addr.clone())].into()
+    } else if config.peers.iter().map(|(id, _)| *id).min() == Some(config.id) {
+        config.peers.iter().cloned().collect()
+    } else {
+        return Ok(());
+    };
+    tracing::info!(members = members.len(), "initialising a new cluster");
+    raft.initialize(members)
+        .await
+        .context("initialising the cluster")?;
+    Ok(())
+}
+
+fn write_endpoints(config: &NodeConfig, endpoints: &Endpoints) -> anyhow::Result<()> {
+    let path = config.data_dir.join("node.json");
+    let tmp = config.data_dir.join("node.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(endpoints)?)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}

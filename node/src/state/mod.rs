@@ -1,0 +1,347 @@
+//! The replicated model: every object an operator configured, applied
+//! deterministically from the Raft log.
+//!
+//! [`Model`] is a persistent (structurally shared) map per kind of object, so a
+//! clone is O(1): the state machine publishes a clone after every applied batch
+//! and readers (admin reads, the check path) use it without any lock. Applying a
+//! command checks the rules that need the rest of the model (references exist,
+//! one plan per API stage per key, nothing deleted while in use) and returns the
+//! storage writes that make the change durable.
+//!
+//! This module never does I/O: the state machine writes what it returns.
+
+use std::collections::BTreeMap;
+
+use imbl::{HashMap, OrdMap};
+use tollgate_proto::command::{Applied, PutMode};
+use tollgate_proto::model::{ApiKey, Entity, EntityKind, UsagePlan};
+use tollgate_proto::{codec, Command, CommandResult, Rejection};
+
+use crate::store::Op;
+
+/// The applied model as of some log index.
+#[derive(Clone, Default)]
+pub struct Model {
+    tables: [OrdMap<String, Entity>; 6],
+    /// API keys by SHA-256 of their secret: the check path's lookup.
+    key_by_digest: HashMap<[u8; 32], String>,
+    /// Admin tokens by SHA-256 of their secret.
+    token_by_digest: HashMap<[u8; 32], String>,
+}
+
+fn slot(kind: EntityKind) -> usize {
+    match kind {
+        EntityKind::Api => 0,
+        EntityKind::Plan => 1,
+        EntityKind::Key => 2,
+        EntityKind::Policy => 3,
+        EntityKind::Authorizer => 4,
+        EntityKind::Token => 5,
+    }
+}
+
+/// Storage key of an object in [`Space::State`](crate::store::Space::State).
+pub fn object_key(kind: EntityKind, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(id.len() + 4);
+    key.extend_from_slice(b"o/");
+    key.push(slot(kind) as u8);
+    key.push(b'/');
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// Prefix under which every object is stored.
+pub const OBJECT_PREFIX: &[u8] = b"o/";
+
+impl Model {
+    pub fn get(&self, kind: EntityKind, id: &str) -> Option<&Entity> {
+        self.tables[slot(kind)].get(id)
+    }
+
+    pub fn len(&self, kind: EntityKind) -> usize {
+        self.tables[slot(kind)].len()
+    }
+
+    /// Up to `limit` objects of a kind with ids after `after`, in id order.
+    pub fn page(&self, kind: EntityKind, after: Option<&str>, limit: usize) -> Vec<&Entity> {
+        let table = &self.tables[slot(kind)];
+        match after {
+            Some(after) => table
+                .range::<_, str>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+                .map(|(_, v)| v)
+                .take(limit)
+                .collect(),
+            None => table.values().take(limit).collect(),
+        }
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Entity> {
+        self.tables.iter().flat_map(|t| t.values())
+    }
+
+    pub fn key_by_digest(&self, digest: &[u8; 32]) -> Option<&ApiKey> {
+        match self.get(EntityKind::Key, self.key_by_digest.get(digest)?)? {
+            Entity::Key(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    pub fn token_by_digest(&self, digest: &[u8; 32]) -> Option<&tollgate_proto::model::AdminToken> {
+        match self.get(EntityKind::Token, self.token_by_digest.get(digest)?)? {
+            Entity::Token(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    fn plan(&self, id: &str) -> Option<&UsagePlan> {
+        match self.get(EntityKind::Plan, id)? {
+            Entity::Plan(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Inserts an object without any checks: loading from storage or a snapshot.
+    pub fn load(&mut self, entity: Entity) {
+        self.index(&entity, true);
+        self.tables[slot(entity.kind())].insert(entity.id().to_string(), entity);
+    }
+
+    fn index(&mut self, entity: &Entity, present: bool) {
+        let (map, digest, id) = match entity {
+            Entity::Key(k) => (&mut self.key_by_digest, k.secret.sha256, &k.id),
+            Entity::Token(t) => (&mut self.token_by_digest, t.secret.sha256, &t.id),
+            _ => return,
+        };
+        if present {
+            map.insert(digest, id.clone());
+        } else {
+            map.remove(&digest);
+        }
+    }
+
+    /// Applies one command: the answer, and the writes that persist it (empty
+    /// when the command was rejected).
+    pub fn apply(&mut self, command: Command) -> (CommandResult, Vec<Op>) {
+        let outcome = match command {
+            Command::Put { entity, mode, now } => self.put(entity, mode, now),
+            Command::Delete { kind, id } => self.delete(kind, &id),
+        };
+        match outcome {
+            Err(rejection) => (Err(rejection), Vec::new()),
+            Ok((applied, ops)) => (Ok(applied), ops),
+        }
+    }
+
+    fn put(
+        &mut self,
+        mut entity: Entity,
+        mode: PutMode,
+        now: tollgate_proto::model::Timestamp,
+    ) -> Outcome {
+        let kind = entity.kind();
+        let id = entity.id().to_string();
+        let existing = self.get(kind, &id).cloned();
+        match (mode, &existing) {
+            (PutMode::Create, Some(_)) => {
+                return Err(Rejection::conflict(
+                    Some("id"),
+                    format!("a {} with id {id:?} already exists", kind.noun()),
+                ))
+            }
+            (PutMode::Replace, None) => return Err(Rejection::not_found(kind, &id)),
+            (PutMode::Create, None) => entity.stamp(Some(now), now),
+            (PutMode::Replace, Some(old)) => {
+                entity.stamp(Some(old.created_at()), now);
+                // Secrets never change through an update.
+                match (&mut entity, old) {
+                    (Entity::Key(new), Entity::Key(old)) => new.secret = old.secret.clone(),
+                    (Entity::Token(new), Entity::Token(old)) => new.secret = old.secret.clone(),
+                    _ => {}
+                }
+            }
+        }
+        self.check_references(&entity, existing.as_ref())?;
+        if mode == PutMode::Create {
+            self.check_unique_secret(&entity)?;
+        }
+        let bytes =
+            codec::encode(&entity).map_err(|e| Rejection::invalid("body", e.to_string()))?;
+        if let Some(old) = &existing {
+            self.index(old, false);
+        }
+        self.load(entity.clone());
+        Ok((
+            Applied::Put(entity),
+            vec![Op::Put(object_key(kind, &id), bytes)],
+        ))
+    }
+
+    fn delete(&mut self, kind: EntityKind, id: &str) -> Outcome {
+        let Some(existing) = self.get(kind, id).cloned() else {
+            return Err(Rejection::not_found(kind, id));
+        };
+        if let Some(user) = self.users_of(kind, id).first() {
+            return Err(Rejection::conflict(
+                None,
+                format!(
+                    "{} {id:?} is still used by {user}; remove that reference first",
+                    kind.noun()
+                ),
+            ));
+        }
+        self.index(&existing, false);
+        self.tables[slot(kind)].remove(id);
+        Ok((Applied::Deleted, vec![Op::Delete(object_key(kind, id))]))
+    }
+
+    /// Objects that refer to `kind`/`id`, described for a message.
+    fn users_of(&self, kind: EntityKind, id: &str) -> Vec<String> {
+        let mut users = Vec::new();
+        for entity in self.all() {
+            let uses = match (kind, entity) {
+                (EntityKind::Api, Entity::Plan(p)) => p.api_stages.iter().any(|s| s.api_id == id),
+                (EntityKind::Api, Entity::Policy(p)) => p.api_id.as_deref() == Some(id),
+                (EntityKind::Plan, Entity::Key(k)) => k.plan_ids.iter().any(|p| p == id),
+                (EntityKind::Authorizer, Entity::Api(a)) => a
+                    .routes
+                    .iter()
+                    .any(|r| r.authorizer_id.as_deref() == Some(id)),
+                _ => false,
+            };
+            if uses {
+                users.push(format!("{} {:?}", entity.kind().noun(), entity.id()));
+            }
+        }
+        users
+    }
+
+    fn check_references(
+        &self,
+        entity: &Entity,
+        existing: Option<&Entity>,
+    ) -> Result<(), Rejection> {
+        match entity {
+            Entity::Api(api) => {
+                for (i, r) in api.routes.iter().enumerate() {
+                    if let Some(a) = &r.authorizer_id {
+                        if self.get(EntityKind::Authorizer, a).is_none() {
+                            return Err(Rejection::invalid(
+                                &format!("routes[{i}].authorizer_id"),
+                                format!("no authorizer with id {a:?}"),
+                            ));
+                        }
+                    }
+                }
+                if existing.is_some() {
+                    // A stage that plans still cover cannot disappear.
+                    for entity in self.tables[slot(EntityKind::Plan)].values() {
+                        let Entity::Plan(plan) = entity else { continue };
+                        for s in plan.api_stages.iter().filter(|s| s.api_id == api.id) {
+                            if !api.stages.iter().any(|st| st.name == s.stage) {
+                                return Err(Rejection::conflict(
+                                    Some("stages"),
+                                    format!(
+                                        "stage {:?} is still covered by plan {:?}",
+                                        s.stage, plan.id
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Entity::Plan(plan) => {
+                for (i, s) in plan.api_stages.iter().enumerate() {
+                    let Some(Entity::Api(api)) = self.get(EntityKind::Api, &s.api_id) else {
+                        return Err(Rejection::invalid(
+                            &format!("api_stages[{i}].api_id"),
+                            format!("no api with id {:?}", s.api_id),
+                        ));
+                    };
+                    if !api.stages.iter().any(|st| st.name == s.stage) {
+                        return Err(Rejection::invalid(
+                            &format!("api_stages[{i}].stage"),
+                            format!("api {:?} has no stage {:?}", s.api_id, s.stage),
+                        ));
+                    }
+                }
+                if existing.is_some() {
+                    // Keys in this plan must still have at most one plan per stage.
+                    for entity in self.tables[slot(EntityKind::Key)].values() {
+                        let Entity::Key(key) = entity else { continue };
+                        if key.plan_ids.contains(&plan.id) {
+                            self.check_one_plan_per_stage(key, Some(plan))?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Entity::Key(key) => {
+                for (i, p) in key.plan_ids.iter().enumerate() {
+                    if self.plan(p).is_none() {
+                        return Err(Rejection::invalid(
+                            &format!("plan_ids[{i}]"),
+                            format!("no plan with id {p:?}"),
+                        ));
+                    }
+                }
+                self.check_one_plan_per_stage(key, None)
+            }
+            Entity::Policy(policy) => match &policy.api_id {
+                Some(api) if self.get(EntityKind::Api, api).is_none() => Err(Rejection::invalid(
+                    "api_id",
+                    format!("no api with id {api:?}"),
+                )),
+                _ => Ok(()),
+            },
+            Entity::Authorizer(_) | Entity::Token(_) => Ok(()),
+        }
+    }
+
+    /// A key may be in at most one plan per API stage (as in API Gateway).
+    /// `replacing` stands in for the stored plan of the same id.
+    fn check_one_plan_per_stage(
+        &self,
+        key: &ApiKey,
+        replacing: Option<&UsagePlan>,
+    ) -> Result<(), Rejection> {
+        let mut owner: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+        for plan_id in &key.plan_ids {
+            let plan = match replacing {
+                Some(p) if &p.id == plan_id => Some(p),
+                _ => self.plan(plan_id),
+            };
+            let Some(plan) = plan else { continue };
+            for s in &plan.api_stages {
+                if let Some(other) = owner.insert((&s.api_id, &s.stage), &plan.id) {
+                    return Err(Rejection::conflict(
+                        Some("plan_ids"),
+                        format!(
+                            "key {:?} would be in two plans ({other:?} and {:?}) for {}/{}; a key may be in one plan per API stage",
+                            key.id, plan.id, s.api_id, s.stage
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_unique_secret(&self, entity: &Entity) -> Result<(), Rejection> {
+        let taken = match entity {
+            Entity::Key(k) => self.key_by_digest.contains_key(&k.secret.sha256),
+            Entity::Token(t) => self.token_by_digest.contains_key(&t.secret.sha256),
+            _ => false,
+        };
+        if taken {
+            return Err(Rejection::conflict(
+                Some("secret"),
+                "secret collision; create the object again",
+            ));
+        }
+        Ok(())
+    }
+}
+
+type Outcome = Result<(Applied, Vec<Op>), Rejection>;

@@ -1,0 +1,88 @@
+//! The payload of a Raft log entry, and the state machine's answer to it.
+//!
+//! Everything a command needs to be applied deterministically travels inside
+//! it: ids and secret digests are made by the node that proposes, the time is
+//! the proposer's clock. Applying the same log on any node gives the same state.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Entity, EntityKind, Timestamp};
+
+/// A change to the replicated model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create an object (refused if the id exists) or replace one (refused if it
+    /// does not). On replace the state machine keeps `created_at` and, for keys
+    /// and tokens, the secret digest of the stored object.
+    Put {
+        entity: Entity,
+        mode: PutMode,
+        now: Timestamp,
+    },
+    /// Remove an object; refused while other objects refer to it.
+    Delete { kind: EntityKind, id: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PutMode {
+    Create,
+    Replace,
+}
+
+/// What applying a command gave: the stored object, or a business rejection.
+pub type CommandResult = Result<Applied, Rejection>;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Applied {
+    Put(Entity),
+    Deleted,
+    /// Entries that carry no command (blank entries, membership changes).
+    Nothing,
+}
+
+/// Why the state machine refused a command. This is an answer, not a failure:
+/// the log entry is applied (as a no-op) and the node carries on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct Rejection {
+    pub kind: RejectionKind,
+    /// The request field at fault, when there is one.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectionKind {
+    /// Unknown id: the admin API answers 404.
+    NotFound,
+    /// The change clashes with the current state: 409.
+    Conflict,
+    /// A reference to something that does not exist, or a bad value: 400.
+    Invalid,
+}
+
+impl Rejection {
+    pub fn not_found(kind: EntityKind, id: &str) -> Self {
+        Rejection {
+            kind: RejectionKind::NotFound,
+            field: None,
+            message: format!("no {} with id {id:?}", kind.noun()),
+        }
+    }
+
+    pub fn conflict(field: Option<&str>, message: impl Into<String>) -> Self {
+        Rejection {
+            kind: RejectionKind::Conflict,
+            field: field.map(str::to_string),
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Rejection {
+            kind: RejectionKind::Invalid,
+            field: Some(field.to_string()),
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Tollgate's shared vocabulary: the replicated model, the commands that travel
+//! through the Raft log, and the codec that frames them.
+//!
+//! # Layout
+//!
+//! - [`model`]: what an operator configures — APIs with stages and routes, usage
+//!   plans, API keys, policies, authorizers and admin tokens. The same types are
+//!   stored in the state machine and shown (through views) by the admin API.
+//! - [`validate`]: the rules a model value must satisfy on its own; every
+//!   failure names the field and says how to fix it.
+//! - [`command`]: the payload of a Raft log entry and the answer the state
+//!   machine gives for it. Business rejections (unknown id, conflict) travel in
+//!   the answer, never as storage errors.
+//! - [`codec`]: bincode 2 encoding used on disk and between peers.
+//!
+//! This crate never does I/O and never depends on tokio: the node, the client
+//! and tools can all link it.
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod command;
+pub mod model;
+pub mod validate;
+
+pub use command::{Command, CommandResult, Rejection, RejectionKind};
+pub use validate::FieldError;

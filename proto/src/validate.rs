@@ -1,0 +1,551 @@
+//! Rules each model value must satisfy on its own, checked by the node before
+//! it proposes a change. Rules that need the rest of the model (does the plan
+//! exist? is the key already in a plan for that stage?) are checked by the
+//! state machine when the command is applied.
+//!
+//! Every failure names the field (as a JSON path into the request body) and
+//! says what would be accepted.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use crate::model::*;
+
+/// A request field that is not acceptable, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+pub type Checked = Result<(), FieldError>;
+
+fn fail(field: impl Into<String>, message: impl Into<String>) -> Checked {
+    Err(FieldError {
+        field: field.into(),
+        message: message.into(),
+    })
+}
+
+pub const MAX_NAME: usize = 128;
+pub const MAX_DESCRIPTION: usize = 1024;
+pub const MAX_LIST: usize = 256;
+pub const HTTP_METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*",
+];
+pub const JWT_ALGORITHMS: [&str; 12] = [
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+    "ES384", "EdDSA",
+];
+
+/// Ids, stage names: 1 to 64 of `A-Z a-z 0-9 _ -`.
+pub fn id(field: &str, value: &str) -> Checked {
+    if value.is_empty() || value.len() > 64 {
+        return fail(field, "must be 1 to 64 characters");
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return fail(field, "may contain only letters, digits, '_' and '-'");
+    }
+    Ok(())
+}
+
+fn name(field: &str, value: &str) -> Checked {
+    if value.trim().is_empty() {
+        return fail(field, "must not be empty");
+    }
+    if value.chars().count() > MAX_NAME {
+        return fail(field, format!("must be at most {MAX_NAME} characters"));
+    }
+    if value.chars().any(char::is_control) {
+        return fail(field, "must not contain control characters");
+    }
+    Ok(())
+}
+
+fn description(field: &str, value: &str) -> Checked {
+    if value.chars().count() > MAX_DESCRIPTION {
+        return fail(
+            field,
+            format!("must be at most {MAX_DESCRIPTION} characters"),
+        );
+    }
+    Ok(())
+}
+
+fn list_len<T>(field: &str, list: &[T]) -> Checked {
+    if list.len() > MAX_LIST {
+        return fail(field, format!("may hold at most {MAX_LIST} entries"));
+    }
+    Ok(())
+}
+
+fn non_empty<T>(field: &str, list: &[T]) -> Checked {
+    if list.is_empty() {
+        return fail(field, "must hold at least one entry");
+    }
+    list_len(field, list)
+}
+
+/// Lower-case HTTP header names (RFC 9110 token characters).
+fn header_name(field: &str, value: &str) -> Checked {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!#$%&'*+^`|~".contains(&b)
+        });
+    if ok {
+        Ok(())
+    } else {
+        fail(
+            field,
+            "must be a lower-case HTTP header name such as x-api-key",
+        )
+    }
+}
+
+fn method(field: &str, value: &str) -> Checked {
+    if HTTP_METHODS.contains(&value) {
+        Ok(())
+    } else {
+        fail(field, format!("must be one of {}", HTTP_METHODS.join(", ")))
+    }
+}
+
+fn path_pattern(field: &str, value: &str) -> Checked {
+    if !value.starts_with('/') {
+        return fail(field, "must start with '/'");
+    }
+    if value.len() > 1024 {
+        return fail(field, "must be at most 1024 characters");
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return fail(field, "must not contain white space");
+    }
+    Ok(())
+}
+
+pub fn throttle(field: &str, t: &Throttle) -> Checked {
+    if !t.rate_per_sec.is_finite() || t.rate_per_sec <= 0.0 || t.rate_per_sec > 1e9 {
+        return fail(
+            format!("{field}.rate_per_sec"),
+            "must be a number above 0 and at most 1e9",
+        );
+    }
+    if t.burst == 0 {
+        return fail(format!("{field}.burst"), "must be at least 1");
+    }
+    Ok(())
+}
+
+pub fn quota(field: &str, q: &Quota) -> Checked {
+    if q.limit == 0 {
+        return fail(format!("{field}.limit"), "must be at least 1");
+    }
+    let max_offset = match q.period {
+        Period::Day => 0,
+        Period::Week => 6,
+        Period::Month => 27,
+    };
+    if q.offset > max_offset {
+        return fail(
+            format!("{field}.offset"),
+            format!("must be 0 to {max_offset} for a {:?} period", q.period).to_lowercase(),
+        );
+    }
+    Ok(())
+}
+
+fn url(field: &str, value: &str) -> Checked {
+    let rest = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"));
+    match rest {
+        Some(rest)
+            if !rest.is_empty()
+                && !rest.starts_with('/')
+                && !value.chars().any(char::is_whitespace) =>
+        {
+            Ok(())
+        }
+        _ => fail(field, "must be an http:// or https:// URL"),
+    }
+}
+
+pub fn api(a: &Api) -> Checked {
+    id("id", &a.id)?;
+    name("name", &a.name)?;
+    description("description", &a.description)?;
+    header_name("key_source.header", &a.key_source.header)?;
+    if let Some(q) = &a.key_source.query_param {
+        id("key_source.query_param", q)?;
+    }
+    list_len("stages", &a.stages)?;
+    let mut seen = BTreeSet::new();
+    for (i, s) in a.stages.iter().enumerate() {
+        id(&format!("stages[{i}].name"), &s.name)?;
+        if !seen.insert(s.name.as_str()) {
+            return fail(
+                format!("stages[{i}].name"),
+                format!("stage {:?} appears twice", s.name),
+            );
+        }
+        if let Some(t) = &s.throttle {
+            throttle(&format!("stages[{i}].throttle"), t)?;
+        }
+    }
+    list_len("routes", &a.routes)?;
+    let mut seen = BTreeSet::new();
+    for (i, r) in a.routes.iter().enumerate() {
+        method(&format!("routes[{i}].method"), &r.method)?;
+        path_pattern(&format!("routes[{i}].path"), &r.path)?;
+        if !seen.insert((r.method.as_str(), r.path.as_str())) {
+            return fail(
+                format!("routes[{i}]"),
+                format!("route {} {} appears twice", r.method, r.path),
+            );
+        }
+        if let Some(auth) = &r.authorizer_id {
+            id(&format!("routes[{i}].authorizer_id"), auth)?;
+        }
+        list_len(&format!("routes[{i}].scopes"), &r.scopes)?;
+    }
+    Ok(())
+}
+
+pub fn plan(p: &UsagePlan) -> Checked {
+    id("id", &p.id)?;
+    name("name", &p.name)?;
+    description("description", &p.description)?;
+    if let Some(t) = &p.throttle {
+        throttle("throttle", t)?;
+    }
+    if let Some(q) = &p.quota {
+        quota("quota", q)?;
+    }
+    list_len("api_stages", &p.api_stages)?;
+    let mut seen = BTreeSet::new();
+    for (i, s) in p.api_stages.iter().enumerate() {
+        id(&format!("api_stages[{i}].api_id"), &s.api_id)?;
+        id(&format!("api_stages[{i}].stage"), &s.stage)?;
+        if !seen.insert((s.api_id.as_str(), s.stage.as_str())) {
+            return fail(
+                format!("api_stages[{i}]"),
+                format!("{}/{} appears twice", s.api_id, s.stage),
+            );
+        }
+        list_len(
+            &format!("api_stages[{i}].method_throttles"),
+            &s.method_throttles,
+        )?;
+        for (j, m) in s.method_throttles.iter().enumerate() {
+            let at = format!("api_stages[{i}].method_throttles[{j}]");
+            method(&format!("{at}.method"), &m.method)?;
+            path_pattern(&format!("{at}.path"), &m.path)?;
+            throttle(&format!("{at}.throttle"), &m.throttle)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn key_spec(k: &ApiKeySpec) -> Checked {
+    name("name", &k.name)?;
+    description("description", &k.description)?;
+    if let Some(c) = &k.customer_id {
+        name("customer_id", c)?;
+    }
+    if k.tags.len() > 50 {
+        return fail("tags", "may hold at most 50 tags");
+    }
+    for (key, value) in &k.tags {
+        if key.is_empty() || key.len() > 128 || key.chars().any(char::is_control) {
+            return fail(
+                format!("tags.{key}"),
+                "tag names must be 1 to 128 printable characters",
+            );
+        }
+        if value.len() > 256 || value.chars().any(char::is_control) {
+            return fail(
+                format!("tags.{key}"),
+                "tag values must be at most 256 printable characters",
+            );
+        }
+    }
+    list_len("plan_ids", &k.plan_ids)?;
+    let mut seen = BTreeSet::new();
+    for (i, p) in k.plan_ids.iter().enumerate() {
+        id(&format!("plan_ids[{i}]"), p)?;
+        if !seen.insert(p) {
+            return fail(
+                format!("plan_ids[{i}]"),
+                format!("plan {p:?} appears twice"),
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn policy(p: &Policy) -> Checked {
+    id("id", &p.id)?;
+    name("name", &p.name)?;
+    description("description", &p.description)?;
+    if let Some(api) = &p.api_id {
+        id("api_id", api)?;
+    }
+    non_empty("statements", &p.statements)?;
+    for (i, s) in p.statements.iter().enumerate() {
+        let at = format!("statements[{i}]");
+        non_empty(&format!("{at}.principals"), &s.principals)?;
+        non_empty(&format!("{at}.actions"), &s.actions)?;
+        non_empty(&format!("{at}.resources"), &s.resources)?;
+        for (j, a) in s.actions.iter().enumerate() {
+            if a != "invoke" && a != "*" {
+                return fail(format!("{at}.actions[{j}]"), "must be \"invoke\" or \"*\"");
+            }
+        }
+        for (j, r) in s.resources.iter().enumerate() {
+            if r != "*" && r.splitn(4, '/').count() < 4 {
+                return fail(
+                    format!("{at}.resources[{j}]"),
+                    "must be \"*\" or api/stage/METHOD/path",
+                );
+            }
+        }
+        list_len(&format!("{at}.conditions"), &s.conditions)?;
+        for (j, c) in s.conditions.iter().enumerate() {
+            condition(&format!("{at}.conditions[{j}]"), c)?;
+        }
+    }
+    Ok(())
+}
+
+fn condition(at: &str, c: &Condition) -> Checked {
+    let key_ok = c.key == "source_ip"
+        || c.key == "proxy_id"
+        || ["claim:", "header:", "tag:"]
+            .iter()
+            .any(|p| c.key.strip_prefix(p).is_some_and(|rest| !rest.is_empty()));
+    if !key_ok {
+        return fail(
+            format!("{at}.key"),
+            "must be source_ip, proxy_id, claim:NAME, header:NAME or tag:NAME",
+        );
+    }
+    non_empty(&format!("{at}.values"), &c.values)?;
+    let ip_op = matches!(
+        c.operator,
+        ConditionOperator::IpAddress | ConditionOperator::NotIpAddress
+    );
+    if ip_op != (c.key == "source_ip") {
+        return fail(
+            format!("{at}.operator"),
+            "IpAddress and NotIpAddress go with the key source_ip, and only they do",
+        );
+    }
+    if ip_op {
+        for (k, v) in c.values.iter().enumerate() {
+            if v.parse::<ipnet::IpNet>().is_err() && v.parse::<IpAddr>().is_err() {
+                return fail(
+                    format!("{at}.values[{k}]"),
+                    format!("{v:?} is not an IP address or CIDR block"),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn authorizer(a: &Authorizer) -> Checked {
+    id("id", &a.id)?;
+    name("name", &a.name)?;
+    description("description", &a.description)?;
+    match &a.kind {
+        AuthorizerKind::Jwt(j) => jwt(j),
+        AuthorizerKind::Http(h) => http_authorizer(h),
+    }
+}
+
+fn jwt(j: &JwtAuthorizer) -> Checked {
+    if j.issuer.trim().is_empty() {
+        return fail("kind.jwt.issuer", "must not be empty");
+    }
+    non_empty("kind.jwt.audiences", &j.audiences)?;
+    non_empty("kind.jwt.algorithms", &j.algorithms)?;
+    for (i, alg) in j.algorithms.iter().enumerate() {
+        if !JWT_ALGORITHMS.contains(&alg.as_str()) {
+            return fail(
+                format!("kind.jwt.algorithms[{i}]"),
+                format!(
+                    "{alg:?} is not accepted; use one of {}",
+                    JWT_ALGORITHMS.join(", ")
+                ),
+            );
+        }
+    }
+    let hmac = j.algorithms.iter().filter(|a| a.starts_with("HS")).count();
+    if hmac != 0 && hmac != j.algorithms.len() {
+        return fail(
+            "kind.jwt.algorithms",
+            "HMAC (HS*) algorithms cannot be mixed with public-key ones",
+        );
+    }
+    match (&j.jwks_url, j.jwks.is_empty()) {
+        (None, true) => {
+            return fail(
+                "kind.jwt.jwks",
+                "give the signing keys inline in jwks, or a jwks_url",
+            )
+        }
+        (Some(u), _) => url("kind.jwt.jwks_url", u)?,
+        (None, false) => {}
+    }
+    if hmac != 0 && j.jwks_url.is_some() {
+        return fail(
+            "kind.jwt.jwks_url",
+            "HMAC keys must be given inline, not fetched",
+        );
+    }
+    for (i, k) in j.jwks.iter().enumerate() {
+        let want = if hmac != 0 {
+            ["oct"].as_slice()
+        } else {
+            ["RSA", "EC", "OKP"].as_slice()
+        };
+        if !want.contains(&k.kty.as_str()) {
+            return fail(
+                format!("kind.jwt.jwks[{i}].kty"),
+                format!("must be one of {} for these algorithms", want.join(", ")),
+            );
+        }
+    }
+    if j.leeway_secs > 300 {
+        return fail("kind.jwt.leeway_secs", "must be at most 300");
+    }
+    Ok(())
+}
+
+fn http_authorizer(h: &HttpAuthorizer) -> Checked {
+    url("kind.http.url", &h.url)?;
+    non_empty("kind.http.identity_sources", &h.identity_sources)?;
+    for (i, s) in h.identity_sources.iter().enumerate() {
+        let ok = s
+            .strip_prefix("header:")
+            .is_some_and(|n| header_name("", n).is_ok())
+            || s.strip_prefix("query:").is_some_and(|n| !n.is_empty());
+        if !ok {
+            return fail(
+                format!("kind.http.identity_sources[{i}]"),
+                "must be header:NAME (lower case) or query:NAME",
+            );
+        }
+    }
+    if h.cache_ttl_secs > 3600 {
+        return fail("kind.http.cache_ttl_secs", "must be at most 3600");
+    }
+    if h.timeout_ms == 0 || h.timeout_ms > 30_000 {
+        return fail("kind.http.timeout_ms", "must be 1 to 30000");
+    }
+    Ok(())
+}
+
+pub fn token_spec(t: &AdminTokenSpec) -> Checked {
+    name("name", &t.name)?;
+    non_empty("scopes", &t.scopes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt_authorizer(algorithms: &[&str], kty: &str) -> Authorizer {
+        Authorizer {
+            id: "a1".into(),
+            name: "jwt".into(),
+            description: String::new(),
+            kind: AuthorizerKind::Jwt(JwtAuthorizer {
+                issuer: "https://issuer".into(),
+                audiences: vec!["api".into()],
+                jwks_url: None,
+                jwks: vec![Jwk {
+                    kty: kty.into(),
+                    kid: None,
+                    alg: None,
+                    n: None,
+                    e: None,
+                    crv: None,
+                    x: None,
+                    y: None,
+                    k: None,
+                }],
+                algorithms: algorithms.iter().map(|s| s.to_string()).collect(),
+                required_scopes: vec![],
+                leeway_secs: 30,
+            }),
+            created_at: Timestamp(0),
+            updated_at: Timestamp(0),
+        }
+    }
+
+    #[test]
+    fn jwt_algorithm_none_is_refused_and_named() {
+        let err = authorizer(&jwt_authorizer(&["none"], "RSA")).unwrap_err();
+        assert_eq!(err.field, "kind.jwt.algorithms[0]");
+    }
+
+    #[test]
+    fn hmac_cannot_be_mixed_with_rsa() {
+        let err = authorizer(&jwt_authorizer(&["HS256", "RS256"], "RSA")).unwrap_err();
+        assert_eq!(err.field, "kind.jwt.algorithms");
+        assert!(authorizer(&jwt_authorizer(&["RS256", "ES256"], "RSA")).is_ok());
+    }
+
+    #[test]
+    fn quota_offset_is_bounded_by_period() {
+        let q = Quota {
+            limit: 10,
+            period: Period::Week,
+            offset: 7,
+        };
+        assert_eq!(quota("quota", &q).unwrap_err().field, "quota.offset");
+        assert!(quota("quota", &Quota { offset: 6, ..q }).is_ok());
+        assert!(quota(
+            "quota",
+            &Quota {
+                period: Period::Day,
+                offset: 1,
+                ..q
+            }
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn ids_refuse_slashes_and_empty() {
+        assert!(id("id", "petstore-v1").is_ok());
+        assert_eq!(id("id", "a/b").unwrap_err().field, "id");
+        assert!(id("id", "").is_err());
+    }
+
+    #[test]
+    fn ip_conditions_need_valid_cidrs() {
+        let c = Condition {
+            operator: ConditionOperator::IpAddress,
+            key: "source_ip".into(),
+            values: vec!["10.0.0.0/8".into(), "2001:db8::/32".into(), "nope".into()],
+        };
+        assert_eq!(condition("c", &c).unwrap_err().field, "c.values[2]");
+    }
+
+    #[test]
+    fn timestamps_round_trip_through_bincode_and_json() {
+        let t = Timestamp(1_790_000_000);
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(json, "\"2026-09-21T14:13:20Z\"");
+        assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+        let bytes = crate::codec::encode(&t).unwrap();
+        assert_eq!(crate::codec::decode::<Timestamp>(&bytes).unwrap(), t);
+    }
+}
