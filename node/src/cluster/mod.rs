@@ -71,3 +71,47 @@ pub(crate) fn storage_err(
 ) -> typ::StorageError {
     openraft::StorageIOError::new(subject, verb, openraft::AnyError::error(err.to_string())).into()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+
+    use arc_swap::ArcSwap;
+    use openraft::testing::{StoreBuilder, Suite};
+
+    use super::log_store::LogStore;
+    use super::state_machine::StateMachine;
+    use super::typ::StorageError;
+    use super::TypeConfig;
+    use crate::store::{SledKv, SledOptions};
+
+    struct SledStores;
+
+    impl StoreBuilder<TypeConfig, LogStore<SledKv>, StateMachine<SledKv>, tempfile::TempDir>
+        for SledStores
+    {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, LogStore<SledKv>, StateMachine<SledKv>), StorageError>
+        {
+            let dir = tempfile::tempdir().map_err(|e| {
+                super::storage_err(openraft::ErrorSubject::Store, openraft::ErrorVerb::Write, e)
+            })?;
+            let kv = Arc::new(
+                SledKv::open(dir.path(), &SledOptions::default()).map_err(|e| {
+                    super::storage_err(openraft::ErrorSubject::Store, openraft::ErrorVerb::Read, e)
+                })?,
+            );
+            let log = LogStore::new(kv.clone(), Arc::new(AtomicU64::new(0)));
+            let sm = StateMachine::open(kv, Arc::new(ArcSwap::from_pointee(Default::default())))?;
+            Ok((dir, log, sm))
+        }
+    }
+
+    /// openraft's own conformance suite for log stores and state machines.
+    #[test]
+    fn storage_passes_openraft_conformance_suite() -> Result<(), StorageError> {
+        Suite::test_all(SledStores)
+    }
+}

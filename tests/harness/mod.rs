@@ -1,0 +1,374 @@
+//! A harness that runs real `tollgate` node processes on loopback.
+//!
+//! Each node gets ports of its own (from a range outside the kernel's ephemeral
+//! ports, handed out once per test process, so parallel tests never share one),
+//! its own temporary data directory, and a log file. Every child is killed when
+//! its [`Node`] is dropped — also when a test panics — and, through
+//! `PR_SET_PDEATHSIG`, when the test process itself dies.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const TOKEN: &str = "tga_test-bootstrap-token-0123456789abcdef";
+
+/// How long any harness wait may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A port nobody else in this process has been given, and that is free now.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Start somewhere that depends on the process, so separate test processes
+    // running at once (nextest) are unlikely to start at the same place.
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 500) as u16 * 20,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(port < 32_000, "ran out of test ports");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Options for every node of a cluster.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub snapshot_logs: u64,
+    pub keep_logs: u64,
+    pub log_level: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            snapshot_logs: 10_000,
+            keep_logs: 1_000,
+            log_level: "info",
+        }
+    }
+}
+
+pub struct Node {
+    pub id: u64,
+    pub http_port: u16,
+    pub peer_port: u16,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn addr_spec(&self) -> String {
+        format!(
+            "{}=127.0.0.1:{}/127.0.0.1:{}",
+            self.id, self.http_port, self.peer_port
+        )
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn spawn(&mut self, peers: Option<&str>, options: &Options) {
+        assert!(self.child.is_none(), "node {} is already running", self.id);
+        std::fs::create_dir_all(&self.dir).expect("data dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("node.log"))
+            .expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.arg("serve")
+            .args(["--id", &self.id.to_string()])
+            .args(["--http", &format!("127.0.0.1:{}", self.http_port)])
+            .args(["--peer", &format!("127.0.0.1:{}", self.peer_port)])
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args([
+                "--heartbeat-ms",
+                "50",
+                "--election-min-ms",
+                "300",
+                "--election-max-ms",
+                "600",
+            ])
+            .args(["--snapshot-logs", &options.snapshot_logs.to_string()])
+            .args(["--keep-logs", &options.keep_logs.to_string()])
+            .env("TOLLGATE_ADMIN_TOKEN", TOKEN)
+            .env("TOLLGATE_CLUSTER_TOKEN", "test-cluster-token")
+            .env("TOLLGATE_LOG", options.log_level)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log);
+        if let Some(peers) = peers {
+            cmd.args(["--peers", peers]);
+        }
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill
+        // this child if the thread that spawned it (the test) goes away.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        self.child = Some(cmd.spawn().expect("spawn tollgate"));
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    peers: String,
+    options: Options,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` nodes that form one cluster through `--peers`.
+    pub async fn start(n: u64) -> Cluster {
+        Self::start_with(n, Options::default()).await
+    }
+
+    pub async fn start_with(n: u64, options: Options) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut nodes: Vec<Node> = (1..=n)
+            .map(|id| Node {
+                id,
+                http_port: free_port(),
+                peer_port: free_port(),
+                dir: dir.path().join(format!("node{id}")),
+                child: None,
+            })
+            .collect();
+        let peers: Vec<String> = nodes.iter().map(Node::addr_spec).collect();
+        let peers = peers.join(",");
+        for node in &mut nodes {
+            node.spawn(Some(&peers), &options);
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("client");
+        let cluster = Cluster {
+            nodes,
+            peers,
+            options,
+            http,
+            _dir: dir,
+        };
+        for node in &cluster.nodes {
+            cluster.wait_ready(node.id).await;
+        }
+        cluster
+    }
+
+    /// Adds a node process that is not yet a member (it waits to be added).
+    pub fn spawn_extra(&mut self, id: u64) -> &Node {
+        let mut node = Node {
+            id,
+            http_port: free_port(),
+            peer_port: free_port(),
+            dir: self._dir.path().join(format!("node{id}")),
+            child: None,
+        };
+        node.spawn(None, &self.options);
+        self.nodes.push(node);
+        self.node(id)
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .expect("no such node")
+    }
+
+    pub fn url(&self, id: u64) -> String {
+        self.node(id).url()
+    }
+
+    pub fn data_dirs(&self) -> Vec<&Path> {
+        self.nodes.iter().map(|n| n.dir.as_path()).collect()
+    }
+
+    pub fn kill(&mut self, id: u64) {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .expect("no such node")
+            .kill();
+    }
+
+    pub async fn restart(&mut self, id: u64) {
+        let peers = self.peers.clone();
+        let options = self.options.clone();
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .expect("no such node");
+        node.spawn(Some(&peers), &options);
+        self.wait_ready(id).await;
+    }
+
+    /// Waits until the node answers `/readyz` with 200.
+    pub async fn wait_ready(&self, id: u64) {
+        let url = format!("{}/readyz", self.url(id));
+        wait_until(&format!("node {id} ready"), || async {
+            self.http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+    }
+
+    /// The leader that every running node agrees on.
+    pub async fn leader(&self) -> u64 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let mut seen = Vec::new();
+            for node in self.nodes.iter().filter(|n| n.is_running()) {
+                let (_, status) = self.get(node.id, "/v1/admin/cluster").await;
+                seen.push(status["leader_id"].as_u64());
+            }
+            if let Some(Some(l)) = seen.first() {
+                if seen.iter().all(|s| *s == Some(*l))
+                    && self.nodes.iter().any(|n| n.id == *l && n.is_running())
+                {
+                    return *l;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "running nodes never agreed on a live leader: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Some running node other than `not`.
+    pub fn other_than(&self, not: u64) -> u64 {
+        self.nodes
+            .iter()
+            .find(|n| n.id != not && n.is_running())
+            .expect("another running node")
+            .id
+    }
+
+    /// One admin call: status and JSON body (Null when empty).
+    pub async fn call(
+        &self,
+        id: u64,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url(id)))
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let text = resp.text().await.unwrap_or_default();
+                (
+                    status,
+                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                )
+            }
+            Err(e) => (0, Value::String(e.to_string())),
+        }
+    }
+
+    pub async fn get(&self, id: u64, path: &str) -> (u16, Value) {
+        self.call(id, reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, id: u64, path: &str, body: Value) -> (u16, Value) {
+        self.call(id, reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// Every object of a collection, following pages.
+    pub async fn list_all(&self, id: u64, collection: &str, stale: bool) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut path = format!("/v1/admin/{collection}?limit=1000&stale={stale}");
+            if let Some(a) = &after {
+                path.push_str(&format!("&after={a}"));
+            }
+            let (status, page) = self.get(id, &path).await;
+            assert_eq!(status, 200, "listing {collection} on node {id}: {page}");
+            items.extend(page["items"].as_array().cloned().unwrap_or_default());
+            match page["next_after"].as_str() {
+                Some(next) => after = Some(next.to_string()),
+                None => return items,
+            }
+        }
+    }
+
+    /// All node logs, concatenated.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| std::fs::read_to_string(n.dir.join("node.log")).unwrap_or_default())
+            .collect()
+    }
+}
+
+/// Polls `check` until it holds; panics after [`PATIENCE`]. This is a bound on
+/// a wait for an event, not a timing assertion: a correct system passes it
+/// long before.
+pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A plan body with the given id.
+pub fn plan(id: &str) -> Value {
+    serde_json::json!({"id": id, "name": format!("plan {id}"), "throttle": {"rate_per_sec": 10.0, "burst": 20}})
+}
