@@ -276,3 +276,29 @@ mod tests {
         assert_eq!(err.field, "config");
     }
 }
+
+#[cfg(test)]
+mod deploy_examples {
+    use super::*;
+
+    /// The example configurations in `deploy/` stay valid.
+    #[test]
+    fn deploy_configs_resolve() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
+        for id in 1..=3u64 {
+            let path = dir.join(format!("node{id}.toml"));
+            let config = ServeArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(config.id, id);
+            assert_eq!(config.peers.len(), 3);
+            assert_eq!(
+                config.advertise_peer.as_deref(),
+                Some(format!("10.0.0.{id}:9081").as_str())
+            );
+        }
+    }
+}
