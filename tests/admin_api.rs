@@ -7,10 +7,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 fn assert_clear_4xx(what: &str, status: u16, body: &Value) {
-    assert!(
-        (400..500).contains(&status),
-        "{what}: expected a 4xx, got {status}: {body}"
-    );
+    assert!((400..500).contains(&status), "{what}: expected a 4xx, got {status}: {body}");
     if status != 405 {
         let message = body["error"]["message"].as_str().unwrap_or_default();
         assert!(!message.is_empty(), "{what}: no error message in {body}");
@@ -28,15 +25,9 @@ async fn bad_input_on_every_admin_route_is_a_4xx_that_changes_nothing() {
         ("empty body", String::new()),
         ("not JSON", "{nope".into()),
         ("an array", "[1,2]".into()),
-        (
-            "wrong types",
-            r#"{"name": 5, "id": [], "scopes": "all", "statements": 3, "kind": 1}"#.into(),
-        ),
+        ("wrong types", r#"{"name": 5, "id": [], "scopes": "all", "statements": 3, "kind": 1}"#.into()),
         ("trailing garbage", r#"{"name": "x"} x"#.into()),
-        (
-            "non-UTF-8",
-            String::from_utf8_lossy(&[0x7b, 0xff, 0xfe, 0x7d]).into_owned(),
-        ),
+        ("non-UTF-8", String::from_utf8_lossy(&[0x7b, 0xff, 0xfe, 0x7d]).into_owned()),
         ("empty object", "{}".into()),
     ];
     for collection in collections {
@@ -54,89 +45,39 @@ async fn bad_input_on_every_admin_route_is_a_4xx_that_changes_nothing() {
             assert_clear_4xx(&format!("POST {collection} with {what}"), status, &body);
         }
         for (method, what) in [(Method::GET, "get"), (Method::DELETE, "delete")] {
-            let (status, body) = cluster
-                .call(
-                    node,
-                    method,
-                    &format!("/v1/admin/{collection}/no-such-id"),
-                    None,
-                )
-                .await;
+            let (status, body) = cluster.call(node, method, &format!("/v1/admin/{collection}/no-such-id"), None).await;
             assert_eq!(status, 404, "{what} unknown {collection}: {body}");
             assert_clear_4xx(what, status, &body);
         }
-        let (status, body) = cluster
-            .call(
-                node,
-                Method::PUT,
-                &format!("/v1/admin/{collection}/no-such-id"),
-                Some(json!({"x": 1})),
-            )
-            .await;
+        let (status, body) =
+            cluster.call(node, Method::PUT, &format!("/v1/admin/{collection}/no-such-id"), Some(json!({"x": 1}))).await;
         assert_clear_4xx(&format!("PUT unknown {collection}"), status, &body);
         for query in ["limit=0", "limit=abc", "limit=100000", "stale=maybe"] {
-            let (status, body) = cluster
-                .get(node, &format!("/v1/admin/{collection}?{query}"))
-                .await;
+            let (status, body) = cluster.get(node, &format!("/v1/admin/{collection}?{query}")).await;
             assert_eq!(status, 400, "{query}: {body}");
             let field = body["error"]["field"].as_str().unwrap_or_default();
-            assert!(
-                query.starts_with(field) && !field.is_empty(),
-                "{query} should name its field: {body}"
-            );
+            assert!(query.starts_with(field) && !field.is_empty(), "{query} should name its field: {body}");
         }
     }
 
     // Field-level validation names the field.
     let cases = [
-        (
-            "plans",
-            json!({"name": "p", "throttle": {"rate_per_sec": 0, "burst": 1}}),
-            "throttle.rate_per_sec",
-        ),
-        (
-            "plans",
-            json!({"name": "p", "quota": {"limit": 5, "period": "week", "offset": 9}}),
-            "quota.offset",
-        ),
-        (
-            "plans",
-            json!({"name": "p", "quota": {"limit": 5, "period": "year"}}),
-            "quota.period",
-        ),
-        (
-            "plans",
-            json!({"name": "p", "api_stages": [{"api_id": "nope", "stage": "prod"}]}),
-            "api_stages[0].api_id",
-        ),
+        ("plans", json!({"name": "p", "throttle": {"rate_per_sec": 0, "burst": 1}}), "throttle.rate_per_sec"),
+        ("plans", json!({"name": "p", "quota": {"limit": 5, "period": "week", "offset": 9}}), "quota.offset"),
+        ("plans", json!({"name": "p", "quota": {"limit": 5, "period": "year"}}), "quota.period"),
+        ("plans", json!({"name": "p", "api_stages": [{"api_id": "nope", "stage": "prod"}]}), "api_stages[0].api_id"),
         ("apis", json!({"id": "a b", "name": "x"}), "id"),
-        (
-            "apis",
-            json!({"name": "x", "routes": [{"method": "FETCH", "path": "/"}]}),
-            "routes[0].method",
-        ),
+        ("apis", json!({"name": "x", "routes": [{"method": "FETCH", "path": "/"}]}), "routes[0].method"),
         (
             "apis",
             json!({"name": "x", "routes": [{"method": "GET", "path": "/", "authorizer_id": "missing"}]}),
             "routes[0].authorizer_id",
         ),
-        (
-            "keys",
-            json!({"name": "k", "plan_ids": ["missing"]}),
-            "plan_ids[0]",
-        ),
-        (
-            "keys",
-            json!({"name": "k", "expires_at": "tomorrow"}),
-            "expires_at",
-        ),
+        ("keys", json!({"name": "k", "plan_ids": ["missing"]}), "plan_ids[0]"),
+        ("keys", json!({"name": "k", "expires_at": "tomorrow"}), "expires_at"),
         ("keys", json!({"name": ""}), "name"),
         ("tokens", json!({"name": "t", "scopes": []}), "scopes"),
-        (
-            "tokens",
-            json!({"name": "t", "scopes": ["admin"]}),
-            "scopes[0]",
-        ),
+        ("tokens", json!({"name": "t", "scopes": ["admin"]}), "scopes[0]"),
         (
             "policies",
             json!({"name": "p", "statements": [{"effect": "Allow", "principals": ["*"], "actions": ["invoke"], "resources": ["*"],
@@ -155,68 +96,25 @@ async fn bad_input_on_every_admin_route_is_a_4xx_that_changes_nothing() {
         ),
     ];
     for (collection, body, field) in cases {
-        let (status, answer) = cluster
-            .post(node, &format!("/v1/admin/{collection}"), body.clone())
-            .await;
+        let (status, answer) = cluster.post(node, &format!("/v1/admin/{collection}"), body.clone()).await;
         assert_eq!(status, 400, "{collection} {body}: {answer}");
-        assert_eq!(
-            answer["error"]["field"], field,
-            "{collection} {body}: {answer}"
-        );
+        assert_eq!(answer["error"]["field"], field, "{collection} {body}: {answer}");
     }
 
     // Cluster routes.
     for (body, field) in [
-        (
-            json!({"id": 0, "http_addr": "127.0.0.1:1", "peer_addr": "127.0.0.1:2"}),
-            "id",
-        ),
-        (
-            json!({"id": 9, "http_addr": "nowhere", "peer_addr": "127.0.0.1:2"}),
-            "http_addr",
-        ),
-        (
-            json!({"id": 9, "http_addr": "127.0.0.1:1", "peer_addr": "h:70000"}),
-            "peer_addr",
-        ),
+        (json!({"id": 0, "http_addr": "127.0.0.1:1", "peer_addr": "127.0.0.1:2"}), "id"),
+        (json!({"id": 9, "http_addr": "nowhere", "peer_addr": "127.0.0.1:2"}), "http_addr"),
+        (json!({"id": 9, "http_addr": "127.0.0.1:1", "peer_addr": "h:70000"}), "peer_addr"),
         (json!({"id": "nine"}), "id"),
     ] {
         let (status, answer) = cluster.post(node, "/v1/admin/cluster/nodes", body).await;
         assert_eq!(status, 400, "{answer}");
         assert_eq!(answer["error"]["field"], field, "{answer}");
     }
-    assert_eq!(
-        cluster
-            .call(
-                node,
-                Method::POST,
-                "/v1/admin/cluster/nodes/abc/promote",
-                None
-            )
-            .await
-            .0,
-        400
-    );
-    assert_eq!(
-        cluster
-            .call(
-                node,
-                Method::POST,
-                "/v1/admin/cluster/nodes/77/promote",
-                None
-            )
-            .await
-            .0,
-        404
-    );
-    assert_eq!(
-        cluster
-            .call(node, Method::DELETE, "/v1/admin/cluster/nodes/1", None)
-            .await
-            .0,
-        409,
-        "last voter"
-    );
+    assert_eq!(cluster.call(node, Method::POST, "/v1/admin/cluster/nodes/abc/promote", None).await.0, 400);
+    assert_eq!(cluster.call(node, Method::POST, "/v1/admin/cluster/nodes/77/promote", None).await.0, 404);
+    assert_eq!(cluster.call(node, Method::DELETE, "/v1/admin/cluster/nodes/1", None).await.0, 409, "last voter");
 
     // Too large a body.
     let huge = format!("{{\"name\": \"{}\"}}", "x".repeat(2 << 20));
@@ -232,19 +130,10 @@ async fn bad_input_on_every_admin_route_is_a_4xx_that_changes_nothing() {
 
     // Nothing was stored by any of it, and the node is still serving.
     for collection in collections {
-        assert!(
-            cluster.list_all(node, collection, false).await.is_empty(),
-            "{collection} changed"
-        );
+        assert!(cluster.list_all(node, collection, false).await.is_empty(), "{collection} changed");
     }
     assert_eq!(
-        cluster
-            .http
-            .get(format!("{}/healthz", cluster.url(node)))
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .ok(),
+        cluster.http.get(format!("{}/healthz", cluster.url(node))).send().await.map(|r| r.status().as_u16()).ok(),
         Some(200)
     );
 }
@@ -252,78 +141,39 @@ async fn bad_input_on_every_admin_route_is_a_4xx_that_changes_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_secret_never_appears_in_logs_responses_or_storage() {
     // Debug logging, so even verbose logs are checked.
-    let options = Options {
-        log_level: "debug",
-        ..Default::default()
-    };
+    let options = Options { log_level: "debug", ..Default::default() };
     let mut cluster = Cluster::start_with(3, options).await;
     cluster.leader().await;
 
-    let (status, created) = cluster
-        .post(
-            2,
-            "/v1/admin/keys",
-            json!({"name": "secretive", "tags": {"team": "a"}}),
-        )
-        .await;
+    let (status, created) =
+        cluster.post(2, "/v1/admin/keys", json!({"name": "secretive", "tags": {"team": "a"}})).await;
     assert_eq!(status, 201, "{created}");
-    let secret = created["secret"]
-        .as_str()
-        .expect("secret shown once at creation")
-        .to_string();
+    let secret = created["secret"].as_str().expect("secret shown once at creation").to_string();
     let id = created["id"].as_str().unwrap_or_default().to_string();
     assert!(secret.starts_with(created["prefix"].as_str().unwrap_or("?")));
-    let (status, token) = cluster
-        .post(
-            1,
-            "/v1/admin/tokens",
-            json!({"name": "ops", "scopes": ["read"]}),
-        )
-        .await;
+    let (status, token) = cluster.post(1, "/v1/admin/tokens", json!({"name": "ops", "scopes": ["read"]})).await;
     assert_eq!(status, 201, "{token}");
     let token_secret = token["secret"].as_str().expect("token secret").to_string();
 
     // Reads show neither the secret nor its digest.
     for node in [1, 2, 3] {
-        for path in [
-            format!("/v1/admin/keys/{id}"),
-            "/v1/admin/keys".into(),
-            "/v1/admin/tokens".into(),
-        ] {
+        for path in [format!("/v1/admin/keys/{id}"), "/v1/admin/keys".into(), "/v1/admin/tokens".into()] {
             let (_, body) = cluster.get(node, &path).await;
             let text = body.to_string();
-            assert!(
-                !text.contains(&secret) && !text.contains(&token_secret),
-                "{path} on node {node}: {text}"
-            );
-            assert!(
-                !text.contains("sha256") && !text.contains("\"secret\""),
-                "{path} shows a digest: {text}"
-            );
+            assert!(!text.contains(&secret) && !text.contains(&token_secret), "{path} on node {node}: {text}");
+            assert!(!text.contains("sha256") && !text.contains("\"secret\""), "{path} shows a digest: {text}");
         }
     }
     // An update keeps the secret (the key's digest) as it was.
-    let (status, _) = cluster
-        .call(
-            3,
-            Method::PUT,
-            &format!("/v1/admin/keys/{id}"),
-            Some(json!({"name": "renamed"})),
-        )
-        .await;
+    let (status, _) =
+        cluster.call(3, Method::PUT, &format!("/v1/admin/keys/{id}"), Some(json!({"name": "renamed"}))).await;
     assert_eq!(status, 200);
 
     for node in [1, 2, 3] {
         cluster.kill(node);
     }
-    assert!(
-        !cluster.logs().contains(&secret),
-        "the key secret was logged"
-    );
-    assert!(
-        !cluster.logs().contains(&token_secret),
-        "the token secret was logged"
-    );
+    assert!(!cluster.logs().contains(&secret), "the key secret was logged");
+    assert!(!cluster.logs().contains(&token_secret), "the token secret was logged");
     let prefix = created["prefix"].as_str().unwrap_or_default().to_string();
     let mut prefix_found = false;
     for dir in cluster.data_dirs() {
@@ -340,10 +190,7 @@ async fn a_key_secret_never_appears_in_logs_responses_or_storage() {
         }
     }
     // The scan does see stored data: the key's visible prefix is there.
-    assert!(
-        prefix_found,
-        "the key prefix {prefix} was not found in any data file; the scan proves nothing"
-    );
+    assert!(prefix_found, "the key prefix {prefix} was not found in any data file; the scan proves nothing");
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -364,37 +211,15 @@ async fn admin_tokens_are_checked_and_scoped() {
     let cluster = Cluster::start(1).await;
     cluster.leader().await;
     let url = cluster.url(1);
-    let (_, token) = cluster
-        .post(
-            1,
-            "/v1/admin/tokens",
-            json!({"name": "reader", "scopes": ["read"]}),
-        )
-        .await;
+    let (_, token) = cluster.post(1, "/v1/admin/tokens", json!({"name": "reader", "scopes": ["read"]})).await;
     let reader = token["secret"].as_str().expect("secret").to_string();
 
-    let anonymous = cluster
-        .http
-        .get(format!("{url}/v1/admin/plans"))
-        .send()
-        .await
-        .expect("request");
+    let anonymous = cluster.http.get(format!("{url}/v1/admin/plans")).send().await.expect("request");
     assert_eq!(anonymous.status().as_u16(), 401);
-    let wrong = cluster
-        .http
-        .get(format!("{url}/v1/admin/plans"))
-        .bearer_auth("tga_wrong")
-        .send()
-        .await
-        .expect("request");
+    let wrong =
+        cluster.http.get(format!("{url}/v1/admin/plans")).bearer_auth("tga_wrong").send().await.expect("request");
     assert_eq!(wrong.status().as_u16(), 401);
-    let read = cluster
-        .http
-        .get(format!("{url}/v1/admin/plans"))
-        .bearer_auth(&reader)
-        .send()
-        .await
-        .expect("request");
+    let read = cluster.http.get(format!("{url}/v1/admin/plans")).bearer_auth(&reader).send().await.expect("request");
     assert_eq!(read.status().as_u16(), 200);
     let write = cluster
         .http
@@ -407,23 +232,69 @@ async fn admin_tokens_are_checked_and_scoped() {
     assert_eq!(write.status().as_u16(), 403);
 
     let id = token["id"].as_str().unwrap_or_default();
-    assert_eq!(
+    assert_eq!(cluster.call(1, Method::DELETE, &format!("/v1/admin/tokens/{id}"), None).await.0, 204);
+    let after = cluster.http.get(format!("{url}/v1/admin/plans")).bearer_auth(&reader).send().await.expect("request");
+    assert_eq!(after.status().as_u16(), 401, "a deleted token no longer works");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_retried_with_the_same_idempotency_key_takes_effect_once() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.other_than(leader);
+    let post = |node: u64, key: &'static str, body: Value| {
+        let request = cluster
+            .http
+            .post(format!("{}/v1/admin/plans", cluster.url(node)))
+            .bearer_auth(harness::TOKEN)
+            .header("Idempotency-Key", key)
+            .json(&body);
+        async move {
+            let resp = request.send().await.expect("request");
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (first, created) = post(follower, "create-gold-1", harness::plan("gold")).await;
+    assert_eq!(first, 201, "{created}");
+    // The same request again, on another node: the same answer, not a conflict.
+    let (again, repeated) = post(leader, "create-gold-1", harness::plan("gold")).await;
+    assert_eq!(again, 201, "{repeated}");
+    assert_eq!(repeated, created);
+    // Without the key, a second create is a conflict, as it should be.
+    assert_eq!(cluster.post(leader, "/v1/admin/plans", harness::plan("gold")).await.0, 409);
+
+    // A replace retried after a later write must not undo that later write.
+    let put = |name: &str, key: &'static str| {
+        let request = cluster
+            .http
+            .put(format!("{}/v1/admin/plans/gold", cluster.url(leader)))
+            .bearer_auth(harness::TOKEN)
+            .header("Idempotency-Key", key)
+            .json(&json!({"name": name}));
+        async move { request.send().await.expect("request").status().as_u16() }
+    };
+    assert_eq!(put("first", "rename-1").await, 200);
+    assert_eq!(put("second", "rename-2").await, 200);
+    assert_eq!(put("first", "rename-1").await, 200, "the retry is answered as before");
+    for node in [1, 2, 3] {
+        let (_, plan) = cluster.get(node, "/v1/admin/plans/gold").await;
+        assert_eq!(plan["name"], "second", "node {node}: the retried rename took effect twice");
+    }
+
+    // A retried key create cannot show a second secret for the same key.
+    let key_post = || {
         cluster
-            .call(1, Method::DELETE, &format!("/v1/admin/tokens/{id}"), None)
-            .await
-            .0,
-        204
-    );
-    let after = cluster
-        .http
-        .get(format!("{url}/v1/admin/plans"))
-        .bearer_auth(&reader)
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(
-        after.status().as_u16(),
-        401,
-        "a deleted token no longer works"
-    );
+            .http
+            .post(format!("{}/v1/admin/keys", cluster.url(follower)))
+            .bearer_auth(harness::TOKEN)
+            .header("Idempotency-Key", "key-create-1")
+            .json(&json!({"name": "once"}))
+            .send()
+    };
+    assert_eq!(key_post().await.expect("request").status().as_u16(), 201);
+    let retry = key_post().await.expect("request");
+    assert_eq!(retry.status().as_u16(), 409);
+    let body: Value = retry.json().await.unwrap_or(Value::Null);
+    assert_eq!(body["error"]["code"], "already_created", "{body}");
+    assert_eq!(cluster.list_all(leader, "keys", false).await.len(), 1);
 }

@@ -15,9 +15,7 @@ async fn three_nodes_elect_a_leader_and_a_write_on_a_follower_is_visible_on_all(
     let leader = cluster.leader().await;
     let follower = cluster.other_than(leader);
 
-    let (status, body) = cluster
-        .post(follower, "/v1/admin/plans", plan("gold"))
-        .await;
+    let (status, body) = cluster.post(follower, "/v1/admin/plans", plan("gold")).await;
     assert_eq!(status, 201, "{body}");
 
     // Linearizable reads (the default) see the write on every node at once.
@@ -52,10 +50,7 @@ async fn no_acknowledged_write_is_lost_when_the_leader_is_killed() {
     cluster.kill(leader);
     let killed_at = Instant::now();
     let new_leader = cluster.leader().await;
-    eprintln!(
-        "new leader {new_leader} elected {:?} after kill -9 of {leader}",
-        killed_at.elapsed()
-    );
+    eprintln!("new leader {new_leader} elected {:?} after kill -9 of {leader}", killed_at.elapsed());
     assert_ne!(new_leader, leader);
 
     for i in 0..20 {
@@ -73,10 +68,7 @@ async fn no_acknowledged_write_is_lost_when_the_leader_is_killed() {
             .map(|p| p["id"].as_str().unwrap_or_default().to_string())
             .collect();
         for id in &acknowledged {
-            assert!(
-                stored.contains(id),
-                "node {node} lost acknowledged write {id}"
-            );
+            assert!(stored.contains(id), "node {node} lost acknowledged write {id}");
         }
     }
 
@@ -95,9 +87,7 @@ async fn every_acknowledged_write_survives_killing_and_restarting_all_nodes() {
     let mut keys = Vec::new();
     for i in 0..30 {
         let node = (i % 3) + 1;
-        let (status, body) = cluster
-            .post(node, "/v1/admin/keys", json!({"name": format!("key {i}")}))
-            .await;
+        let (status, body) = cluster.post(node, "/v1/admin/keys", json!({"name": format!("key {i}")})).await;
         assert_eq!(status, 201, "{body}");
         keys.push(body["id"].as_str().unwrap_or_default().to_string());
     }
@@ -126,11 +116,7 @@ async fn every_acknowledged_write_survives_killing_and_restarting_all_nodes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_that_missed_many_writes_catches_up_from_a_snapshot() {
-    let options = Options {
-        snapshot_logs: 40,
-        keep_logs: 5,
-        ..Default::default()
-    };
+    let options = Options { snapshot_logs: 40, keep_logs: 5, ..Default::default() };
     let mut cluster = Cluster::start_with(3, options).await;
     let leader = cluster.leader().await;
     let absent = cluster.other_than(leader);
@@ -138,24 +124,17 @@ async fn a_node_that_missed_many_writes_catches_up_from_a_snapshot() {
 
     let writes = 200;
     for i in 0..writes {
-        let (status, body) = cluster
-            .post(leader, "/v1/admin/plans", plan(&format!("p{i}")))
-            .await;
+        let (status, body) = cluster.post(leader, "/v1/admin/plans", plan(&format!("p{i}"))).await;
         assert_eq!(status, 201, "{body}");
     }
     // The leader's log no longer holds what the absent node would need.
     let (_, status) = cluster.get(leader, "/v1/admin/cluster").await;
     let purged = status["purged_index"].as_u64().unwrap_or(0);
-    assert!(
-        purged > 100,
-        "expected the leader to have purged its log, status: {status}"
-    );
+    assert!(purged > 100, "expected the leader to have purged its log, status: {status}");
 
     cluster.restart(absent).await;
-    wait_until("absent node caught up", || async {
-        cluster.list_all(absent, "plans", true).await.len() == writes
-    })
-    .await;
+    wait_until("absent node caught up", || async { cluster.list_all(absent, "plans", true).await.len() == writes })
+        .await;
     let (_, status) = cluster.get(absent, "/v1/admin/cluster").await;
     assert!(
         status["snapshot_index"].as_u64().unwrap_or(0) > 0,
@@ -171,79 +150,39 @@ async fn a_node_that_missed_many_writes_catches_up_from_a_snapshot() {
 async fn a_learner_is_added_promoted_and_removed() {
     let mut cluster = Cluster::start(3).await;
     cluster.leader().await;
-    let (status, body) = cluster
-        .post(1, "/v1/admin/plans", plan("seen-by-learner"))
-        .await;
+    let (status, body) = cluster.post(1, "/v1/admin/plans", plan("seen-by-learner")).await;
     assert_eq!(status, 201, "{body}");
 
     let learner = cluster.spawn_extra(4);
-    let (http, peer) = (
-        format!("127.0.0.1:{}", learner.http_port),
-        format!("127.0.0.1:{}", learner.peer_port),
-    );
+    let (http, peer) = (format!("127.0.0.1:{}", learner.http_port), format!("127.0.0.1:{}", learner.peer_port));
     // Added through a follower: the change is forwarded to the leader.
     let (status, body) = cluster
-        .post(
-            2,
-            "/v1/admin/cluster/nodes",
-            json!({"id": 4, "http_addr": http, "peer_addr": peer, "voter": false}),
-        )
+        .post(2, "/v1/admin/cluster/nodes", json!({"id": 4, "http_addr": http, "peer_addr": peer, "voter": false}))
         .await;
     assert_eq!(status, 201, "{body}");
-    let (status, _) = cluster
-        .post(
-            2,
-            "/v1/admin/cluster/nodes",
-            json!({"id": 4, "http_addr": http, "peer_addr": peer}),
-        )
-        .await;
+    let (status, _) =
+        cluster.post(2, "/v1/admin/cluster/nodes", json!({"id": 4, "http_addr": http, "peer_addr": peer})).await;
     assert_eq!(status, 409, "adding a member twice is a conflict");
 
     let member = |status: &serde_json::Value, id: u64| {
-        status["members"]
-            .as_array()
-            .and_then(|m| m.iter().find(|n| n["id"] == id).cloned())
+        status["members"].as_array().and_then(|m| m.iter().find(|n| n["id"] == id).cloned())
     };
     let (_, status) = cluster.get(1, "/v1/admin/cluster").await;
-    assert_eq!(
-        member(&status, 4).map(|n| n["voter"].clone()),
-        Some(json!(false)),
-        "{status}"
-    );
+    assert_eq!(member(&status, 4).map(|n| n["voter"].clone()), Some(json!(false)), "{status}");
     cluster.wait_ready(4).await;
-    assert_eq!(
-        cluster
-            .get(4, "/v1/admin/plans/seen-by-learner?stale=true")
-            .await
-            .0,
-        200
-    );
+    assert_eq!(cluster.get(4, "/v1/admin/plans/seen-by-learner?stale=true").await.0, 200);
 
-    let (code, body) = cluster
-        .call(3, Method::POST, "/v1/admin/cluster/nodes/4/promote", None)
-        .await;
+    let (code, body) = cluster.call(3, Method::POST, "/v1/admin/cluster/nodes/4/promote", None).await;
     assert_eq!(code, 200, "{body}");
     let (_, status) = cluster.get(1, "/v1/admin/cluster").await;
-    assert_eq!(
-        member(&status, 4).map(|n| n["voter"].clone()),
-        Some(json!(true)),
-        "{status}"
-    );
+    assert_eq!(member(&status, 4).map(|n| n["voter"].clone()), Some(json!(true)), "{status}");
 
-    let (code, body) = cluster
-        .call(1, Method::DELETE, "/v1/admin/cluster/nodes/4", None)
-        .await;
+    let (code, body) = cluster.call(1, Method::DELETE, "/v1/admin/cluster/nodes/4", None).await;
     assert_eq!(code, 204, "{body}");
     let (_, status) = cluster.get(1, "/v1/admin/cluster").await;
     assert!(member(&status, 4).is_none(), "{status}");
     assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
     // The cluster still takes writes without node 4.
     cluster.kill(4);
-    assert_eq!(
-        cluster
-            .post(1, "/v1/admin/plans", plan("after-removal"))
-            .await
-            .0,
-        201
-    );
+    assert_eq!(cluster.post(1, "/v1/admin/plans", plan("after-removal")).await.0, 201);
 }

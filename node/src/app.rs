@@ -11,7 +11,7 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
-use tollgate_proto::{Command, CommandResult};
+use tollgate_proto::{Command, CommandResult, Proposal};
 
 use crate::cluster::network::{CallError, PeerClient};
 use crate::cluster::peer::{self, ClusterToken, ForwardError};
@@ -44,11 +44,7 @@ pub struct App {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum MembershipOp {
     /// Add a node as learner (caught up before this returns), then as voter if asked.
-    Add {
-        id: NodeId,
-        addr: NodeAddr,
-        voter: bool,
-    },
+    Add { id: NodeId, addr: NodeAddr, voter: bool },
     /// Make a learner a voter.
     Promote { id: NodeId },
     /// Remove a voter or learner from the cluster.
@@ -78,15 +74,15 @@ impl App {
 
     /// Proposes a command, forwarding it to the leader when needed, and
     /// returns the state machine's answer once it is committed and applied.
-    pub async fn write(&self, command: Command) -> Result<CommandResult, ClusterError> {
+    /// Retries (here, or by a client with the same `request_id`) are answered
+    /// from the state machine's memory of the request and take effect once.
+    pub async fn write(&self, request_id: u128, command: Command) -> Result<CommandResult, ClusterError> {
+        let proposal = Proposal { request_id, command };
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         loop {
-            let attempt = match self.write_here(command.clone()).await {
-                Err(ClusterError::NotLeader {
-                    leader: Some((id, node)),
-                }) if id != self.id => {
-                    self.forward::<_, CommandResult>(&node, peer::WRITE, &command)
-                        .await
+            let attempt = match self.write_here(proposal.clone()).await {
+                Err(ClusterError::NotLeader { leader: Some((id, node)) }) if id != self.id => {
+                    self.forward::<_, CommandResult>(&node, peer::WRITE, &proposal).await
                 }
                 other => other,
             };
@@ -102,13 +98,11 @@ impl App {
     }
 
     /// Proposes a command on this node only; fails if it is not the leader.
-    pub async fn write_here(&self, command: Command) -> Result<CommandResult, ClusterError> {
-        match self.raft.client_write(command).await {
+    pub async fn write_here(&self, proposal: Proposal) -> Result<CommandResult, ClusterError> {
+        match self.raft.client_write(proposal).await {
             Ok(response) => Ok(response.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match leader_of(&f) {
-                Some(leader) => Err(ClusterError::NotLeader {
-                    leader: Some(leader),
-                }),
+                Some(leader) => Err(ClusterError::NotLeader { leader: Some(leader) }),
                 None => Err(ClusterError::NoLeader),
             },
             Err(e) => Err(ClusterError::Unavailable(e.to_string())),
@@ -121,9 +115,9 @@ impl App {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         let index = loop {
             let attempt = match self.read_index_here().await {
-                Err(ClusterError::NotLeader {
-                    leader: Some((id, node)),
-                }) if id != self.id => self.forward::<_, u64>(&node, peer::READ_INDEX, &()).await,
+                Err(ClusterError::NotLeader { leader: Some((id, node)) }) if id != self.id => {
+                    self.forward::<_, u64>(&node, peer::READ_INDEX, &()).await
+                }
                 other => other,
             };
             match attempt {
@@ -141,9 +135,7 @@ impl App {
             .applied_index_at_least(Some(index), "read barrier")
             .await
             .map(|_| ())
-            .map_err(|e| {
-                ClusterError::Unavailable(format!("this node did not catch up in time: {e}"))
-            })
+            .map_err(|e| ClusterError::Unavailable(format!("this node did not catch up in time: {e}")))
     }
 
     /// The leader's read index, if this node is the leader (leadership is
@@ -151,14 +143,10 @@ impl App {
     pub async fn read_index_here(&self) -> Result<u64, ClusterError> {
         match self.raft.get_read_log_id().await {
             Ok((read_log_id, _applied)) => Ok(read_log_id.map(|l| l.index).unwrap_or(0)),
-            Err(RaftError::APIError(typ::CheckIsLeaderError::ForwardToLeader(f))) => {
-                match leader_of(&f) {
-                    Some(leader) => Err(ClusterError::NotLeader {
-                        leader: Some(leader),
-                    }),
-                    None => Err(ClusterError::NoLeader),
-                }
-            }
+            Err(RaftError::APIError(typ::CheckIsLeaderError::ForwardToLeader(f))) => match leader_of(&f) {
+                Some(leader) => Err(ClusterError::NotLeader { leader: Some(leader) }),
+                None => Err(ClusterError::NoLeader),
+            },
             Err(e) => Err(ClusterError::Unavailable(e.to_string())),
         }
     }
@@ -167,9 +155,9 @@ impl App {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         loop {
             let attempt = match self.change_membership_here(op.clone()).await {
-                Err(ClusterError::NotLeader {
-                    leader: Some((id, node)),
-                }) if id != self.id => self.forward::<_, ()>(&node, peer::MEMBERSHIP, &op).await,
+                Err(ClusterError::NotLeader { leader: Some((id, node)) }) if id != self.id => {
+                    self.forward::<_, ()>(&node, peer::MEMBERSHIP, &op).await
+                }
                 other => other,
             };
             match attempt {
@@ -189,28 +177,17 @@ impl App {
                 let added = self.raft.add_learner(id, addr, true).await;
                 match added {
                     Ok(_) if voter => {
-                        self.raft
-                            .change_membership(
-                                ChangeMembers::AddVoterIds(BTreeSet::from([id])),
-                                false,
-                            )
-                            .await
+                        self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await
                     }
                     other => other,
                 }
             }
             MembershipOp::Promote { id } => {
-                self.raft
-                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                    .await
+                self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await
             }
             MembershipOp::Remove { id } => {
                 let metrics = self.raft.metrics().borrow().clone();
-                let is_voter = metrics
-                    .membership_config
-                    .membership()
-                    .voter_ids()
-                    .any(|v| v == id);
+                let is_voter = metrics.membership_config.membership().voter_ids().any(|v| v == id);
                 let change = if is_voter {
                     ChangeMembers::RemoveVoters(BTreeSet::from([id]))
                 } else {
@@ -222,9 +199,7 @@ impl App {
         match result {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match leader_of(&f) {
-                Some(leader) => Err(ClusterError::NotLeader {
-                    leader: Some(leader),
-                }),
+                Some(leader) => Err(ClusterError::NotLeader { leader: Some(leader) }),
                 None => Err(ClusterError::NoLeader),
             },
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
@@ -241,10 +216,8 @@ impl App {
         request: &Req,
     ) -> Result<Resp, ClusterError> {
         self.metrics.forwarded.inc();
-        let answer: Result<Result<Resp, ForwardError>, CallError> = self
-            .peers
-            .call(&leader.peer, path, request, LEADER_WAIT)
-            .await;
+        let answer: Result<Result<Resp, ForwardError>, CallError> =
+            self.peers.call(&leader.peer, path, request, LEADER_WAIT).await;
         match answer {
             Ok(inner) => inner.map_err(ClusterError::from),
             // The leader may have just died; let the caller wait for a new one.

@@ -14,27 +14,13 @@ use crate::config::ServeArgs;
 use crate::dev::DevArgs;
 
 #[derive(Parser)]
-#[command(
-    name = "tollgate",
-    version,
-    about = "Distributed rate-limit and API-key metering cluster"
-)]
+#[command(name = "tollgate", version, about = "Distributed rate-limit and API-key metering cluster")]
 struct Cli {
     /// Admin API base URL of any node.
-    #[arg(
-        long,
-        global = true,
-        env = "TOLLGATE_URL",
-        default_value = "http://127.0.0.1:8081"
-    )]
+    #[arg(long, global = true, env = "TOLLGATE_URL", default_value = "http://127.0.0.1:8081")]
     url: String,
     /// Admin token (bearer).
-    #[arg(
-        long,
-        global = true,
-        env = "TOLLGATE_ADMIN_TOKEN",
-        hide_env_values = true
-    )]
+    #[arg(long, global = true, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
     #[command(subcommand)]
     command: Top,
@@ -216,8 +202,7 @@ impl JsonInput {
     fn read(&self) -> anyhow::Result<Value> {
         let text = match (&self.file, &self.json) {
             (Some(p), _) if p.as_os_str() == "-" => std::io::read_to_string(std::io::stdin())?,
-            (Some(p), _) => std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read {}", p.display()))?,
+            (Some(p), _) => std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
             (None, Some(j)) => j.clone(),
             (None, None) => bail!("give --file or --json"),
         };
@@ -227,10 +212,7 @@ impl JsonInput {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -249,10 +231,7 @@ pub fn main() -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 async fn shutdown_signal() {
@@ -271,11 +250,8 @@ async fn shutdown_signal() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let admin = Admin {
-        base: cli.url.trim_end_matches('/').to_string(),
-        token: cli.token,
-        http: reqwest::Client::new(),
-    };
+    let admin =
+        Admin { base: cli.url.trim_end_matches('/').to_string(), token: cli.token, http: reqwest::Client::new() };
     match cli.command {
         Top::Serve(args) => {
             init_logging();
@@ -301,59 +277,31 @@ struct Admin {
 }
 
 impl Admin {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
-        let token = self
-            .token
-            .as_deref()
-            .ok_or_else(|| anyhow!("set --token or TOLLGATE_ADMIN_TOKEN"))?;
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token);
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let token = self.token.as_deref().ok_or_else(|| anyhow!("set --token or TOLLGATE_ADMIN_TOKEN"))?;
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(token);
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
+        let resp = req.send().await.with_context(|| format!("cannot reach {}", self.base))?;
         let status = resp.status();
         let text = resp.text().await?;
-        let value: Value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
+        let value: Value =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         if !status.is_success() {
             let err = &value["error"];
             match err["field"].as_str() {
-                Some(field) => bail!(
-                    "{status}: {field}: {}",
-                    err["message"].as_str().unwrap_or_default()
-                ),
+                Some(field) => bail!("{status}: {field}: {}", err["message"].as_str().unwrap_or_default()),
                 None => bail!(
                     "{status}: {}",
-                    err["message"]
-                        .as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| value.to_string())
+                    err["message"].as_str().map(str::to_string).unwrap_or_else(|| value.to_string())
                 ),
             }
         }
         Ok(value)
     }
 
-    async fn print(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<()> {
+    async fn print(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<()> {
         let value = self.call(method, path, body).await?;
         if !value.is_null() {
             println!("{}", serde_json::to_string_pretty(&value)?);
@@ -381,38 +329,20 @@ use reqwest::Method;
 
 async fn keys(admin: &Admin, cmd: KeyCmd) -> anyhow::Result<()> {
     match cmd {
-        KeyCmd::Create {
-            name,
-            plans,
-            tags,
-            customer,
-            expires,
-        } => {
+        KeyCmd::Create { name, plans, tags, customer, expires } => {
             let mut tag_map = BTreeMap::new();
             for t in tags {
-                let (k, v) = t
-                    .split_once('=')
-                    .ok_or_else(|| anyhow!("--tag {t:?}: expected NAME=VALUE"))?;
+                let (k, v) = t.split_once('=').ok_or_else(|| anyhow!("--tag {t:?}: expected NAME=VALUE"))?;
                 tag_map.insert(k.to_string(), v.to_string());
             }
             let body = json!({"name": name, "plan_ids": plans, "tags": tag_map, "customer_id": customer, "expires_at": expires});
-            admin
-                .print(Method::POST, "/v1/admin/keys", Some(body))
-                .await
+            admin.print(Method::POST, "/v1/admin/keys", Some(body)).await
         }
         KeyCmd::List(args) => admin.list("keys", &args).await,
-        KeyCmd::Get { id } => {
-            admin
-                .print(Method::GET, &format!("/v1/admin/keys/{id}"), None)
-                .await
-        }
+        KeyCmd::Get { id } => admin.print(Method::GET, &format!("/v1/admin/keys/{id}"), None).await,
         KeyCmd::Disable { id } => set_enabled(admin, &id, false).await,
         KeyCmd::Enable { id } => set_enabled(admin, &id, true).await,
-        KeyCmd::Delete { id } => {
-            admin
-                .print(Method::DELETE, &format!("/v1/admin/keys/{id}"), None)
-                .await
-        }
+        KeyCmd::Delete { id } => admin.print(Method::DELETE, &format!("/v1/admin/keys/{id}"), None).await,
     }
 }
 
@@ -425,138 +355,61 @@ async fn set_enabled(admin: &Admin, id: &str, enabled: bool) -> anyhow::Result<(
 
 async fn plans(admin: &Admin, cmd: PlanCmd) -> anyhow::Result<()> {
     match cmd {
-        PlanCmd::Create {
-            name,
-            id,
-            rate,
-            burst,
-            quota,
-            period,
-            offset,
-            stages,
-        } => {
+        PlanCmd::Create { name, id, rate, burst, quota, period, offset, stages } => {
             let throttle = match (rate, burst) {
                 (Some(r), Some(b)) => json!({"rate_per_sec": r, "burst": b}),
                 (None, None) => Value::Null,
                 _ => bail!("give --rate and --burst together"),
             };
-            let quota =
-                quota.map(|limit| json!({"limit": limit, "period": period, "offset": offset}));
+            let quota = quota.map(|limit| json!({"limit": limit, "period": period, "offset": offset}));
             let mut api_stages = vec![];
             for s in stages {
-                let (api, stage) = s
-                    .split_once('/')
-                    .ok_or_else(|| anyhow!("--stage {s:?}: expected API_ID/STAGE"))?;
+                let (api, stage) = s.split_once('/').ok_or_else(|| anyhow!("--stage {s:?}: expected API_ID/STAGE"))?;
                 api_stages.push(json!({"api_id": api, "stage": stage}));
             }
             let body = json!({"id": id.unwrap_or_default(), "name": name, "throttle": throttle, "quota": quota, "api_stages": api_stages});
-            admin
-                .print(Method::POST, "/v1/admin/plans", Some(body))
-                .await
+            admin.print(Method::POST, "/v1/admin/plans", Some(body)).await
         }
         PlanCmd::List(args) => admin.list("plans", &args).await,
-        PlanCmd::Get { id } => {
-            admin
-                .print(Method::GET, &format!("/v1/admin/plans/{id}"), None)
-                .await
-        }
-        PlanCmd::Delete { id } => {
-            admin
-                .print(Method::DELETE, &format!("/v1/admin/plans/{id}"), None)
-                .await
-        }
+        PlanCmd::Get { id } => admin.print(Method::GET, &format!("/v1/admin/plans/{id}"), None).await,
+        PlanCmd::Delete { id } => admin.print(Method::DELETE, &format!("/v1/admin/plans/{id}"), None).await,
     }
 }
 
 async fn objects(admin: &Admin, collection: &str, cmd: ObjectCmd) -> anyhow::Result<()> {
     match cmd {
         ObjectCmd::Create(input) => {
-            admin
-                .print(
-                    Method::POST,
-                    &format!("/v1/admin/{collection}"),
-                    Some(input.read()?),
-                )
-                .await
+            admin.print(Method::POST, &format!("/v1/admin/{collection}"), Some(input.read()?)).await
         }
         ObjectCmd::Update { id, input } => {
-            admin
-                .print(
-                    Method::PUT,
-                    &format!("/v1/admin/{collection}/{id}"),
-                    Some(input.read()?),
-                )
-                .await
+            admin.print(Method::PUT, &format!("/v1/admin/{collection}/{id}"), Some(input.read()?)).await
         }
         ObjectCmd::List(args) => admin.list(collection, &args).await,
-        ObjectCmd::Get { id } => {
-            admin
-                .print(Method::GET, &format!("/v1/admin/{collection}/{id}"), None)
-                .await
-        }
-        ObjectCmd::Delete { id } => {
-            admin
-                .print(
-                    Method::DELETE,
-                    &format!("/v1/admin/{collection}/{id}"),
-                    None,
-                )
-                .await
-        }
+        ObjectCmd::Get { id } => admin.print(Method::GET, &format!("/v1/admin/{collection}/{id}"), None).await,
+        ObjectCmd::Delete { id } => admin.print(Method::DELETE, &format!("/v1/admin/{collection}/{id}"), None).await,
     }
 }
 
 async fn tokens(admin: &Admin, cmd: TokenCmd) -> anyhow::Result<()> {
     match cmd {
         TokenCmd::Create { name, scopes } => {
-            admin
-                .print(
-                    Method::POST,
-                    "/v1/admin/tokens",
-                    Some(json!({"name": name, "scopes": scopes})),
-                )
-                .await
+            admin.print(Method::POST, "/v1/admin/tokens", Some(json!({"name": name, "scopes": scopes}))).await
         }
         TokenCmd::List(args) => admin.list("tokens", &args).await,
-        TokenCmd::Delete { id } => {
-            admin
-                .print(Method::DELETE, &format!("/v1/admin/tokens/{id}"), None)
-                .await
-        }
+        TokenCmd::Delete { id } => admin.print(Method::DELETE, &format!("/v1/admin/tokens/{id}"), None).await,
     }
 }
 
 async fn cluster(admin: &Admin, cmd: ClusterCmd) -> anyhow::Result<()> {
     match cmd {
         ClusterCmd::Status => admin.print(Method::GET, "/v1/admin/cluster", None).await,
-        ClusterCmd::AddNode {
-            id,
-            http,
-            peer,
-            learner,
-        } => {
+        ClusterCmd::AddNode { id, http, peer, learner } => {
             let body = json!({"id": id, "http_addr": http, "peer_addr": peer, "voter": !learner});
-            admin
-                .print(Method::POST, "/v1/admin/cluster/nodes", Some(body))
-                .await
+            admin.print(Method::POST, "/v1/admin/cluster/nodes", Some(body)).await
         }
         ClusterCmd::Promote { id } => {
-            admin
-                .print(
-                    Method::POST,
-                    &format!("/v1/admin/cluster/nodes/{id}/promote"),
-                    None,
-                )
-                .await
+            admin.print(Method::POST, &format!("/v1/admin/cluster/nodes/{id}/promote"), None).await
         }
-        ClusterCmd::Remove { id } => {
-            admin
-                .print(
-                    Method::DELETE,
-                    &format!("/v1/admin/cluster/nodes/{id}"),
-                    None,
-                )
-                .await
-        }
+        ClusterCmd::Remove { id } => admin.print(Method::DELETE, &format!("/v1/admin/cluster/nodes/{id}"), None).await,
     }
 }

@@ -102,47 +102,29 @@ pub struct ConfigError {
 }
 
 fn bad(field: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        field,
-        message: message.into(),
-    }
+    ConfigError { field, message: message.into() }
 }
 
 /// Parses `1=127.0.0.1:8081/127.0.0.1:9081,2=…`.
 pub fn parse_peers(text: &str) -> Result<Vec<(NodeId, NodeAddr)>, ConfigError> {
     let mut peers = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addrs) = part
-            .split_once('=')
-            .ok_or_else(|| bad("peers", format!("{part:?}: expected ID=HTTP/PEER")))?;
-        let id: NodeId = id
-            .trim()
-            .parse()
-            .map_err(|_| bad("peers", format!("{id:?} is not a node id")))?;
-        let (http, peer) = addrs.split_once('/').ok_or_else(|| {
-            bad(
-                "peers",
-                format!("{part:?}: expected ID=HTTP_ADDR/PEER_ADDR"),
-            )
-        })?;
+        let (id, addrs) =
+            part.split_once('=').ok_or_else(|| bad("peers", format!("{part:?}: expected ID=HTTP/PEER")))?;
+        let id: NodeId = id.trim().parse().map_err(|_| bad("peers", format!("{id:?} is not a node id")))?;
+        let (http, peer) =
+            addrs.split_once('/').ok_or_else(|| bad("peers", format!("{part:?}: expected ID=HTTP_ADDR/PEER_ADDR")))?;
         if peers.iter().any(|(other, _)| *other == id) {
             return Err(bad("peers", format!("node {id} appears twice")));
         }
-        peers.push((
-            id,
-            NodeAddr {
-                http: http.trim().to_string(),
-                peer: peer.trim().to_string(),
-            },
-        ));
+        peers.push((id, NodeAddr { http: http.trim().to_string(), peer: peer.trim().to_string() }));
     }
     Ok(peers)
 }
 
 impl ServeArgs {
     fn from_file(path: &Path) -> Result<ServeArgs, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| bad("config", format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| bad("config", format!("{}: {e}", path.display())))?;
         toml::from_str(&text).map_err(|e| bad("config", format!("{}: {e}", path.display())))
     }
 
@@ -152,10 +134,7 @@ impl ServeArgs {
             Some(path) => ServeArgs::from_file(path)?,
             None => ServeArgs::default(),
         };
-        let id = self
-            .id
-            .or(file.id)
-            .ok_or_else(|| bad("id", "set --id (or TOLLGATE_NODE_ID) to a number above 0"))?;
+        let id = self.id.or(file.id).ok_or_else(|| bad("id", "set --id (or TOLLGATE_NODE_ID) to a number above 0"))?;
         if id == 0 {
             return Err(bad("id", "must be above 0"));
         }
@@ -165,63 +144,27 @@ impl ServeArgs {
         };
         let config = NodeConfig {
             id,
-            http: self
-                .http
-                .or(file.http)
-                .unwrap_or_else(|| DEFAULT_HTTP.into()),
-            peer: self
-                .peer
-                .or(file.peer)
-                .unwrap_or_else(|| DEFAULT_PEER.into()),
+            http: self.http.or(file.http).unwrap_or_else(|| DEFAULT_HTTP.into()),
+            peer: self.peer.or(file.peer).unwrap_or_else(|| DEFAULT_PEER.into()),
             advertise_http: self.advertise_http.or(file.advertise_http),
             advertise_peer: self.advertise_peer.or(file.advertise_peer),
-            data_dir: self
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from(format!("tollgate-data-{id}"))),
+            data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(format!("tollgate-data-{id}"))),
             init: self.init.or(file.init).unwrap_or(false),
             peers,
-            heartbeat_ms: self
-                .heartbeat_ms
-                .or(file.heartbeat_ms)
-                .unwrap_or(DEFAULT_HEARTBEAT_MS),
-            election_min_ms: self
-                .election_min_ms
-                .or(file.election_min_ms)
-                .unwrap_or(DEFAULT_ELECTION_MIN_MS),
-            election_max_ms: self
-                .election_max_ms
-                .or(file.election_max_ms)
-                .unwrap_or(DEFAULT_ELECTION_MAX_MS),
-            snapshot_logs: self
-                .snapshot_logs
-                .or(file.snapshot_logs)
-                .unwrap_or(DEFAULT_SNAPSHOT_LOGS),
-            keep_logs: self
-                .keep_logs
-                .or(file.keep_logs)
-                .unwrap_or(DEFAULT_KEEP_LOGS),
+            heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(DEFAULT_HEARTBEAT_MS),
+            election_min_ms: self.election_min_ms.or(file.election_min_ms).unwrap_or(DEFAULT_ELECTION_MIN_MS),
+            election_max_ms: self.election_max_ms.or(file.election_max_ms).unwrap_or(DEFAULT_ELECTION_MAX_MS),
+            snapshot_logs: self.snapshot_logs.or(file.snapshot_logs).unwrap_or(DEFAULT_SNAPSHOT_LOGS),
+            keep_logs: self.keep_logs.or(file.keep_logs).unwrap_or(DEFAULT_KEEP_LOGS),
             cache_mb: self.cache_mb.or(file.cache_mb).unwrap_or(DEFAULT_CACHE_MB),
-            admin_token: std::env::var("TOLLGATE_ADMIN_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty()),
-            cluster_token: std::env::var("TOLLGATE_CLUSTER_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty()),
+            admin_token: std::env::var("TOLLGATE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
+            cluster_token: std::env::var("TOLLGATE_CLUSTER_TOKEN").ok().filter(|t| !t.is_empty()),
         };
-        if config.election_min_ms <= config.heartbeat_ms * 2
-            || config.election_max_ms <= config.election_min_ms
-        {
-            return Err(bad(
-                "election_min_ms",
-                "need heartbeat_ms * 2 < election_min_ms < election_max_ms",
-            ));
+        if config.election_min_ms <= config.heartbeat_ms * 2 || config.election_max_ms <= config.election_min_ms {
+            return Err(bad("election_min_ms", "need heartbeat_ms * 2 < election_min_ms < election_max_ms"));
         }
         if config.init && !config.peers.is_empty() {
-            return Err(bad(
-                "init",
-                "use either --init (single-node start) or --peers, not both",
-            ));
+            return Err(bad("init", "use either --init (single-node start) or --peers, not both"));
         }
         if !config.peers.is_empty() && !config.peers.iter().any(|(p, _)| *p == id) {
             return Err(bad("peers", format!("must include this node ({id})")));
@@ -237,16 +180,7 @@ mod tests {
     #[test]
     fn peers_parse_and_name_the_problem() {
         let peers = parse_peers("1=127.0.0.1:8081/127.0.0.1:9081, 2=h:1/h:2").unwrap();
-        assert_eq!(
-            peers[1],
-            (
-                2,
-                NodeAddr {
-                    http: "h:1".into(),
-                    peer: "h:2".into()
-                }
-            )
-        );
+        assert_eq!(peers[1], (2, NodeAddr { http: "h:1".into(), peer: "h:2".into() }));
         assert_eq!(parse_peers("1=a:1").unwrap_err().field, "peers");
         assert!(parse_peers("1=a:1/b:2,1=c:3/d:4").is_err());
     }
@@ -256,23 +190,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
         std::fs::write(&path, "id = 7\nhttp = \"0.0.0.0:1\"\nheartbeat_ms = 50\n").unwrap();
-        let args = ServeArgs {
-            config: Some(path.clone()),
-            http: Some("127.0.0.1:2".into()),
-            ..Default::default()
-        };
+        let args = ServeArgs { config: Some(path.clone()), http: Some("127.0.0.1:2".into()), ..Default::default() };
         let config = args.resolve().unwrap();
-        assert_eq!(
-            (config.id, config.http.as_str(), config.heartbeat_ms),
-            (7, "127.0.0.1:2", 50)
-        );
+        assert_eq!((config.id, config.http.as_str(), config.heartbeat_ms), (7, "127.0.0.1:2", 50));
         std::fs::write(&path, "idd = 7\n").unwrap();
-        let err = ServeArgs {
-            config: Some(path),
-            ..Default::default()
-        }
-        .resolve()
-        .unwrap_err();
+        let err = ServeArgs { config: Some(path), ..Default::default() }.resolve().unwrap_err();
         assert_eq!(err.field, "config");
     }
 }
@@ -287,18 +209,12 @@ mod deploy_examples {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
         for id in 1..=3u64 {
             let path = dir.join(format!("node{id}.toml"));
-            let config = ServeArgs {
-                config: Some(path.clone()),
-                ..Default::default()
-            }
-            .resolve()
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let config = ServeArgs { config: Some(path.clone()), ..Default::default() }
+                .resolve()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             assert_eq!(config.id, id);
             assert_eq!(config.peers.len(), 3);
-            assert_eq!(
-                config.advertise_peer.as_deref(),
-                Some(format!("10.0.0.{id}:9081").as_str())
-            );
+            assert_eq!(config.advertise_peer.as_deref(), Some(format!("10.0.0.{id}:9081").as_str()));
         }
     }
 }

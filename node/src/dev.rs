@@ -35,10 +35,7 @@ impl Nodes {
     /// Asks each node to stop (SIGTERM), then waits a while before killing.
     fn stop(&mut self) {
         for child in &self.0 {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         for child in &mut self.0 {
@@ -57,20 +54,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if base > 65535 - 1002 {
         bail!("--base-port: must leave room for P+1002 (at most 64533)");
     }
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let exe = std::env::current_exe().context("cannot find the tollgate binary")?;
     let token = match std::env::var("TOLLGATE_ADMIN_TOKEN") {
         Ok(t) if !t.is_empty() => t,
         _ => crate::secret::generate("tga_").0,
     };
     let cluster_token = crate::secret::generate("tgc_").0;
-    let addr = |i: u16| {
-        (
-            format!("127.0.0.1:{}", base + i),
-            format!("127.0.0.1:{}", base + 1000 + i),
-        )
-    };
+    let addr = |i: u16| (format!("127.0.0.1:{}", base + i), format!("127.0.0.1:{}", base + 1000 + i));
     let peers: Vec<String> = (0..3)
         .map(|i| {
             let (http, peer) = addr(i);
@@ -83,23 +74,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for i in 0..3u16 {
         let dir = args.data_dir.join(format!("node{}", i + 1));
         std::fs::create_dir_all(&dir)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("node.log"))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("node.log"))?;
         let (http, peer) = addr(i);
         let child = Command::new(&exe)
             .arg("serve")
-            .args([
-                "--id",
-                &(i + 1).to_string(),
-                "--http",
-                &http,
-                "--peer",
-                &peer,
-                "--peers",
-                &peers,
-            ])
+            .args(["--id", &(i + 1).to_string(), "--http", &http, "--peer", &peer, "--peers", &peers])
             .arg("--data-dir")
             .arg(&dir)
             .env("TOLLGATE_ADMIN_TOKEN", &token)
@@ -121,41 +100,23 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 bail!(
                     "node {} exited ({status}); see {}",
                     i + 1,
-                    args.data_dir
-                        .join(format!("node{}/node.log", i + 1))
-                        .display()
+                    args.data_dir.join(format!("node{}/node.log", i + 1)).display()
                 );
             }
-            if http
-                .get(&url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
+            if http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
                 break;
             }
             if Instant::now() > deadline {
-                bail!(
-                    "node {} did not become ready in 30 s; see its node.log",
-                    i + 1
-                );
+                bail!("node {} did not become ready in 30 s; see its node.log", i + 1);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    println!(
-        "Tollgate dev cluster is up (data in {}).",
-        args.data_dir.display()
-    );
+    println!("Tollgate dev cluster is up (data in {}).", args.data_dir.display());
     for i in 0..3u16 {
         let (h, p) = addr(i);
-        println!(
-            "  node {}: http://{h}  (peer {p}, log {}/node{}/node.log)",
-            i + 1,
-            args.data_dir.display(),
-            i + 1
-        );
+        println!("  node {}: http://{h}  (peer {p}, log {}/node{}/node.log)", i + 1, args.data_dir.display(), i + 1);
     }
     println!();
     println!("Admin token (valid while this runs):");

@@ -39,59 +39,25 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let admin_requests = IntCounterVec::new(
-            Opts::new(
-                "tollgate_admin_requests_total",
-                "Admin API requests by route, method and status.",
-            ),
+            Opts::new("tollgate_admin_requests_total", "Admin API requests by route, method and status."),
             &["route", "method", "status"],
         )
         .unwrap_or_else(|e| panic!("metric: {e}"));
         let _ = registry.register(Box::new(admin_requests.clone()));
-        let forwarded = IntCounter::new(
-            "tollgate_forwarded_requests_total",
-            "Requests forwarded to the leader.",
-        )
-        .unwrap_or_else(|e| panic!("metric: {e}"));
+        let forwarded = IntCounter::new("tollgate_forwarded_requests_total", "Requests forwarded to the leader.")
+            .unwrap_or_else(|e| panic!("metric: {e}"));
         let _ = registry.register(Box::new(forwarded.clone()));
         Metrics {
             admin_requests,
             forwarded,
             term: gauge(&registry, "tollgate_raft_term", "Current Raft term."),
-            leader: gauge(
-                &registry,
-                "tollgate_raft_leader_id",
-                "Id of the known leader, 0 if none.",
-            ),
-            is_leader: gauge(
-                &registry,
-                "tollgate_raft_is_leader",
-                "1 if this node is the leader.",
-            ),
-            committed: gauge(
-                &registry,
-                "tollgate_raft_commit_index",
-                "Highest committed log index known here.",
-            ),
-            applied: gauge(
-                &registry,
-                "tollgate_raft_applied_index",
-                "Last log index applied to the state machine.",
-            ),
-            last_log: gauge(
-                &registry,
-                "tollgate_raft_last_log_index",
-                "Last log index in the local log.",
-            ),
-            snapshot: gauge(
-                &registry,
-                "tollgate_raft_snapshot_index",
-                "Last log index in the current snapshot.",
-            ),
-            purged: gauge(
-                &registry,
-                "tollgate_raft_purged_index",
-                "Last purged log index.",
-            ),
+            leader: gauge(&registry, "tollgate_raft_leader_id", "Id of the known leader, 0 if none."),
+            is_leader: gauge(&registry, "tollgate_raft_is_leader", "1 if this node is the leader."),
+            committed: gauge(&registry, "tollgate_raft_commit_index", "Highest committed log index known here."),
+            applied: gauge(&registry, "tollgate_raft_applied_index", "Last log index applied to the state machine."),
+            last_log: gauge(&registry, "tollgate_raft_last_log_index", "Last log index in the local log."),
+            snapshot: gauge(&registry, "tollgate_raft_snapshot_index", "Last log index in the current snapshot."),
+            purged: gauge(&registry, "tollgate_raft_purged_index", "Last purged log index."),
             registry,
         }
     }
@@ -100,14 +66,11 @@ impl Metrics {
     pub fn render(&self, raft: &typ::Metrics, committed: u64) -> String {
         let index = |l: Option<typ::LogId>| l.map(|l| l.index as i64).unwrap_or(0);
         self.term.set(raft.current_term as i64);
-        self.leader
-            .set(raft.current_leader.map(|l| l as i64).unwrap_or(0));
-        self.is_leader
-            .set(i64::from(raft.current_leader == Some(raft.id)));
+        self.leader.set(raft.current_leader.map(|l| l as i64).unwrap_or(0));
+        self.is_leader.set(i64::from(raft.current_leader == Some(raft.id)));
         self.committed.set(committed as i64);
         self.applied.set(index(raft.last_applied));
-        self.last_log
-            .set(raft.last_log_index.map(|i| i as i64).unwrap_or(0));
+        self.last_log.set(raft.last_log_index.map(|i| i as i64).unwrap_or(0));
         self.snapshot.set(index(raft.snapshot));
         self.purged.set(index(raft.purged));
         let mut out = Vec::new();

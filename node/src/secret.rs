@@ -17,14 +17,8 @@ pub const VISIBLE_PREFIX: usize = 12;
 pub fn generate(tag: &str) -> (String, SecretDigest) {
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
-    let secret = format!(
-        "{tag}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    );
-    let digest = SecretDigest {
-        prefix: secret[..VISIBLE_PREFIX].to_string(),
-        sha256: sha256(&secret),
-    };
+    let secret = format!("{tag}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
+    let digest = SecretDigest { prefix: secret[..VISIBLE_PREFIX].to_string(), sha256: sha256(&secret) };
     (secret, digest)
 }
 

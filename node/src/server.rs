@@ -31,39 +31,19 @@ pub struct Endpoints {
 }
 
 /// Runs a node until `shutdown` completes.
-pub async fn run(
-    config: NodeConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let kv = Arc::new(SledKv::open(
-        &config.data_dir.join("db"),
-        &SledOptions {
-            cache_bytes: config.cache_mb << 20,
-        },
-    )?);
+    let kv = Arc::new(SledKv::open(&config.data_dir.join("db"), &SledOptions { cache_bytes: config.cache_mb << 20 })?);
 
-    let http_listener = TcpListener::bind(&config.http)
-        .await
-        .with_context(|| format!("cannot listen on --http {}", config.http))?;
-    let peer_listener = TcpListener::bind(&config.peer)
-        .await
-        .with_context(|| format!("cannot listen on --peer {}", config.peer))?;
-    let endpoints = Endpoints {
-        id: config.id,
-        http: http_listener.local_addr()?,
-        peer: peer_listener.local_addr()?,
-    };
+    let http_listener =
+        TcpListener::bind(&config.http).await.with_context(|| format!("cannot listen on --http {}", config.http))?;
+    let peer_listener =
+        TcpListener::bind(&config.peer).await.with_context(|| format!("cannot listen on --peer {}", config.peer))?;
+    let endpoints = Endpoints { id: config.id, http: http_listener.local_addr()?, peer: peer_listener.local_addr()? };
     let addr = NodeAddr {
-        http: config
-            .advertise_http
-            .clone()
-            .unwrap_or_else(|| endpoints.http.to_string()),
-        peer: config
-            .advertise_peer
-            .clone()
-            .unwrap_or_else(|| endpoints.peer.to_string()),
+        http: config.advertise_http.clone().unwrap_or_else(|| endpoints.http.to_string()),
+        peer: config.advertise_peer.clone().unwrap_or_else(|| endpoints.peer.to_string()),
     };
 
     let raft_config = Config {
@@ -83,25 +63,13 @@ pub async fn run(
     let started = std::time::Instant::now();
     let state_machine = StateMachine::open(kv.clone(), published.clone())?;
     let objects = published.load().model.all().count();
-    tracing::info!(
-        objects,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "state loaded"
-    );
+    tracing::info!(objects, elapsed_ms = started.elapsed().as_millis() as u64, "state loaded");
     let log_store = LogStore::new(kv.clone(), committed.clone());
     let peers = PeerClient::new(config.cluster_token.clone());
-    let network = PeerNetwork {
-        client: peers.clone(),
-    };
-    let raft = typ::Raft::new(
-        config.id,
-        Arc::new(raft_config),
-        network,
-        log_store,
-        state_machine,
-    )
-    .await
-    .context("starting raft")?;
+    let network = PeerNetwork { client: peers.clone() };
+    let raft = typ::Raft::new(config.id, Arc::new(raft_config), network, log_store, state_machine)
+        .await
+        .context("starting raft")?;
 
     let app = Arc::new(App {
         id: config.id,
@@ -116,31 +84,18 @@ pub async fn run(
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let serve = |listener: TcpListener,
-                 router: axum::Router,
-                 mut stop: tokio::sync::watch::Receiver<bool>| {
+    let serve = |listener: TcpListener, router: axum::Router, mut stop: tokio::sync::watch::Receiver<bool>| {
         tokio::spawn(async move {
             let graceful = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(graceful)
-            .await
+            axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(graceful)
+                .await
         })
     };
-    let http_task = serve(
-        http_listener,
-        crate::http::router(app.clone()),
-        stop_rx.clone(),
-    );
-    let peer_task = serve(
-        peer_listener,
-        crate::cluster::peer::router(app.clone()),
-        stop_rx,
-    );
+    let http_task = serve(http_listener, crate::http::router(app.clone()), stop_rx.clone());
+    let peer_task = serve(peer_listener, crate::cluster::peer::router(app.clone()), stop_rx);
 
     initialise(&raft, &config, &addr).await?;
     write_endpoints(&config, &endpoints)?;
@@ -170,9 +125,7 @@ async fn initialise(raft: &typ::Raft, config: &NodeConfig, addr: &NodeAddr) -> a
         return Ok(());
     };
     tracing::info!(members = members.len(), "initialising a new cluster");
-    raft.initialize(members)
-        .await
-        .context("initialising the cluster")?;
+    raft.initialize(members).await.context("initialising the cluster")?;
     Ok(())
 }
 

@@ -49,11 +49,7 @@ pub trait Kv: Send + Sync + 'static {
     /// Applies every op, or none of them.
     fn batch(&self, space: Space, ops: Vec<Op>) -> KvResult<()>;
     /// Key-value pairs in key order within `range`.
-    fn scan<R: RangeBounds<Vec<u8>>>(
-        &self,
-        space: Space,
-        range: R,
-    ) -> KvResult<Vec<(Vec<u8>, Vec<u8>)>>;
+    fn scan<R: RangeBounds<Vec<u8>>>(&self, space: Space, range: R) -> KvResult<Vec<(Vec<u8>, Vec<u8>)>>;
     /// The first pair at or after `from` (for "what is the first log index").
     fn first(&self, space: Space) -> KvResult<Option<(Vec<u8>, Vec<u8>)>>;
     fn last(&self, space: Space) -> KvResult<Option<(Vec<u8>, Vec<u8>)>>;
@@ -70,9 +66,7 @@ pub struct SledOptions {
 
 impl Default for SledOptions {
     fn default() -> Self {
-        SledOptions {
-            cache_bytes: 64 << 20,
-        }
+        SledOptions { cache_bytes: 64 << 20 }
     }
 }
 
@@ -95,13 +89,7 @@ impl SledKv {
             .open()
             .map_err(|e| KvError::new(format!("cannot open {}: {e}", dir.display())))?;
         let tree = |name: &str| db.open_tree(name).map_err(KvError::new);
-        Ok(SledKv {
-            log: tree("log")?,
-            meta: tree("meta")?,
-            state: tree("state")?,
-            snapshot: tree("snapshot")?,
-            db,
-        })
+        Ok(SledKv { log: tree("log")?, meta: tree("meta")?, state: tree("state")?, snapshot: tree("snapshot")?, db })
     }
 
     fn tree(&self, space: Space) -> &sled::Tree {
@@ -116,11 +104,7 @@ impl SledKv {
 
 impl Kv for SledKv {
     fn get(&self, space: Space, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
-        Ok(self
-            .tree(space)
-            .get(key)
-            .map_err(KvError::new)?
-            .map(|v| v.to_vec()))
+        Ok(self.tree(space).get(key).map_err(KvError::new)?.map(|v| v.to_vec()))
     }
 
     fn put(&self, space: Space, key: &[u8], value: &[u8]) -> KvResult<()> {
@@ -139,34 +123,19 @@ impl Kv for SledKv {
         self.tree(space).apply_batch(batch).map_err(KvError::new)
     }
 
-    fn scan<R: RangeBounds<Vec<u8>>>(
-        &self,
-        space: Space,
-        range: R,
-    ) -> KvResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn scan<R: RangeBounds<Vec<u8>>>(&self, space: Space, range: R) -> KvResult<Vec<(Vec<u8>, Vec<u8>)>> {
         self.tree(space)
             .range(range)
-            .map(|item| {
-                item.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .map_err(KvError::new)
-            })
+            .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(KvError::new))
             .collect()
     }
 
     fn first(&self, space: Space) -> KvResult<Option<(Vec<u8>, Vec<u8>)>> {
-        Ok(self
-            .tree(space)
-            .first()
-            .map_err(KvError::new)?
-            .map(|(k, v)| (k.to_vec(), v.to_vec())))
+        Ok(self.tree(space).first().map_err(KvError::new)?.map(|(k, v)| (k.to_vec(), v.to_vec())))
     }
 
     fn last(&self, space: Space) -> KvResult<Option<(Vec<u8>, Vec<u8>)>> {
-        Ok(self
-            .tree(space)
-            .last()
-            .map_err(KvError::new)?
-            .map(|(k, v)| (k.to_vec(), v.to_vec())))
+        Ok(self.tree(space).last().map_err(KvError::new)?.map(|(k, v)| (k.to_vec(), v.to_vec())))
     }
 
     async fn flush(&self) -> KvResult<()> {
@@ -184,20 +153,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let kv = SledKv::open(dir.path(), &SledOptions::default()).unwrap();
-            kv.batch(
-                Space::Log,
-                vec![Op::Put(vec![1], vec![10]), Op::Put(vec![2], vec![20])],
-            )
-            .unwrap();
+            kv.batch(Space::Log, vec![Op::Put(vec![1], vec![10]), Op::Put(vec![2], vec![20])]).unwrap();
             kv.batch(Space::Log, vec![Op::Delete(vec![1])]).unwrap();
             kv.flush().await.unwrap();
         }
         let kv = SledKv::open(dir.path(), &SledOptions::default()).unwrap();
         assert_eq!(kv.scan(Space::Log, ..).unwrap(), vec![(vec![2], vec![20])]);
-        assert_eq!(
-            kv.get(Space::Meta, &[2]).unwrap(),
-            None,
-            "spaces are separate"
-        );
+        assert_eq!(kv.get(Space::Meta, &[2]).unwrap(), None, "spaces are separate");
     }
 }

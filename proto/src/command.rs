@@ -8,6 +8,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Entity, EntityKind, Timestamp};
 
+/// What a Raft log entry carries: a command and the id of the request that
+/// proposed it. The state machine answers a request id it has seen recently
+/// with the answer it gave then, without applying the command again, so a
+/// proposal retried after a leader change (or a client retry with the same
+/// `Idempotency-Key`) takes effect at most once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub request_id: u128,
+    pub command: Command,
+}
+
 /// A change to the replicated model.
 // One command is made per admin write; moving a few hundred bytes is nothing
 // next to the Raft round trip, and boxing would only add an allocation.
@@ -17,11 +28,7 @@ pub enum Command {
     /// Create an object (refused if the id exists) or replace one (refused if it
     /// does not). On replace the state machine keeps `created_at` and, for keys
     /// and tokens, the secret digest of the stored object.
-    Put {
-        entity: Entity,
-        mode: PutMode,
-        now: Timestamp,
-    },
+    Put { entity: Entity, mode: PutMode, now: Timestamp },
     /// Remove an object; refused while other objects refer to it.
     Delete { kind: EntityKind, id: String },
 }
@@ -67,26 +74,14 @@ pub enum RejectionKind {
 
 impl Rejection {
     pub fn not_found(kind: EntityKind, id: &str) -> Self {
-        Rejection {
-            kind: RejectionKind::NotFound,
-            field: None,
-            message: format!("no {} with id {id:?}", kind.noun()),
-        }
+        Rejection { kind: RejectionKind::NotFound, field: None, message: format!("no {} with id {id:?}", kind.noun()) }
     }
 
     pub fn conflict(field: Option<&str>, message: impl Into<String>) -> Self {
-        Rejection {
-            kind: RejectionKind::Conflict,
-            field: field.map(str::to_string),
-            message: message.into(),
-        }
+        Rejection { kind: RejectionKind::Conflict, field: field.map(str::to_string), message: message.into() }
     }
 
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        Rejection {
-            kind: RejectionKind::Invalid,
-            field: Some(field.to_string()),
-            message: message.into(),
-        }
+        Rejection { kind: RejectionKind::Invalid, field: Some(field.to_string()), message: message.into() }
     }
 }

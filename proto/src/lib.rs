@@ -22,5 +22,5 @@ pub mod command;
 pub mod model;
 pub mod validate;
 
-pub use command::{Command, CommandResult, Rejection, RejectionKind};
+pub use command::{Command, CommandResult, Proposal, Rejection, RejectionKind};
 pub use validate::FieldError;

@@ -34,10 +34,7 @@ impl Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match OffsetDateTime::from_unix_timestamp(self.0)
-            .ok()
-            .and_then(|t| t.format(&Rfc3339).ok())
-        {
+        match OffsetDateTime::from_unix_timestamp(self.0).ok().and_then(|t| t.format(&Rfc3339).ok()) {
             Some(text) => f.write_str(&text),
             None => write!(f, "@{}", self.0),
         }
@@ -128,10 +125,7 @@ fn default_key_header() -> String {
 
 impl Default for KeySource {
     fn default() -> Self {
-        KeySource {
-            header: default_key_header(),
-            query_param: None,
-        }
+        KeySource { header: default_key_header(), query_param: None }
     }
 }
 

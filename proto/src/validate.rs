@@ -22,32 +22,22 @@ pub struct FieldError {
 pub type Checked = Result<(), FieldError>;
 
 fn fail(field: impl Into<String>, message: impl Into<String>) -> Checked {
-    Err(FieldError {
-        field: field.into(),
-        message: message.into(),
-    })
+    Err(FieldError { field: field.into(), message: message.into() })
 }
 
 pub const MAX_NAME: usize = 128;
 pub const MAX_DESCRIPTION: usize = 1024;
 pub const MAX_LIST: usize = 256;
-pub const HTTP_METHODS: [&str; 8] = [
-    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*",
-];
-pub const JWT_ALGORITHMS: [&str; 12] = [
-    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
-    "ES384", "EdDSA",
-];
+pub const HTTP_METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"];
+pub const JWT_ALGORITHMS: [&str; 12] =
+    ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
 
 /// Ids, stage names: 1 to 64 of `A-Z a-z 0-9 _ -`.
 pub fn id(field: &str, value: &str) -> Checked {
     if value.is_empty() || value.len() > 64 {
         return fail(field, "must be 1 to 64 characters");
     }
-    if !value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
+    if !value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
         return fail(field, "may contain only letters, digits, '_' and '-'");
     }
     Ok(())
@@ -68,10 +58,7 @@ fn name(field: &str, value: &str) -> Checked {
 
 fn description(field: &str, value: &str) -> Checked {
     if value.chars().count() > MAX_DESCRIPTION {
-        return fail(
-            field,
-            format!("must be at most {MAX_DESCRIPTION} characters"),
-        );
+        return fail(field, format!("must be at most {MAX_DESCRIPTION} characters"));
     }
     Ok(())
 }
@@ -94,16 +81,11 @@ fn non_empty<T>(field: &str, list: &[T]) -> Checked {
 fn header_name(field: &str, value: &str) -> Checked {
     let ok = !value.is_empty()
         && value.len() <= 128
-        && value.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!#$%&'*+^`|~".contains(&b)
-        });
+        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!#$%&'*+^`|~".contains(&b));
     if ok {
         Ok(())
     } else {
-        fail(
-            field,
-            "must be a lower-case HTTP header name such as x-api-key",
-        )
+        fail(field, "must be a lower-case HTTP header name such as x-api-key")
     }
 }
 
@@ -130,10 +112,7 @@ fn path_pattern(field: &str, value: &str) -> Checked {
 
 pub fn throttle(field: &str, t: &Throttle) -> Checked {
     if !t.rate_per_sec.is_finite() || t.rate_per_sec <= 0.0 || t.rate_per_sec > 1e9 {
-        return fail(
-            format!("{field}.rate_per_sec"),
-            "must be a number above 0 and at most 1e9",
-        );
+        return fail(format!("{field}.rate_per_sec"), "must be a number above 0 and at most 1e9");
     }
     if t.burst == 0 {
         return fail(format!("{field}.burst"), "must be at least 1");
@@ -160,17 +139,9 @@ pub fn quota(field: &str, q: &Quota) -> Checked {
 }
 
 fn url(field: &str, value: &str) -> Checked {
-    let rest = value
-        .strip_prefix("https://")
-        .or_else(|| value.strip_prefix("http://"));
+    let rest = value.strip_prefix("https://").or_else(|| value.strip_prefix("http://"));
     match rest {
-        Some(rest)
-            if !rest.is_empty()
-                && !rest.starts_with('/')
-                && !value.chars().any(char::is_whitespace) =>
-        {
-            Ok(())
-        }
+        Some(rest) if !rest.is_empty() && !rest.starts_with('/') && !value.chars().any(char::is_whitespace) => Ok(()),
         _ => fail(field, "must be an http:// or https:// URL"),
     }
 }
@@ -188,10 +159,7 @@ pub fn api(a: &Api) -> Checked {
     for (i, s) in a.stages.iter().enumerate() {
         id(&format!("stages[{i}].name"), &s.name)?;
         if !seen.insert(s.name.as_str()) {
-            return fail(
-                format!("stages[{i}].name"),
-                format!("stage {:?} appears twice", s.name),
-            );
+            return fail(format!("stages[{i}].name"), format!("stage {:?} appears twice", s.name));
         }
         if let Some(t) = &s.throttle {
             throttle(&format!("stages[{i}].throttle"), t)?;
@@ -203,10 +171,7 @@ pub fn api(a: &Api) -> Checked {
         method(&format!("routes[{i}].method"), &r.method)?;
         path_pattern(&format!("routes[{i}].path"), &r.path)?;
         if !seen.insert((r.method.as_str(), r.path.as_str())) {
-            return fail(
-                format!("routes[{i}]"),
-                format!("route {} {} appears twice", r.method, r.path),
-            );
+            return fail(format!("routes[{i}]"), format!("route {} {} appears twice", r.method, r.path));
         }
         if let Some(auth) = &r.authorizer_id {
             id(&format!("routes[{i}].authorizer_id"), auth)?;
@@ -232,15 +197,9 @@ pub fn plan(p: &UsagePlan) -> Checked {
         id(&format!("api_stages[{i}].api_id"), &s.api_id)?;
         id(&format!("api_stages[{i}].stage"), &s.stage)?;
         if !seen.insert((s.api_id.as_str(), s.stage.as_str())) {
-            return fail(
-                format!("api_stages[{i}]"),
-                format!("{}/{} appears twice", s.api_id, s.stage),
-            );
+            return fail(format!("api_stages[{i}]"), format!("{}/{} appears twice", s.api_id, s.stage));
         }
-        list_len(
-            &format!("api_stages[{i}].method_throttles"),
-            &s.method_throttles,
-        )?;
+        list_len(&format!("api_stages[{i}].method_throttles"), &s.method_throttles)?;
         for (j, m) in s.method_throttles.iter().enumerate() {
             let at = format!("api_stages[{i}].method_throttles[{j}]");
             method(&format!("{at}.method"), &m.method)?;
@@ -262,16 +221,10 @@ pub fn key_spec(k: &ApiKeySpec) -> Checked {
     }
     for (key, value) in &k.tags {
         if key.is_empty() || key.len() > 128 || key.chars().any(char::is_control) {
-            return fail(
-                format!("tags.{key}"),
-                "tag names must be 1 to 128 printable characters",
-            );
+            return fail(format!("tags.{key}"), "tag names must be 1 to 128 printable characters");
         }
         if value.len() > 256 || value.chars().any(char::is_control) {
-            return fail(
-                format!("tags.{key}"),
-                "tag values must be at most 256 printable characters",
-            );
+            return fail(format!("tags.{key}"), "tag values must be at most 256 printable characters");
         }
     }
     list_len("plan_ids", &k.plan_ids)?;
@@ -279,10 +232,7 @@ pub fn key_spec(k: &ApiKeySpec) -> Checked {
     for (i, p) in k.plan_ids.iter().enumerate() {
         id(&format!("plan_ids[{i}]"), p)?;
         if !seen.insert(p) {
-            return fail(
-                format!("plan_ids[{i}]"),
-                format!("plan {p:?} appears twice"),
-            );
+            return fail(format!("plan_ids[{i}]"), format!("plan {p:?} appears twice"));
         }
     }
     Ok(())
@@ -308,10 +258,7 @@ pub fn policy(p: &Policy) -> Checked {
         }
         for (j, r) in s.resources.iter().enumerate() {
             if r != "*" && r.splitn(4, '/').count() < 4 {
-                return fail(
-                    format!("{at}.resources[{j}]"),
-                    "must be \"*\" or api/stage/METHOD/path",
-                );
+                return fail(format!("{at}.resources[{j}]"), "must be \"*\" or api/stage/METHOD/path");
             }
         }
         list_len(&format!("{at}.conditions"), &s.conditions)?;
@@ -325,20 +272,12 @@ pub fn policy(p: &Policy) -> Checked {
 fn condition(at: &str, c: &Condition) -> Checked {
     let key_ok = c.key == "source_ip"
         || c.key == "proxy_id"
-        || ["claim:", "header:", "tag:"]
-            .iter()
-            .any(|p| c.key.strip_prefix(p).is_some_and(|rest| !rest.is_empty()));
+        || ["claim:", "header:", "tag:"].iter().any(|p| c.key.strip_prefix(p).is_some_and(|rest| !rest.is_empty()));
     if !key_ok {
-        return fail(
-            format!("{at}.key"),
-            "must be source_ip, proxy_id, claim:NAME, header:NAME or tag:NAME",
-        );
+        return fail(format!("{at}.key"), "must be source_ip, proxy_id, claim:NAME, header:NAME or tag:NAME");
     }
     non_empty(&format!("{at}.values"), &c.values)?;
-    let ip_op = matches!(
-        c.operator,
-        ConditionOperator::IpAddress | ConditionOperator::NotIpAddress
-    );
+    let ip_op = matches!(c.operator, ConditionOperator::IpAddress | ConditionOperator::NotIpAddress);
     if ip_op != (c.key == "source_ip") {
         return fail(
             format!("{at}.operator"),
@@ -348,10 +287,7 @@ fn condition(at: &str, c: &Condition) -> Checked {
     if ip_op {
         for (k, v) in c.values.iter().enumerate() {
             if v.parse::<ipnet::IpNet>().is_err() && v.parse::<IpAddr>().is_err() {
-                return fail(
-                    format!("{at}.values[{k}]"),
-                    format!("{v:?} is not an IP address or CIDR block"),
-                );
+                return fail(format!("{at}.values[{k}]"), format!("{v:?} is not an IP address or CIDR block"));
             }
         }
     }
@@ -378,42 +314,24 @@ fn jwt(j: &JwtAuthorizer) -> Checked {
         if !JWT_ALGORITHMS.contains(&alg.as_str()) {
             return fail(
                 format!("kind.jwt.algorithms[{i}]"),
-                format!(
-                    "{alg:?} is not accepted; use one of {}",
-                    JWT_ALGORITHMS.join(", ")
-                ),
+                format!("{alg:?} is not accepted; use one of {}", JWT_ALGORITHMS.join(", ")),
             );
         }
     }
     let hmac = j.algorithms.iter().filter(|a| a.starts_with("HS")).count();
     if hmac != 0 && hmac != j.algorithms.len() {
-        return fail(
-            "kind.jwt.algorithms",
-            "HMAC (HS*) algorithms cannot be mixed with public-key ones",
-        );
+        return fail("kind.jwt.algorithms", "HMAC (HS*) algorithms cannot be mixed with public-key ones");
     }
     match (&j.jwks_url, j.jwks.is_empty()) {
-        (None, true) => {
-            return fail(
-                "kind.jwt.jwks",
-                "give the signing keys inline in jwks, or a jwks_url",
-            )
-        }
+        (None, true) => return fail("kind.jwt.jwks", "give the signing keys inline in jwks, or a jwks_url"),
         (Some(u), _) => url("kind.jwt.jwks_url", u)?,
         (None, false) => {}
     }
     if hmac != 0 && j.jwks_url.is_some() {
-        return fail(
-            "kind.jwt.jwks_url",
-            "HMAC keys must be given inline, not fetched",
-        );
+        return fail("kind.jwt.jwks_url", "HMAC keys must be given inline, not fetched");
     }
     for (i, k) in j.jwks.iter().enumerate() {
-        let want = if hmac != 0 {
-            ["oct"].as_slice()
-        } else {
-            ["RSA", "EC", "OKP"].as_slice()
-        };
+        let want = if hmac != 0 { ["oct"].as_slice() } else { ["RSA", "EC", "OKP"].as_slice() };
         if !want.contains(&k.kty.as_str()) {
             return fail(
                 format!("kind.jwt.jwks[{i}].kty"),
@@ -431,15 +349,10 @@ fn http_authorizer(h: &HttpAuthorizer) -> Checked {
     url("kind.http.url", &h.url)?;
     non_empty("kind.http.identity_sources", &h.identity_sources)?;
     for (i, s) in h.identity_sources.iter().enumerate() {
-        let ok = s
-            .strip_prefix("header:")
-            .is_some_and(|n| header_name("", n).is_ok())
+        let ok = s.strip_prefix("header:").is_some_and(|n| header_name("", n).is_ok())
             || s.strip_prefix("query:").is_some_and(|n| !n.is_empty());
         if !ok {
-            return fail(
-                format!("kind.http.identity_sources[{i}]"),
-                "must be header:NAME (lower case) or query:NAME",
-            );
+            return fail(format!("kind.http.identity_sources[{i}]"), "must be header:NAME (lower case) or query:NAME");
         }
     }
     if h.cache_ttl_secs > 3600 {
@@ -504,22 +417,10 @@ mod tests {
 
     #[test]
     fn quota_offset_is_bounded_by_period() {
-        let q = Quota {
-            limit: 10,
-            period: Period::Week,
-            offset: 7,
-        };
+        let q = Quota { limit: 10, period: Period::Week, offset: 7 };
         assert_eq!(quota("quota", &q).unwrap_err().field, "quota.offset");
         assert!(quota("quota", &Quota { offset: 6, ..q }).is_ok());
-        assert!(quota(
-            "quota",
-            &Quota {
-                period: Period::Day,
-                offset: 1,
-                ..q
-            }
-        )
-        .is_err());
+        assert!(quota("quota", &Quota { period: Period::Day, offset: 1, ..q }).is_err());
     }
 
     #[test]

@@ -27,12 +27,8 @@ pub fn free_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     // Start somewhere that depends on the process, so separate test processes
     // running at once (nextest) are unlikely to start at the same place.
-    let _ = NEXT.compare_exchange(
-        0,
-        20_000 + (std::process::id() % 500) as u16 * 20,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
+    let _ =
+        NEXT.compare_exchange(0, 20_000 + (std::process::id() % 500) as u16 * 20, Ordering::SeqCst, Ordering::SeqCst);
     loop {
         let port = NEXT.fetch_add(1, Ordering::SeqCst);
         assert!(port < 32_000, "ran out of test ports");
@@ -52,11 +48,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            snapshot_logs: 10_000,
-            keep_logs: 1_000,
-            log_level: "info",
-        }
+        Options { snapshot_logs: 10_000, keep_logs: 1_000, log_level: "info" }
     }
 }
 
@@ -74,10 +66,7 @@ impl Node {
     }
 
     pub fn addr_spec(&self) -> String {
-        format!(
-            "{}=127.0.0.1:{}/127.0.0.1:{}",
-            self.id, self.http_port, self.peer_port
-        )
+        format!("{}=127.0.0.1:{}/127.0.0.1:{}", self.id, self.http_port, self.peer_port)
     }
 
     pub fn is_running(&self) -> bool {
@@ -95,11 +84,8 @@ impl Node {
     fn spawn(&mut self, peers: Option<&str>, options: &Options) {
         assert!(self.child.is_none(), "node {} is already running", self.id);
         std::fs::create_dir_all(&self.dir).expect("data dir");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("node.log"))
-            .expect("log file");
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("node.log")).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
         cmd.arg("serve")
             .args(["--id", &self.id.to_string()])
@@ -107,14 +93,7 @@ impl Node {
             .args(["--peer", &format!("127.0.0.1:{}", self.peer_port)])
             .arg("--data-dir")
             .arg(&self.dir)
-            .args([
-                "--heartbeat-ms",
-                "50",
-                "--election-min-ms",
-                "300",
-                "--election-max-ms",
-                "600",
-            ])
+            .args(["--heartbeat-ms", "50", "--election-min-ms", "300", "--election-max-ms", "600"])
             .args(["--snapshot-logs", &options.snapshot_logs.to_string()])
             .args(["--keep-logs", &options.keep_logs.to_string()])
             .env("TOLLGATE_ADMIN_TOKEN", TOKEN)
@@ -174,17 +153,8 @@ impl Cluster {
         for node in &mut nodes {
             node.spawn(Some(&peers), &options);
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .expect("client");
-        let cluster = Cluster {
-            nodes,
-            peers,
-            options,
-            http,
-            _dir: dir,
-        };
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client");
+        let cluster = Cluster { nodes, peers, options, http, _dir: dir };
         for node in &cluster.nodes {
             cluster.wait_ready(node.id).await;
         }
@@ -206,10 +176,7 @@ impl Cluster {
     }
 
     pub fn node(&self, id: u64) -> &Node {
-        self.nodes
-            .iter()
-            .find(|n| n.id == id)
-            .expect("no such node")
+        self.nodes.iter().find(|n| n.id == id).expect("no such node")
     }
 
     pub fn url(&self, id: u64) -> String {
@@ -221,21 +188,13 @@ impl Cluster {
     }
 
     pub fn kill(&mut self, id: u64) {
-        self.nodes
-            .iter_mut()
-            .find(|n| n.id == id)
-            .expect("no such node")
-            .kill();
+        self.nodes.iter_mut().find(|n| n.id == id).expect("no such node").kill();
     }
 
     pub async fn restart(&mut self, id: u64) {
         let peers = self.peers.clone();
         let options = self.options.clone();
-        let node = self
-            .nodes
-            .iter_mut()
-            .find(|n| n.id == id)
-            .expect("no such node");
+        let node = self.nodes.iter_mut().find(|n| n.id == id).expect("no such node");
         node.spawn(Some(&peers), &options);
         self.wait_ready(id).await;
     }
@@ -244,11 +203,7 @@ impl Cluster {
     pub async fn wait_ready(&self, id: u64) {
         let url = format!("{}/readyz", self.url(id));
         wait_until(&format!("node {id} ready"), || async {
-            self.http
-                .get(&url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
+            self.http.get(&url).send().await.is_ok_and(|r| r.status().is_success())
         })
         .await;
     }
@@ -263,41 +218,23 @@ impl Cluster {
                 seen.push(status["leader_id"].as_u64());
             }
             if let Some(Some(l)) = seen.first() {
-                if seen.iter().all(|s| *s == Some(*l))
-                    && self.nodes.iter().any(|n| n.id == *l && n.is_running())
-                {
+                if seen.iter().all(|s| *s == Some(*l)) && self.nodes.iter().any(|n| n.id == *l && n.is_running()) {
                     return *l;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "running nodes never agreed on a live leader: {seen:?}"
-            );
+            assert!(Instant::now() < deadline, "running nodes never agreed on a live leader: {seen:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Some running node other than `not`.
     pub fn other_than(&self, not: u64) -> u64 {
-        self.nodes
-            .iter()
-            .find(|n| n.id != not && n.is_running())
-            .expect("another running node")
-            .id
+        self.nodes.iter().find(|n| n.id != not && n.is_running()).expect("another running node").id
     }
 
     /// One admin call: status and JSON body (Null when empty).
-    pub async fn call(
-        &self,
-        id: u64,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.url(id)))
-            .bearer_auth(TOKEN);
+    pub async fn call(&self, id: u64, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.url(id))).bearer_auth(TOKEN);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -305,10 +242,7 @@ impl Cluster {
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let text = resp.text().await.unwrap_or_default();
-                (
-                    status,
-                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
-                )
+                (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
             }
             Err(e) => (0, Value::String(e.to_string())),
         }
@@ -343,10 +277,7 @@ impl Cluster {
 
     /// All node logs, concatenated.
     pub fn logs(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| std::fs::read_to_string(n.dir.join("node.log")).unwrap_or_default())
-            .collect()
+        self.nodes.iter().map(|n| std::fs::read_to_string(n.dir.join("node.log")).unwrap_or_default()).collect()
     }
 }
 

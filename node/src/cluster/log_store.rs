@@ -33,10 +33,7 @@ pub struct LogStore<K: Kv> {
 
 impl<K: Kv> Clone for LogStore<K> {
     fn clone(&self) -> Self {
-        LogStore {
-            kv: self.kv.clone(),
-            committed: self.committed.clone(),
-        }
+        LogStore { kv: self.kv.clone(), committed: self.committed.clone() }
     }
 }
 
@@ -54,36 +51,19 @@ impl<K: Kv> LogStore<K> {
         key: &[u8],
         subject: ErrorSubject<u64>,
     ) -> Result<Option<T>, StorageError> {
-        match self
-            .kv
-            .get(Space::Meta, key)
-            .map_err(|e| storage_err(subject.clone(), ErrorVerb::Read, e))?
-        {
+        match self.kv.get(Space::Meta, key).map_err(|e| storage_err(subject.clone(), ErrorVerb::Read, e))? {
             None => Ok(None),
-            Some(bytes) => codec::decode(&bytes)
-                .map(Some)
-                .map_err(|e| storage_err(subject, ErrorVerb::Read, e)),
+            Some(bytes) => codec::decode(&bytes).map(Some).map_err(|e| storage_err(subject, ErrorVerb::Read, e)),
         }
     }
 
-    fn write_meta<T: Serialize>(
-        &self,
-        key: &[u8],
-        value: &T,
-        subject: ErrorSubject<u64>,
-    ) -> Result<(), StorageError> {
-        let bytes =
-            codec::encode(value).map_err(|e| storage_err(subject.clone(), ErrorVerb::Write, e))?;
-        self.kv
-            .put(Space::Meta, key, &bytes)
-            .map_err(|e| storage_err(subject, ErrorVerb::Write, e))
+    fn write_meta<T: Serialize>(&self, key: &[u8], value: &T, subject: ErrorSubject<u64>) -> Result<(), StorageError> {
+        let bytes = codec::encode(value).map_err(|e| storage_err(subject.clone(), ErrorVerb::Write, e))?;
+        self.kv.put(Space::Meta, key, &bytes).map_err(|e| storage_err(subject, ErrorVerb::Write, e))
     }
 
     async fn flush(&self, subject: ErrorSubject<u64>) -> Result<(), StorageError> {
-        self.kv
-            .flush()
-            .await
-            .map_err(|e| storage_err(subject, ErrorVerb::Write, e))
+        self.kv.flush().await.map_err(|e| storage_err(subject, ErrorVerb::Write, e))
     }
 
     fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
@@ -115,10 +95,8 @@ impl<K: Kv> RaftLogReader<TypeConfig> for LogStore<K> {
             Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
             Bound::Unbounded => Bound::Unbounded,
         };
-        let pairs = self
-            .kv
-            .scan(Space::Log, (start, end))
-            .map_err(|e| storage_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        let pairs =
+            self.kv.scan(Space::Log, (start, end)).map_err(|e| storage_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
         pairs.iter().map(|(_, v)| Self::decode_entry(v)).collect()
     }
 }
@@ -128,18 +106,11 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.read_meta(PURGED, ErrorSubject::Logs)?;
-        let last = match self
-            .kv
-            .last(Space::Log)
-            .map_err(|e| storage_err(ErrorSubject::Logs, ErrorVerb::Read, e))?
-        {
+        let last = match self.kv.last(Space::Log).map_err(|e| storage_err(ErrorSubject::Logs, ErrorVerb::Read, e))? {
             Some((_, bytes)) => Some(Self::decode_entry(&bytes)?.log_id),
             None => last_purged,
         };
-        Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id: last,
-        })
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -156,41 +127,27 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.committed
-            .store(committed.map(|c| c.index).unwrap_or(0), Ordering::Relaxed);
+        self.committed.store(committed.map(|c| c.index).unwrap_or(0), Ordering::Relaxed);
         // Not flushed: openraft recomputes the commit index if this is lost.
         self.write_meta(COMMITTED, &committed, ErrorSubject::Store)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self
-            .read_meta::<Option<LogId>>(COMMITTED, ErrorSubject::Store)?
-            .flatten())
+        Ok(self.read_meta::<Option<LogId>>(COMMITTED, ErrorSubject::Store)?.flatten())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut ops = Vec::new();
         for entry in entries {
-            let bytes = codec::encode(&entry)
-                .map_err(|e| storage_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            let bytes = codec::encode(&entry).map_err(|e| storage_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
             ops.push(Op::Put(index_key(entry.log_id.index), bytes));
         }
-        self.kv
-            .batch(Space::Log, ops)
-            .map_err(|e| storage_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-        let flushed = self
-            .kv
-            .flush()
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()));
+        self.kv.batch(Space::Log, ops).map_err(|e| storage_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        let flushed = self.kv.flush().await.map_err(|e| std::io::Error::other(e.to_string()));
         let failed = flushed.as_ref().err().map(|e| e.to_string());
         callback.log_io_completed(flushed);
         match failed {
@@ -200,14 +157,8 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let ops = self
-            .keys_from(log_id.index)?
-            .into_iter()
-            .map(Op::Delete)
-            .collect();
-        self.kv
-            .batch(Space::Log, ops)
-            .map_err(|e| storage_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        let ops = self.keys_from(log_id.index)?.into_iter().map(Op::Delete).collect();
+        self.kv.batch(Space::Log, ops).map_err(|e| storage_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
         self.flush(ErrorSubject::Logs).await
     }
 
@@ -221,8 +172,6 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
             .scan(Space::Log, ..=index_key(log_id.index))
             .map_err(|e| storage_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
         let ops = pairs.into_iter().map(|(k, _)| Op::Delete(k)).collect();
-        self.kv
-            .batch(Space::Log, ops)
-            .map_err(|e| storage_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+        self.kv.batch(Space::Log, ops).map_err(|e| storage_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 }

@@ -17,7 +17,7 @@ use std::fmt;
 use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
-use tollgate_proto::{Command, CommandResult};
+use tollgate_proto::{CommandResult, Proposal};
 
 /// A node's two addresses, as every member records them in the membership.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,7 +39,7 @@ pub type NodeId = u64;
 openraft::declare_raft_types!(
     /// Tollgate's openraft type configuration.
     pub TypeConfig:
-        D = Command,
+        D = Proposal,
         R = CommandResult,
         NodeId = NodeId,
         Node = NodeAddr,
@@ -59,8 +59,7 @@ pub mod typ {
     pub type Snapshot = openraft::Snapshot<TypeConfig>;
     pub type StorageError = openraft::StorageError<NodeId>;
     pub type RaftError<E = openraft::error::Infallible> = openraft::error::RaftError<NodeId, E>;
-    pub type RPCError<E = openraft::error::Infallible> =
-        openraft::error::RPCError<NodeId, NodeAddr, RaftError<E>>;
+    pub type RPCError<E = openraft::error::Infallible> = openraft::error::RPCError<NodeId, NodeAddr, RaftError<E>>;
     pub type ClientWriteError = openraft::error::ClientWriteError<NodeId, NodeAddr>;
     pub type CheckIsLeaderError = openraft::error::CheckIsLeaderError<NodeId, NodeAddr>;
     pub type InstallSnapshotError = openraft::error::InstallSnapshotError;
@@ -92,20 +91,13 @@ mod tests {
 
     struct SledStores;
 
-    impl StoreBuilder<TypeConfig, LogStore<SledKv>, StateMachine<SledKv>, tempfile::TempDir>
-        for SledStores
-    {
-        async fn build(
-            &self,
-        ) -> Result<(tempfile::TempDir, LogStore<SledKv>, StateMachine<SledKv>), StorageError>
-        {
-            let dir = tempfile::tempdir().map_err(|e| {
-                super::storage_err(openraft::ErrorSubject::Store, openraft::ErrorVerb::Write, e)
-            })?;
+    impl StoreBuilder<TypeConfig, LogStore<SledKv>, StateMachine<SledKv>, tempfile::TempDir> for SledStores {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore<SledKv>, StateMachine<SledKv>), StorageError> {
+            let dir = tempfile::tempdir()
+                .map_err(|e| super::storage_err(openraft::ErrorSubject::Store, openraft::ErrorVerb::Write, e))?;
             let kv = Arc::new(
-                SledKv::open(dir.path(), &SledOptions::default()).map_err(|e| {
-                    super::storage_err(openraft::ErrorSubject::Store, openraft::ErrorVerb::Read, e)
-                })?,
+                SledKv::open(dir.path(), &SledOptions::default())
+                    .map_err(|e| super::storage_err(openraft::ErrorSubject::Store, openraft::ErrorVerb::Read, e))?,
             );
             let log = LogStore::new(kv.clone(), Arc::new(AtomicU64::new(0)));
             let sm = StateMachine::open(kv, Arc::new(ArcSwap::from_pointee(Default::default())))?;

@@ -13,8 +13,8 @@ use std::time::Duration;
 use openraft::error::{NetworkError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -48,10 +48,7 @@ impl PeerClient {
             .tcp_nodelay(true)
             .build()
             .unwrap_or_default();
-        PeerClient {
-            http,
-            cluster_token,
-        }
+        PeerClient { http, cluster_token }
     }
 
     /// POSTs `request` (bincode) to `http://{addr}{path}` and decodes the answer.
@@ -62,25 +59,15 @@ impl PeerClient {
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
-        let network = |reason: String| CallError::Network {
-            addr: addr.to_string(),
-            reason,
-        };
+        let network = |reason: String| CallError::Network { addr: addr.to_string(), reason };
         let body = codec::encode(request).map_err(|e| network(e.to_string()))?;
-        let mut builder = self
-            .http
-            .post(format!("http://{addr}{path}"))
-            .timeout(timeout)
-            .body(body);
+        let mut builder = self.http.post(format!("http://{addr}{path}")).timeout(timeout).body(body);
         if let Some(token) = &self.cluster_token {
             builder = builder.bearer_auth(token);
         }
         let response = builder.send().await.map_err(|e| {
             if e.is_connect() {
-                CallError::Unreachable {
-                    addr: addr.to_string(),
-                    reason: e.to_string(),
-                }
+                CallError::Unreachable { addr: addr.to_string(), reason: e.to_string() }
             } else {
                 network(e.to_string())
             }
@@ -88,10 +75,7 @@ impl PeerClient {
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| network(e.to_string()))?;
         if !status.is_success() {
-            return Err(network(format!(
-                "HTTP {status}: {}",
-                String::from_utf8_lossy(&bytes)
-            )));
+            return Err(network(format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes))));
         }
         codec::decode(&bytes).map_err(|e| network(e.to_string()))
     }
@@ -106,11 +90,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Self::Network {
-        PeerConnection {
-            client: self.client.clone(),
-            target,
-            addr: node.peer.clone(),
-        }
+        PeerConnection { client: self.client.clone(), target, addr: node.peer.clone() }
     }
 }
 
@@ -121,22 +101,14 @@ pub struct PeerConnection {
 }
 
 impl PeerConnection {
-    async fn rpc<Req, Resp, E>(
-        &self,
-        path: &str,
-        req: &Req,
-        option: &RPCOption,
-    ) -> Result<Resp, RPCError<E>>
+    async fn rpc<Req, Resp, E>(&self, path: &str, req: &Req, option: &RPCOption) -> Result<Resp, RPCError<E>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let answer: Result<Resp, RaftError<E>> = self
-            .client
-            .call(&self.addr, path, req, option.hard_ttl())
-            .await
-            .map_err(|e| match e {
+        let answer: Result<Resp, RaftError<E>> =
+            self.client.call(&self.addr, path, req, option.hard_ttl()).await.map_err(|e| match e {
                 CallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
                 CallError::Network { .. } => RPCError::Network(NetworkError::new(&e)),
             })?;
@@ -161,11 +133,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         self.rpc(super::peer::SNAPSHOT, &rpc, &option).await
     }
 
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<NodeId>,
-        option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError> {
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RPCError> {
         self.rpc(super::peer::VOTE, &rpc, &option).await
     }
 }

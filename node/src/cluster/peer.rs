@@ -16,7 +16,7 @@ use axum::Router;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tollgate_proto::{codec, Command};
+use tollgate_proto::{codec, Proposal};
 
 use super::{NodeAddr, NodeId, TypeConfig};
 use crate::app::{App, ClusterError, MembershipOp};
@@ -64,18 +64,10 @@ fn accept<T: DeserializeOwned>(app: &App, headers: &HeaderMap, body: &[u8]) -> R
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if !given.is_some_and(|g| expected.matches(g)) {
-            return Err(
-                (StatusCode::UNAUTHORIZED, "cluster token missing or wrong").into_response()
-            );
+            return Err((StatusCode::UNAUTHORIZED, "cluster token missing or wrong").into_response());
         }
     }
-    codec::decode(body).map_err(|e| {
-        (
-            StatusCode::BAD_REQUEST,
-            format!("undecodable peer request: {e}"),
-        )
-            .into_response()
-    })
+    codec::decode(body).map_err(|e| (StatusCode::BAD_REQUEST, format!("undecodable peer request: {e}")).into_response())
 }
 
 fn reply<T: Serialize>(value: &T) -> Response {
@@ -110,11 +102,11 @@ async fn snapshot(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) 
 }
 
 async fn write(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let command: Command = match accept(&app, &headers, &body) {
+    let proposal: Proposal = match accept(&app, &headers, &body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    reply(&app.write_here(command).await.map_err(ForwardError::from))
+    reply(&app.write_here(proposal).await.map_err(ForwardError::from))
 }
 
 async fn read_index(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -129,11 +121,7 @@ async fn membership(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    reply(
-        &app.change_membership_here(op)
-            .await
-            .map_err(ForwardError::from),
-    )
+    reply(&app.change_membership_here(op).await.map_err(ForwardError::from))
 }
 
 impl From<ClusterError> for ForwardError {

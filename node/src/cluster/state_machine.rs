@@ -21,6 +21,7 @@ use tollgate_proto::{codec, CommandResult};
 
 use super::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
 use super::{storage_err, TypeConfig};
+use crate::state::requests::{self, RecentRequests, Remembered};
 use crate::state::{object_key, Model, OBJECT_PREFIX};
 use crate::store::{Kv, Op, Space};
 
@@ -40,6 +41,7 @@ pub type SharedModel = Arc<ArcSwap<Published>>;
 #[derive(Serialize, Deserialize)]
 struct SnapshotImage {
     objects: Vec<Entity>,
+    requests: Vec<Remembered>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -53,6 +55,8 @@ pub struct StateMachine<K: Kv> {
     model: Model,
     applied: Option<LogId>,
     membership: StoredMembership,
+    /// Recently applied request ids (replicated state; see `state::requests`).
+    requests: RecentRequests,
     published: SharedModel,
 }
 
@@ -68,17 +72,16 @@ impl<K: Kv> StateMachine<K> {
     /// Loads the applied model from storage and publishes it.
     pub fn open(kv: Arc<K>, published: SharedModel) -> Result<Self, StorageError> {
         let mut model = Model::default();
-        let mut prefix_end = OBJECT_PREFIX.to_vec();
-        prefix_end.push(0xff);
-        for (_, bytes) in kv
-            .scan(Space::State, OBJECT_PREFIX.to_vec()..prefix_end)
-            .map_err(|e| sm_err(ErrorVerb::Read, e))?
-        {
+        for bytes in scan_prefix(&*kv, OBJECT_PREFIX)? {
             model.load(codec::decode(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?);
         }
+        let remembered = scan_prefix(&*kv, requests::PREFIX)?
+            .iter()
+            .map(|bytes| codec::decode(bytes).map_err(|e| sm_err(ErrorVerb::Read, e)))
+            .collect::<Result<Vec<Remembered>, _>>()?;
+        let requests = RecentRequests::from_entries(remembered);
         let read = |key: &[u8]| -> Result<Option<Vec<u8>>, StorageError> {
-            kv.get(Space::State, key)
-                .map_err(|e| sm_err(ErrorVerb::Read, e))
+            kv.get(Space::State, key).map_err(|e| sm_err(ErrorVerb::Read, e))
         };
         let applied = match read(APPLIED)? {
             Some(b) => codec::decode(&b).map_err(|e| sm_err(ErrorVerb::Read, e))?,
@@ -88,34 +91,19 @@ impl<K: Kv> StateMachine<K> {
             Some(b) => codec::decode(&b).map_err(|e| sm_err(ErrorVerb::Read, e))?,
             None => StoredMembership::default(),
         };
-        let sm = StateMachine {
-            kv,
-            model,
-            applied,
-            membership,
-            published,
-        };
+        let sm = StateMachine { kv, model, applied, membership, requests, published };
         sm.publish();
         Ok(sm)
     }
 
     fn publish(&self) {
-        self.published.store(Arc::new(Published {
-            model: self.model.clone(),
-            applied: self.applied,
-        }));
+        self.published.store(Arc::new(Published { model: self.model.clone(), applied: self.applied }));
     }
 
     fn meta_ops(&self) -> Result<Vec<Op>, StorageError> {
         Ok(vec![
-            Op::Put(
-                APPLIED.to_vec(),
-                codec::encode(&self.applied).map_err(|e| sm_err(ErrorVerb::Write, e))?,
-            ),
-            Op::Put(
-                MEMBERSHIP.to_vec(),
-                codec::encode(&self.membership).map_err(|e| sm_err(ErrorVerb::Write, e))?,
-            ),
+            Op::Put(APPLIED.to_vec(), codec::encode(&self.applied).map_err(|e| sm_err(ErrorVerb::Write, e))?),
+            Op::Put(MEMBERSHIP.to_vec(), codec::encode(&self.membership).map_err(|e| sm_err(ErrorVerb::Write, e))?),
         ])
     }
 }
@@ -138,9 +126,16 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
             self.applied = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => answers.push(Ok(Applied::Nothing)),
-                EntryPayload::Normal(command) => {
-                    let (answer, writes) = self.model.apply(command);
+                EntryPayload::Normal(proposal) => {
+                    if let Some(answer) = self.requests.answer(proposal.request_id) {
+                        // A retry of a request already applied: same answer, no effect.
+                        answers.push(answer.clone());
+                        continue;
+                    }
+                    let (answer, writes) = self.model.apply(proposal.command);
                     ops.extend(writes);
+                    let remembered = self.requests.remember(proposal.request_id, entry.log_id.index, &answer);
+                    ops.extend(remembered.map_err(|e| sm_err(ErrorVerb::Write, e))?);
                     answers.push(answer);
                 }
                 EntryPayload::Membership(m) => {
@@ -150,9 +145,7 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
             }
         }
         ops.extend(self.meta_ops()?);
-        self.kv
-            .batch(Space::State, ops)
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        self.kv.batch(Space::State, ops).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         self.publish();
         Ok(answers)
     }
@@ -161,6 +154,7 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
         SnapshotBuilder {
             kv: self.kv.clone(),
             model: self.model.clone(),
+            requests: self.requests.entries(),
             applied: self.applied,
             membership: self.membership.clone(),
         }
@@ -176,8 +170,7 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let image: SnapshotImage =
-            codec::decode(&data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let image: SnapshotImage = codec::decode(&data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         let mut model = Model::default();
         let mut ops: Vec<Op> = self
             .kv
@@ -191,60 +184,52 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
             ops.push(Op::Put(object_key(object.kind(), object.id()), bytes));
             model.load(object);
         }
+        self.requests = RecentRequests::from_entries(image.requests);
+        ops.extend(self.requests.puts().map_err(|e| snap_err(ErrorVerb::Write, e))?);
         self.model = model;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         ops.extend(self.meta_ops()?);
         // One batch: the old model is replaced whole or not at all.
-        self.kv
-            .batch(Space::State, ops)
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        let stored = codec::encode(&StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        })
-        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        self.kv
-            .put(Space::Snapshot, CURRENT_SNAPSHOT, &stored)
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        self.kv
-            .flush()
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.kv.batch(Space::State, ops).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let stored =
+            codec::encode(&StoredSnapshot { meta: meta.clone(), data }).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.kv.put(Space::Snapshot, CURRENT_SNAPSHOT, &stored).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.kv.flush().await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
         self.publish();
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let Some(bytes) = self
-            .kv
-            .get(Space::Snapshot, CURRENT_SNAPSHOT)
-            .map_err(|e| snap_err(ErrorVerb::Read, e))?
+        let Some(bytes) = self.kv.get(Space::Snapshot, CURRENT_SNAPSHOT).map_err(|e| snap_err(ErrorVerb::Read, e))?
         else {
             return Ok(None);
         };
-        let stored: StoredSnapshot =
-            codec::decode(&bytes).map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        Ok(Some(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        }))
+        let stored: StoredSnapshot = codec::decode(&bytes).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
     }
+}
+
+/// The values stored under `prefix` in the state space.
+fn scan_prefix<K: Kv>(kv: &K, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StorageError> {
+    let mut end = prefix.to_vec();
+    end.push(0xff);
+    let pairs = kv.scan(Space::State, prefix.to_vec()..end).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+    Ok(pairs.into_iter().map(|(_, v)| v).collect())
 }
 
 /// A snapshot in the making: a point-in-time clone of the model.
 pub struct SnapshotBuilder<K: Kv> {
     kv: Arc<K>,
     model: Model,
+    requests: Vec<Remembered>,
     applied: Option<LogId>,
     membership: StoredMembership,
 }
 
 impl<K: Kv> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<K> {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let image = SnapshotImage {
-            objects: self.model.all().cloned().collect(),
-        };
+        let image = SnapshotImage { objects: self.model.all().cloned().collect(), requests: self.requests.clone() };
         let data = codec::encode(&image).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let unique = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -254,28 +239,13 @@ impl<K: Kv> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<K> {
             Some(id) => format!("{}-{}-{unique}", id.leader_id.term, id.index),
             None => format!("0-0-{unique}"),
         };
-        let meta = SnapshotMeta {
-            last_log_id: self.applied,
-            last_membership: self.membership.clone(),
-            snapshot_id,
-        };
-        let stored = codec::encode(&StoredSnapshot {
-            meta: meta.clone(),
-            data: data.clone(),
-        })
-        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        self.kv
-            .put(Space::Snapshot, CURRENT_SNAPSHOT, &stored)
+        let meta = SnapshotMeta { last_log_id: self.applied, last_membership: self.membership.clone(), snapshot_id };
+        let stored = codec::encode(&StoredSnapshot { meta: meta.clone(), data: data.clone() })
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.kv.put(Space::Snapshot, CURRENT_SNAPSHOT, &stored).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         // Flushing also makes every applied state write durable: the log may be
         // purged up to this snapshot as soon as we return.
-        self.kv
-            .flush()
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        self.kv.flush().await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }

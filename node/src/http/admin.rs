@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -39,10 +39,7 @@ pub trait Resource: Send + Sync + 'static {
 
 fn path_id(body_id: &mut String, path_id: &str) -> Result<(), FieldError> {
     if !body_id.is_empty() && body_id != path_id {
-        return Err(FieldError {
-            field: "id".into(),
-            message: "must be left out or match the id in the path".into(),
-        });
+        return Err(FieldError { field: "id".into(), message: "must be left out or match the id in the path".into() });
     }
     *body_id = path_id.to_string();
     Ok(())
@@ -72,30 +69,9 @@ macro_rules! plain_resource {
 }
 
 plain_resource!(Apis, Api, EntityKind::Api, "apis", Api, validate::api);
-plain_resource!(
-    Plans,
-    UsagePlan,
-    EntityKind::Plan,
-    "plans",
-    Plan,
-    validate::plan
-);
-plain_resource!(
-    Policies,
-    Policy,
-    EntityKind::Policy,
-    "policies",
-    Policy,
-    validate::policy
-);
-plain_resource!(
-    Authorizers,
-    Authorizer,
-    EntityKind::Authorizer,
-    "authorizers",
-    Authorizer,
-    validate::authorizer
-);
+plain_resource!(Plans, UsagePlan, EntityKind::Plan, "plans", Plan, validate::plan);
+plain_resource!(Policies, Policy, EntityKind::Policy, "policies", Policy, validate::policy);
+plain_resource!(Authorizers, Authorizer, EntityKind::Authorizer, "authorizers", Authorizer, validate::authorizer);
 
 pub struct Keys;
 impl Resource for Keys {
@@ -105,23 +81,13 @@ impl Resource for Keys {
     fn create(spec: ApiKeySpec) -> Result<(Entity, Option<String>), FieldError> {
         validate::key_spec(&spec)?;
         let (plain, digest) = secret::generate("tgk_");
-        let key = ApiKey::from_spec(
-            secret::new_id(Self::KIND),
-            spec,
-            digest,
-            Timestamp::default(),
-        );
+        let key = ApiKey::from_spec(secret::new_id(Self::KIND), spec, digest, Timestamp::default());
         Ok((Entity::Key(key), Some(plain)))
     }
     fn replace(id: &str, spec: ApiKeySpec) -> Result<Entity, FieldError> {
         validate::key_spec(&spec)?;
         // The state machine keeps the stored secret digest.
-        Ok(Entity::Key(ApiKey::from_spec(
-            id.to_string(),
-            spec,
-            SecretDigest::default(),
-            Timestamp::default(),
-        )))
+        Ok(Entity::Key(ApiKey::from_spec(id.to_string(), spec, SecretDigest::default(), Timestamp::default())))
     }
 }
 
@@ -159,14 +125,8 @@ impl Resource for Tokens {
 /// Adds the five routes of one resource.
 pub fn routes<R: Resource>(router: Router<Arc<App>>) -> Router<Arc<App>> {
     router
-        .route(
-            &format!("/v1/admin/{}", R::PATH),
-            get(list::<R>).post(create::<R>),
-        )
-        .route(
-            &format!("/v1/admin/{}/{{id}}", R::PATH),
-            get(read::<R>).put(replace::<R>).delete(delete::<R>),
-        )
+        .route(&format!("/v1/admin/{}", R::PATH), get(list::<R>).post(create::<R>))
+        .route(&format!("/v1/admin/{}/{{id}}", R::PATH), get(read::<R>).put(replace::<R>).delete(delete::<R>))
 }
 
 /// Parses a JSON body; a failure names the field (as a path) that was wrong.
@@ -177,15 +137,10 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." {
-            "body".to_string()
-        } else {
-            path
-        };
+        let field = if path == "." { "body".to_string() } else { path };
         ApiError::field(field, e.inner().to_string())
     })?;
-    de.end()
-        .map_err(|e| ApiError::field("body", e.to_string()))?;
+    de.end().map_err(|e| ApiError::field("body", e.to_string()))?;
     Ok(value)
 }
 
@@ -210,19 +165,10 @@ impl ReadOptions {
             None => DEFAULT_PAGE,
             Some(v) => match v.parse::<usize>() {
                 Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-                _ => {
-                    return Err(ApiError::field(
-                        "limit",
-                        format!("must be a whole number from 1 to {MAX_PAGE}"),
-                    ))
-                }
+                _ => return Err(ApiError::field("limit", format!("must be a whole number from 1 to {MAX_PAGE}"))),
             },
         };
-        Ok(ReadOptions {
-            stale,
-            limit,
-            after: query.get("after").cloned(),
-        })
+        Ok(ReadOptions { stale, limit, after: query.get("after").cloned() })
     }
 }
 
@@ -248,21 +194,49 @@ fn shown(entity: &Entity, secret: Option<String>) -> Value {
     view
 }
 
+/// The request id of a write: from the `Idempotency-Key` header, so a client
+/// retry takes effect once, or fresh.
+pub fn request_id(headers: &HeaderMap) -> Result<u128, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(rand::random()),
+        Some(value) => {
+            let text = value.to_str().map_err(|_| ApiError::field("Idempotency-Key", "must be visible ASCII"))?;
+            if text.is_empty() || text.len() > 255 {
+                return Err(ApiError::field("Idempotency-Key", "must be 1 to 255 characters"));
+            }
+            let digest = secret::sha256(text);
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&digest[..16]);
+            Ok(u128::from_be_bytes(id))
+        }
+    }
+}
+
 async fn create<R: Resource>(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let request = request_id(&headers)?;
     let input: R::Input = parse_body(&body)?;
     let (entity, secret) = R::create(input)?;
-    let command = Command::Put {
-        entity,
-        mode: PutMode::Create,
-        now: Timestamp::now(),
-    };
-    match app.write(command).await?? {
-        Applied::Put(stored) => {
-            Ok((StatusCode::CREATED, Json(shown(&stored, secret))).into_response())
+    let proposed_digest = secret_digest(&entity);
+    let command = Command::Put { entity, mode: PutMode::Create, now: Timestamp::now() };
+    match app.write(request, command).await?? {
+        Applied::Put(stored) if secret_digest(&stored) != proposed_digest => {
+            // A client retry (same Idempotency-Key) of a create that already
+            // happened: its secret was shown to the first request only.
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_created",
+                format!(
+                    "this Idempotency-Key already created {} {:?}; its secret was shown once and cannot be shown again",
+                    stored.kind().noun(),
+                    stored.id()
+                ),
+            ))
         }
+        Applied::Put(stored) => Ok((StatusCode::CREATED, Json(shown(&stored, secret))).into_response()),
         other => Err(unexpected(other)),
     }
 }
@@ -270,16 +244,14 @@ async fn create<R: Resource>(
 async fn replace<R: Resource>(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let request = request_id(&headers)?;
     let input: R::Input = parse_body(&body)?;
     let entity = R::replace(&id, input)?;
-    let command = Command::Put {
-        entity,
-        mode: PutMode::Replace,
-        now: Timestamp::now(),
-    };
-    match app.write(command).await?? {
+    let command = Command::Put { entity, mode: PutMode::Replace, now: Timestamp::now() };
+    match app.write(request, command).await?? {
         Applied::Put(stored) => Ok(Json(shown(&stored, None)).into_response()),
         other => Err(unexpected(other)),
     }
@@ -288,8 +260,10 @@ async fn replace<R: Resource>(
 async fn delete<R: Resource>(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    app.write(Command::Delete { kind: R::KIND, id }).await??;
+    let request = request_id(&headers)?;
+    app.write(request, Command::Delete { kind: R::KIND, id }).await??;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -307,16 +281,11 @@ async fn read<R: Resource>(
     }
 }
 
-async fn list<R: Resource>(
-    State(app): State<Arc<App>>,
-    query: QueryParams,
-) -> Result<Response, ApiError> {
+async fn list<R: Resource>(State(app): State<Arc<App>>, query: QueryParams) -> Result<Response, ApiError> {
     let options = query_params(query)?;
     barrier(&app, &options).await?;
     let published = app.published();
-    let mut page = published
-        .model
-        .page(R::KIND, options.after.as_deref(), options.limit + 1);
+    let mut page = published.model.page(R::KIND, options.after.as_deref(), options.limit + 1);
     let next = if page.len() > options.limit {
         page.truncate(options.limit);
         page.last().map(|e| e.id().to_string())
@@ -327,10 +296,14 @@ async fn list<R: Resource>(
     Ok(Json(json!({"items": items, "next_after": next})).into_response())
 }
 
+fn secret_digest(entity: &Entity) -> Option<[u8; 32]> {
+    match entity {
+        Entity::Key(k) => Some(k.secret.sha256),
+        Entity::Token(t) => Some(t.secret.sha256),
+        _ => None,
+    }
+}
+
 fn unexpected(applied: Applied) -> ApiError {
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        format!("unexpected answer {applied:?}"),
-    )
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected answer {applied:?}"))
 }

@@ -61,13 +61,8 @@ fn yes() -> bool {
 
 fn check_addr(field: &str, value: &str) -> Result<(), ApiError> {
     match value.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {
-            Ok(())
-        }
-        _ => Err(ApiError::field(
-            field,
-            "must be host:port with a port from 1 to 65535",
-        )),
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => Ok(()),
+        _ => Err(ApiError::field(field, "must be host:port with a port from 1 to 65535")),
     }
 }
 
@@ -86,48 +81,21 @@ async fn add_node(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, 
     check_addr("http_addr", &req.http_addr)?;
     check_addr("peer_addr", &req.peer_addr)?;
     if app.members().0.contains_key(&req.id) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("node {} is already a member", req.id),
-        ));
+        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("node {} is already a member", req.id)));
     }
-    let addr = NodeAddr {
-        http: req.http_addr,
-        peer: req.peer_addr,
-    };
-    app.change_membership(MembershipOp::Add {
-        id: req.id,
-        addr,
-        voter: req.voter,
-    })
-    .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"id": req.id, "voter": req.voter})),
-    )
-        .into_response())
+    let addr = NodeAddr { http: req.http_addr, peer: req.peer_addr };
+    app.change_membership(MembershipOp::Add { id: req.id, addr, voter: req.voter }).await?;
+    Ok((StatusCode::CREATED, Json(json!({"id": req.id, "voter": req.voter}))).into_response())
 }
 
-async fn promote(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+async fn promote(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = node_id(&id)?;
     let (nodes, voters) = app.members();
     if !nodes.contains_key(&id) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("node {id} is not a member"),
-        ));
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("node {id} is not a member")));
     }
     if voters.contains(&id) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("node {id} is already a voter"),
-        ));
+        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("node {id} is already a voter")));
     }
     app.change_membership(MembershipOp::Promote { id }).await?;
     Ok(Json(json!({"id": id, "voter": true})).into_response())
@@ -137,18 +105,10 @@ async fn remove(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<R
     let id = node_id(&id)?;
     let (nodes, voters) = app.members();
     if !nodes.contains_key(&id) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("node {id} is not a member"),
-        ));
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("node {id} is not a member")));
     }
     if voters.contains(&id) && voters.len() == 1 {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            "cannot remove the last voter",
-        ));
+        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "cannot remove the last voter"));
     }
     app.change_membership(MembershipOp::Remove { id }).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -19,12 +19,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            field: None,
-            message: message.into(),
-        }
+        ApiError { status, code, field: None, message: message.into() }
     }
 
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
@@ -58,12 +53,7 @@ impl From<Rejection> for ApiError {
             RejectionKind::Conflict => (StatusCode::CONFLICT, "conflict"),
             RejectionKind::Invalid => (StatusCode::BAD_REQUEST, "invalid_field"),
         };
-        ApiError {
-            status,
-            code,
-            field: r.field,
-            message: r.message,
-        }
+        ApiError { status, code, field: r.field, message: r.message }
     }
 }
 
@@ -71,20 +61,14 @@ impl From<ClusterError> for ApiError {
     fn from(e: ClusterError) -> Self {
         match e {
             ClusterError::Refused(m) => ApiError::new(StatusCode::CONFLICT, "refused", m),
-            other => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                other.to_string(),
-            ),
+            other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", other.to_string()),
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(
-            json!({"error": {"code": self.code, "field": self.field, "message": self.message}}),
-        );
+        let body = Json(json!({"error": {"code": self.code, "field": self.field, "message": self.message}}));
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             return (self.status, [(header::RETRY_AFTER, "1")], body).into_response();
         }

@@ -41,47 +41,26 @@ pub fn router(app: Arc<App>) -> Router {
     admin = admin::routes::<admin::Tokens>(admin);
     let admin = cluster::routes(admin)
         .route_layer(middleware::from_fn_with_state(app.clone(), require_admin))
-        .route_layer(middleware::from_fn_with_state(
-            app.clone(),
-            count_admin_request,
-        ));
+        .route_layer(middleware::from_fn_with_state(app.clone(), count_admin_request));
     Router::new()
         .merge(admin)
         .merge(ops::routes())
-        .fallback(|| async {
-            ApiError::new(
-                axum::http::StatusCode::NOT_FOUND,
-                "not_found",
-                "no such route",
-            )
-        })
+        .fallback(|| async { ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            REQUEST_TIMEOUT,
-        ))
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
         .with_state(app)
 }
 
 /// Checks the bearer admin token and its scope.
-async fn require_admin(
-    State(app): State<Arc<App>>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
+async fn require_admin(State(app): State<Arc<App>>, request: Request, next: Next) -> Result<Response, ApiError> {
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-        .ok_or_else(|| {
-            ApiError::unauthorized("an admin token is required: Authorization: Bearer <token>")
-        })?;
-    let bootstrap = app
-        .bootstrap_token
-        .as_ref()
-        .is_some_and(|d| d.matches(token));
+        .ok_or_else(|| ApiError::unauthorized("an admin token is required: Authorization: Bearer <token>"))?;
+    let bootstrap = app.bootstrap_token.as_ref().is_some_and(|d| d.matches(token));
     if !bootstrap {
         let published = app.published();
         let stored = published
@@ -89,8 +68,7 @@ async fn require_admin(
             .token_by_digest(&secret::sha256(token))
             .ok_or_else(|| ApiError::unauthorized("the admin token is not valid"))?;
         let reading = matches!(*request.method(), Method::GET | Method::HEAD);
-        let allowed = stored.scopes.contains(&Scope::Write)
-            || (reading && stored.scopes.contains(&Scope::Read));
+        let allowed = stored.scopes.contains(&Scope::Write) || (reading && stored.scopes.contains(&Scope::Read));
         if !allowed {
             return Err(ApiError::forbidden("this admin token may only read"));
         }
@@ -99,21 +77,10 @@ async fn require_admin(
 }
 
 /// Counts admin requests by route template (bounded), method and status.
-async fn count_admin_request(
-    State(app): State<Arc<App>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
+async fn count_admin_request(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
     let method = request.method().clone();
     let response = next.run(request).await;
-    app.metrics
-        .admin_requests
-        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
-        .inc();
+    app.metrics.admin_requests.with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()]).inc();
     response
 }

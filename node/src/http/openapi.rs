@@ -2,9 +2,7 @@
 //! model types themselves (utoipa derives); the paths are generated from the
 //! same resource table the router uses, so the two cannot drift apart.
 
-use utoipa::openapi::path::{
-    HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem,
-};
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi, PathsBuilder, Ref, Required, ResponseBuilder};
@@ -50,9 +48,7 @@ use tollgate_proto::model::*;
 struct Base;
 
 fn json_ref(schema: &str) -> utoipa::openapi::Content {
-    ContentBuilder::new()
-        .schema(Some(Ref::from_schema_name(schema)))
-        .build()
+    ContentBuilder::new().schema(Some(Ref::from_schema_name(schema))).build()
 }
 
 fn response(description: &str, schema: Option<&str>) -> utoipa::openapi::Response {
@@ -63,32 +59,20 @@ fn response(description: &str, schema: Option<&str>) -> utoipa::openapi::Respons
     b.build()
 }
 
-fn param(
-    name: &str,
-    place: ParameterIn,
-    required: bool,
-    description: &str,
-) -> utoipa::openapi::path::Parameter {
+fn param(name: &str, place: ParameterIn, required: bool, description: &str) -> utoipa::openapi::path::Parameter {
     ParameterBuilder::new()
         .name(name)
         .parameter_in(place)
-        .required(if required {
-            Required::True
-        } else {
-            Required::False
-        })
+        .required(if required { Required::True } else { Required::False })
         .description(Some(description))
         .build()
 }
 
 fn errors(op: OperationBuilder) -> OperationBuilder {
-    op.response(
-        "400",
-        response("Invalid input; the error names the field", None),
-    )
-    .response("401", response("Missing or invalid admin token", None))
-    .response("403", response("The admin token lacks the scope", None))
-    .response("503", response("No leader known (retry)", None))
+    op.response("400", response("Invalid input; the error names the field", None))
+        .response("401", response("Missing or invalid admin token", None))
+        .response("403", response("The admin token lacks the scope", None))
+        .response("503", response("No leader known (retry)", None))
 }
 
 /// The whole document.
@@ -111,116 +95,51 @@ pub fn document() -> OpenApi {
                 .required(Some(Required::True))
                 .build()
         };
-        let stale = || {
-            param(
-                "stale",
-                ParameterIn::Query,
-                false,
-                "true to read this node's copy without a read barrier",
-            )
-        };
+        let stale =
+            || param("stale", ParameterIn::Query, false, "true to read this node's copy without a read barrier");
         let id = || param("id", ParameterIn::Path, true, "object id");
         let collection = format!("/v1/admin/{segment}");
-        let list = errors(
-            OperationBuilder::new()
-                .tag(segment)
-                .summary(Some(format!("List {segment}"))),
-        )
-        .parameter(param(
-            "limit",
-            ParameterIn::Query,
-            false,
-            "page size, 1 to 1000 (default 100)",
-        ))
-        .parameter(param(
-            "after",
-            ParameterIn::Query,
-            false,
-            "return objects with ids after this one",
-        ))
-        .parameter(stale())
-        .response("200", response("A page: {items, next_after}", None));
-        let create = errors(
-            OperationBuilder::new()
-                .tag(segment)
-                .summary(Some(format!("Create one of {segment}"))),
-        )
-        .request_body(Some(body()))
-        .response(
-            "201",
-            response(
-                "Created (keys and tokens include `secret`, shown only here)",
-                Some(output),
-            ),
-        )
-        .response(
-            "409",
-            response("The id exists, or the change conflicts", None),
-        );
+        let list = errors(OperationBuilder::new().tag(segment).summary(Some(format!("List {segment}"))))
+            .parameter(param("limit", ParameterIn::Query, false, "page size, 1 to 1000 (default 100)"))
+            .parameter(param("after", ParameterIn::Query, false, "return objects with ids after this one"))
+            .parameter(stale())
+            .response("200", response("A page: {items, next_after}", None));
+        let create = errors(OperationBuilder::new().tag(segment).summary(Some(format!("Create one of {segment}"))))
+            .request_body(Some(body()))
+            .response("201", response("Created (keys and tokens include `secret`, shown only here)", Some(output)))
+            .response("409", response("The id exists, or the change conflicts", None));
         paths = paths.path(collection.clone(), PathItem::new(HttpMethod::Get, list));
         paths = paths.path(collection.clone(), PathItem::new(HttpMethod::Post, create));
         let item = format!("{collection}/{{id}}");
-        let get = errors(
-            OperationBuilder::new()
-                .tag(segment)
-                .summary(Some("Read one")),
-        )
-        .parameter(id())
-        .parameter(stale())
-        .response("200", response("The object", Some(output)))
-        .response("404", response("No such id", None));
-        let put = errors(
-            OperationBuilder::new()
-                .tag(segment)
-                .summary(Some("Replace one")),
-        )
-        .parameter(id())
-        .request_body(Some(body()))
-        .response("200", response("The stored object", Some(output)))
-        .response("404", response("No such id", None))
-        .response("409", response("The change conflicts", None));
-        let delete = errors(
-            OperationBuilder::new()
-                .tag(segment)
-                .summary(Some("Delete one")),
-        )
-        .parameter(id())
-        .response("204", response("Deleted", None))
-        .response("404", response("No such id", None))
-        .response("409", response("Still used by another object", None));
+        let get = errors(OperationBuilder::new().tag(segment).summary(Some("Read one")))
+            .parameter(id())
+            .parameter(stale())
+            .response("200", response("The object", Some(output)))
+            .response("404", response("No such id", None));
+        let put = errors(OperationBuilder::new().tag(segment).summary(Some("Replace one")))
+            .parameter(id())
+            .request_body(Some(body()))
+            .response("200", response("The stored object", Some(output)))
+            .response("404", response("No such id", None))
+            .response("409", response("The change conflicts", None));
+        let delete = errors(OperationBuilder::new().tag(segment).summary(Some("Delete one")))
+            .parameter(id())
+            .response("204", response("Deleted", None))
+            .response("404", response("No such id", None))
+            .response("409", response("Still used by another object", None));
         paths = paths.path(item.clone(), PathItem::new(HttpMethod::Get, get));
         paths = paths.path(item.clone(), PathItem::new(HttpMethod::Put, put));
         paths = paths.path(item, PathItem::new(HttpMethod::Delete, delete));
     }
     let cluster = [
-        (
-            "/v1/admin/cluster",
-            HttpMethod::Get,
-            "Cluster status: leader, term, indexes, members",
-        ),
-        (
-            "/v1/admin/cluster/nodes",
-            HttpMethod::Post,
-            "Add a node: {id, http_addr, peer_addr, voter}",
-        ),
-        (
-            "/v1/admin/cluster/nodes/{id}/promote",
-            HttpMethod::Post,
-            "Promote a learner to voter",
-        ),
-        (
-            "/v1/admin/cluster/nodes/{id}",
-            HttpMethod::Delete,
-            "Remove a node",
-        ),
+        ("/v1/admin/cluster", HttpMethod::Get, "Cluster status: leader, term, indexes, members"),
+        ("/v1/admin/cluster/nodes", HttpMethod::Post, "Add a node: {id, http_addr, peer_addr, voter}"),
+        ("/v1/admin/cluster/nodes/{id}/promote", HttpMethod::Post, "Promote a learner to voter"),
+        ("/v1/admin/cluster/nodes/{id}", HttpMethod::Delete, "Remove a node"),
     ];
     for (path, method, summary) in cluster {
-        let op = errors(
-            OperationBuilder::new()
-                .tag("cluster")
-                .summary(Some(summary)),
-        )
-        .response("200", response("Done", None));
+        let op = errors(OperationBuilder::new().tag("cluster").summary(Some(summary)))
+            .response("200", response("Done", None));
         paths = paths.path(path, PathItem::new(method, op));
     }
     for (path, summary) in [
@@ -228,21 +147,12 @@ pub fn document() -> OpenApi {
         ("/readyz", "Ready: member of a cluster with a known leader"),
         ("/metrics", "Prometheus metrics"),
     ] {
-        let op = OperationBuilder::new()
-            .tag("operations")
-            .summary(Some(summary))
-            .response("200", response("OK", None));
+        let op = OperationBuilder::new().tag("operations").summary(Some(summary)).response("200", response("OK", None));
         paths = paths.path(path, PathItem::new(HttpMethod::Get, op));
     }
     doc.paths = paths.build();
     let components = doc.components.get_or_insert_with(Default::default);
-    components.add_security_scheme(
-        "admin_token",
-        SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
-    );
-    doc.security = Some(vec![SecurityRequirement::new(
-        "admin_token",
-        Vec::<String>::new(),
-    )]);
+    components.add_security_scheme("admin_token", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    doc.security = Some(vec![SecurityRequirement::new("admin_token", Vec::<String>::new())]);
     doc
 }

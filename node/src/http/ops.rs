@@ -17,20 +17,13 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route(
-            "/openapi.json",
-            get(|| async { Json(super::openapi::document()) }),
-        )
+        .route("/openapi.json", get(|| async { Json(super::openapi::document()) }))
 }
 
 /// Ready: a member of a cluster that has a known leader.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     let m = app.raft.metrics().borrow().clone();
-    let member = m
-        .membership_config
-        .membership()
-        .nodes()
-        .any(|(id, _)| *id == app.id);
+    let member = m.membership_config.membership().nodes().any(|(id, _)| *id == app.id);
     let body = json!({"member": member, "leader_id": m.current_leader});
     if member && m.current_leader.is_some() {
         (StatusCode::OK, Json(body)).into_response()

@@ -132,21 +132,13 @@ impl Model {
         }
     }
 
-    fn put(
-        &mut self,
-        mut entity: Entity,
-        mode: PutMode,
-        now: tollgate_proto::model::Timestamp,
-    ) -> Outcome {
+    fn put(&mut self, mut entity: Entity, mode: PutMode, now: tollgate_proto::model::Timestamp) -> Outcome {
         let kind = entity.kind();
         let id = entity.id().to_string();
         let existing = self.get(kind, &id).cloned();
         match (mode, &existing) {
             (PutMode::Create, Some(_)) => {
-                return Err(Rejection::conflict(
-                    Some("id"),
-                    format!("a {} with id {id:?} already exists", kind.noun()),
-                ))
+                return Err(Rejection::conflict(Some("id"), format!("a {} with id {id:?} already exists", kind.noun())))
             }
             (PutMode::Replace, None) => return Err(Rejection::not_found(kind, &id)),
             (PutMode::Create, None) => entity.stamp(Some(now), now),
@@ -164,16 +156,12 @@ impl Model {
         if mode == PutMode::Create {
             self.check_unique_secret(&entity)?;
         }
-        let bytes =
-            codec::encode(&entity).map_err(|e| Rejection::invalid("body", e.to_string()))?;
+        let bytes = codec::encode(&entity).map_err(|e| Rejection::invalid("body", e.to_string()))?;
         if let Some(old) = &existing {
             self.index(old, false);
         }
         self.load(entity.clone());
-        Ok((
-            Applied::Put(entity),
-            vec![Op::Put(object_key(kind, &id), bytes)],
-        ))
+        Ok((Applied::Put(entity), vec![Op::Put(object_key(kind, &id), bytes)]))
     }
 
     fn delete(&mut self, kind: EntityKind, id: &str) -> Outcome {
@@ -183,10 +171,7 @@ impl Model {
         if let Some(user) = self.users_of(kind, id).first() {
             return Err(Rejection::conflict(
                 None,
-                format!(
-                    "{} {id:?} is still used by {user}; remove that reference first",
-                    kind.noun()
-                ),
+                format!("{} {id:?} is still used by {user}; remove that reference first", kind.noun()),
             ));
         }
         self.index(&existing, false);
@@ -202,10 +187,9 @@ impl Model {
                 (EntityKind::Api, Entity::Plan(p)) => p.api_stages.iter().any(|s| s.api_id == id),
                 (EntityKind::Api, Entity::Policy(p)) => p.api_id.as_deref() == Some(id),
                 (EntityKind::Plan, Entity::Key(k)) => k.plan_ids.iter().any(|p| p == id),
-                (EntityKind::Authorizer, Entity::Api(a)) => a
-                    .routes
-                    .iter()
-                    .any(|r| r.authorizer_id.as_deref() == Some(id)),
+                (EntityKind::Authorizer, Entity::Api(a)) => {
+                    a.routes.iter().any(|r| r.authorizer_id.as_deref() == Some(id))
+                }
                 _ => false,
             };
             if uses {
@@ -215,11 +199,7 @@ impl Model {
         users
     }
 
-    fn check_references(
-        &self,
-        entity: &Entity,
-        existing: Option<&Entity>,
-    ) -> Result<(), Rejection> {
+    fn check_references(&self, entity: &Entity, existing: Option<&Entity>) -> Result<(), Rejection> {
         match entity {
             Entity::Api(api) => {
                 for (i, r) in api.routes.iter().enumerate() {
@@ -240,10 +220,7 @@ impl Model {
                             if !api.stages.iter().any(|st| st.name == s.stage) {
                                 return Err(Rejection::conflict(
                                     Some("stages"),
-                                    format!(
-                                        "stage {:?} is still covered by plan {:?}",
-                                        s.stage, plan.id
-                                    ),
+                                    format!("stage {:?} is still covered by plan {:?}", s.stage, plan.id),
                                 ));
                             }
                         }
@@ -280,19 +257,15 @@ impl Model {
             Entity::Key(key) => {
                 for (i, p) in key.plan_ids.iter().enumerate() {
                     if self.plan(p).is_none() {
-                        return Err(Rejection::invalid(
-                            &format!("plan_ids[{i}]"),
-                            format!("no plan with id {p:?}"),
-                        ));
+                        return Err(Rejection::invalid(&format!("plan_ids[{i}]"), format!("no plan with id {p:?}")));
                     }
                 }
                 self.check_one_plan_per_stage(key, None)
             }
             Entity::Policy(policy) => match &policy.api_id {
-                Some(api) if self.get(EntityKind::Api, api).is_none() => Err(Rejection::invalid(
-                    "api_id",
-                    format!("no api with id {api:?}"),
-                )),
+                Some(api) if self.get(EntityKind::Api, api).is_none() => {
+                    Err(Rejection::invalid("api_id", format!("no api with id {api:?}")))
+                }
                 _ => Ok(()),
             },
             Entity::Authorizer(_) | Entity::Token(_) => Ok(()),
@@ -301,11 +274,7 @@ impl Model {
 
     /// A key may be in at most one plan per API stage (as in API Gateway).
     /// `replacing` stands in for the stored plan of the same id.
-    fn check_one_plan_per_stage(
-        &self,
-        key: &ApiKey,
-        replacing: Option<&UsagePlan>,
-    ) -> Result<(), Rejection> {
+    fn check_one_plan_per_stage(&self, key: &ApiKey, replacing: Option<&UsagePlan>) -> Result<(), Rejection> {
         let mut owner: BTreeMap<(&str, &str), &str> = BTreeMap::new();
         for plan_id in &key.plan_ids {
             let plan = match replacing {
@@ -335,13 +304,11 @@ impl Model {
             _ => false,
         };
         if taken {
-            return Err(Rejection::conflict(
-                Some("secret"),
-                "secret collision; create the object again",
-            ));
+            return Err(Rejection::conflict(Some("secret"), "secret collision; create the object again"));
         }
         Ok(())
     }
 }
 
 type Outcome = Result<(Applied, Vec<Op>), Rejection>;
+pub mod requests;
