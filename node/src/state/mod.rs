@@ -179,18 +179,23 @@ impl Model {
         Ok((Applied::Deleted, vec![Op::Delete(object_key(kind, id))]))
     }
 
-    /// Objects that refer to `kind`/`id`, described for a message.
+    /// Objects that refer to `kind`/`id`, described for a message. Only the
+    /// tables that can hold such a reference are scanned.
     fn users_of(&self, kind: EntityKind, id: &str) -> Vec<String> {
+        let referrers: &[EntityKind] = match kind {
+            EntityKind::Api => &[EntityKind::Plan, EntityKind::Policy],
+            EntityKind::Plan => &[EntityKind::Key],
+            EntityKind::Authorizer => &[EntityKind::Api],
+            EntityKind::Key | EntityKind::Policy | EntityKind::Token => &[],
+        };
         let mut users = Vec::new();
-        for entity in self.all() {
-            let uses = match (kind, entity) {
-                (EntityKind::Api, Entity::Plan(p)) => p.api_stages.iter().any(|s| s.api_id == id),
-                (EntityKind::Api, Entity::Policy(p)) => p.api_id.as_deref() == Some(id),
-                (EntityKind::Plan, Entity::Key(k)) => k.plan_ids.iter().any(|p| p == id),
-                (EntityKind::Authorizer, Entity::Api(a)) => {
-                    a.routes.iter().any(|r| r.authorizer_id.as_deref() == Some(id))
-                }
-                _ => false,
+        for entity in referrers.iter().flat_map(|k| self.tables[slot(*k)].values()) {
+            let uses = match entity {
+                Entity::Plan(p) => p.api_stages.iter().any(|s| s.api_id == id),
+                Entity::Policy(p) => p.api_id.as_deref() == Some(id),
+                Entity::Key(k) => k.plan_ids.iter().any(|p| p == id),
+                Entity::Api(a) => a.routes.iter().any(|r| r.authorizer_id.as_deref() == Some(id)),
+                Entity::Authorizer(_) | Entity::Token(_) => false,
             };
             if uses {
                 users.push(format!("{} {:?}", entity.kind().noun(), entity.id()));
@@ -312,3 +317,121 @@ impl Model {
 
 type Outcome = Result<(Applied, Vec<Op>), Rejection>;
 pub mod requests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_proto::model::*;
+    use tollgate_proto::RejectionKind;
+
+    fn api(id: &str, stages: &[&str]) -> Entity {
+        Entity::Api(Api {
+            id: id.into(),
+            name: id.into(),
+            description: String::new(),
+            key_source: KeySource::default(),
+            stages: stages
+                .iter()
+                .map(|s| Stage { name: s.to_string(), throttle: None, variables: Default::default() })
+                .collect(),
+            routes: vec![],
+            created_at: Timestamp(0),
+            updated_at: Timestamp(0),
+        })
+    }
+
+    fn plan(id: &str, stages: &[(&str, &str)]) -> Entity {
+        Entity::Plan(UsagePlan {
+            id: id.into(),
+            name: id.into(),
+            description: String::new(),
+            throttle: None,
+            quota: None,
+            api_stages: stages
+                .iter()
+                .map(|(a, s)| PlanStage { api_id: a.to_string(), stage: s.to_string(), method_throttles: vec![] })
+                .collect(),
+            created_at: Timestamp(0),
+            updated_at: Timestamp(0),
+        })
+    }
+
+    fn key(id: &str, plans: &[&str], digest: u8) -> Entity {
+        let spec = ApiKeySpec {
+            name: id.into(),
+            description: String::new(),
+            customer_id: None,
+            tags: Default::default(),
+            enabled: true,
+            expires_at: None,
+            plan_ids: plans.iter().map(|p| p.to_string()).collect(),
+        };
+        Entity::Key(ApiKey::from_spec(
+            id.into(),
+            spec,
+            SecretDigest { prefix: "tgk_x".into(), sha256: [digest; 32] },
+            Timestamp(0),
+        ))
+    }
+
+    fn put(model: &mut Model, entity: Entity, mode: PutMode, now: i64) -> CommandResult {
+        model.apply(Command::Put { entity, mode, now: Timestamp(now) }).0
+    }
+
+    fn rejection(result: CommandResult) -> RejectionKind {
+        result.expect_err("expected a rejection").kind
+    }
+
+    #[test]
+    fn references_must_exist_and_block_deletes() {
+        let mut m = Model::default();
+        assert_eq!(
+            rejection(put(&mut m, plan("gold", &[("pets", "prod")]), PutMode::Create, 1)),
+            RejectionKind::Invalid
+        );
+        put(&mut m, api("pets", &["prod", "beta"]), PutMode::Create, 1).unwrap();
+        put(&mut m, plan("gold", &[("pets", "prod")]), PutMode::Create, 1).unwrap();
+        put(&mut m, key("k1", &["gold"], 1), PutMode::Create, 1).unwrap();
+
+        let (answer, ops) = m.apply(Command::Delete { kind: EntityKind::Plan, id: "gold".into() });
+        assert_eq!(rejection(answer), RejectionKind::Conflict);
+        assert!(ops.is_empty(), "a rejected command writes nothing");
+        assert_eq!(
+            rejection(m.apply(Command::Delete { kind: EntityKind::Api, id: "pets".into() }).0),
+            RejectionKind::Conflict
+        );
+        // Removing the covered stage from the API is refused too.
+        assert_eq!(rejection(put(&mut m, api("pets", &["beta"]), PutMode::Replace, 2)), RejectionKind::Conflict);
+    }
+
+    #[test]
+    fn a_key_gets_at_most_one_plan_per_api_stage_even_when_a_plan_changes() {
+        let mut m = Model::default();
+        put(&mut m, api("pets", &["prod", "beta"]), PutMode::Create, 1).unwrap();
+        put(&mut m, plan("gold", &[("pets", "prod")]), PutMode::Create, 1).unwrap();
+        put(&mut m, plan("beta", &[("pets", "beta")]), PutMode::Create, 1).unwrap();
+        put(&mut m, key("k1", &["gold", "beta"], 1), PutMode::Create, 1).unwrap();
+        // Making "beta" cover prod too would put k1 in two plans for pets/prod.
+        let answer = put(&mut m, plan("beta", &[("pets", "beta"), ("pets", "prod")]), PutMode::Replace, 2);
+        assert_eq!(rejection(answer), RejectionKind::Conflict);
+    }
+
+    #[test]
+    fn replace_keeps_creation_time_and_secret_and_create_refuses_taken_ids() {
+        let mut m = Model::default();
+        put(&mut m, key("k1", &[], 7), PutMode::Create, 100).unwrap();
+        assert_eq!(rejection(put(&mut m, key("k1", &[], 8), PutMode::Create, 101)), RejectionKind::Conflict);
+        assert_eq!(
+            rejection(put(&mut m, key("k2", &[], 7), PutMode::Create, 101)),
+            RejectionKind::Conflict,
+            "same secret"
+        );
+        put(&mut m, key("k1", &[], 0), PutMode::Replace, 200).unwrap();
+        let Some(Entity::Key(k)) = m.get(EntityKind::Key, "k1") else { panic!("k1 is gone") };
+        assert_eq!((k.created_at, k.updated_at, k.secret.sha256), (Timestamp(100), Timestamp(200), [7; 32]));
+        assert!(m.key_by_digest(&[7; 32]).is_some());
+        m.apply(Command::Delete { kind: EntityKind::Key, id: "k1".into() }).0.unwrap();
+        assert!(m.key_by_digest(&[7; 32]).is_none(), "the digest index forgets a deleted key");
+        assert_eq!(rejection(put(&mut m, key("k9", &[], 1), PutMode::Replace, 1)), RejectionKind::NotFound);
+    }
+}
