@@ -27,6 +27,12 @@ struct Args {
     /// The tollgate binary to run (build with --release for real figures).
     #[arg(long, default_value = "target/release/tollgate")]
     bin: PathBuf,
+    /// Extra flags for every node (e.g. "--election-min-ms 150 --election-max-ms 300").
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    node_flags: String,
+    /// Keep the nodes' data and logs in this folder (default: a temporary one).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// First port; the cluster uses P..P+2 (HTTP) and P+1000..P+1002 (peer).
     #[arg(long, default_value_t = 38081)]
     base_port: u16,
@@ -57,10 +63,26 @@ enum What {
     },
 }
 
+/// Where the nodes keep data: a temporary folder, or one the user keeps.
+enum Workdir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl Workdir {
+    fn path(&self) -> &std::path::Path {
+        match self {
+            Workdir::Temp(t) => t.path(),
+            Workdir::Kept(p) => p,
+        }
+    }
+}
+
 struct Cluster {
     bin: PathBuf,
+    flags: Vec<String>,
     base: u16,
-    dir: tempfile::TempDir,
+    dir: Workdir,
     children: Vec<Option<Child>>,
     http: reqwest::Client,
 }
@@ -75,11 +97,15 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
-    async fn start(bin: PathBuf, base: u16) -> anyhow::Result<Cluster> {
+    async fn start(bin: PathBuf, flags: &str, base: u16, keep: Option<PathBuf>) -> anyhow::Result<Cluster> {
         let mut c = Cluster {
             bin,
+            flags: flags.split_whitespace().map(str::to_string).collect(),
             base,
-            dir: tempfile::tempdir()?,
+            dir: match keep {
+                Some(p) => Workdir::Kept(p),
+                None => Workdir::Temp(tempfile::tempdir()?),
+            },
             children: vec![None, None, None],
             http: reqwest::Client::builder().timeout(Duration::from_secs(30)).pool_max_idle_per_host(256).build()?,
         };
@@ -111,6 +137,7 @@ impl Cluster {
             .args(["--peers", &peers.join(",")])
             .arg("--data-dir")
             .arg(&dir)
+            .args(&self.flags)
             .env("TOLLGATE_ADMIN_TOKEN", TOKEN)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -228,7 +255,7 @@ fn report(what: &str, h: &Histogram<u64>, elapsed: Duration) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut cluster = Cluster::start(args.bin.clone(), args.base_port).await?;
+    let mut cluster = Cluster::start(args.bin.clone(), &args.node_flags, args.base_port, args.data_dir.clone()).await?;
     match args.what {
         What::Writes { count, concurrency, via_follower } => {
             let leader = cluster.leader().await?;
@@ -249,10 +276,12 @@ async fn main() -> anyhow::Result<()> {
                 let t = Instant::now();
                 cluster.kill(leader);
                 let new_leader = cluster.leader().await?;
-                elect.record(t.elapsed().as_millis() as u64)?;
+                let elected = t.elapsed().as_millis() as u64;
+                elect.record(elected)?;
                 cluster.create_key(other, 1_000_000 + round).await?;
-                write.record(t.elapsed().as_millis() as u64)?;
-                println!("round {round}: leader {leader} killed, {new_leader} elected after {} ms", elect.max());
+                let written = t.elapsed().as_millis() as u64;
+                write.record(written)?;
+                println!("round {round}: leader {leader} killed, {new_leader} agreed after {elected} ms, write ok after {written} ms");
                 cluster.spawn(leader)?;
                 cluster.wait_ready(leader).await?;
             }

@@ -128,17 +128,25 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut watch = tokio::time::interval(Duration::from_millis(500));
+    let mut exited = [false; 3];
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = watch.tick() => {
+                // A node that exits (or is killed to try a failover) is reported;
+                // the others keep running.
                 for (i, child) in nodes.0.iter_mut().enumerate() {
-                    if let Some(status) = child.try_wait()? {
-                        eprintln!("node {} exited ({status}); stopping the others", i + 1);
-                        nodes.stop();
-                        return Ok(());
+                    if !exited[i] {
+                        if let Some(status) = child.try_wait()? {
+                            exited[i] = true;
+                            eprintln!("node {} exited ({status}); the others keep running", i + 1);
+                        }
                     }
+                }
+                if exited.iter().all(|e| *e) {
+                    eprintln!("all nodes have exited");
+                    return Ok(());
                 }
             }
         }
