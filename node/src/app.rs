@@ -35,6 +35,8 @@ pub struct App {
     pub bootstrap_token: Option<Digest>,
     /// Digest of the token peers must present, if the cluster has one.
     pub cluster_token: Option<ClusterToken>,
+    /// The check pipeline.
+    pub gateway: crate::gateway::Gateway,
     /// Highest committed log index this node knows (from the log store).
     pub committed: Arc<AtomicU64>,
     pub metrics: Metrics,

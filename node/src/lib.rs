@@ -24,6 +24,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod dev;
+pub mod gateway;
 pub mod http;
 pub mod metrics;
 pub mod secret;

@@ -1,7 +1,13 @@
 //! Prometheus metrics. Label sets are bounded: routes are the matched route
 //! templates, never raw paths, and nothing is labelled per key or per IP.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use std::time::Duration;
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use tollgate_proto::check::{CheckRequest, Decision};
+use tollgate_proto::model::{Entity, EntityKind};
+
+use crate::state::Model;
 
 use crate::cluster::typ;
 
@@ -12,6 +18,10 @@ pub struct Metrics {
     pub admin_requests: IntCounterVec,
     /// Requests this node forwarded to the leader.
     pub forwarded: IntCounter,
+    /// Check decisions by API, stage and reason (configured APIs and stages
+    /// only: anything else is counted as `_unknown`).
+    decisions: IntCounterVec,
+    check_seconds: Histogram,
     term: IntGauge,
     leader: IntGauge,
     is_leader: IntGauge,
@@ -47,9 +57,23 @@ impl Metrics {
         let forwarded = IntCounter::new("tollgate_forwarded_requests_total", "Requests forwarded to the leader.")
             .unwrap_or_else(|e| panic!("metric: {e}"));
         let _ = registry.register(Box::new(forwarded.clone()));
+        let decisions = IntCounterVec::new(
+            Opts::new("tollgate_check_decisions_total", "Check decisions by API, stage and reason."),
+            &["api", "stage", "reason"],
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        let _ = registry.register(Box::new(decisions.clone()));
+        let check_seconds = Histogram::with_opts(
+            HistogramOpts::new("tollgate_check_duration_seconds", "Time to decide one check.")
+                .buckets(vec![0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0]),
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        let _ = registry.register(Box::new(check_seconds.clone()));
         Metrics {
             admin_requests,
             forwarded,
+            decisions,
+            check_seconds,
             term: gauge(&registry, "tollgate_raft_term", "Current Raft term."),
             leader: gauge(&registry, "tollgate_raft_leader_id", "Id of the known leader, 0 if none."),
             is_leader: gauge(&registry, "tollgate_raft_is_leader", "1 if this node is the leader."),
@@ -60,6 +84,20 @@ impl Metrics {
             purged: gauge(&registry, "tollgate_raft_purged_index", "Last purged log index."),
             registry,
         }
+    }
+
+    /// Counts one decision. Labels come from the model, never from the
+    /// request alone, so their number stays bounded.
+    pub fn record_decision(&self, model: &Model, req: &CheckRequest, decision: &Decision, took: Duration) {
+        let (api, stage) = match model.get(EntityKind::Api, &req.api) {
+            Some(Entity::Api(a)) if a.stages.iter().any(|s| s.name == req.stage) => {
+                (req.api.as_str(), req.stage.as_str())
+            }
+            Some(Entity::Api(_)) => (req.api.as_str(), "_unknown"),
+            _ => ("_unknown", "_unknown"),
+        };
+        self.decisions.with_label_values(&[api, stage, decision.reason.as_str()]).inc();
+        self.check_seconds.observe(took.as_secs_f64());
     }
 
     /// The text exposition, with Raft gauges refreshed from `raft`.

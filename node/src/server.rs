@@ -75,6 +75,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         id: config.id,
         addr: addr.clone(),
         raft: raft.clone(),
+        gateway: crate::gateway::Gateway::new(published.clone(), Arc::new(crate::gateway::limits::SystemClock)),
         model: published,
         peers,
         bootstrap_token: config.admin_token.as_deref().map(Digest::of),

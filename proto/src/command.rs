@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Entity, EntityKind, Timestamp};
+use crate::model::{Entity, EntityKind, SecretDigest, Timestamp};
 
 /// What a Raft log entry carries: a command and the id of the request that
 /// proposed it. The state machine answers a request id it has seen recently
@@ -31,6 +31,9 @@ pub enum Command {
     Put { entity: Entity, mode: PutMode, now: Timestamp },
     /// Remove an object; refused while other objects refer to it.
     Delete { kind: EntityKind, id: String },
+    /// Give a key a new secret; the current one keeps working until
+    /// `overlap_until` (not at all if that is not after `now`).
+    RerollKey { id: String, secret: SecretDigest, overlap_until: Timestamp, now: Timestamp },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

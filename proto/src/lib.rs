@@ -17,6 +17,7 @@
 //! and tools can all link it.
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod codec;
 pub mod command;
 pub mod model;

@@ -103,10 +103,40 @@ pub struct Api {
     pub stages: Vec<Stage>,
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Cross-origin settings; without them no CORS headers are added.
+    #[serde(default)]
+    pub cors: Option<Cors>,
     #[serde(default)]
     pub created_at: Timestamp,
     #[serde(default)]
     pub updated_at: Timestamp,
+}
+
+/// CORS settings of an API: preflights are answered by the check, and every
+/// decision for an allowed origin carries the CORS response headers.
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cors {
+    /// Exact origins (`https://app.example.com`), `https://*.example.com`, or `*`.
+    pub allow_origins: Vec<String>,
+    #[serde(default = "default_cors_methods")]
+    pub allow_methods: Vec<String>,
+    /// Request headers a preflight may ask for (lower case); `*` for any.
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default = "default_cors_max_age")]
+    pub max_age_secs: u32,
+    #[serde(default)]
+    pub allow_credentials: bool,
+}
+
+fn default_cors_methods() -> Vec<String> {
+    ["GET", "HEAD", "POST"].iter().map(|m| m.to_string()).collect()
+}
+
+fn default_cors_max_age() -> u32 {
+    600
 }
 
 /// Where an API key is read from: a header (always) and optionally a query
@@ -242,8 +272,17 @@ pub struct ApiKey {
     /// At most one plan per API stage.
     pub plan_ids: Vec<String>,
     pub secret: SecretDigest,
+    /// The secret before the last reroll, accepted until `valid_until`.
+    pub previous_secret: Option<PreviousSecret>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+}
+
+/// A rerolled key's old secret and the end of its overlap window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreviousSecret {
+    pub secret: SecretDigest,
+    pub valid_until: Timestamp,
 }
 
 /// What an operator sets on a key, on create and on update.
@@ -280,6 +319,7 @@ impl ApiKey {
             expires_at: spec.expires_at,
             plan_ids: spec.plan_ids,
             secret,
+            previous_secret: None,
             created_at: now,
             updated_at: now,
         }
@@ -308,6 +348,8 @@ impl ApiKey {
             expires_at: self.expires_at,
             plan_ids: self.plan_ids.clone(),
             prefix: self.secret.prefix.clone(),
+            previous_prefix: self.previous_secret.as_ref().map(|p| p.secret.prefix.clone()),
+            previous_valid_until: self.previous_secret.as_ref().map(|p| p.valid_until),
             created_at: self.created_at,
             updated_at: self.updated_at,
         }
@@ -327,6 +369,9 @@ pub struct ApiKeyView {
     pub plan_ids: Vec<String>,
     /// The visible start of the secret, to recognise the key.
     pub prefix: String,
+    /// After a reroll: the old secret's prefix, and until when it still works.
+    pub previous_prefix: Option<String>,
+    pub previous_valid_until: Option<Timestamp>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }

@@ -178,6 +178,44 @@ pub fn api(a: &Api) -> Checked {
         }
         list_len(&format!("routes[{i}].scopes"), &r.scopes)?;
     }
+    if let Some(c) = &a.cors {
+        cors(c)?;
+    }
+    Ok(())
+}
+
+fn cors(c: &Cors) -> Checked {
+    non_empty("cors.allow_origins", &c.allow_origins)?;
+    for (i, o) in c.allow_origins.iter().enumerate() {
+        let ok = o == "*"
+            || ((o.starts_with("https://") || o.starts_with("http://"))
+                && !o.ends_with('/')
+                && !o.contains(char::is_whitespace));
+        if !ok {
+            return fail(
+                format!("cors.allow_origins[{i}]"),
+                "must be *, or scheme://host[:port] (host may start with *.)",
+            );
+        }
+    }
+    if c.allow_credentials && c.allow_origins.iter().any(|o| o == "*") {
+        return fail("cors.allow_credentials", "browsers refuse credentials with the origin *; list the origins");
+    }
+    list_len("cors.allow_methods", &c.allow_methods)?;
+    for (i, m) in c.allow_methods.iter().enumerate() {
+        method(&format!("cors.allow_methods[{i}]"), m)?;
+    }
+    for (field, list) in [("cors.allow_headers", &c.allow_headers), ("cors.expose_headers", &c.expose_headers)] {
+        list_len(field, list)?;
+        for (i, h) in list.iter().enumerate() {
+            if h != "*" {
+                header_name(&format!("{field}[{i}]"), h)?;
+            }
+        }
+    }
+    if c.max_age_secs > 86_400 {
+        return fail("cors.max_age_secs", "must be at most 86400");
+    }
     Ok(())
 }
 

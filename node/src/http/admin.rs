@@ -307,3 +307,45 @@ fn secret_digest(entity: &Entity) -> Option<[u8; 32]> {
 fn unexpected(applied: Applied) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected answer {applied:?}"))
 }
+
+#[derive(serde::Deserialize)]
+struct RerollRequest {
+    /// How long the old secret keeps working, in seconds (default 0).
+    #[serde(default)]
+    overlap_secs: u64,
+}
+
+/// The longest overlap window a reroll may give the old secret.
+pub const MAX_OVERLAP_SECS: u64 = 30 * 86_400;
+
+/// `POST /v1/admin/keys/{id}/reroll`: a new secret, shown once; the old one
+/// keeps working for `overlap_secs`.
+pub async fn reroll(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request = request_id(&headers)?;
+    let input: RerollRequest =
+        if body.iter().all(u8::is_ascii_whitespace) { RerollRequest { overlap_secs: 0 } } else { parse_body(&body)? };
+    if input.overlap_secs > MAX_OVERLAP_SECS {
+        return Err(ApiError::field("overlap_secs", format!("must be at most {MAX_OVERLAP_SECS} (30 days)")));
+    }
+    let (plain, digest) = secret::generate("tgk_");
+    let ours = digest.sha256;
+    let now = Timestamp::now();
+    let overlap_until = Timestamp(now.0 + input.overlap_secs as i64);
+    let command = Command::RerollKey { id, secret: digest, overlap_until, now };
+    match app.write(request, command).await?? {
+        Applied::Put(stored) if secret_digest(&stored) == Some(ours) => {
+            Ok(Json(shown(&stored, Some(plain))).into_response())
+        }
+        Applied::Put(stored) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_created",
+            format!("this Idempotency-Key already rerolled key {:?}; its secret was shown once", stored.id()),
+        )),
+        other => Err(unexpected(other)),
+    }
+}

@@ -6,6 +6,7 @@
 //! request has a time limit. Nothing here logs a header or a body.
 
 pub mod admin;
+pub mod check;
 pub mod cluster;
 pub mod error;
 pub mod openapi;
@@ -39,12 +40,14 @@ pub fn router(app: Arc<App>) -> Router {
     admin = admin::routes::<admin::Policies>(admin);
     admin = admin::routes::<admin::Authorizers>(admin);
     admin = admin::routes::<admin::Tokens>(admin);
+    admin = admin.route("/v1/admin/keys/{id}/reroll", axum::routing::post(admin::reroll));
     let admin = cluster::routes(admin)
         .route_layer(middleware::from_fn_with_state(app.clone(), require_admin))
         .route_layer(middleware::from_fn_with_state(app.clone(), count_admin_request));
     Router::new()
         .merge(admin)
         .merge(ops::routes())
+        .merge(check::routes())
         .fallback(|| async { ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))

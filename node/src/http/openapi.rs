@@ -136,12 +136,29 @@ pub fn document() -> OpenApi {
         ("/v1/admin/cluster/nodes", HttpMethod::Post, "Add a node: {id, http_addr, peer_addr, voter}"),
         ("/v1/admin/cluster/nodes/{id}/promote", HttpMethod::Post, "Promote a learner to voter"),
         ("/v1/admin/cluster/nodes/{id}", HttpMethod::Delete, "Remove a node"),
+        (
+            "/v1/admin/keys/{id}/reroll",
+            HttpMethod::Post,
+            "New key secret (shown once); {overlap_secs} keeps the old one working",
+        ),
     ];
     for (path, method, summary) in cluster {
         let op = errors(OperationBuilder::new().tag("cluster").summary(Some(summary)))
             .response("200", response("Done", None));
         paths = paths.path(path, PathItem::new(method, op));
     }
+    let check = OperationBuilder::new()
+        .tag("check")
+        .summary(Some("Decide one request: may it pass, and with which headers?"))
+        .request_body(Some(
+            RequestBodyBuilder::new()
+                .content("application/json", json_ref("CheckRequest"))
+                .required(Some(Required::True))
+                .build(),
+        ))
+        .response("200", response("The decision", Some("Decision")))
+        .response("400", response("Malformed check request; the error names the field", None));
+    paths = paths.path("/v1/check", PathItem::new(HttpMethod::Post, check));
     for (path, summary) in [
         ("/healthz", "Liveness"),
         ("/readyz", "Ready: member of a cluster with a known leader"),
@@ -155,4 +172,25 @@ pub fn document() -> OpenApi {
     components.add_security_scheme("admin_token", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
     doc.security = Some(vec![SecurityRequirement::new("admin_token", Vec::<String>::new())]);
     doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::document;
+    use crate::http::admin::{Apis, Authorizers, Keys, Plans, Policies, Resource, Tokens};
+
+    #[test]
+    fn every_admin_resource_is_documented_with_all_its_methods() {
+        let doc = serde_json::to_value(document()).expect("document serialises");
+        for path in [Apis::PATH, Plans::PATH, Keys::PATH, Policies::PATH, Authorizers::PATH, Tokens::PATH] {
+            let collection = &doc["paths"][format!("/v1/admin/{path}")];
+            let item = &doc["paths"][format!("/v1/admin/{path}/{{id}}")];
+            for (node, methods) in [(collection, &["get", "post"][..]), (item, &["get", "put", "delete"][..])] {
+                for m in methods {
+                    assert!(node.get(m).is_some(), "{m} missing for {path}");
+                }
+            }
+        }
+        assert!(doc["components"]["schemas"]["ApiKeyView"].is_object());
+    }
 }

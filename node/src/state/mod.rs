@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use imbl::{HashMap, OrdMap};
 use tollgate_proto::command::{Applied, PutMode};
-use tollgate_proto::model::{ApiKey, Entity, EntityKind, UsagePlan};
+use tollgate_proto::model::{ApiKey, Entity, EntityKind, PreviousSecret, SecretDigest, Timestamp, UsagePlan};
 use tollgate_proto::{codec, Command, CommandResult, Rejection};
 
 use crate::store::Op;
@@ -75,6 +75,11 @@ impl Model {
         }
     }
 
+    /// Every object of one kind, in id order.
+    pub fn iter(&self, kind: EntityKind) -> impl Iterator<Item = &Entity> {
+        self.tables[slot(kind)].values()
+    }
+
     pub fn all(&self) -> impl Iterator<Item = &Entity> {
         self.tables.iter().flat_map(|t| t.values())
     }
@@ -107,15 +112,20 @@ impl Model {
     }
 
     fn index(&mut self, entity: &Entity, present: bool) {
-        let (map, digest, id) = match entity {
-            Entity::Key(k) => (&mut self.key_by_digest, k.secret.sha256, &k.id),
-            Entity::Token(t) => (&mut self.token_by_digest, t.secret.sha256, &t.id),
+        let (map, digests, id) = match entity {
+            Entity::Key(k) => {
+                let previous = k.previous_secret.as_ref().map(|p| p.secret.sha256);
+                (&mut self.key_by_digest, [Some(k.secret.sha256), previous], &k.id)
+            }
+            Entity::Token(t) => (&mut self.token_by_digest, [Some(t.secret.sha256), None], &t.id),
             _ => return,
         };
-        if present {
-            map.insert(digest, id.clone());
-        } else {
-            map.remove(&digest);
+        for digest in digests.into_iter().flatten() {
+            if present {
+                map.insert(digest, id.clone());
+            } else {
+                map.remove(&digest);
+            }
         }
     }
 
@@ -125,6 +135,7 @@ impl Model {
         let outcome = match command {
             Command::Put { entity, mode, now } => self.put(entity, mode, now),
             Command::Delete { kind, id } => self.delete(kind, &id),
+            Command::RerollKey { id, secret, overlap_until, now } => self.reroll(&id, secret, overlap_until, now),
         };
         match outcome {
             Err(rejection) => (Err(rejection), Vec::new()),
@@ -132,7 +143,7 @@ impl Model {
         }
     }
 
-    fn put(&mut self, mut entity: Entity, mode: PutMode, now: tollgate_proto::model::Timestamp) -> Outcome {
+    fn put(&mut self, mut entity: Entity, mode: PutMode, now: Timestamp) -> Outcome {
         let kind = entity.kind();
         let id = entity.id().to_string();
         let existing = self.get(kind, &id).cloned();
@@ -146,7 +157,10 @@ impl Model {
                 entity.stamp(Some(old.created_at()), now);
                 // Secrets never change through an update.
                 match (&mut entity, old) {
-                    (Entity::Key(new), Entity::Key(old)) => new.secret = old.secret.clone(),
+                    (Entity::Key(new), Entity::Key(old)) => {
+                        new.secret = old.secret.clone();
+                        new.previous_secret = old.previous_secret.clone();
+                    }
                     (Entity::Token(new), Entity::Token(old)) => new.secret = old.secret.clone(),
                     _ => {}
                 }
@@ -162,6 +176,25 @@ impl Model {
         }
         self.load(entity.clone());
         Ok((Applied::Put(entity), vec![Op::Put(object_key(kind, &id), bytes)]))
+    }
+
+    fn reroll(&mut self, id: &str, secret: SecretDigest, overlap_until: Timestamp, now: Timestamp) -> Outcome {
+        let Some(Entity::Key(old)) = self.get(EntityKind::Key, id).cloned() else {
+            return Err(Rejection::not_found(EntityKind::Key, id));
+        };
+        if self.key_by_digest.contains_key(&secret.sha256) {
+            return Err(Rejection::conflict(Some("secret"), "secret collision; reroll again"));
+        }
+        let mut key = old.clone();
+        key.previous_secret =
+            (overlap_until > now).then(|| PreviousSecret { secret: old.secret.clone(), valid_until: overlap_until });
+        key.secret = secret;
+        key.updated_at = now;
+        let entity = Entity::Key(key);
+        let bytes = codec::encode(&entity).map_err(|e| Rejection::invalid("body", e.to_string()))?;
+        self.index(&Entity::Key(old), false);
+        self.load(entity.clone());
+        Ok((Applied::Put(entity), vec![Op::Put(object_key(EntityKind::Key, id), bytes)]))
     }
 
     fn delete(&mut self, kind: EntityKind, id: &str) -> Outcome {
@@ -335,6 +368,7 @@ mod tests {
                 .map(|s| Stage { name: s.to_string(), throttle: None, variables: Default::default() })
                 .collect(),
             routes: vec![],
+            cors: None,
             created_at: Timestamp(0),
             updated_at: Timestamp(0),
         })

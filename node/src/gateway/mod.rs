@@ -1,0 +1,354 @@
+//! The check pipeline: may this request pass, and with which headers?
+//!
+//! [`Gateway::check`] runs the steps in the order a request meets them; each
+//! can end it with a decision:
+//!
+//! 1. resolve the API, stage and route (unknown ones: a 404 decision);
+//! 2. the API resource policy's explicit denies for everyone (source network,
+//!    calling proxy);
+//! 3. CORS: a preflight is answered here; CORS headers go on every decision;
+//! 4. authentication: the API key (hashed lookup; missing, unknown, disabled,
+//!    expired each have their own reason);
+//! 5. authorization: resource and principal policies together;
+//! 6. throttles and 7. quota: charged only if every limit has room;
+//! 8. allow, with rate-limit headers and the principal for the backend.
+//!
+//! The gateway reads an immutable snapshot of the model (swapped by the state
+//! machine after each apply) and never writes to the Raft log. Its only shared
+//! mutable state is the limiter, behind a lock never held across `.await`.
+
+pub mod cors;
+pub mod limits;
+pub mod pattern;
+pub mod policy;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tollgate_proto::check::{CheckRequest, Decision, LimitState, Principal, ReasonCode};
+use tollgate_proto::model::{Api, ApiKey, Entity, EntityKind, Route, Stage, UsagePlan};
+use tollgate_proto::validate::HTTP_METHODS;
+use tollgate_proto::FieldError;
+
+use crate::cluster::state_machine::SharedModel;
+use crate::secret;
+use limits::{BucketId, Clock, Limiter, Limits, QuotaId};
+use policy::{RequestFacts, Verdict};
+
+/// Headers longer than this (name and value together) are refused.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// At most this many headers or query parameters.
+pub const MAX_FIELDS: usize = 256;
+
+pub struct Gateway {
+    model: SharedModel,
+    limiter: Limiter,
+    clock: Arc<dyn Clock>,
+}
+
+/// A check request after validation: names lower-cased, the IP parsed.
+struct Checked<'a> {
+    req: &'a CheckRequest,
+    headers: BTreeMap<String, String>,
+    source_ip: Option<IpAddr>,
+}
+
+fn bad(field: &str, message: impl Into<String>) -> FieldError {
+    FieldError { field: field.into(), message: message.into() }
+}
+
+fn validate(req: &CheckRequest) -> Result<Checked<'_>, FieldError> {
+    for (field, value) in [("api", &req.api), ("stage", &req.stage)] {
+        if value.is_empty() || value.len() > 64 {
+            return Err(bad(field, "must be 1 to 64 characters"));
+        }
+    }
+    if !HTTP_METHODS.contains(&req.method.as_str()) || req.method == "*" {
+        return Err(bad("method", "must be an HTTP method in capitals, such as GET"));
+    }
+    if !req.path.starts_with('/') || req.path.len() > 8192 {
+        return Err(bad("path", "must start with '/' and be at most 8192 characters"));
+    }
+    let source_ip = match &req.source_ip {
+        None => None,
+        Some(text) => Some(
+            text.trim().parse::<IpAddr>().map_err(|_| bad("source_ip", format!("{text:?} is not an IP address")))?,
+        ),
+    };
+    if req.headers.len() > MAX_FIELDS || req.query.len() > MAX_FIELDS {
+        return Err(bad("headers", format!("at most {MAX_FIELDS} headers and {MAX_FIELDS} query parameters")));
+    }
+    let mut headers = BTreeMap::new();
+    for (name, value) in &req.headers {
+        if name.len() + value.len() > MAX_HEADER_BYTES {
+            return Err(bad(&format!("headers.{name}"), format!("longer than {MAX_HEADER_BYTES} bytes")));
+        }
+        headers.insert(name.to_ascii_lowercase(), value.clone());
+    }
+    Ok(Checked { req, headers, source_ip })
+}
+
+fn decision(reason: ReasonCode, message: impl Into<String>) -> Decision {
+    Decision {
+        allowed: reason == ReasonCode::Allowed,
+        status: reason.status(),
+        reason,
+        message: message.into(),
+        principal: None,
+        context: BTreeMap::new(),
+        response_headers: Vec::new(),
+        limit: None,
+    }
+}
+
+/// The route a request matches: exact method before `*`, then the most literal path.
+fn resolve_route<'a>(api: &'a Api, method: &str, path: &str) -> Option<&'a Route> {
+    api.routes
+        .iter()
+        .filter(|r| (r.method == method || r.method == "*") && pattern::path_matches(&r.path, path))
+        .max_by_key(|r| (pattern::specificity(&r.path), r.method != "*"))
+}
+
+/// The request's API key, from the header or query parameter the API names.
+fn presented_key<'a>(api: &Api, c: &'a Checked<'_>) -> Option<&'a str> {
+    let from_header = c.headers.get(&api.key_source.header).map(String::as_str);
+    let from_query = api.key_source.query_param.as_ref().and_then(|q| c.req.query.get(q)).map(String::as_str);
+    from_header.or(from_query).map(str::trim).filter(|k| !k.is_empty())
+}
+
+/// The plan of `key` that covers this API stage (at most one, by the model's rules).
+fn plan_for<'m>(model: &'m crate::state::Model, key: &ApiKey, api: &str, stage: &str) -> Option<&'m UsagePlan> {
+    key.plan_ids.iter().find_map(|id| match model.get(EntityKind::Plan, id) {
+        Some(Entity::Plan(p)) if p.api_stages.iter().any(|s| s.api_id == api && s.stage == stage) => Some(p),
+        _ => None,
+    })
+}
+
+impl Gateway {
+    pub fn new(model: SharedModel, clock: Arc<dyn Clock>) -> Self {
+        Gateway { model, limiter: Limiter::default(), clock }
+    }
+
+    /// Decides one request. A malformed request is an error naming the field;
+    /// every other outcome, allow or deny, is a [`Decision`].
+    pub async fn check(&self, req: &CheckRequest) -> Result<Decision, FieldError> {
+        let c = validate(req)?;
+        let published = self.model.load_full();
+        let model = &published.model;
+        let now_ms = self.clock.now_ms();
+
+        // 1. API, stage, route.
+        let Some(Entity::Api(api)) = model.get(EntityKind::Api, &req.api) else {
+            return Ok(decision(ReasonCode::UnknownApi, format!("no API {:?}", req.api)));
+        };
+        let Some(stage) = api.stages.iter().find(|s| s.name == req.stage) else {
+            return Ok(decision(ReasonCode::UnknownStage, format!("API {:?} has no stage {:?}", api.id, req.stage)));
+        };
+        // A CORS preflight is routed by the method it asks about.
+        let origin = c.headers.get("origin").map(String::as_str);
+        let preflight = match (&api.cors, origin, req.method.as_str(), c.headers.get("access-control-request-method")) {
+            (Some(cors), Some(origin), "OPTIONS", Some(wanted)) => Some((cors, origin, wanted.as_str())),
+            _ => None,
+        };
+        let routed_method = preflight.map(|(_, _, wanted)| wanted).unwrap_or(&req.method);
+        let route = match (api.routes.is_empty(), resolve_route(api, routed_method, &req.path)) {
+            (true, _) => None,
+            (false, Some(r)) => Some(r),
+            // A preflight for a method without a route is refused by CORS below.
+            (false, None) if preflight.is_some() => None,
+            (false, None) => {
+                return Ok(decision(ReasonCode::NoRoute, format!("no route for {} {}", req.method, req.path)))
+            }
+        };
+        let resource = format!("{}/{}/{}/{}", api.id, stage.name, req.method, &req.path[1..]);
+        let no_principals: [String; 0] = [];
+        let mut facts = RequestFacts {
+            resource: &resource,
+            principals: &no_principals,
+            source_ip: c.source_ip,
+            proxy_id: req.proxy_id.as_deref(),
+            headers: &c.headers,
+            tags: None,
+            claims: None,
+        };
+
+        // 2. Resource policy: explicit denies that apply to everyone.
+        if policy::early_deny(model, &api.id, &facts) {
+            return Ok(self.finish(
+                decision(ReasonCode::ResourcePolicyDenied, "denied by the API's resource policy"),
+                api,
+                &c,
+            ));
+        }
+
+        // 3. CORS preflight.
+        if let Some((cors, origin, wanted)) = preflight {
+            let asked_headers = c.headers.get("access-control-request-headers").map(String::as_str);
+            return Ok(match cors::preflight(cors, origin, wanted, asked_headers) {
+                Ok(headers) => {
+                    let mut d = decision(ReasonCode::CorsPreflight, "CORS preflight answered");
+                    d.response_headers = headers;
+                    d
+                }
+                Err(why) => decision(ReasonCode::CorsOriginDenied, why),
+            });
+        }
+
+        // 4. Authentication: the API key, when the route requires one.
+        let mut principal_names: Vec<String> = Vec::new();
+        let mut key: Option<&ApiKey> = None;
+        if route.is_some_and(|r| r.api_key_required) {
+            let Some(presented) = presented_key(api, &c) else {
+                return Ok(self.finish(decision(ReasonCode::MissingKey, "an API key is required"), api, &c));
+            };
+            let digest = secret::sha256(presented);
+            let Some(found) = model.key_by_digest(&digest) else {
+                return Ok(self.finish(decision(ReasonCode::UnknownKey, "the API key is not valid"), api, &c));
+            };
+            let now_s = now_ms.div_euclid(1000);
+            if found.secret.sha256 != digest {
+                // The old secret of a rerolled key: valid only inside its overlap window.
+                let in_window = found
+                    .previous_secret
+                    .as_ref()
+                    .is_some_and(|p| p.secret.sha256 == digest && now_s < p.valid_until.0);
+                if !in_window {
+                    return Ok(self.finish(decision(ReasonCode::UnknownKey, "the API key is not valid"), api, &c));
+                }
+            }
+            if !found.enabled {
+                return Ok(self.finish(decision(ReasonCode::DisabledKey, "the API key is disabled"), api, &c));
+            }
+            if found.expires_at.is_some_and(|t| now_s >= t.0) {
+                return Ok(self.finish(decision(ReasonCode::ExpiredKey, "the API key has expired"), api, &c));
+            }
+            principal_names.push(format!("key:{}", found.id));
+            if let Some(customer) = &found.customer_id {
+                principal_names.push(format!("customer:{customer}"));
+            }
+            key = Some(found);
+        }
+        facts.principals = &principal_names;
+        facts.tags = key.map(|k| &k.tags);
+
+        // 5. Authorization.
+        match policy::evaluate(model, &api.id, &facts) {
+            Verdict::Allow | Verdict::NotGoverned => {}
+            Verdict::Deny { resource_policy: true } | Verdict::ImplicitDeny { resource_policy: true } => {
+                return Ok(self.finish(
+                    decision(ReasonCode::ResourcePolicyDenied, "denied by the API's resource policy"),
+                    api,
+                    &c,
+                ));
+            }
+            Verdict::Deny { resource_policy: false } => {
+                return Ok(self.finish(decision(ReasonCode::PolicyDenied, "denied by a policy"), api, &c));
+            }
+            Verdict::ImplicitDeny { .. } => {
+                return Ok(self.finish(decision(ReasonCode::ImplicitDeny, "no policy allows this request"), api, &c));
+            }
+        }
+
+        // 6./7. Throttles and quota.
+        let plan = match key {
+            Some(k) => match plan_for(model, k, &api.id, &stage.name) {
+                Some(p) => Some(p),
+                None => {
+                    let d = decision(ReasonCode::KeyNotInPlan, "the API key has no usage plan for this API stage");
+                    return Ok(self.finish(d, api, &c));
+                }
+            },
+            None => None,
+        };
+        let limits = self.limits_for(api, stage, key, plan, &req.method, &req.path, now_ms);
+        let limit = match self.limiter.admit(&limits, now_ms) {
+            Ok(state) => state,
+            Err((reason, state)) => {
+                let mut d = decision(reason, "rate or quota limit reached");
+                d.limit = Some(state);
+                return Ok(self.finish(d, api, &c));
+            }
+        };
+
+        // 8. Allow.
+        let mut d = decision(ReasonCode::Allowed, "allowed");
+        d.limit = limit;
+        if let Some(k) = key {
+            d.principal = Some(Principal {
+                id: format!("key:{}", k.id),
+                key_id: Some(k.id.clone()),
+                plan_id: plan.map(|p| p.id.clone()),
+                customer_id: k.customer_id.clone(),
+            });
+            d.context = k.tags.iter().map(|(n, v)| (format!("tag.{n}"), v.clone())).collect();
+        }
+        Ok(self.finish(d, api, &c))
+    }
+
+    /// Which limits apply: the stage's, the key's plan throttle (or the method
+    /// override that matches), and the plan's quota for the current period.
+    #[allow(clippy::too_many_arguments)]
+    fn limits_for(
+        &self,
+        api: &Api,
+        stage: &Stage,
+        key: Option<&ApiKey>,
+        plan: Option<&UsagePlan>,
+        method: &str,
+        path: &str,
+        now_ms: i64,
+    ) -> Limits {
+        let mut limits = Limits::default();
+        if let Some(t) = stage.throttle {
+            limits.stage = Some((BucketId::Stage { api: api.id.clone(), stage: stage.name.clone() }, t));
+        }
+        if let (Some(key), Some(plan)) = (key, plan) {
+            let overrides = plan
+                .api_stages
+                .iter()
+                .find(|s| s.api_id == api.id && s.stage == stage.name)
+                .map(|s| s.method_throttles.as_slice())
+                .unwrap_or(&[]);
+            let method_override = overrides
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| (m.method == method || m.method == "*") && pattern::path_matches(&m.path, path))
+                .max_by_key(|(_, m)| (pattern::specificity(&m.path), m.method != "*"));
+            let throttle = match method_override {
+                Some((i, m)) => Some((Some(i), m.throttle)),
+                None => plan.throttle.map(|t| (None, t)),
+            };
+            if let Some((method_override, t)) = throttle {
+                let id = BucketId::Key { key: key.id.clone(), plan: plan.id.clone(), method_override };
+                limits.key = Some((id, t));
+            }
+            if let Some(q) = plan.quota {
+                let (start, end) = limits::period_bounds(now_ms, q.period, q.offset);
+                let id = QuotaId { key: key.id.clone(), plan: plan.id.clone(), period_start_ms: start };
+                limits.quota = Some((id, q, end));
+            }
+        }
+        limits
+    }
+
+    /// Adds what every decision carries: CORS headers for an allowed origin,
+    /// rate-limit headers, `Retry-After` on 429.
+    fn finish(&self, mut d: Decision, api: &Api, c: &Checked<'_>) -> Decision {
+        if let Some(cors) = &api.cors {
+            d.response_headers.extend(cors::response_headers(cors, c.headers.get("origin").map(String::as_str)));
+        }
+        if let Some(LimitState { limit, remaining, reset_secs, retry_after_secs }) = d.limit {
+            d.response_headers.push(("ratelimit-limit".into(), limit.to_string()));
+            d.response_headers.push(("ratelimit-remaining".into(), remaining.to_string()));
+            d.response_headers.push(("ratelimit-reset".into(), reset_secs.to_string()));
+            if let Some(retry) = retry_after_secs {
+                d.response_headers.push(("retry-after".into(), retry.to_string()));
+            }
+        }
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,99 @@
+//! Matching of route paths and policy resources.
+//!
+//! Route and method-throttle paths: `/`-separated segments; `*` matches one
+//! segment, and a final `*` matches one or more segments (`/pets/*` matches
+//! `/pets/1` and `/pets/1/toys`). Policy resources and `StringLike` values are
+//! globs where `*` matches any run of characters (slashes included) and `?`
+//! one character, as in IAM.
+
+/// Whether `path` matches the route pattern.
+pub fn path_matches(pattern: &str, path: &str) -> bool {
+    let mut pat = pattern.split('/').skip(1).peekable();
+    let mut segs = path.split('/').skip(1).peekable();
+    loop {
+        match (pat.next(), segs.peek()) {
+            (None, None) => return true,
+            (None, Some(_)) | (Some(_), None) => return false,
+            (Some("*"), Some(seg)) => {
+                if seg.is_empty() {
+                    return false;
+                }
+                if pat.peek().is_none() {
+                    return true; // a final `*` takes the rest
+                }
+                segs.next();
+            }
+            (Some(lit), Some(seg)) => {
+                if lit != *seg {
+                    return false;
+                }
+                segs.next();
+            }
+        }
+    }
+}
+
+/// How specific a route pattern is: more literal segments win.
+pub fn specificity(pattern: &str) -> usize {
+    pattern.split('/').filter(|s| !s.is_empty() && *s != "*").count()
+}
+
+/// IAM-style glob: `*` any run of characters, `?` exactly one. Iterative with
+/// backtracking to the last `*`: linear in practice, no recursion.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let p = pattern.as_bytes();
+    let t = text.as_bytes();
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_patterns() {
+        assert!(path_matches("/pets", "/pets"));
+        assert!(!path_matches("/pets", "/pets/1"));
+        assert!(path_matches("/pets/*", "/pets/1"));
+        assert!(path_matches("/pets/*", "/pets/1/toys"));
+        assert!(!path_matches("/pets/*", "/pets"));
+        assert!(!path_matches("/pets/*", "/pets/"));
+        assert!(path_matches("/pets/*/toys", "/pets/1/toys"));
+        assert!(!path_matches("/pets/*/toys", "/pets/1/2/toys"));
+        assert!(path_matches("/*", "/anything/at/all"));
+        assert!(specificity("/pets/*/toys") > specificity("/pets/*"));
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_matches("*", "petstore/prod/GET/pets/1"));
+        assert!(glob_matches("petstore/*/GET/*", "petstore/prod/GET/pets/1"));
+        assert!(!glob_matches("petstore/*/POST/*", "petstore/prod/GET/pets/1"));
+        assert!(glob_matches("a?c", "abc"));
+        assert!(!glob_matches("a?c", "ac"));
+        assert!(glob_matches("*@example.com", "ann@example.com"));
+        assert!(glob_matches("a*b*c", "aXXbYYc"));
+        assert!(!glob_matches("a*b*c", "aXXbYY"));
+        assert!(glob_matches("", ""));
+    }
+}

@@ -1,0 +1,414 @@
+//! One focused test per mechanism and reason code of the check pipeline,
+//! against an in-memory model and a clock moved by hand.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use serde_json::json;
+use tollgate_proto::check::{CheckRequest, Decision, ReasonCode};
+use tollgate_proto::model::*;
+
+use super::limits::ManualClock;
+use super::Gateway;
+use crate::cluster::state_machine::Published;
+use crate::secret::sha256;
+use crate::state::Model;
+
+/// Wednesday 2026-11-25 12:00:00 UTC.
+const NOW_MS: i64 = 1_795_608_000_000;
+
+fn entity<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+    serde_json::from_value(value).unwrap_or_else(|e| panic!("fixture: {e}"))
+}
+
+fn key(id: &str, secret: &str, plans: &[&str], extra: serde_json::Value) -> Entity {
+    let mut spec = json!({"name": id, "plan_ids": plans});
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    let spec: ApiKeySpec = entity(spec);
+    let digest = SecretDigest { prefix: secret[..6].to_string(), sha256: sha256(secret) };
+    Entity::Key(ApiKey::from_spec(id.into(), spec, digest, Timestamp(0)))
+}
+
+struct Fixture {
+    model: Model,
+    clock: Arc<ManualClock>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let mut model = Model::default();
+        model.load(Entity::Api(entity(json!({
+            "id": "pets", "name": "Pets",
+            "stages": [{"name": "prod"}, {"name": "beta", "throttle": {"rate_per_sec": 1.0, "burst": 2}}],
+            "routes": [
+                {"method": "GET", "path": "/pets/*", "api_key_required": true},
+                {"method": "DELETE", "path": "/pets/*", "api_key_required": true},
+                {"method": "GET", "path": "/public"}
+            ],
+            "cors": {"allow_origins": ["https://app.example.com", "https://*.partner.example"],
+                     "allow_methods": ["GET", "DELETE"], "allow_headers": ["x-api-key"], "max_age_secs": 300}
+        }))));
+        model.load(Entity::Plan(entity(json!({
+            "id": "gold", "name": "Gold",
+            "throttle": {"rate_per_sec": 10.0, "burst": 5},
+            "quota": {"limit": 100, "period": "week", "offset": 1},
+            "api_stages": [{"api_id": "pets", "stage": "prod",
+                            "method_throttles": [{"method": "DELETE", "path": "/pets/*", "throttle": {"rate_per_sec": 1.0, "burst": 1}}]},
+                           {"api_id": "pets", "stage": "beta"}]
+        }))));
+        model.load(Entity::Plan(entity(json!({"id": "other", "name": "Other", "api_stages": []}))));
+        model.load(key("alice", "tgk_alice", &["gold"], json!({"customer_id": "acme", "tags": {"team": "mobile"}})));
+        model.load(key("bob", "tgk_bob", &["gold"], json!({"tags": {"team": "web"}})));
+        model.load(key("off", "tgk_off", &["gold"], json!({"enabled": false})));
+        model.load(key("old", "tgk_old", &["gold"], json!({"expires_at": "2026-01-01T00:00:00Z"})));
+        model.load(key("stray", "tgk_stray", &["other"], json!({})));
+        Fixture { model, clock: Arc::new(ManualClock::at(NOW_MS)) }
+    }
+
+    fn with(mut self, e: Entity) -> Self {
+        self.model.load(e);
+        self
+    }
+
+    fn gateway(&self) -> Gateway {
+        let published = Published { model: self.model.clone(), applied: None };
+        Gateway::new(Arc::new(ArcSwap::from_pointee(published)), self.clock.clone())
+    }
+}
+
+fn request(method: &str, path: &str, api_key: Option<&str>) -> CheckRequest {
+    let mut headers = BTreeMap::new();
+    if let Some(k) = api_key {
+        headers.insert("X-Api-Key".to_string(), k.to_string());
+    }
+    CheckRequest {
+        api: "pets".into(),
+        stage: "prod".into(),
+        method: method.into(),
+        path: path.into(),
+        source_ip: Some("10.1.2.3".into()),
+        headers,
+        ..Default::default()
+    }
+}
+
+async fn decide(g: &Gateway, req: &CheckRequest) -> Decision {
+    g.check(req).await.unwrap_or_else(|e| panic!("check refused: {e}"))
+}
+
+async fn reason(g: &Gateway, req: &CheckRequest) -> ReasonCode {
+    decide(g, req).await.reason
+}
+
+fn header<'a>(d: &'a Decision, name: &str) -> Option<&'a str> {
+    d.response_headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn unknown_api_stage_and_route_are_404_decisions() {
+    let g = Fixture::new().gateway();
+    let mut req = request("GET", "/pets/1", Some("tgk_alice"));
+    req.api = "nope".into();
+    assert_eq!(decide(&g, &req).await.status, 404);
+    assert_eq!(reason(&g, &req).await, ReasonCode::UnknownApi);
+    req.api = "pets".into();
+    req.stage = "nope".into();
+    assert_eq!(reason(&g, &req).await, ReasonCode::UnknownStage);
+    assert_eq!(reason(&g, &request("POST", "/pets/1", Some("tgk_alice"))).await, ReasonCode::NoRoute);
+    assert_eq!(reason(&g, &request("GET", "/public", None)).await, ReasonCode::Allowed);
+}
+
+#[tokio::test]
+async fn api_keys_each_failure_has_its_own_reason() {
+    let g = Fixture::new().gateway();
+    let cases = [
+        (None, ReasonCode::MissingKey),
+        (Some("tgk_nobody"), ReasonCode::UnknownKey),
+        (Some("tgk_off"), ReasonCode::DisabledKey),
+        (Some("tgk_old"), ReasonCode::ExpiredKey),
+        (Some("tgk_stray"), ReasonCode::KeyNotInPlan),
+        (Some("tgk_alice"), ReasonCode::Allowed),
+    ];
+    for (k, expected) in cases {
+        let d = decide(&g, &request("GET", "/pets/1", k)).await;
+        assert_eq!(d.reason, expected, "key {k:?}");
+        assert_eq!(d.status, if expected == ReasonCode::Allowed { 200 } else { 403 }, "key {k:?}");
+    }
+    // The key may also come from the query parameter the API names.
+    let f = Fixture::new();
+    let mut api = match f.model.get(EntityKind::Api, "pets") {
+        Some(Entity::Api(a)) => a.clone(),
+        _ => panic!("fixture api"),
+    };
+    api.key_source.query_param = Some("api_key".into());
+    let g = f.with(Entity::Api(api)).gateway();
+    let mut req = request("GET", "/pets/1", None);
+    req.query.insert("api_key".into(), "tgk_bob".into());
+    let d = decide(&g, &req).await;
+    assert_eq!((d.reason, d.principal.map(|p| p.id)), (ReasonCode::Allowed, Some("key:bob".to_string())));
+}
+
+#[tokio::test]
+async fn an_allowed_request_names_its_principal_plan_and_limits() {
+    let g = Fixture::new().gateway();
+    let d = decide(&g, &request("GET", "/pets/1", Some("tgk_alice"))).await;
+    assert!(d.allowed);
+    let p = d.principal.clone().expect("principal");
+    assert_eq!(
+        (p.key_id.as_deref(), p.plan_id.as_deref(), p.customer_id.as_deref()),
+        (Some("alice"), Some("gold"), Some("acme"))
+    );
+    assert_eq!(d.context.get("tag.team").map(String::as_str), Some("mobile"));
+    assert_eq!(header(&d, "ratelimit-limit"), Some("100"));
+    assert_eq!(header(&d, "ratelimit-remaining"), Some("99"));
+}
+
+#[tokio::test]
+async fn a_rerolled_key_works_with_its_old_secret_only_inside_the_overlap_window() {
+    let f = Fixture::new();
+    let Some(Entity::Key(mut k)) = f.model.get(EntityKind::Key, "alice").cloned() else { panic!("alice") };
+    k.previous_secret = Some(PreviousSecret { secret: k.secret.clone(), valid_until: Timestamp(NOW_MS / 1000 + 60) });
+    k.secret = SecretDigest { prefix: "tgk_al".into(), sha256: sha256("tgk_alice_new") };
+    let f = f.with(Entity::Key(k.clone()));
+    let mut m = f.model.clone();
+    // The digest index must know both secrets (as the state machine keeps it).
+    m.load(Entity::Key(k));
+    let g = Fixture { model: m, clock: f.clock.clone() }.gateway();
+    assert_eq!(reason(&g, &request("GET", "/pets/1", Some("tgk_alice_new"))).await, ReasonCode::Allowed);
+    assert_eq!(reason(&g, &request("GET", "/pets/1", Some("tgk_alice"))).await, ReasonCode::Allowed);
+    f.clock.advance_ms(60_000);
+    assert_eq!(reason(&g, &request("GET", "/pets/1", Some("tgk_alice"))).await, ReasonCode::UnknownKey);
+    assert_eq!(reason(&g, &request("GET", "/pets/1", Some("tgk_alice_new"))).await, ReasonCode::Allowed);
+}
+
+#[tokio::test]
+async fn throttle_gives_the_burst_then_the_steady_rate_with_retry_after() {
+    let f = Fixture::new();
+    let g = f.gateway();
+    let req = request("GET", "/pets/1", Some("tgk_alice"));
+    for _ in 0..5 {
+        assert_eq!(reason(&g, &req).await, ReasonCode::Allowed);
+    }
+    let d = decide(&g, &req).await;
+    assert_eq!((d.reason, d.status), (ReasonCode::Throttled, 429));
+    assert_eq!(header(&d, "retry-after"), Some("1"));
+    f.clock.advance_ms(100); // 10/s
+    assert_eq!(reason(&g, &req).await, ReasonCode::Allowed);
+    assert_eq!(reason(&g, &req).await, ReasonCode::Throttled);
+    // Another key has its own bucket.
+    assert_eq!(reason(&g, &request("GET", "/pets/1", Some("tgk_bob"))).await, ReasonCode::Allowed);
+}
+
+#[tokio::test]
+async fn a_method_override_and_a_stage_limit_apply_on_their_own() {
+    let f = Fixture::new();
+    let g = f.gateway();
+    // DELETE /pets/* is limited to burst 1 for the key, GET is not affected.
+    assert_eq!(reason(&g, &request("DELETE", "/pets/1", Some("tgk_alice"))).await, ReasonCode::Allowed);
+    assert_eq!(reason(&g, &request("DELETE", "/pets/2", Some("tgk_alice"))).await, ReasonCode::Throttled);
+    assert_eq!(reason(&g, &request("GET", "/pets/1", Some("tgk_alice"))).await, ReasonCode::Allowed);
+    // The beta stage allows 2 in a burst for all keys together.
+    let beta = |k: &str| {
+        let mut r = request("GET", "/pets/1", Some(k));
+        r.stage = "beta".into();
+        r
+    };
+    assert_eq!(reason(&g, &beta("tgk_alice")).await, ReasonCode::Allowed);
+    assert_eq!(reason(&g, &beta("tgk_bob")).await, ReasonCode::Allowed);
+    assert_eq!(reason(&g, &beta("tgk_bob")).await, ReasonCode::StageThrottled);
+}
+
+#[tokio::test]
+async fn quota_resets_at_the_period_boundary_with_its_offset() {
+    // Weekly quota of 3, weeks starting on Monday (offset 1).
+    let f = Fixture::new().with(Entity::Plan(entity(json!({
+        "id": "gold", "name": "Gold",
+        "quota": {"limit": 3, "period": "week", "offset": 1},
+        "api_stages": [{"api_id": "pets", "stage": "prod"}]
+    }))));
+    // Sunday 2026-11-29 23:59:59 UTC: the last second of the week.
+    f.clock.set_ms(1_795_996_799_000);
+    let g = f.gateway();
+    let req = request("GET", "/pets/1", Some("tgk_alice"));
+    for _ in 0..3 {
+        assert_eq!(reason(&g, &req).await, ReasonCode::Allowed);
+    }
+    let d = decide(&g, &req).await;
+    assert_eq!((d.reason, header(&d, "retry-after")), (ReasonCode::QuotaExceeded, Some("1")));
+    f.clock.advance_ms(1000); // Monday 00:00:00: a new week.
+    let d = decide(&g, &req).await;
+    assert_eq!((d.reason, header(&d, "ratelimit-remaining")), (ReasonCode::Allowed, Some("2")));
+}
+
+#[tokio::test]
+async fn a_lowered_quota_applies_to_the_running_period() {
+    let f = Fixture::new();
+    let g = f.gateway();
+    let req = request("GET", "/pets/1", Some("tgk_alice"));
+    for _ in 0..3 {
+        assert_eq!(reason(&g, &req).await, ReasonCode::Allowed);
+    }
+    let lowered: UsagePlan = entity(json!({
+        "id": "gold", "name": "Gold", "quota": {"limit": 3, "period": "week", "offset": 1},
+        "api_stages": [{"api_id": "pets", "stage": "prod"}]
+    }));
+    let mut model = f.model.clone();
+    model.load(Entity::Plan(lowered));
+    g.model.store(Arc::new(Published { model, applied: None }));
+    assert_eq!(reason(&g, &req).await, ReasonCode::QuotaExceeded);
+}
+
+fn policy(id: &str, api: Option<&str>, statements: serde_json::Value) -> Entity {
+    Entity::Policy(entity(json!({"id": id, "name": id, "api_id": api, "statements": statements})))
+}
+
+#[tokio::test]
+async fn a_resource_policy_allows_only_its_networks_v4_and_v6() {
+    let g = Fixture::new()
+        .with(policy(
+            "nets",
+            Some("pets"),
+            json!([
+                {"effect": "Allow", "principals": ["*"], "actions": ["invoke"], "resources": ["*"],
+                 "conditions": [{"operator": "IpAddress", "key": "source_ip", "values": ["10.0.0.0/8", "2001:db8::/32"]}]},
+                {"effect": "Deny", "principals": ["*"], "actions": ["*"], "resources": ["*"],
+                 "conditions": [{"operator": "IpAddress", "key": "source_ip", "values": ["10.9.0.0/16"]}]}
+            ]),
+        ))
+        .gateway();
+    let from = |ip: &str| {
+        let mut r = request("GET", "/public", None);
+        r.source_ip = Some(ip.into());
+        r
+    };
+    assert_eq!(reason(&g, &from("10.1.2.3")).await, ReasonCode::Allowed);
+    assert_eq!(reason(&g, &from("2001:db8::42")).await, ReasonCode::Allowed);
+    assert_eq!(reason(&g, &from("2001:db9::1")).await, ReasonCode::ResourcePolicyDenied);
+    assert_eq!(reason(&g, &from("192.0.2.1")).await, ReasonCode::ResourcePolicyDenied);
+    // The explicit deny wins over the allow of the wider network, before any key is looked at.
+    let mut blocked = request("GET", "/pets/1", Some("tgk_nobody"));
+    blocked.source_ip = Some("10.9.1.1".into());
+    assert_eq!(reason(&g, &blocked).await, ReasonCode::ResourcePolicyDenied);
+}
+
+#[tokio::test]
+async fn a_resource_policy_can_require_the_calling_proxy() {
+    let g = Fixture::new()
+        .with(policy(
+            "edge-only",
+            Some("pets"),
+            json!([
+                {"effect": "Allow", "principals": ["*"], "actions": ["invoke"], "resources": ["*"]},
+                {"effect": "Deny", "principals": ["*"], "actions": ["*"], "resources": ["*"],
+                 "conditions": [{"operator": "StringNotEquals", "key": "proxy_id", "values": ["edge-1"]}]}
+            ]),
+        ))
+        .gateway();
+    let mut req = request("GET", "/public", None);
+    assert_eq!(reason(&g, &req).await, ReasonCode::ResourcePolicyDenied, "no proxy identity");
+    req.proxy_id = Some("edge-2".into());
+    assert_eq!(reason(&g, &req).await, ReasonCode::ResourcePolicyDenied);
+    req.proxy_id = Some("edge-1".into());
+    assert_eq!(reason(&g, &req).await, ReasonCode::Allowed);
+}
+
+#[tokio::test]
+async fn explicit_deny_beats_allow_and_wildcards_match_resources() {
+    let g = Fixture::new()
+        .with(policy(
+            "alice",
+            None,
+            json!([
+                {"effect": "Allow", "principals": ["key:alice"], "actions": ["invoke"], "resources": ["pets/*/GET/*", "pets/prod/DELETE/*"]},
+                {"effect": "Deny", "principals": ["key:alice"], "actions": ["invoke"], "resources": ["pets/prod/DELETE/pets/1*"]}
+            ]),
+        ))
+        .gateway();
+    assert_eq!(reason(&g, &request("GET", "/pets/7", Some("tgk_alice"))).await, ReasonCode::Allowed);
+    assert_eq!(reason(&g, &request("DELETE", "/pets/7", Some("tgk_alice"))).await, ReasonCode::Allowed);
+    let d = decide(&g, &request("DELETE", "/pets/12", Some("tgk_alice"))).await;
+    assert_eq!((d.reason, d.status), (ReasonCode::PolicyDenied, 403));
+    // bob is named by no policy: policies do not govern him.
+    assert_eq!(reason(&g, &request("DELETE", "/pets/12", Some("tgk_bob"))).await, ReasonCode::Allowed);
+}
+
+#[tokio::test]
+async fn a_principal_named_by_a_policy_is_implicitly_denied_elsewhere() {
+    let g = Fixture::new()
+        .with(policy(
+            "bob-reads",
+            None,
+            json!([{"effect": "Allow", "principals": ["key:bob"], "actions": ["invoke"], "resources": ["pets/prod/GET/*"]}]),
+        ))
+        .gateway();
+    assert_eq!(reason(&g, &request("GET", "/pets/1", Some("tgk_bob"))).await, ReasonCode::Allowed);
+    assert_eq!(reason(&g, &request("DELETE", "/pets/1", Some("tgk_bob"))).await, ReasonCode::ImplicitDeny);
+}
+
+#[tokio::test]
+async fn conditions_on_key_tags_give_attribute_based_control() {
+    let g = Fixture::new()
+        .with(policy(
+            "mobile-team",
+            Some("pets"),
+            json!([{"effect": "Allow", "principals": ["key:*"], "actions": ["invoke"], "resources": ["pets/*/*/pets/*"],
+                    "conditions": [{"operator": "StringEquals", "key": "tag:team", "values": ["mobile"]}]}]),
+        ))
+        .gateway();
+    assert_eq!(reason(&g, &request("GET", "/pets/1", Some("tgk_alice"))).await, ReasonCode::Allowed);
+    assert_eq!(reason(&g, &request("GET", "/pets/1", Some("tgk_bob"))).await, ReasonCode::ResourcePolicyDenied);
+}
+
+#[tokio::test]
+async fn cors_preflight_is_answered_and_a_disallowed_origin_refused() {
+    let g = Fixture::new().gateway();
+    let preflight = |origin: &str, method: &str| {
+        let mut r = request("OPTIONS", "/pets/1", None);
+        r.headers.insert("Origin".into(), origin.into());
+        r.headers.insert("Access-Control-Request-Method".into(), method.into());
+        r.headers.insert("Access-Control-Request-Headers".into(), "X-Api-Key".into());
+        r
+    };
+    let d = decide(&g, &preflight("https://app.example.com", "DELETE")).await;
+    assert_eq!((d.reason, d.status, d.allowed), (ReasonCode::CorsPreflight, 204, false));
+    assert_eq!(header(&d, "access-control-allow-origin"), Some("https://app.example.com"));
+    assert_eq!(header(&d, "access-control-allow-methods"), Some("GET, DELETE"));
+    assert_eq!(header(&d, "access-control-max-age"), Some("300"));
+    let d = decide(&g, &preflight("https://a.partner.example", "GET")).await;
+    assert_eq!(d.reason, ReasonCode::CorsPreflight, "wildcard subdomain origin");
+    let d = decide(&g, &preflight("https://evil.example", "GET")).await;
+    assert_eq!((d.reason, d.status), (ReasonCode::CorsOriginDenied, 403));
+    assert_eq!(reason(&g, &preflight("https://app.example.com", "PUT")).await, ReasonCode::CorsOriginDenied);
+    // CORS headers on an ordinary decision, allowed or not.
+    let mut req = request("GET", "/pets/1", None);
+    req.headers.insert("Origin".into(), "https://app.example.com".into());
+    let d = decide(&g, &req).await;
+    assert_eq!(
+        (d.reason, header(&d, "access-control-allow-origin")),
+        (ReasonCode::MissingKey, Some("https://app.example.com"))
+    );
+}
+
+#[tokio::test]
+async fn malformed_check_requests_are_refused_naming_the_field() {
+    let g = Fixture::new().gateway();
+    let mut cases: Vec<(CheckRequest, &str)> = Vec::new();
+    let mut r = request("GET", "/pets/1", None);
+    r.source_ip = Some("10.0.0.300".into());
+    cases.push((r, "source_ip"));
+    cases.push((request("get", "/pets/1", None), "method"));
+    cases.push((request("GET", "pets/1", None), "path"));
+    let mut r = request("GET", "/pets/1", None);
+    r.headers.insert("x-big".into(), "x".repeat(20_000));
+    cases.push((r, "headers.x-big"));
+    let mut r = request("GET", "/pets/1", None);
+    r.api = String::new();
+    cases.push((r, "api"));
+    for (req, field) in cases {
+        let err = g.check(&req).await.expect_err("must be refused");
+        assert_eq!(err.field, field);
+    }
+}

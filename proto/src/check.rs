@@ -1,0 +1,150 @@
+//! The check: what an edge proxy asks about one incoming request, and the
+//! decision it gets back. `POST /v1/check` (JSON), the forward-auth endpoint
+//! and the binary protocol are three encodings of these two types.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One incoming request at the edge, as the proxy saw it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CheckRequest {
+    /// API id.
+    pub api: String,
+    /// Stage name.
+    pub stage: String,
+    /// HTTP method in capitals.
+    pub method: String,
+    /// Request path, starting with `/`, without the query string.
+    pub path: String,
+    /// The client's address (IPv4 or IPv6), as the proxy saw it.
+    #[serde(default)]
+    pub source_ip: Option<String>,
+    /// Request headers; names are matched case-insensitively.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Query parameters (first value of each).
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// Identity of the calling proxy (the VPC-endpoint role), if it has one.
+    #[serde(default)]
+    pub proxy_id: Option<String>,
+    /// Subject of the client certificate, if the proxy terminated mTLS.
+    #[serde(default)]
+    pub client_cert_subject: Option<String>,
+    /// Size of the request body in bytes, if known.
+    #[serde(default)]
+    pub body_size: Option<u64>,
+}
+
+/// Whether the request may pass, and what to tell the client and the backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Decision {
+    pub allowed: bool,
+    /// The status the proxy should answer with when not allowed (the one API
+    /// Gateway uses), or 200 when allowed. A CORS preflight is answered 204.
+    pub status: u16,
+    pub reason: ReasonCode,
+    /// A short human explanation; never contains a secret.
+    pub message: String,
+    /// Who is calling, once authenticated.
+    pub principal: Option<Principal>,
+    /// Values for the backend (from the key, the token or the authorizer).
+    pub context: BTreeMap<String, String>,
+    /// Headers for the response to the client (CORS, rate limits, Retry-After).
+    pub response_headers: Vec<(String, String)>,
+    /// The tightest limit that applied: for `RateLimit-*` headers.
+    pub limit: Option<LimitState>,
+}
+
+/// Who made the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Principal {
+    /// `key:ID`, `sub:SUBJECT` or the authorizer's principal id.
+    pub id: String,
+    /// The API key used, if any.
+    pub key_id: Option<String>,
+    /// The usage plan that applied, if any.
+    pub plan_id: Option<String>,
+    pub customer_id: Option<String>,
+}
+
+/// One limit's state after this request, as `RateLimit-*` headers show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LimitState {
+    pub limit: u64,
+    pub remaining: u64,
+    /// Seconds until the limit resets (quota period end, or a full bucket).
+    pub reset_secs: u64,
+    /// Seconds to wait before retrying, when denied by this limit.
+    pub retry_after_secs: Option<u64>,
+}
+
+/// Why a decision came out as it did. Stable: proxies and dashboards match on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonCode {
+    Allowed,
+    CorsPreflight,
+    UnknownApi,
+    UnknownStage,
+    NoRoute,
+    InvalidRequest,
+    ResourcePolicyDenied,
+    CorsOriginDenied,
+    MissingKey,
+    UnknownKey,
+    DisabledKey,
+    ExpiredKey,
+    KeyNotInPlan,
+    PolicyDenied,
+    ImplicitDeny,
+    Throttled,
+    StageThrottled,
+    QuotaExceeded,
+}
+
+impl ReasonCode {
+    /// The HTTP status API Gateway answers with for this reason.
+    pub fn status(self) -> u16 {
+        match self {
+            ReasonCode::Allowed => 200,
+            ReasonCode::CorsPreflight => 204,
+            ReasonCode::UnknownApi | ReasonCode::UnknownStage | ReasonCode::NoRoute => 404,
+            ReasonCode::InvalidRequest => 400,
+            ReasonCode::ResourcePolicyDenied
+            | ReasonCode::CorsOriginDenied
+            | ReasonCode::MissingKey
+            | ReasonCode::UnknownKey
+            | ReasonCode::DisabledKey
+            | ReasonCode::ExpiredKey
+            | ReasonCode::KeyNotInPlan
+            | ReasonCode::PolicyDenied
+            | ReasonCode::ImplicitDeny => 403,
+            ReasonCode::Throttled | ReasonCode::StageThrottled | ReasonCode::QuotaExceeded => 429,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasonCode::Allowed => "allowed",
+            ReasonCode::CorsPreflight => "cors_preflight",
+            ReasonCode::UnknownApi => "unknown_api",
+            ReasonCode::UnknownStage => "unknown_stage",
+            ReasonCode::NoRoute => "no_route",
+            ReasonCode::InvalidRequest => "invalid_request",
+            ReasonCode::ResourcePolicyDenied => "resource_policy_denied",
+            ReasonCode::CorsOriginDenied => "cors_origin_denied",
+            ReasonCode::MissingKey => "missing_key",
+            ReasonCode::UnknownKey => "unknown_key",
+            ReasonCode::DisabledKey => "disabled_key",
+            ReasonCode::ExpiredKey => "expired_key",
+            ReasonCode::KeyNotInPlan => "key_not_in_plan",
+            ReasonCode::PolicyDenied => "policy_denied",
+            ReasonCode::ImplicitDeny => "implicit_deny",
+            ReasonCode::Throttled => "throttled",
+            ReasonCode::StageThrottled => "stage_throttled",
+            ReasonCode::QuotaExceeded => "quota_exceeded",
+        }
+    }
+}
