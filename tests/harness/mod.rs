@@ -303,3 +303,40 @@ where
 pub fn plan(id: &str) -> Value {
     serde_json::json!({"id": id, "name": format!("plan {id}"), "throttle": {"rate_per_sec": 10.0, "burst": 20}})
 }
+
+/// Any child process (nginx, Caddy) that is killed when dropped, or when the
+/// test process dies.
+pub struct Process {
+    child: Option<Child>,
+    pub name: String,
+}
+
+impl Process {
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Process {
+        let log = std::fs::File::create(log).expect("log file");
+        cmd.stdin(Stdio::null()).stdout(log.try_clone().expect("log file")).stderr(log);
+        // SAFETY: see `Node::spawn`.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {name} ({e}); .ci/run installs it"));
+        Process { child: Some(child), name: name.to_string() }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits until something answers HTTP on `url`.
+pub async fn wait_http(http: &reqwest::Client, url: &str) {
+    wait_until(&format!("{url} answers"), || async { http.get(url).send().await.is_ok() }).await;
+}

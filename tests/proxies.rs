@@ -1,0 +1,149 @@
+//! Real proxies in front of a real upstream, asking a three-node cluster:
+//! nginx with `auth_request` and Caddy with `forward_auth`, each configured
+//! from the example in `deploy/` (only ports substituted).
+
+mod harness;
+
+use std::path::Path;
+use std::process::Command;
+
+use axum::http::HeaderMap;
+use axum::routing::get;
+use axum::{Json, Router};
+use harness::{free_port, wait_http, Cluster, Process};
+use serde_json::{json, Value};
+
+/// A backend that echoes what the gateway told it.
+async fn start_upstream() -> u16 {
+    let app = Router::new().fallback(get(|headers: HeaderMap| async move {
+        let principal = headers.get("x-tollgate-principal").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        Json(json!({"principal": principal}))
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// An API with a key-protected route, a plan with a small burst, and a key in it.
+async fn configure(cluster: &Cluster) -> (String, String) {
+    let leader = cluster.leader().await;
+    let api = json!({"id": "pets", "name": "Pets", "stages": [{"name": "prod"}],
+        "routes": [{"method": "GET", "path": "/pets/*", "api_key_required": true}, {"method": "GET", "path": "/public"}]});
+    assert_eq!(cluster.post(leader, "/v1/admin/apis", api).await.0, 201);
+    let plan = json!({"id": "gold", "name": "Gold", "throttle": {"rate_per_sec": 0.2, "burst": 3},
+        "api_stages": [{"api_id": "pets", "stage": "prod"}]});
+    assert_eq!(cluster.post(leader, "/v1/admin/plans", plan).await.0, 201);
+    let (status, key) = cluster.post(leader, "/v1/admin/keys", json!({"name": "alice", "plan_ids": ["gold"]})).await;
+    assert_eq!(status, 201, "{key}");
+    // Every node must have the model before the proxy asks any of them.
+    for node in [1, 2, 3] {
+        harness::wait_until("model replicated", || async {
+            cluster.get(node, "/v1/admin/keys?stale=true").await.1["items"].as_array().is_some_and(|k| k.len() == 1)
+        })
+        .await;
+    }
+    (key["id"].as_str().unwrap_or_default().to_string(), key["secret"].as_str().unwrap_or_default().to_string())
+}
+
+fn node_ports(cluster: &Cluster) -> Vec<u16> {
+    (1..=3).map(|id| cluster.node(id).http_port).collect()
+}
+
+fn render(template: &str, cluster: &Cluster, listen: &str, upstream: u16) -> String {
+    let mut text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(template))
+        .unwrap_or_else(|e| panic!("{template}: {e}"));
+    for (i, port) in node_ports(cluster).iter().enumerate() {
+        text = text.replace(&format!("127.0.0.1:{}", 8081 + i), &format!("127.0.0.1:{port}"));
+    }
+    text.replace("127.0.0.1:3000", &format!("127.0.0.1:{upstream}")).replace("8080", listen)
+}
+
+fn start_nginx(cluster: &Cluster, upstream: u16, port: u16, dir: &Path) -> Process {
+    let server = render("deploy/nginx/tollgate.conf", cluster, &format!("127.0.0.1:{port}"), upstream);
+    let d = dir.display();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+         events {{ worker_connections 256; }}\nhttp {{\n access_log off;\n client_body_temp_path {d}/body;\n\
+         proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n{server}\n}}\n"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).expect("nginx.conf");
+    let mut cmd = Command::new("nginx");
+    cmd.arg("-p").arg(dir).arg("-c").arg(&path);
+    Process::spawn("nginx", cmd, &dir.join("nginx.out"))
+}
+
+fn start_caddy(cluster: &Cluster, upstream: u16, port: u16, dir: &Path) -> Process {
+    let site = render("deploy/caddy/Caddyfile", cluster, &port.to_string(), upstream);
+    let conf =
+        format!("{{\n\tadmin off\n\tauto_https off\n\tstorage file_system {}\n}}\n{site}", dir.join("data").display());
+    let path = dir.join("Caddyfile");
+    std::fs::write(&path, conf).expect("Caddyfile");
+    let mut cmd = Command::new("caddy");
+    cmd.args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(&path)
+        .env("HOME", dir)
+        .env("XDG_DATA_HOME", dir)
+        .env("XDG_CONFIG_HOME", dir);
+    Process::spawn("caddy", cmd, &dir.join("caddy.out"))
+}
+
+async fn proxy_protects_the_upstream(start: fn(&Cluster, u16, u16, &Path) -> Process) {
+    let cluster = Cluster::start(3).await;
+    let (key_id, secret) = configure(&cluster).await;
+    let upstream = start_upstream().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let _proxy = start(&cluster, upstream, port, dir.path());
+    let base = format!("http://127.0.0.1:{port}");
+    wait_http(&cluster.http, &format!("{base}/public")).await;
+    let get = |path: &str, key: Option<&str>| {
+        let mut req = cluster.http.get(format!("{base}{path}"));
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        req.send()
+    };
+
+    // An open route passes without a key.
+    assert_eq!(get("/public", None).await.expect("request").status().as_u16(), 200);
+    // A valid key reaches the upstream, which learns who called.
+    let ok = get("/pets/1", Some(&secret)).await.expect("request");
+    assert_eq!(ok.status().as_u16(), 200);
+    let body: Value = ok.json().await.unwrap_or(Value::Null);
+    assert_eq!(body["principal"], format!("key:{key_id}"), "{body}");
+    // A bad key, and no key, are refused before the upstream.
+    let bad = get("/pets/1", Some("tgk_not-a-key")).await.expect("request");
+    assert_eq!(bad.status().as_u16(), 403);
+    assert_eq!(bad.headers().get("x-tollgate-reason").and_then(|v| v.to_str().ok()), Some("unknown_key"));
+    assert_eq!(get("/pets/1", None).await.expect("request").status().as_u16(), 403);
+    // No route: 404 from the gateway, not from the upstream.
+    assert_eq!(get("/nowhere", Some(&secret)).await.expect("request").status().as_u16(), 404);
+    // Past the throttle: 429 with Retry-After.
+    let mut throttled = 0;
+    for _ in 0..15 {
+        let resp = get("/pets/2", Some(&secret)).await.expect("request");
+        match resp.status().as_u16() {
+            200 => {}
+            429 => {
+                throttled += 1;
+                let retry =
+                    resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+                assert!(retry.is_some_and(|r| r >= 1), "429 without Retry-After: {:?}", resp.headers());
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(throttled > 0, "no request was throttled");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nginx_auth_request_protects_an_upstream() {
+    proxy_protects_the_upstream(start_nginx).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caddy_forward_auth_protects_an_upstream() {
+    proxy_protects_the_upstream(start_caddy).await;
+}
