@@ -55,6 +55,13 @@ enum What {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// POST /v1/check against one node: latency and throughput of the check path.
+    Check {
+        #[arg(long, default_value_t = 50_000)]
+        count: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
     ColdStart {
         #[arg(long, default_value_t = 100_000)]
         keys: usize,
@@ -208,6 +215,68 @@ impl Cluster {
     }
 }
 
+/// An API, a plan without limits and a key; returns the key's secret.
+async fn check_fixture(cluster: &Cluster, node: u64) -> anyhow::Result<String> {
+    let post = |path: &str, body: Value| {
+        cluster.http.post(format!("{}{path}", cluster.url(node))).bearer_auth(TOKEN).json(&body).send()
+    };
+    post(
+        "/v1/admin/apis",
+        json!({"id": "bench", "name": "bench", "stages": [{"name": "prod"}],
+        "routes": [{"method": "GET", "path": "/items/*", "api_key_required": true}]}),
+    )
+    .await?;
+    post(
+        "/v1/admin/plans",
+        json!({"id": "free", "name": "free", "api_stages": [{"api_id": "bench", "stage": "prod"}]}),
+    )
+    .await?;
+    let key: Value = post("/v1/admin/keys", json!({"name": "bench", "plan_ids": ["free"]})).await?.json().await?;
+    key["secret"].as_str().map(str::to_string).ok_or_else(|| anyhow::anyhow!("no key secret: {key}"))
+}
+
+async fn load_checks(
+    cluster: &Arc<Cluster>,
+    node: u64,
+    secret: &str,
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<(Histogram<u64>, Duration)> {
+    let body = Arc::new(serde_json::to_vec(&json!({"api": "bench", "stage": "prod", "method": "GET",
+        "path": "/items/1", "source_ip": "192.0.2.1", "headers": {"x-api-key": secret}}))?);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = vec![];
+    for _ in 0..concurrency {
+        let (cluster, next, body) = (cluster.clone(), next.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3)?;
+            let url = format!("{}/v1/check", cluster.url(node));
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < count {
+                let t = Instant::now();
+                let resp = cluster
+                    .http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.as_ref().clone())
+                    .send()
+                    .await?;
+                let decision: Value = resp.json().await?;
+                if decision["allowed"] != true {
+                    bail!("check denied: {decision}");
+                }
+                h.record(t.elapsed().as_micros() as u64)?;
+            }
+            anyhow::Ok(h)
+        }));
+    }
+    let mut all = Histogram::<u64>::new(3)?;
+    for t in tasks {
+        all.add(t.await??)?;
+    }
+    Ok((all, start.elapsed()))
+}
+
 /// Creates `count` keys on node `target` with `concurrency` writers; the latency histogram (µs).
 async fn load_keys(
     cluster: &Arc<Cluster>,
@@ -292,6 +361,16 @@ async fn main() -> anyhow::Result<()> {
                 write.value_at_quantile(0.5),
                 write.max()
             );
+        }
+        What::Check { count, concurrency } => {
+            let node = cluster.leader().await?;
+            let secret = check_fixture(&cluster, node).await?;
+            let cluster = Arc::new(cluster);
+            load_checks(&cluster, node, &secret, 2000, concurrency).await?; // warm up
+            let (h, elapsed) = load_checks(&cluster, node, &secret, count.min(5000), 1).await?;
+            report("POST /v1/check, 1 client", &h, elapsed);
+            let (h, elapsed) = load_checks(&cluster, node, &secret, count, concurrency).await?;
+            report(&format!("POST /v1/check, {concurrency} clients"), &h, elapsed);
         }
         What::ColdStart { keys, concurrency } => {
             let leader = cluster.leader().await?;
