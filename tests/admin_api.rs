@@ -73,6 +73,26 @@ async fn bad_input_on_every_admin_route_is_a_4xx_that_changes_nothing() {
             json!({"name": "x", "routes": [{"method": "GET", "path": "/", "authorizer_id": "missing"}]}),
             "routes[0].authorizer_id",
         ),
+        (
+            "apis",
+            json!({"name": "x", "waf": [{"name": "r", "condition": {"path_matches": "(unclosed"}}]}),
+            "waf[0].condition.path_matches",
+        ),
+        (
+            "apis",
+            json!({"name": "x", "waf": [{"name": "r", "condition": {"path_matches": "a{1000}{1000}"}}]}),
+            "waf[0].condition.path_matches",
+        ),
+        (
+            "apis",
+            json!({"name": "x", "waf": [{"name": "r", "condition": {"rate_per_ip": {"limit": 0, "window_secs": 1}}}]}),
+            "waf[0].condition.rate_per_ip.limit",
+        ),
+        (
+            "apis",
+            json!({"name": "x", "cors": {"allow_origins": ["*"], "allow_credentials": true}}),
+            "cors.allow_credentials",
+        ),
         ("keys", json!({"name": "k", "plan_ids": ["missing"]}), "plan_ids[0]"),
         ("keys", json!({"name": "k", "expires_at": "tomorrow"}), "expires_at"),
         ("keys", json!({"name": ""}), "name"),
@@ -117,16 +137,7 @@ async fn bad_input_on_every_admin_route_is_a_4xx_that_changes_nothing() {
     assert_eq!(cluster.call(node, Method::DELETE, "/v1/admin/cluster/nodes/1", None).await.0, 409, "last voter");
 
     // Too large a body.
-    let huge = format!("{{\"name\": \"{}\"}}", "x".repeat(2 << 20));
-    let resp = cluster
-        .http
-        .post(format!("{}/v1/admin/keys", cluster.url(node)))
-        .bearer_auth(harness::TOKEN)
-        .body(huge)
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(resp.status().as_u16(), 413);
+    assert_eq!(harness::post_announcing(cluster.node(node).http_port, "/v1/admin/keys", 2 << 20).await, 413);
 
     // Nothing was stored by any of it, and the node is still serving.
     for collection in collections {

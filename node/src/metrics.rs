@@ -22,6 +22,8 @@ pub struct Metrics {
     /// only: anything else is counted as `_unknown`).
     decisions: IntCounterVec,
     check_seconds: Histogram,
+    /// Counters the gateway updates itself (authorizer cache, WAF counts).
+    pub gateway: crate::gateway::GatewayStats,
     term: IntGauge,
     leader: IntGauge,
     is_leader: IntGauge,
@@ -69,11 +71,15 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("metric: {e}"));
         let _ = registry.register(Box::new(check_seconds.clone()));
+        let gateway = crate::gateway::GatewayStats::default();
+        let _ = registry.register(Box::new(gateway.authorizer_cache.clone()));
+        let _ = registry.register(Box::new(gateway.waf_counted.clone()));
         Metrics {
             admin_requests,
             forwarded,
             decisions,
             check_seconds,
+            gateway,
             term: gauge(&registry, "tollgate_raft_term", "Current Raft term."),
             leader: gauge(&registry, "tollgate_raft_leader_id", "Id of the known leader, 0 if none."),
             is_leader: gauge(&registry, "tollgate_raft_is_leader", "1 if this node is the leader."),

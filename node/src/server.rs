@@ -71,17 +71,20 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         .await
         .context("starting raft")?;
 
+    let metrics = Metrics::new();
+    let clock = Arc::new(crate::gateway::limits::SystemClock);
+    let gateway = crate::gateway::Gateway::with_stats(published.clone(), clock, metrics.gateway.clone());
     let app = Arc::new(App {
         id: config.id,
         addr: addr.clone(),
         raft: raft.clone(),
-        gateway: crate::gateway::Gateway::new(published.clone(), Arc::new(crate::gateway::limits::SystemClock)),
+        gateway,
         model: published,
         peers,
         bootstrap_token: config.admin_token.as_deref().map(Digest::of),
         cluster_token: config.cluster_token.as_deref().map(Digest::of),
         committed,
-        metrics: Metrics::new(),
+        metrics,
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -90,8 +90,17 @@ pub enum ReasonCode {
     UnknownStage,
     NoRoute,
     InvalidRequest,
+    WafBlocked,
+    WafRateLimited,
     ResourcePolicyDenied,
     CorsOriginDenied,
+    MissingToken,
+    InvalidToken,
+    TokenExpired,
+    InsufficientScope,
+    AuthorizerDenied,
+    AuthorizerTimeout,
+    AuthorizerError,
     MissingKey,
     UnknownKey,
     DisabledKey,
@@ -112,7 +121,12 @@ impl ReasonCode {
             ReasonCode::CorsPreflight => 204,
             ReasonCode::UnknownApi | ReasonCode::UnknownStage | ReasonCode::NoRoute => 404,
             ReasonCode::InvalidRequest => 400,
-            ReasonCode::ResourcePolicyDenied
+            ReasonCode::MissingToken | ReasonCode::InvalidToken | ReasonCode::TokenExpired => 401,
+            ReasonCode::AuthorizerTimeout | ReasonCode::AuthorizerError => 503,
+            ReasonCode::WafBlocked
+            | ReasonCode::InsufficientScope
+            | ReasonCode::AuthorizerDenied
+            | ReasonCode::ResourcePolicyDenied
             | ReasonCode::CorsOriginDenied
             | ReasonCode::MissingKey
             | ReasonCode::UnknownKey
@@ -121,7 +135,10 @@ impl ReasonCode {
             | ReasonCode::KeyNotInPlan
             | ReasonCode::PolicyDenied
             | ReasonCode::ImplicitDeny => 403,
-            ReasonCode::Throttled | ReasonCode::StageThrottled | ReasonCode::QuotaExceeded => 429,
+            ReasonCode::WafRateLimited
+            | ReasonCode::Throttled
+            | ReasonCode::StageThrottled
+            | ReasonCode::QuotaExceeded => 429,
         }
     }
 
@@ -133,6 +150,15 @@ impl ReasonCode {
             ReasonCode::UnknownStage => "unknown_stage",
             ReasonCode::NoRoute => "no_route",
             ReasonCode::InvalidRequest => "invalid_request",
+            ReasonCode::WafBlocked => "waf_blocked",
+            ReasonCode::WafRateLimited => "waf_rate_limited",
+            ReasonCode::MissingToken => "missing_token",
+            ReasonCode::InvalidToken => "invalid_token",
+            ReasonCode::TokenExpired => "token_expired",
+            ReasonCode::InsufficientScope => "insufficient_scope",
+            ReasonCode::AuthorizerDenied => "authorizer_denied",
+            ReasonCode::AuthorizerTimeout => "authorizer_timeout",
+            ReasonCode::AuthorizerError => "authorizer_error",
             ReasonCode::ResourcePolicyDenied => "resource_policy_denied",
             ReasonCode::CorsOriginDenied => "cors_origin_denied",
             ReasonCode::MissingKey => "missing_key",

@@ -106,10 +106,51 @@ pub struct Api {
     /// Cross-origin settings; without them no CORS headers are added.
     #[serde(default)]
     pub cors: Option<Cors>,
+    /// WAF-style rules, checked in order before anything else.
+    #[serde(default)]
+    pub waf: Vec<WafRule>,
     #[serde(default)]
     pub created_at: Timestamp,
     #[serde(default)]
     pub updated_at: Timestamp,
+}
+
+/// A WAF-style rule: a condition on the request and what to do on a match.
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WafRule {
+    pub name: String,
+    #[serde(default)]
+    pub action: WafAction,
+    pub condition: WafCondition,
+}
+
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WafAction {
+    /// Deny the request (403; 429 for rate rules).
+    #[default]
+    Block,
+    /// Only count matches (metrics), to try a rule before it blocks.
+    Count,
+}
+
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WafCondition {
+    /// The source address is in one of these networks (v4 or v6).
+    IpSet(Vec<String>),
+    /// The body is larger than this many bytes.
+    MaxBodyBytes(u64),
+    /// The headers (names and values together) are larger than this.
+    MaxHeaderBytes(u64),
+    /// The path matches this regular expression.
+    PathMatches(String),
+    /// The raw query (`a=1&b=2`, keys sorted) matches this regular expression.
+    QueryMatches(String),
+    /// A header is present and its value matches the regular expression.
+    HeaderMatches { name: String, regex: String },
+    /// More than `limit` requests from one source address in `window_secs`.
+    RatePerIp { limit: u32, window_secs: u32 },
 }
 
 /// CORS settings of an API: preflights are answered by the check, and every

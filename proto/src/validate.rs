@@ -181,6 +181,64 @@ pub fn api(a: &Api) -> Checked {
     if let Some(c) = &a.cors {
         cors(c)?;
     }
+    list_len("waf", &a.waf)?;
+    for (i, rule) in a.waf.iter().enumerate() {
+        waf_rule(&format!("waf[{i}]"), rule)?;
+    }
+    Ok(())
+}
+
+/// Longest WAF regular expression, and the most memory one may compile to.
+pub const MAX_REGEX_LEN: usize = 1024;
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// Compiles a WAF regular expression within the size limits.
+pub fn waf_regex(pattern: &str) -> Result<regex::Regex, String> {
+    if pattern.len() > MAX_REGEX_LEN {
+        return Err(format!("must be at most {MAX_REGEX_LEN} characters"));
+    }
+    regex::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| format!("not a valid regular expression: {e}"))
+}
+
+fn waf_rule(at: &str, rule: &WafRule) -> Checked {
+    name(&format!("{at}.name"), &rule.name)?;
+    let field = format!("{at}.condition");
+    match &rule.condition {
+        WafCondition::IpSet(nets) => {
+            non_empty(&format!("{field}.ip_set"), nets)?;
+            for (i, n) in nets.iter().enumerate() {
+                if n.parse::<ipnet::IpNet>().is_err() && n.parse::<IpAddr>().is_err() {
+                    return fail(format!("{field}.ip_set[{i}]"), format!("{n:?} is not an IP address or CIDR block"));
+                }
+            }
+        }
+        WafCondition::MaxBodyBytes(0) | WafCondition::MaxHeaderBytes(0) => {
+            return fail(field, "the size must be at least 1 byte");
+        }
+        WafCondition::MaxBodyBytes(_) | WafCondition::MaxHeaderBytes(_) => {}
+        WafCondition::PathMatches(r) => {
+            waf_regex(r).map(|_| ()).or_else(|m| fail(format!("{field}.path_matches"), m))?
+        }
+        WafCondition::QueryMatches(r) => {
+            waf_regex(r).map(|_| ()).or_else(|m| fail(format!("{field}.query_matches"), m))?
+        }
+        WafCondition::HeaderMatches { name, regex } => {
+            header_name(&format!("{field}.header_matches.name"), name)?;
+            waf_regex(regex).map(|_| ()).or_else(|m| fail(format!("{field}.header_matches.regex"), m))?;
+        }
+        WafCondition::RatePerIp { limit, window_secs } => {
+            if *limit == 0 {
+                return fail(format!("{field}.rate_per_ip.limit"), "must be at least 1");
+            }
+            if *window_secs == 0 || *window_secs > 86_400 {
+                return fail(format!("{field}.rate_per_ip.window_secs"), "must be 1 to 86400");
+            }
+        }
+    }
     Ok(())
 }
 

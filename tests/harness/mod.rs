@@ -340,3 +340,20 @@ impl Drop for Process {
 pub async fn wait_http(http: &reqwest::Client, url: &str) {
     wait_until(&format!("{url} answers"), || async { http.get(url).send().await.is_ok() }).await;
 }
+
+/// POSTs headers announcing a `length`-byte body (and no body) over a raw
+/// socket and returns the status the server answers with. An oversized body
+/// must be refused from its `Content-Length` alone; sending the body too would
+/// race the server closing the connection.
+pub async fn post_announcing(http_port: u16, path: &str, length: usize) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", http_port)).await.expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(PATIENCE, stream.read(&mut answer)).await.expect("answer in time").expect("read");
+    let text = String::from_utf8_lossy(&answer[..n]);
+    text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("not an HTTP answer: {text}"))
+}

@@ -53,6 +53,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route(READ_INDEX, post(read_index))
         .route(MEMBERSHIP, post(membership))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_PEER_BODY))
         .with_state(app)
 }
 

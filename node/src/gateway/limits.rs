@@ -87,8 +87,21 @@ fn shift_month(date: Date, by: i32) -> Date {
 /// Which bucket: a key's (per plan, or per method override of the plan), or a stage's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum BucketId {
-    Key { key: String, plan: String, method_override: Option<usize> },
-    Stage { api: String, stage: String },
+    Key {
+        key: String,
+        plan: String,
+        method_override: Option<usize>,
+    },
+    Stage {
+        api: String,
+        stage: String,
+    },
+    /// A WAF rate rule's count for one source address.
+    WafIp {
+        api: String,
+        rule: usize,
+        ip: std::net::IpAddr,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -219,6 +232,19 @@ impl Limiter {
             });
         }
         Ok(tightest)
+    }
+
+    /// Takes one token from a single bucket (WAF rate rules count every
+    /// request they see); `Err(retry_after_secs)` when it is empty.
+    pub fn take(&self, id: BucketId, t: Throttle, now_ms: i64) -> Result<(), u64> {
+        let mut guard = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let b = guard.buckets.entry(id).or_insert_with(|| Bucket::full(&t, now_ms));
+        b.refill(&t, now_ms);
+        if b.tokens < 1.0 {
+            return Err(b.retry_after_secs(&t));
+        }
+        b.tokens -= 1.0;
+        Ok(())
     }
 
     /// Requests counted for a key, plan and period on this node.

@@ -4,11 +4,12 @@
 //! can end it with a decision:
 //!
 //! 1. resolve the API, stage and route (unknown ones: a 404 decision);
-//! 2. the API resource policy's explicit denies for everyone (source network,
-//!    calling proxy);
+//! 2. WAF rules (IP sets, sizes, regex matches, per-IP rates), then the API
+//!    resource policy's explicit denies for everyone (source network, proxy);
 //! 3. CORS: a preflight is answered here; CORS headers go on every decision;
-//! 4. authentication: the API key (hashed lookup; missing, unknown, disabled,
-//!    expired each have their own reason);
+//! 4. authentication: the route's JWT or HTTP authorizer, then the API key
+//!    (hashed lookup; missing, unknown, disabled, expired each have their own
+//!    reason);
 //! 5. authorization: resource and principal policies together;
 //! 6. throttles and 7. quota: charged only if every limit has room;
 //! 8. allow, with rate-limit headers and the principal for the backend.
@@ -17,17 +18,20 @@
 //! machine after each apply) and never writes to the Raft log. Its only shared
 //! mutable state is the limiter, behind a lock never held across `.await`.
 
+pub mod authorizer;
 pub mod cors;
+pub mod jwt;
 pub mod limits;
 pub mod pattern;
 pub mod policy;
+pub mod waf;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use tollgate_proto::check::{CheckRequest, Decision, LimitState, Principal, ReasonCode};
-use tollgate_proto::model::{Api, ApiKey, Entity, EntityKind, Route, Stage, UsagePlan};
+use tollgate_proto::model::{Api, ApiKey, AuthorizerKind, Entity, EntityKind, Route, Stage, UsagePlan};
 use tollgate_proto::validate::HTTP_METHODS;
 use tollgate_proto::FieldError;
 
@@ -45,6 +49,35 @@ pub struct Gateway {
     model: SharedModel,
     limiter: Limiter,
     clock: Arc<dyn Clock>,
+    waf: waf::Waf,
+    pub(crate) jwt: jwt::JwtVerifier,
+    authorizers: authorizer::HttpAuthorizers,
+    /// Authorizer cache results (`hit`/`miss`) and WAF `count` matches.
+    stats: GatewayStats,
+}
+
+/// Counters the gateway keeps; registered in the node's Prometheus registry.
+#[derive(Clone)]
+pub struct GatewayStats {
+    pub authorizer_cache: prometheus::IntCounterVec,
+    pub waf_counted: prometheus::IntCounterVec,
+}
+
+impl Default for GatewayStats {
+    fn default() -> Self {
+        let vec = |name: &str, help: &str, label: &str| {
+            prometheus::IntCounterVec::new(prometheus::Opts::new(name, help), &[label])
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+        };
+        GatewayStats {
+            authorizer_cache: vec(
+                "tollgate_authorizer_cache_total",
+                "HTTP authorizer answers by cache result.",
+                "result",
+            ),
+            waf_counted: vec("tollgate_waf_counted_total", "Matches of WAF rules in count mode, by rule.", "rule"),
+        }
+    }
 }
 
 /// A check request after validation: names lower-cased, the IP parsed.
@@ -127,7 +160,19 @@ fn plan_for<'m>(model: &'m crate::state::Model, key: &ApiKey, api: &str, stage: 
 
 impl Gateway {
     pub fn new(model: SharedModel, clock: Arc<dyn Clock>) -> Self {
-        Gateway { model, limiter: Limiter::default(), clock }
+        Self::with_stats(model, clock, GatewayStats::default())
+    }
+
+    pub fn with_stats(model: SharedModel, clock: Arc<dyn Clock>, stats: GatewayStats) -> Self {
+        Gateway {
+            model,
+            limiter: Limiter::default(),
+            clock,
+            waf: waf::Waf::default(),
+            jwt: jwt::JwtVerifier::default(),
+            authorizers: authorizer::HttpAuthorizers::default(),
+            stats,
+        }
     }
 
     /// Decides one request. A malformed request is an error naming the field;
@@ -173,7 +218,17 @@ impl Gateway {
             claims: None,
         };
 
-        // 2. Resource policy: explicit denies that apply to everyone.
+        // 2. WAF rules, then the resource policy's explicit denies for everyone.
+        let mut counted = |rule: &str| self.stats.waf_counted.with_label_values(&[rule]).inc();
+        if let Some(blocked) =
+            self.waf.evaluate(&api.id, &api.waf, req, &c.headers, c.source_ip, &self.limiter, now_ms, &mut counted)
+        {
+            let mut d = decision(blocked.reason, format!("blocked by WAF rule {:?}", blocked.rule));
+            if let Some(retry) = blocked.retry_after_secs {
+                d.response_headers.push(("retry-after".into(), retry.to_string()));
+            }
+            return Ok(self.finish(d, api, &c));
+        }
         if policy::early_deny(model, &api.id, &facts) {
             return Ok(self.finish(
                 decision(ReasonCode::ResourcePolicyDenied, "denied by the API's resource policy"),
@@ -195,9 +250,90 @@ impl Gateway {
             });
         }
 
-        // 4. Authentication: the API key, when the route requires one.
+        // 4. Authentication: the route's authorizer, then the API key.
         let mut principal_names: Vec<String> = Vec::new();
+        let mut principal_id: Option<String> = None;
+        let mut claims: Option<BTreeMap<String, String>> = None;
+        let mut context: BTreeMap<String, String> = BTreeMap::new();
         let mut key: Option<&ApiKey> = None;
+        if let Some((route, authorizer_id)) = route.and_then(|r| Some((r, r.authorizer_id.as_deref()?))) {
+            let Some(Entity::Authorizer(authorizer)) = model.get(EntityKind::Authorizer, authorizer_id) else {
+                let d = decision(ReasonCode::AuthorizerError, format!("authorizer {authorizer_id:?} does not exist"));
+                return Ok(self.finish(d, api, &c));
+            };
+            match &authorizer.kind {
+                AuthorizerKind::Jwt(config) => {
+                    let bearer = c
+                        .headers
+                        .get("authorization")
+                        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty());
+                    let Some(token) = bearer else {
+                        return Ok(self.finish(
+                            decision(ReasonCode::MissingToken, "a bearer token is required"),
+                            api,
+                            &c,
+                        ));
+                    };
+                    match self.jwt.verify(config, token, &route.scopes).await {
+                        Ok(verified) => {
+                            if let Some(sub) = &verified.subject {
+                                principal_names.push(format!("sub:{sub}"));
+                                principal_id = Some(format!("sub:{sub}"));
+                            }
+                            principal_names.extend(verified.groups.iter().map(|g| format!("group:{g}")));
+                            if let Some(sub) = &verified.subject {
+                                context.insert("sub".into(), sub.clone());
+                            }
+                            claims = Some(verified.claims);
+                        }
+                        Err(failure) => {
+                            let (reason, why) = match failure {
+                                jwt::Failure::Expired => {
+                                    (ReasonCode::TokenExpired, "the token has expired".to_string())
+                                }
+                                jwt::Failure::Invalid(why) => (ReasonCode::InvalidToken, why),
+                                jwt::Failure::MissingScope(s) => {
+                                    (ReasonCode::InsufficientScope, format!("scope {s} is required"))
+                                }
+                                jwt::Failure::KeysUnavailable(why) => (ReasonCode::AuthorizerError, why),
+                            };
+                            return Ok(self.finish(decision(reason, why), api, &c));
+                        }
+                    }
+                }
+                AuthorizerKind::Http(config) => {
+                    match self.authorizers.authorize(&authorizer.id, config, req, &c.headers, &resource).await {
+                        Ok(outcome) => {
+                            let result = if outcome.cache_hit { "hit" } else { "miss" };
+                            self.stats.authorizer_cache.with_label_values(&[result]).inc();
+                            if !outcome.allowed {
+                                let d = decision(ReasonCode::AuthorizerDenied, "the authorizer denied the request");
+                                return Ok(self.finish(d, api, &c));
+                            }
+                            if let Some(p) = &outcome.principal_id {
+                                principal_names.push(p.clone());
+                                principal_id = Some(p.clone());
+                            }
+                            context.extend(outcome.context);
+                        }
+                        Err(failure) => {
+                            let (reason, why) = match failure {
+                                authorizer::Failure::MissingIdentity(s) => {
+                                    (ReasonCode::MissingToken, format!("{s} is required"))
+                                }
+                                authorizer::Failure::TimedOut => {
+                                    (ReasonCode::AuthorizerTimeout, "the authorizer timed out".into())
+                                }
+                                authorizer::Failure::Error(why) => (ReasonCode::AuthorizerError, why),
+                            };
+                            return Ok(self.finish(decision(reason, why), api, &c));
+                        }
+                    }
+                }
+            }
+        }
         if route.is_some_and(|r| r.api_key_required) {
             let Some(presented) = presented_key(api, &c) else {
                 return Ok(self.finish(decision(ReasonCode::MissingKey, "an API key is required"), api, &c));
@@ -231,6 +367,7 @@ impl Gateway {
         }
         facts.principals = &principal_names;
         facts.tags = key.map(|k| &k.tags);
+        facts.claims = claims.as_ref();
 
         // 5. Authorization.
         match policy::evaluate(model, &api.id, &facts) {
@@ -275,14 +412,17 @@ impl Gateway {
         let mut d = decision(ReasonCode::Allowed, "allowed");
         d.limit = limit;
         if let Some(k) = key {
-            d.principal = Some(Principal {
-                id: format!("key:{}", k.id),
-                key_id: Some(k.id.clone()),
-                plan_id: plan.map(|p| p.id.clone()),
-                customer_id: k.customer_id.clone(),
-            });
-            d.context = k.tags.iter().map(|(n, v)| (format!("tag.{n}"), v.clone())).collect();
+            context.extend(k.tags.iter().map(|(n, v)| (format!("tag.{n}"), v.clone())));
         }
+        if principal_id.is_some() || key.is_some() {
+            d.principal = Some(Principal {
+                id: principal_id.unwrap_or_else(|| key.map(|k| format!("key:{}", k.id)).unwrap_or_default()),
+                key_id: key.map(|k| k.id.clone()),
+                plan_id: plan.map(|p| p.id.clone()),
+                customer_id: key.and_then(|k| k.customer_id.clone()),
+            });
+        }
+        d.context = context;
         Ok(self.finish(d, api, &c))
     }
 

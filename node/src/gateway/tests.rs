@@ -412,3 +412,271 @@ async fn malformed_check_requests_are_refused_naming_the_field() {
         assert_eq!(err.field, field);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Authorizers and WAF
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use base64::Engine;
+use jsonwebtoken::{EncodingKey, Header};
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// An ES256 key pair: the signing key and its public JWK.
+fn es256_key(kid: &str) -> (EncodingKey, serde_json::Value) {
+    let pair = rcgen::KeyPair::generate().expect("key pair");
+    let raw = pair.public_key_raw();
+    let jwk = json!({"kty": "EC", "crv": "P-256", "kid": kid, "x": b64(&raw[1..33]), "y": b64(&raw[33..65])});
+    (EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).expect("pem"), jwk)
+}
+
+fn token(key: &EncodingKey, kid: &str, claims: serde_json::Value) -> String {
+    let mut header = Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, &claims, key).expect("sign")
+}
+
+fn claims(extra: serde_json::Value) -> serde_json::Value {
+    let now = NOW_MS / 1000;
+    let mut c = json!({"sub": "user-1", "iss": "https://issuer.example", "aud": "pets-api",
+        "exp": (jsonwebtoken::get_current_timestamp() + 3600), "iat": now, "scope": "orders:read profile",
+        "cognito:groups": ["admins"]});
+    if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+        c.extend(extra.clone());
+    }
+    c
+}
+
+fn shop_api(authorizer: &str) -> Entity {
+    Entity::Api(entity(json!({"id": "shop", "name": "Shop", "stages": [{"name": "prod"}],
+        "routes": [{"method": "GET", "path": "/orders/*", "authorizer_id": authorizer, "scopes": ["orders:read"]},
+                   {"method": "DELETE", "path": "/orders/*", "authorizer_id": authorizer}]})))
+}
+
+fn jwt_authorizer(id: &str, jwks: serde_json::Value, jwks_url: Option<String>) -> Entity {
+    Entity::Authorizer(entity(json!({"id": id, "name": id, "kind": {"jwt": {
+        "issuer": "https://issuer.example", "audiences": ["pets-api"], "algorithms": ["ES256"],
+        "jwks": jwks, "jwks_url": jwks_url, "leeway_secs": 30}}})))
+}
+
+fn bearer(method: &str, path: &str, token: Option<&str>) -> CheckRequest {
+    let mut r = request(method, path, None);
+    r.api = "shop".into();
+    if let Some(t) = token {
+        r.headers.insert("Authorization".into(), format!("Bearer {t}"));
+    }
+    r
+}
+
+#[tokio::test]
+async fn jwt_authorizer_accepts_only_valid_tokens_with_their_scopes() {
+    let (key, jwk) = es256_key("k1");
+    let (other_key, _) = es256_key("k1");
+    let g = Fixture::new().with(jwt_authorizer("jwt", json!([jwk]), None)).with(shop_api("jwt")).gateway();
+
+    let good = token(&key, "k1", claims(json!({})));
+    let d = decide(&g, &bearer("GET", "/orders/1", Some(&good))).await;
+    assert_eq!(d.reason, ReasonCode::Allowed, "{}", d.message);
+    assert_eq!(d.principal.map(|p| p.id), Some("sub:user-1".into()));
+
+    let expired = claims(json!({"exp": jsonwebtoken::get_current_timestamp() - 120}));
+    let hmac = jsonwebtoken::encode(
+        &Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims(json!({})),
+        &EncodingKey::from_secret(jwk.to_string().as_bytes()),
+    )
+    .expect("sign");
+    let cases = [
+        (None, ReasonCode::MissingToken, 401),
+        (Some(token(&key, "k1", claims(json!({"aud": "someone-else"})))), ReasonCode::InvalidToken, 401),
+        (Some(token(&key, "k1", claims(json!({"iss": "https://evil.example"})))), ReasonCode::InvalidToken, 401),
+        (Some(token(&key, "k1", expired)), ReasonCode::TokenExpired, 401),
+        (Some(token(&key, "k2", claims(json!({})))), ReasonCode::InvalidToken, 401),
+        (Some(token(&other_key, "k1", claims(json!({})))), ReasonCode::InvalidToken, 401),
+        // An HS256 token made with the public key as the HMAC secret: the alg is not accepted.
+        (Some(hmac), ReasonCode::InvalidToken, 401),
+        (Some("not.a.jwt".to_string()), ReasonCode::InvalidToken, 401),
+        (Some(token(&key, "k1", claims(json!({"scope": "profile"})))), ReasonCode::InsufficientScope, 403),
+    ];
+    for (t, reason, status) in cases {
+        let d = decide(&g, &bearer("GET", "/orders/1", t.as_deref())).await;
+        assert_eq!((d.reason, d.status), (reason, status), "token {t:?}: {}", d.message);
+    }
+    // DELETE needs no scope; a claim-based policy denies non-admins.
+    assert_eq!(reason(&g, &bearer("DELETE", "/orders/1", Some(&good))).await, ReasonCode::Allowed);
+    let g = Fixture::new()
+        .with(jwt_authorizer("jwt", json!([jwk]), None))
+        .with(shop_api("jwt"))
+        .with(policy(
+            "admins-delete",
+            None,
+            json!([{"effect": "Deny", "principals": ["*"], "actions": ["invoke"], "resources": ["shop/*/DELETE/*"],
+                    "conditions": [{"operator": "StringNotEquals", "key": "claim:cognito:groups", "values": ["admins"]}]}]),
+        ))
+        .gateway();
+    assert_eq!(reason(&g, &bearer("DELETE", "/orders/1", Some(&good))).await, ReasonCode::Allowed);
+    let outsider = token(&key, "k1", claims(json!({"cognito:groups": ["staff"]})));
+    assert_eq!(reason(&g, &bearer("DELETE", "/orders/1", Some(&outsider))).await, ReasonCode::PolicyDenied);
+}
+
+#[tokio::test]
+async fn jwks_are_fetched_cached_and_refreshed_on_an_unknown_kid() {
+    let (k1, jwk1) = es256_key("k1");
+    let (k2, jwk2) = es256_key("k2");
+    let served = Arc::new(Mutex::new(vec![jwk1]));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let app = {
+        let (served, fetches) = (served.clone(), fetches.clone());
+        axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || async move {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                let keys = served.lock().map(|k| k.clone()).unwrap_or_default();
+                axum::Json(json!({"keys": keys}))
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/jwks.json", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut g = Fixture::new().with(jwt_authorizer("jwt", json!([]), Some(url))).with(shop_api("jwt")).gateway();
+    g.jwt.min_refresh = std::time::Duration::ZERO;
+    let first = token(&k1, "k1", claims(json!({})));
+    assert_eq!(reason(&g, &bearer("GET", "/orders/1", Some(&first))).await, ReasonCode::Allowed);
+    assert_eq!(reason(&g, &bearer("GET", "/orders/2", Some(&first))).await, ReasonCode::Allowed);
+    assert_eq!(fetches.load(Ordering::SeqCst), 1, "the second check used the cached keys");
+
+    // The issuer rotates in a new key: a token naming it triggers a refetch.
+    if let Ok(mut keys) = served.lock() {
+        keys.push(jwk2);
+    }
+    let rotated = token(&k2, "k2", claims(json!({})));
+    assert_eq!(reason(&g, &bearer("GET", "/orders/1", Some(&rotated))).await, ReasonCode::Allowed);
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+}
+
+/// A custom authorizer that answers by token and counts its calls.
+async fn start_authorizer() -> (String, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let app = axum::Router::new().route(
+        "/authorize",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let token = body["authorization_token"].as_str().unwrap_or("").to_string();
+                match token.as_str() {
+                    "allow-me" => (
+                        axum::http::StatusCode::OK,
+                        axum::Json(json!({"allow": true, "principal_id": "user-7", "context": {"tier": "gold"}})),
+                    ),
+                    "reads-only" => (
+                        axum::http::StatusCode::OK,
+                        axum::Json(json!({"principalId": "reader",
+                        "policyDocument": {"Statement": [{"Effect": "Allow", "Resource": "shop/*/GET/*"}]}})),
+                    ),
+                    "slow" => {
+                        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                        (axum::http::StatusCode::OK, axum::Json(json!({"allow": true})))
+                    }
+                    "broken" => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({}))),
+                    _ => (axum::http::StatusCode::OK, axum::Json(json!({"allow": false}))),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/authorize", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, calls)
+}
+
+#[tokio::test]
+async fn http_authorizer_answers_are_cached_and_failures_have_their_own_reasons() {
+    let (url, calls) = start_authorizer().await;
+    let authorizer = Entity::Authorizer(entity(json!({"id": "lambda", "name": "lambda", "kind": {"http": {
+        "url": url, "identity_sources": ["header:authorization"], "cache_ttl_secs": 300, "timeout_ms": 200}}})));
+    let g = Fixture::new().with(authorizer).with(shop_api("lambda")).gateway();
+    let with = |method: &str, t: Option<&str>| {
+        let mut r = bearer(method, "/orders/1", None);
+        if let Some(t) = t {
+            r.headers.insert("authorization".into(), t.into());
+        }
+        r
+    };
+
+    let d = decide(&g, &with("GET", Some("allow-me"))).await;
+    assert_eq!(d.reason, ReasonCode::Allowed, "{}", d.message);
+    assert_eq!(d.principal.map(|p| p.id), Some("user-7".into()));
+    assert_eq!(d.context.get("tier").map(String::as_str), Some("gold"));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(reason(&g, &with("GET", Some("allow-me"))).await, ReasonCode::Allowed);
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the second check was answered from the cache");
+    assert_eq!(g.stats.authorizer_cache.with_label_values(&["hit"]).get(), 1);
+
+    assert_eq!(decide(&g, &with("GET", Some("deny-me"))).await.status, 403);
+    assert_eq!(reason(&g, &with("GET", Some("deny-me"))).await, ReasonCode::AuthorizerDenied);
+    assert_eq!(reason(&g, &with("GET", None)).await, ReasonCode::MissingToken);
+    // A policy document is evaluated per request, also from the cache.
+    assert_eq!(reason(&g, &with("GET", Some("reads-only"))).await, ReasonCode::Allowed);
+    assert_eq!(reason(&g, &with("DELETE", Some("reads-only"))).await, ReasonCode::AuthorizerDenied);
+
+    let started = std::time::Instant::now();
+    let d = decide(&g, &with("GET", Some("slow"))).await;
+    assert_eq!((d.reason, d.status), (ReasonCode::AuthorizerTimeout, 503));
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "the check did not wait for the slow authorizer");
+    assert_eq!(reason(&g, &with("GET", Some("broken"))).await, ReasonCode::AuthorizerError);
+}
+
+#[tokio::test]
+async fn waf_rules_block_by_network_size_pattern_and_rate() {
+    let api = Entity::Api(entity(json!({"id": "pets", "name": "Pets", "stages": [{"name": "prod"}],
+    "waf": [
+        {"name": "bad-net", "condition": {"ip_set": ["203.0.113.0/24", "2001:db8:bad::/48"]}},
+        {"name": "big-body", "condition": {"max_body_bytes": 1000}},
+        {"name": "big-headers", "condition": {"max_header_bytes": 4096}},
+        {"name": "no-admin", "condition": {"path_matches": "(?i)^/admin"}},
+        {"name": "scanner", "condition": {"header_matches": {"name": "user-agent", "regex": "sqlmap|nikto"}}},
+        {"name": "debug", "action": "count", "condition": {"query_matches": "debug=1"}},
+        {"name": "per-ip", "condition": {"rate_per_ip": {"limit": 3, "window_secs": 60}}}
+    ]})));
+    let g = Fixture::new().with(api).gateway();
+    let req = |ip: &str| {
+        let mut r = request("GET", "/anything", None);
+        r.source_ip = Some(ip.into());
+        r
+    };
+    assert_eq!(reason(&g, &req("203.0.113.50")).await, ReasonCode::WafBlocked);
+    assert_eq!(reason(&g, &req("2001:db8:bad::1")).await, ReasonCode::WafBlocked);
+    let mut big = req("198.51.100.1");
+    big.body_size = Some(5000);
+    assert_eq!(reason(&g, &big).await, ReasonCode::WafBlocked);
+    let mut heavy = req("198.51.100.1");
+    heavy.headers.insert("cookie".into(), "x".repeat(5000));
+    assert_eq!(reason(&g, &heavy).await, ReasonCode::WafBlocked);
+    let mut admin = req("198.51.100.1");
+    admin.path = "/ADMIN/users".into();
+    assert_eq!(reason(&g, &admin).await, ReasonCode::WafBlocked);
+    let mut scanner = req("198.51.100.1");
+    scanner.headers.insert("User-Agent".into(), "sqlmap/1.7".into());
+    assert_eq!(reason(&g, &scanner).await, ReasonCode::WafBlocked);
+    // A count rule only counts.
+    let mut debug = req("198.51.100.2");
+    debug.query.insert("debug".into(), "1".into());
+    assert_eq!(reason(&g, &debug).await, ReasonCode::Allowed);
+    assert_eq!(g.stats.waf_counted.with_label_values(&["debug"]).get(), 1);
+    // 3 per minute per address (the blocked requests above came from other rules first).
+    for _ in 0..2 {
+        assert_eq!(reason(&g, &req("198.51.100.2")).await, ReasonCode::Allowed);
+    }
+    let d = decide(&g, &req("198.51.100.2")).await;
+    assert_eq!((d.reason, d.status), (ReasonCode::WafRateLimited, 429));
+    assert!(header(&d, "retry-after").is_some());
+    assert_eq!(reason(&g, &req("198.51.100.3")).await, ReasonCode::Allowed, "another address has its own count");
+}

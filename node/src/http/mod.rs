@@ -50,6 +50,8 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(check::routes())
         .fallback(|| async { ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        // Refuses a body announced too large before reading any of it.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
         .with_state(app)
 }

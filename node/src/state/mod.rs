@@ -369,6 +369,7 @@ mod tests {
                 .collect(),
             routes: vec![],
             cors: None,
+            waf: vec![],
             created_at: Timestamp(0),
             updated_at: Timestamp(0),
         })
