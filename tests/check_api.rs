@@ -101,3 +101,60 @@ async fn a_rerolled_key_keeps_its_old_secret_for_the_overlap_window_only() {
     assert_eq!((status, err["error"]["field"].as_str()), (400, Some("overlap_secs")));
     assert_eq!(cluster.call(1, Method::POST, "/v1/admin/keys/nope/reroll", None).await.0, 404);
 }
+
+/// Verifies an identity token against a node's published keys.
+async fn verify_identity(cluster: &Cluster, node: u64, token: &str) -> Result<Value, String> {
+    let jwks: jsonwebtoken::jwk::JwkSet = cluster
+        .http
+        .get(format!("{}/.well-known/jwks.json", cluster.url(node)))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let kid = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?.kid.unwrap_or_default();
+    let jwk = jwks.find(&kid).ok_or(format!("kid {kid} is not published"))?;
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_issuer(&["tollgate"]);
+    validation.set_audience(&["pets"]);
+    jsonwebtoken::decode::<Value>(token, &key, &validation).map(|d| d.claims).map_err(|e| e.to_string())
+}
+
+fn identity_of(decision: &Value) -> String {
+    decision["upstream_headers"]
+        .as_array()
+        .and_then(|h| h.iter().find(|p| p[0] == "x-tollgate-identity"))
+        .and_then(|p| p[1].as_str())
+        .unwrap_or_else(|| panic!("no identity in {decision}"))
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identity_tokens_verify_on_every_node_and_survive_a_key_rotation() {
+    let cluster = Cluster::start(3).await;
+    cluster.leader().await;
+    let (key_id, secret) = setup(&cluster).await;
+    let before = identity_of(&check_with_key(&cluster, &secret).await);
+    for node in [1, 2, 3] {
+        harness::wait_until("the key reached every node", || async {
+            cluster.get(node, &format!("/v1/admin/keys/{key_id}?stale=true")).await.0 == 200
+        })
+        .await;
+    }
+    // Issued by node 1, verified with the keys any node publishes.
+    for node in [1, 2, 3] {
+        let claims = verify_identity(&cluster, node, &before).await.unwrap_or_else(|e| panic!("node {node}: {e}"));
+        assert_eq!(claims["key_id"], key_id);
+        assert_eq!(claims["plan_id"], "gold");
+    }
+    assert!(verify_identity(&cluster, 1, &format!("{before}x")).await.is_err(), "a tampered token fails");
+
+    let (status, rotated) = cluster.call(2, Method::POST, "/v1/admin/identity-key/rotate", None).await;
+    assert_eq!((status, rotated["kid"].as_str()), (200, Some("tollgate-2")), "{rotated}");
+    let after = identity_of(&check_with_key(&cluster, &secret).await);
+    assert_eq!(jsonwebtoken::decode_header(&after).ok().and_then(|h| h.kid).as_deref(), Some("tollgate-2"));
+    assert!(verify_identity(&cluster, 3, &after).await.is_ok());
+    assert!(verify_identity(&cluster, 3, &before).await.is_ok(), "the previous key is still published");
+}

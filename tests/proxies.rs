@@ -13,16 +13,35 @@ use axum::{Json, Router};
 use harness::{free_port, wait_http, Cluster, Process};
 use serde_json::{json, Value};
 
-/// A backend that echoes what the gateway told it.
-async fn start_upstream() -> u16 {
-    let app = Router::new().fallback(get(|headers: HeaderMap| async move {
-        let principal = headers.get("x-tollgate-principal").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        Json(json!({"principal": principal}))
+/// A backend that verifies the signed identity the gateway sent, against the
+/// keys a cluster node publishes, and echoes what it learned.
+async fn start_upstream(jwks_url: String) -> u16 {
+    let app = Router::new().fallback(get(move |headers: HeaderMap| {
+        let jwks_url = jwks_url.clone();
+        async move {
+            let principal = headers.get("x-tollgate-principal").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let token = headers.get("x-tollgate-identity").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let verified_sub = verify(&jwks_url, &token).await.unwrap_or_else(|e| format!("unverified: {e}"));
+            Json(json!({"principal": principal, "verified_sub": verified_sub}))
+        }
     }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move { axum::serve(listener, app).await });
     port
+}
+
+async fn verify(jwks_url: &str, token: &str) -> Result<String, String> {
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        reqwest::get(jwks_url).await.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())?;
+    let kid = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?.kid.unwrap_or_default();
+    let jwk = jwks.find(&kid).ok_or("unknown kid")?;
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&["pets"]);
+    validation.set_issuer(&["tollgate"]);
+    let claims = jsonwebtoken::decode::<Value>(token, &key, &validation).map_err(|e| e.to_string())?.claims;
+    Ok(claims["sub"].as_str().unwrap_or_default().to_string())
 }
 
 /// An API with a key-protected route, a plan with a small burst, and a key in it.
@@ -92,7 +111,7 @@ fn start_caddy(cluster: &Cluster, upstream: u16, port: u16, dir: &Path) -> Proce
 async fn proxy_protects_the_upstream(start: fn(&Cluster, u16, u16, &Path) -> Process) {
     let cluster = Cluster::start(3).await;
     let (key_id, secret) = configure(&cluster).await;
-    let upstream = start_upstream().await;
+    let upstream = start_upstream(format!("{}/.well-known/jwks.json", cluster.url(3))).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
     let _proxy = start(&cluster, upstream, port, dir.path());
@@ -113,6 +132,7 @@ async fn proxy_protects_the_upstream(start: fn(&Cluster, u16, u16, &Path) -> Pro
     assert_eq!(ok.status().as_u16(), 200);
     let body: Value = ok.json().await.unwrap_or(Value::Null);
     assert_eq!(body["principal"], format!("key:{key_id}"), "{body}");
+    assert_eq!(body["verified_sub"], format!("key:{key_id}"), "the signed identity verifies: {body}");
     // A bad key, and no key, are refused before the upstream.
     let bad = get("/pets/1", Some("tgk_not-a-key")).await.expect("request");
     assert_eq!(bad.status().as_u16(), 403);

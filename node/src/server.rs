@@ -73,7 +73,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
 
     let metrics = Metrics::new();
     let clock = Arc::new(crate::gateway::limits::SystemClock);
-    let gateway = crate::gateway::Gateway::with_stats(published.clone(), clock, metrics.gateway.clone());
+    let gateway = crate::gateway::Gateway::with_stats(
+        published.clone(),
+        clock,
+        metrics.gateway.clone(),
+        config.cluster_token.as_deref(),
+    );
     let app = Arc::new(App {
         id: config.id,
         addr: addr.clone(),

@@ -53,6 +53,9 @@ pub struct Decision {
     pub context: BTreeMap<String, String>,
     /// Headers for the response to the client (CORS, rate limits, Retry-After).
     pub response_headers: Vec<(String, String)>,
+    /// Headers for the request to the backend, on allow: the signed identity
+    /// (`x-tollgate-identity`) and who called.
+    pub upstream_headers: Vec<(String, String)>,
     /// The tightest limit that applied: for `RateLimit-*` headers.
     pub limit: Option<LimitState>,
 }

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Entity, EntityKind, SecretDigest, Timestamp};
+use crate::model::{Entity, EntityKind, IdentityKeyState, SecretDigest, Timestamp};
 
 /// What a Raft log entry carries: a command and the id of the request that
 /// proposed it. The state machine answers a request id it has seen recently
@@ -34,6 +34,9 @@ pub enum Command {
     /// Give a key a new secret; the current one keeps working until
     /// `overlap_until` (not at all if that is not after `now`).
     RerollKey { id: String, secret: SecretDigest, overlap_until: Timestamp, now: Timestamp },
+    /// Move identity signing to the next key version (the previous one stays
+    /// in the JWKS so tokens already issued still verify).
+    RotateIdentityKey { now: Timestamp },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +53,7 @@ pub type CommandResult = Result<Applied, Rejection>;
 pub enum Applied {
     Put(Entity),
     Deleted,
+    IdentityKey(IdentityKeyState),
     /// Entries that carry no command (blank entries, membership changes).
     Nothing,
 }

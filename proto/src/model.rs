@@ -630,6 +630,23 @@ pub enum Scope {
 }
 
 // ---------------------------------------------------------------------------
+// Signed identity
+
+/// Which key signs the identity tokens backends receive. Not a secret: every
+/// node derives the key itself from the cluster token and this version.
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityKeyState {
+    pub version: u64,
+    pub rotated_at: Timestamp,
+}
+
+impl Default for IdentityKeyState {
+    fn default() -> Self {
+        IdentityKeyState { version: 1, rotated_at: Timestamp(0) }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Entities as a whole
 
 /// Any stored object; what a `Put` command carries.

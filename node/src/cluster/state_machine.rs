@@ -16,13 +16,13 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use tollgate_proto::command::Applied;
-use tollgate_proto::model::Entity;
+use tollgate_proto::model::{Entity, IdentityKeyState};
 use tollgate_proto::{codec, CommandResult};
 
 use super::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
 use super::{storage_err, TypeConfig};
 use crate::state::requests::{self, RecentRequests, Remembered};
-use crate::state::{object_key, Model, OBJECT_PREFIX};
+use crate::state::{object_key, Model, IDENTITY_KEY, OBJECT_PREFIX};
 use crate::store::{Kv, Op, Space};
 
 const APPLIED: &[u8] = b"m/applied";
@@ -42,6 +42,7 @@ pub type SharedModel = Arc<ArcSwap<Published>>;
 struct SnapshotImage {
     objects: Vec<Entity>,
     requests: Vec<Remembered>,
+    identity: IdentityKeyState,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -80,6 +81,9 @@ impl<K: Kv> StateMachine<K> {
             .map(|bytes| codec::decode(bytes).map_err(|e| sm_err(ErrorVerb::Read, e)))
             .collect::<Result<Vec<Remembered>, _>>()?;
         let requests = RecentRequests::from_entries(remembered);
+        if let Some(bytes) = kv.get(Space::State, IDENTITY_KEY).map_err(|e| sm_err(ErrorVerb::Read, e))? {
+            model.identity = codec::decode(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        }
         let read = |key: &[u8]| -> Result<Option<Vec<u8>>, StorageError> {
             kv.get(Space::State, key).map_err(|e| sm_err(ErrorVerb::Read, e))
         };
@@ -184,6 +188,11 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
             ops.push(Op::Put(object_key(object.kind(), object.id()), bytes));
             model.load(object);
         }
+        model.identity = image.identity;
+        ops.push(Op::Put(
+            IDENTITY_KEY.to_vec(),
+            codec::encode(&image.identity).map_err(|e| snap_err(ErrorVerb::Write, e))?,
+        ));
         self.requests = RecentRequests::from_entries(image.requests);
         ops.extend(self.requests.puts().map_err(|e| snap_err(ErrorVerb::Write, e))?);
         self.model = model;
@@ -229,7 +238,11 @@ pub struct SnapshotBuilder<K: Kv> {
 
 impl<K: Kv> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<K> {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let image = SnapshotImage { objects: self.model.all().cloned().collect(), requests: self.requests.clone() };
+        let image = SnapshotImage {
+            objects: self.model.all().cloned().collect(),
+            requests: self.requests.clone(),
+            identity: self.model.identity,
+        };
         let data = codec::encode(&image).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let unique = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

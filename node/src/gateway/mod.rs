@@ -20,6 +20,7 @@
 
 pub mod authorizer;
 pub mod cors;
+pub mod identity;
 pub mod jwt;
 pub mod limits;
 pub mod pattern;
@@ -52,6 +53,8 @@ pub struct Gateway {
     waf: waf::Waf,
     pub(crate) jwt: jwt::JwtVerifier,
     authorizers: authorizer::HttpAuthorizers,
+    /// Signs the identity token backends receive.
+    pub identity: identity::IdentitySigner,
     /// Authorizer cache results (`hit`/`miss`) and WAF `count` matches.
     stats: GatewayStats,
 }
@@ -131,6 +134,7 @@ fn decision(reason: ReasonCode, message: impl Into<String>) -> Decision {
         principal: None,
         context: BTreeMap::new(),
         response_headers: Vec::new(),
+        upstream_headers: Vec::new(),
         limit: None,
     }
 }
@@ -160,11 +164,18 @@ fn plan_for<'m>(model: &'m crate::state::Model, key: &ApiKey, api: &str, stage: 
 
 impl Gateway {
     pub fn new(model: SharedModel, clock: Arc<dyn Clock>) -> Self {
-        Self::with_stats(model, clock, GatewayStats::default())
+        Self::with_stats(model, clock, GatewayStats::default(), None)
     }
 
-    pub fn with_stats(model: SharedModel, clock: Arc<dyn Clock>, stats: GatewayStats) -> Self {
+    /// `cluster_token` turns on signed identity (see [`identity`]).
+    pub fn with_stats(
+        model: SharedModel,
+        clock: Arc<dyn Clock>,
+        stats: GatewayStats,
+        cluster_token: Option<&str>,
+    ) -> Self {
         Gateway {
+            identity: identity::IdentitySigner::new(cluster_token),
             model,
             limiter: Limiter::default(),
             clock,
@@ -423,6 +434,23 @@ impl Gateway {
             });
         }
         d.context = context;
+        if let Some(p) = &d.principal {
+            d.upstream_headers.push(("x-tollgate-principal".into(), p.id.clone()));
+        }
+        let mut claims = BTreeMap::from([
+            ("aud", serde_json::Value::String(api.id.clone())),
+            ("stage", serde_json::Value::String(stage.name.clone())),
+            ("ctx", serde_json::json!(d.context)),
+        ]);
+        if let Some(p) = &d.principal {
+            claims.insert("sub", serde_json::Value::String(p.id.clone()));
+            claims.insert("key_id", serde_json::json!(p.key_id));
+            claims.insert("plan_id", serde_json::json!(p.plan_id));
+            claims.insert("customer_id", serde_json::json!(p.customer_id));
+        }
+        if let Some(token) = self.identity.sign(model.identity.version, now_ms.div_euclid(1000), claims) {
+            d.upstream_headers.push(("x-tollgate-identity".into(), token));
+        }
         Ok(self.finish(d, api, &c))
     }
 

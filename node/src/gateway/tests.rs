@@ -680,3 +680,35 @@ async fn waf_rules_block_by_network_size_pattern_and_rate() {
     assert!(header(&d, "retry-after").is_some());
     assert_eq!(reason(&g, &req("198.51.100.3")).await, ReasonCode::Allowed, "another address has its own count");
 }
+
+#[tokio::test]
+async fn an_allowed_request_carries_a_signed_identity_for_the_backend() {
+    let f = Fixture::new();
+    let published = Published { model: f.model.clone(), applied: None };
+    let g = Gateway::with_stats(
+        Arc::new(arc_swap::ArcSwap::from_pointee(published)),
+        f.clock.clone(),
+        super::GatewayStats::default(),
+        Some("cluster-secret"),
+    );
+    let d = decide(&g, &request("GET", "/pets/1", Some("tgk_alice"))).await;
+    let token =
+        d.upstream_headers.iter().find(|(n, _)| n == "x-tollgate-identity").map(|(_, v)| v.clone()).expect("identity");
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(g.identity.jwks(1)["keys"][0].clone()).expect("jwk");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&["pets"]);
+    validation.validate_exp = false; // the fixture clock is not the system clock
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_jwk(&jwk).expect("key"),
+        &validation,
+    )
+    .expect("the identity verifies against the published key")
+    .claims;
+    assert_eq!((claims["sub"].as_str(), claims["plan_id"].as_str()), (Some("key:alice"), Some("gold")));
+    assert_eq!(claims["ctx"]["tag.team"], "mobile");
+    assert_eq!(claims["exp"].as_i64(), Some(NOW_MS / 1000 + 60));
+    // A denial carries none.
+    let d = decide(&g, &request("GET", "/pets/1", Some("tgk_nobody"))).await;
+    assert!(d.upstream_headers.is_empty());
+}

@@ -349,3 +349,24 @@ pub async fn reroll(
         other => Err(unexpected(other)),
     }
 }
+
+/// `GET /v1/admin/identity-key`: the version that signs identity tokens.
+pub async fn identity_key(State(app): State<Arc<App>>, query: QueryParams) -> Result<Response, ApiError> {
+    let options = query_params(query)?;
+    barrier(&app, &options).await?;
+    let state = app.published().model.identity;
+    Ok(Json(json!({"version": state.version, "kid": crate::gateway::identity::kid(state.version),
+        "rotated_at": state.rotated_at, "signing": app.gateway.identity.enabled()}))
+    .into_response())
+}
+
+/// `POST /v1/admin/identity-key/rotate`: sign with the next key version.
+pub async fn rotate_identity_key(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let request = request_id(&headers)?;
+    match app.write(request, Command::RotateIdentityKey { now: Timestamp::now() }).await?? {
+        Applied::IdentityKey(state) => Ok(Json(json!({"version": state.version,
+            "kid": crate::gateway::identity::kid(state.version), "rotated_at": state.rotated_at}))
+        .into_response()),
+        other => Err(unexpected(other)),
+    }
+}

@@ -34,6 +34,7 @@ use crate::app::App;
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/v1/check", post(check))
+        .route("/.well-known/jwks.json", axum::routing::get(jwks))
         .route("/v1/forward-auth/{api}/{stage}", any(forward_auth))
         .route("/v1/forward-auth/{api}/{stage}/{*rest}", any(forward_auth_with_path))
 }
@@ -52,6 +53,12 @@ async fn decide(app: &App, req: &CheckRequest) -> Result<Decision, ApiError> {
         .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
     decision.response_headers.push(("x-request-id".into(), request_id));
     Ok(decision)
+}
+
+/// The public keys backends verify `X-Tollgate-Identity` with.
+async fn jwks(State(app): State<Arc<App>>) -> Response {
+    let version = app.published().model.identity.version;
+    ([(axum::http::header::CACHE_CONTROL, "max-age=60")], Json(app.gateway.identity.jwks(version))).into_response()
 }
 
 async fn check(State(app): State<Arc<App>>, body: Bytes) -> Result<Json<Decision>, ApiError> {
@@ -178,13 +185,12 @@ async fn forward(
             out.append(n, v);
         }
     };
-    for (name, value) in &decision.response_headers {
+    for (name, value) in decision.response_headers.iter().chain(&decision.upstream_headers) {
         put(name, value);
     }
     put("x-tollgate-reason", decision.reason.as_str());
     put("x-tollgate-status", &decision.status.to_string());
     if let Some(p) = &decision.principal {
-        put("x-tollgate-principal", &p.id);
         if let Some(k) = &p.key_id {
             put("x-tollgate-key-id", k);
         }

@@ -41,6 +41,8 @@ pub fn router(app: Arc<App>) -> Router {
     admin = admin::routes::<admin::Authorizers>(admin);
     admin = admin::routes::<admin::Tokens>(admin);
     admin = admin.route("/v1/admin/keys/{id}/reroll", axum::routing::post(admin::reroll));
+    admin = admin.route("/v1/admin/identity-key", axum::routing::get(admin::identity_key));
+    admin = admin.route("/v1/admin/identity-key/rotate", axum::routing::post(admin::rotate_identity_key));
     let admin = cluster::routes(admin)
         .route_layer(middleware::from_fn_with_state(app.clone(), require_admin))
         .route_layer(middleware::from_fn_with_state(app.clone(), count_admin_request));

@@ -163,6 +163,7 @@ pub fn document() -> OpenApi {
         ("/healthz", "Liveness"),
         ("/readyz", "Ready: member of a cluster with a known leader"),
         ("/metrics", "Prometheus metrics"),
+        ("/.well-known/jwks.json", "Public keys that verify X-Tollgate-Identity"),
     ] {
         let op = OperationBuilder::new().tag("operations").summary(Some(summary)).response("200", response("OK", None));
         paths = paths.path(path, PathItem::new(HttpMethod::Get, op));

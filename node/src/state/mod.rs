@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 
 use imbl::{HashMap, OrdMap};
 use tollgate_proto::command::{Applied, PutMode};
-use tollgate_proto::model::{ApiKey, Entity, EntityKind, PreviousSecret, SecretDigest, Timestamp, UsagePlan};
+use tollgate_proto::model::{
+    ApiKey, Entity, EntityKind, IdentityKeyState, PreviousSecret, SecretDigest, Timestamp, UsagePlan,
+};
 use tollgate_proto::{codec, Command, CommandResult, Rejection};
 
 use crate::store::Op;
@@ -27,7 +29,12 @@ pub struct Model {
     key_by_digest: HashMap<[u8; 32], String>,
     /// Admin tokens by SHA-256 of their secret.
     token_by_digest: HashMap<[u8; 32], String>,
+    /// The identity signing key version.
+    pub identity: IdentityKeyState,
 }
+
+/// Storage key of the identity key state in the state space.
+pub const IDENTITY_KEY: &[u8] = b"s/identity";
 
 fn slot(kind: EntityKind) -> usize {
     match kind {
@@ -136,6 +143,12 @@ impl Model {
             Command::Put { entity, mode, now } => self.put(entity, mode, now),
             Command::Delete { kind, id } => self.delete(kind, &id),
             Command::RerollKey { id, secret, overlap_until, now } => self.reroll(&id, secret, overlap_until, now),
+            Command::RotateIdentityKey { now } => {
+                self.identity = IdentityKeyState { version: self.identity.version + 1, rotated_at: now };
+                codec::encode(&self.identity)
+                    .map(|bytes| (Applied::IdentityKey(self.identity), vec![Op::Put(IDENTITY_KEY.to_vec(), bytes)]))
+                    .map_err(|e| Rejection::invalid("identity", e.to_string()))
+            }
         };
         match outcome {
             Err(rejection) => (Err(rejection), Vec::new()),

@@ -1,0 +1,145 @@
+//! Signed identity for backends: on allow, a short-lived JWT (EdDSA) naming
+//! the principal, key, plan and context, which a backend verifies against the
+//! cluster's public keys at `/.well-known/jwks.json` to know the request came
+//! through the gateway.
+//!
+//! No signing key is stored anywhere. Every node derives the Ed25519 key of
+//! version `v` with HKDF-SHA256 from the cluster token (`TOLLGATE_CLUSTER_TOKEN`,
+//! which the nodes already share) and `v`; the replicated state holds only the
+//! current version, which the admin API rotates. The JWKS carries the current
+//! and the previous version, so tokens issued just before a rotation still
+//! verify. Without a cluster token there is no key, and no identity header.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use ring::hkdf;
+use serde_json::{json, Value};
+
+/// How long an identity token is valid: long enough for one request to reach its backend.
+pub const TOKEN_LIFETIME_SECS: i64 = 60;
+pub const ISSUER: &str = "tollgate";
+
+/// PKCS#8 v1 prefix of an Ed25519 private key (RFC 8410); the 32-byte seed follows.
+const ED25519_PKCS8_PREFIX: [u8; 16] =
+    [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+
+struct Derived {
+    encoding: EncodingKey,
+    public: Vec<u8>,
+}
+
+pub struct IdentitySigner {
+    /// The cluster token (held in memory only), or none: signing is off.
+    root: Option<Vec<u8>>,
+    derived: Mutex<HashMap<u64, Arc<Derived>>>,
+}
+
+impl std::fmt::Debug for IdentitySigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IdentitySigner(enabled: {})", self.root.is_some())
+    }
+}
+
+pub fn kid(version: u64) -> String {
+    format!("tollgate-{version}")
+}
+
+struct SeedLen;
+
+impl hkdf::KeyType for SeedLen {
+    fn len(&self) -> usize {
+        32
+    }
+}
+
+impl IdentitySigner {
+    pub fn new(cluster_token: Option<&str>) -> Self {
+        IdentitySigner { root: cluster_token.map(|t| t.as_bytes().to_vec()), derived: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.root.is_some()
+    }
+
+    fn key(&self, version: u64) -> Option<Arc<Derived>> {
+        let root = self.root.as_ref()?;
+        if let Some(found) = self.derived.lock().unwrap_or_else(|p| p.into_inner()).get(&version) {
+            return Some(found.clone());
+        }
+        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"tollgate/identity-key/v1");
+        let info = version.to_be_bytes();
+        let info = [info.as_slice()];
+        let mut seed = [0u8; 32];
+        salt.extract(root).expand(&info, SeedLen).ok()?.fill(&mut seed).ok()?;
+        let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).ok()?;
+        let public = ring::signature::KeyPair::public_key(&pair).as_ref().to_vec();
+        let mut der = ED25519_PKCS8_PREFIX.to_vec();
+        der.extend_from_slice(&seed);
+        let derived = Arc::new(Derived { encoding: EncodingKey::from_ed_der(&der), public });
+        self.derived.lock().unwrap_or_else(|p| p.into_inner()).insert(version, derived.clone());
+        Some(derived)
+    }
+
+    /// The identity token for an allowed request, if signing is on.
+    pub fn sign(&self, version: u64, now_s: i64, claims: BTreeMap<&str, Value>) -> Option<String> {
+        let key = self.key(version)?;
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid(version));
+        let mut body = json!({"iss": ISSUER, "iat": now_s, "exp": now_s + TOKEN_LIFETIME_SECS});
+        if let Value::Object(map) = &mut body {
+            map.extend(claims.into_iter().map(|(k, v)| (k.to_string(), v)));
+        }
+        jsonwebtoken::encode(&header, &body, &key.encoding).ok()
+    }
+
+    /// The public keys of the current and the previous version.
+    pub fn jwks(&self, current: u64) -> Value {
+        let keys: Vec<Value> = [Some(current), current.checked_sub(1).filter(|v| *v >= 1)]
+            .into_iter()
+            .flatten()
+            .filter_map(|v| {
+                let key = self.key(v)?;
+                Some(json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid(v),
+                    "x": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&key.public)}))
+            })
+            .collect();
+        json!({"keys": keys})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_node_derives_the_same_key_and_versions_differ() {
+        let a = IdentitySigner::new(Some("cluster-secret"));
+        let b = IdentitySigner::new(Some("cluster-secret"));
+        let other = IdentitySigner::new(Some("another-cluster"));
+        assert_eq!(a.jwks(3), b.jwks(3));
+        assert_ne!(a.jwks(3)["keys"][0]["x"], other.jwks(3)["keys"][0]["x"]);
+        assert_ne!(a.jwks(3)["keys"][0]["x"], a.jwks(3)["keys"][1]["x"], "versions 3 and 2 differ");
+        assert_eq!(a.jwks(1)["keys"].as_array().map(Vec::len), Some(1));
+        assert!(IdentitySigner::new(None).sign(1, 0, BTreeMap::new()).is_none());
+    }
+
+    #[test]
+    fn a_token_verifies_against_the_published_key_only() {
+        let signer = IdentitySigner::new(Some("cluster-secret"));
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        let token = signer.sign(2, now, BTreeMap::from([("sub", json!("key:k1"))])).expect("token");
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(signer.jwks(2)["keys"][0].clone()).expect("jwk");
+        let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).expect("key");
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[ISSUER]);
+        validation.validate_aud = false;
+        let data = jsonwebtoken::decode::<Value>(&token, &key, &validation).expect("verifies");
+        assert_eq!(data.claims["sub"], "key:k1");
+        let previous: jsonwebtoken::jwk::Jwk = serde_json::from_value(signer.jwks(2)["keys"][1].clone()).expect("jwk");
+        let wrong = jsonwebtoken::DecodingKey::from_jwk(&previous).expect("key");
+        assert!(jsonwebtoken::decode::<Value>(&token, &wrong, &validation).is_err());
+    }
+}
