@@ -158,3 +158,61 @@ async fn identity_tokens_verify_on_every_node_and_survive_a_key_rotation() {
     assert!(verify_identity(&cluster, 3, &after).await.is_ok());
     assert!(verify_identity(&cluster, 3, &before).await.is_ok(), "the previous key is still published");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forward_auth_reads_traefik_and_envoy_requests_as_they_send_them() {
+    let cluster = Cluster::start(1).await;
+    cluster.leader().await;
+    let (key_id, secret) = setup(&cluster).await;
+    let deny_one = json!({"name": "block", "api_id": "pets", "statements": [
+        {"effect": "Allow", "principals": ["*"], "actions": ["invoke"], "resources": ["*"]},
+        {"effect": "Deny", "principals": ["*"], "actions": ["invoke"], "resources": ["*"],
+         "conditions": [{"operator": "IpAddress", "key": "source_ip", "values": ["198.51.100.66"]}]}]});
+    assert_eq!(cluster.post(1, "/v1/admin/policies", deny_one).await.0, 201);
+    let base = cluster.url(1);
+    let header = |r: &reqwest::Response, n: &str| r.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+
+    // Traefik ForwardAuth: the original request in X-Forwarded-* headers.
+    let traefik = |key: Option<&str>, client: &str| {
+        let mut req = cluster
+            .http
+            .get(format!("{base}/v1/forward-auth/pets/prod"))
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-uri", "/pets/1?color=red")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "api.example.com")
+            .header("x-forwarded-for", format!("{client}, 10.0.0.1"));
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        req.send()
+    };
+    let ok = traefik(Some(&secret), "198.51.100.7").await.expect("request");
+    assert_eq!(ok.status().as_u16(), 200);
+    assert_eq!(header(&ok, "x-tollgate-principal"), Some(format!("key:{key_id}")));
+    assert!(header(&ok, "x-tollgate-identity").is_some());
+    assert_eq!(traefik(None, "198.51.100.7").await.expect("request").status().as_u16(), 403);
+    let blocked = traefik(Some(&secret), "198.51.100.66").await.expect("request");
+    assert_eq!(
+        (blocked.status().as_u16(), header(&blocked, "x-tollgate-reason").as_deref()),
+        (403, Some("resource_policy_denied"))
+    );
+
+    // Envoy ext_authz (HTTP): the original method and path after the prefix.
+    let envoy = |method: reqwest::Method, path: &str| {
+        cluster
+            .http
+            .request(method, format!("{base}/v1/forward-auth/pets/prod{path}"))
+            .header("x-api-key", &secret)
+            .header("x-envoy-external-address", "198.51.100.8")
+            .send()
+    };
+    let ok = envoy(reqwest::Method::GET, "/pets/1").await.expect("request");
+    assert_eq!(ok.status().as_u16(), 200);
+    assert_eq!(header(&ok, "x-tollgate-key-id"), Some(key_id.clone()));
+    let no_route = envoy(reqwest::Method::DELETE, "/pets/1").await.expect("request");
+    assert_eq!(
+        (no_route.status().as_u16(), header(&no_route, "x-tollgate-reason").as_deref()),
+        (404, Some("no_route"))
+    );
+}

@@ -48,7 +48,8 @@ async fn verify(jwks_url: &str, token: &str) -> Result<String, String> {
 async fn configure(cluster: &Cluster) -> (String, String) {
     let leader = cluster.leader().await;
     let api = json!({"id": "pets", "name": "Pets", "stages": [{"name": "prod"}],
-        "routes": [{"method": "GET", "path": "/pets/*", "api_key_required": true}, {"method": "GET", "path": "/public"}]});
+        "routes": [{"method": "GET", "path": "/pets/*", "api_key_required": true}, {"method": "GET", "path": "/public"}],
+        "cors": {"allow_origins": ["https://app.example.com"], "allow_methods": ["GET"], "allow_headers": ["x-api-key"]}});
     assert_eq!(cluster.post(leader, "/v1/admin/apis", api).await.0, 201);
     let plan = json!({"id": "gold", "name": "Gold", "throttle": {"rate_per_sec": 0.2, "burst": 3},
         "api_stages": [{"api_id": "pets", "stage": "prod"}]});
@@ -108,7 +109,10 @@ fn start_caddy(cluster: &Cluster, upstream: u16, port: u16, dir: &Path) -> Proce
     Process::spawn("caddy", cmd, &dir.join("caddy.out"))
 }
 
-async fn proxy_protects_the_upstream(start: fn(&Cluster, u16, u16, &Path) -> Process) {
+/// `cors`: whether the proxy can give the client the check's CORS headers and
+/// answer preflights from it (nginx can; Caddy's forward_auth copies headers
+/// only onto the upstream request).
+async fn proxy_protects_the_upstream(start: fn(&Cluster, u16, u16, &Path) -> Process, cors: bool) {
     let cluster = Cluster::start(3).await;
     let (key_id, secret) = configure(&cluster).await;
     let upstream = start_upstream(format!("{}/.well-known/jwks.json", cluster.url(3))).await;
@@ -140,6 +144,44 @@ async fn proxy_protects_the_upstream(start: fn(&Cluster, u16, u16, &Path) -> Pro
     assert_eq!(get("/pets/1", None).await.expect("request").status().as_u16(), 403);
     // No route: 404 from the gateway, not from the upstream.
     assert_eq!(get("/nowhere", Some(&secret)).await.expect("request").status().as_u16(), 404);
+    // CORS: an allowed origin gets its header on a normal response...
+    let with_origin = cluster
+        .http
+        .get(format!("{base}/pets/3"))
+        .header("x-api-key", &secret)
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(with_origin.status().as_u16(), 200);
+    // ...and a preflight is answered at the edge, never reaching the upstream.
+    if cors {
+        let origin = with_origin.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok());
+        assert_eq!(origin, Some("https://app.example.com"));
+        let preflight = cluster
+            .http
+            .request(reqwest::Method::OPTIONS, format!("{base}/pets/3"))
+            .header("origin", "https://app.example.com")
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "x-api-key")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(preflight.status().as_u16(), 204);
+        let h = |n: &str| preflight.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+        assert_eq!(h("access-control-allow-origin").as_deref(), Some("https://app.example.com"));
+        assert_eq!(h("access-control-allow-headers").as_deref(), Some("x-api-key"));
+        let refused = cluster
+            .http
+            .request(reqwest::Method::OPTIONS, format!("{base}/pets/3"))
+            .header("origin", "https://evil.example")
+            .header("access-control-request-method", "GET")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(refused.status().as_u16(), 403);
+        assert!(refused.headers().get("access-control-allow-origin").is_none());
+    }
     // Past the throttle: 429 with Retry-After.
     let mut throttled = 0;
     for _ in 0..15 {
@@ -160,10 +202,12 @@ async fn proxy_protects_the_upstream(start: fn(&Cluster, u16, u16, &Path) -> Pro
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nginx_auth_request_protects_an_upstream() {
-    proxy_protects_the_upstream(start_nginx).await;
+    proxy_protects_the_upstream(start_nginx, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn caddy_forward_auth_protects_an_upstream() {
-    proxy_protects_the_upstream(start_caddy).await;
+    // Caddy forwards on a 2xx from forward_auth and copies headers onto the
+    // upstream request, so CORS stays with Caddy or the upstream (README).
+    proxy_protects_the_upstream(start_caddy, false).await;
 }

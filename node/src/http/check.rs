@@ -170,6 +170,8 @@ async fn forward(
         Err(e) => return e.into_response(),
     };
     let mut status = StatusCode::from_u16(decision.status).unwrap_or(StatusCode::FORBIDDEN);
+    // nginx: anything but allow, 401 and 403 (a preflight's 204 included) goes
+    // through the 403 path, where the config restores X-Tollgate-Status.
     if nginx && !decision.allowed && !matches!(decision.status, 401 | 403) {
         status = StatusCode::FORBIDDEN;
     }
