@@ -353,8 +353,11 @@ pub fn policy(p: &Policy) -> Checked {
             }
         }
         for (j, r) in s.resources.iter().enumerate() {
-            if r != "*" && r.splitn(4, '/').count() < 4 {
-                return fail(format!("{at}.resources[{j}]"), "must be \"*\" or api/stage/METHOD/path");
+            if r.is_empty() || r.len() > 1024 || r.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return fail(
+                    format!("{at}.resources[{j}]"),
+                    "must be a pattern over api/stage/METHOD/path such as petstore/*/GET/pets/*, without white space",
+                );
             }
         }
         list_len(&format!("{at}.conditions"), &s.conditions)?;

@@ -104,13 +104,21 @@ fn policies(model: &Model) -> impl Iterator<Item = &Policy> {
     })
 }
 
-/// Explicit denies of the API's resource policy that need no principal (`*`):
+/// Whether a statement can be decided before authentication: it applies to
+/// everyone and its conditions need nothing the caller's identity provides.
+fn decidable_anonymously(statement: &Statement) -> bool {
+    statement.principals.iter().any(|p| p == "*")
+        && statement.conditions.iter().all(|c| !(c.key.starts_with("tag:") || c.key.starts_with("claim:")))
+}
+
+/// Explicit denies of the API's resource policy that need no principal:
 /// checked before authentication, so a blocked network never reaches it.
+/// Statements on key tags or token claims wait for [`evaluate`].
 pub fn early_deny(model: &Model, api: &str, facts: &RequestFacts<'_>) -> bool {
     policies(model)
         .filter(|p| p.api_id.as_deref() == Some(api))
         .flat_map(|p| &p.statements)
-        .any(|s| s.effect == Effect::Deny && s.principals.iter().any(|p| p == "*") && applies(s, facts))
+        .any(|s| s.effect == Effect::Deny && decidable_anonymously(s) && applies(s, facts))
 }
 
 /// The full evaluation, once the principal is known.

@@ -712,3 +712,22 @@ async fn an_allowed_request_carries_a_signed_identity_for_the_backend() {
     let d = decide(&g, &request("GET", "/pets/1", Some("tgk_nobody"))).await;
     assert!(d.upstream_headers.is_empty());
 }
+
+#[tokio::test]
+async fn a_deny_on_key_tags_waits_for_the_key_before_it_applies() {
+    // The README's example: only keys tagged team=mobile may delete.
+    let g = Fixture::new()
+        .with(policy(
+            "deletes",
+            Some("pets"),
+            json!([
+                {"effect": "Allow", "principals": ["*"], "actions": ["invoke"], "resources": ["pets/*"]},
+                {"effect": "Deny", "principals": ["*"], "actions": ["invoke"], "resources": ["pets/*/DELETE/*"],
+                 "conditions": [{"operator": "StringNotEquals", "key": "tag:team", "values": ["mobile"]}]}
+            ]),
+        ))
+        .gateway();
+    assert_eq!(reason(&g, &request("DELETE", "/pets/1", Some("tgk_alice"))).await, ReasonCode::Allowed);
+    assert_eq!(reason(&g, &request("DELETE", "/pets/1", Some("tgk_bob"))).await, ReasonCode::ResourcePolicyDenied);
+    assert_eq!(reason(&g, &request("GET", "/pets/1", Some("tgk_bob"))).await, ReasonCode::Allowed);
+}
