@@ -61,12 +61,7 @@ async fn no_acknowledged_write_is_lost_when_the_leader_is_killed() {
     }
 
     for node in [new_leader, cluster.other_than(new_leader)] {
-        let stored: Vec<String> = cluster
-            .list_all(node, "plans", false)
-            .await
-            .iter()
-            .map(|p| p["id"].as_str().unwrap_or_default().to_string())
-            .collect();
+        let stored = cluster.ids(node, "plans", false).await;
         for id in &acknowledged {
             assert!(stored.contains(id), "node {node} lost acknowledged write {id}");
         }
@@ -101,12 +96,7 @@ async fn every_acknowledged_write_survives_killing_and_restarting_all_nodes() {
     cluster.leader().await;
 
     for node in [1, 2, 3] {
-        let stored: Vec<String> = cluster
-            .list_all(node, "keys", false)
-            .await
-            .iter()
-            .map(|k| k["id"].as_str().unwrap_or_default().to_string())
-            .collect();
+        let stored = cluster.ids(node, "keys", false).await;
         assert_eq!(stored.len(), keys.len(), "node {node}");
         for id in &keys {
             assert!(stored.contains(id), "node {node} lost key {id}");

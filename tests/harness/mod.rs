@@ -275,6 +275,15 @@ impl Cluster {
         }
     }
 
+    /// The ids of every object of a collection on a node.
+    pub async fn ids(&self, id: u64, collection: &str, stale: bool) -> Vec<String> {
+        self.list_all(id, collection, stale)
+            .await
+            .iter()
+            .map(|o| o["id"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
     /// All node logs, concatenated.
     pub fn logs(&self) -> String {
         self.nodes.iter().map(|n| std::fs::read_to_string(n.dir.join("node.log")).unwrap_or_default()).collect()

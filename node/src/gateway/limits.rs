@@ -179,25 +179,18 @@ impl Limiter {
         if now_ms - state.last_sweep_ms > SWEEP_EVERY_MS {
             sweep(state, now_ms);
         }
-        let mut stage = None;
-        if let Some((id, t)) = &limits.stage {
+        // The buckets that apply, refilled, each with the reason it denies with.
+        let buckets = [(&limits.stage, ReasonCode::StageThrottled), (&limits.key, ReasonCode::Throttled)];
+        let mut refilled: [Option<(&BucketId, &Throttle, Bucket)>; 2] = [None, None];
+        for (slot, (limit, reason)) in refilled.iter_mut().zip(buckets) {
+            let Some((id, t)) = limit else { continue };
             let mut b = state.buckets.get(id).copied().unwrap_or_else(|| Bucket::full(t, now_ms));
             b.refill(t, now_ms);
             if b.tokens < 1.0 {
                 let retry = b.retry_after_secs(t);
-                return Err((ReasonCode::StageThrottled, LimitState { retry_after_secs: Some(retry), ..b.state(t) }));
+                return Err((reason, LimitState { retry_after_secs: Some(retry), ..b.state(t) }));
             }
-            stage = Some(b);
-        }
-        let mut key = None;
-        if let Some((id, t)) = &limits.key {
-            let mut b = state.buckets.get(id).copied().unwrap_or_else(|| Bucket::full(t, now_ms));
-            b.refill(t, now_ms);
-            if b.tokens < 1.0 {
-                let retry = b.retry_after_secs(t);
-                return Err((ReasonCode::Throttled, LimitState { retry_after_secs: Some(retry), ..b.state(t) }));
-            }
-            key = Some(b);
+            *slot = Some((id, t, b));
         }
         if let Some((id, q, end_ms)) = &limits.quota {
             let used = state.used.get(id).copied().unwrap_or(0);
@@ -208,14 +201,10 @@ impl Limiter {
                 return Err((ReasonCode::QuotaExceeded, denied));
             }
         }
-        // Every limit has room: charge them all.
+        // Every limit has room: charge them all. The key's bucket (last) or
+        // the quota is the tightest limit reported.
         let mut tightest = None;
-        if let (Some((id, t)), Some(mut b)) = (&limits.stage, stage) {
-            b.tokens -= 1.0;
-            state.buckets.insert(id.clone(), b);
-            tightest = Some(b.state(t));
-        }
-        if let (Some((id, t)), Some(mut b)) = (&limits.key, key) {
+        for (id, t, mut b) in refilled.into_iter().flatten() {
             b.tokens -= 1.0;
             state.buckets.insert(id.clone(), b);
             tightest = Some(b.state(t));
