@@ -146,6 +146,8 @@ impl Cluster {
             .arg(&dir)
             .args(&self.flags)
             .env("TOLLGATE_ADMIN_TOKEN", TOKEN)
+            // As in production: peers authenticate, and identity tokens are signed.
+            .env("TOLLGATE_CLUSTER_TOKEN", "bench-cluster-token")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

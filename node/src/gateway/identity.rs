@@ -14,28 +14,41 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use ring::hkdf;
+use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{json, Value};
 
 /// How long an identity token is valid: long enough for one request to reach its backend.
 pub const TOKEN_LIFETIME_SECS: i64 = 60;
+/// A token is handed out again, for the same claims, for this long after it
+/// was signed (so it always has 50 s left): signing is the costly part.
+pub const REUSE_SECS: i64 = 10;
+/// Most tokens kept for reuse; past this the cache starts over.
+const MAX_REUSED: usize = 100_000;
 pub const ISSUER: &str = "tollgate";
 
-/// PKCS#8 v1 prefix of an Ed25519 private key (RFC 8410); the 32-byte seed follows.
-const ED25519_PKCS8_PREFIX: [u8; 16] =
-    [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
-
+/// A derived key, ready to sign: the key pair is expanded once (jsonwebtoken
+/// would expand it again for every token), and the JWT header is encoded once.
 struct Derived {
-    encoding: EncodingKey,
-    public: Vec<u8>,
+    pair: Ed25519KeyPair,
+    /// `base64url({"alg":"EdDSA","typ":"JWT","kid":…})`.
+    header: String,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 pub struct IdentitySigner {
     /// The cluster token (held in memory only), or none: signing is off.
     root: Option<Vec<u8>>,
     derived: Mutex<HashMap<u64, Arc<Derived>>>,
+    /// Recent tokens by (version, claims without times).
+    recent: Mutex<HashMap<(u64, String), Signed>>,
 }
+
+/// A token and the second it was signed.
+type Signed = (Arc<str>, i64);
 
 impl std::fmt::Debug for IdentitySigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -57,7 +70,11 @@ impl hkdf::KeyType for SeedLen {
 
 impl IdentitySigner {
     pub fn new(cluster_token: Option<&str>) -> Self {
-        IdentitySigner { root: cluster_token.map(|t| t.as_bytes().to_vec()), derived: Mutex::new(HashMap::new()) }
+        IdentitySigner {
+            root: cluster_token.map(|t| t.as_bytes().to_vec()),
+            derived: Mutex::new(HashMap::new()),
+            recent: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -74,25 +91,42 @@ impl IdentitySigner {
         let info = [info.as_slice()];
         let mut seed = [0u8; 32];
         salt.extract(root).expand(&info, SeedLen).ok()?.fill(&mut seed).ok()?;
-        let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).ok()?;
-        let public = ring::signature::KeyPair::public_key(&pair).as_ref().to_vec();
-        let mut der = ED25519_PKCS8_PREFIX.to_vec();
-        der.extend_from_slice(&seed);
-        let derived = Arc::new(Derived { encoding: EncodingKey::from_ed_der(&der), public });
+        let pair = Ed25519KeyPair::from_seed_unchecked(&seed).ok()?;
+        let header = b64(json!({"alg": "EdDSA", "typ": "JWT", "kid": kid(version)}).to_string().as_bytes());
+        let derived = Arc::new(Derived { pair, header });
         self.derived.lock().unwrap_or_else(|p| p.into_inner()).insert(version, derived.clone());
         Some(derived)
     }
 
     /// The identity token for an allowed request, if signing is on.
-    pub fn sign(&self, version: u64, now_s: i64, claims: BTreeMap<&str, Value>) -> Option<String> {
+    pub fn sign(&self, version: u64, now_s: i64, claims: BTreeMap<&str, Value>) -> Option<Arc<str>> {
         let key = self.key(version)?;
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(kid(version));
-        let mut body = json!({"iss": ISSUER, "iat": now_s, "exp": now_s + TOKEN_LIFETIME_SECS});
-        if let Value::Object(map) = &mut body {
-            map.extend(claims.into_iter().map(|(k, v)| (k.to_string(), v)));
+        let mut body = json!(claims);
+        let reuse_key = (version, body.to_string());
+        if let Some((token, signed)) = self.recent.lock().unwrap_or_else(|p| p.into_inner()).get(&reuse_key) {
+            if (0..REUSE_SECS).contains(&(now_s - signed)) {
+                return Some(token.clone());
+            }
         }
-        jsonwebtoken::encode(&header, &body, &key.encoding).ok()
+        if let Value::Object(map) = &mut body {
+            map.insert("iss".into(), json!(ISSUER));
+            map.insert("iat".into(), json!(now_s));
+            map.insert("exp".into(), json!(now_s + TOKEN_LIFETIME_SECS));
+        }
+        let mut token = String::with_capacity(512);
+        token.push_str(&key.header);
+        token.push('.');
+        token.push_str(&b64(body.to_string().as_bytes()));
+        let signature = key.pair.sign(token.as_bytes());
+        token.push('.');
+        token.push_str(&b64(signature.as_ref()));
+        let token: Arc<str> = token.into();
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() >= MAX_REUSED {
+            recent.clear();
+        }
+        recent.insert(reuse_key, (token.clone(), now_s));
+        Some(token)
     }
 
     /// The public keys of the current and the previous version.
@@ -103,7 +137,7 @@ impl IdentitySigner {
             .filter_map(|v| {
                 let key = self.key(v)?;
                 Some(json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid(v),
-                    "x": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&key.public)}))
+                    "x": b64(key.pair.public_key().as_ref())}))
             })
             .collect();
         json!({"keys": keys})
@@ -131,9 +165,15 @@ mod tests {
         let signer = IdentitySigner::new(Some("cluster-secret"));
         let now = jsonwebtoken::get_current_timestamp() as i64;
         let token = signer.sign(2, now, BTreeMap::from([("sub", json!("key:k1"))])).expect("token");
+        let again = signer.sign(2, now + REUSE_SECS - 1, BTreeMap::from([("sub", json!("key:k1"))])).expect("token");
+        assert_eq!(token, again, "reused within the window");
+        let fresh = signer.sign(2, now + REUSE_SECS, BTreeMap::from([("sub", json!("key:k1"))])).expect("token");
+        assert_ne!(token, fresh, "signed again after it");
+        let other = signer.sign(2, now, BTreeMap::from([("sub", json!("key:k2"))])).expect("token");
+        assert_ne!(token, other, "other claims, another token");
         let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(signer.jwks(2)["keys"][0].clone()).expect("jwk");
         let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).expect("key");
-        let mut validation = jsonwebtoken::Validation::new(Algorithm::EdDSA);
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
         validation.set_issuer(&[ISSUER]);
         validation.validate_aud = false;
         let data = jsonwebtoken::decode::<Value>(&token, &key, &validation).expect("verifies");

@@ -449,7 +449,7 @@ impl Gateway {
             claims.insert("customer_id", serde_json::json!(p.customer_id));
         }
         if let Some(token) = self.identity.sign(model.identity.version, now_ms.div_euclid(1000), claims) {
-            d.upstream_headers.push(("x-tollgate-identity".into(), token));
+            d.upstream_headers.push(("x-tollgate-identity".into(), token.to_string()));
         }
         Ok(self.finish(d, api, &c))
     }
