@@ -131,7 +131,10 @@ impl Cluster {
 
     fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let peers: Vec<String> = (1..=3u16)
-            .map(|i| format!("{i}=127.0.0.1:{}/127.0.0.1:{}", self.base + i - 1, self.base + 1000 + i - 1))
+            .map(|i| {
+                let (http, peer, wire) = (self.base + i - 1, self.base + 1000 + i - 1, self.base + 2000 + i - 1);
+                format!("{i}=127.0.0.1:{http}/127.0.0.1:{peer}/127.0.0.1:{wire}")
+            })
             .collect();
         let dir = self.dir.path().join(format!("node{id}"));
         std::fs::create_dir_all(&dir)?;
@@ -141,6 +144,7 @@ impl Cluster {
             .args(["--id", &id.to_string()])
             .args(["--http", &format!("127.0.0.1:{}", self.base + id as u16 - 1)])
             .args(["--peer", &format!("127.0.0.1:{}", self.base + 1000 + id as u16 - 1)])
+            .args(["--wire", &format!("127.0.0.1:{}", self.base + 2000 + id as u16 - 1)])
             .args(["--peers", &peers.join(",")])
             .arg("--data-dir")
             .arg(&dir)

@@ -1,1 +1,439 @@
+//! tollgate-client: how a Rust edge proxy asks a Tollgate cluster "may this
+//! request pass?", with the least latency and no single point of failure.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), tollgate_client::Error> {
+//! use tollgate_client::{CheckRequest, Client, ClientConfig};
+//!
+//! let client = Client::new(ClientConfig::new(["127.0.0.1:10081", "127.0.0.1:10082"], "tga_..."));
+//! let decision = client
+//!     .check(CheckRequest {
+//!         api: "petstore".into(),
+//!         stage: "prod".into(),
+//!         method: "GET".into(),
+//!         path: "/pets/7".into(),
+//!         ..Default::default()
+//!     })
+//!     .await?;
+//! if !decision.allowed {
+//!     // answer the client with decision.status and decision.response_headers
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`Client`]: the nodes it knows (the seeds, then every member the cluster
+//!   names in its welcome), their health and latency, and the choice of node
+//!   for each check: the healthy node with the lowest latency; on failure the
+//!   next one, within the caller's deadline. A node that failed is left alone
+//!   for a backoff that grows with each failure, then tried again.
+//! - `Connection`: one TCP connection speaking the binary protocol
+//!   (`tollgate_proto::wire`): checks are pipelined with ids and answered in
+//!   any order; a reader task hands each answer to its caller.
+//!
+//! The client holds no global state: every [`Client`] is independent.
+#![forbid(unsafe_code)]
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+pub use tollgate_proto::check::{CheckRequest, Decision, LimitState, Principal, ReasonCode};
+use tollgate_proto::wire::{self, ClientMessage, ServerMessage};
+
+/// What to answer when no node can be reached within the deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// Let the request through (availability over enforcement).
+    Open,
+    /// Return [`Error::Unavailable`] (enforcement over availability).
+    Closed,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Wire addresses (`host:port`) to start from; more are discovered.
+    pub seeds: Vec<String>,
+    /// A token with the `check` scope.
+    pub token: String,
+    /// The whole time one check may take, retries included.
+    pub deadline: Duration,
+    /// The longest one attempt on one node may take.
+    pub attempt_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Connections kept per node.
+    pub connections_per_node: usize,
+    pub failure_mode: FailureMode,
+    /// Backoff after a node fails: starts here, doubles, up to `max_backoff`.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl ClientConfig {
+    pub fn new<I, S>(seeds: I, token: impl Into<String>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ClientConfig {
+            seeds: seeds.into_iter().map(Into::into).collect(),
+            token: token.into(),
+            deadline: Duration::from_millis(500),
+            attempt_timeout: Duration::from_millis(250),
+            connect_timeout: Duration::from_millis(200),
+            connections_per_node: 2,
+            failure_mode: FailureMode::Closed,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed; the node names the field. Not retried.
+    #[error("{field}: {message}")]
+    Refused { field: String, message: String },
+    /// No node answered within the deadline (and the client fails closed).
+    #[error("no Tollgate node answered: {0}")]
+    Unavailable(String),
+}
+
+/// Why one attempt on one node failed (the next node is tried).
+#[derive(Debug)]
+struct AttemptFailed(String);
+
+/// One TCP connection with pipelined requests.
+struct Connection {
+    outgoing: mpsc::Sender<Vec<u8>>,
+    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<ServerMessage>>>>,
+    closed: Arc<AtomicBool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn read_frame(reader: &mut tokio::net::tcp::OwnedReadHalf) -> Result<ServerMessage, String> {
+    let mut prefix = [0u8; 4];
+    reader.read_exact(&mut prefix).await.map_err(|e| e.to_string())?;
+    let len = wire::frame_len(prefix).map_err(|e| e.to_string())?;
+    let mut frame = vec![0u8; len];
+    reader.read_exact(&mut frame).await.map_err(|e| e.to_string())?;
+    wire::decode(&frame).map_err(|e| e.to_string())
+}
+
+impl Connection {
+    /// Connects, says hello, and returns the connection and the members named in the welcome.
+    async fn open(addr: &str, config: &ClientConfig) -> Result<(Connection, Vec<String>), AttemptFailed> {
+        let fail = |what: &str, e: String| AttemptFailed(format!("{addr}: {what}: {e}"));
+        let stream = tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| fail("connect", "timed out".into()))?
+            .map_err(|e| fail("connect", e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = stream.into_split();
+        let hello = ClientMessage::Hello {
+            versions: vec![wire::VERSION],
+            token: config.token.clone(),
+            client: format!("tollgate-client/{}", env!("CARGO_PKG_VERSION")),
+        };
+        let bytes = wire::encode(&hello).map_err(|e| fail("hello", e.to_string()))?;
+        writer.write_all(&bytes).await.map_err(|e| fail("hello", e.to_string()))?;
+        let welcome = tokio::time::timeout(config.attempt_timeout, read_frame(&mut reader))
+            .await
+            .map_err(|_| fail("hello", "no answer".into()))?
+            .map_err(|e| fail("hello", e))?;
+        let members = match welcome {
+            ServerMessage::Welcome { members, .. } => {
+                members.into_iter().map(|m| m.wire).filter(|w| !w.is_empty()).collect()
+            }
+            ServerMessage::Error { code, message } => return Err(fail("refused", format!("{code:?}: {message}"))),
+            other => return Err(fail("hello", format!("unexpected answer {other:?}"))),
+        };
+
+        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<ServerMessage>>>> = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
+        let (outgoing, mut queue) = mpsc::channel::<Vec<u8>>(1024);
+        let writer_closed = closed.clone();
+        tokio::spawn(async move {
+            while let Some(bytes) = queue.recv().await {
+                if writer.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+            writer_closed.store(true, Ordering::SeqCst);
+        });
+        let (reader_pending, reader_closed) = (pending.clone(), closed.clone());
+        tokio::spawn(async move {
+            loop {
+                match read_frame(&mut reader).await {
+                    Ok(ServerMessage::Decision { id, decision }) => {
+                        if let Some(tx) = lock(&reader_pending).remove(&id) {
+                            let _ = tx.send(ServerMessage::Decision { id, decision });
+                        }
+                    }
+                    Ok(m @ (ServerMessage::Refused { .. } | ServerMessage::Pong { .. })) => {
+                        let id = match &m {
+                            ServerMessage::Refused { id, .. } | ServerMessage::Pong { id } => *id,
+                            _ => continue,
+                        };
+                        if let Some(tx) = lock(&reader_pending).remove(&id) {
+                            let _ = tx.send(m);
+                        }
+                    }
+                    // An error from the node, a broken frame or a closed socket: the
+                    // connection is done; waiting callers see their answer dropped.
+                    Ok(_) | Err(_) => break,
+                }
+            }
+            reader_closed.store(true, Ordering::SeqCst);
+            lock(&reader_pending).clear();
+        });
+        Ok((Connection { outgoing, pending, closed }, members))
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    async fn ask(&self, id: u64, message: &ClientMessage, timeout: Duration) -> Result<ServerMessage, AttemptFailed> {
+        let bytes = wire::encode(message).map_err(|e| AttemptFailed(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id, tx);
+        let outcome = async {
+            self.outgoing.send(bytes).await.map_err(|_| AttemptFailed("connection closed".into()))?;
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(_)) => Err(AttemptFailed("connection closed".into())),
+                Err(_) => Err(AttemptFailed("timed out".into())),
+            }
+        }
+        .await;
+        lock(&self.pending).remove(&id);
+        outcome
+    }
+}
+
+/// What the client knows about one node.
+struct Node {
+    addr: String,
+    connections: Vec<Arc<Connection>>,
+    /// Held while a connection to this node is being opened, so concurrent
+    /// checks wait for it instead of each opening their own.
+    opening: Arc<tokio::sync::Mutex<()>>,
+    next_connection: usize,
+    /// Smoothed round-trip time, microseconds (0: not measured yet).
+    latency_us: u64,
+    failures: u32,
+    down_until: Option<Instant>,
+}
+
+impl Node {
+    fn new(addr: String) -> Self {
+        Node {
+            addr,
+            connections: Vec::new(),
+            opening: Arc::default(),
+            next_connection: 0,
+            latency_us: 0,
+            failures: 0,
+            down_until: None,
+        }
+    }
+}
+
+struct Inner {
+    config: ClientConfig,
+    nodes: Mutex<Vec<Node>>,
+    next_id: AtomicU64,
+    /// Attempts that failed over to another node (for tests and metrics).
+    failovers: AtomicUsize,
+}
+
+/// A cluster client. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    pub fn new(config: ClientConfig) -> Self {
+        let nodes = config.seeds.iter().cloned().map(Node::new).collect();
+        Client {
+            inner: Arc::new(Inner {
+                config,
+                nodes: Mutex::new(nodes),
+                next_id: AtomicU64::new(1),
+                failovers: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// The wire addresses this client knows (seeds and discovered members).
+    pub fn known_nodes(&self) -> Vec<String> {
+        lock(&self.inner.nodes).iter().map(|n| n.addr.clone()).collect()
+    }
+
+    /// The node the next check goes to first.
+    pub fn preferred_node(&self) -> Option<String> {
+        self.candidates().into_iter().next()
+    }
+
+    /// How many attempts failed and moved on to another node.
+    pub fn failovers(&self) -> usize {
+        self.inner.failovers.load(Ordering::Relaxed)
+    }
+
+    /// Nodes in the order to try them: those not backing off, fastest first
+    /// (unmeasured ones first, to measure them), then the ones backing off.
+    fn candidates(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut nodes: Vec<(bool, u64, String)> = lock(&self.inner.nodes)
+            .iter()
+            .map(|n| (n.down_until.is_some_and(|t| t > now), n.latency_us, n.addr.clone()))
+            .collect();
+        nodes.sort();
+        nodes.into_iter().map(|(_, _, addr)| addr).collect()
+    }
+
+    fn record(&self, addr: &str, outcome: Result<Duration, ()>) {
+        let mut nodes = lock(&self.inner.nodes);
+        let Some(node) = nodes.iter_mut().find(|n| n.addr == addr) else { return };
+        match outcome {
+            Ok(rtt) => {
+                let us = rtt.as_micros() as u64;
+                node.latency_us = if node.latency_us == 0 { us } else { (node.latency_us * 7 + us) / 8 };
+                node.failures = 0;
+                node.down_until = None;
+            }
+            Err(()) => {
+                node.failures = node.failures.saturating_add(1);
+                let config = &self.inner.config;
+                let backoff = config.min_backoff.saturating_mul(1 << node.failures.min(16).saturating_sub(1));
+                node.down_until = Some(Instant::now() + backoff.min(config.max_backoff));
+                node.connections.retain(|c| !c.is_closed());
+            }
+        }
+    }
+
+    /// A pooled connection to `addr`, if the pool is full (or `any` and not empty).
+    fn pooled(&self, addr: &str, any: bool) -> Option<Arc<Connection>> {
+        let mut nodes = lock(&self.inner.nodes);
+        let node = nodes.iter_mut().find(|n| n.addr == addr)?;
+        node.connections.retain(|c| !c.is_closed());
+        let full = node.connections.len() >= self.inner.config.connections_per_node.max(1);
+        if node.connections.is_empty() || !(full || any) {
+            return None;
+        }
+        node.next_connection = node.next_connection.wrapping_add(1);
+        Some(node.connections[node.next_connection % node.connections.len()].clone())
+    }
+
+    /// A live connection to `addr`, opening one (one at a time) while the pool is not full.
+    async fn connection(&self, addr: &str) -> Result<Arc<Connection>, AttemptFailed> {
+        if let Some(c) = self.pooled(addr, false) {
+            return Ok(c);
+        }
+        let opening = lock(&self.inner.nodes).iter().find(|n| n.addr == addr).map(|n| n.opening.clone());
+        let Some(opening) = opening else { return Err(AttemptFailed(format!("{addr}: unknown node"))) };
+        let guard = match opening.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                // Someone is opening one: use an existing connection, or wait for theirs.
+                if let Some(c) = self.pooled(addr, true) {
+                    return Ok(c);
+                }
+                let guard = opening.lock().await;
+                if let Some(c) = self.pooled(addr, true) {
+                    return Ok(c);
+                }
+                guard
+            }
+        };
+        let (connection, members) = Connection::open(addr, &self.inner.config).await?;
+        let connection = Arc::new(connection);
+        let mut nodes = lock(&self.inner.nodes);
+        for member in members {
+            if !nodes.iter().any(|n| n.addr == member) {
+                nodes.push(Node::new(member));
+            }
+        }
+        if let Some(node) = nodes.iter_mut().find(|n| n.addr == addr) {
+            node.connections.push(connection.clone());
+        }
+        drop(nodes);
+        drop(guard);
+        Ok(connection)
+    }
+
+    async fn attempt(
+        &self,
+        addr: &str,
+        request: &CheckRequest,
+        timeout: Duration,
+    ) -> Result<Result<Decision, Error>, AttemptFailed> {
+        let started = Instant::now();
+        let connection = tokio::time::timeout(timeout, self.connection(addr))
+            .await
+            .map_err(|_| AttemptFailed(format!("{addr}: connect timed out")))??;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let left = timeout.saturating_sub(started.elapsed());
+        let message = ClientMessage::Check { id, request: request.clone() };
+        match connection.ask(id, &message, left).await? {
+            ServerMessage::Decision { decision, .. } => {
+                self.record(addr, Ok(started.elapsed()));
+                Ok(Ok(decision))
+            }
+            ServerMessage::Refused { field, message, .. } => Ok(Err(Error::Refused { field, message })),
+            other => Err(AttemptFailed(format!("{addr}: unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Decides one request: on the best node, or on the next if it fails,
+    /// within the configured deadline.
+    pub async fn check(&self, request: CheckRequest) -> Result<Decision, Error> {
+        let config = &self.inner.config;
+        let deadline = Instant::now() + config.deadline;
+        let mut last_error = String::from("no node is known");
+        let mut tried = Vec::new();
+        // Nodes discovered during an attempt are added to the list, so look again.
+        loop {
+            let next = self.candidates().into_iter().find(|a| !tried.contains(a));
+            let Some(addr) = next else { break };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                last_error = "the deadline passed".into();
+                break;
+            }
+            tried.push(addr.clone());
+            match self.attempt(&addr, &request, left.min(config.attempt_timeout)).await {
+                Ok(answer) => return answer,
+                Err(AttemptFailed(why)) => {
+                    self.record(&addr, Err(()));
+                    self.inner.failovers.fetch_add(1, Ordering::Relaxed);
+                    last_error = why;
+                }
+            }
+        }
+        match config.failure_mode {
+            FailureMode::Closed => Err(Error::Unavailable(last_error)),
+            FailureMode::Open => Ok(Decision {
+                allowed: true,
+                status: 200,
+                reason: ReasonCode::Allowed,
+                message: format!("fail-open: no node answered ({last_error})"),
+                principal: None,
+                context: Default::default(),
+                response_headers: Vec::new(),
+                upstream_headers: Vec::new(),
+                limit: None,
+            }),
+        }
+    }
+}

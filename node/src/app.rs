@@ -11,7 +11,8 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
-use tollgate_proto::{Command, CommandResult, Proposal};
+use tollgate_proto::check::{CheckRequest, Decision};
+use tollgate_proto::{Command, CommandResult, FieldError, Proposal};
 
 use crate::cluster::network::{CallError, PeerClient};
 use crate::cluster::peer::{self, ClusterToken, ForwardError};
@@ -72,6 +73,23 @@ fn leader_of(f: &openraft::error::ForwardToLeader<NodeId, NodeAddr>) -> Option<(
 impl App {
     pub fn published(&self) -> Arc<Published> {
         self.model.load_full()
+    }
+
+    /// Decides one check — the same for every encoding (JSON, forward-auth,
+    /// binary) — records it in metrics and echoes or assigns `X-Request-Id`.
+    pub async fn decide(&self, req: &CheckRequest) -> Result<Decision, FieldError> {
+        let started = std::time::Instant::now();
+        let mut decision = self.gateway.check(req).await?;
+        self.metrics.record_decision(&self.published().model, req, &decision, started.elapsed());
+        let request_id = req
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("x-request-id"))
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty() && v.len() <= 128)
+            .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+        decision.response_headers.push(("x-request-id".into(), request_id));
+        Ok(decision)
     }
 
     /// Proposes a command, forwarding it to the leader when needed, and

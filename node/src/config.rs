@@ -11,6 +11,7 @@ use crate::cluster::{NodeAddr, NodeId};
 
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8081";
 pub const DEFAULT_PEER: &str = "127.0.0.1:9081";
+pub const DEFAULT_WIRE: &str = "127.0.0.1:10081";
 pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
 pub const DEFAULT_ELECTION_MIN_MS: u64 = 400;
 pub const DEFAULT_ELECTION_MAX_MS: u64 = 800;
@@ -38,6 +39,12 @@ pub struct ServeArgs {
     /// Address of the peer listener (Raft).
     #[arg(long, env = "TOLLGATE_PEER_ADDR")]
     pub peer: Option<String>,
+    /// Address of the binary check listener (tollgate-client).
+    #[arg(long, env = "TOLLGATE_WIRE_ADDR")]
+    pub wire: Option<String>,
+    /// Address clients use to reach the wire listener (default: --wire).
+    #[arg(long, env = "TOLLGATE_ADVERTISE_WIRE")]
+    pub advertise_wire: Option<String>,
     /// Address other nodes use to reach this one's HTTP listener (default: --http).
     #[arg(long, env = "TOLLGATE_ADVERTISE_HTTP")]
     pub advertise_http: Option<String>,
@@ -77,6 +84,8 @@ pub struct NodeConfig {
     pub id: NodeId,
     pub http: String,
     pub peer: String,
+    pub wire: String,
+    pub advertise_wire: Option<String>,
     pub advertise_http: Option<String>,
     pub advertise_peer: Option<String>,
     pub data_dir: PathBuf,
@@ -105,19 +114,23 @@ fn bad(field: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError { field, message: message.into() }
 }
 
-/// Parses `1=127.0.0.1:8081/127.0.0.1:9081,2=…`.
+/// Parses `1=127.0.0.1:8081/127.0.0.1:9081[/127.0.0.1:10081],2=…`
+/// (HTTP, peer, and optionally wire address of each member).
 pub fn parse_peers(text: &str) -> Result<Vec<(NodeId, NodeAddr)>, ConfigError> {
     let mut peers = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (id, addrs) =
             part.split_once('=').ok_or_else(|| bad("peers", format!("{part:?}: expected ID=HTTP/PEER")))?;
         let id: NodeId = id.trim().parse().map_err(|_| bad("peers", format!("{id:?} is not a node id")))?;
-        let (http, peer) =
-            addrs.split_once('/').ok_or_else(|| bad("peers", format!("{part:?}: expected ID=HTTP_ADDR/PEER_ADDR")))?;
+        let mut parts = addrs.split('/').map(str::trim);
+        let (Some(http), Some(peer), wire, None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err(bad("peers", format!("{part:?}: expected ID=HTTP_ADDR/PEER_ADDR[/WIRE_ADDR]")));
+        };
         if peers.iter().any(|(other, _)| *other == id) {
             return Err(bad("peers", format!("node {id} appears twice")));
         }
-        peers.push((id, NodeAddr { http: http.trim().to_string(), peer: peer.trim().to_string() }));
+        let wire = wire.unwrap_or_default().to_string();
+        peers.push((id, NodeAddr { http: http.to_string(), peer: peer.to_string(), wire }));
     }
     Ok(peers)
 }
@@ -146,6 +159,8 @@ impl ServeArgs {
             id,
             http: self.http.or(file.http).unwrap_or_else(|| DEFAULT_HTTP.into()),
             peer: self.peer.or(file.peer).unwrap_or_else(|| DEFAULT_PEER.into()),
+            wire: self.wire.or(file.wire).unwrap_or_else(|| DEFAULT_WIRE.into()),
+            advertise_wire: self.advertise_wire.or(file.advertise_wire),
             advertise_http: self.advertise_http.or(file.advertise_http),
             advertise_peer: self.advertise_peer.or(file.advertise_peer),
             data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(format!("tollgate-data-{id}"))),
@@ -180,7 +195,10 @@ mod tests {
     #[test]
     fn peers_parse_and_name_the_problem() {
         let peers = parse_peers("1=127.0.0.1:8081/127.0.0.1:9081, 2=h:1/h:2").unwrap();
-        assert_eq!(peers[1], (2, NodeAddr { http: "h:1".into(), peer: "h:2".into() }));
+        assert_eq!(peers[1], (2, NodeAddr { http: "h:1".into(), peer: "h:2".into(), wire: String::new() }));
+        let with_wire = parse_peers("3=h:1/h:2/h:3").unwrap();
+        assert_eq!(with_wire[0].1.wire, "h:3");
+        assert!(parse_peers("3=h:1/h:2/h:3/h:4").is_err());
         assert_eq!(parse_peers("1=a:1").unwrap_err().field, "peers");
         assert!(parse_peers("1=a:1/b:2,1=c:3/d:4").is_err());
     }

@@ -14,7 +14,8 @@ pub struct DevArgs {
     /// Folder for the three nodes' data and logs.
     #[arg(long, default_value = ".tollgate-dev")]
     pub data_dir: PathBuf,
-    /// HTTP ports are P, P+1, P+2; peer ports P+1000 … P+1002.
+    /// HTTP ports are P, P+1, P+2; peer ports P+1000 … P+1002; wire (binary
+    /// check) ports P+2000 … P+2002.
     #[arg(long, default_value_t = 8081)]
     pub base_port: u16,
 }
@@ -51,8 +52,8 @@ impl Nodes {
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let base = args.base_port;
-    if base > 65535 - 1002 {
-        bail!("--base-port: must leave room for P+1002 (at most 64533)");
+    if base > 65535 - 2002 {
+        bail!("--base-port: must leave room for P+2002 (at most 63533)");
     }
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let exe = std::env::current_exe().context("cannot find the tollgate binary")?;
@@ -62,10 +63,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let cluster_token = crate::secret::generate("tgc_").0;
     let addr = |i: u16| (format!("127.0.0.1:{}", base + i), format!("127.0.0.1:{}", base + 1000 + i));
+    let wire = |i: u16| format!("127.0.0.1:{}", base + 2000 + i);
     let peers: Vec<String> = (0..3)
         .map(|i| {
             let (http, peer) = addr(i);
-            format!("{}={http}/{peer}", i + 1)
+            format!("{}={http}/{peer}/{}", i + 1, wire(i))
         })
         .collect();
     let peers = peers.join(",");
@@ -78,7 +80,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let (http, peer) = addr(i);
         let child = Command::new(&exe)
             .arg("serve")
-            .args(["--id", &(i + 1).to_string(), "--http", &http, "--peer", &peer, "--peers", &peers])
+            .args([
+                "--id",
+                &(i + 1).to_string(),
+                "--http",
+                &http,
+                "--peer",
+                &peer,
+                "--wire",
+                &wire(i),
+                "--peers",
+                &peers,
+            ])
             .arg("--data-dir")
             .arg(&dir)
             .env("TOLLGATE_ADMIN_TOKEN", &token)
@@ -116,7 +129,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("Tollgate dev cluster is up (data in {}).", args.data_dir.display());
     for i in 0..3u16 {
         let (h, p) = addr(i);
-        println!("  node {}: http://{h}  (peer {p}, log {}/node{}/node.log)", i + 1, args.data_dir.display(), i + 1);
+        println!(
+            "  node {}: http://{h}  (wire {}, peer {p}, log {}/node{}/node.log)",
+            i + 1,
+            wire(i),
+            args.data_dir.display(),
+            i + 1
+        );
     }
     println!();
     println!("Admin token (valid while this runs):");

@@ -31,3 +31,4 @@ pub mod secret;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod wire;

@@ -28,6 +28,7 @@ pub struct Endpoints {
     pub id: u64,
     pub http: SocketAddr,
     pub peer: SocketAddr,
+    pub wire: SocketAddr,
 }
 
 /// Runs a node until `shutdown` completes.
@@ -40,10 +41,18 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         TcpListener::bind(&config.http).await.with_context(|| format!("cannot listen on --http {}", config.http))?;
     let peer_listener =
         TcpListener::bind(&config.peer).await.with_context(|| format!("cannot listen on --peer {}", config.peer))?;
-    let endpoints = Endpoints { id: config.id, http: http_listener.local_addr()?, peer: peer_listener.local_addr()? };
+    let wire_listener =
+        TcpListener::bind(&config.wire).await.with_context(|| format!("cannot listen on --wire {}", config.wire))?;
+    let endpoints = Endpoints {
+        id: config.id,
+        http: http_listener.local_addr()?,
+        peer: peer_listener.local_addr()?,
+        wire: wire_listener.local_addr()?,
+    };
     let addr = NodeAddr {
         http: config.advertise_http.clone().unwrap_or_else(|| endpoints.http.to_string()),
         peer: config.advertise_peer.clone().unwrap_or_else(|| endpoints.peer.to_string()),
+        wire: config.advertise_wire.clone().unwrap_or_else(|| endpoints.wire.to_string()),
     };
 
     let raft_config = Config {
@@ -104,11 +113,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         })
     };
     let http_task = serve(http_listener, crate::http::router(app.clone()), stop_rx.clone());
-    let peer_task = serve(peer_listener, crate::cluster::peer::router(app.clone()), stop_rx);
+    let peer_task = serve(peer_listener, crate::cluster::peer::router(app.clone()), stop_rx.clone());
+    let wire_task = tokio::spawn(crate::wire::serve(wire_listener, app.clone(), stop_rx));
 
     initialise(&raft, &config, &addr).await?;
     write_endpoints(&config, &endpoints)?;
-    tracing::info!(id = config.id, http = %endpoints.http, peer = %endpoints.peer, "node started");
+    tracing::info!(id = config.id, http = %endpoints.http, peer = %endpoints.peer, wire = %endpoints.wire, "node started");
 
     shutdown.await;
     tracing::info!("shutting down");
@@ -116,6 +126,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     let _ = raft.shutdown().await;
     let _ = http_task.await;
     let _ = peer_task.await;
+    let _ = wire_task.await;
     kv.flush().await?;
     Ok(())
 }

@@ -22,6 +22,7 @@ pub mod codec;
 pub mod command;
 pub mod model;
 pub mod validate;
+pub mod wire;
 
 pub use command::{Command, CommandResult, Proposal, Rejection, RejectionKind};
 pub use validate::FieldError;

@@ -627,6 +627,8 @@ impl AdminToken {
 pub enum Scope {
     Read,
     Write,
+    /// Only the check path (the binary protocol's hello): for edge proxies.
+    Check,
 }
 
 // ---------------------------------------------------------------------------

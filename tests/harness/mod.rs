@@ -56,6 +56,7 @@ pub struct Node {
     pub id: u64,
     pub http_port: u16,
     pub peer_port: u16,
+    pub wire_port: u16,
     pub dir: PathBuf,
     child: Option<Child>,
 }
@@ -65,8 +66,12 @@ impl Node {
         format!("http://127.0.0.1:{}", self.http_port)
     }
 
+    pub fn wire_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.wire_port)
+    }
+
     pub fn addr_spec(&self) -> String {
-        format!("{}=127.0.0.1:{}/127.0.0.1:{}", self.id, self.http_port, self.peer_port)
+        format!("{}=127.0.0.1:{}/127.0.0.1:{}/127.0.0.1:{}", self.id, self.http_port, self.peer_port, self.wire_port)
     }
 
     pub fn is_running(&self) -> bool {
@@ -91,6 +96,7 @@ impl Node {
             .args(["--id", &self.id.to_string()])
             .args(["--http", &format!("127.0.0.1:{}", self.http_port)])
             .args(["--peer", &format!("127.0.0.1:{}", self.peer_port)])
+            .args(["--wire", &format!("127.0.0.1:{}", self.wire_port)])
             .arg("--data-dir")
             .arg(&self.dir)
             .args(["--heartbeat-ms", "50", "--election-min-ms", "300", "--election-max-ms", "600"])
@@ -144,6 +150,7 @@ impl Cluster {
                 id,
                 http_port: free_port(),
                 peer_port: free_port(),
+                wire_port: free_port(),
                 dir: dir.path().join(format!("node{id}")),
                 child: None,
             })
@@ -167,6 +174,7 @@ impl Cluster {
             id,
             http_port: free_port(),
             peer_port: free_port(),
+            wire_port: free_port(),
             dir: self._dir.path().join(format!("node{id}")),
             child: None,
         };

@@ -26,11 +26,14 @@ pub struct NodeAddr {
     pub http: String,
     /// `host:port` of the peer listener (Raft RPCs, forwarded writes).
     pub peer: String,
+    /// `host:port` of the binary check listener (empty if none): clients
+    /// discover it through the membership.
+    pub wire: String,
 }
 
 impl fmt::Display for NodeAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http={} peer={}", self.http, self.peer)
+        write!(f, "http={} peer={} wire={}", self.http, self.peer, self.wire)
     }
 }
 

@@ -17,7 +17,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
@@ -39,20 +38,8 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v1/forward-auth/{api}/{stage}/{*rest}", any(forward_auth_with_path))
 }
 
-/// Runs the pipeline and records the decision in metrics.
 async fn decide(app: &App, req: &CheckRequest) -> Result<Decision, ApiError> {
-    let started = Instant::now();
-    let mut decision = app.gateway.check(req).await?;
-    app.metrics.record_decision(&app.published().model, req, &decision, started.elapsed());
-    let request_id = req
-        .headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("x-request-id"))
-        .map(|(_, v)| v.clone())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
-    decision.response_headers.push(("x-request-id".into(), request_id));
-    Ok(decision)
+    Ok(app.decide(req).await?)
 }
 
 /// The public keys backends verify `X-Tollgate-Identity` with.

@@ -30,7 +30,9 @@ async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     let (nodes, voters) = app.members();
     let members: Vec<_> = nodes
         .iter()
-        .map(|(id, addr)| json!({"id": id, "http_addr": addr.http, "peer_addr": addr.peer, "voter": voters.contains(id)}))
+        .map(|(id, addr)| {
+            json!({"id": id, "http_addr": addr.http, "peer_addr": addr.peer, "wire_addr": addr.wire, "voter": voters.contains(id)})
+        })
         .collect();
     Json(json!({
         "node_id": app.id,
@@ -51,6 +53,9 @@ struct AddNode {
     id: NodeId,
     http_addr: String,
     peer_addr: String,
+    /// The binary check listener, for client discovery (optional).
+    #[serde(default)]
+    wire_addr: String,
     #[serde(default = "yes")]
     voter: bool,
 }
@@ -80,10 +85,13 @@ async fn add_node(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, 
     }
     check_addr("http_addr", &req.http_addr)?;
     check_addr("peer_addr", &req.peer_addr)?;
+    if !req.wire_addr.is_empty() {
+        check_addr("wire_addr", &req.wire_addr)?;
+    }
     if app.members().0.contains_key(&req.id) {
         return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("node {} is already a member", req.id)));
     }
-    let addr = NodeAddr { http: req.http_addr, peer: req.peer_addr };
+    let addr = NodeAddr { http: req.http_addr, peer: req.peer_addr, wire: req.wire_addr };
     app.change_membership(MembershipOp::Add { id: req.id, addr, voter: req.voter }).await?;
     Ok((StatusCode::CREATED, Json(json!({"id": req.id, "voter": req.voter}))).into_response())
 }

@@ -1,0 +1,168 @@
+//! The wire listener: the binary check protocol (`tollgate_proto::wire`) for
+//! `tollgate-client`, on its own port, serving the same pipeline as
+//! `POST /v1/check`.
+//!
+//! A connection starts with a hello (version and token, within
+//! [`HELLO_TIMEOUT`]); then checks are decided concurrently, at most
+//! [`MAX_IN_FLIGHT`] at a time per connection, and answered as they finish,
+//! each with its request's id. A frame that is not of the protocol gets an
+//! error and the connection is closed; other connections are not affected.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tollgate_proto::model::Scope;
+use tollgate_proto::wire::{self, ClientMessage, ErrorCode, FrameError, Member, ServerMessage};
+
+use crate::app::App;
+use crate::secret;
+
+/// How long a new connection has to say hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Checks decided at once for one connection; more wait (back-pressure).
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+pub async fn serve(listener: TcpListener, app: Arc<App>, stop: watch::Receiver<bool>) {
+    let mut watcher = stop.clone();
+    let stopping = async move {
+        let _ = watcher.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopping);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(connection(stream, app.clone(), stop.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "wire accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            _ = &mut stopping => return,
+        }
+    }
+}
+
+enum ReadError {
+    Closed,
+    Frame(FrameError),
+}
+
+async fn read_message(reader: &mut BufReader<OwnedReadHalf>) -> Result<ClientMessage, ReadError> {
+    let mut prefix = [0u8; 4];
+    reader.read_exact(&mut prefix).await.map_err(|_| ReadError::Closed)?;
+    let len = wire::frame_len(prefix).map_err(ReadError::Frame)?;
+    let mut frame = vec![0u8; len];
+    reader.read_exact(&mut frame).await.map_err(|_| ReadError::Closed)?;
+    wire::decode(&frame).map_err(ReadError::Frame)
+}
+
+fn frame(message: &ServerMessage) -> Vec<u8> {
+    // Our own messages always encode; an empty frame would only close the peer.
+    wire::encode(message).unwrap_or_default()
+}
+
+fn authorized(app: &App, token: &str) -> bool {
+    if app.bootstrap_token.as_ref().is_some_and(|d| d.matches(token)) {
+        return true;
+    }
+    let published = app.published();
+    let stored = published.model.token_by_digest(&secret::sha256(token));
+    stored.is_some_and(|t| t.scopes.iter().any(|s| matches!(s, Scope::Check | Scope::Write)))
+}
+
+async fn connection(stream: TcpStream, app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    let refuse = |code: ErrorCode, message: String| frame(&ServerMessage::Error { code, message });
+
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, read_message(&mut reader)).await;
+    let answer = match hello {
+        Ok(Ok(ClientMessage::Hello { versions, token, client: _ })) => {
+            if !versions.contains(&wire::VERSION) {
+                Err(refuse(ErrorCode::UnsupportedVersion, format!("this node speaks version {}", wire::VERSION)))
+            } else if !authorized(&app, &token) {
+                Err(refuse(ErrorCode::Unauthorized, "the token is not valid for checks".into()))
+            } else {
+                let (nodes, _) = app.members();
+                let members =
+                    nodes.into_iter().map(|(id, addr)| Member { id, wire: addr.wire, http: addr.http }).collect();
+                Ok(frame(&ServerMessage::Welcome { version: wire::VERSION, node_id: app.id, members }))
+            }
+        }
+        Ok(Ok(_)) => Err(refuse(ErrorCode::Protocol, "the first message must be a hello".into())),
+        Ok(Err(ReadError::Frame(e))) => Err(refuse(ErrorCode::Protocol, e.to_string())),
+        Ok(Err(ReadError::Closed)) => return,
+        Err(_) => Err(refuse(ErrorCode::Protocol, "no hello in time".into())),
+    };
+    match answer {
+        Ok(welcome) => {
+            if writer.write_all(&welcome).await.is_err() {
+                return;
+            }
+        }
+        Err(error) => {
+            let _ = writer.write_all(&error).await;
+            return;
+        }
+    }
+
+    // Answers go through one writer task, in the order they are ready.
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
+    let writer_task = tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            if writer.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let stopping = async {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let message = tokio::select! {
+            m = read_message(&mut reader) => Some(m),
+            _ = stopping => None,
+        };
+        let Some(message) = message else {
+            let _ = tx.send(refuse(ErrorCode::Unavailable, "the node is shutting down".into())).await;
+            break;
+        };
+        match message {
+            Ok(ClientMessage::Check { id, request }) => {
+                let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+                let (app, tx) = (app.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let answer = match app.decide(&request).await {
+                        Ok(decision) => ServerMessage::Decision { id, decision },
+                        Err(e) => ServerMessage::Refused { id, field: e.field, message: e.message },
+                    };
+                    let _ = tx.send(frame(&answer)).await;
+                    drop(permit);
+                });
+            }
+            Ok(ClientMessage::Ping { id }) => {
+                let _ = tx.send(frame(&ServerMessage::Pong { id })).await;
+            }
+            Ok(ClientMessage::Hello { .. }) => {
+                let _ = tx.send(refuse(ErrorCode::Protocol, "hello was already said".into())).await;
+                break;
+            }
+            Err(ReadError::Closed) => break,
+            Err(ReadError::Frame(e)) => {
+                let _ = tx.send(refuse(ErrorCode::Protocol, e.to_string())).await;
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer_task.await;
+}

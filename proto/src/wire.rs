@@ -1,0 +1,211 @@
+//! The binary check protocol between edge proxies (`tollgate-client`) and a
+//! node's wire listener.
+//!
+//! A frame is a 4-byte big-endian length of what follows, a version byte, and
+//! a bincode 2 payload. Many checks share one connection: each carries an id,
+//! and answers come back in any order with the id of their question. The
+//! client opens with [`ClientMessage::Hello`] (the versions it speaks and its
+//! token); the node answers [`ServerMessage::Welcome`] (the version chosen and
+//! the cluster's members, for discovery) or an error, and closes.
+//!
+//! Decoding is total and allocation-bounded: a length over [`MAX_FRAME`] is
+//! refused before anything is read into memory, and bincode is limited to the
+//! frame, so no input can make it allocate more or panic.
+
+use serde::{Deserialize, Serialize};
+
+use crate::check::{CheckRequest, Decision};
+
+/// The protocol version this crate speaks.
+pub const VERSION: u8 = 1;
+/// The largest frame accepted, length prefix excluded.
+pub const MAX_FRAME: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    /// First message on a connection.
+    Hello {
+        /// Versions the client speaks; the node picks the highest it shares.
+        versions: Vec<u8>,
+        /// A token with the `check` scope (or the bootstrap admin token).
+        token: String,
+        /// Free text naming the client, for logs.
+        client: String,
+    },
+    Check {
+        id: u64,
+        request: CheckRequest,
+    },
+    Ping {
+        id: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    Welcome {
+        version: u8,
+        node_id: u64,
+        members: Vec<Member>,
+    },
+    Decision {
+        id: u64,
+        decision: Decision,
+    },
+    /// A check the node could not decide (a malformed request: the field is named).
+    Refused {
+        id: u64,
+        field: String,
+        message: String,
+    },
+    Pong {
+        id: u64,
+    },
+    /// The connection is being closed for this reason.
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// A member as clients need it: where its wire listener is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: u64,
+    pub wire: String,
+    pub http: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// Not a frame of this protocol, or not the message expected.
+    Protocol,
+    UnsupportedVersion,
+    Unauthorized,
+    /// The node is shutting down or overloaded; try another.
+    Unavailable,
+}
+
+/// Why bytes are not a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes is over the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("empty frame")]
+    Empty,
+    #[error("protocol version {0} is not spoken here")]
+    Version(u8),
+    #[error("undecodable frame: {0}")]
+    Decode(String),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_FRAME>()
+}
+
+/// Encodes a message as a whole frame (length prefix included).
+pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
+    let mut out = vec![0, 0, 0, 0, VERSION];
+    bincode::serde::encode_into_std_write(message, &mut out, config())
+        .map_err(|e| FrameError::Decode(e.to_string()))?;
+    let len = out.len() - 4;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    out[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(out)
+}
+
+/// Checks a length prefix before the frame is read.
+pub fn frame_len(prefix: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    match len {
+        0 => Err(FrameError::Empty),
+        n if n > MAX_FRAME => Err(FrameError::TooLarge(n)),
+        n => Ok(n),
+    }
+}
+
+/// Decodes a frame body (version byte and payload, without the length prefix).
+pub fn decode<T: serde::de::DeserializeOwned>(frame: &[u8]) -> Result<T, FrameError> {
+    let (&version, payload) = frame.split_first().ok_or(FrameError::Empty)?;
+    if version != VERSION {
+        return Err(FrameError::Version(version));
+    }
+    let (value, used) =
+        bincode::serde::decode_from_slice(payload, config()).map_err(|e| FrameError::Decode(e.to_string()))?;
+    if used != payload.len() {
+        return Err(FrameError::Decode(format!("{} bytes after the message", payload.len() - used)));
+    }
+    Ok(value)
+}
+
+/// Decodes a whole buffer of frames (what a fuzzer or a test feeds in):
+/// every complete frame, then the error that stopped it, if any.
+pub fn decode_stream<T: serde::de::DeserializeOwned>(mut bytes: &[u8]) -> (Vec<T>, Option<FrameError>) {
+    let mut messages = Vec::new();
+    while bytes.len() >= 4 {
+        let prefix = [bytes[0], bytes[1], bytes[2], bytes[3]];
+        let len = match frame_len(prefix) {
+            Ok(len) => len,
+            Err(e) => return (messages, Some(e)),
+        };
+        let Some(frame) = bytes.get(4..4 + len) else { return (messages, None) };
+        match decode(frame) {
+            Ok(m) => messages.push(m),
+            Err(e) => return (messages, Some(e)),
+        }
+        bytes = &bytes[4 + len..];
+    }
+    (messages, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_frames_concatenate() {
+        let hello = ClientMessage::Hello { versions: vec![1], token: "t".into(), client: "test".into() };
+        let check = ClientMessage::Check {
+            id: 7,
+            request: CheckRequest {
+                api: "a".into(),
+                stage: "s".into(),
+                method: "GET".into(),
+                path: "/".into(),
+                ..Default::default()
+            },
+        };
+        let mut bytes = encode(&hello).unwrap();
+        bytes.extend(encode(&check).unwrap());
+        let (decoded, err) = decode_stream::<ClientMessage>(&bytes);
+        assert_eq!((decoded, err), (vec![hello, check], None));
+    }
+
+    #[test]
+    fn bad_frames_are_refused_not_panicked_on() {
+        assert_eq!(frame_len([0xff, 0xff, 0xff, 0xff]), Err(FrameError::TooLarge(u32::MAX as usize)));
+        assert_eq!(frame_len([0, 0, 0, 0]), Err(FrameError::Empty));
+        assert_eq!(decode::<ClientMessage>(&[9, 0]), Err(FrameError::Version(9)));
+        assert!(matches!(decode::<ClientMessage>(&[VERSION, 200, 1, 2]), Err(FrameError::Decode(_))));
+        // A string claiming 2^60 bytes inside a small frame: refused, nothing allocated.
+        let mut frame = vec![VERSION, 0];
+        frame.extend([0xff, 0, 0, 0, 0, 0, 0, 0, 0x10]);
+        assert!(decode::<ClientMessage>(&frame).is_err());
+        // Pseudo-random garbage of many lengths never panics.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for len in 0..2000 {
+            let bytes: Vec<u8> = (0..len % 300)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            let _ = decode_stream::<ClientMessage>(&bytes);
+            let _ = decode::<ServerMessage>(&bytes);
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! tollgate-client and the binary protocol against real node processes.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::Cluster;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tollgate_client::{CheckRequest, Client, ClientConfig, Error, FailureMode};
+use tollgate_proto::wire::{self, ClientMessage, ErrorCode, ServerMessage};
+
+/// An API, a plan, a key and a token with the `check` scope.
+async fn setup(cluster: &Cluster) -> (String, String) {
+    let leader = cluster.leader().await;
+    let api = json!({"id": "pets", "name": "Pets", "stages": [{"name": "prod"}],
+        "routes": [{"method": "GET", "path": "/pets/*", "api_key_required": true}]});
+    assert_eq!(cluster.post(leader, "/v1/admin/apis", api).await.0, 201);
+    let plan = json!({"id": "gold", "name": "Gold", "api_stages": [{"api_id": "pets", "stage": "prod"}]});
+    assert_eq!(cluster.post(leader, "/v1/admin/plans", plan).await.0, 201);
+    let (_, key) = cluster.post(leader, "/v1/admin/keys", json!({"name": "edge", "plan_ids": ["gold"]})).await;
+    let (_, token) = cluster.post(leader, "/v1/admin/tokens", json!({"name": "proxy", "scopes": ["check"]})).await;
+    for node in [1, 2, 3] {
+        harness::wait_until("model replicated", || async {
+            cluster.get(node, "/v1/admin/tokens?stale=true").await.1["items"].as_array().is_some_and(|t| t.len() == 1)
+        })
+        .await;
+    }
+    (key["secret"].as_str().unwrap_or_default().to_string(), token["secret"].as_str().unwrap_or_default().to_string())
+}
+
+fn request(key: &str, i: usize) -> CheckRequest {
+    CheckRequest {
+        api: "pets".into(),
+        stage: "prod".into(),
+        method: "GET".into(),
+        path: format!("/pets/{i}"),
+        headers: [("x-api-key".to_string(), key.to_string()), ("x-request-id".to_string(), format!("req-{i}"))].into(),
+        ..Default::default()
+    }
+}
+
+fn request_id(decision: &tollgate_client::Decision) -> Option<&str> {
+    decision.response_headers.iter().find(|(n, _)| n == "x-request-id").map(|(_, v)| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn checks_fail_over_when_the_node_in_use_is_killed_and_come_back_to_it() {
+    let mut cluster = Cluster::start(3).await;
+    let (key, token) = setup(&cluster).await;
+    // Only node 1 is given; the others are learned from its welcome.
+    let client = Client::new(ClientConfig::new([cluster.node(1).wire_addr()], token));
+    let decision = client.check(request(&key, 1)).await.expect("check");
+    assert!(decision.allowed, "{decision:?}");
+    assert_eq!(client.known_nodes().len(), 3, "members discovered: {:?}", client.known_nodes());
+
+    // Kill -9 the node the client is using.
+    for i in 0..5 {
+        client.check(request(&key, i)).await.expect("check");
+    }
+    let in_use = client.preferred_node().expect("a node in use");
+    let victim = (1..=3).find(|n| cluster.node(*n).wire_addr() == in_use).expect("a cluster node");
+    cluster.kill(victim);
+    for i in 0..20 {
+        let decision = client.check(request(&key, i)).await.unwrap_or_else(|e| panic!("check {i} after kill -9: {e}"));
+        assert!(decision.allowed);
+    }
+    assert!(client.failovers() >= 1, "the client moved off the dead node");
+
+    // The node comes back; with the other two gone it must be used again.
+    cluster.restart(victim).await;
+    for other in (1..=3).filter(|n| *n != victim) {
+        cluster.kill(other);
+    }
+    let mut answered = false;
+    for i in 0..50 {
+        if let Ok(d) = client.check(request(&key, i)).await {
+            answered = d.allowed;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // node 1 may still be in its backoff
+    }
+    assert!(answered, "the restarted node was not used again");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_concurrent_checks_on_one_connection_come_back_to_their_callers() {
+    let cluster = Cluster::start(3).await;
+    let (key, token) = setup(&cluster).await;
+    let mut config = ClientConfig::new([cluster.node(2).wire_addr()], token);
+    config.connections_per_node = 1;
+    config.deadline = Duration::from_secs(10);
+    config.attempt_timeout = Duration::from_secs(10);
+    let client = Client::new(config);
+    let mut tasks = Vec::new();
+    for i in 0..500 {
+        let (client, key) = (client.clone(), key.clone());
+        tasks.push(tokio::spawn(async move { (i, client.check(request(&key, i)).await) }));
+    }
+    for task in tasks {
+        let (i, answer) = task.await.expect("task");
+        let decision = answer.unwrap_or_else(|e| panic!("check {i}: {e}"));
+        assert_eq!(request_id(&decision), Some(format!("req-{i}").as_str()), "answer matched to the wrong caller");
+    }
+    // A malformed request is refused with its field, not retried elsewhere.
+    let mut bad = request(&key, 0);
+    bad.source_ip = Some("not-an-ip".into());
+    assert!(matches!(client.check(bad).await, Err(Error::Refused { field, .. }) if field == "source_ip"));
+    assert_eq!(client.failovers(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_every_node_down_the_client_fails_open_or_closed_as_configured() {
+    let mut cluster = Cluster::start(3).await;
+    let (key, token) = setup(&cluster).await;
+    let seeds: Vec<String> = (1..=3).map(|n| cluster.node(n).wire_addr()).collect();
+    for node in [1, 2, 3] {
+        cluster.kill(node);
+    }
+    let mut closed = ClientConfig::new(seeds.clone(), token.clone());
+    closed.failure_mode = FailureMode::Closed;
+    assert!(matches!(Client::new(closed).check(request(&key, 1)).await, Err(Error::Unavailable(_))));
+    let mut open = ClientConfig::new(seeds, token);
+    open.failure_mode = FailureMode::Open;
+    let decision = Client::new(open).check(request(&key, 1)).await.expect("fail-open answers");
+    assert!(decision.allowed && decision.message.starts_with("fail-open"), "{decision:?}");
+}
+
+async fn raw(port: u16, bytes: &[u8]) -> Vec<ServerMessage> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    let _ = stream.shutdown().await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(harness::PATIENCE, stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the node did not close the connection");
+    wire::decode_stream::<ServerMessage>(&answer).0
+}
+
+fn protocol_error(answers: &[ServerMessage]) -> bool {
+    matches!(answers.last(), Some(ServerMessage::Error { code: ErrorCode::Protocol, .. }))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_truncated_and_oversized_frames_close_only_their_connection() {
+    let cluster = Cluster::start(3).await;
+    let (key, token) = setup(&cluster).await;
+    let port = cluster.node(1).wire_port;
+    let hello = wire::encode(&ClientMessage::Hello { versions: vec![1], token: token.clone(), client: "raw".into() })
+        .expect("encode");
+
+    assert!(protocol_error(&raw(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await), "garbage");
+    assert!(protocol_error(&raw(port, &[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await), "oversized length");
+    let mut after_hello = hello.clone();
+    after_hello.extend([0, 0, 0, 5, wire::VERSION, 0xff, 0xff, 0xff, 0xff]);
+    let answers = raw(port, &after_hello).await;
+    assert!(matches!(answers.first(), Some(ServerMessage::Welcome { .. })), "{answers:?}");
+    assert!(protocol_error(&answers), "undecodable frame after the hello: {answers:?}");
+    // Truncated: a length of 100 and 10 bytes, then the connection closes.
+    let mut truncated = hello.clone();
+    truncated.extend([0, 0, 0, 100, wire::VERSION, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    let answers = raw(port, &truncated).await;
+    assert!(matches!(answers.as_slice(), [ServerMessage::Welcome { .. }]), "{answers:?}");
+    let bad_token =
+        wire::encode(&ClientMessage::Hello { versions: vec![1], token: "tga_wrong".into(), client: "raw".into() })
+            .expect("encode");
+    assert!(matches!(
+        raw(port, &bad_token).await.as_slice(),
+        [ServerMessage::Error { code: ErrorCode::Unauthorized, .. }]
+    ));
+    let bad_version =
+        wire::encode(&ClientMessage::Hello { versions: vec![99], token, client: "raw".into() }).expect("encode");
+    assert!(matches!(
+        raw(port, &bad_version).await.as_slice(),
+        [ServerMessage::Error { code: ErrorCode::UnsupportedVersion, .. }]
+    ));
+
+    // The node kept serving everyone else.
+    let client = Client::new(ClientConfig::new([cluster.node(1).wire_addr()], harness::TOKEN));
+    assert!(client.check(request(&key, 1)).await.expect("check").allowed);
+}
