@@ -283,6 +283,46 @@ async fn load_checks(
     Ok((all, start.elapsed()))
 }
 
+async fn load_wire(
+    client: &tollgate_client::Client,
+    secret: &str,
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<(Histogram<u64>, Duration)> {
+    let request = tollgate_client::CheckRequest {
+        api: "bench".into(),
+        stage: "prod".into(),
+        method: "GET".into(),
+        path: "/items/1".into(),
+        source_ip: Some("192.0.2.1".into()),
+        headers: [("x-api-key".to_string(), secret.to_string())].into(),
+        ..Default::default()
+    };
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = vec![];
+    for _ in 0..concurrency {
+        let (client, next, request) = (client.clone(), next.clone(), request.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3)?;
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < count {
+                let t = Instant::now();
+                let decision = client.check(request.clone()).await?;
+                if !decision.allowed {
+                    bail!("check denied: {decision:?}");
+                }
+                h.record(t.elapsed().as_micros() as u64)?;
+            }
+            anyhow::Ok(h)
+        }));
+    }
+    let mut all = Histogram::<u64>::new(3)?;
+    for t in tasks {
+        all.add(t.await??)?;
+    }
+    Ok((all, start.elapsed()))
+}
+
 /// Creates `count` keys on node `target` with `concurrency` writers; the latency histogram (µs).
 async fn load_keys(
     cluster: &Arc<Cluster>,
@@ -371,12 +411,23 @@ async fn main() -> anyhow::Result<()> {
         What::Check { count, concurrency } => {
             let node = cluster.leader().await?;
             let secret = check_fixture(&cluster, node).await?;
+            let wire_addr = format!("127.0.0.1:{}", cluster.base + 2000 + node as u16 - 1);
             let cluster = Arc::new(cluster);
             load_checks(&cluster, node, &secret, 2000, concurrency).await?; // warm up
             let (h, elapsed) = load_checks(&cluster, node, &secret, count.min(5000), 1).await?;
             report("POST /v1/check, 1 client", &h, elapsed);
             let (h, elapsed) = load_checks(&cluster, node, &secret, count, concurrency).await?;
             report(&format!("POST /v1/check, {concurrency} clients"), &h, elapsed);
+            // The same checks through tollgate-client's binary protocol, to the same node.
+            let mut config = tollgate_client::ClientConfig::new([wire_addr], TOKEN);
+            config.deadline = Duration::from_secs(5);
+            config.attempt_timeout = Duration::from_secs(5);
+            let client = tollgate_client::Client::new(config);
+            load_wire(&client, &secret, 2000, concurrency).await?; // warm up
+            let (h, elapsed) = load_wire(&client, &secret, count.min(5000), 1).await?;
+            report("binary protocol, 1 client", &h, elapsed);
+            let (h, elapsed) = load_wire(&client, &secret, count, concurrency).await?;
+            report(&format!("binary protocol, {concurrency} callers"), &h, elapsed);
         }
         What::ColdStart { keys, concurrency } => {
             let leader = cluster.leader().await?;

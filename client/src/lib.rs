@@ -162,8 +162,15 @@ impl Connection {
         let (outgoing, mut queue) = mpsc::channel::<Vec<u8>>(1024);
         let writer_closed = closed.clone();
         tokio::spawn(async move {
-            while let Some(bytes) = queue.recv().await {
-                if writer.write_all(&bytes).await.is_err() {
+            // Requests already queued go out in one write.
+            while let Some(mut batch) = queue.recv().await {
+                while batch.len() < 64 * 1024 {
+                    match queue.try_recv() {
+                        Ok(more) => batch.extend_from_slice(&more),
+                        Err(_) => break,
+                    }
+                }
+                if writer.write_all(&batch).await.is_err() {
                     break;
                 }
             }

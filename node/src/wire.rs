@@ -25,6 +25,8 @@ use crate::secret;
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Checks decided at once for one connection; more wait (back-pressure).
 pub const MAX_IN_FLIGHT: usize = 1024;
+/// Answers are gathered up to about this many bytes per write.
+const WRITE_BATCH: usize = 64 * 1024;
 
 pub async fn serve(listener: TcpListener, app: Arc<App>, stop: watch::Receiver<bool>) {
     let mut watcher = stop.clone();
@@ -116,8 +118,15 @@ async fn connection(stream: TcpStream, app: Arc<App>, mut stop: watch::Receiver<
     // Answers go through one writer task, in the order they are ready.
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
     let writer_task = tokio::spawn(async move {
-        while let Some(bytes) = rx.recv().await {
-            if writer.write_all(&bytes).await.is_err() {
+        // Everything already queued goes out in one write: one syscall for many answers.
+        while let Some(mut batch) = rx.recv().await {
+            while batch.len() < WRITE_BATCH {
+                match rx.try_recv() {
+                    Ok(more) => batch.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            if writer.write_all(&batch).await.is_err() {
                 return;
             }
         }
