@@ -145,9 +145,14 @@ async fn a_learner_is_added_promoted_and_removed() {
 
     let learner = cluster.spawn_extra(4);
     let (http, peer) = (format!("127.0.0.1:{}", learner.http_port), format!("127.0.0.1:{}", learner.peer_port));
+    let wire = learner.wire_addr();
     // Added through a follower: the change is forwarded to the leader.
     let (status, body) = cluster
-        .post(2, "/v1/admin/cluster/nodes", json!({"id": 4, "http_addr": http, "peer_addr": peer, "voter": false}))
+        .post(
+            2,
+            "/v1/admin/cluster/nodes",
+            json!({"id": 4, "http_addr": http, "peer_addr": peer, "wire_addr": wire, "voter": false}),
+        )
         .await;
     assert_eq!(status, 201, "{body}");
     let (status, _) =
@@ -159,6 +164,7 @@ async fn a_learner_is_added_promoted_and_removed() {
     };
     let (_, status) = cluster.get(1, "/v1/admin/cluster").await;
     assert_eq!(member(&status, 4).map(|n| n["voter"].clone()), Some(json!(false)), "{status}");
+    assert_eq!(member(&status, 4).map(|n| n["wire_addr"].clone()), Some(json!(wire)), "{status}");
     cluster.wait_ready(4).await;
     assert_eq!(cluster.get(4, "/v1/admin/plans/seen-by-learner?stale=true").await.0, 200);
 

@@ -146,7 +146,7 @@ enum TokenCmd {
     Create {
         #[arg(long)]
         name: String,
-        /// read or write (repeatable).
+        /// read, write or check (repeatable).
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
     },
@@ -167,6 +167,9 @@ enum ClusterCmd {
         http: String,
         #[arg(long)]
         peer: String,
+        /// The node's binary check listener, for client discovery.
+        #[arg(long, default_value = "")]
+        wire: String,
         #[arg(long)]
         learner: bool,
     },
@@ -403,8 +406,8 @@ async fn tokens(admin: &Admin, cmd: TokenCmd) -> anyhow::Result<()> {
 async fn cluster(admin: &Admin, cmd: ClusterCmd) -> anyhow::Result<()> {
     match cmd {
         ClusterCmd::Status => admin.print(Method::GET, "/v1/admin/cluster", None).await,
-        ClusterCmd::AddNode { id, http, peer, learner } => {
-            let body = json!({"id": id, "http_addr": http, "peer_addr": peer, "voter": !learner});
+        ClusterCmd::AddNode { id, http, peer, wire, learner } => {
+            let body = json!({"id": id, "http_addr": http, "peer_addr": peer, "wire_addr": wire, "voter": !learner});
             admin.print(Method::POST, "/v1/admin/cluster/nodes", Some(body)).await
         }
         ClusterCmd::Promote { id } => {
