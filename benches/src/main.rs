@@ -241,6 +241,38 @@ async fn check_fixture(cluster: &Cluster, node: u64) -> anyhow::Result<String> {
     key["secret"].as_str().map(str::to_string).ok_or_else(|| anyhow::anyhow!("no key secret: {key}"))
 }
 
+/// Runs `op(n)` for n in 0..count with `concurrency` workers; the latency
+/// histogram (µs) and the wall time.
+async fn run_load<F, Fut>(count: usize, concurrency: usize, op: F) -> anyhow::Result<(Histogram<u64>, Duration)>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = vec![];
+    for _ in 0..concurrency {
+        let (next, op) = (next.clone(), op.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3)?;
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= count {
+                    return anyhow::Ok(h);
+                }
+                let t = Instant::now();
+                op(n).await?;
+                h.record(t.elapsed().as_micros() as u64)?;
+            }
+        }));
+    }
+    let mut all = Histogram::<u64>::new(3)?;
+    for t in tasks {
+        all.add(t.await??)?;
+    }
+    Ok((all, start.elapsed()))
+}
+
 async fn load_checks(
     cluster: &Arc<Cluster>,
     node: u64,
@@ -250,37 +282,25 @@ async fn load_checks(
 ) -> anyhow::Result<(Histogram<u64>, Duration)> {
     let body = Arc::new(serde_json::to_vec(&json!({"api": "bench", "stage": "prod", "method": "GET",
         "path": "/items/1", "source_ip": "192.0.2.1", "headers": {"x-api-key": secret}}))?);
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = vec![];
-    for _ in 0..concurrency {
-        let (cluster, next, body) = (cluster.clone(), next.clone(), body.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new(3)?;
-            let url = format!("{}/v1/check", cluster.url(node));
-            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < count {
-                let t = Instant::now();
-                let resp = cluster
-                    .http
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body.as_ref().clone())
-                    .send()
-                    .await?;
-                let decision: Value = resp.json().await?;
-                if decision["allowed"] != true {
-                    bail!("check denied: {decision}");
-                }
-                h.record(t.elapsed().as_micros() as u64)?;
+    let (cluster, url) = (cluster.clone(), format!("{}/v1/check", cluster.url(node)));
+    run_load(count, concurrency, move |_| {
+        let (cluster, url, body) = (cluster.clone(), url.clone(), body.clone());
+        async move {
+            let resp = cluster
+                .http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body.as_ref().clone())
+                .send()
+                .await?;
+            let decision: Value = resp.json().await?;
+            if decision["allowed"] != true {
+                bail!("check denied: {decision}");
             }
-            anyhow::Ok(h)
-        }));
-    }
-    let mut all = Histogram::<u64>::new(3)?;
-    for t in tasks {
-        all.add(t.await??)?;
-    }
-    Ok((all, start.elapsed()))
+            Ok(())
+        }
+    })
+    .await
 }
 
 async fn load_wire(
@@ -298,61 +318,33 @@ async fn load_wire(
         headers: [("x-api-key".to_string(), secret.to_string())].into(),
         ..Default::default()
     };
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = vec![];
-    for _ in 0..concurrency {
-        let (client, next, request) = (client.clone(), next.clone(), request.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new(3)?;
-            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < count {
-                let t = Instant::now();
-                let decision = client.check(request.clone()).await?;
-                if !decision.allowed {
-                    bail!("check denied: {decision:?}");
-                }
-                h.record(t.elapsed().as_micros() as u64)?;
+    let client = client.clone();
+    run_load(count, concurrency, move |_| {
+        let (client, request) = (client.clone(), request.clone());
+        async move {
+            let decision = client.check(request).await?;
+            if !decision.allowed {
+                bail!("check denied: {decision:?}");
             }
-            anyhow::Ok(h)
-        }));
-    }
-    let mut all = Histogram::<u64>::new(3)?;
-    for t in tasks {
-        all.add(t.await??)?;
-    }
-    Ok((all, start.elapsed()))
+            Ok(())
+        }
+    })
+    .await
 }
 
-/// Creates `count` keys on node `target` with `concurrency` writers; the latency histogram (µs).
+/// Creates `count` keys on node `target` with `concurrency` writers.
 async fn load_keys(
     cluster: &Arc<Cluster>,
     target: u64,
     count: usize,
     concurrency: usize,
 ) -> anyhow::Result<(Histogram<u64>, Duration)> {
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = vec![];
-    for _ in 0..concurrency {
-        let (cluster, next) = (cluster.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new(3)?;
-            loop {
-                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if n >= count {
-                    return anyhow::Ok(h);
-                }
-                let t = Instant::now();
-                cluster.create_key(target, n).await?;
-                h.record(t.elapsed().as_micros() as u64)?;
-            }
-        }));
-    }
-    let mut all = Histogram::<u64>::new(3)?;
-    for t in tasks {
-        all.add(t.await??)?;
-    }
-    Ok((all, start.elapsed()))
+    let cluster = cluster.clone();
+    run_load(count, concurrency, move |n| {
+        let cluster = cluster.clone();
+        async move { cluster.create_key(target, n).await }
+    })
+    .await
 }
 
 fn report(what: &str, h: &Histogram<u64>, elapsed: Duration) {
