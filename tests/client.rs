@@ -178,3 +178,54 @@ async fn garbage_truncated_and_oversized_frames_close_only_their_connection() {
     let client = Client::new(ClientConfig::new([cluster.node(1).wire_addr()], harness::TOKEN));
     assert!(client.check(request(&key, 1)).await.expect("check").allowed);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tower_layer_answers_denials_itself_and_passes_identity_on() {
+    use axum::routing::get;
+    let mut cluster = Cluster::start(3).await;
+    let (key, token) = setup(&cluster).await;
+    let client = Client::new(ClientConfig::new([cluster.node(1).wire_addr()], token));
+    let app = axum::Router::new()
+        .route(
+            "/pets/{id}",
+            get(|headers: axum::http::HeaderMap| async move {
+                let identity = headers.contains_key("x-tollgate-identity");
+                let principal =
+                    headers.get("x-tollgate-principal").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                axum::Json(json!({"identity": identity, "principal": principal}))
+            }),
+        )
+        .layer(tollgate_client::TollgateLayer::new(client, "pets", "prod"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let http = cluster.http.clone();
+    let get = |key: Option<&str>| {
+        let mut req = http.get(format!("{base}/pets/1"));
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        req.send()
+    };
+
+    let ok = get(Some(&key)).await.expect("request");
+    assert_eq!(ok.status().as_u16(), 200);
+    assert!(ok.headers().contains_key("x-request-id"), "the decision's headers are on the response");
+    let body: serde_json::Value = ok.json().await.expect("json");
+    assert_eq!(body["identity"], true, "{body}");
+    assert!(body["principal"].as_str().is_some_and(|p| p.starts_with("key:")), "{body}");
+
+    let denied = get(Some("tgk_bogus")).await.expect("request");
+    assert_eq!(denied.status().as_u16(), 403);
+    let body: serde_json::Value = denied.json().await.expect("json");
+    assert_eq!(body["reason"], "unknown_key");
+    assert_eq!(get(None).await.expect("request").status().as_u16(), 403);
+
+    // No node at all: the layer fails closed with 503 and Retry-After.
+    for node in [1, 2, 3] {
+        cluster.kill(node);
+    }
+    let unavailable = get(Some(&key)).await.expect("request");
+    assert_eq!(unavailable.status().as_u16(), 503);
+    assert!(unavailable.headers().contains_key("retry-after"));
+}

@@ -28,12 +28,19 @@
 //!   for each check: the healthy node with the lowest latency; on failure the
 //!   next one, within the caller's deadline. A node that failed is left alone
 //!   for a backoff that grows with each failure, then tried again.
+//! - [`layer`] (feature `tower`): a tower `Layer` that checks every request of
+//!   an HTTP service and answers denials itself.
 //! - `Connection`: one TCP connection speaking the binary protocol
 //!   (`tollgate_proto::wire`): checks are pipelined with ids and answered in
 //!   any order; a reader task hands each answer to its caller.
 //!
 //! The client holds no global state: every [`Client`] is independent.
 #![forbid(unsafe_code)]
+
+#[cfg(feature = "tower")]
+pub mod layer;
+#[cfg(feature = "tower")]
+pub use layer::TollgateLayer;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
