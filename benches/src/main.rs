@@ -61,6 +61,9 @@ enum What {
         count: usize,
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Run only one path: `http` or `wire` (default: both).
+        #[arg(long)]
+        only: Option<String>,
     },
     ColdStart {
         #[arg(long, default_value_t = 100_000)]
@@ -400,16 +403,27 @@ async fn main() -> anyhow::Result<()> {
                 write.max()
             );
         }
-        What::Check { count, concurrency } => {
+        What::Check { count, concurrency, only } => {
+            let (http, wire) = match only.as_deref() {
+                None => (true, true),
+                Some("http") => (true, false),
+                Some("wire") => (false, true),
+                Some(other) => bail!("--only: {other:?} is neither http nor wire"),
+            };
             let node = cluster.leader().await?;
             let secret = check_fixture(&cluster, node).await?;
             let wire_addr = format!("127.0.0.1:{}", cluster.base + 2000 + node as u16 - 1);
             let cluster = Arc::new(cluster);
-            load_checks(&cluster, node, &secret, 2000, concurrency).await?; // warm up
-            let (h, elapsed) = load_checks(&cluster, node, &secret, count.min(5000), 1).await?;
-            report("POST /v1/check, 1 client", &h, elapsed);
-            let (h, elapsed) = load_checks(&cluster, node, &secret, count, concurrency).await?;
-            report(&format!("POST /v1/check, {concurrency} clients"), &h, elapsed);
+            if http {
+                load_checks(&cluster, node, &secret, 2000, concurrency).await?; // warm up
+                let (h, elapsed) = load_checks(&cluster, node, &secret, count.min(5000), 1).await?;
+                report("POST /v1/check, 1 client", &h, elapsed);
+                let (h, elapsed) = load_checks(&cluster, node, &secret, count, concurrency).await?;
+                report(&format!("POST /v1/check, {concurrency} clients"), &h, elapsed);
+            }
+            if !wire {
+                return Ok(());
+            }
             // The same checks through tollgate-client's binary protocol, to the same node.
             let mut config = tollgate_client::ClientConfig::new([wire_addr], TOKEN);
             config.deadline = Duration::from_secs(5);

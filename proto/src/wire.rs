@@ -105,7 +105,9 @@ fn config() -> impl bincode::config::Config {
 
 /// Encodes a message as a whole frame (length prefix included).
 pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
-    let mut out = vec![0, 0, 0, 0, VERSION];
+    // Most frames (a check, a decision with its identity token) fit in 1 KiB.
+    let mut out = Vec::with_capacity(1024);
+    out.extend_from_slice(&[0, 0, 0, 0, VERSION]);
     bincode::serde::encode_into_std_write(message, &mut out, config())
         .map_err(|e| FrameError::Decode(e.to_string()))?;
     let len = out.len() - 4;

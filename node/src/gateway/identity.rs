@@ -10,7 +10,7 @@
 //! and the previous version, so tokens issued just before a rotation still
 //! verify. Without a cluster token there is no key, and no identity header.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
@@ -43,8 +43,8 @@ pub struct IdentitySigner {
     /// The cluster token (held in memory only), or none: signing is off.
     root: Option<Vec<u8>>,
     derived: Mutex<HashMap<u64, Arc<Derived>>>,
-    /// Recent tokens by (version, claims without times).
-    recent: Mutex<HashMap<(u64, String), Signed>>,
+    /// Recent tokens by key version, then by claims JSON (without times).
+    recent: Mutex<HashMap<u64, HashMap<String, Signed>>>,
 }
 
 /// A token and the second it was signed.
@@ -98,34 +98,35 @@ impl IdentitySigner {
         Some(derived)
     }
 
-    /// The identity token for an allowed request, if signing is on.
-    pub fn sign(&self, version: u64, now_s: i64, claims: BTreeMap<&str, Value>) -> Option<Arc<str>> {
+    /// The identity token for an allowed request, if signing is on. `claims`
+    /// serialise to a JSON object; `iss`, `iat` and `exp` are added here.
+    pub fn sign(&self, version: u64, now_s: i64, claims: &impl serde::Serialize) -> Option<Arc<str>> {
         let key = self.key(version)?;
-        let mut body = json!(claims);
-        let reuse_key = (version, body.to_string());
-        if let Some((token, signed)) = self.recent.lock().unwrap_or_else(|p| p.into_inner()).get(&reuse_key) {
+        let claims = serde_json::to_string(claims).ok()?;
+        if let Some((token, signed)) =
+            self.recent.lock().unwrap_or_else(|p| p.into_inner()).get(&version).and_then(|m| m.get(&claims))
+        {
             if (0..REUSE_SECS).contains(&(now_s - signed)) {
                 return Some(token.clone());
             }
         }
-        if let Value::Object(map) = &mut body {
-            map.insert("iss".into(), json!(ISSUER));
-            map.insert("iat".into(), json!(now_s));
-            map.insert("exp".into(), json!(now_s + TOKEN_LIFETIME_SECS));
-        }
-        let mut token = String::with_capacity(512);
+        let rest = claims.strip_prefix('{')?;
+        let separator = if rest == "}" { "" } else { "," };
+        let exp = now_s + TOKEN_LIFETIME_SECS;
+        let body = format!("{{\"iss\":\"{ISSUER}\",\"iat\":{now_s},\"exp\":{exp}{separator}{rest}");
+        let mut token = String::with_capacity(key.header.len() + body.len() * 4 / 3 + 100);
         token.push_str(&key.header);
         token.push('.');
-        token.push_str(&b64(body.to_string().as_bytes()));
+        token.push_str(&b64(body.as_bytes()));
         let signature = key.pair.sign(token.as_bytes());
         token.push('.');
         token.push_str(&b64(signature.as_ref()));
         let token: Arc<str> = token.into();
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        if recent.len() >= MAX_REUSED {
+        if recent.values().map(HashMap::len).sum::<usize>() >= MAX_REUSED {
             recent.clear();
         }
-        recent.insert(reuse_key, (token.clone(), now_s));
+        recent.entry(version).or_default().insert(claims, (token.clone(), now_s));
         Some(token)
     }
 
@@ -157,19 +158,19 @@ mod tests {
         assert_ne!(a.jwks(3)["keys"][0]["x"], other.jwks(3)["keys"][0]["x"]);
         assert_ne!(a.jwks(3)["keys"][0]["x"], a.jwks(3)["keys"][1]["x"], "versions 3 and 2 differ");
         assert_eq!(a.jwks(1)["keys"].as_array().map(Vec::len), Some(1));
-        assert!(IdentitySigner::new(None).sign(1, 0, BTreeMap::new()).is_none());
+        assert!(IdentitySigner::new(None).sign(1, 0, &json!({})).is_none());
     }
 
     #[test]
     fn a_token_verifies_against_the_published_key_only() {
         let signer = IdentitySigner::new(Some("cluster-secret"));
         let now = jsonwebtoken::get_current_timestamp() as i64;
-        let token = signer.sign(2, now, BTreeMap::from([("sub", json!("key:k1"))])).expect("token");
-        let again = signer.sign(2, now + REUSE_SECS - 1, BTreeMap::from([("sub", json!("key:k1"))])).expect("token");
+        let token = signer.sign(2, now, &json!({"sub": "key:k1"})).expect("token");
+        let again = signer.sign(2, now + REUSE_SECS - 1, &json!({"sub": "key:k1"})).expect("token");
         assert_eq!(token, again, "reused within the window");
-        let fresh = signer.sign(2, now + REUSE_SECS, BTreeMap::from([("sub", json!("key:k1"))])).expect("token");
+        let fresh = signer.sign(2, now + REUSE_SECS, &json!({"sub": "key:k1"})).expect("token");
         assert_ne!(token, fresh, "signed again after it");
-        let other = signer.sign(2, now, BTreeMap::from([("sub", json!("key:k2"))])).expect("token");
+        let other = signer.sign(2, now, &json!({"sub": "key:k2"})).expect("token");
         assert_ne!(token, other, "other claims, another token");
         let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(signer.jwks(2)["keys"][0].clone()).expect("jwk");
         let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).expect("key");

@@ -41,6 +41,18 @@ use crate::secret;
 use limits::{BucketId, Clock, Limiter, Limits, QuotaId};
 use policy::{RequestFacts, Verdict};
 
+/// What the identity token says (besides `iss`, `iat`, `exp`).
+#[derive(serde::Serialize)]
+struct IdentityClaims<'a> {
+    sub: Option<&'a str>,
+    aud: &'a str,
+    stage: &'a str,
+    key_id: Option<&'a str>,
+    plan_id: Option<&'a str>,
+    customer_id: Option<&'a str>,
+    ctx: &'a BTreeMap<String, String>,
+}
+
 /// Headers longer than this (name and value together) are refused.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// At most this many headers or query parameters.
@@ -437,18 +449,16 @@ impl Gateway {
         if let Some(p) = &d.principal {
             d.upstream_headers.push(("x-tollgate-principal".into(), p.id.clone()));
         }
-        let mut claims = BTreeMap::from([
-            ("aud", serde_json::Value::String(api.id.clone())),
-            ("stage", serde_json::Value::String(stage.name.clone())),
-            ("ctx", serde_json::json!(d.context)),
-        ]);
-        if let Some(p) = &d.principal {
-            claims.insert("sub", serde_json::Value::String(p.id.clone()));
-            claims.insert("key_id", serde_json::json!(p.key_id));
-            claims.insert("plan_id", serde_json::json!(p.plan_id));
-            claims.insert("customer_id", serde_json::json!(p.customer_id));
-        }
-        if let Some(token) = self.identity.sign(model.identity.version, now_ms.div_euclid(1000), claims) {
+        let identity = IdentityClaims {
+            sub: d.principal.as_ref().map(|p| p.id.as_str()),
+            aud: &api.id,
+            stage: &stage.name,
+            key_id: d.principal.as_ref().and_then(|p| p.key_id.as_deref()),
+            plan_id: d.principal.as_ref().and_then(|p| p.plan_id.as_deref()),
+            customer_id: d.principal.as_ref().and_then(|p| p.customer_id.as_deref()),
+            ctx: &d.context,
+        };
+        if let Some(token) = self.identity.sign(model.identity.version, now_ms.div_euclid(1000), &identity) {
             d.upstream_headers.push(("x-tollgate-identity".into(), token.to_string()));
         }
         Ok(self.finish(d, api, &c))
