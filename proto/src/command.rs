@@ -37,6 +37,24 @@ pub enum Command {
     /// Move identity signing to the next key version (the previous one stays
     /// in the JWKS so tokens already issued still verify).
     RotateIdentityKey { now: Timestamp },
+    /// Metering (see `QuotaLedger`): a node asks for up to `want` units of a
+    /// key's quota for a period, held until `lease_until`.
+    QuotaGrant { period: QuotaPeriod, node: u64, want: u64, lease_until: Timestamp, now: Timestamp },
+    /// A node reports `used` units of its grant; with `release` it hands the
+    /// rest back.
+    QuotaReport { period: QuotaPeriod, node: u64, used: u64, release: bool, now: Timestamp },
+    /// An operator adds to (positive) or takes from (negative) what the key may
+    /// still use this period (UpdateUsage).
+    QuotaAdjust { period: QuotaPeriod, delta: i64, now: Timestamp },
+}
+
+/// One key's quota in one plan for one period.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct QuotaPeriod {
+    pub key_id: String,
+    pub plan_id: String,
+    /// Start of the period, Unix seconds (UTC).
+    pub start: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +72,11 @@ pub enum Applied {
     Put(Entity),
     Deleted,
     IdentityKey(IdentityKeyState),
+    /// The ledger after a metering command, and the units granted by it.
+    Quota {
+        granted: u64,
+        ledger: crate::metering::QuotaLedger,
+    },
     /// Entries that carry no command (blank entries, membership changes).
     Nothing,
 }

@@ -11,6 +11,8 @@
 //! - [`command`]: the payload of a Raft log entry and the answer the state
 //!   machine gives for it. Business rejections (unknown id, conflict) travel in
 //!   the answer, never as storage errors.
+//! - [`metering`]: the replicated quota ledger (grants and consumption per
+//!   key, plan and period) that keeps quotas exact across nodes.
 //! - [`codec`]: bincode 2 encoding used on disk and between peers.
 //!
 //! This crate never does I/O and never depends on tokio: the node, the client
@@ -20,6 +22,7 @@
 pub mod check;
 pub mod codec;
 pub mod command;
+pub mod metering;
 pub mod model;
 pub mod validate;
 pub mod wire;

@@ -114,3 +114,90 @@ mod tests {
         Suite::test_all(SledStores)
     }
 }
+
+#[cfg(test)]
+mod ledger_tests {
+    use std::sync::Arc;
+
+    use arc_swap::ArcSwap;
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload, LogId, RaftSnapshotBuilder};
+    use tollgate_proto::command::{PutMode, QuotaPeriod};
+    use tollgate_proto::model::{Entity, Timestamp};
+    use tollgate_proto::{Command, Proposal};
+
+    use super::state_machine::StateMachine;
+    use super::typ::Entry;
+    use crate::store::{SledKv, SledOptions};
+
+    fn entry(index: u64, command: Command) -> Entry {
+        let proposal = Proposal { request_id: index as u128, command };
+        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(proposal) }
+    }
+
+    fn entity(value: serde_json::Value) -> Entity {
+        serde_json::from_value(value).expect("fixture")
+    }
+
+    #[tokio::test]
+    async fn quota_ledgers_survive_a_restart_and_travel_in_snapshots() {
+        let dir = tempfile::tempdir().expect("dir");
+        let open = |path: &std::path::Path| {
+            let kv = Arc::new(SledKv::open(path, &SledOptions::default()).expect("kv"));
+            StateMachine::open(kv, Arc::new(ArcSwap::from_pointee(Default::default()))).expect("sm")
+        };
+        let period = QuotaPeriod { key_id: "k1".into(), plan_id: "gold".into(), start: 0 };
+        let put = |e: Entity| Command::Put { entity: e, mode: PutMode::Create, now: Timestamp(1) };
+        let key = tollgate_proto::model::ApiKey::from_spec(
+            "k1".into(),
+            serde_json::from_value(serde_json::json!({"name": "k1", "plan_ids": ["gold"]})).expect("spec"),
+            Default::default(),
+            Timestamp(1),
+        );
+        {
+            let mut sm = open(dir.path());
+            let entries = vec![
+                entry(
+                    1,
+                    put(entity(serde_json::json!({"Plan": {"id": "gold", "name": "Gold",
+                    "quota": {"limit": 100, "period": "day"}}}))),
+                ),
+                entry(2, put(Entity::Key(key))),
+                entry(
+                    3,
+                    Command::QuotaGrant {
+                        period: period.clone(),
+                        node: 2,
+                        want: 30,
+                        lease_until: Timestamp(50),
+                        now: Timestamp(1),
+                    },
+                ),
+            ];
+            let answers = sm.apply(entries).await.expect("apply");
+            assert!(answers.iter().all(|a| a.is_ok()), "{answers:?}");
+        }
+        // Reopened from storage: the ledger is there.
+        let mut sm = open(dir.path());
+        let mut builder = sm.get_snapshot_builder().await;
+        let snapshot = builder.build_snapshot().await.expect("snapshot");
+        let published = |sm_model: &Arc<ArcSwap<super::state_machine::Published>>| {
+            sm_model.load().model.ledgers.get(&period).map(|l| (l.consumed, l.outstanding()))
+        };
+        let reopened = Arc::new(ArcSwap::from_pointee(Default::default()));
+        let kv = Arc::new(SledKv::open(&dir.path().join("other"), &SledOptions::default()).expect("kv"));
+        let mut fresh = StateMachine::open(kv, reopened.clone()).expect("sm");
+        fresh.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("install");
+        assert_eq!(published(&reopened), Some((0, 30)), "the ledger travelled in the snapshot");
+        let again = sm
+            .apply(vec![entry(
+                4,
+                Command::QuotaReport { period: period.clone(), node: 2, used: 10, release: true, now: Timestamp(2) },
+            )])
+            .await
+            .expect("apply");
+        assert!(
+            matches!(&again[0], Ok(tollgate_proto::command::Applied::Quota { ledger, .. }) if ledger.consumed == 10 && ledger.outstanding() == 0)
+        );
+    }
+}

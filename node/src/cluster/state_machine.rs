@@ -16,13 +16,15 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use tollgate_proto::command::Applied;
+use tollgate_proto::command::QuotaPeriod;
+use tollgate_proto::metering::QuotaLedger;
 use tollgate_proto::model::{Entity, IdentityKeyState};
 use tollgate_proto::{codec, CommandResult};
 
 use super::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
 use super::{storage_err, TypeConfig};
 use crate::state::requests::{self, RecentRequests, Remembered};
-use crate::state::{object_key, Model, IDENTITY_KEY, OBJECT_PREFIX};
+use crate::state::{ledger_key, object_key, Model, IDENTITY_KEY, LEDGER_PREFIX, OBJECT_PREFIX};
 use crate::store::{Kv, Op, Space};
 
 const APPLIED: &[u8] = b"m/applied";
@@ -43,6 +45,7 @@ struct SnapshotImage {
     objects: Vec<Entity>,
     requests: Vec<Remembered>,
     identity: IdentityKeyState,
+    ledgers: Vec<(QuotaPeriod, QuotaLedger)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -81,6 +84,11 @@ impl<K: Kv> StateMachine<K> {
             .map(|bytes| codec::decode(bytes).map_err(|e| sm_err(ErrorVerb::Read, e)))
             .collect::<Result<Vec<Remembered>, _>>()?;
         let requests = RecentRequests::from_entries(remembered);
+        for bytes in scan_prefix(&*kv, LEDGER_PREFIX)? {
+            let (period, ledger): (QuotaPeriod, QuotaLedger) =
+                codec::decode(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            model.ledgers.insert(period, ledger);
+        }
         if let Some(bytes) = kv.get(Space::State, IDENTITY_KEY).map_err(|e| sm_err(ErrorVerb::Read, e))? {
             model.identity = codec::decode(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?;
         }
@@ -189,6 +197,11 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
             model.load(object);
         }
         model.identity = image.identity;
+        for (period, ledger) in image.ledgers {
+            let bytes = codec::encode(&(&period, &ledger)).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            ops.push(Op::Put(ledger_key(&period), bytes));
+            model.ledgers.insert(period, ledger);
+        }
         ops.push(Op::Put(
             IDENTITY_KEY.to_vec(),
             codec::encode(&image.identity).map_err(|e| snap_err(ErrorVerb::Write, e))?,
@@ -242,6 +255,7 @@ impl<K: Kv> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<K> {
             objects: self.model.all().cloned().collect(),
             requests: self.requests.clone(),
             identity: self.model.identity,
+            ledgers: self.model.ledgers.iter().map(|(p, l)| (p.clone(), l.clone())).collect(),
         };
         let data = codec::encode(&image).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let unique = std::time::SystemTime::now()

@@ -13,7 +13,8 @@
 use std::collections::BTreeMap;
 
 use imbl::{HashMap, OrdMap};
-use tollgate_proto::command::{Applied, PutMode};
+use tollgate_proto::command::{Applied, PutMode, QuotaPeriod};
+use tollgate_proto::metering::QuotaLedger;
 use tollgate_proto::model::{
     ApiKey, Entity, EntityKind, IdentityKeyState, PreviousSecret, SecretDigest, Timestamp, UsagePlan,
 };
@@ -31,6 +32,19 @@ pub struct Model {
     token_by_digest: HashMap<[u8; 32], String>,
     /// The identity signing key version.
     pub identity: IdentityKeyState,
+    /// Quota ledgers by key, plan and period (see `tollgate_proto::metering`).
+    pub ledgers: OrdMap<QuotaPeriod, QuotaLedger>,
+}
+
+/// Prefix under which quota ledgers are stored; the value holds the period too.
+pub const LEDGER_PREFIX: &[u8] = b"q/";
+
+/// Storage key of a ledger: the prefix and the encoded period (length-prefixed
+/// strings, so no two periods share a key).
+pub fn ledger_key(period: &QuotaPeriod) -> Vec<u8> {
+    let mut key = LEDGER_PREFIX.to_vec();
+    key.extend(codec::encode(period).unwrap_or_default());
+    key
 }
 
 /// Storage key of the identity key state in the state space.
@@ -143,6 +157,18 @@ impl Model {
             Command::Put { entity, mode, now } => self.put(entity, mode, now),
             Command::Delete { kind, id } => self.delete(kind, &id),
             Command::RerollKey { id, secret, overlap_until, now } => self.reroll(&id, secret, overlap_until, now),
+            Command::QuotaGrant { period, node, want, lease_until, now } => {
+                self.meter(period, |ledger, limit| ledger.grant(limit, node, want, lease_until, now).0)
+            }
+            Command::QuotaReport { period, node, used, release, now } => self.meter(period, |ledger, _| {
+                ledger.report(node, used, release, now);
+                0
+            }),
+            Command::QuotaAdjust { period, delta, now } => self.meter(period, |ledger, _| {
+                ledger.adjust(delta);
+                ledger.expire(now);
+                0
+            }),
             Command::RotateIdentityKey { now } => {
                 self.identity = IdentityKeyState { version: self.identity.version + 1, rotated_at: now };
                 codec::encode(&self.identity)
@@ -189,6 +215,33 @@ impl Model {
         }
         self.load(entity.clone());
         Ok((Applied::Put(entity), vec![Op::Put(object_key(kind, &id), bytes)]))
+    }
+
+    /// Applies a metering change to the ledger of `period`. The key must be in
+    /// the plan, and the plan must have a quota (its limit bounds every grant).
+    fn meter(&mut self, period: QuotaPeriod, change: impl FnOnce(&mut QuotaLedger, u64) -> u64) -> Outcome {
+        let Some(plan) = self.plan(&period.plan_id) else {
+            return Err(Rejection::not_found(EntityKind::Plan, &period.plan_id));
+        };
+        let Some(quota) = plan.quota else {
+            return Err(Rejection::invalid("plan_id", format!("plan {:?} has no quota", period.plan_id)));
+        };
+        match self.get(EntityKind::Key, &period.key_id) {
+            Some(Entity::Key(k)) if k.plan_ids.contains(&period.plan_id) => {}
+            Some(_) => {
+                return Err(Rejection::invalid(
+                    "key_id",
+                    format!("key {:?} is not in plan {:?}", period.key_id, period.plan_id),
+                ))
+            }
+            None => return Err(Rejection::not_found(EntityKind::Key, &period.key_id)),
+        }
+        let mut ledger = self.ledgers.get(&period).cloned().unwrap_or_default();
+        let granted = change(&mut ledger, quota.limit);
+        let bytes = codec::encode(&(&period, &ledger)).map_err(|e| Rejection::invalid("period", e.to_string()))?;
+        let ops = vec![Op::Put(ledger_key(&period), bytes)];
+        self.ledgers.insert(period, ledger.clone());
+        Ok((Applied::Quota { granted, ledger }, ops))
     }
 
     fn reroll(&mut self, id: &str, secret: SecretDigest, overlap_until: Timestamp, now: Timestamp) -> Outcome {
@@ -367,6 +420,7 @@ pub mod requests;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_proto::command::QuotaPeriod;
     use tollgate_proto::model::*;
     use tollgate_proto::RejectionKind;
 
@@ -462,6 +516,44 @@ mod tests {
         // Making "beta" cover prod too would put k1 in two plans for pets/prod.
         let answer = put(&mut m, plan("beta", &[("pets", "beta"), ("pets", "prod")]), PutMode::Replace, 2);
         assert_eq!(rejection(answer), RejectionKind::Conflict);
+    }
+
+    #[test]
+    fn quota_grants_are_bounded_by_the_plan_and_need_the_key_in_it() {
+        let mut m = Model::default();
+        put(&mut m, api("pets", &["prod"]), PutMode::Create, 1).unwrap();
+        let mut gold = plan("gold", &[("pets", "prod")]);
+        if let Entity::Plan(p) = &mut gold {
+            p.quota = Some(Quota { limit: 10, period: Period::Day, offset: 0 });
+        }
+        put(&mut m, gold, PutMode::Create, 1).unwrap();
+        put(&mut m, plan("free", &[]), PutMode::Create, 1).unwrap();
+        put(&mut m, key("k1", &["gold"], 1), PutMode::Create, 1).unwrap();
+        let period = |plan: &str| QuotaPeriod { key_id: "k1".into(), plan_id: plan.into(), start: 0 };
+        let grant = |m: &mut Model, node, want| {
+            m.apply(Command::QuotaGrant {
+                period: period("gold"),
+                node,
+                want,
+                lease_until: Timestamp(100),
+                now: Timestamp(1),
+            })
+        };
+        let (answer, ops) = grant(&mut m, 1, 8);
+        assert!(matches!(answer, Ok(Applied::Quota { granted: 8, .. })));
+        assert_eq!(ops.len(), 1, "the ledger is stored");
+        assert!(matches!(grant(&mut m, 2, 8).0, Ok(Applied::Quota { granted: 2, .. })));
+        assert!(matches!(grant(&mut m, 3, 1).0, Ok(Applied::Quota { granted: 0, .. })));
+        let no_quota = m.apply(Command::QuotaGrant {
+            period: period("free"),
+            node: 1,
+            want: 1,
+            lease_until: Timestamp(9),
+            now: Timestamp(1),
+        });
+        assert_eq!(rejection(no_quota.0), RejectionKind::Invalid);
+        let adjust = m.apply(Command::QuotaAdjust { period: period("gold"), delta: 5, now: Timestamp(2) });
+        assert!(matches!(adjust.0, Ok(Applied::Quota { ledger, .. }) if ledger.available(10) == 5));
     }
 
     #[test]
