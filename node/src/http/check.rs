@@ -35,7 +35,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v1/check", post(check))
         .route("/.well-known/jwks.json", axum::routing::get(jwks))
         .route("/v1/forward-auth/{api}/{stage}", any(forward_auth))
-        .route("/v1/forward-auth/{api}/{stage}/{*rest}", any(forward_auth_with_path))
+        .route("/v1/forward-auth/{api}/{stage}/{*rest}", any(forward_auth))
 }
 
 async fn decide(app: &App, req: &CheckRequest) -> Result<Decision, ApiError> {
@@ -53,37 +53,18 @@ async fn check(State(app): State<Arc<App>>, body: Bytes) -> Result<Json<Decision
     Ok(Json(decide(&app, &req).await?))
 }
 
-#[derive(serde::Deserialize)]
-struct ForwardPath {
-    api: String,
-    stage: String,
-}
-
-#[derive(serde::Deserialize)]
-struct ForwardPathWithRest {
-    api: String,
-    stage: String,
-    rest: String,
-}
-
+/// Both forward-auth routes: `/{api}/{stage}` and `/{api}/{stage}/{*rest}`
+/// (Envoy sends the original path after the prefix).
 async fn forward_auth(
     State(app): State<Arc<App>>,
-    Path(p): Path<ForwardPath>,
+    Path(mut params): Path<BTreeMap<String, String>>,
     Query(options): Query<BTreeMap<String, String>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    forward(app, p.api, p.stage, None, options, peer, request).await
-}
-
-async fn forward_auth_with_path(
-    State(app): State<Arc<App>>,
-    Path(p): Path<ForwardPathWithRest>,
-    Query(options): Query<BTreeMap<String, String>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-) -> Response {
-    forward(app, p.api, p.stage, Some(p.rest), options, peer, request).await
+    let api = params.remove("api").unwrap_or_default();
+    let stage = params.remove("stage").unwrap_or_default();
+    forward(app, api, stage, params.remove("rest"), options, peer, request).await
 }
 
 fn header<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
