@@ -155,7 +155,8 @@ async fn identity_tokens_verify_on_every_node_and_survive_a_key_rotation() {
     assert_eq!((status, rotated["kid"].as_str()), (200, Some("tollgate-2")), "{rotated}");
     let after = identity_of(&check_with_key(&cluster, &secret).await);
     assert_eq!(jsonwebtoken::decode_header(&after).ok().and_then(|h| h.kid).as_deref(), Some("tollgate-2"));
-    assert!(verify_identity(&cluster, 3, &after).await.is_ok());
+    // Node 3 may not have applied the rotation yet: its keys verify the new token anyway.
+    assert!(verify_identity(&cluster, 3, &after).await.is_ok(), "the next key is published ahead");
     assert!(verify_identity(&cluster, 3, &before).await.is_ok(), "the previous key is still published");
 }
 

@@ -6,9 +6,9 @@
 //! No signing key is stored anywhere. Every node derives the Ed25519 key of
 //! version `v` with HKDF-SHA256 from the cluster token (`TOLLGATE_CLUSTER_TOKEN`,
 //! which the nodes already share) and `v`; the replicated state holds only the
-//! current version, which the admin API rotates. The JWKS carries the current
-//! and the previous version, so tokens issued just before a rotation still
-//! verify. Without a cluster token there is no key, and no identity header.
+//! current version, which the admin API rotates. The JWKS carries the current,
+//! the previous and the next version, so tokens issued just before a rotation
+//! still verify, and so do tokens from nodes that applied it before others. Without a cluster token there is no key, and no identity header.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -130,9 +130,12 @@ impl IdentitySigner {
         Some(token)
     }
 
-    /// The public keys of the current and the previous version.
+    /// The public keys of the current, the previous and the next version.
+    /// The next one is published ahead of its rotation: right after a rotation,
+    /// a node that has applied it signs with a version a lagging node has not
+    /// reached yet, and a backend holding either node's keys must verify it.
     pub fn jwks(&self, current: u64) -> Value {
-        let keys: Vec<Value> = [Some(current), current.checked_sub(1).filter(|v| *v >= 1)]
+        let keys: Vec<Value> = [Some(current), current.checked_sub(1).filter(|v| *v >= 1), current.checked_add(1)]
             .into_iter()
             .flatten()
             .filter_map(|v| {
@@ -157,7 +160,9 @@ mod tests {
         assert_eq!(a.jwks(3), b.jwks(3));
         assert_ne!(a.jwks(3)["keys"][0]["x"], other.jwks(3)["keys"][0]["x"]);
         assert_ne!(a.jwks(3)["keys"][0]["x"], a.jwks(3)["keys"][1]["x"], "versions 3 and 2 differ");
-        assert_eq!(a.jwks(1)["keys"].as_array().map(Vec::len), Some(1));
+        assert_eq!(a.jwks(1)["keys"].as_array().map(Vec::len), Some(2), "no version 0: current and next");
+        assert_eq!(a.jwks(3)["keys"][2]["kid"], "tollgate-4", "the next key is published ahead");
+        assert_eq!(a.jwks(3)["keys"][2], a.jwks(4)["keys"][0]);
         assert!(IdentitySigner::new(None).sign(1, 0, &json!({})).is_none());
     }
 
