@@ -66,8 +66,12 @@ pub enum ClusterError {
     Unavailable(String),
 }
 
-fn leader_of(f: &openraft::error::ForwardToLeader<NodeId, NodeAddr>) -> Option<(NodeId, NodeAddr)> {
-    Some((f.leader_id?, f.leader_node.clone()?))
+/// What a ForwardToLeader from openraft means for the caller.
+fn not_leader(f: &openraft::error::ForwardToLeader<NodeId, NodeAddr>) -> ClusterError {
+    match (f.leader_id, &f.leader_node) {
+        (Some(id), Some(node)) => ClusterError::NotLeader { leader: Some((id, node.clone())) },
+        _ => ClusterError::NoLeader,
+    }
 }
 
 impl App {
@@ -99,10 +103,29 @@ impl App {
     pub async fn write(&self, request_id: u128, command: Command) -> Result<CommandResult, ClusterError> {
         let proposal = Proposal { request_id, command };
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        self.at_leader(deadline, peer::WRITE, &proposal, || self.write_here(proposal.clone())).await
+    }
+
+    /// Runs `here` on this node if it is the leader, else sends `request` to
+    /// the leader's `path`; while no leader is known, waits for one (until
+    /// `deadline`) and tries again.
+    async fn at_leader<Req, Resp, F, Fut>(
+        &self,
+        deadline: tokio::time::Instant,
+        path: &str,
+        request: &Req,
+        here: F,
+    ) -> Result<Resp, ClusterError>
+    where
+        Req: Serialize,
+        Resp: serde::de::DeserializeOwned,
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Resp, ClusterError>>,
+    {
         loop {
-            let attempt = match self.write_here(proposal.clone()).await {
+            let attempt = match here().await {
                 Err(ClusterError::NotLeader { leader: Some((id, node)) }) if id != self.id => {
-                    self.forward::<_, CommandResult>(&node, peer::WRITE, &proposal).await
+                    self.forward::<_, Resp>(&node, path, request).await
                 }
                 other => other,
             };
@@ -121,10 +144,7 @@ impl App {
     pub async fn write_here(&self, proposal: Proposal) -> Result<CommandResult, ClusterError> {
         match self.raft.client_write(proposal).await {
             Ok(response) => Ok(response.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match leader_of(&f) {
-                Some(leader) => Err(ClusterError::NotLeader { leader: Some(leader) }),
-                None => Err(ClusterError::NoLeader),
-            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(not_leader(&f)),
             Err(e) => Err(ClusterError::Unavailable(e.to_string())),
         }
     }
@@ -133,22 +153,7 @@ impl App {
     /// when it was asked: a read of the local model after this is linearizable.
     pub async fn read_barrier(&self) -> Result<(), ClusterError> {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
-        let index = loop {
-            let attempt = match self.read_index_here().await {
-                Err(ClusterError::NotLeader { leader: Some((id, node)) }) if id != self.id => {
-                    self.forward::<_, u64>(&node, peer::READ_INDEX, &()).await
-                }
-                other => other,
-            };
-            match attempt {
-                Err(ClusterError::NotLeader { .. } | ClusterError::NoLeader)
-                    if tokio::time::Instant::now() < deadline =>
-                {
-                    self.await_leader_change(deadline).await;
-                }
-                other => break other?,
-            }
-        };
+        let index = self.at_leader(deadline, peer::READ_INDEX, &(), || self.read_index_here()).await?;
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         self.raft
             .wait(Some(remaining.max(Duration::from_millis(100))))
@@ -163,32 +168,14 @@ impl App {
     pub async fn read_index_here(&self) -> Result<u64, ClusterError> {
         match self.raft.get_read_log_id().await {
             Ok((read_log_id, _applied)) => Ok(read_log_id.map(|l| l.index).unwrap_or(0)),
-            Err(RaftError::APIError(typ::CheckIsLeaderError::ForwardToLeader(f))) => match leader_of(&f) {
-                Some(leader) => Err(ClusterError::NotLeader { leader: Some(leader) }),
-                None => Err(ClusterError::NoLeader),
-            },
+            Err(RaftError::APIError(typ::CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(&f)),
             Err(e) => Err(ClusterError::Unavailable(e.to_string())),
         }
     }
 
     pub async fn change_membership(&self, op: MembershipOp) -> Result<(), ClusterError> {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
-        loop {
-            let attempt = match self.change_membership_here(op.clone()).await {
-                Err(ClusterError::NotLeader { leader: Some((id, node)) }) if id != self.id => {
-                    self.forward::<_, ()>(&node, peer::MEMBERSHIP, &op).await
-                }
-                other => other,
-            };
-            match attempt {
-                Err(ClusterError::NotLeader { .. } | ClusterError::NoLeader)
-                    if tokio::time::Instant::now() < deadline =>
-                {
-                    self.await_leader_change(deadline).await;
-                }
-                other => return other,
-            }
-        }
+        self.at_leader(deadline, peer::MEMBERSHIP, &op, || self.change_membership_here(op.clone())).await
     }
 
     pub async fn change_membership_here(&self, op: MembershipOp) -> Result<(), ClusterError> {
@@ -218,10 +205,7 @@ impl App {
         };
         match result {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match leader_of(&f) {
-                Some(leader) => Err(ClusterError::NotLeader { leader: Some(leader) }),
-                None => Err(ClusterError::NoLeader),
-            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(not_leader(&f)),
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(ClusterError::Refused(e.to_string()))
             }

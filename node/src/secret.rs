@@ -33,6 +33,11 @@ pub fn new_id(kind: EntityKind) -> String {
     format!("{}{}", kind.id_prefix(), hex::encode(bytes))
 }
 
+/// The token of an `Authorization: Bearer …` header, if there is one.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+}
+
 /// A configured token (bootstrap admin token, cluster token) held only as its
 /// digest and compared in constant time.
 #[derive(Clone)]

@@ -60,10 +60,7 @@ pub fn router(app: Arc<App>) -> Router {
 /// Decodes a peer request after checking the cluster token.
 fn accept<T: DeserializeOwned>(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<T, Response> {
     if let Some(expected) = &app.cluster_token {
-        let given = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let given = crate::secret::bearer(headers);
         if !given.is_some_and(|g| expected.matches(g)) {
             return Err((StatusCode::UNAUTHORIZED, "cluster token missing or wrong").into_response());
         }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, Method};
+use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
@@ -60,11 +60,7 @@ pub fn router(app: Arc<App>) -> Router {
 
 /// Checks the bearer admin token and its scope.
 async fn require_admin(State(app): State<Arc<App>>, request: Request, next: Next) -> Result<Response, ApiError> {
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    let token = secret::bearer(request.headers())
         .map(str::trim)
         .ok_or_else(|| ApiError::unauthorized("an admin token is required: Authorization: Bearer <token>"))?;
     let bootstrap = app.bootstrap_token.as_ref().is_some_and(|d| d.matches(token));
