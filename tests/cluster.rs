@@ -1,5 +1,6 @@
 //! Cluster behaviour against real `tollgate` processes: replication, leader
-//! failure, full restarts, snapshot catch-up and membership changes.
+//! failure, full restarts, snapshot catch-up, membership changes and network
+//! partitions.
 
 mod harness;
 
@@ -183,4 +184,37 @@ async fn a_learner_is_added_promoted_and_removed() {
     // The cluster still takes writes without node 4.
     cluster.kill(4);
     assert_eq!(cluster.post(1, "/v1/admin/plans", plan("after-removal")).await.0, 201);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_cut_off_by_a_partition_is_replaced_and_catches_up_when_healed() {
+    let cluster = Cluster::start_with(3, Options { partitionable: true, ..Default::default() }).await;
+    let old_leader = cluster.leader().await;
+    let (status, body) = cluster.post(old_leader, "/v1/admin/plans", plan("before-cut")).await;
+    assert_eq!(status, 201, "{body}");
+
+    cluster.cut(old_leader).await;
+    let majority: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != old_leader).collect();
+    let new_leader = cluster.leader_among(&majority).await;
+    assert_ne!(new_leader, old_leader);
+    let (status, body) = cluster.post(new_leader, "/v1/admin/plans", plan("during-cut")).await;
+    assert_eq!(status, 201, "{body}");
+    for node in majority {
+        wait_until(&format!("node {node} has the write"), || async {
+            cluster.get(node, "/v1/admin/plans/during-cut?stale=true").await.0 == 200
+        })
+        .await;
+    }
+    // The write was committed after the cut, so nothing can have carried it over.
+    let (status, body) = cluster.get(old_leader, "/v1/admin/plans/during-cut?stale=true").await;
+    assert_eq!(status, 404, "the cut node saw a write made after the cut: {body}");
+    assert_eq!(cluster.get(old_leader, "/v1/admin/plans/before-cut?stale=true").await.0, 200);
+
+    cluster.heal(old_leader).await;
+    wait_until("the healed node has the write made while it was cut", || async {
+        cluster.get(old_leader, "/v1/admin/plans/during-cut?stale=true").await.0 == 200
+    })
+    .await;
+    // And all three agree on one leader again.
+    cluster.leader().await;
 }

@@ -19,6 +19,7 @@ use crate::cluster::peer::{self, ClusterToken, ForwardError};
 use crate::cluster::state_machine::{Published, SharedModel};
 use crate::cluster::typ;
 use crate::cluster::{NodeAddr, NodeId};
+use crate::metering::{Authority, BoxFuture, LendRequest, Lent, Unavailable};
 use crate::metrics::Metrics;
 use crate::secret::Digest;
 
@@ -41,6 +42,8 @@ pub struct App {
     /// Highest committed log index this node knows (from the log store).
     pub committed: Arc<AtomicU64>,
     pub metrics: Metrics,
+    /// The wall clock (shifted by `--clock-offset-ms` if set).
+    pub clock: Arc<dyn crate::gateway::limits::Clock>,
 }
 
 /// A membership change, carried out by the leader.
@@ -101,9 +104,55 @@ impl App {
     /// Retries (here, or by a client with the same `request_id`) are answered
     /// from the state machine's memory of the request and take effect once.
     pub async fn write(&self, request_id: u128, command: Command) -> Result<CommandResult, ClusterError> {
+        self.write_by(request_id, command, tokio::time::Instant::now() + LEADER_WAIT).await
+    }
+
+    /// [`App::write`], giving up at `deadline`.
+    pub async fn write_by(
+        &self,
+        request_id: u128,
+        command: Command,
+        deadline: tokio::time::Instant,
+    ) -> Result<CommandResult, ClusterError> {
         let proposal = Proposal { request_id, command };
-        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
-        self.at_leader(deadline, peer::WRITE, &proposal, || self.write_here(proposal.clone())).await
+        let write = self.at_leader(deadline, peer::WRITE, &proposal, || self.write_here(proposal.clone()));
+        match tokio::time::timeout_at(deadline, write).await {
+            Ok(answer) => answer,
+            Err(_) => Err(ClusterError::Unavailable("no answer from the leader in time".into())),
+        }
+    }
+
+    /// Lends throttle tokens from the leader's buckets (see `metering`).
+    pub async fn lend(
+        &self,
+        request: LendRequest,
+        now_ms: i64,
+        deadline: tokio::time::Instant,
+    ) -> Result<Lent, ClusterError> {
+        let here = || async {
+            match self.raft.metrics().borrow().current_leader {
+                Some(leader) if leader == self.id => Ok(self.gateway.metering.lender.lend(&request, now_ms)),
+                _ => Err(self.leader_hint()),
+            }
+        };
+        let forwarded = (request.clone(), now_ms);
+        let lend = self.at_leader(deadline, peer::LEND, &forwarded, here);
+        match tokio::time::timeout_at(deadline, lend).await {
+            Ok(answer) => answer,
+            Err(_) => Err(ClusterError::Unavailable("no answer from the leader in time".into())),
+        }
+    }
+
+    /// Who this node thinks leads, as a `NotLeader` error.
+    pub fn leader_hint(&self) -> ClusterError {
+        let metrics = self.raft.metrics().borrow().clone();
+        match metrics.current_leader {
+            Some(id) => match metrics.membership_config.membership().get_node(&id) {
+                Some(node) => ClusterError::NotLeader { leader: Some((id, node.clone())) },
+                None => ClusterError::NoLeader,
+            },
+            None => ClusterError::NoLeader,
+        }
     }
 
     /// Runs `here` on this node if it is the leader, else sends `request` to
@@ -260,5 +309,85 @@ impl App {
 
     pub fn committed_index(&self) -> u64 {
         self.committed.load(Ordering::Relaxed)
+    }
+}
+
+/// The metering authority of a real node: grants and reports are Raft
+/// writes (forwarded to the leader), tokens come from the leader's buckets.
+pub struct ClusterAuthority {
+    app: std::sync::Weak<App>,
+    node_id: NodeId,
+}
+
+impl ClusterAuthority {
+    pub fn new(app: std::sync::Weak<App>, node_id: NodeId) -> Self {
+        ClusterAuthority { app, node_id }
+    }
+
+    fn app(&self) -> Result<Arc<App>, Unavailable> {
+        self.app.upgrade().ok_or_else(|| Unavailable("the node is shutting down".into()))
+    }
+}
+
+fn unavailable(e: ClusterError) -> Unavailable {
+    Unavailable(e.to_string())
+}
+
+impl Authority for ClusterAuthority {
+    fn grant(
+        &self,
+        period: tollgate_proto::command::QuotaPeriod,
+        holder: u64,
+        want: u64,
+        lease_until_ms: i64,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(u64, tollgate_proto::metering::QuotaLedger), Unavailable>> {
+        Box::pin(async move {
+            let app = self.app()?;
+            let command = Command::QuotaGrant { period, holder, want, lease_until_ms, now_ms };
+            let deadline = tokio::time::Instant::now() + crate::metering::FETCH_WAIT;
+            match app.write_by(rand::random(), command, deadline).await.map_err(unavailable)? {
+                Ok(tollgate_proto::command::Applied::Quota { granted, ledger }) => Ok((granted, ledger)),
+                Ok(other) => Err(Unavailable(format!("unexpected answer to a grant: {other:?}"))),
+                Err(rejection) => Err(Unavailable(format!("grant refused: {rejection}"))),
+            }
+        })
+    }
+
+    fn report(
+        &self,
+        request_id: u128,
+        usage: Vec<tollgate_proto::command::QuotaUsage>,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), Unavailable>> {
+        Box::pin(async move {
+            let app = self.app()?;
+            let deadline = tokio::time::Instant::now() + crate::metering::FETCH_WAIT;
+            let command = Command::QuotaReport { usage, now_ms };
+            app.write_by(request_id, command, deadline)
+                .await
+                .map_err(unavailable)?
+                .map(|_| ())
+                .map_err(|r| Unavailable(r.to_string()))
+        })
+    }
+
+    fn lend(&self, request: LendRequest, now_ms: i64) -> BoxFuture<'_, Result<Lent, Unavailable>> {
+        Box::pin(async move {
+            let app = self.app()?;
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+            app.lend(request, now_ms, deadline).await.map_err(unavailable)
+        })
+    }
+
+    fn members(&self) -> u32 {
+        match self.app.upgrade() {
+            Some(app) => app.members().1.len().max(1) as u32,
+            None => 1,
+        }
+    }
+
+    fn node_id(&self) -> u64 {
+        self.node_id
     }
 }

@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Top {
     /// Run one node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a three-node cluster on loopback for development.
     Dev(DevArgs),
     /// API keys.

@@ -2,6 +2,7 @@
 //! variable (`TOLLGATE_*`) and a key in the TOML file given by `--config`.
 //! Precedence: flag, then environment, then file, then the default here.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -21,6 +22,10 @@ pub const DEFAULT_SNAPSHOT_LOGS: u64 = 10_000;
 /// catch up without a snapshot transfer).
 pub const DEFAULT_KEEP_LOGS: u64 = 1_000;
 pub const DEFAULT_CACHE_MB: u64 = 64;
+/// How long a quota grant held by a node stays valid (see `metering`).
+pub const DEFAULT_QUOTA_LEASE_MS: u64 = 10_000;
+/// The most quota units one grant may hand a node.
+pub const DEFAULT_QUOTA_MAX_GRANT: u64 = 10_000;
 
 /// The flags of `tollgate serve`. Unset ones fall back to the file, then defaults.
 #[derive(Debug, Clone, Default, Args, Deserialize)]
@@ -76,6 +81,24 @@ pub struct ServeArgs {
     /// sled page cache in MiB.
     #[arg(long, env = "TOLLGATE_CACHE_MB")]
     pub cache_mb: Option<u64>,
+    /// How long a quota grant stays valid on the node that holds it, in ms.
+    /// A node that dies holding a grant over-counts usage by at most that
+    /// grant, once the lease ends.
+    #[arg(long, env = "TOLLGATE_QUOTA_LEASE_MS")]
+    pub quota_lease_ms: Option<u64>,
+    /// The most quota units one grant hands a node; 1 decides every request
+    /// through the leader (a baseline for benchmarks).
+    #[arg(long, env = "TOLLGATE_QUOTA_MAX_GRANT")]
+    pub quota_max_grant: Option<u64>,
+    /// Shifts this node's wall clock (quota periods, key expiry) by this many
+    /// ms. For tests of period rollover; leave unset in production.
+    #[arg(long, env = "TOLLGATE_CLOCK_OFFSET_MS", allow_hyphen_values = true)]
+    pub clock_offset_ms: Option<i64>,
+    /// Where to dial peers whose advertised peer address is not reachable as
+    /// is (behind NAT, or through a proxy): `ADVERTISED=DIAL` pairs separated
+    /// by commas, e.g. `10.0.0.2:9081=192.168.1.2:19081`.
+    #[arg(long, env = "TOLLGATE_PEER_VIA")]
+    pub peer_via: Option<String>,
 }
 
 /// A fully resolved node configuration.
@@ -97,6 +120,11 @@ pub struct NodeConfig {
     pub snapshot_logs: u64,
     pub keep_logs: u64,
     pub cache_mb: u64,
+    pub quota_lease_ms: u64,
+    pub quota_max_grant: u64,
+    pub clock_offset_ms: i64,
+    /// Advertised peer address -> the address this node dials instead.
+    pub peer_via: HashMap<String, String>,
     /// Bootstrap admin token (from `TOLLGATE_ADMIN_TOKEN`); held only as a digest.
     pub admin_token: Option<String>,
     /// Token every peer must present (from `TOLLGATE_CLUSTER_TOKEN`).
@@ -133,6 +161,26 @@ pub fn parse_peers(text: &str) -> Result<Vec<(NodeId, NodeAddr)>, ConfigError> {
         peers.push((id, NodeAddr { http: http.to_string(), peer: peer.to_string(), wire }));
     }
     Ok(peers)
+}
+
+/// Parses `ADVERTISED=DIAL[,ADVERTISED=DIAL…]`, both `HOST:PORT`.
+pub fn parse_peer_via(text: &str) -> Result<HashMap<String, String>, ConfigError> {
+    let mut via = HashMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let expected = || bad("peer_via", format!("{part:?}: expected ADVERTISED=DIAL, both HOST:PORT"));
+        let (advertised, dial) = part.split_once('=').ok_or_else(expected)?;
+        let (advertised, dial) = (advertised.trim(), dial.trim());
+        let is_addr = |addr: &str| {
+            addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        };
+        if !is_addr(advertised) || !is_addr(dial) {
+            return Err(expected());
+        }
+        if via.insert(advertised.to_string(), dial.to_string()).is_some() {
+            return Err(bad("peer_via", format!("{advertised} appears twice")));
+        }
+    }
+    Ok(via)
 }
 
 impl ServeArgs {
@@ -172,11 +220,24 @@ impl ServeArgs {
             snapshot_logs: self.snapshot_logs.or(file.snapshot_logs).unwrap_or(DEFAULT_SNAPSHOT_LOGS),
             keep_logs: self.keep_logs.or(file.keep_logs).unwrap_or(DEFAULT_KEEP_LOGS),
             cache_mb: self.cache_mb.or(file.cache_mb).unwrap_or(DEFAULT_CACHE_MB),
+            quota_lease_ms: self.quota_lease_ms.or(file.quota_lease_ms).unwrap_or(DEFAULT_QUOTA_LEASE_MS),
+            quota_max_grant: self.quota_max_grant.or(file.quota_max_grant).unwrap_or(DEFAULT_QUOTA_MAX_GRANT),
+            clock_offset_ms: self.clock_offset_ms.or(file.clock_offset_ms).unwrap_or(0),
+            peer_via: match self.peer_via.or(file.peer_via) {
+                Some(text) => parse_peer_via(&text)?,
+                None => HashMap::new(),
+            },
             admin_token: std::env::var("TOLLGATE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
             cluster_token: std::env::var("TOLLGATE_CLUSTER_TOKEN").ok().filter(|t| !t.is_empty()),
         };
         if config.election_min_ms <= config.heartbeat_ms * 2 || config.election_max_ms <= config.election_min_ms {
             return Err(bad("election_min_ms", "need heartbeat_ms * 2 < election_min_ms < election_max_ms"));
+        }
+        if config.quota_lease_ms < 1_000 || config.quota_lease_ms > 600_000 {
+            return Err(bad("quota_lease_ms", "must be between 1000 and 600000"));
+        }
+        if config.quota_max_grant == 0 {
+            return Err(bad("quota_max_grant", "must be at least 1"));
         }
         if config.init && !config.peers.is_empty() {
             return Err(bad("init", "use either --init (single-node start) or --peers, not both"));
@@ -201,6 +262,27 @@ mod tests {
         assert!(parse_peers("3=h:1/h:2/h:3/h:4").is_err());
         assert_eq!(parse_peers("1=a:1").unwrap_err().field, "peers");
         assert!(parse_peers("1=a:1/b:2,1=c:3/d:4").is_err());
+    }
+
+    #[test]
+    fn peer_via_maps_advertised_to_dialled_and_names_the_problem() {
+        let via = parse_peer_via("10.0.0.2:9081=127.0.0.1:19081, 10.0.0.3:9081 = h:2").unwrap();
+        assert_eq!(via.len(), 2);
+        assert_eq!(via["10.0.0.2:9081"], "127.0.0.1:19081");
+        assert_eq!(via["10.0.0.3:9081"], "h:2");
+        assert!(parse_peer_via("").unwrap().is_empty());
+        for wrong in ["10.0.0.2:9081", "a:1=", "=a:1", "a:1=b", "a:1=b:port", "a:1=b:2,a:1=c:3"] {
+            assert_eq!(parse_peer_via(wrong).unwrap_err().field, "peer_via", "{wrong}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "id = 1\npeer_via = \"a:1=b:2\"\n").unwrap();
+        let config = ServeArgs { config: Some(path.clone()), ..Default::default() }.resolve().unwrap();
+        assert_eq!(config.peer_via["a:1"], "b:2");
+        std::fs::write(&path, "id = 1\npeer_via = \"a:1\"\n").unwrap();
+        let err = ServeArgs { config: Some(path), ..Default::default() }.resolve().unwrap_err();
+        assert_eq!(err.field, "peer_via");
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod config;
 pub mod dev;
 pub mod gateway;
 pub mod http;
+pub mod metering;
 pub mod metrics;
 pub mod secret;
 pub mod server;

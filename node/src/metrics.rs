@@ -24,6 +24,8 @@ pub struct Metrics {
     check_seconds: Histogram,
     /// Counters the gateway updates itself (authorizer cache, WAF counts).
     pub gateway: crate::gateway::GatewayStats,
+    /// Quota grants and throttle round trips.
+    pub metering: crate::metering::MeteringStats,
     term: IntGauge,
     leader: IntGauge,
     is_leader: IntGauge,
@@ -74,12 +76,17 @@ impl Metrics {
         let gateway = crate::gateway::GatewayStats::default();
         let _ = registry.register(Box::new(gateway.authorizer_cache.clone()));
         let _ = registry.register(Box::new(gateway.waf_counted.clone()));
+        let metering = crate::metering::MeteringStats::default();
+        let _ = registry.register(Box::new(metering.grants.clone()));
+        let _ = registry.register(Box::new(metering.units.clone()));
+        let _ = registry.register(Box::new(metering.round_trips.clone()));
         Metrics {
             admin_requests,
             forwarded,
             decisions,
             check_seconds,
             gateway,
+            metering,
             term: gauge(&registry, "tollgate_raft_term", "Current Raft term."),
             leader: gauge(&registry, "tollgate_raft_leader_id", "Id of the known leader, 0 if none."),
             is_leader: gauge(&registry, "tollgate_raft_is_leader", "1 if this node is the leader."),

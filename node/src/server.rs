@@ -11,12 +11,13 @@ use arc_swap::ArcSwap;
 use openraft::{Config, SnapshotPolicy};
 use tokio::net::TcpListener;
 
-use crate::app::App;
+use crate::app::{App, ClusterAuthority};
 use crate::cluster::log_store::LogStore;
 use crate::cluster::network::{PeerClient, PeerNetwork};
 use crate::cluster::state_machine::StateMachine;
 use crate::cluster::{typ, NodeAddr};
 use crate::config::NodeConfig;
+use crate::metering::{Metering, MeteringConfig};
 use crate::metrics::Metrics;
 use crate::secret::Digest;
 use crate::store::{Kv, SledKv, SledOptions};
@@ -74,32 +75,43 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     let objects = published.load().model.all().count();
     tracing::info!(objects, elapsed_ms = started.elapsed().as_millis() as u64, "state loaded");
     let log_store = LogStore::new(kv.clone(), committed.clone());
-    let peers = PeerClient::new(config.cluster_token.clone());
+    let peers = PeerClient::new(config.cluster_token.clone(), config.peer_via.clone());
     let network = PeerNetwork { client: peers.clone() };
     let raft = typ::Raft::new(config.id, Arc::new(raft_config), network, log_store, state_machine)
         .await
         .context("starting raft")?;
 
     let metrics = Metrics::new();
-    let clock = Arc::new(crate::gateway::limits::SystemClock);
-    let gateway = crate::gateway::Gateway::with_stats(
-        published.clone(),
-        clock,
-        metrics.gateway.clone(),
-        config.cluster_token.as_deref(),
-    );
-    let app = Arc::new(App {
-        id: config.id,
-        addr: addr.clone(),
-        raft: raft.clone(),
-        gateway,
-        model: published,
-        peers,
-        bootstrap_token: config.admin_token.as_deref().map(Digest::of),
-        cluster_token: config.cluster_token.as_deref().map(Digest::of),
-        committed,
-        metrics,
+    let clock: Arc<dyn crate::gateway::limits::Clock> = match config.clock_offset_ms {
+        0 => Arc::new(crate::gateway::limits::SystemClock),
+        offset => Arc::new(crate::gateway::limits::OffsetClock(offset)),
+    };
+    let metering_config = MeteringConfig { lease_ms: config.quota_lease_ms as i64, max_grant: config.quota_max_grant };
+    let app = Arc::new_cyclic(|weak| {
+        let authority = Arc::new(ClusterAuthority::new(weak.clone(), config.id));
+        let metering = Metering::new(authority, clock.clone(), metering_config, metrics.metering.clone());
+        let gateway = crate::gateway::Gateway::with_metering(
+            published.clone(),
+            clock.clone(),
+            metrics.gateway.clone(),
+            config.cluster_token.as_deref(),
+            metering,
+        );
+        App {
+            id: config.id,
+            addr: addr.clone(),
+            raft: raft.clone(),
+            gateway,
+            model: published,
+            peers,
+            bootstrap_token: config.admin_token.as_deref().map(Digest::of),
+            cluster_token: config.cluster_token.as_deref().map(Digest::of),
+            committed,
+            metrics,
+            clock: clock.clone(),
+        }
     });
+    app.gateway.metering.start_reporting();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let serve = |listener: TcpListener, router: axum::Router, mut stop: tokio::sync::watch::Receiver<bool>| {
@@ -122,6 +134,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
 
     shutdown.await;
     tracing::info!("shutting down");
+    // Hand back the quota this node holds, so other nodes can use it now.
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(2), app.gateway.metering.flush(clock.now_ms(), true)).await;
     let _ = stop_tx.send(true);
     let _ = raft.shutdown().await;
     let _ = http_task.await;

@@ -114,6 +114,9 @@ pub enum ReasonCode {
     Throttled,
     StageThrottled,
     QuotaExceeded,
+    /// The key's quota could not be checked: this node holds no grant for
+    /// it and cannot reach the leader for one.
+    QuotaUnavailable,
 }
 
 impl ReasonCode {
@@ -125,7 +128,7 @@ impl ReasonCode {
             ReasonCode::UnknownApi | ReasonCode::UnknownStage | ReasonCode::NoRoute => 404,
             ReasonCode::InvalidRequest => 400,
             ReasonCode::MissingToken | ReasonCode::InvalidToken | ReasonCode::TokenExpired => 401,
-            ReasonCode::AuthorizerTimeout | ReasonCode::AuthorizerError => 503,
+            ReasonCode::AuthorizerTimeout | ReasonCode::AuthorizerError | ReasonCode::QuotaUnavailable => 503,
             ReasonCode::WafBlocked
             | ReasonCode::InsufficientScope
             | ReasonCode::AuthorizerDenied
@@ -174,6 +177,7 @@ impl ReasonCode {
             ReasonCode::Throttled => "throttled",
             ReasonCode::StageThrottled => "stage_throttled",
             ReasonCode::QuotaExceeded => "quota_exceeded",
+            ReasonCode::QuotaUnavailable => "quota_unavailable",
         }
     }
 }

@@ -37,15 +37,16 @@ pub enum Command {
     /// Move identity signing to the next key version (the previous one stays
     /// in the JWKS so tokens already issued still verify).
     RotateIdentityKey { now: Timestamp },
-    /// Metering (see `QuotaLedger`): a node asks for up to `want` units of a
-    /// key's quota for a period, held until `lease_until`.
-    QuotaGrant { period: QuotaPeriod, node: u64, want: u64, lease_until: Timestamp, now: Timestamp },
-    /// A node reports `used` units of its grant; with `release` it hands the
-    /// rest back.
-    QuotaReport { period: QuotaPeriod, node: u64, used: u64, release: bool, now: Timestamp },
+    /// Metering (see `QuotaLedger`): a lease holder (a node process) asks
+    /// for up to `want` units of a key's quota for a period, held until
+    /// `lease_until_ms`. Times are the proposer's clock, in ms.
+    QuotaGrant { period: QuotaPeriod, holder: u64, want: u64, lease_until_ms: i64, now_ms: i64 },
+    /// A node reports what its lease holders used, in one batch for many
+    /// keys; with `release` a holder hands the rest of its grant back.
+    QuotaReport { usage: Vec<QuotaUsage>, now_ms: i64 },
     /// An operator adds to (positive) or takes from (negative) what the key may
     /// still use this period (UpdateUsage).
-    QuotaAdjust { period: QuotaPeriod, delta: i64, now: Timestamp },
+    QuotaAdjust { period: QuotaPeriod, delta: i64, now_ms: i64 },
 }
 
 /// One key's quota in one plan for one period.
@@ -53,8 +54,17 @@ pub enum Command {
 pub struct QuotaPeriod {
     pub key_id: String,
     pub plan_id: String,
-    /// Start of the period, Unix seconds (UTC).
-    pub start: i64,
+    /// Start of the period, ms since the epoch (UTC).
+    pub start_ms: i64,
+}
+
+/// One entry of a [`Command::QuotaReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaUsage {
+    pub period: QuotaPeriod,
+    pub holder: u64,
+    pub used: u64,
+    pub release: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

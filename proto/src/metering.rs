@@ -15,23 +15,35 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::Timestamp;
+/// Milliseconds in a UTC day: usage is also kept per day.
+pub const DAY_MS: i64 = 86_400_000;
 
-/// Units a node holds, until when.
+/// Units a lease holder has, until when (ms since the epoch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     pub units: u64,
-    pub expires_at: Timestamp,
+    pub expires_at_ms: i64,
+}
+
+/// A lease holder: one node process. The node id is in the high 32 bits (so
+/// usage can say which node holds what), a number drawn at process start in
+/// the low ones, so a restarted node never inherits the grant of the process
+/// it replaces: that grant may have been used, and is counted when it expires.
+pub fn holder_node(holder: u64) -> u64 {
+    holder >> 32
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuotaLedger {
-    /// Units used: reported by nodes, or held by a grant that expired.
+    /// Units used: reported by holders, or held by a grant that expired.
     pub consumed: u64,
     /// Operator adjustments to the limit for this period (UpdateUsage).
     pub adjustment: i64,
-    /// Outstanding grants by node id.
+    /// Outstanding grants by holder.
     pub grants: BTreeMap<u64, Grant>,
+    /// `consumed` split by UTC day (days since the epoch): when it was
+    /// reported, or when the grant it came from expired.
+    pub daily: BTreeMap<i64, u64>,
 }
 
 impl QuotaLedger {
@@ -49,52 +61,72 @@ impl QuotaLedger {
         self.limit(plan_limit).saturating_sub(self.consumed.saturating_add(self.outstanding()))
     }
 
-    /// Grants that ran out count as consumed: a node that stopped reporting may
-    /// have used them all (over-count at most one lease, never under-count).
-    pub fn expire(&mut self, now: Timestamp) {
-        let expired: Vec<u64> = self.grants.iter().filter(|(_, g)| g.expires_at <= now).map(|(n, _)| *n).collect();
-        for node in expired {
-            if let Some(g) = self.grants.remove(&node) {
-                self.consumed = self.consumed.saturating_add(g.units);
-            }
+    /// What the key may still use this period, if every grant held now is
+    /// used or handed back: the limit less what is consumed.
+    pub fn remaining(&self, plan_limit: u64) -> u64 {
+        self.limit(plan_limit).saturating_sub(self.consumed)
+    }
+
+    fn consume(&mut self, units: u64, at_ms: i64) {
+        if units > 0 {
+            self.consumed = self.consumed.saturating_add(units);
+            let day = self.daily.entry(at_ms.div_euclid(DAY_MS)).or_insert(0);
+            *day = day.saturating_add(units);
         }
     }
 
-    /// Gives `node` up to `want` more units until `lease_until`. Returns the
-    /// units granted now (0 when the quota is spent) and the node's whole grant
-    /// afterwards: the node may admit from it only until its `expires_at`.
+    /// Grants that ran out count as consumed: a holder that stopped reporting
+    /// may have used them all (over-count at most one lease, never under-count).
+    pub fn expire(&mut self, now_ms: i64) {
+        while let Some((&holder, &g)) = self.grants.iter().find(|(_, g)| g.expires_at_ms <= now_ms) {
+            self.grants.remove(&holder);
+            self.consume(g.units, g.expires_at_ms);
+        }
+    }
+
+    /// Gives `holder` up to `want` more units and extends its lease to
+    /// `lease_until_ms`. Returns the units granted now (0 when nothing is
+    /// left) and the holder's whole grant afterwards: it may admit from it
+    /// only until that grant's `expires_at_ms`.
+    ///
+    /// Near the limit grants shrink: no grant takes more than a quarter of
+    /// what is left (at least one unit), so the last units go out one by one
+    /// to whichever node asks, instead of sitting with one of them.
     pub fn grant(
         &mut self,
         plan_limit: u64,
-        node: u64,
+        holder: u64,
         want: u64,
-        lease_until: Timestamp,
-        now: Timestamp,
+        lease_until_ms: i64,
+        now_ms: i64,
     ) -> (u64, Option<Grant>) {
-        self.expire(now);
-        let units = want.min(self.available(plan_limit));
+        self.expire(now_ms);
+        let available = self.available(plan_limit);
+        let units = want.min(available.div_ceil(4)).min(available);
         if units > 0 {
-            let g = self.grants.entry(node).or_insert(Grant { units: 0, expires_at: lease_until });
-            g.units += units;
-            g.expires_at = g.expires_at.max(lease_until);
+            self.grants.entry(holder).or_insert(Grant { units: 0, expires_at_ms: lease_until_ms }).units += units;
         }
-        (units, self.grants.get(&node).copied())
+        if let Some(g) = self.grants.get_mut(&holder) {
+            g.expires_at_ms = g.expires_at_ms.max(lease_until_ms);
+        }
+        (units, self.grants.get(&holder).copied())
     }
 
-    /// `node` used `used` units of its grant; with `release`, the rest goes back.
-    /// Reporting more than the grant holds counts it all as consumed (a node
-    /// may have admitted from a grant that was expired meanwhile).
-    pub fn report(&mut self, node: u64, used: u64, release: bool, now: Timestamp) {
-        let held = self.grants.get(&node).map(|g| g.units).unwrap_or(0);
+    /// `holder` used `used` units of its grant; with `release`, it hands the
+    /// rest back. Only what the ledger still holds for it is moved to
+    /// consumed: anything beyond came from a grant that expired, and an
+    /// expired grant was counted whole already.
+    pub fn report(&mut self, holder: u64, used: u64, release: bool, now_ms: i64) {
+        let held = self.grants.get(&holder).map(|g| g.units).unwrap_or(0);
         let from_grant = used.min(held);
-        self.consumed = self.consumed.saturating_add(used);
-        if let Some(g) = self.grants.get_mut(&node) {
+        self.consume(from_grant, now_ms);
+        if let Some(g) = self.grants.get_mut(&holder) {
             g.units -= from_grant;
             if release || g.units == 0 {
-                self.grants.remove(&node);
+                self.grants.remove(&holder);
             }
         }
-        self.expire(now);
+        self.expire(now_ms);
     }
 
     /// An operator adjustment to this period's limit.
@@ -107,80 +139,127 @@ impl QuotaLedger {
 mod tests {
     use super::*;
 
-    #[test]
-    fn no_sequence_of_grants_reports_and_expiries_exceeds_the_limit() {
-        // A small deterministic generator drives many random histories.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |bound: u64| {
+    /// A small deterministic generator: the same histories on every run.
+    fn generator(seed: u64) -> impl FnMut(u64) -> u64 {
+        let mut state = seed;
+        move |bound: u64| {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             state % bound.max(1)
-        };
+        }
+    }
+
+    /// Random histories of grants, admissions, batched reports, releases and
+    /// expiries, with node clocks running up to `skew` ms late (so a node may
+    /// admit from a grant the ledger has already expired). Checked at every
+    /// step: nothing admitted beyond what the ledger counts or holds (Q); and
+    /// at the end, once every node has reported: usage never under-counted.
+    fn histories(skew: u64, seed: u64) {
+        let mut next = generator(seed);
         for _history in 0..500 {
             let limit = 1 + next(200);
             let mut ledger = QuotaLedger::default();
-            // What each node may still admit from, and until when (its own view).
-            let mut held: BTreeMap<u64, (u64, i64)> = BTreeMap::new();
+            // Per node: units it may admit from, until when (its own view),
+            // and admitted units not yet reported.
+            let mut held: BTreeMap<u64, (u64, i64, u64)> = BTreeMap::new();
             let mut admitted = 0u64;
             let mut now = 1_000i64;
             for _step in 0..200 {
                 now += next(5) as i64;
                 let node = next(3);
-                // A node never admits from a lease that has run out.
-                for (units, until) in held.values_mut() {
-                    if now >= *until {
-                        *units = 0;
-                    }
+                let late = next(skew + 1) as i64;
+                let h = held.entry(node).or_insert((0, now, 0));
+                if now - late >= h.1 {
+                    h.0 = 0; // the node's lease ran out (by its own clock)
                 }
-                match next(4) {
+                match next(5) {
                     0 | 1 => {
-                        let (got, whole) = ledger.grant(limit, node, 1 + next(20), Timestamp(now + 10), Timestamp(now));
-                        let h = held.entry(node).or_insert((0, now));
+                        let (got, whole) = ledger.grant(limit, node, 1 + next(20), now + 10, now);
                         h.0 += got;
                         // The lease end is the ledger's, not the one asked for.
-                        h.1 = whole.map(|g| g.expires_at.0).unwrap_or(now);
+                        h.1 = whole.map(|g| g.expires_at_ms).unwrap_or(now);
                     }
                     2 => {
-                        // The node admits some requests from what it holds and reports them.
-                        let h = held.entry(node).or_insert((0, now));
                         let used = next(h.0 + 1);
-                        let on_ledger = ledger.grants.get(&node).map(|g| g.units).unwrap_or(0);
-                        assert!(used <= on_ledger, "node {node} uses {used} but the ledger holds {on_ledger} for it: {ledger:?} view {h:?} now {now}");
                         h.0 -= used;
+                        h.2 += used;
                         admitted += used;
+                    }
+                    3 => {
                         let release = next(2) == 0;
-                        ledger.report(node, used, release, Timestamp(now));
+                        ledger.report(node, h.2, release, now);
+                        h.2 = 0;
                         if release {
                             h.0 = 0;
                         }
                     }
-                    _ => ledger.expire(Timestamp(now)),
+                    _ => ledger.expire(now),
                 }
-                assert!(
-                    ledger.consumed + ledger.outstanding() <= limit,
-                    "invariant Q broken: {ledger:?} limit {limit}"
-                );
-                assert!(admitted <= ledger.consumed, "usage under-counted: admitted {admitted}, ledger {ledger:?}");
-                assert!(admitted <= limit);
+                let total = ledger.consumed + ledger.outstanding();
+                assert!(total <= limit, "invariant Q broken: {ledger:?} limit {limit}");
+                assert!(admitted <= total, "admitted {admitted} beyond what the ledger knows: {ledger:?}");
             }
+            for (node, h) in held.iter_mut() {
+                ledger.report(*node, h.2, true, now);
+            }
+            assert!(admitted <= ledger.consumed, "usage under-counted: admitted {admitted}, ledger {ledger:?}");
+            assert_eq!(ledger.outstanding(), 0);
+            assert_eq!(ledger.daily.values().sum::<u64>(), ledger.consumed, "days add up to the period");
         }
     }
 
     #[test]
-    fn near_the_limit_grants_shrink_to_what_is_left() {
+    fn no_history_admits_past_the_limit_or_under_counts() {
+        histories(0, 0x9e37_79b9_7f4a_7c15);
+    }
+
+    #[test]
+    fn clock_skew_costs_exactness_of_usage_never_the_limit() {
+        histories(8, 0x2545_f491_4f6c_dd1d);
+    }
+
+    #[test]
+    fn without_expiries_usage_is_exact() {
         let mut l = QuotaLedger::default();
-        assert_eq!(l.grant(10, 1, 8, Timestamp(100), Timestamp(0)).0, 8);
-        assert_eq!(l.grant(10, 2, 8, Timestamp(100), Timestamp(0)).0, 2);
-        assert_eq!(l.grant(10, 3, 1, Timestamp(100), Timestamp(0)), (0, None));
-        l.report(2, 1, true, Timestamp(1));
-        assert_eq!((l.consumed, l.outstanding()), (1, 8));
-        assert_eq!(l.grant(10, 3, 5, Timestamp(100), Timestamp(1)).0, 1);
-        // Node 1 stops reporting: at expiry its whole grant counts as used.
-        l.expire(Timestamp(100));
-        assert_eq!((l.consumed, l.outstanding()), (10, 0));
-        // An operator gives 5 more for this period.
-        l.adjust(5);
-        assert_eq!(l.grant(10, 3, 9, Timestamp(200), Timestamp(100)).0, 5);
+        let (a, b) = (1 << 32 | 7, 2 << 32 | 9);
+        assert_eq!(l.grant(100, a, 10, 1_000, 0).0, 10);
+        assert_eq!(l.grant(100, b, 10, 1_000, 0).0, 10);
+        l.report(a, 4, false, 10);
+        l.report(a, 3, true, 20);
+        l.report(b, 10, false, 30);
+        assert_eq!((l.consumed, l.outstanding(), l.remaining(100)), (17, 0, 83));
+        assert_eq!(holder_node(b), 2);
+    }
+
+    #[test]
+    fn near_the_limit_grants_shrink_to_single_units() {
+        let mut l = QuotaLedger::default();
+        assert_eq!(l.grant(40, 1, 100, 100, 0).0, 10, "a quarter of 40");
+        assert_eq!(l.grant(40, 2, 100, 100, 0).0, 8, "a quarter of 30, rounded up");
+        let mut sizes = Vec::new();
+        while let (units @ 1.., _) = l.grant(40, 3, 100, 100, 0) {
+            sizes.push(units);
+        }
+        assert_eq!(sizes, [6, 4, 3, 3, 2, 1, 1, 1, 1]);
+        assert_eq!(l.available(40), 0);
+        l.report(2, 1, true, 1);
+        assert_eq!((l.consumed, l.outstanding()), (1, 10 + 22));
+        assert_eq!(l.grant(40, 3, 5, 100, 1).0, 2, "from what node 2 handed back");
+        // Nodes 1 and 3 stop reporting: at expiry their whole grants count as used.
+        l.expire(100);
+        assert_eq!((l.consumed, l.outstanding()), (1 + 10 + 24, 0));
+        // An operator gives 8 more for this period.
+        l.adjust(8);
+        assert_eq!(l.remaining(40), 13);
+        assert_eq!(l.grant(40, 3, 9, 200, 100).0, 4);
+    }
+
+    #[test]
+    fn a_grant_extends_the_lease_even_when_nothing_is_left() {
+        let mut l = QuotaLedger::default();
+        l.grant(4, 1, 4, 100, 0);
+        l.grant(4, 2, 4, 100, 0);
+        assert_eq!(l.grant(4, 1, 4, 500, 50).1.map(|g| g.expires_at_ms), Some(500));
     }
 }

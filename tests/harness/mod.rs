@@ -5,17 +5,26 @@
 //! its own temporary data directory, and a log file. Every child is killed when
 //! its [`Node`] is dropped — also when a test panics — and, through
 //! `PR_SET_PDEATHSIG`, when the test process itself dies.
+//!
+//! A cluster started with [`Options::partitionable`] sends each peer link
+//! through a TCP proxy of its own inside the test process, so a test can cut a
+//! node off from the others ([`Cluster::cut`]) and let it back
+//! ([`Cluster::heal`]) while every process keeps running.
 
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
 
 pub const TOKEN: &str = "tga_test-bootstrap-token-0123456789abcdef";
 
@@ -44,11 +53,24 @@ pub struct Options {
     pub snapshot_logs: u64,
     pub keep_logs: u64,
     pub log_level: &'static str,
+    /// Route every peer link through a proxy of the harness, so that
+    /// [`Cluster::cut`] can partition a node from the others.
+    pub partitionable: bool,
+    /// More flags for every node (on restarts too), e.g.
+    /// `["--quota-lease-ms", "3000"]`. Only flags the harness does not set
+    /// itself: a flag given twice is an error.
+    pub extra_args: Vec<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { snapshot_logs: 10_000, keep_logs: 1_000, log_level: "info" }
+        Options {
+            snapshot_logs: 10_000,
+            keep_logs: 1_000,
+            log_level: "info",
+            partitionable: false,
+            extra_args: Vec::new(),
+        }
     }
 }
 
@@ -58,6 +80,9 @@ pub struct Node {
     pub peer_port: u16,
     pub wire_port: u16,
     pub dir: PathBuf,
+    /// Flags of this node alone (its `--peer-via` in a partitionable
+    /// cluster), kept so a restart gets them again.
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -102,6 +127,8 @@ impl Node {
             .args(["--heartbeat-ms", "50", "--election-min-ms", "300", "--election-max-ms", "600"])
             .args(["--snapshot-logs", &options.snapshot_logs.to_string()])
             .args(["--keep-logs", &options.keep_logs.to_string()])
+            .args(&options.extra_args)
+            .args(&self.args)
             .env("TOLLGATE_ADMIN_TOKEN", TOKEN)
             .env("TOLLGATE_CLUSTER_TOKEN", "test-cluster-token")
             .env("TOLLGATE_LOG", options.log_level)
@@ -133,6 +160,9 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     peers: String,
     options: Options,
+    /// The proxied peer links (none unless [`Options::partitionable`]); they
+    /// stop when the cluster is dropped.
+    links: PeerLinks,
     pub http: reqwest::Client,
     _dir: tempfile::TempDir,
 }
@@ -152,16 +182,18 @@ impl Cluster {
                 peer_port: free_port(),
                 wire_port: free_port(),
                 dir: dir.path().join(format!("node{id}")),
+                args: Vec::new(),
                 child: None,
             })
             .collect();
+        let links = if options.partitionable { PeerLinks::start(&mut nodes).await } else { PeerLinks::default() };
         let peers: Vec<String> = nodes.iter().map(Node::addr_spec).collect();
         let peers = peers.join(",");
         for node in &mut nodes {
             node.spawn(Some(&peers), &options);
         }
         let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client");
-        let cluster = Cluster { nodes, peers, options, http, _dir: dir };
+        let cluster = Cluster { nodes, peers, options, links, http, _dir: dir };
         for node in &cluster.nodes {
             cluster.wait_ready(node.id).await;
         }
@@ -169,6 +201,7 @@ impl Cluster {
     }
 
     /// Adds a node process that is not yet a member (it waits to be added).
+    /// Its peer links are direct, also in a partitionable cluster.
     pub fn spawn_extra(&mut self, id: u64) -> &Node {
         let mut node = Node {
             id,
@@ -176,6 +209,7 @@ impl Cluster {
             peer_port: free_port(),
             wire_port: free_port(),
             dir: self._dir.path().join(format!("node{id}")),
+            args: Vec::new(),
             child: None,
         };
         node.spawn(None, &self.options);
@@ -218,21 +252,42 @@ impl Cluster {
 
     /// The leader that every running node agrees on.
     pub async fn leader(&self) -> u64 {
+        let running: Vec<u64> = self.nodes.iter().filter(|n| n.is_running()).map(|n| n.id).collect();
+        self.leader_among(&running).await
+    }
+
+    /// The leader that the nodes `ids` agree on, one of them (say, the side of
+    /// a partition that has a majority).
+    pub async fn leader_among(&self, ids: &[u64]) -> u64 {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let mut seen = Vec::new();
-            for node in self.nodes.iter().filter(|n| n.is_running()) {
-                let (_, status) = self.get(node.id, "/v1/admin/cluster").await;
+            for &id in ids {
+                let (_, status) = self.get(id, "/v1/admin/cluster").await;
                 seen.push(status["leader_id"].as_u64());
             }
             if let Some(Some(l)) = seen.first() {
-                if seen.iter().all(|s| *s == Some(*l)) && self.nodes.iter().any(|n| n.id == *l && n.is_running()) {
+                if seen.iter().all(|s| *s == Some(*l)) && ids.contains(l) {
                     return *l;
                 }
             }
-            assert!(Instant::now() < deadline, "running nodes never agreed on a live leader: {seen:?}");
+            assert!(Instant::now() < deadline, "nodes {ids:?} never agreed on a leader among them: {seen:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Cuts node `id` off from every other node, both ways: its links refuse
+    /// new connections and drop the ones they carry (pooled keep-alive
+    /// connections included). The process keeps running and answers its own
+    /// HTTP clients. Needs [`Options::partitionable`].
+    pub async fn cut(&self, id: u64) {
+        self.links.set_cut(id, true).await;
+    }
+
+    /// Undoes [`Cluster::cut`] for `id`; links to nodes that are still cut
+    /// stay cut.
+    pub async fn heal(&self, id: u64) {
+        self.links.set_cut(id, false).await;
     }
 
     /// Some running node other than `not`.
@@ -296,6 +351,127 @@ impl Cluster {
     pub fn logs(&self) -> String {
         self.nodes.iter().map(|n| std::fs::read_to_string(n.dir.join("node.log")).unwrap_or_default()).collect()
     }
+}
+
+/// The peer links of a partitionable cluster: a TCP proxy per ordered pair of
+/// nodes. Node `from` dials `to` through the proxy's port (its `--peer-via`
+/// maps `to`'s advertised peer address there); the proxy forwards to `to`'s
+/// peer port.
+#[derive(Default)]
+struct PeerLinks {
+    links: Vec<Link>,
+    /// The nodes cut off now; a link is open when neither end is cut.
+    cut: Mutex<BTreeSet<u64>>,
+}
+
+/// Open the link (`true`) or close it; answered once that is done.
+type LinkCommand = (bool, oneshot::Sender<std::io::Result<()>>);
+
+struct Link {
+    from: u64,
+    to: u64,
+    control: mpsc::UnboundedSender<LinkCommand>,
+    /// The proxy; aborted (with every connection it carries) on drop.
+    proxy: JoinHandle<()>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.proxy.abort();
+    }
+}
+
+impl PeerLinks {
+    /// Starts a proxy per ordered pair of `nodes` and gives each node its
+    /// `--peer-via` flag.
+    async fn start(nodes: &mut [Node]) -> PeerLinks {
+        let mut links = Vec::new();
+        let peer_ports: Vec<(u64, u16)> = nodes.iter().map(|n| (n.id, n.peer_port)).collect();
+        for from in nodes.iter_mut() {
+            let mut via = Vec::new();
+            for &(to, peer_port) in peer_ports.iter().filter(|(to, _)| *to != from.id) {
+                let port = free_port();
+                let listener =
+                    tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind a peer link proxy");
+                let (control, commands) = mpsc::unbounded_channel();
+                let proxy = tokio::spawn(proxy(listener, peer_port, commands));
+                links.push(Link { from: from.id, to, control, proxy });
+                via.push(format!("127.0.0.1:{peer_port}=127.0.0.1:{port}"));
+            }
+            from.args = vec!["--peer-via".to_string(), via.join(",")];
+        }
+        PeerLinks { links, cut: Mutex::default() }
+    }
+
+    /// Marks `id` cut (or not) and waits until every link reflects it.
+    async fn set_cut(&self, id: u64, cut: bool) {
+        assert!(
+            self.links.iter().any(|l| l.from == id),
+            "node {id} has no proxied peer links: start the cluster with `partitionable: true`"
+        );
+        let mut answers = Vec::new();
+        {
+            let mut cut_off = self.cut.lock().expect("cut set");
+            if cut {
+                cut_off.insert(id);
+            } else {
+                cut_off.remove(&id);
+            }
+            for link in self.links.iter().filter(|l| l.from == id || l.to == id) {
+                let open = !cut_off.contains(&link.from) && !cut_off.contains(&link.to);
+                let (done, answer) = oneshot::channel();
+                link.control.send((open, done)).expect("peer link proxy stopped");
+                answers.push((link.from, link.to, answer));
+            }
+        }
+        for (from, to, answer) in answers {
+            match answer.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => panic!("cannot reopen the peer link {from}->{to}: {e}"),
+                Err(_) => panic!("the peer link proxy {from}->{to} stopped"),
+            }
+        }
+    }
+}
+
+/// One peer link: accepts on `listener` and forwards each connection to
+/// `target` on loopback. Closing it drops the listener (new connections are
+/// refused) and every connection it carries; opening it binds the same port
+/// again. Ends when its controller is dropped.
+async fn proxy(listener: tokio::net::TcpListener, target: u16, mut commands: mpsc::UnboundedReceiver<LinkCommand>) {
+    let port = listener.local_addr().expect("proxy address").port();
+    let mut listener = Some(listener);
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            command = commands.recv() => {
+                let Some((open, done)) = command else { return };
+                let result = if !open {
+                    listener = None;
+                    connections.shutdown().await;
+                    Ok(())
+                } else if listener.is_none() {
+                    tokio::net::TcpListener::bind(("127.0.0.1", port)).await.map(|l| listener = Some(l))
+                } else {
+                    Ok(())
+                };
+                let _ = done.send(result);
+            }
+            Some(Ok((inbound, _))) = async { Some(listener.as_ref()?.accept().await) } => {
+                connections.spawn(forward(inbound, target));
+            }
+            Some(_) = connections.join_next() => {}
+        }
+    }
+}
+
+/// Copies bytes both ways between `inbound` and a new connection to `target`
+/// until either side closes. If `target` is down, `inbound` is just closed.
+async fn forward(mut inbound: tokio::net::TcpStream, target: u16) {
+    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { return };
+    let _ = inbound.set_nodelay(true);
+    let _ = outbound.set_nodelay(true);
+    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
 }
 
 /// Polls `check` until it holds; panics after [`PATIENCE`]. This is a bound on

@@ -122,7 +122,7 @@ mod ledger_tests {
     use arc_swap::ArcSwap;
     use openraft::storage::RaftStateMachine;
     use openraft::{CommittedLeaderId, EntryPayload, LogId, RaftSnapshotBuilder};
-    use tollgate_proto::command::{PutMode, QuotaPeriod};
+    use tollgate_proto::command::{PutMode, QuotaPeriod, QuotaUsage};
     use tollgate_proto::model::{Entity, Timestamp};
     use tollgate_proto::{Command, Proposal};
 
@@ -146,7 +146,7 @@ mod ledger_tests {
             let kv = Arc::new(SledKv::open(path, &SledOptions::default()).expect("kv"));
             StateMachine::open(kv, Arc::new(ArcSwap::from_pointee(Default::default()))).expect("sm")
         };
-        let period = QuotaPeriod { key_id: "k1".into(), plan_id: "gold".into(), start: 0 };
+        let period = QuotaPeriod { key_id: "k1".into(), plan_id: "gold".into(), start_ms: 0 };
         let put = |e: Entity| Command::Put { entity: e, mode: PutMode::Create, now: Timestamp(1) };
         let key = tollgate_proto::model::ApiKey::from_spec(
             "k1".into(),
@@ -167,10 +167,10 @@ mod ledger_tests {
                     3,
                     Command::QuotaGrant {
                         period: period.clone(),
-                        node: 2,
+                        holder: 2,
                         want: 30,
-                        lease_until: Timestamp(50),
-                        now: Timestamp(1),
+                        lease_until_ms: 50_000,
+                        now_ms: 1_000,
                     },
                 ),
             ];
@@ -178,7 +178,9 @@ mod ledger_tests {
             assert!(answers.iter().all(|a| a.is_ok()), "{answers:?}");
         }
         // Reopened from storage: the ledger is there.
-        let mut sm = open(dir.path());
+        let shared = Arc::new(ArcSwap::from_pointee(Default::default()));
+        let kv = Arc::new(SledKv::open(dir.path(), &SledOptions::default()).expect("kv"));
+        let mut sm = StateMachine::open(kv, shared.clone()).expect("sm");
         let mut builder = sm.get_snapshot_builder().await;
         let snapshot = builder.build_snapshot().await.expect("snapshot");
         let published = |sm_model: &Arc<ArcSwap<super::state_machine::Published>>| {
@@ -188,16 +190,23 @@ mod ledger_tests {
         let kv = Arc::new(SledKv::open(&dir.path().join("other"), &SledOptions::default()).expect("kv"));
         let mut fresh = StateMachine::open(kv, reopened.clone()).expect("sm");
         fresh.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("install");
-        assert_eq!(published(&reopened), Some((0, 30)), "the ledger travelled in the snapshot");
+        assert_eq!(
+            published(&reopened),
+            Some((0, 25)),
+            "the ledger travelled in the snapshot (a grant takes at most a quarter)"
+        );
         let again = sm
             .apply(vec![entry(
                 4,
-                Command::QuotaReport { period: period.clone(), node: 2, used: 10, release: true, now: Timestamp(2) },
+                Command::QuotaReport {
+                    usage: vec![QuotaUsage { period: period.clone(), holder: 2, used: 10, release: true }],
+                    now_ms: 2_000,
+                },
             )])
             .await
             .expect("apply");
-        assert!(
-            matches!(&again[0], Ok(tollgate_proto::command::Applied::Quota { ledger, .. }) if ledger.consumed == 10 && ledger.outstanding() == 0)
-        );
+        assert!(again[0].is_ok(), "{again:?}");
+        let ledger = shared.load().model.ledgers.get(&period).cloned().unwrap_or_default();
+        assert_eq!((ledger.consumed, ledger.outstanding()), (10, 0), "reported and released");
     }
 }

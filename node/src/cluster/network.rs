@@ -7,7 +7,15 @@
 //! uses. A peer we cannot connect to is reported to openraft as
 //! `Unreachable` (it then backs off); any other transport failure as a
 //! network error.
+//!
+//! Members are named by their advertised peer address (it is part of the
+//! replicated membership); `--peer-via` lets this node dial some of them
+//! elsewhere (NAT, or the test harness's partition proxies). Every call to a
+//! peer goes through [`PeerClient::call`], so the mapping holds for Raft RPCs
+//! and forwarded writes alike.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{NetworkError, RemoteError, Unreachable};
@@ -38,20 +46,25 @@ pub struct PeerClient {
     http: reqwest::Client,
     /// Sent as a bearer token on every call when the cluster has one.
     cluster_token: Option<String>,
+    /// Advertised peer address -> the address actually dialled (`--peer-via`).
+    via: Arc<HashMap<String, String>>,
 }
 
 impl PeerClient {
-    pub fn new(cluster_token: Option<String>) -> Self {
+    pub fn new(cluster_token: Option<String>, via: HashMap<String, String>) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
             .build()
             .unwrap_or_default();
-        PeerClient { http, cluster_token }
+        PeerClient { http, cluster_token, via: Arc::new(via) }
     }
 
-    /// POSTs `request` (bincode) to `http://{addr}{path}` and decodes the answer.
+    /// POSTs `request` (bincode) to `http://{addr}{path}` and decodes the
+    /// answer; `addr` is the peer's advertised address, dialled through its
+    /// `--peer-via` mapping when it has one. Errors name the peer (and the
+    /// address dialled, when it differs).
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         addr: &str,
@@ -59,15 +72,17 @@ impl PeerClient {
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
-        let network = |reason: String| CallError::Network { addr: addr.to_string(), reason };
+        let dial = self.via.get(addr).map_or(addr, String::as_str);
+        let named = || if dial == addr { addr.to_string() } else { format!("{addr} (via {dial})") };
+        let network = |reason: String| CallError::Network { addr: named(), reason };
         let body = codec::encode(request).map_err(|e| network(e.to_string()))?;
-        let mut builder = self.http.post(format!("http://{addr}{path}")).timeout(timeout).body(body);
+        let mut builder = self.http.post(format!("http://{dial}{path}")).timeout(timeout).body(body);
         if let Some(token) = &self.cluster_token {
             builder = builder.bearer_auth(token);
         }
         let response = builder.send().await.map_err(|e| {
             if e.is_connect() {
-                CallError::Unreachable { addr: addr.to_string(), reason: e.to_string() }
+                CallError::Unreachable { addr: named(), reason: e.to_string() }
             } else {
                 network(e.to_string())
             }
@@ -135,5 +150,30 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RPCError> {
         self.rpc(super::peer::VOTE, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer advertised at an address nobody listens on is reached at the
+    /// address `--peer-via` maps it to.
+    #[tokio::test]
+    async fn a_mapped_peer_is_dialled_at_its_mapped_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dial = listener.local_addr().unwrap().to_string();
+        let echo = axum::Router::new().route("/echo", axum::routing::post(|body: axum::body::Bytes| async { body }));
+        let server = tokio::spawn(async move { axum::serve(listener, echo).await });
+
+        let advertised = "127.0.0.1:1";
+        let client = PeerClient::new(None, HashMap::from([(advertised.to_string(), dial.clone())]));
+        let answer: u64 = client.call(advertised, "/echo", &42u64, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(answer, 42);
+
+        let direct = PeerClient::new(None, HashMap::new());
+        let err = direct.call::<u64, u64>(advertised, "/echo", &42, Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(err, CallError::Unreachable { .. }), "{err}");
+        server.abort();
     }
 }

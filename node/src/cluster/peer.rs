@@ -28,6 +28,7 @@ pub const SNAPSHOT: &str = "/raft/snapshot";
 pub const WRITE: &str = "/cluster/write";
 pub const READ_INDEX: &str = "/cluster/read-index";
 pub const MEMBERSHIP: &str = "/cluster/membership";
+pub const LEND: &str = "/cluster/lend";
 
 /// Largest peer request: snapshot chunks and append batches stay well below.
 const MAX_PEER_BODY: usize = 64 << 20;
@@ -52,6 +53,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route(WRITE, post(write))
         .route(READ_INDEX, post(read_index))
         .route(MEMBERSHIP, post(membership))
+        .route(LEND, post(lend))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_PEER_BODY))
         .with_state(app)
@@ -112,6 +114,19 @@ async fn read_index(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
         return resp;
     }
     reply(&app.read_index_here().await.map_err(ForwardError::from))
+}
+
+/// Throttle tokens from this node's buckets, if it leads (see `metering`).
+async fn lend(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (request, now_ms): (crate::metering::LendRequest, i64) = match accept(&app, &headers, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let answer = match app.raft.metrics().borrow().current_leader {
+        Some(leader) if leader == app.id => Ok(app.gateway.metering.lender.lend(&request, now_ms)),
+        _ => Err(ForwardError::from(app.leader_hint())),
+    };
+    reply(&answer)
 }
 
 async fn membership(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use tollgate_proto::command::Applied;
 use tollgate_proto::command::QuotaPeriod;
 use tollgate_proto::metering::QuotaLedger;
-use tollgate_proto::model::{Entity, IdentityKeyState};
-use tollgate_proto::{codec, CommandResult};
+use tollgate_proto::model::{Entity, EntityKind, IdentityKeyState};
+use tollgate_proto::{codec, Command, CommandResult};
 
 use super::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
 use super::{storage_err, TypeConfig};
@@ -36,6 +36,10 @@ const CURRENT_SNAPSHOT: &[u8] = b"current";
 pub struct Published {
     pub model: Model,
     pub applied: Option<LogId>,
+    /// Moves whenever a quota limit may have changed (a plan written or
+    /// deleted, an operator adjustment, a snapshot installed): a node drops
+    /// the quota grants it holds and asks again. Local to this process.
+    pub limits_epoch: u64,
 }
 
 pub type SharedModel = Arc<ArcSwap<Published>>;
@@ -62,6 +66,7 @@ pub struct StateMachine<K: Kv> {
     /// Recently applied request ids (replicated state; see `state::requests`).
     requests: RecentRequests,
     published: SharedModel,
+    limits_epoch: u64,
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
@@ -103,13 +108,17 @@ impl<K: Kv> StateMachine<K> {
             Some(b) => codec::decode(&b).map_err(|e| sm_err(ErrorVerb::Read, e))?,
             None => StoredMembership::default(),
         };
-        let sm = StateMachine { kv, model, applied, membership, requests, published };
+        let sm = StateMachine { kv, model, applied, membership, requests, published, limits_epoch: 0 };
         sm.publish();
         Ok(sm)
     }
 
     fn publish(&self) {
-        self.published.store(Arc::new(Published { model: self.model.clone(), applied: self.applied }));
+        self.published.store(Arc::new(Published {
+            model: self.model.clone(),
+            applied: self.applied,
+            limits_epoch: self.limits_epoch,
+        }));
     }
 
     fn meta_ops(&self) -> Result<Vec<Op>, StorageError> {
@@ -117,6 +126,16 @@ impl<K: Kv> StateMachine<K> {
             Op::Put(APPLIED.to_vec(), codec::encode(&self.applied).map_err(|e| sm_err(ErrorVerb::Write, e))?),
             Op::Put(MEMBERSHIP.to_vec(), codec::encode(&self.membership).map_err(|e| sm_err(ErrorVerb::Write, e))?),
         ])
+    }
+}
+
+/// Whether a command may change a quota's limit.
+fn changes_limits(command: &Command) -> bool {
+    match command {
+        Command::Put { entity, .. } => entity.kind() == EntityKind::Plan,
+        Command::Delete { kind, .. } => *kind == EntityKind::Plan,
+        Command::QuotaAdjust { .. } => true,
+        _ => false,
     }
 }
 
@@ -143,6 +162,9 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
                         // A retry of a request already applied: same answer, no effect.
                         answers.push(answer.clone());
                         continue;
+                    }
+                    if changes_limits(&proposal.command) {
+                        self.limits_epoch += 1;
                     }
                     let (answer, writes) = self.model.apply(proposal.command);
                     ops.extend(writes);
@@ -209,6 +231,7 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
         self.requests = RecentRequests::from_entries(image.requests);
         ops.extend(self.requests.puts().map_err(|e| snap_err(ErrorVerb::Write, e))?);
         self.model = model;
+        self.limits_epoch += 1;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         ops.extend(self.meta_ops()?);

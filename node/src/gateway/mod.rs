@@ -15,8 +15,9 @@
 //! 8. allow, with rate-limit headers and the principal for the backend.
 //!
 //! The gateway reads an immutable snapshot of the model (swapped by the state
-//! machine after each apply) and never writes to the Raft log. Its only shared
-//! mutable state is the limiter, behind a lock never held across `.await`.
+//! machine after each apply). Limits are taken through `crate::metering`
+//! (quota leases, borrowed throttle tokens); the only other shared mutable
+//! state is the WAF's per-address limiter. No lock is held across `.await`.
 
 pub mod authorizer;
 pub mod cors;
@@ -37,9 +38,11 @@ use tollgate_proto::validate::HTTP_METHODS;
 use tollgate_proto::FieldError;
 
 use crate::cluster::state_machine::SharedModel;
+use crate::metering::{Metering, MeteringConfig};
 use crate::secret;
-use limits::{BucketId, Clock, Limiter, Limits, QuotaId};
+use limits::{BucketId, Clock, Limiter, Limits};
 use policy::{RequestFacts, Verdict};
+use tollgate_proto::command::QuotaPeriod;
 
 /// What the identity token says (besides `iss`, `iat`, `exp`).
 #[derive(serde::Serialize)]
@@ -60,7 +63,10 @@ pub const MAX_FIELDS: usize = 256;
 
 pub struct Gateway {
     model: SharedModel,
+    /// Per-node counts (WAF rate rules).
     limiter: Limiter,
+    /// Quotas and throttles, across the cluster.
+    pub metering: Arc<Metering>,
     clock: Arc<dyn Clock>,
     waf: waf::Waf,
     pub(crate) jwt: jwt::JwtVerifier,
@@ -175,6 +181,7 @@ fn plan_for<'m>(model: &'m crate::state::Model, key: &ApiKey, api: &str, stage: 
 }
 
 impl Gateway {
+    /// A gateway whose limits are kept in memory (`metering::LocalAuthority`).
     pub fn new(model: SharedModel, clock: Arc<dyn Clock>) -> Self {
         Self::with_stats(model, clock, GatewayStats::default(), None)
     }
@@ -186,10 +193,23 @@ impl Gateway {
         stats: GatewayStats,
         cluster_token: Option<&str>,
     ) -> Self {
+        let authority = Arc::new(crate::metering::LocalAuthority::new(model.clone()));
+        let metering = Metering::new(authority, clock.clone(), MeteringConfig::default(), Default::default());
+        Self::with_metering(model, clock, stats, cluster_token, metering)
+    }
+
+    pub fn with_metering(
+        model: SharedModel,
+        clock: Arc<dyn Clock>,
+        stats: GatewayStats,
+        cluster_token: Option<&str>,
+        metering: Arc<Metering>,
+    ) -> Self {
         Gateway {
             identity: identity::IdentitySigner::new(cluster_token),
             model,
             limiter: Limiter::default(),
+            metering,
             clock,
             waf: waf::Waf::default(),
             jwt: jwt::JwtVerifier::default(),
@@ -422,7 +442,7 @@ impl Gateway {
             None => None,
         };
         let limits = self.limits_for(api, stage, key, plan, &req.method, &req.path, now_ms);
-        let limit = match self.limiter.admit(&limits, now_ms) {
+        let limit = match self.metering.admit(&limits, now_ms, published.limits_epoch).await {
             Ok(state) => state,
             Err((reason, state)) => {
                 let mut d = decision(reason, "rate or quota limit reached");
@@ -503,8 +523,8 @@ impl Gateway {
             }
             if let Some(q) = plan.quota {
                 let (start, end) = limits::period_bounds(now_ms, q.period, q.offset);
-                let id = QuotaId { key: key.id.clone(), plan: plan.id.clone(), period_start_ms: start };
-                limits.quota = Some((id, q, end));
+                let period = QuotaPeriod { key_id: key.id.clone(), plan_id: plan.id.clone(), start_ms: start };
+                limits.quota = Some((period, q, end));
             }
         }
         limits

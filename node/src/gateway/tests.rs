@@ -74,7 +74,7 @@ impl Fixture {
     }
 
     fn gateway(&self) -> Gateway {
-        let published = Published { model: self.model.clone(), applied: None };
+        let published = Published { model: self.model.clone(), applied: None, limits_epoch: 0 };
         Gateway::new(Arc::new(ArcSwap::from_pointee(published)), self.clock.clone())
     }
 }
@@ -257,7 +257,7 @@ async fn a_lowered_quota_applies_to_the_running_period() {
     }));
     let mut model = f.model.clone();
     model.load(Entity::Plan(lowered));
-    g.model.store(Arc::new(Published { model, applied: None }));
+    g.model.store(Arc::new(Published { model, applied: None, limits_epoch: 1 }));
     assert_eq!(reason(&g, &req).await, ReasonCode::QuotaExceeded);
 }
 
@@ -684,7 +684,7 @@ async fn waf_rules_block_by_network_size_pattern_and_rate() {
 #[tokio::test]
 async fn an_allowed_request_carries_a_signed_identity_for_the_backend() {
     let f = Fixture::new();
-    let published = Published { model: f.model.clone(), applied: None };
+    let published = Published { model: f.model.clone(), applied: None, limits_epoch: 0 };
     let g = Gateway::with_stats(
         Arc::new(arc_swap::ArcSwap::from_pointee(published)),
         f.clock.clone(),

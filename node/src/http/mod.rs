@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod error;
 pub mod openapi;
 pub mod ops;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,8 @@ pub fn router(app: Arc<App>) -> Router {
     admin = admin::routes::<admin::Tokens>(admin);
     admin = admin.route("/v1/admin/keys/{id}/reroll", axum::routing::post(admin::reroll));
     admin = admin.route("/v1/admin/identity-key", axum::routing::get(admin::identity_key));
+    admin = admin.route("/v1/admin/plans/{id}/usage", axum::routing::get(usage::get_usage));
+    admin = admin.route("/v1/admin/plans/{id}/usage/{key_id}", axum::routing::post(usage::update_usage));
     admin = admin.route("/v1/admin/identity-key/rotate", axum::routing::post(admin::rotate_identity_key));
     let admin = cluster::routes(admin)
         .route_layer(middleware::from_fn_with_state(app.clone(), require_admin))

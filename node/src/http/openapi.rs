@@ -142,6 +142,36 @@ pub fn document() -> OpenApi {
             "New key secret (shown once); {overlap_secs} keeps the old one working",
         ),
     ];
+    let usage = errors(OperationBuilder::new().tag("usage").summary(Some("Quota usage per key and day (GetUsage)")))
+        .parameter(param("id", ParameterIn::Path, true, "plan id"))
+        .parameter(param("start_date", ParameterIn::Query, false, "first day, YYYY-MM-DD (default today, UTC)"))
+        .parameter(param(
+            "end_date",
+            ParameterIn::Query,
+            false,
+            "last day, YYYY-MM-DD (default today); at most 366 days",
+        ))
+        .parameter(param("key_id", ParameterIn::Query, false, "only this key"))
+        .parameter(param("stale", ParameterIn::Query, false, "true to read this node's copy without a read barrier"))
+        .response("200", response("Usage per key", Some("UsageReport")))
+        .response("404", response("No such plan or key", None));
+    paths = paths.path("/v1/admin/plans/{id}/usage", PathItem::new(HttpMethod::Get, usage));
+    let update = errors(
+        OperationBuilder::new()
+            .tag("usage")
+            .summary(Some("Add to or take from a key's remaining quota this period (UpdateUsage)")),
+    )
+    .parameter(param("id", ParameterIn::Path, true, "plan id"))
+    .parameter(param("key_id", ParameterIn::Path, true, "key id"))
+    .request_body(Some(
+        RequestBodyBuilder::new()
+            .content("application/json", json_ref("UsageUpdate"))
+            .required(Some(Required::True))
+            .build(),
+    ))
+    .response("200", response("The current period after the change", Some("PeriodUsage")))
+    .response("404", response("No such plan or key", None));
+    paths = paths.path("/v1/admin/plans/{id}/usage/{key_id}", PathItem::new(HttpMethod::Post, update));
     for (path, method, summary) in cluster {
         let op = errors(OperationBuilder::new().tag("cluster").summary(Some(summary)))
             .response("200", response("Done", None));
@@ -170,6 +200,17 @@ pub fn document() -> OpenApi {
     }
     doc.paths = paths.build();
     let components = doc.components.get_or_insert_with(Default::default);
+    use crate::http::usage::{DayUsage, KeyUsage, PeriodUsage, UsageReport, UsageUpdate};
+    use utoipa::PartialSchema;
+    for (name, schema) in [
+        ("UsageReport", UsageReport::schema()),
+        ("KeyUsage", KeyUsage::schema()),
+        ("DayUsage", DayUsage::schema()),
+        ("PeriodUsage", PeriodUsage::schema()),
+        ("UsageUpdate", UsageUpdate::schema()),
+    ] {
+        components.schemas.insert(name.to_string(), schema);
+    }
     components.add_security_scheme("admin_token", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
     doc.security = Some(vec![SecurityRequirement::new("admin_token", Vec::<String>::new())]);
     doc
@@ -193,5 +234,8 @@ mod tests {
             }
         }
         assert!(doc["components"]["schemas"]["ApiKeyView"].is_object());
+        assert!(doc["paths"]["/v1/admin/plans/{id}/usage"]["get"].is_object());
+        assert!(doc["paths"]["/v1/admin/plans/{id}/usage/{key_id}"]["post"].is_object());
+        assert!(doc["components"]["schemas"]["UsageReport"].is_object());
     }
 }

@@ -157,16 +157,26 @@ impl Model {
             Command::Put { entity, mode, now } => self.put(entity, mode, now),
             Command::Delete { kind, id } => self.delete(kind, &id),
             Command::RerollKey { id, secret, overlap_until, now } => self.reroll(&id, secret, overlap_until, now),
-            Command::QuotaGrant { period, node, want, lease_until, now } => {
-                self.meter(period, |ledger, limit| ledger.grant(limit, node, want, lease_until, now).0)
+            Command::QuotaGrant { period, holder, want, lease_until_ms, now_ms } => {
+                self.meter(period, |ledger, limit| ledger.grant(limit, holder, want, lease_until_ms, now_ms).0)
             }
-            Command::QuotaReport { period, node, used, release, now } => self.meter(period, |ledger, _| {
-                ledger.report(node, used, release, now);
-                0
-            }),
-            Command::QuotaAdjust { period, delta, now } => self.meter(period, |ledger, _| {
+            Command::QuotaReport { usage, now_ms } => {
+                // Each entry stands alone: a key deleted meanwhile drops its
+                // entry, not the batch.
+                let mut ops = Vec::new();
+                for u in usage {
+                    if let Ok((_, writes)) = self.meter(u.period, |ledger, _| {
+                        ledger.report(u.holder, u.used, u.release, now_ms);
+                        0
+                    }) {
+                        ops.extend(writes);
+                    }
+                }
+                Ok((Applied::Nothing, ops))
+            }
+            Command::QuotaAdjust { period, delta, now_ms } => self.meter(period, |ledger, _| {
                 ledger.adjust(delta);
-                ledger.expire(now);
+                ledger.expire(now_ms);
                 0
             }),
             Command::RotateIdentityKey { now } => {
@@ -529,30 +539,24 @@ mod tests {
         put(&mut m, gold, PutMode::Create, 1).unwrap();
         put(&mut m, plan("free", &[]), PutMode::Create, 1).unwrap();
         put(&mut m, key("k1", &["gold"], 1), PutMode::Create, 1).unwrap();
-        let period = |plan: &str| QuotaPeriod { key_id: "k1".into(), plan_id: plan.into(), start: 0 };
-        let grant = |m: &mut Model, node, want| {
-            m.apply(Command::QuotaGrant {
-                period: period("gold"),
-                node,
-                want,
-                lease_until: Timestamp(100),
-                now: Timestamp(1),
-            })
+        let period = |plan: &str| QuotaPeriod { key_id: "k1".into(), plan_id: plan.into(), start_ms: 0 };
+        let grant = |m: &mut Model, holder, want| {
+            m.apply(Command::QuotaGrant { period: period("gold"), holder, want, lease_until_ms: 100, now_ms: 1 })
         };
-        let (answer, ops) = grant(&mut m, 1, 8);
-        assert!(matches!(answer, Ok(Applied::Quota { granted: 8, .. })));
+        let (answer, ops) = grant(&mut m, 1, 3);
+        assert!(matches!(answer, Ok(Applied::Quota { granted: 3, .. })));
         assert_eq!(ops.len(), 1, "the ledger is stored");
+        // 7 left: a grant takes at most a quarter of it, then the rest shrinks to nothing.
         assert!(matches!(grant(&mut m, 2, 8).0, Ok(Applied::Quota { granted: 2, .. })));
-        assert!(matches!(grant(&mut m, 3, 1).0, Ok(Applied::Quota { granted: 0, .. })));
-        let no_quota = m.apply(Command::QuotaGrant {
-            period: period("free"),
-            node: 1,
-            want: 1,
-            lease_until: Timestamp(9),
-            now: Timestamp(1),
-        });
+        let mut total = 5;
+        while let (Ok(Applied::Quota { granted: units @ 1.., .. }), _) = grant(&mut m, 3, 8) {
+            total += units;
+        }
+        assert_eq!(total, 10, "never more than the plan's limit");
+        let no_quota =
+            m.apply(Command::QuotaGrant { period: period("free"), holder: 1, want: 1, lease_until_ms: 9, now_ms: 1 });
         assert_eq!(rejection(no_quota.0), RejectionKind::Invalid);
-        let adjust = m.apply(Command::QuotaAdjust { period: period("gold"), delta: 5, now: Timestamp(2) });
+        let adjust = m.apply(Command::QuotaAdjust { period: period("gold"), delta: 5, now_ms: 2 });
         assert!(matches!(adjust.0, Ok(Applied::Quota { ledger, .. }) if ledger.available(10) == 5));
     }
 

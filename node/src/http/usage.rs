@@ -1,0 +1,232 @@
+//! Usage of a plan's quota (the GetUsage / UpdateUsage roles):
+//!
+//! - `GET /v1/admin/plans/{id}/usage?start_date=&end_date=[&key_id=][&stale=true]`:
+//!   per key, units used per UTC day in the range, and the current period's
+//!   limit, use, grants held by nodes, and what remains. Linearizable unless
+//!   `stale=true`.
+//! - `POST /v1/admin/plans/{id}/usage/{key_id}` with `{"delta": N}`: adds N to
+//!   what the key may still use this period (negative takes away). Every
+//!   node drops the grants it holds for the plan's keys and asks again, so the
+//!   change holds everywhere at once.
+//!
+//! Usage counts what nodes reported and grants that expired unreported (see
+//! `tollgate_proto::metering`): exact when no node crashed; after a crash it
+//! may count up to one lease more than was admitted, never less.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use time::{Date, OffsetDateTime};
+use tollgate_proto::command::{Applied, QuotaPeriod};
+use tollgate_proto::metering::{holder_node, QuotaLedger, DAY_MS};
+use tollgate_proto::model::{Entity, EntityKind, Quota, UsagePlan};
+use tollgate_proto::{Command, Rejection};
+
+use super::admin::{parse_body, request_id, ReadOptions};
+use super::error::ApiError;
+use crate::app::App;
+use crate::gateway::limits::period_bounds;
+
+/// The longest date range one usage request may cover.
+pub const MAX_DAYS: i64 = 366;
+/// The largest adjustment one request may make.
+pub const MAX_DELTA: i64 = 1_000_000_000_000;
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UsageReport {
+    pub plan_id: String,
+    pub start_date: String,
+    pub end_date: String,
+    pub items: Vec<KeyUsage>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct KeyUsage {
+    pub key_id: String,
+    /// Every day of the range, oldest first.
+    pub days: Vec<DayUsage>,
+    pub current_period: PeriodUsage,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DayUsage {
+    pub date: String,
+    pub used: u64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PeriodUsage {
+    /// RFC 3339, UTC.
+    pub start: String,
+    pub end: String,
+    /// The plan's limit with this period's adjustments.
+    pub limit: u64,
+    pub used: u64,
+    /// Units nodes hold now (granted, not yet reported as used).
+    pub held: u64,
+    /// Held units by node id.
+    pub held_by_node: BTreeMap<u64, u64>,
+    /// `limit - used`: what the key may still use if held units are handed back.
+    pub remaining: u64,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageUpdate {
+    /// Added to what the key may still use this period; negative takes away.
+    pub delta: i64,
+}
+
+fn date(text: &str, field: &str) -> Result<Date, ApiError> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    Date::parse(text, format).map_err(|_| ApiError::field(field, format!("{text:?} is not a date like 2026-11-23")))
+}
+
+fn day_of(ms: i64) -> Date {
+    OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).map(|t| t.date()).unwrap_or(Date::MIN)
+}
+
+fn day_number(d: Date) -> i64 {
+    d.midnight().assume_utc().unix_timestamp().div_euclid(86_400)
+}
+
+fn rfc3339(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+fn plan_with_quota(app: &App, plan_id: &str) -> Result<(UsagePlan, Quota), ApiError> {
+    match app.published().model.get(EntityKind::Plan, plan_id) {
+        Some(Entity::Plan(p)) => match p.quota {
+            Some(q) => Ok((p.clone(), q)),
+            None => Err(ApiError::field("plan_id", format!("plan {plan_id:?} has no quota"))),
+        },
+        _ => Err(Rejection::not_found(EntityKind::Plan, plan_id).into()),
+    }
+}
+
+/// A ledger as of `now_ms`: grants that ran out count as used.
+fn as_of(ledger: Option<&QuotaLedger>, now_ms: i64) -> QuotaLedger {
+    let mut view = ledger.cloned().unwrap_or_default();
+    view.expire(now_ms);
+    view
+}
+
+fn period_usage(ledger: &QuotaLedger, quota: &Quota, start_ms: i64, end_ms: i64) -> PeriodUsage {
+    let mut held_by_node = BTreeMap::new();
+    for (holder, g) in &ledger.grants {
+        *held_by_node.entry(holder_node(*holder)).or_insert(0) += g.units;
+    }
+    PeriodUsage {
+        start: rfc3339(start_ms),
+        end: rfc3339(end_ms),
+        limit: ledger.limit(quota.limit),
+        used: ledger.consumed,
+        held: ledger.outstanding(),
+        held_by_node,
+        remaining: ledger.remaining(quota.limit),
+    }
+}
+
+/// `GET /v1/admin/plans/{id}/usage`.
+pub async fn get_usage(
+    State(app): State<Arc<App>>,
+    Path(plan_id): Path<String>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::field("query", e.body_text()))?;
+    let options = ReadOptions::parse(&query)?;
+    let now_ms = app.clock.now_ms();
+    let today = day_of(now_ms);
+    let start = query.get("start_date").map(|s| date(s, "start_date")).transpose()?.unwrap_or(today);
+    let end = query.get("end_date").map(|s| date(s, "end_date")).transpose()?.unwrap_or(today);
+    if end < start {
+        return Err(ApiError::field("end_date", "must not be before start_date"));
+    }
+    if (end - start).whole_days() >= MAX_DAYS {
+        return Err(ApiError::field("end_date", format!("a range covers at most {MAX_DAYS} days")));
+    }
+    if !options.stale {
+        app.read_barrier().await?;
+    }
+    let (plan, quota) = plan_with_quota(&app, &plan_id)?;
+    let published = app.published();
+    let model = &published.model;
+    let (first_day, last_day) = (day_number(start), day_number(end));
+    let (period_start, period_end) = period_bounds(now_ms, quota.period, quota.offset);
+
+    // The keys to report: the one asked for, or every key with a ledger for this plan.
+    let key_ids: Vec<String> = match query.get("key_id") {
+        Some(key_id) => match model.get(EntityKind::Key, key_id) {
+            Some(Entity::Key(k)) if k.plan_ids.contains(&plan.id) => vec![key_id.clone()],
+            Some(_) => return Err(ApiError::field("key_id", format!("key {key_id:?} is not in plan {plan_id:?}"))),
+            None => return Err(Rejection::not_found(EntityKind::Key, key_id).into()),
+        },
+        None => {
+            let mut ids: Vec<String> =
+                model.ledgers.keys().filter(|p| p.plan_id == plan.id).map(|p| p.key_id.clone()).collect();
+            ids.dedup();
+            ids
+        }
+    };
+    let mut items = Vec::with_capacity(key_ids.len());
+    for key_id in key_ids {
+        let mut per_day: BTreeMap<i64, u64> = BTreeMap::new();
+        let from = QuotaPeriod { key_id: key_id.clone(), plan_id: plan.id.clone(), start_ms: i64::MIN };
+        for (period, ledger) in model.ledgers.range(from..) {
+            if period.key_id != key_id || period.plan_id != plan.id {
+                break;
+            }
+            for (day, used) in as_of(Some(ledger), now_ms).daily.range(first_day..=last_day) {
+                *per_day.entry(*day).or_insert(0) += used;
+            }
+        }
+        let days = (first_day..=last_day)
+            .map(|d| DayUsage { date: day_of(d * DAY_MS).to_string(), used: per_day.get(&d).copied().unwrap_or(0) })
+            .collect();
+        let current = QuotaPeriod { key_id: key_id.clone(), plan_id: plan.id.clone(), start_ms: period_start };
+        let ledger = as_of(model.ledgers.get(&current), now_ms);
+        items.push(KeyUsage { key_id, days, current_period: period_usage(&ledger, &quota, period_start, period_end) });
+    }
+    let report = UsageReport { plan_id, start_date: start.to_string(), end_date: end.to_string(), items };
+    Ok(Json(report).into_response())
+}
+
+/// `POST /v1/admin/plans/{id}/usage/{key_id}`.
+pub async fn update_usage(
+    State(app): State<Arc<App>>,
+    Path((plan_id, key_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request = request_id(&headers)?;
+    let update: UsageUpdate = parse_body(&body)?;
+    if update.delta == 0 || update.delta.abs() > MAX_DELTA {
+        return Err(ApiError::field(
+            "delta",
+            format!("must be a non-zero whole number of at most {MAX_DELTA} either way"),
+        ));
+    }
+    let (_, quota) = plan_with_quota(&app, &plan_id)?;
+    let now_ms = app.clock.now_ms();
+    let (start_ms, end_ms) = period_bounds(now_ms, quota.period, quota.offset);
+    let period = QuotaPeriod { key_id, plan_id, start_ms };
+    match app.write(request, Command::QuotaAdjust { period, delta: update.delta, now_ms }).await?? {
+        Applied::Quota { ledger, .. } => {
+            Ok(Json(period_usage(&as_of(Some(&ledger), now_ms), &quota, start_ms, end_ms)).into_response())
+        }
+        other => Err(ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("unexpected answer {other:?}"),
+        )),
+    }
+}

@@ -1,0 +1,778 @@
+//! Exact quotas and cluster-wide throttles, decided from local memory.
+//!
+//! **Quotas** are leases on the replicated ledger (`tollgate_proto::metering`).
+//! A node admits a request from a grant it holds — a decrement under a short
+//! lock, no network — and asks the ledger (a Raft write on the leader) for
+//! the next grant before the current one runs out, sized from the key's recent
+//! rate. Near the limit the ledger hands out ever smaller grants, down to
+//! single units, so the last requests of a quota are decided one by one. Used
+//! units are reported in batches ([`Metering::flush`]); a grant idle for a
+//! while is handed back. A node that cannot reach the leader admits only from
+//! what it holds, and only until its lease ends.
+//!
+//! Each lease has a holder id of its own: the node id in the high bits, a
+//! random number in the low ones. A restarted node, or a lease dropped after a
+//! limit changed, never shares a grant with its predecessor, whose unreported
+//! use the ledger counts when that grant expires.
+//!
+//! **Throttles** are token buckets kept by one authority, the Raft leader
+//! ([`TokenLender`]). A node borrows a few tokens at a time (about 50 ms of the
+//! bucket's rate) and admits from them; when the authority has none it says
+//! how long to wait, and the node refuses locally until then. If the leader
+//! cannot be reached the node falls back to a local bucket with its share of
+//! the rate. A new leader starts with full buckets: at most one extra burst.
+//!
+//! A request takes from every limit that applies, or from none: what it needs
+//! is fetched first (without the lock), then taken in one step under the lock,
+//! which is never held across an `.await`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tollgate_proto::check::{LimitState, ReasonCode};
+use tollgate_proto::command::{QuotaPeriod, QuotaUsage};
+use tollgate_proto::metering::QuotaLedger;
+use tollgate_proto::model::{Quota, Throttle};
+
+use crate::gateway::limits::{Bucket, BucketId, Clock, Limits};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The authority could not be asked (no leader, a partition, a time-out), or
+/// refused.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+/// A request for throttle tokens, sent to the authority.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LendRequest {
+    pub bucket: BucketId,
+    pub throttle: Throttle,
+    pub want: u32,
+}
+
+/// The authority's answer: tokens lent, or how long until there is one.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Lent {
+    pub granted: u32,
+    pub wait_ms: u64,
+    /// Whole tokens left in the authority's bucket (for `RateLimit-Remaining`).
+    pub left: u64,
+}
+
+/// Where grants, reports and tokens come from: the cluster (through Raft and
+/// the leader), or, in tests of the check pipeline, memory.
+pub trait Authority: Send + Sync + 'static {
+    /// Proposes a grant; answers the units granted and the ledger after it.
+    fn grant(
+        &self,
+        period: QuotaPeriod,
+        holder: u64,
+        want: u64,
+        lease_until_ms: i64,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(u64, QuotaLedger), Unavailable>>;
+    /// Records used units. A retry with the same `request_id` counts once.
+    fn report(&self, request_id: u128, usage: Vec<QuotaUsage>, now_ms: i64) -> BoxFuture<'_, Result<(), Unavailable>>;
+    fn lend(&self, request: LendRequest, now_ms: i64) -> BoxFuture<'_, Result<Lent, Unavailable>>;
+    /// Nodes that share a throttle's rate when the authority is unreachable.
+    fn members(&self) -> u32;
+    /// This node's id (the high bits of its holder ids).
+    fn node_id(&self) -> u64;
+}
+
+/// The token buckets the leader keeps for the whole cluster.
+#[derive(Default)]
+pub struct TokenLender {
+    buckets: Mutex<HashMap<BucketId, Bucket>>,
+}
+
+impl TokenLender {
+    pub fn lend(&self, request: &LendRequest, now_ms: i64) -> Lent {
+        let t = &request.throttle;
+        let mut buckets = lock(&self.buckets);
+        if buckets.len() > 100_000 {
+            // Buckets idle for a minute are full again: forgetting them changes nothing.
+            buckets.retain(|_, b| b.idle_ms(now_ms) < 60_000);
+        }
+        let b = match buckets.get_mut(&request.bucket) {
+            Some(b) => b,
+            None => buckets.entry(request.bucket.clone()).or_insert_with(|| Bucket::full(t, now_ms)),
+        };
+        b.refill(t, now_ms);
+        let granted = (b.tokens.floor().max(0.0) as u64).min(request.want as u64) as u32;
+        b.tokens -= granted as f64;
+        let wait_ms = if granted == 0 { b.wait_ms(t) } else { 0 };
+        Lent { granted, wait_ms, left: b.tokens.floor().max(0.0) as u64 }
+    }
+}
+
+/// Tuning, from the node's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct MeteringConfig {
+    /// How long a grant stays valid.
+    pub lease_ms: i64,
+    /// The most units one grant may bring.
+    pub max_grant: u64,
+}
+
+impl Default for MeteringConfig {
+    fn default() -> Self {
+        MeteringConfig {
+            lease_ms: crate::config::DEFAULT_QUOTA_LEASE_MS as i64,
+            max_grant: crate::config::DEFAULT_QUOTA_MAX_GRANT,
+        }
+    }
+}
+
+/// A grant is enough for this long at the key's recent rate.
+const GRANT_FOR_MS: i64 = 1_000;
+/// Borrowed tokens cover this long at the bucket's rate.
+const BORROW_FOR_MS: f64 = 50.0;
+/// Borrowed tokens not used within this are forgotten (the authority's
+/// bucket has long refilled them).
+const BORROWED_VALID_MS: i64 = 1_000;
+/// Used units are reported this often.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
+/// A lease unused this long is handed back.
+const IDLE_MS: i64 = 2_000;
+/// After the authority could not be reached, how long to decide without it.
+const UNAVAILABLE_MS: i64 = 1_000;
+/// How long a check may wait for a grant or tokens.
+pub const FETCH_WAIT: Duration = Duration::from_secs(2);
+/// How long to wait for tokens from the authority before falling back.
+const LEND_WAIT: Duration = Duration::from_millis(500);
+/// When the quota is spent but other nodes hold grants, ask again after this.
+const EXHAUSTED_RETRY_MS: i64 = 250;
+
+/// Counters for `/metrics` (no per-key labels).
+#[derive(Clone)]
+pub struct MeteringStats {
+    /// Grant requests by result: `granted`, `empty` (nothing left), `unavailable`.
+    pub grants: prometheus::IntCounterVec,
+    /// Quota units by what happened to them on this node: `granted`,
+    /// `returned` (handed back unused), `expired` (lease ran out unused).
+    pub units: prometheus::IntCounterVec,
+    /// Checks that waited for the leader, by what for: `quota`, `throttle`.
+    pub round_trips: prometheus::IntCounterVec,
+}
+
+impl Default for MeteringStats {
+    fn default() -> Self {
+        let vec = |name: &str, help: &str, label: &str| {
+            prometheus::IntCounterVec::new(prometheus::Opts::new(name, help), &[label])
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+        };
+        MeteringStats {
+            grants: vec("tollgate_quota_grant_requests_total", "Quota grant requests by result.", "result"),
+            units: vec(
+                "tollgate_quota_units_total",
+                "Quota units granted to, returned or expired on this node.",
+                "kind",
+            ),
+            round_trips: vec(
+                "tollgate_check_leader_round_trips_total",
+                "Checks that waited for the leader, by what for.",
+                "for",
+            ),
+        }
+    }
+}
+
+/// A quota lease on this node.
+struct Lease {
+    holder: u64,
+    /// Units this node may still admit.
+    units: u64,
+    /// Admit only before this (the ledger's lease end, less a margin for clock skew).
+    valid_until_ms: i64,
+    /// Admitted and not yet reported.
+    unreported: u64,
+    /// `limits_epoch` when the lease was made: a change drops the lease.
+    epoch: u64,
+    /// Admissions since `window_start_ms`: the key's recent rate on this node.
+    admitted: u64,
+    window_start_ms: i64,
+    last_used_ms: i64,
+    /// Checks waiting for the grant in flight.
+    waiting: u64,
+    /// The last grant's size; the next is asked for below half of it.
+    last_grant: u64,
+    fetching: bool,
+    /// Bumped when a fetch ends; waiters watch it.
+    fetched: watch::Sender<u64>,
+    exhausted_until_ms: i64,
+    unavailable_until_ms: i64,
+    /// For headers: the period's limit and what was left of it at the last grant.
+    limit: u64,
+    remaining: u64,
+}
+
+impl Lease {
+    fn new(holder: u64, epoch: u64, now_ms: i64, limit: u64) -> Self {
+        Lease {
+            holder,
+            units: 0,
+            valid_until_ms: now_ms,
+            unreported: 0,
+            epoch,
+            admitted: 0,
+            window_start_ms: now_ms,
+            last_used_ms: now_ms,
+            waiting: 0,
+            last_grant: 0,
+            fetching: false,
+            fetched: watch::channel(0).0,
+            exhausted_until_ms: 0,
+            unavailable_until_ms: 0,
+            limit,
+            remaining: limit,
+        }
+    }
+
+    /// Units to ask for: about [`GRANT_FOR_MS`] at the recent rate, and at
+    /// least enough for the checks waiting now.
+    fn want(&mut self, now_ms: i64, max: u64) -> u64 {
+        let elapsed = (now_ms - self.window_start_ms).max(100) as u64;
+        let rate_based = self.admitted.saturating_mul(GRANT_FOR_MS as u64) / elapsed;
+        if elapsed > GRANT_FOR_MS as u64 {
+            self.admitted = 0;
+            self.window_start_ms = now_ms;
+        }
+        rate_based.max(self.waiting + 1).clamp(1, max)
+    }
+}
+
+/// Throttle tokens borrowed from the authority.
+struct Borrowed {
+    tokens: u32,
+    valid_until_ms: i64,
+    denied_until_ms: i64,
+    unavailable_until_ms: i64,
+    /// The authority's bucket after the last loan, for headers.
+    left: u64,
+    fetching: bool,
+    fetched: watch::Sender<u64>,
+    last_used_ms: i64,
+}
+
+impl Borrowed {
+    fn new(now_ms: i64) -> Self {
+        Borrowed {
+            tokens: 0,
+            valid_until_ms: now_ms,
+            denied_until_ms: 0,
+            unavailable_until_ms: 0,
+            left: 0,
+            fetching: false,
+            fetched: watch::channel(0).0,
+            last_used_ms: now_ms,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Local {
+    leases: HashMap<QuotaPeriod, Lease>,
+    borrowed: HashMap<BucketId, Borrowed>,
+    /// Buckets with this node's share of the rate, while the authority is away.
+    fallback: HashMap<BucketId, Bucket>,
+    /// Usage of leases dropped (limit changed): reported with their release.
+    retired: Vec<QuotaUsage>,
+    last_sweep_ms: i64,
+}
+
+/// What a check must wait for before it can take.
+enum Need {
+    /// Fetch it (this check started the fetch)...
+    Tokens {
+        slot: usize,
+    },
+    Quota {
+        want: u64,
+        holder: u64,
+    },
+    /// ...or wait for the fetch another check started.
+    Wait(watch::Receiver<u64>),
+}
+
+/// Where a throttle's token comes from.
+#[derive(Clone, Copy)]
+enum Source {
+    Borrowed,
+    Fallback,
+}
+
+pub type Denied = (ReasonCode, LimitState);
+
+pub struct Metering {
+    local: Mutex<Local>,
+    authority: Arc<dyn Authority>,
+    clock: Arc<dyn Clock>,
+    /// Used when this node is the leader (the throttle authority).
+    pub lender: TokenLender,
+    config: MeteringConfig,
+    stats: MeteringStats,
+    /// The report being sent, kept until the ledger has it (same request id).
+    pending: tokio::sync::Mutex<Option<(u128, Vec<QuotaUsage>, i64)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Metering {
+    pub fn new(
+        authority: Arc<dyn Authority>,
+        clock: Arc<dyn Clock>,
+        config: MeteringConfig,
+        stats: MeteringStats,
+    ) -> Arc<Self> {
+        Arc::new(Metering {
+            local: Mutex::new(Local::default()),
+            authority,
+            clock,
+            lender: TokenLender::default(),
+            config,
+            stats,
+            pending: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// Reports used units every [`FLUSH_EVERY`] until the metering is dropped.
+    pub fn start_reporting(self: &Arc<Self>) {
+        let weak: Weak<Metering> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FLUSH_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(metering) = weak.upgrade() else { return };
+                metering.flush(metering.clock.now_ms(), false).await;
+            }
+        });
+    }
+
+    fn holder(&self) -> u64 {
+        (self.authority.node_id() << 32) | rand::random::<u32>() as u64
+    }
+
+    /// Takes one unit from every limit, or from none; on success, the state
+    /// of the tightest limit (for `RateLimit-*` headers).
+    pub async fn admit(
+        self: &Arc<Self>,
+        limits: &Limits,
+        now_ms: i64,
+        epoch: u64,
+    ) -> Result<Option<LimitState>, Denied> {
+        let deadline = tokio::time::Instant::now() + FETCH_WAIT;
+        let mut waited_for_quota = false;
+        let mut now_ms = now_ms;
+        loop {
+            let need = {
+                let mut local = lock(&self.local);
+                match self.try_take(&mut local, limits, now_ms, epoch) {
+                    Ok(taken) => return taken,
+                    Err(need) => need,
+                }
+            };
+            match need {
+                Need::Wait(mut fetched) => {
+                    if tokio::time::timeout_at(deadline, fetched.changed()).await.is_err() {
+                        return Err(unavailable());
+                    }
+                }
+                Need::Tokens { slot } => {
+                    self.stats.round_trips.with_label_values(&["throttle"]).inc();
+                    let throttle = if slot == 0 { &limits.stage } else { &limits.key };
+                    if let Some((id, t)) = throttle {
+                        self.borrow_tokens(id, t).await;
+                    }
+                }
+                Need::Quota { want, holder } => {
+                    if !waited_for_quota {
+                        self.stats.round_trips.with_label_values(&["quota"]).inc();
+                        waited_for_quota = true;
+                    }
+                    if let Some((period, quota, end_ms)) = &limits.quota {
+                        self.fetch_grant(period, holder, quota, *end_ms, want).await;
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(unavailable());
+            }
+            // Time passed while waiting (the clock may be a test's, never moving).
+            now_ms = now_ms.max(self.clock.now_ms());
+        }
+    }
+
+    /// Takes from every limit if each has a unit here; otherwise says what to
+    /// fetch (or a denial, when a limit is known to be spent).
+    fn try_take(
+        self: &Arc<Self>,
+        local: &mut Local,
+        limits: &Limits,
+        now_ms: i64,
+        epoch: u64,
+    ) -> Result<Result<Option<LimitState>, Denied>, Need> {
+        if now_ms - local.last_sweep_ms > 10_000 {
+            local.last_sweep_ms = now_ms;
+            local.borrowed.retain(|_, b| b.fetching || now_ms - b.last_used_ms < 60_000);
+            local.fallback.retain(|_, b| b.idle_ms(now_ms) < 60_000);
+        }
+        // 1. Throttles: borrowed tokens, or this node's share while the authority is away.
+        let throttles = [(&limits.stage, ReasonCode::StageThrottled), (&limits.key, ReasonCode::Throttled)];
+        let mut sources = [None, None];
+        for (slot, (limit, reason)) in throttles.into_iter().enumerate() {
+            let Some((id, t)) = limit else { continue };
+            let b = match local.borrowed.get_mut(id) {
+                Some(b) => b,
+                None => local.borrowed.entry(id.clone()).or_insert_with(|| Borrowed::new(now_ms)),
+            };
+            if now_ms >= b.valid_until_ms {
+                b.tokens = 0;
+            }
+            if b.tokens > 0 {
+                sources[slot] = Some(Source::Borrowed);
+                continue;
+            }
+            if now_ms < b.denied_until_ms {
+                let wait = (b.denied_until_ms - now_ms) as u64;
+                return Ok(Err((reason, throttled_state(t, wait))));
+            }
+            if now_ms < b.unavailable_until_ms {
+                let share = self.authority.members().max(1) as f64;
+                let local_t =
+                    Throttle { rate_per_sec: t.rate_per_sec / share, burst: (t.burst as f64 / share).ceil() as u32 };
+                let fb = match local.fallback.get_mut(id) {
+                    Some(fb) => fb,
+                    None => local.fallback.entry(id.clone()).or_insert_with(|| Bucket::full(&local_t, now_ms)),
+                };
+                fb.refill(&local_t, now_ms);
+                if fb.tokens < 1.0 {
+                    return Ok(Err((reason, throttled_state(&local_t, fb.wait_ms(&local_t)))));
+                }
+                sources[slot] = Some(Source::Fallback);
+                continue;
+            }
+            if b.fetching {
+                return Err(Need::Wait(b.fetched.subscribe()));
+            }
+            b.fetching = true;
+            return Err(Need::Tokens { slot });
+        }
+        // 2. The quota: a unit of a grant this node holds.
+        let mut refill = None;
+        if let Some((period, quota, end_ms)) = &limits.quota {
+            let lease = match local.leases.get_mut(period) {
+                Some(lease) => lease,
+                None => {
+                    let holder = self.holder();
+                    local.leases.entry(period.clone()).or_insert_with(|| Lease::new(holder, epoch, now_ms, quota.limit))
+                }
+            };
+            if lease.epoch != epoch {
+                // A limit changed: hand this grant back, start a new lease.
+                let old = std::mem::replace(lease, Lease::new(self.holder(), epoch, now_ms, quota.limit));
+                self.stats.units.with_label_values(&["returned"]).inc_by(old.units);
+                local.retired.push(QuotaUsage {
+                    period: period.clone(),
+                    holder: old.holder,
+                    used: old.unreported,
+                    release: true,
+                });
+                return self.try_take(local, limits, now_ms, epoch);
+            }
+            if now_ms >= lease.valid_until_ms && lease.units > 0 {
+                self.stats.units.with_label_values(&["expired"]).inc_by(lease.units);
+                lease.units = 0;
+            }
+            if lease.units == 0 {
+                if now_ms < lease.exhausted_until_ms {
+                    let reset = ((end_ms - now_ms).max(0) as u64).div_ceil(1000);
+                    let retry = ((lease.exhausted_until_ms - now_ms) as u64).div_ceil(1000).max(1).min(reset.max(1));
+                    let state = LimitState {
+                        limit: lease.limit,
+                        remaining: 0,
+                        reset_secs: reset,
+                        retry_after_secs: Some(retry),
+                    };
+                    return Ok(Err((ReasonCode::QuotaExceeded, state)));
+                }
+                if now_ms < lease.unavailable_until_ms {
+                    return Ok(Err(unavailable()));
+                }
+                lease.waiting += 1;
+                if lease.fetching {
+                    return Err(Need::Wait(lease.fetched.subscribe()));
+                }
+                lease.fetching = true;
+                let want = lease.want(now_ms, self.config.max_grant);
+                return Err(Need::Quota { want, holder: lease.holder });
+            }
+        }
+        // 3. Every limit has a unit here: take them all.
+        let mut tightest = None;
+        for (slot, source) in sources.into_iter().enumerate() {
+            let (Some(source), Some((id, t))) = (source, if slot == 0 { &limits.stage } else { &limits.key }) else {
+                continue;
+            };
+            tightest = Some(match source {
+                Source::Borrowed => {
+                    let Some(b) = local.borrowed.get_mut(id) else { continue };
+                    b.tokens -= 1;
+                    b.last_used_ms = now_ms;
+                    LimitState {
+                        limit: t.burst as u64,
+                        remaining: b.left + b.tokens as u64,
+                        reset_secs: 1,
+                        retry_after_secs: None,
+                    }
+                }
+                Source::Fallback => {
+                    let Some(fb) = local.fallback.get_mut(id) else { continue };
+                    fb.tokens -= 1.0;
+                    LimitState {
+                        limit: t.burst as u64,
+                        remaining: fb.tokens.max(0.0) as u64,
+                        reset_secs: 1,
+                        retry_after_secs: None,
+                    }
+                }
+            });
+        }
+        if let Some((period, _, end_ms)) = &limits.quota {
+            if let Some(lease) = local.leases.get_mut(period) {
+                lease.units -= 1;
+                lease.unreported += 1;
+                lease.admitted += 1;
+                lease.last_used_ms = now_ms;
+                lease.remaining = lease.remaining.saturating_sub(1);
+                tightest = Some(LimitState {
+                    limit: lease.limit,
+                    remaining: lease.remaining,
+                    reset_secs: ((end_ms - now_ms).max(0) as u64).div_ceil(1000),
+                    retry_after_secs: None,
+                });
+                // Ask for the next grant before this one runs out, or ends.
+                let low = lease.units <= lease.last_grant / 2;
+                let ending = lease.valid_until_ms - now_ms < self.config.lease_ms / 2;
+                if (low || ending) && !lease.fetching && now_ms >= lease.unavailable_until_ms {
+                    lease.fetching = true;
+                    let want = lease.want(now_ms, self.config.max_grant);
+                    refill = Some((period.clone(), lease.holder, want));
+                }
+            }
+        }
+        if let (Some((period, holder, want)), Some((_, quota, end_ms))) = (refill, &limits.quota) {
+            let (metering, quota, end_ms) = (self.clone(), *quota, *end_ms);
+            tokio::spawn(async move { metering.fetch_grant(&period, holder, &quota, end_ms, want).await });
+        }
+        Ok(Ok(tightest))
+    }
+
+    /// Asks the ledger for a grant and records the answer; wakes the waiters.
+    async fn fetch_grant(&self, period: &QuotaPeriod, holder: u64, quota: &Quota, end_ms: i64, want: u64) {
+        let asked_ms = self.clock.now_ms();
+        let lease_until_ms = asked_ms + self.config.lease_ms;
+        let answer = self.authority.grant(period.clone(), holder, want, lease_until_ms, asked_ms).await;
+        let now_ms = self.clock.now_ms().max(asked_ms);
+        let mut local = lock(&self.local);
+        let local = &mut *local;
+        let Some(lease) = local.leases.get_mut(period).filter(|l| l.holder == holder) else {
+            // The lease was dropped meanwhile: hand back what came.
+            if let Ok((granted @ 1.., _)) = answer {
+                self.stats.units.with_label_values(&["returned"]).inc_by(granted);
+                local.retired.push(QuotaUsage { period: period.clone(), holder, used: 0, release: true });
+            }
+            return;
+        };
+        match answer {
+            Ok((granted, ledger)) => {
+                let limit = ledger.limit(quota.limit);
+                lease.limit = limit;
+                lease.remaining = ledger.remaining(quota.limit);
+                lease.units += granted;
+                lease.last_grant = granted;
+                if let Some(g) = ledger.grants.get(&holder) {
+                    // Stop a little before the ledger does: clocks differ.
+                    let margin = (self.config.lease_ms / 10).min(1_000);
+                    lease.valid_until_ms = g.expires_at_ms - margin;
+                }
+                let result = if granted > 0 { "granted" } else { "empty" };
+                self.stats.grants.with_label_values(&[result]).inc();
+                self.stats.units.with_label_values(&["granted"]).inc_by(granted);
+                if lease.units == 0 {
+                    // Spent. Others may still hand units back; if none hold
+                    // any, nothing changes before the period ends or a limit
+                    // changes (which starts a new lease).
+                    let others = ledger.grants.iter().any(|(h, g)| *h != holder && g.units > 0);
+                    lease.exhausted_until_ms = if others { now_ms + EXHAUSTED_RETRY_MS } else { end_ms };
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "quota grant failed; deciding from held grants only");
+                self.stats.grants.with_label_values(&["unavailable"]).inc();
+                lease.unavailable_until_ms = now_ms + UNAVAILABLE_MS;
+            }
+        }
+        lease.fetching = false;
+        lease.waiting = 0;
+        lease.fetched.send_modify(|n| *n += 1);
+    }
+
+    async fn borrow_tokens(&self, id: &BucketId, t: &Throttle) {
+        let asked_ms = self.clock.now_ms();
+        let want = (t.rate_per_sec * BORROW_FOR_MS / 1000.0).ceil().clamp(1.0, (t.burst.max(1)) as f64) as u32;
+        let request = LendRequest { bucket: id.clone(), throttle: *t, want };
+        let answer = tokio::time::timeout(LEND_WAIT, self.authority.lend(request, asked_ms)).await;
+        let now_ms = self.clock.now_ms().max(asked_ms);
+        let mut local = lock(&self.local);
+        let Some(b) = local.borrowed.get_mut(id) else { return };
+        match answer {
+            Ok(Ok(lent)) => {
+                b.tokens += lent.granted;
+                b.left = lent.left;
+                b.valid_until_ms = now_ms + BORROWED_VALID_MS;
+                if lent.granted == 0 {
+                    b.denied_until_ms = now_ms + lent.wait_ms.max(1) as i64;
+                }
+            }
+            Ok(Err(_)) | Err(_) => b.unavailable_until_ms = now_ms + UNAVAILABLE_MS,
+        }
+        b.fetching = false;
+        b.fetched.send_modify(|n| *n += 1);
+    }
+
+    /// Reports what was used since the last report, and hands back leases
+    /// idle for a while (all of them with `release_all`, at shutdown). A
+    /// report that fails is sent again, unchanged, next time.
+    pub async fn flush(&self, now_ms: i64, release_all: bool) {
+        let mut pending = self.pending.lock().await;
+        if pending.is_none() {
+            let mut usage = Vec::new();
+            {
+                let mut local = lock(&self.local);
+                let local = &mut *local;
+                usage.append(&mut local.retired);
+                local.leases.retain(|period, lease| {
+                    let idle = lease.waiting == 0 && !lease.fetching && now_ms - lease.last_used_ms >= IDLE_MS;
+                    let release = release_all || idle;
+                    if lease.unreported > 0 || (release && lease.last_grant > 0) {
+                        usage.push(QuotaUsage {
+                            period: period.clone(),
+                            holder: lease.holder,
+                            used: lease.unreported,
+                            release,
+                        });
+                        lease.unreported = 0;
+                    }
+                    if release {
+                        self.stats.units.with_label_values(&["returned"]).inc_by(lease.units);
+                    }
+                    !release
+                });
+            }
+            if !usage.is_empty() {
+                *pending = Some((rand::random(), usage, now_ms));
+            }
+        }
+        let Some((request_id, usage, at_ms)) = pending.as_ref() else { return };
+        match self.authority.report(*request_id, usage.clone(), *at_ms).await {
+            Ok(()) => *pending = None,
+            Err(e) => tracing::warn!(error = %e, entries = usage.len(), "usage report failed; will retry"),
+        }
+    }
+}
+
+fn throttled_state(t: &Throttle, wait_ms: u64) -> LimitState {
+    let secs = wait_ms.div_ceil(1000).max(1);
+    LimitState { limit: t.burst as u64, remaining: 0, reset_secs: secs, retry_after_secs: Some(secs) }
+}
+
+fn unavailable() -> Denied {
+    let state = LimitState { limit: 0, remaining: 0, reset_secs: 1, retry_after_secs: Some(1) };
+    (ReasonCode::QuotaUnavailable, state)
+}
+
+/// An authority in memory, over a model: for tests of the check pipeline
+/// and of this module (the cluster's is `crate::app::ClusterAuthority`).
+pub struct LocalAuthority {
+    model: crate::cluster::state_machine::SharedModel,
+    ledgers: Mutex<HashMap<QuotaPeriod, QuotaLedger>>,
+    lender: TokenLender,
+    reported: Mutex<std::collections::HashSet<u128>>,
+}
+
+impl LocalAuthority {
+    pub fn new(model: crate::cluster::state_machine::SharedModel) -> Self {
+        LocalAuthority { model, ledgers: Mutex::default(), lender: TokenLender::default(), reported: Mutex::default() }
+    }
+
+    pub fn ledger(&self, period: &QuotaPeriod) -> QuotaLedger {
+        lock(&self.ledgers).get(period).cloned().unwrap_or_default()
+    }
+
+    pub fn adjust(&self, period: &QuotaPeriod, delta: i64) {
+        lock(&self.ledgers).entry(period.clone()).or_default().adjust(delta);
+    }
+
+    fn plan_limit(&self, period: &QuotaPeriod) -> Option<u64> {
+        match self.model.load().model.get(tollgate_proto::model::EntityKind::Plan, &period.plan_id) {
+            Some(tollgate_proto::model::Entity::Plan(p)) => p.quota.map(|q| q.limit),
+            _ => None,
+        }
+    }
+}
+
+impl Authority for LocalAuthority {
+    fn grant(
+        &self,
+        period: QuotaPeriod,
+        holder: u64,
+        want: u64,
+        lease_until_ms: i64,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(u64, QuotaLedger), Unavailable>> {
+        let answer = match self.plan_limit(&period) {
+            None => Err(Unavailable(format!("plan {:?} has no quota", period.plan_id))),
+            Some(limit) => {
+                let mut ledgers = lock(&self.ledgers);
+                let ledger = ledgers.entry(period).or_default();
+                let (granted, _) = ledger.grant(limit, holder, want, lease_until_ms, now_ms);
+                Ok((granted, ledger.clone()))
+            }
+        };
+        Box::pin(async move { answer })
+    }
+
+    fn report(&self, request_id: u128, usage: Vec<QuotaUsage>, now_ms: i64) -> BoxFuture<'_, Result<(), Unavailable>> {
+        if lock(&self.reported).insert(request_id) {
+            let mut ledgers = lock(&self.ledgers);
+            for u in usage {
+                ledgers.entry(u.period).or_default().report(u.holder, u.used, u.release, now_ms);
+            }
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn lend(&self, request: LendRequest, now_ms: i64) -> BoxFuture<'_, Result<Lent, Unavailable>> {
+        let lent = self.lender.lend(&request, now_ms);
+        Box::pin(async move { Ok(lent) })
+    }
+
+    fn members(&self) -> u32 {
+        1
+    }
+
+    fn node_id(&self) -> u64 {
+        1
+    }
+}

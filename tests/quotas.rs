@@ -1,0 +1,330 @@
+//! Exact quotas across three real node processes: round-robin load, kill -9
+//! of the leader, a partition, limit changes, and period rollover.
+//!
+//! The guarantees under test (README, "Quotas"): Q — no key is admitted past
+//! its quota, on any node, whatever fails; U — reported usage equals what was
+//! admitted when no node crashed, and over-counts by at most one lease after a
+//! crash, never under-counts.
+
+mod harness;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use harness::{wait_until, Cluster, Options};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// An API whose route needs a key, a plan with `quota`, and one key in it.
+async fn setup(cluster: &Cluster, node: u64, quota: Value) -> (String, String) {
+    let api = json!({"id": "pets", "name": "Pets", "stages": [{"name": "prod"}],
+        "routes": [{"method": "GET", "path": "/pets/*", "api_key_required": true}]});
+    assert_eq!(cluster.post(node, "/v1/admin/apis", api).await.0, 201);
+    let plan = json!({"id": "gold", "name": "Gold", "quota": quota,
+        "api_stages": [{"api_id": "pets", "stage": "prod"}]});
+    assert_eq!(cluster.post(node, "/v1/admin/plans", plan).await.0, 201);
+    let (status, key) = cluster.post(node, "/v1/admin/keys", json!({"name": "alice", "plan_ids": ["gold"]})).await;
+    assert_eq!(status, 201, "{key}");
+    let field = |name: &str| key[name].as_str().unwrap_or_default().to_string();
+    let id = field("id");
+    for n in cluster.nodes.iter().filter(|n| n.is_running()).map(|n| n.id) {
+        let path = format!("/v1/admin/keys/{id}?stale=true");
+        wait_until(&format!("node {n} has the key"), || async { cluster.get(n, &path).await.0 == 200 }).await;
+    }
+    (id, field("secret"))
+}
+
+/// The reason a node gives for one request with `secret`; None if the node
+/// did not answer (it is dead).
+async fn check(http: &reqwest::Client, url: &str, secret: &str) -> Option<String> {
+    let req = json!({"api": "pets", "stage": "prod", "method": "GET", "path": "/pets/1",
+        "headers": {"x-api-key": secret}});
+    let resp = http.post(format!("{url}/v1/check")).json(&req).send().await.ok()?;
+    let decision: Value = resp.json().await.ok()?;
+    decision["reason"].as_str().map(str::to_string)
+}
+
+/// Counts of what a run of checks got.
+#[derive(Default)]
+struct Tally {
+    allowed: AtomicU64,
+    exceeded: AtomicU64,
+    unavailable: AtomicU64,
+    no_answer: AtomicU64,
+}
+
+impl Tally {
+    fn allowed(&self) -> u64 {
+        self.allowed.load(Ordering::SeqCst)
+    }
+
+    fn record(&self, reason: Option<String>) {
+        let counter = match reason.as_deref() {
+            Some("allowed") => &self.allowed,
+            Some("quota_exceeded") => &self.exceeded,
+            Some("quota_unavailable") => &self.unavailable,
+            None => &self.no_answer,
+            Some(other) => panic!("unexpected reason {other}"),
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "allowed {}, exceeded {}, unavailable {}, no answer {}",
+            self.allowed(),
+            self.exceeded.load(Ordering::SeqCst),
+            self.unavailable.load(Ordering::SeqCst),
+            self.no_answer.load(Ordering::SeqCst)
+        )
+    }
+}
+
+/// Sends `total` checks, request i to `urls[i % len]`, `concurrency` at a time.
+async fn round_robin(urls: Vec<String>, secret: String, total: u64, concurrency: u64, tally: Arc<Tally>) {
+    let next = Arc::new(AtomicU64::new(0));
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (urls, next, tally, http, secret) =
+                (urls.clone(), next.clone(), tally.clone(), http.clone(), secret.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= total {
+                        return;
+                    }
+                    let url = &urls[(i % urls.len() as u64) as usize];
+                    tally.record(check(&http, url, &secret).await);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.expect("worker");
+    }
+}
+
+/// The key's usage: the current period and the days asked for.
+async fn usage(cluster: &Cluster, node: u64, key_id: &str, dates: &str) -> Value {
+    let (status, body) = cluster.get(node, &format!("/v1/admin/plans/gold/usage?key_id={key_id}{dates}")).await;
+    assert_eq!(status, 200, "{body}");
+    body["items"][0].clone()
+}
+
+/// Waits until no node holds a grant for the key (reported and handed back,
+/// or expired), and returns the usage then.
+async fn settled_usage(cluster: &Cluster, node: u64, key_id: &str) -> Value {
+    wait_until("every grant reported and handed back, or expired", || async {
+        usage(cluster, node, key_id, "").await["current_period"]["held"] == 0
+    })
+    .await;
+    usage(cluster, node, key_id, "").await
+}
+
+fn urls(cluster: &Cluster, ids: &[u64]) -> Vec<String> {
+    ids.iter().map(|id| cluster.url(*id)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exactly_the_quota_is_admitted_over_three_nodes_and_usage_says_so() {
+    const N: u64 = 2_000;
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let (key_id, secret) = setup(&cluster, leader, json!({"limit": N, "period": "day"})).await;
+    let tally = Arc::new(Tally::default());
+    round_robin(urls(&cluster, &[1, 2, 3]), secret.clone(), 3 * N, 48, tally.clone()).await;
+    assert_eq!(tally.allowed(), N, "{}", tally.summary());
+    let u = settled_usage(&cluster, cluster.other_than(leader), &key_id).await;
+    assert_eq!(u["current_period"]["used"], N, "{u}");
+    assert_eq!(u["current_period"]["remaining"], 0, "{u}");
+    assert_eq!(u["days"][0]["used"], N, "today's usage: {u}");
+    // Past the quota, every node refuses from what it knows.
+    for id in 1..=3 {
+        let reason = check(&cluster.http, &cluster.url(id), &secret).await;
+        assert_eq!(reason.as_deref(), Some("quota_exceeded"), "node {id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_leader_mid_run_never_admits_past_the_quota() {
+    const N: u64 = 2_000;
+    const MAX_GRANT: u64 = 200;
+    let options = Options {
+        extra_args: vec!["--quota-lease-ms".into(), "3000".into(), "--quota-max-grant".into(), MAX_GRANT.to_string()],
+        ..Options::default()
+    };
+    let mut cluster = Cluster::start_with(3, options).await;
+    let leader = cluster.leader().await;
+    let (key_id, secret) = setup(&cluster, leader, json!({"limit": N, "period": "day"})).await;
+    let tally = Arc::new(Tally::default());
+    let load = tokio::spawn(round_robin(urls(&cluster, &[1, 2, 3]), secret.clone(), 3 * N, 32, tally.clone()));
+    wait_until("a third of the quota admitted", || async { tally.allowed() >= N / 3 }).await;
+    cluster.kill(leader);
+    load.await.expect("load");
+    let admitted = tally.allowed();
+    assert!(admitted <= N, "admitted {admitted} past the quota of {N}: {}", tally.summary());
+    // Once the dead node's grant has expired it counts as used: usage is at
+    // least what was admitted and at most one lease more.
+    let survivor = cluster.other_than(leader);
+    let used = settled_usage(&cluster, survivor, &key_id).await["current_period"]["used"].as_u64().unwrap_or(0);
+    assert!(used >= admitted, "usage {used} under-counts {admitted} admitted");
+    assert!(used <= admitted + MAX_GRANT, "usage {used} over-counts {admitted} admitted by more than one lease");
+    // The survivors go on to hand out what is left, and no more.
+    let rest = Arc::new(Tally::default());
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    round_robin(urls(&cluster, &others), secret.clone(), N, 16, rest.clone()).await;
+    assert_eq!(admitted + rest.allowed(), N.min(N + admitted - used), "{} then {}", tally.summary(), rest.summary());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_cut_off_admits_only_from_the_grants_it_held() {
+    const N: u64 = 1_000;
+    let options = Options {
+        partitionable: true,
+        extra_args: vec!["--quota-lease-ms".into(), "4000".into()],
+        ..Options::default()
+    };
+    let cluster = Cluster::start_with(3, options).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    let (key_id, secret) = setup(&cluster, leader, json!({"limit": N, "period": "day"})).await;
+    // Traffic on every node, node 3 last, so each holds a grant; then cut node 3.
+    let before = Arc::new(Tally::default());
+    round_robin(urls(&cluster, &[1, 2, 3]), secret.clone(), 150, 6, before.clone()).await;
+    round_robin(urls(&cluster, &[3]), secret.clone(), 30, 3, before.clone()).await;
+    cluster.cut(3).await;
+    let majority = cluster.leader_among(&[1, 2]).await;
+    let held =
+        usage(&cluster, majority, &key_id, "").await["current_period"]["held_by_node"]["3"].as_u64().unwrap_or(0);
+
+    let isolated = Arc::new(Tally::default());
+    let rest = Arc::new(Tally::default());
+    let t = std::time::Instant::now();
+    tokio::join!(
+        round_robin(urls(&cluster, &[3]), secret.clone(), 2 * N, 8, isolated.clone()),
+        round_robin(urls(&cluster, &[1, 2]), secret.clone(), 2 * N, 8, rest.clone()),
+    );
+    eprintln!("partition phase {:?}: isolated {} rest {}", t.elapsed(), isolated.summary(), rest.summary());
+    assert!(
+        isolated.allowed() <= held,
+        "the cut node admitted {} but held {held} at the cut ({})",
+        isolated.allowed(),
+        isolated.summary()
+    );
+    let total = before.allowed() + isolated.allowed() + rest.allowed();
+    assert!(total <= N, "admitted {total} of a quota of {N}");
+
+    cluster.heal(3).await;
+    let used = settled_usage(&cluster, 3, &key_id).await["current_period"]["used"].as_u64().unwrap_or(0);
+    assert!((total..=N).contains(&used), "usage {used}, admitted {total}, quota {N}");
+    // After healing, the quota is still the quota everywhere.
+    let after = Arc::new(Tally::default());
+    round_robin(urls(&cluster, &[1, 2, 3]), secret.clone(), 300, 6, after.clone()).await;
+    assert!(total + after.allowed() <= N, "admitted {} after healing, {total} before", after.allowed());
+}
+
+/// Sends checks one at a time, round-robin over all nodes, until `target`
+/// have been admitted in all (counting from `admitted`); then checks that
+/// the next ones are refused everywhere.
+async fn admit_up_to(cluster: &Cluster, secret: &str, admitted: &mut u64, target: u64) {
+    let mut i = 0u64;
+    wait_until(&format!("{target} admitted"), || {
+        i += 1;
+        let url = cluster.url(1 + i % 3);
+        async move { check(&cluster.http, &url, secret).await.as_deref() == Some("allowed") }
+    })
+    .await;
+    *admitted += 1;
+    while *admitted < target {
+        let url = cluster.url(1 + i % 3);
+        i += 1;
+        match check(&cluster.http, &url, secret).await.as_deref() {
+            Some("allowed") => *admitted += 1,
+            Some("quota_exceeded") => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    for id in [1, 2, 3, 1, 2, 3] {
+        let reason = check(&cluster.http, &cluster.url(id), secret).await;
+        assert_eq!(reason.as_deref(), Some("quota_exceeded"), "node {id} after {target} admitted");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quota_change_and_an_adjustment_hold_on_every_node() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let (key_id, secret) = setup(&cluster, leader, json!({"limit": 100, "period": "day"})).await;
+    let first = Arc::new(Tally::default());
+    round_robin(urls(&cluster, &[1, 2, 3]), secret.clone(), 60, 6, first.clone()).await;
+    assert_eq!(first.allowed(), 60);
+
+    // Lower the limit to 70 and wait until every node has applied it.
+    let plan = json!({"name": "Gold", "quota": {"limit": 70, "period": "day"},
+        "api_stages": [{"api_id": "pets", "stage": "prod"}]});
+    let (status, body) = cluster.call(leader, Method::PUT, "/v1/admin/plans/gold", Some(plan)).await;
+    assert_eq!(status, 200, "{body}");
+    for id in 1..=3 {
+        let cluster = &cluster;
+        wait_until(&format!("node {id} applies the new limit"), || async move {
+            cluster.get(id, "/v1/admin/plans/gold?stale=true").await.1["quota"]["limit"] == 70
+        })
+        .await;
+    }
+    let mut admitted = 60;
+    admit_up_to(&cluster, &secret, &mut admitted, 70).await;
+
+    // An operator gives the key 5 more for this period (UpdateUsage).
+    let (status, body) = cluster.post(2, &format!("/v1/admin/plans/gold/usage/{key_id}"), json!({"delta": 5})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["limit"], 75, "{body}");
+    admit_up_to(&cluster, &secret, &mut admitted, 75).await;
+
+    let u = settled_usage(&cluster, 3, &key_id).await;
+    assert_eq!((u["current_period"]["used"].as_u64(), u["current_period"]["limit"].as_u64()), (Some(75), Some(75)));
+
+    // Bad input changes nothing and names the field.
+    for (body, field) in [(json!({"delta": 0}), "delta"), (json!({"delta": "x"}), "delta"), (json!({}), "body")] {
+        let (status, answer) = cluster.post(1, &format!("/v1/admin/plans/gold/usage/{key_id}"), body).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"]["field"], field, "{answer}");
+    }
+    let (status, _) = cluster.post(1, "/v1/admin/plans/gold/usage/nobody", json!({"delta": 1})).await;
+    assert_eq!(status, 404);
+    let (status, answer) = cluster.get(1, "/v1/admin/plans/gold/usage?start_date=2026-13-01").await;
+    assert_eq!((status, answer["error"]["field"].as_str()), (400, Some("start_date")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn counts_start_again_when_the_period_rolls_over() {
+    // Shift the nodes' clocks so that a UTC day ends 20 s into the test.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    let midnight_ms = (now_ms / 86_400_000 + 1) * 86_400_000;
+    let offset = midnight_ms - 20_000 - now_ms;
+    let options = Options { extra_args: vec![format!("--clock-offset-ms={offset}")], ..Options::default() };
+    let cluster = Cluster::start_with(3, options).await;
+    let leader = cluster.leader().await;
+    let (key_id, secret) = setup(&cluster, leader, json!({"limit": 5, "period": "day"})).await;
+
+    let day_one = Arc::new(Tally::default());
+    round_robin(urls(&cluster, &[1, 2, 3]), secret.clone(), 12, 3, day_one.clone()).await;
+    assert_eq!(day_one.allowed(), 5, "{}", day_one.summary());
+
+    // Once the nodes' day has ended, the key has its quota again, exactly.
+    let mut admitted = 0;
+    admit_up_to(&cluster, &secret, &mut admitted, 5).await;
+
+    let day = |ms: i64| {
+        let days = ms.div_euclid(86_400_000);
+        time::Date::from_julian_day((days + 2_440_588) as i32).map(|d| d.to_string()).unwrap_or_default()
+    };
+    let dates = format!("&start_date={}&end_date={}", day(midnight_ms - 1), day(midnight_ms));
+    wait_until("both days reported", || async {
+        let u = usage(&cluster, 1, &key_id, &dates).await;
+        u["days"][0]["used"] == 5 && u["days"][1]["used"] == 5 && u["current_period"]["held"] == 0
+    })
+    .await;
+}
