@@ -328,3 +328,56 @@ async fn counts_start_again_when_the_period_rolls_over() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_throttle_holds_for_the_whole_cluster_not_per_node() {
+    const RATE: f64 = 40.0;
+    const BURST: u64 = 10;
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let (_, secret) = setup(&cluster, leader, Value::Null).await;
+    let plan = json!({"name": "Gold", "throttle": {"rate_per_sec": RATE, "burst": BURST},
+        "api_stages": [{"api_id": "pets", "stage": "prod"}]});
+    assert_eq!(cluster.call(leader, Method::PUT, "/v1/admin/plans/gold", Some(plan)).await.0, 200);
+    for id in 1..=3 {
+        let cluster = &cluster;
+        wait_until(&format!("node {id} has the throttle"), || async move {
+            cluster.get(id, "/v1/admin/plans/gold?stale=true").await.1["throttle"]["burst"] == BURST
+        })
+        .await;
+    }
+    // Far more demand than the rate, spread over the three nodes, for a while.
+    let http = reqwest::Client::new();
+    let (allowed, throttled) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let started = std::time::Instant::now();
+    let workers: Vec<_> = (0..9u64)
+        .map(|w| {
+            let (http, url, secret) = (http.clone(), cluster.url(1 + w % 3), secret.clone());
+            let (allowed, throttled) = (allowed.clone(), throttled.clone());
+            tokio::spawn(async move {
+                while started.elapsed() < std::time::Duration::from_secs(3) {
+                    match check(&http, &url, &secret).await.as_deref() {
+                        Some("allowed") => allowed.fetch_add(1, Ordering::SeqCst),
+                        Some("throttled") => throttled.fetch_add(1, Ordering::SeqCst),
+                        other => panic!("unexpected {other:?}"),
+                    };
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.expect("worker");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (allowed, throttled) = (allowed.load(Ordering::SeqCst), throttled.load(Ordering::SeqCst));
+    // The cluster's bucket bounds the total: its burst plus its rate over the
+    // run. Nodes counting alone would admit three times that. One more burst
+    // of slack covers nodes falling back to their share of the bucket if the
+    // leader was slow to answer.
+    let bound = 2 * BURST + (RATE * elapsed).ceil() as u64;
+    assert!(
+        allowed <= bound,
+        "admitted {allowed} in {elapsed:.2} s at {RATE}/s (bound {bound}); throttled {throttled}"
+    );
+    assert!(allowed >= BURST && throttled > 0, "admitted {allowed}, throttled {throttled}");
+}

@@ -203,6 +203,39 @@ async fn throttle_gives_the_burst_then_the_steady_rate_with_retry_after() {
 }
 
 #[tokio::test]
+async fn a_request_denied_by_one_limit_is_charged_to_none() {
+    // Throttle 1/s with burst 1, and a quota of 3.
+    let f = Fixture::new().with(Entity::Plan(entity(json!({
+        "id": "gold", "name": "Gold",
+        "throttle": {"rate_per_sec": 1.0, "burst": 1},
+        "quota": {"limit": 3, "period": "week", "offset": 1},
+        "api_stages": [{"api_id": "pets", "stage": "prod"}]
+    }))));
+    let g = f.gateway();
+    let req = request("GET", "/pets/1", Some("tgk_alice"));
+    assert_eq!(reason(&g, &req).await, ReasonCode::Allowed);
+    assert_eq!(reason(&g, &req).await, ReasonCode::Throttled);
+    // The throttled request used no quota: two more seconds, two more requests.
+    for _ in 0..2 {
+        f.clock.advance_ms(1000);
+        assert_eq!(reason(&g, &req).await, ReasonCode::Allowed);
+    }
+    f.clock.advance_ms(1000);
+    let d = decide(&g, &req).await;
+    assert_eq!((d.reason, header(&d, "ratelimit-remaining")), (ReasonCode::QuotaExceeded, Some("0")));
+    // The quota denial took no token: with the quota raised, the token is there.
+    let raised: UsagePlan = entity(json!({
+        "id": "gold", "name": "Gold", "throttle": {"rate_per_sec": 1.0, "burst": 1},
+        "quota": {"limit": 4, "period": "week", "offset": 1},
+        "api_stages": [{"api_id": "pets", "stage": "prod"}]
+    }));
+    let mut model = f.model.clone();
+    model.load(Entity::Plan(raised));
+    g.model.store(Arc::new(Published { model, applied: None, limits_epoch: 1 }));
+    assert_eq!(reason(&g, &req).await, ReasonCode::Allowed);
+}
+
+#[tokio::test]
 async fn a_method_override_and_a_stage_limit_apply_on_their_own() {
     let f = Fixture::new();
     let g = f.gateway();
