@@ -36,6 +36,10 @@ pub struct Model {
     pub ledgers: OrdMap<QuotaPeriod, QuotaLedger>,
 }
 
+/// How long a key's usage is kept: ledgers of periods that began this long
+/// before a newer one are dropped when that newer one starts.
+pub const LEDGER_RETENTION_MS: i64 = 400 * tollgate_proto::metering::DAY_MS;
+
 /// Prefix under which quota ledgers are stored; the value holds the period too.
 pub const LEDGER_PREFIX: &[u8] = b"q/";
 
@@ -246,10 +250,31 @@ impl Model {
             }
             None => return Err(Rejection::not_found(EntityKind::Key, &period.key_id)),
         }
-        let mut ledger = self.ledgers.get(&period).cloned().unwrap_or_default();
+        let mut ops = Vec::new();
+        let mut ledger = match self.ledgers.get(&period) {
+            Some(ledger) => ledger.clone(),
+            None => {
+                // A new period for this key and plan: forget its periods that
+                // began more than the retention ago (usage is kept that long).
+                let from = QuotaPeriod { start_ms: i64::MIN, ..period.clone() };
+                let cutoff = period.start_ms.saturating_sub(LEDGER_RETENTION_MS);
+                let old: Vec<QuotaPeriod> = self
+                    .ledgers
+                    .range(from..)
+                    .take_while(|(p, _)| p.key_id == period.key_id && p.plan_id == period.plan_id)
+                    .filter(|(p, _)| p.start_ms < cutoff)
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                for p in old {
+                    ops.push(Op::Delete(ledger_key(&p)));
+                    self.ledgers.remove(&p);
+                }
+                QuotaLedger::default()
+            }
+        };
         let granted = change(&mut ledger, quota.limit);
         let bytes = codec::encode(&(&period, &ledger)).map_err(|e| Rejection::invalid("period", e.to_string()))?;
-        let ops = vec![Op::Put(ledger_key(&period), bytes)];
+        ops.push(Op::Put(ledger_key(&period), bytes));
         self.ledgers.insert(period, ledger.clone());
         Ok((Applied::Quota { granted, ledger }, ops))
     }
@@ -558,6 +583,12 @@ mod tests {
         assert_eq!(rejection(no_quota.0), RejectionKind::Invalid);
         let adjust = m.apply(Command::QuotaAdjust { period: period("gold"), delta: 5, now_ms: 2 });
         assert!(matches!(adjust.0, Ok(Applied::Quota { ledger, .. }) if ledger.available(10) == 5));
+        // A period that starts past the retention drops the ledger of the first.
+        let later = QuotaPeriod { start_ms: LEDGER_RETENTION_MS + 1, ..period("gold") };
+        let (answer, ops) = m.apply(Command::QuotaAdjust { period: later, delta: 1, now_ms: 3 });
+        assert!(answer.is_ok());
+        assert_eq!(ops.len(), 2, "the old ledger deleted, the new one stored");
+        assert!(!m.ledgers.contains_key(&period("gold")));
     }
 
     #[test]
