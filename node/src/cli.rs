@@ -119,6 +119,27 @@ enum PlanCmd {
     Delete {
         id: String,
     },
+    /// Quota usage of the plan's keys per day, and the current period.
+    Usage {
+        id: String,
+        /// Only this key.
+        #[arg(long)]
+        key: Option<String>,
+        /// First day, YYYY-MM-DD (default today, UTC).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day, YYYY-MM-DD (default today, UTC).
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Add to (or, negative, take from) what a key may still use this period.
+    AdjustUsage {
+        id: String,
+        #[arg(long)]
+        key: String,
+        #[arg(long, allow_hyphen_values = true)]
+        delta: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -376,6 +397,17 @@ async fn plans(admin: &Admin, cmd: PlanCmd) -> anyhow::Result<()> {
         PlanCmd::List(args) => admin.list("plans", &args).await,
         PlanCmd::Get { id } => admin.print(Method::GET, &format!("/v1/admin/plans/{id}"), None).await,
         PlanCmd::Delete { id } => admin.print(Method::DELETE, &format!("/v1/admin/plans/{id}"), None).await,
+        PlanCmd::Usage { id, key, from, to } => {
+            let params: Vec<String> = [("key_id", key), ("start_date", from), ("end_date", to)]
+                .into_iter()
+                .filter_map(|(name, value)| value.map(|v| format!("{name}={v}")))
+                .collect();
+            admin.print(Method::GET, &format!("/v1/admin/plans/{id}/usage?{}", params.join("&")), None).await
+        }
+        PlanCmd::AdjustUsage { id, key, delta } => {
+            let path = format!("/v1/admin/plans/{id}/usage/{key}");
+            admin.print(Method::POST, &path, Some(json!({"delta": delta}))).await
+        }
     }
 }
 
