@@ -229,3 +229,53 @@ async fn the_tower_layer_answers_denials_itself_and_passes_identity_on() {
     assert_eq!(unavailable.status().as_u16(), 503);
     assert!(unavailable.headers().contains_key("retry-after"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_client_manages_keys_plans_and_usage_with_failover() {
+    use tollgate_client::admin::{AdminClient, AdminError, UsageQuery};
+    let mut cluster = Cluster::start(3).await;
+    let (_, token) = setup(&cluster).await;
+    let leader = cluster.leader().await;
+    // The first address given is a node that is down: calls go on to the next.
+    let down = cluster.other_than(leader);
+    cluster.kill(down);
+    let nodes: Vec<String> = [down, 1, 2, 3].iter().map(|n| cluster.url(*n)).collect();
+    let admin = AdminClient::new(nodes, harness::TOKEN).expect("admin client");
+
+    let mut plan = admin.get_plan("gold").await.expect("plan");
+    plan.quota = Some(serde_json::from_value(json!({"limit": 3, "period": "day"})).expect("quota"));
+    assert_eq!(admin.update_plan(&plan).await.expect("update").quota.map(|q| q.limit), Some(3));
+    let spec = serde_json::from_value(json!({"name": "tool", "plan_ids": ["gold"]})).expect("spec");
+    let created = admin.create_key(&spec).await.expect("create key");
+    assert!(created.secret.starts_with("tgk_"));
+    assert_eq!(admin.get_key(&created.key.id).await.expect("get").name, "tool");
+    let page = admin.list_keys(None, 100).await.expect("list");
+    assert!(page.items.iter().any(|k| k.id == created.key.id));
+
+    // Use the quota through the check path, then read and change the usage.
+    let client = Client::new(ClientConfig::new([cluster.node(leader).wire_addr()], token));
+    for i in 0..3 {
+        assert!(client.check(request(&created.secret, i)).await.expect("check").allowed);
+    }
+    assert!(!client.check(request(&created.secret, 3)).await.expect("check").allowed);
+    let query = UsageQuery { key_id: Some(created.key.id.clone()), ..Default::default() };
+    harness::wait_until("usage reported", || async {
+        admin.get_usage("gold", &query).await.is_ok_and(|u| u.items[0].current_period.used == 3)
+    })
+    .await;
+    let after = admin.update_usage("gold", &created.key.id, 2).await.expect("update usage");
+    assert_eq!((after.limit, after.remaining), (5, 2));
+    assert!(client.check(request(&created.secret, 4)).await.expect("check").allowed);
+
+    let rerolled = admin.reroll_key(&created.key.id, 0).await.expect("reroll");
+    assert_ne!(rerolled.secret, created.secret);
+    // The cluster's own errors come back typed, naming the field, not retried elsewhere.
+    match admin.update_usage("gold", &created.key.id, 0).await {
+        Err(AdminError::Api { status: 400, field: Some(field), .. }) => assert_eq!(field, "delta"),
+        other => panic!("expected a 400 naming delta, got {other:?}"),
+    }
+    assert!(matches!(admin.get_key("nope").await, Err(AdminError::Api { status: 404, .. })));
+    assert!(matches!(admin.get_key("../x").await, Err(AdminError::Api { status: 400, .. })));
+    admin.delete_key(&created.key.id).await.expect("delete");
+    assert!(matches!(admin.get_key(&created.key.id).await, Err(AdminError::Api { status: 404, .. })));
+}

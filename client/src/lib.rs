@@ -30,6 +30,8 @@
 //!   for a backoff that grows with each failure, then tried again.
 //! - [`layer`] (feature `tower`): a tower `Layer` that checks every request of
 //!   an HTTP service and answers denials itself.
+//! - `admin` (feature `admin`): typed admin API calls for tooling — keys,
+//!   plans, usage (GetUsage/UpdateUsage) — with failover between nodes.
 //! - `Connection`: one TCP connection speaking the binary protocol
 //!   (`tollgate_proto::wire`): checks are pipelined with ids and answered in
 //!   any order; a reader task hands each answer to its caller.
@@ -37,6 +39,8 @@
 //! The client holds no global state: every [`Client`] is independent.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "admin")]
+pub mod admin;
 #[cfg(feature = "tower")]
 pub mod layer;
 #[cfg(feature = "tower")]

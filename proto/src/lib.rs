@@ -24,6 +24,7 @@ pub mod codec;
 pub mod command;
 pub mod metering;
 pub mod model;
+pub mod usage;
 pub mod validate;
 pub mod wire;
 

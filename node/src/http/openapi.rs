@@ -200,7 +200,7 @@ pub fn document() -> OpenApi {
     }
     doc.paths = paths.build();
     let components = doc.components.get_or_insert_with(Default::default);
-    use crate::http::usage::{DayUsage, KeyUsage, PeriodUsage, UsageReport, UsageUpdate};
+    use tollgate_proto::usage::{DayUsage, KeyUsage, PeriodUsage, UsageReport, UsageUpdate};
     use utoipa::PartialSchema;
     for (name, schema) in [
         ("UsageReport", UsageReport::schema()),

@@ -21,11 +21,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
 use tollgate_proto::command::{Applied, QuotaPeriod};
 use tollgate_proto::metering::{holder_node, QuotaLedger, DAY_MS};
 use tollgate_proto::model::{Entity, EntityKind, Quota, UsagePlan};
+use tollgate_proto::usage::{DayUsage, KeyUsage, PeriodUsage, UsageReport, UsageUpdate};
 use tollgate_proto::{Command, Rejection};
 
 use super::admin::{parse_body, request_id, ReadOptions};
@@ -37,51 +37,6 @@ use crate::gateway::limits::period_bounds;
 pub const MAX_DAYS: i64 = 366;
 /// The largest adjustment one request may make.
 pub const MAX_DELTA: i64 = 1_000_000_000_000;
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct UsageReport {
-    pub plan_id: String,
-    pub start_date: String,
-    pub end_date: String,
-    pub items: Vec<KeyUsage>,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct KeyUsage {
-    pub key_id: String,
-    /// Every day of the range, oldest first.
-    pub days: Vec<DayUsage>,
-    pub current_period: PeriodUsage,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct DayUsage {
-    pub date: String,
-    pub used: u64,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct PeriodUsage {
-    /// RFC 3339, UTC.
-    pub start: String,
-    pub end: String,
-    /// The plan's limit with this period's adjustments.
-    pub limit: u64,
-    pub used: u64,
-    /// Units nodes hold now (granted, not yet reported as used).
-    pub held: u64,
-    /// Held units by node id.
-    pub held_by_node: BTreeMap<u64, u64>,
-    /// `limit - used`: what the key may still use if held units are handed back.
-    pub remaining: u64,
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UsageUpdate {
-    /// Added to what the key may still use this period; negative takes away.
-    pub delta: i64,
-}
 
 fn date(text: &str, field: &str) -> Result<Date, ApiError> {
     let format = time::macros::format_description!("[year]-[month]-[day]");

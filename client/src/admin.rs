@@ -1,0 +1,232 @@
+//! The admin API for tooling (feature `admin`): keys, plans and usage, typed.
+//!
+//! [`AdminClient`] is built from the HTTP addresses of some nodes and an
+//! admin token. Any node serves any call (writes are forwarded to the
+//! leader); a node that cannot be reached, or answers 503 because the cluster
+//! is electing a leader, is skipped for the next one. Answers the cluster
+//! gives — 400 naming a field, 404, 409 — are returned as [`AdminError::Api`]
+//! and never retried.
+//!
+//! Writes carry an `Idempotency-Key`, the same on every node tried, so a
+//! write retried after a node failed midway takes effect once.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+pub use tollgate_proto::model::{ApiKeySpec, ApiKeyView, UsagePlan};
+pub use tollgate_proto::usage::{PeriodUsage, UsageReport};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    /// The cluster answered with an error: the status, its code, the field
+    /// at fault if there is one, and the message.
+    #[error("{status} {code}: {}{message}", field.as_ref().map(|f| format!("{f}: ")).unwrap_or_default())]
+    Api { status: u16, code: String, field: Option<String>, message: String },
+    /// No node answered.
+    #[error("no Tollgate node answered: {0}")]
+    Unavailable(String),
+}
+
+/// A key just made (or rerolled), with its secret: shown this once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    pub key: ApiKeyView,
+    pub secret: String,
+}
+
+/// One page of a list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `after` for the next page; None on the last.
+    pub next_after: Option<String>,
+}
+
+/// Which days a usage report covers (UTC, `YYYY-MM-DD`; default today).
+#[derive(Debug, Clone, Default)]
+pub struct UsageQuery {
+    pub key_id: Option<String>,
+    pub start_date: Option<String>,
+    pub end_date: Option<String>,
+}
+
+pub struct AdminClient {
+    nodes: Vec<String>,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    /// `nodes`: base URLs such as `http://10.0.0.1:8081`.
+    pub fn new<I, S>(nodes: I, token: impl Into<String>) -> Result<Self, AdminError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let nodes: Vec<String> = nodes.into_iter().map(|n| n.into().trim_end_matches('/').to_string()).collect();
+        if nodes.is_empty() {
+            return Err(AdminError::Unavailable("no node addresses given".into()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(15))
+            .build()
+            .map_err(|e| AdminError::Unavailable(e.to_string()))?;
+        Ok(AdminClient { nodes, token: token.into(), http })
+    }
+
+    /// One call, tried on each node in turn until one answers.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T, AdminError> {
+        let idempotency_key = format!("{:032x}", rand::random::<u128>());
+        let mut last = String::new();
+        for node in &self.nodes {
+            let mut request = self.http.request(method.clone(), format!("{node}{path}")).bearer_auth(&self.token);
+            if method != reqwest::Method::GET {
+                request = request.header("idempotency-key", &idempotency_key);
+            }
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = match request.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    last = format!("{node}: {e}");
+                    continue;
+                }
+            };
+            let status = response.status().as_u16();
+            let bytes = match response.bytes().await {
+                Ok(b) => b,
+                Err(e) => {
+                    last = format!("{node}: {e}");
+                    continue;
+                }
+            };
+            if status == 503 {
+                last = format!("{node}: {}", String::from_utf8_lossy(&bytes));
+                continue;
+            }
+            if !(200..300).contains(&status) {
+                let error: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let text = |name: &str| error["error"][name].as_str().map(str::to_string);
+                return Err(AdminError::Api {
+                    status,
+                    code: text("code").unwrap_or_else(|| "error".into()),
+                    field: text("field"),
+                    message: text("message").unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
+                });
+            }
+            let bytes = if bytes.is_empty() { &b"null"[..] } else { &bytes[..] };
+            return serde_json::from_slice(bytes).map_err(|e| AdminError::Api {
+                status,
+                code: "undecodable".into(),
+                field: None,
+                message: e.to_string(),
+            });
+        }
+        Err(AdminError::Unavailable(last))
+    }
+
+    pub async fn create_key(&self, spec: &ApiKeySpec) -> Result<CreatedKey, AdminError> {
+        self.call(reqwest::Method::POST, "/v1/admin/keys", Some(&to_value(spec)?)).await
+    }
+
+    pub async fn get_key(&self, id: &str) -> Result<ApiKeyView, AdminError> {
+        self.call(reqwest::Method::GET, &format!("/v1/admin/keys/{}", segment(id)?), None).await
+    }
+
+    pub async fn list_keys(&self, after: Option<&str>, limit: usize) -> Result<Page<ApiKeyView>, AdminError> {
+        let mut path = format!("/v1/admin/keys?limit={limit}");
+        if let Some(after) = after {
+            path.push_str(&format!("&after={}", segment(after)?));
+        }
+        self.call(reqwest::Method::GET, &path, None).await
+    }
+
+    pub async fn update_key(&self, id: &str, spec: &ApiKeySpec) -> Result<ApiKeyView, AdminError> {
+        self.call(reqwest::Method::PUT, &format!("/v1/admin/keys/{}", segment(id)?), Some(&to_value(spec)?)).await
+    }
+
+    pub async fn delete_key(&self, id: &str) -> Result<(), AdminError> {
+        let _: Value = self.call(reqwest::Method::DELETE, &format!("/v1/admin/keys/{}", segment(id)?), None).await?;
+        Ok(())
+    }
+
+    /// A new secret for the key; the old one keeps working for `overlap_secs`.
+    pub async fn reroll_key(&self, id: &str, overlap_secs: u64) -> Result<CreatedKey, AdminError> {
+        let path = format!("/v1/admin/keys/{}/reroll", segment(id)?);
+        self.call(reqwest::Method::POST, &path, Some(&json!({"overlap_secs": overlap_secs}))).await
+    }
+
+    pub async fn create_plan(&self, plan: &UsagePlan) -> Result<UsagePlan, AdminError> {
+        self.call(reqwest::Method::POST, "/v1/admin/plans", Some(&to_value(plan)?)).await
+    }
+
+    pub async fn get_plan(&self, id: &str) -> Result<UsagePlan, AdminError> {
+        self.call(reqwest::Method::GET, &format!("/v1/admin/plans/{}", segment(id)?), None).await
+    }
+
+    pub async fn update_plan(&self, plan: &UsagePlan) -> Result<UsagePlan, AdminError> {
+        let path = format!("/v1/admin/plans/{}", segment(&plan.id)?);
+        self.call(reqwest::Method::PUT, &path, Some(&to_value(plan)?)).await
+    }
+
+    pub async fn delete_plan(&self, id: &str) -> Result<(), AdminError> {
+        let _: Value = self.call(reqwest::Method::DELETE, &format!("/v1/admin/plans/{}", segment(id)?), None).await?;
+        Ok(())
+    }
+
+    /// Quota usage of a plan's keys per day (GetUsage), read linearizably.
+    pub async fn get_usage(&self, plan_id: &str, query: &UsageQuery) -> Result<UsageReport, AdminError> {
+        let mut params = Vec::new();
+        for (name, value) in
+            [("key_id", &query.key_id), ("start_date", &query.start_date), ("end_date", &query.end_date)]
+        {
+            if let Some(v) = value {
+                params.push(format!("{name}={}", segment(v)?));
+            }
+        }
+        let path = format!("/v1/admin/plans/{}/usage?{}", segment(plan_id)?, params.join("&"));
+        self.call(reqwest::Method::GET, &path, None).await
+    }
+
+    /// Adds `delta` to what the key may still use this period (negative
+    /// takes away): UpdateUsage.
+    pub async fn update_usage(&self, plan_id: &str, key_id: &str, delta: i64) -> Result<PeriodUsage, AdminError> {
+        let path = format!("/v1/admin/plans/{}/usage/{}", segment(plan_id)?, segment(key_id)?);
+        self.call(reqwest::Method::POST, &path, Some(&json!({"delta": delta}))).await
+    }
+}
+
+fn to_value<T: Serialize>(value: &T) -> Result<Value, AdminError> {
+    serde_json::to_value(value).map_err(|e| AdminError::Api {
+        status: 0,
+        code: "unencodable".into(),
+        field: None,
+        message: e.to_string(),
+    })
+}
+
+/// An id as one path segment or query value: ids are plain (letters, digits,
+/// `-`, `_`, `.`), anything else is refused before it is sent.
+fn segment(id: &str) -> Result<&str, AdminError> {
+    let plain = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if plain {
+        Ok(id)
+    } else {
+        Err(AdminError::Api {
+            status: 400,
+            code: "invalid_field".into(),
+            field: Some("id".into()),
+            message: format!("{id:?} is not a plain id (letters, digits, '-', '_', '.')"),
+        })
+    }
+}
