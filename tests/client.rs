@@ -279,3 +279,62 @@ async fn the_admin_client_manages_keys_plans_and_usage_with_failover() {
     admin.delete_key(&created.key.id).await.expect("delete");
     assert!(matches!(admin.get_key(&created.key.id).await, Err(AdminError::Api { status: 404, .. })));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_tls_a_proxy_authenticates_with_its_client_certificate_or_a_token() {
+    use tollgate_client::tls::ClientTls;
+    let dir = tempfile::tempdir().expect("dir");
+    let (ours, rogue) = (dir.path().join("ours"), dir.path().join("rogue"));
+    for out in [&ours, &rogue] {
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .arg("certs")
+            .arg("--out")
+            .arg(out)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("tollgate certs");
+        assert!(status.success());
+    }
+    let file = |d: &std::path::Path, name: &str| d.join(name).display().to_string();
+    let options = harness::Options {
+        extra_args: vec![
+            "--tls-cert".into(),
+            file(&ours, "node.pem"),
+            "--tls-key".into(),
+            file(&ours, "node-key.pem"),
+            "--tls-client-ca".into(),
+            file(&ours, "ca.pem"),
+        ],
+        ..Default::default()
+    };
+    let cluster = Cluster::start_with(3, options).await;
+    let (key, token) = setup(&cluster).await;
+    let read = |d: &std::path::Path, name: &str| std::fs::read(d.join(name)).expect("pem");
+    let ca = read(&ours, "ca.pem");
+    let client_with = |tls: ClientTls, token: &str| {
+        let mut config = ClientConfig::new([cluster.node(1).wire_addr()], token);
+        config.tls = Some(tls);
+        config.deadline = Duration::from_millis(800);
+        Client::new(config)
+    };
+
+    // A client certificate from the cluster's CA: no token needed.
+    let certified =
+        ClientTls::new(&ca, Some((&read(&ours, "client.pem"), &read(&ours, "client-key.pem")))).expect("tls");
+    let decision = client_with(certified, "").check(request(&key, 1)).await.expect("check with a certificate");
+    assert!(decision.allowed, "{decision:?}");
+    // No certificate: a token still works, and nothing at all is refused.
+    let anonymous = ClientTls::new(&ca, None).expect("tls");
+    assert!(client_with(anonymous.clone(), &token).check(request(&key, 2)).await.expect("check with a token").allowed);
+    match client_with(anonymous, "").check(request(&key, 3)).await {
+        Err(Error::Unavailable(why)) => assert!(why.contains("Unauthorized"), "{why}"),
+        other => panic!("no certificate and no token must be refused, got {other:?}"),
+    }
+    // A certificate from another CA fails the handshake; so does plain TCP.
+    let rogue_tls =
+        ClientTls::new(&ca, Some((&read(&rogue, "client.pem"), &read(&rogue, "client-key.pem")))).expect("tls");
+    assert!(client_with(rogue_tls, "").check(request(&key, 4)).await.is_err(), "a foreign certificate");
+    let mut plain = ClientConfig::new([cluster.node(1).wire_addr()], token.clone());
+    plain.deadline = Duration::from_millis(800);
+    assert!(Client::new(plain).check(request(&key, 5)).await.is_err(), "plain TCP to a TLS listener");
+}

@@ -30,6 +30,8 @@
 //!   for a backoff that grows with each failure, then tried again.
 //! - [`layer`] (feature `tower`): a tower `Layer` that checks every request of
 //!   an HTTP service and answers denials itself.
+//! - `tls` (feature `tls`): TLS to the nodes, optionally with a client
+//!   certificate that authenticates the proxy instead of a token.
 //! - `admin` (feature `admin`): typed admin API calls for tooling — keys,
 //!   plans, usage (GetUsage/UpdateUsage) — with failover between nodes.
 //! - `Connection`: one TCP connection speaking the binary protocol
@@ -43,6 +45,8 @@
 pub mod admin;
 #[cfg(feature = "tower")]
 pub mod layer;
+#[cfg(feature = "tls")]
+pub mod tls;
 #[cfg(feature = "tower")]
 pub use layer::TollgateLayer;
 
@@ -51,7 +55,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 pub use tollgate_proto::check::{CheckRequest, Decision, LimitState, Principal, ReasonCode};
@@ -83,6 +87,10 @@ pub struct ClientConfig {
     /// Backoff after a node fails: starts here, doubles, up to `max_backoff`.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// TLS to the nodes (feature `tls`), with a client certificate if the
+    /// proxy authenticates with one.
+    #[cfg(feature = "tls")]
+    pub tls: Option<tls::ClientTls>,
 }
 
 impl ClientConfig {
@@ -101,6 +109,8 @@ impl ClientConfig {
             failure_mode: FailureMode::Closed,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -130,7 +140,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn read_frame(reader: &mut tokio::net::tcp::OwnedReadHalf) -> Result<ServerMessage, String> {
+/// A connection's byte stream: plain TCP, or TLS over it.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<ServerMessage, String> {
     let mut prefix = [0u8; 4];
     reader.read_exact(&mut prefix).await.map_err(|e| e.to_string())?;
     let len = wire::frame_len(prefix).map_err(|e| e.to_string())?;
@@ -148,7 +162,11 @@ impl Connection {
             .map_err(|_| fail("connect", "timed out".into()))?
             .map_err(|e| fail("connect", e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let (mut reader, mut writer) = stream.into_split();
+        let stream: Box<dyn Stream> = match Self::secure(addr, stream, config).await {
+            Ok(s) => s,
+            Err(e) => return Err(fail("TLS", e)),
+        };
+        let (mut reader, mut writer) = tokio::io::split(stream);
         let hello = ClientMessage::Hello {
             versions: vec![wire::VERSION],
             token: config.token.clone(),
@@ -214,6 +232,26 @@ impl Connection {
             lock(&reader_pending).clear();
         });
         Ok((Connection { outgoing, pending, closed }, members))
+    }
+
+    #[cfg(feature = "tls")]
+    async fn secure(addr: &str, stream: TcpStream, config: &ClientConfig) -> Result<Box<dyn Stream>, String> {
+        match &config.tls {
+            None => Ok(Box::new(stream)),
+            Some(tls) => {
+                let connect = tls.connect(addr, stream);
+                match tokio::time::timeout(config.connect_timeout, connect).await {
+                    Ok(Ok(s)) => Ok(Box::new(s)),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err("handshake timed out".into()),
+                }
+            }
+        }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    async fn secure(_addr: &str, stream: TcpStream, _config: &ClientConfig) -> Result<Box<dyn Stream>, String> {
+        Ok(Box::new(stream))
     }
 
     fn is_closed(&self) -> bool {

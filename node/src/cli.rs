@@ -32,6 +32,16 @@ enum Top {
     Serve(Box<ServeArgs>),
     /// Run a three-node cluster on loopback for development.
     Dev(DevArgs),
+    /// Make a development CA, a node certificate and a proxy client certificate.
+    Certs {
+        /// Folder for the PEM files.
+        #[arg(long, default_value = "tollgate-certs")]
+        out: std::path::PathBuf,
+        /// Names and addresses the node certificate is for, besides localhost
+        /// and 127.0.0.1 (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
     /// API keys.
     #[command(subcommand)]
     Keys(KeyCmd),
@@ -283,6 +293,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::server::run(config, shutdown_signal()).await
         }
         Top::Dev(args) => crate::dev::run(args).await,
+        Top::Certs { out, hosts } => {
+            for file in crate::tls::generate(&out, &hosts)? {
+                println!("{file}");
+            }
+            Ok(())
+        }
         Top::Keys(cmd) => keys(&admin, cmd).await,
         Top::Plans(cmd) => plans(&admin, cmd).await,
         Top::Apis(cmd) => objects(&admin, "apis", cmd).await,

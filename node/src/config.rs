@@ -99,6 +99,16 @@ pub struct ServeArgs {
     /// by commas, e.g. `10.0.0.2:9081=192.168.1.2:19081`.
     #[arg(long, env = "TOLLGATE_PEER_VIA")]
     pub peer_via: Option<String>,
+    /// PEM certificate chain: the wire (binary check) listener speaks TLS.
+    #[arg(long, env = "TOLLGATE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[arg(long, env = "TOLLGATE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: proxies may authenticate on the wire listener
+    /// with a client certificate signed by one of them, instead of a token.
+    #[arg(long, env = "TOLLGATE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// A fully resolved node configuration.
@@ -125,6 +135,9 @@ pub struct NodeConfig {
     pub clock_offset_ms: i64,
     /// Advertised peer address -> the address this node dials instead.
     pub peer_via: HashMap<String, String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
     /// Bootstrap admin token (from `TOLLGATE_ADMIN_TOKEN`); held only as a digest.
     pub admin_token: Option<String>,
     /// Token every peer must present (from `TOLLGATE_CLUSTER_TOKEN`).
@@ -227,6 +240,9 @@ impl ServeArgs {
                 Some(text) => parse_peer_via(&text)?,
                 None => HashMap::new(),
             },
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
+            tls_client_ca: self.tls_client_ca.or(file.tls_client_ca),
             admin_token: std::env::var("TOLLGATE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
             cluster_token: std::env::var("TOLLGATE_CLUSTER_TOKEN").ok().filter(|t| !t.is_empty()),
         };
@@ -235,6 +251,12 @@ impl ServeArgs {
         }
         if config.quota_lease_ms < 1_000 || config.quota_lease_ms > 600_000 {
             return Err(bad("quota_lease_ms", "must be between 1000 and 600000"));
+        }
+        if config.tls_cert.is_some() != config.tls_key.is_some() {
+            return Err(bad("tls_key", "give tls_cert and tls_key together"));
+        }
+        if config.tls_client_ca.is_some() && config.tls_cert.is_none() {
+            return Err(bad("tls_client_ca", "client certificates need TLS: set tls_cert and tls_key too"));
         }
         if config.quota_max_grant == 0 {
             return Err(bad("quota_max_grant", "must be at least 1"));

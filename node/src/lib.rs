@@ -32,4 +32,5 @@ pub mod secret;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod wire;

@@ -38,6 +38,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let kv = Arc::new(SledKv::open(&config.data_dir.join("db"), &SledOptions { cache_bytes: config.cache_mb << 20 })?);
 
+    let wire_tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let server = crate::tls::server_config(cert, key, config.tls_client_ca.as_deref())?;
+            Some(tokio_rustls::TlsAcceptor::from(server))
+        }
+        _ => None,
+    };
     let http_listener =
         TcpListener::bind(&config.http).await.with_context(|| format!("cannot listen on --http {}", config.http))?;
     let peer_listener =
@@ -126,7 +133,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     };
     let http_task = serve(http_listener, crate::http::router(app.clone()), stop_rx.clone());
     let peer_task = serve(peer_listener, crate::cluster::peer::router(app.clone()), stop_rx.clone());
-    let wire_task = tokio::spawn(crate::wire::serve(wire_listener, app.clone(), stop_rx));
+    let wire_task = tokio::spawn(crate::wire::serve(wire_listener, wire_tls, app.clone(), stop_rx));
 
     initialise(&raft, &config, &addr).await?;
     write_endpoints(&config, &endpoints)?;

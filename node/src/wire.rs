@@ -2,6 +2,9 @@
 //! `tollgate-client`, on its own port, serving the same pipeline as
 //! `POST /v1/check`.
 //!
+//! With TLS configured (see `crate::tls`) every connection is TLS; a proxy
+//! whose client certificate the CA verified needs no token in its hello.
+//!
 //! A connection starts with a hello (version and token, within
 //! [`HELLO_TIMEOUT`]); then checks are decided concurrently, at most
 //! [`MAX_IN_FLIGHT`] at a time per connection, and answered as they finish,
@@ -11,10 +14,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tollgate_proto::model::Scope;
 use tollgate_proto::wire::{self, ClientMessage, ErrorCode, FrameError, Member, ServerMessage};
 
@@ -28,7 +31,7 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 /// Answers are gathered up to about this many bytes per write.
 const WRITE_BATCH: usize = 64 * 1024;
 
-pub async fn serve(listener: TcpListener, app: Arc<App>, stop: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, app: Arc<App>, stop: watch::Receiver<bool>) {
     let mut watcher = stop.clone();
     let stopping = async move {
         let _ = watcher.wait_for(|s| *s).await;
@@ -37,9 +40,26 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: watch::Receiver<b
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(connection(stream, app.clone(), stop.clone()));
+                    let (app, stop) = (app.clone(), stop.clone());
+                    match tls.clone() {
+                        None => {
+                            tokio::spawn(connection(stream, false, app, stop));
+                        }
+                        Some(acceptor) => {
+                            tokio::spawn(async move {
+                                match tokio::time::timeout(HELLO_TIMEOUT, acceptor.accept(stream)).await {
+                                    Ok(Ok(tls)) => {
+                                        let certified = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                                        connection(tls, certified, app, stop).await
+                                    }
+                                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "wire TLS handshake failed"),
+                                    Err(_) => tracing::debug!(%peer, "wire TLS handshake timed out"),
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "wire accept failed");
@@ -56,7 +76,7 @@ enum ReadError {
     Frame(FrameError),
 }
 
-async fn read_message(reader: &mut BufReader<OwnedReadHalf>) -> Result<ClientMessage, ReadError> {
+async fn read_message<R: AsyncRead + Unpin>(reader: &mut BufReader<R>) -> Result<ClientMessage, ReadError> {
     let mut prefix = [0u8; 4];
     reader.read_exact(&mut prefix).await.map_err(|_| ReadError::Closed)?;
     let len = wire::frame_len(prefix).map_err(ReadError::Frame)?;
@@ -79,8 +99,13 @@ fn authorized(app: &App, token: &str) -> bool {
     stored.is_some_and(|t| t.scopes.iter().any(|s| matches!(s, Scope::Check | Scope::Write)))
 }
 
-async fn connection(stream: TcpStream, app: Arc<App>, mut stop: watch::Receiver<bool>) {
-    let (reader, mut writer) = stream.into_split();
+/// Serves one connection. `certified`: the proxy presented a client
+/// certificate that the configured CA verified (it then needs no token).
+async fn connection<S>(stream: S, certified: bool, app: Arc<App>, mut stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (reader, mut writer) = tokio::io::split(stream);
     let mut reader = BufReader::new(reader);
     let refuse = |code: ErrorCode, message: String| frame(&ServerMessage::Error { code, message });
 
@@ -89,8 +114,11 @@ async fn connection(stream: TcpStream, app: Arc<App>, mut stop: watch::Receiver<
         Ok(Ok(ClientMessage::Hello { versions, token, client: _ })) => {
             if !versions.contains(&wire::VERSION) {
                 Err(refuse(ErrorCode::UnsupportedVersion, format!("this node speaks version {}", wire::VERSION)))
-            } else if !authorized(&app, &token) {
-                Err(refuse(ErrorCode::Unauthorized, "the token is not valid for checks".into()))
+            } else if !certified && !authorized(&app, &token) {
+                Err(refuse(
+                    ErrorCode::Unauthorized,
+                    "the token is not valid for checks (and no client certificate)".into(),
+                ))
             } else {
                 let (nodes, _) = app.members();
                 let members =
