@@ -204,6 +204,8 @@ struct Lease {
     waiting: u64,
     /// The last grant's size; the next is asked for below half of it.
     last_grant: u64,
+    /// Whether any grant brought units (the ledger may hold some for us).
+    granted: bool,
     fetching: bool,
     /// Bumped when a fetch ends; waiters watch it.
     fetched: watch::Sender<u64>,
@@ -227,6 +229,7 @@ impl Lease {
             last_used_ms: now_ms,
             waiting: 0,
             last_grant: 0,
+            granted: false,
             fetching: false,
             fetched: watch::channel(0).0,
             exhausted_until_ms: 0,
@@ -482,12 +485,14 @@ impl Metering {
                 // A limit changed: hand this grant back, start a new lease.
                 let old = std::mem::replace(lease, Lease::new(self.holder(), epoch, now_ms, quota.limit));
                 self.stats.units.with_label_values(&["returned"]).inc_by(old.units);
-                local.retired.push(QuotaUsage {
-                    period: period.clone(),
-                    holder: old.holder,
-                    used: old.unreported,
-                    release: true,
-                });
+                if old.granted || old.unreported > 0 {
+                    local.retired.push(QuotaUsage {
+                        period: period.clone(),
+                        holder: old.holder,
+                        used: old.unreported,
+                        release: true,
+                    });
+                }
                 return self.try_take(local, limits, now_ms, epoch);
             }
             if now_ms >= lease.valid_until_ms && lease.units > 0 {
@@ -601,6 +606,7 @@ impl Metering {
                 lease.remaining = ledger.remaining(quota.limit);
                 lease.units += granted;
                 lease.last_grant = granted;
+                lease.granted |= granted > 0;
                 if let Some(g) = ledger.grants.get(&holder) {
                     // Stop a little before the ledger does: clocks differ.
                     let margin = (self.config.lease_ms / 10).min(1_000);
@@ -665,7 +671,7 @@ impl Metering {
                 local.leases.retain(|period, lease| {
                     let idle = lease.waiting == 0 && !lease.fetching && now_ms - lease.last_used_ms >= IDLE_MS;
                     let release = release_all || idle;
-                    if lease.unreported > 0 || (release && lease.last_grant > 0) {
+                    if lease.unreported > 0 || (release && lease.granted) {
                         usage.push(QuotaUsage {
                             period: period.clone(),
                             holder: lease.holder,
@@ -774,5 +780,110 @@ impl Authority for LocalAuthority {
 
     fn node_id(&self) -> u64 {
         1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use arc_swap::ArcSwap;
+    use tollgate_proto::model::{Entity, Period, UsagePlan};
+
+    use super::*;
+    use crate::cluster::state_machine::Published;
+    use crate::gateway::limits::ManualClock;
+    use crate::state::Model;
+
+    const T0: i64 = 1_800_000_000_000;
+
+    fn quota_limits(limit: u64) -> (Limits, QuotaPeriod, crate::cluster::state_machine::SharedModel) {
+        let mut model = Model::default();
+        let plan: UsagePlan = serde_json::from_value(serde_json::json!({
+            "id": "gold", "name": "Gold", "quota": {"limit": limit, "period": "day"}, "api_stages": []
+        }))
+        .expect("plan");
+        model.load(Entity::Plan(plan));
+        let period = QuotaPeriod { key_id: "k".into(), plan_id: "gold".into(), start_ms: 0 };
+        let quota = Quota { limit, period: Period::Day, offset: 0 };
+        let limits = Limits { quota: Some((period.clone(), quota, T0 + 86_400_000)), ..Default::default() };
+        let shared = Arc::new(ArcSwap::from_pointee(Published { model, applied: None, limits_epoch: 0 }));
+        (limits, period, shared)
+    }
+
+    #[tokio::test]
+    async fn use_is_reported_exactly_and_an_idle_grant_handed_back() {
+        let (limits, period, model) = quota_limits(1_000);
+        let authority = Arc::new(LocalAuthority::new(model));
+        let clock = Arc::new(ManualClock::at(T0));
+        let m = Metering::new(authority.clone(), clock.clone(), MeteringConfig::default(), Default::default());
+        for _ in 0..7 {
+            assert!(m.admit(&limits, clock.now_ms(), 0).await.is_ok());
+        }
+        // Background refills may still be on their way; let them land.
+        tokio::task::yield_now().await;
+        m.flush(clock.now_ms(), false).await;
+        let ledger = authority.ledger(&period);
+        assert_eq!(ledger.consumed, 7, "{ledger:?}");
+        assert!(ledger.outstanding() > 0, "the node still holds the rest of its grant");
+        clock.advance_ms(IDLE_MS);
+        m.flush(clock.now_ms(), false).await;
+        let ledger = authority.ledger(&period);
+        assert_eq!((ledger.consumed, ledger.outstanding()), (7, 0), "idle: the rest went back");
+    }
+
+    /// An authority that is never reachable, counting how often it is asked.
+    #[derive(Default)]
+    struct Unreachable(AtomicUsize);
+
+    impl Authority for Unreachable {
+        fn grant(
+            &self,
+            _: QuotaPeriod,
+            _: u64,
+            _: u64,
+            _: i64,
+            _: i64,
+        ) -> BoxFuture<'_, Result<(u64, QuotaLedger), Unavailable>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Err(Unavailable("no leader".into())) })
+        }
+        fn report(&self, _: u128, _: Vec<QuotaUsage>, _: i64) -> BoxFuture<'_, Result<(), Unavailable>> {
+            Box::pin(async { Err(Unavailable("no leader".into())) })
+        }
+        fn lend(&self, _: LendRequest, _: i64) -> BoxFuture<'_, Result<Lent, Unavailable>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Err(Unavailable("no leader".into())) })
+        }
+        fn members(&self) -> u32 {
+            3
+        }
+        fn node_id(&self) -> u64 {
+            1
+        }
+    }
+
+    #[tokio::test]
+    async fn without_the_leader_a_node_refuses_quota_it_does_not_hold_and_shares_throttles() {
+        let (limits, _, _) = quota_limits(1_000);
+        let authority = Arc::new(Unreachable::default());
+        let clock = Arc::new(ManualClock::at(T0));
+        let m = Metering::new(authority.clone(), clock.clone(), MeteringConfig::default(), Default::default());
+        for _ in 0..3 {
+            let (reason, _) = m.admit(&limits, clock.now_ms(), 0).await.expect_err("no grant held");
+            assert_eq!(reason, ReasonCode::QuotaUnavailable);
+        }
+        assert_eq!(authority.0.load(Ordering::SeqCst), 1, "asked once, then refused from memory");
+        // A throttle falls back to this node's share: a third of the burst.
+        let throttle = Throttle { rate_per_sec: 30.0, burst: 9 };
+        let id = BucketId::Stage { api: "a".into(), stage: "s".into() };
+        let limits = Limits { stage: Some((id, throttle)), ..Default::default() };
+        let mut admitted = 0;
+        for _ in 0..9 {
+            if m.admit(&limits, clock.now_ms(), 0).await.is_ok() {
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 3);
     }
 }
