@@ -6,13 +6,23 @@
 //!   a new leader, and until a write succeeds again.
 //! - `cold-start`: time for a node holding N keys to load its state and
 //!   become ready after a restart.
+//! - `check`: latency and throughput of `POST /v1/check` and of the binary
+//!   protocol, against one node.
+//! - `throttle`: how close the cluster-wide admitted rate of one key stays to
+//!   its throttle under demand well above it, spread over the three nodes and
+//!   then on one node only.
+//! - `quota`: checks of a key with a quota, through leases (the nodes' flags
+//!   as given) and through the leader on every request (`--quota-max-grant 1`),
+//!   each on a fresh cluster.
 //!
 //! Speed figures belong here, never in tests. Example:
 //! `cargo run --release -p tollgate-bench -- --bin target/release/tollgate writes --count 5000`
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -69,6 +79,34 @@ enum What {
         #[arg(long, default_value_t = 100_000)]
         keys: usize,
         #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+    /// Admitted rate of one throttled key under demand above its rate: over
+    /// the three nodes round-robin, then all on one follower.
+    Throttle {
+        /// The plan's `throttle.rate_per_sec`.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// The plan's `throttle.burst`.
+        #[arg(long, default_value_t = 20)]
+        burst: u32,
+        /// Demand, as a multiple of the rate.
+        #[arg(long, default_value_t = 3.0)]
+        demand: f64,
+        /// Seconds of demand per run.
+        #[arg(long, default_value_t = 30)]
+        secs: u64,
+        /// Callers sending at once; each is paced to its share of the demand.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+    /// Checks of a key with a quota, round-robin over the three nodes: with
+    /// leases (the node flags given), then asking the leader for every unit
+    /// (`--quota-max-grant 1`), each on a fresh cluster.
+    Quota {
+        #[arg(long, default_value_t = 20_000)]
+        count: usize,
+        #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
 }
@@ -226,8 +264,20 @@ impl Cluster {
 
 /// An API, a plan without limits and a key; returns the key's secret.
 async fn check_fixture(cluster: &Cluster, node: u64) -> anyhow::Result<String> {
-    let post = |path: &str, body: Value| {
-        cluster.http.post(format!("{}{path}", cluster.url(node))).bearer_auth(TOKEN).json(&body).send()
+    let (_, secret) = plan_fixture(cluster, node, json!({"id": "free", "name": "free"})).await?;
+    Ok(secret)
+}
+
+/// The API `bench` (`GET /items/*` needs a key), the plan given (covering
+/// it) and a key in that plan, created through node `node`; returns the
+/// key's id and secret.
+async fn plan_fixture(cluster: &Cluster, node: u64, mut plan: Value) -> anyhow::Result<(String, String)> {
+    let post = |path: &'static str, body: Value| async move {
+        let r = cluster.http.post(format!("{}{path}", cluster.url(node))).bearer_auth(TOKEN).json(&body).send().await?;
+        if !r.status().is_success() {
+            bail!("POST {path}: {} {}", r.status(), r.text().await.unwrap_or_default());
+        }
+        anyhow::Ok(r.json::<Value>().await?)
     };
     post(
         "/v1/admin/apis",
@@ -235,13 +285,58 @@ async fn check_fixture(cluster: &Cluster, node: u64) -> anyhow::Result<String> {
         "routes": [{"method": "GET", "path": "/items/*", "api_key_required": true}]}),
     )
     .await?;
-    post(
-        "/v1/admin/plans",
-        json!({"id": "free", "name": "free", "api_stages": [{"api_id": "bench", "stage": "prod"}]}),
-    )
-    .await?;
-    let key: Value = post("/v1/admin/keys", json!({"name": "bench", "plan_ids": ["free"]})).await?.json().await?;
-    key["secret"].as_str().map(str::to_string).ok_or_else(|| anyhow::anyhow!("no key secret: {key}"))
+    plan["api_stages"] = json!([{"api_id": "bench", "stage": "prod"}]);
+    let plan_id = plan["id"].clone();
+    post("/v1/admin/plans", plan).await?;
+    let key = post("/v1/admin/keys", json!({"name": "bench", "plan_ids": [plan_id]})).await?;
+    match (key["id"].as_str(), key["secret"].as_str()) {
+        (Some(id), Some(secret)) => Ok((id.to_string(), secret.to_string())),
+        _ => bail!("no key id or secret in {key}"),
+    }
+}
+
+/// The body of a `POST /v1/check` for `GET /items/1` with the key given.
+fn check_body(secret: &str) -> anyhow::Result<Arc<Vec<u8>>> {
+    Ok(Arc::new(serde_json::to_vec(&json!({"api": "bench", "stage": "prod", "method": "GET",
+        "path": "/items/1", "source_ip": "192.0.2.1", "headers": {"x-api-key": secret}}))?))
+}
+
+/// One `POST /v1/check` to node `node`; the decision.
+async fn check(cluster: &Cluster, node: u64, body: &[u8]) -> anyhow::Result<Value> {
+    let resp = cluster
+        .http
+        .post(format!("{}/v1/check", cluster.url(node)))
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await?;
+    Ok(resp.json().await?)
+}
+
+/// A decision's `reason` (`allowed`, `throttled`, ...).
+fn reason(decision: &Value) -> String {
+    decision["reason"].as_str().unwrap_or("no reason").to_string()
+}
+
+/// Waits until every node knows the key (answers something other than a
+/// lookup failure for it): a new key reaches followers a little after the
+/// leader.
+async fn wait_key_known(cluster: &Cluster, body: &[u8]) -> anyhow::Result<()> {
+    const NOT_YET: [&str; 5] = ["unknown_api", "unknown_stage", "no_route", "unknown_key", "key_not_in_plan"];
+    for node in 1..=3 {
+        let start = Instant::now();
+        loop {
+            let decision = check(cluster, node, body).await?;
+            if !NOT_YET.contains(&reason(&decision).as_str()) {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("node {node} still answers {decision} after 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    Ok(())
 }
 
 /// Runs `op(n)` for n in 0..count with `concurrency` workers; the latency
@@ -283,20 +378,11 @@ async fn load_checks(
     count: usize,
     concurrency: usize,
 ) -> anyhow::Result<(Histogram<u64>, Duration)> {
-    let body = Arc::new(serde_json::to_vec(&json!({"api": "bench", "stage": "prod", "method": "GET",
-        "path": "/items/1", "source_ip": "192.0.2.1", "headers": {"x-api-key": secret}}))?);
-    let (cluster, url) = (cluster.clone(), format!("{}/v1/check", cluster.url(node)));
+    let (cluster, body) = (cluster.clone(), check_body(secret)?);
     run_load(count, concurrency, move |_| {
-        let (cluster, url, body) = (cluster.clone(), url.clone(), body.clone());
+        let (cluster, body) = (cluster.clone(), body.clone());
         async move {
-            let resp = cluster
-                .http
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(body.as_ref().clone())
-                .send()
-                .await?;
-            let decision: Value = resp.json().await?;
+            let decision = check(&cluster, node, &body).await?;
             if decision["allowed"] != true {
                 bail!("check denied: {decision}");
             }
@@ -333,6 +419,237 @@ async fn load_wire(
         }
     })
     .await
+}
+
+/// What the checks of one paced run were answered, per node, and the
+/// admissions in each second of the run.
+struct Tally {
+    /// Node → reason → checks (`transport_error` when no decision came back).
+    by_node: BTreeMap<u64, BTreeMap<String, u64>>,
+    /// Allowed checks by the whole second of the run they were sent in.
+    allowed_per_sec: Vec<u64>,
+    /// Latency of every check, µs.
+    latency: Histogram<u64>,
+    /// How long checks were sent for (the rate's denominator).
+    window: Duration,
+    /// Until the last answer came.
+    elapsed: Duration,
+}
+
+impl Tally {
+    /// Checks answered `reason` (every check if `None`) by `node` (every node if `None`).
+    fn count(&self, node: Option<u64>, reason: Option<&str>) -> u64 {
+        let nodes = self.by_node.iter().filter(|(n, _)| node.is_none_or(|want| **n == want));
+        nodes
+            .flat_map(|(_, reasons)| reasons)
+            .filter(|(r, _)| reason.is_none_or(|want| r.as_str() == want))
+            .map(|(_, c)| c)
+            .sum()
+    }
+}
+
+/// Sends checks of one key for `secs` seconds, `offered` per second in all,
+/// from `callers` callers each paced to its share, to `nodes` in turn. A
+/// caller whose answer comes late sends its next check at once, and never a
+/// burst to catch up: the demand is at most `offered` (the tally says what
+/// was really sent).
+async fn paced_checks(
+    cluster: &Arc<Cluster>,
+    nodes: &[u64],
+    body: &Arc<Vec<u8>>,
+    offered: f64,
+    callers: usize,
+    secs: u64,
+) -> anyhow::Result<Tally> {
+    let period = Duration::from_secs_f64(callers as f64 / offered);
+    let start = tokio::time::Instant::now();
+    let end = start + Duration::from_secs(secs);
+    let next = Arc::new(AtomicUsize::new(0));
+    let nodes: Arc<[u64]> = nodes.into();
+    let mut tasks = vec![];
+    for caller in 0..callers {
+        let (cluster, body, next, nodes) = (cluster.clone(), body.clone(), next.clone(), nodes.clone());
+        // Callers start spread over one period, so the checks are too.
+        let first = start + period.mul_f64(caller as f64 / callers as f64);
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(first, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut seen: BTreeMap<(u64, String), u64> = BTreeMap::new();
+            let mut allowed_per_sec = vec![0u64; secs as usize + 1];
+            let mut latency = Histogram::<u64>::new(3)?;
+            loop {
+                tick.tick().await;
+                if tokio::time::Instant::now() >= end {
+                    return anyhow::Ok((seen, allowed_per_sec, latency));
+                }
+                let node = nodes[next.fetch_add(1, Ordering::Relaxed) % nodes.len()];
+                let second = (start.elapsed().as_secs() as usize).min(secs as usize);
+                let t = Instant::now();
+                let answer = match check(&cluster, node, &body).await {
+                    Ok(decision) => reason(&decision),
+                    Err(_) => "transport_error".to_string(),
+                };
+                latency.record(t.elapsed().as_micros() as u64)?;
+                if answer == "allowed" {
+                    allowed_per_sec[second] += 1;
+                }
+                *seen.entry((node, answer)).or_insert(0) += 1;
+            }
+        }));
+    }
+    let mut tally = Tally {
+        by_node: BTreeMap::new(),
+        allowed_per_sec: vec![0; secs as usize],
+        latency: Histogram::<u64>::new(3)?,
+        window: end - start,
+        elapsed: Duration::ZERO,
+    };
+    for task in tasks {
+        let (seen, allowed_per_sec, latency) = task.await??;
+        tally.latency.add(latency)?;
+        for ((node, answer), n) in seen {
+            *tally.by_node.entry(node).or_default().entry(answer).or_insert(0) += n;
+        }
+        for (total, n) in tally.allowed_per_sec.iter_mut().zip(allowed_per_sec) {
+            *total += n;
+        }
+    }
+    tally.elapsed = start.elapsed();
+    Ok(tally)
+}
+
+/// The admitted rate of a paced run against the throttle: what was allowed
+/// beyond the one burst the bucket starts with, per second of the run.
+fn report_throttle(what: &str, tally: &Tally, rate: f64, burst: u32) {
+    let secs = tally.window.as_secs_f64();
+    let (sent, allowed) = (tally.count(None, None), tally.count(None, Some("allowed")));
+    let admitted = (allowed as f64 - burst as f64) / secs;
+    println!(
+        "{what}: sent for {secs:.0} s (last answer at {:.2} s): sent={sent} ({:.0}/s) allowed={allowed}; admitted (allowed-burst)/s={admitted:.1}/s = {:.3} of rate",
+        tally.elapsed.as_secs_f64(),
+        sent as f64 / secs,
+        admitted / rate
+    );
+    println!(
+        "  check latency: p50={:.2}ms p99={:.2}ms max={:.2}ms",
+        tally.latency.value_at_quantile(0.5) as f64 / 1000.0,
+        tally.latency.value_at_quantile(0.99) as f64 / 1000.0,
+        tally.latency.max() as f64 / 1000.0
+    );
+    for (node, reasons) in &tally.by_node {
+        let allowed = reasons.get("allowed").copied().unwrap_or(0);
+        let others: Vec<String> =
+            reasons.iter().filter(|(r, _)| r.as_str() != "allowed").map(|(r, n)| format!("{r}={n}")).collect();
+        println!(
+            "  node {node}: sent={} allowed={allowed} ({:.1}/s) {}",
+            tally.count(Some(*node), None),
+            allowed as f64 / secs,
+            others.join(" ")
+        );
+    }
+    // After the first second, which has the burst.
+    let mut per_sec: Vec<u64> = tally.allowed_per_sec.get(1..).unwrap_or_default().to_vec();
+    per_sec.sort_unstable();
+    if let (Some(min), Some(max)) = (per_sec.first(), per_sec.last()) {
+        let series: Vec<String> = tally.allowed_per_sec.iter().map(u64::to_string).collect();
+        println!(
+            "  allowed per second after the first: min={min} median={} max={max}; each second: {}",
+            per_sec[per_sec.len() / 2],
+            series.join(" ")
+        );
+    }
+}
+
+/// Checks round-robin over the three nodes: all latencies, each node's,
+/// and the decisions' reasons.
+struct RoundRobin {
+    all: Histogram<u64>,
+    elapsed: Duration,
+    per_node: Vec<Histogram<u64>>,
+    reasons: BTreeMap<String, u64>,
+}
+
+/// `count` checks of one key, check n to node n % 3 + 1, from `concurrency` callers.
+async fn load_checks_round_robin(
+    cluster: &Arc<Cluster>,
+    body: &Arc<Vec<u8>>,
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<RoundRobin> {
+    let per_node = Arc::new((0..3).map(|_| Histogram::<u64>::new(3).map(Mutex::new)).collect::<Result<Vec<_>, _>>()?);
+    let reasons = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
+    let (cluster, body) = (cluster.clone(), body.clone());
+    let (seen_per_node, seen_reasons) = (per_node.clone(), reasons.clone());
+    let (all, elapsed) = run_load(count, concurrency, move |n| {
+        let (cluster, body, per_node, reasons) = (cluster.clone(), body.clone(), per_node.clone(), reasons.clone());
+        async move {
+            let node = n as u64 % 3 + 1;
+            let t = Instant::now();
+            let decision = check(&cluster, node, &body).await?;
+            let micros = t.elapsed().as_micros() as u64;
+            per_node[node as usize - 1].lock().unwrap_or_else(|p| p.into_inner()).record(micros)?;
+            *reasons.lock().unwrap_or_else(|p| p.into_inner()).entry(reason(&decision)).or_insert(0) += 1;
+            Ok(())
+        }
+    })
+    .await?;
+    let per_node = seen_per_node.iter().map(|h| h.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect();
+    let reasons = seen_reasons.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(RoundRobin { all, elapsed, per_node, reasons })
+}
+
+/// One side of the `quota` comparison on a cluster of its own: a key with a
+/// quota it never reaches, warmed up, then `count` checks round-robin.
+async fn quota_run(
+    cluster: Cluster,
+    what: &str,
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<(Histogram<u64>, Duration)> {
+    let leader = cluster.leader().await?;
+    let plan = json!({"id": "metered", "name": "metered", "quota": {"limit": 1_000_000_000_000u64, "period": "month"}});
+    let (key_id, secret) = plan_fixture(&cluster, leader, plan).await?;
+    let body = check_body(&secret)?;
+    wait_key_known(&cluster, &body).await?;
+    let cluster = Arc::new(cluster);
+    let warm = load_checks_round_robin(&cluster, &body, count.min(2000), concurrency).await?;
+    let run = load_checks_round_robin(&cluster, &body, count, concurrency).await?;
+    report(&format!("{what}, {concurrency} clients over 3 nodes"), &run.all, run.elapsed);
+    let per_node: Vec<String> = run
+        .per_node
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            format!(
+                "node {}: {:.0}/s p50={:.2}ms p99={:.2}ms",
+                i + 1,
+                h.len() as f64 / run.elapsed.as_secs_f64(),
+                h.value_at_quantile(0.5) as f64 / 1000.0,
+                h.value_at_quantile(0.99) as f64 / 1000.0
+            )
+        })
+        .collect();
+    println!("  {}", per_node.join("; "));
+    let reasons: Vec<String> = run.reasons.iter().map(|(r, n)| format!("{r}={n}")).collect();
+    println!("  decisions: {} (warm-up: {:?})", reasons.join(" "), warm.reasons);
+    // Nodes report use every 200 ms.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let usage: Value = cluster
+        .http
+        .get(format!("{}/v1/admin/plans/metered/usage?key_id={key_id}", cluster.url(leader)))
+        .bearer_auth(TOKEN)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let current = &usage["items"][0]["current_period"];
+    println!(
+        "  usage 1 s later: used={} held={} (allowed in warm-up and run: {}, plus 3 checks before)",
+        current["used"],
+        current["held"],
+        warm.reasons.get("allowed").unwrap_or(&0) + run.reasons.get("allowed").unwrap_or(&0)
+    );
+    Ok((run.all, run.elapsed))
 }
 
 /// Creates `count` keys on node `target` with `concurrency` writers.
@@ -434,6 +751,48 @@ async fn main() -> anyhow::Result<()> {
             report("binary protocol, 1 client", &h, elapsed);
             let (h, elapsed) = load_wire(&client, &secret, count, concurrency).await?;
             report(&format!("binary protocol, {concurrency} callers"), &h, elapsed);
+        }
+        What::Throttle { rate, burst, demand, secs, concurrency } => {
+            let leader = cluster.leader().await?;
+            let plan = json!({"id": "throttled", "name": "throttled",
+                "throttle": {"rate_per_sec": rate, "burst": burst}});
+            let (_, secret) = plan_fixture(&cluster, leader, plan).await?;
+            let body = check_body(&secret)?;
+            wait_key_known(&cluster, &body).await?;
+            let follower = (1..=3).find(|i| *i != leader).unwrap_or(1);
+            let cluster = Arc::new(cluster);
+            let offered = rate * demand;
+            println!(
+                "throttle rate={rate}/s burst={burst}; demand {offered:.0}/s ({demand}x) from {concurrency} paced callers, {secs} s per run; leader is node {leader}"
+            );
+            let runs = [
+                ("3 nodes round-robin".to_string(), vec![1, 2, 3]),
+                (format!("node {follower} only (follower)"), vec![follower]),
+            ];
+            for (what, nodes) in runs {
+                // Tokens a node borrowed are dropped after 1 s unused, and the
+                // leader's bucket refills: each run starts with one burst.
+                tokio::time::sleep(Duration::from_secs_f64(2.0 + burst as f64 / rate)).await;
+                let tally = paced_checks(&cluster, &nodes, &body, offered, concurrency, secs).await?;
+                report_throttle(&what, &tally, rate, burst);
+            }
+        }
+        What::Quota { count, concurrency } => {
+            let (lease, lease_elapsed) = quota_run(cluster, "quota with leases", count, concurrency).await?;
+            // A fresh cluster, on ports of its own (the first one's may linger).
+            let flags = format!("{} --quota-max-grant 1", args.node_flags);
+            let keep = args.data_dir.as_ref().map(|d| d.join("max-grant-1"));
+            let baseline = Cluster::start(args.bin.clone(), &flags, args.base_port + 10, keep).await?;
+            let what = "quota via the leader (--quota-max-grant 1)";
+            let (base, base_elapsed) = quota_run(baseline, what, count, concurrency).await?;
+            let rate = |h: &Histogram<u64>, elapsed: Duration| h.len() as f64 / elapsed.as_secs_f64();
+            let ratio = |q: f64| lease.value_at_quantile(q) as f64 / base.value_at_quantile(q).max(1) as f64;
+            println!(
+                "leases vs leader on every request: throughput x{:.2}, p50 x{:.3}, p99 x{:.3}",
+                rate(&lease, lease_elapsed) / rate(&base, base_elapsed),
+                ratio(0.5),
+                ratio(0.99)
+            );
         }
         What::ColdStart { keys, concurrency } => {
             let leader = cluster.leader().await?;
