@@ -122,24 +122,22 @@ impl App {
         }
     }
 
-    /// Lends throttle tokens from the leader's buckets (see `metering`).
-    pub async fn lend(
-        &self,
-        request: LendRequest,
-        now_ms: i64,
-        deadline: tokio::time::Instant,
-    ) -> Result<Lent, ClusterError> {
-        let here = || async {
-            match self.raft.metrics().borrow().current_leader {
-                Some(leader) if leader == self.id => Ok(self.gateway.metering.lender.lend(&request, now_ms)),
-                _ => Err(self.leader_hint()),
-            }
-        };
-        let forwarded = (request.clone(), now_ms);
-        let lend = self.at_leader(deadline, peer::LEND, &forwarded, here);
+    /// Lends throttle tokens from the leader's buckets (see `metering`), by
+    /// the leader's clock.
+    pub async fn lend(&self, request: LendRequest, deadline: tokio::time::Instant) -> Result<Lent, ClusterError> {
+        let here = || async { self.lend_here(&request) };
+        let lend = self.at_leader(deadline, peer::LEND, &request, here);
         match tokio::time::timeout_at(deadline, lend).await {
             Ok(answer) => answer,
             Err(_) => Err(ClusterError::Unavailable("no answer from the leader in time".into())),
+        }
+    }
+
+    /// Lends tokens if this node is the leader.
+    pub fn lend_here(&self, request: &LendRequest) -> Result<Lent, ClusterError> {
+        match self.raft.metrics().borrow().current_leader {
+            Some(leader) if leader == self.id => Ok(self.gateway.metering.lender.lend(request, self.clock.now_ms())),
+            _ => Err(self.leader_hint()),
         }
     }
 
@@ -372,11 +370,12 @@ impl Authority for ClusterAuthority {
         })
     }
 
-    fn lend(&self, request: LendRequest, now_ms: i64) -> BoxFuture<'_, Result<Lent, Unavailable>> {
+    /// Tokens by the leader's clock (`_now_ms` is this node's).
+    fn lend(&self, request: LendRequest, _now_ms: i64) -> BoxFuture<'_, Result<Lent, Unavailable>> {
         Box::pin(async move {
             let app = self.app()?;
             let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
-            app.lend(request, now_ms, deadline).await.map_err(unavailable)
+            app.lend(request, deadline).await.map_err(unavailable)
         })
     }
 

@@ -57,11 +57,12 @@ pub struct LendRequest {
     pub want: u32,
 }
 
-/// The authority's answer: tokens lent, or how long until there is one.
+/// The authority's answer: tokens lent, usable `after_ms` from when they
+/// were asked for; or, when `granted` is 0, how long until asking again.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Lent {
     pub granted: u32,
-    pub wait_ms: u64,
+    pub after_ms: u64,
     /// Whole tokens left in the authority's bucket (for `RateLimit-Remaining`).
     pub left: u64,
 }
@@ -106,10 +107,23 @@ impl TokenLender {
             None => buckets.entry(request.bucket.clone()).or_insert_with(|| Bucket::full(t, now_ms)),
         };
         b.refill(t, now_ms);
-        let granted = (b.tokens.floor().max(0.0) as u64).min(request.want as u64) as u32;
+        // The bucket may go into debt by a little (RESERVE_MS of its rate):
+        // tokens lent from the debt become usable only once the bucket would
+        // have had them. So a node asking while the bucket is empty books the
+        // next tokens instead of racing the others for them, and no token
+        // goes unused while every node waits to ask again.
+        let debt = (t.rate_per_sec * RESERVE_MS / 1000.0).max(1.0);
+        let lendable = (b.tokens + debt).floor().max(0.0) as u64;
+        let granted = lendable.min(request.want as u64) as u32;
         b.tokens -= granted as f64;
-        let wait_ms = if granted == 0 { b.wait_ms(t) } else { 0 };
-        Lent { granted, wait_ms, left: b.tokens.floor().max(0.0) as u64 }
+        let after_ms = if granted == 0 {
+            ((1.0 - (b.tokens + debt)) * 1000.0 / t.rate_per_sec).ceil().max(1.0) as u64
+        } else if b.tokens < 0.0 {
+            (-b.tokens * 1000.0 / t.rate_per_sec).ceil() as u64
+        } else {
+            0
+        };
+        Lent { granted, after_ms, left: b.tokens.floor().max(0.0) as u64 }
     }
 }
 
@@ -135,6 +149,8 @@ impl Default for MeteringConfig {
 const GRANT_FOR_MS: i64 = 1_000;
 /// Borrowed tokens cover this long at the bucket's rate.
 const BORROW_FOR_MS: f64 = 50.0;
+/// How far ahead the authority books tokens when its bucket is empty.
+const RESERVE_MS: f64 = 100.0;
 /// Borrowed tokens not used within this are forgotten (the authority's
 /// bucket has long refilled them).
 const BORROWED_VALID_MS: i64 = 1_000;
@@ -255,6 +271,8 @@ impl Lease {
 /// Throttle tokens borrowed from the authority.
 struct Borrowed {
     tokens: u32,
+    /// The tokens held may be used from this time on (booked ahead).
+    usable_from_ms: i64,
     valid_until_ms: i64,
     denied_until_ms: i64,
     unavailable_until_ms: i64,
@@ -269,6 +287,7 @@ impl Borrowed {
     fn new(now_ms: i64) -> Self {
         Borrowed {
             tokens: 0,
+            usable_from_ms: 0,
             valid_until_ms: now_ms,
             denied_until_ms: 0,
             unavailable_until_ms: 0,
@@ -443,6 +462,11 @@ impl Metering {
                 b.tokens = 0;
             }
             if b.tokens > 0 {
+                if now_ms < b.usable_from_ms {
+                    // Booked for later: the cluster's rate is spent until then.
+                    let wait = (b.usable_from_ms - now_ms) as u64;
+                    return Ok(Err((reason, throttled_state(t, wait))));
+                }
                 sources[slot] = Some(Source::Borrowed);
                 continue;
             }
@@ -644,11 +668,15 @@ impl Metering {
         let Some(b) = local.borrowed.get_mut(id) else { return };
         match answer {
             Ok(Ok(lent)) => {
-                b.tokens += lent.granted;
+                // Times count from the asking: the answer's round trip is not
+                // added to the wait.
                 b.left = lent.left;
-                b.valid_until_ms = now_ms + BORROWED_VALID_MS;
-                if lent.granted == 0 {
-                    b.denied_until_ms = now_ms + lent.wait_ms.max(1) as i64;
+                if lent.granted > 0 {
+                    b.tokens += lent.granted;
+                    b.usable_from_ms = asked_ms + lent.after_ms as i64;
+                    b.valid_until_ms = b.usable_from_ms.max(now_ms) + BORROWED_VALID_MS;
+                } else {
+                    b.denied_until_ms = asked_ms + lent.after_ms.max(1) as i64;
                 }
             }
             Ok(Err(_)) | Err(_) => b.unavailable_until_ms = now_ms + UNAVAILABLE_MS,

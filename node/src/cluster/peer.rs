@@ -118,15 +118,11 @@ async fn read_index(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
 
 /// Throttle tokens from this node's buckets, if it leads (see `metering`).
 async fn lend(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (request, now_ms): (crate::metering::LendRequest, i64) = match accept(&app, &headers, &body) {
+    let request: crate::metering::LendRequest = match accept(&app, &headers, &body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let answer = match app.raft.metrics().borrow().current_leader {
-        Some(leader) if leader == app.id => Ok(app.gateway.metering.lender.lend(&request, now_ms)),
-        _ => Err(ForwardError::from(app.leader_hint())),
-    };
-    reply(&answer)
+    reply(&app.lend_here(&request).map_err(ForwardError::from))
 }
 
 async fn membership(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
