@@ -255,7 +255,8 @@ async fn the_admin_client_manages_keys_plans_and_usage_with_failover() {
     // Use the quota through the check path, then read and change the usage.
     let client = Client::new(ClientConfig::new([cluster.node(leader).wire_addr()], token));
     for i in 0..3 {
-        assert!(client.check(request(&created.secret, i)).await.expect("check").allowed);
+        let d = client.check(request(&created.secret, i)).await.expect("check");
+        assert!(d.allowed, "{d:?}");
     }
     assert!(!client.check(request(&created.secret, 3)).await.expect("check").allowed);
     let query = UsageQuery { key_id: Some(created.key.id.clone()), ..Default::default() };

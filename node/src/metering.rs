@@ -222,6 +222,10 @@ struct Lease {
     last_grant: u64,
     /// Whether any grant brought units (the ledger may hold some for us).
     granted: bool,
+    /// The last grant brought less than asked: the quota is nearly spent,
+    /// so units are fetched when needed, never ahead (a unit fetched ahead
+    /// could sit here while another node refuses for lack of it).
+    short: bool,
     fetching: bool,
     /// Bumped when a fetch ends; waiters watch it.
     fetched: watch::Sender<u64>,
@@ -246,6 +250,7 @@ impl Lease {
             waiting: 0,
             last_grant: 0,
             granted: false,
+            short: false,
             fetching: false,
             fetched: watch::channel(0).0,
             exhausted_until_ms: 0,
@@ -593,7 +598,7 @@ impl Metering {
                 // Ask for the next grant before this one runs out, or ends.
                 let low = lease.units <= lease.last_grant / 2;
                 let ending = lease.valid_until_ms - now_ms < self.config.lease_ms / 2;
-                if (low || ending) && !lease.fetching && now_ms >= lease.unavailable_until_ms {
+                if (low || ending) && !lease.short && !lease.fetching && now_ms >= lease.unavailable_until_ms {
                     lease.fetching = true;
                     let want = lease.want(now_ms, self.config.max_grant);
                     refill = Some((period.clone(), lease.holder, want));
@@ -631,6 +636,7 @@ impl Metering {
                 lease.units += granted;
                 lease.last_grant = granted;
                 lease.granted |= granted > 0;
+                lease.short = granted < want;
                 if let Some(g) = ledger.grants.get(&holder) {
                     // Stop a little before the ledger does: clocks differ.
                     let margin = (self.config.lease_ms / 10).min(1_000);
