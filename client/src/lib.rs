@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 pub use tollgate_proto::check::{CheckRequest, Decision, LimitState, Principal, ReasonCode};
 use tollgate_proto::wire::{self, ClientMessage, ServerMessage};
 
@@ -129,11 +129,43 @@ pub enum Error {
 #[derive(Debug)]
 struct AttemptFailed(String);
 
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ServerMessage>>>>;
+
 /// One TCP connection with pipelined requests.
 struct Connection {
-    outgoing: mpsc::Sender<Vec<u8>>,
-    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<ServerMessage>>>>,
+    /// Requests not yet written, and whether a caller is writing now.
+    outbox: Mutex<Outbox>,
+    writer: tokio::sync::Mutex<tokio::io::WriteHalf<Box<dyn Stream>>>,
+    pending: Pending,
     closed: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct Outbox {
+    queued: Vec<u8>,
+    writing: bool,
+}
+
+/// Marks a connection broken if a write is abandoned half-way (its caller
+/// gave up): the stream may hold part of a frame.
+struct WriteGuard<'a>(Option<&'a Connection>);
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0 {
+            c.closed.store(true, Ordering::SeqCst);
+            lock(&c.outbox).writing = false;
+        }
+    }
+}
+
+/// Takes a caller's pending answer slot back when it stops waiting.
+struct PendingGuard<'a>(&'a Pending, u64);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        lock(self.0).remove(&self.1);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -186,52 +218,53 @@ impl Connection {
             other => return Err(fail("hello", format!("unexpected answer {other:?}"))),
         };
 
-        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<ServerMessage>>>> = Arc::default();
+        let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
-        let (outgoing, mut queue) = mpsc::channel::<Vec<u8>>(1024);
-        let writer_closed = closed.clone();
-        tokio::spawn(async move {
-            // Requests already queued go out in one write.
-            while let Some(mut batch) = queue.recv().await {
-                while batch.len() < 64 * 1024 {
-                    match queue.try_recv() {
-                        Ok(more) => batch.extend_from_slice(&more),
-                        Err(_) => break,
-                    }
-                }
-                if writer.write_all(&batch).await.is_err() {
-                    break;
-                }
-            }
-            writer_closed.store(true, Ordering::SeqCst);
-        });
         let (reader_pending, reader_closed) = (pending.clone(), closed.clone());
+        // Answers are read into a buffer (many frames per read) and decoded
+        // in place.
         tokio::spawn(async move {
-            loop {
-                match read_frame(&mut reader).await {
-                    Ok(ServerMessage::Decision { id, decision }) => {
-                        if let Some(tx) = lock(&reader_pending).remove(&id) {
-                            let _ = tx.send(ServerMessage::Decision { id, decision });
-                        }
-                    }
-                    Ok(m @ (ServerMessage::Refused { .. } | ServerMessage::Pong { .. })) => {
-                        let id = match &m {
-                            ServerMessage::Refused { id, .. } | ServerMessage::Pong { id } => *id,
-                            _ => continue,
-                        };
-                        if let Some(tx) = lock(&reader_pending).remove(&id) {
-                            let _ = tx.send(m);
-                        }
-                    }
-                    // An error from the node, a broken frame or a closed socket: the
-                    // connection is done; waiting callers see their answer dropped.
-                    Ok(_) | Err(_) => break,
+            let mut buffer: Vec<u8> = Vec::with_capacity(64 * 1024);
+            'reading: loop {
+                match reader.read_buf(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
                 }
+                let mut consumed = 0;
+                loop {
+                    let answer = match wire::next_frame::<ServerMessage>(&buffer[consumed..]) {
+                        Ok(Some((len, answer))) => {
+                            consumed += len;
+                            answer
+                        }
+                        Ok(None) => break,
+                        // A broken frame: the connection is done.
+                        Err(_) => break 'reading,
+                    };
+                    let id = match &answer {
+                        ServerMessage::Decision { id, .. }
+                        | ServerMessage::Refused { id, .. }
+                        | ServerMessage::Pong { id } => *id,
+                        // An error from the node (it is shutting down, say): done.
+                        _ => break 'reading,
+                    };
+                    if let Some(tx) = lock(&reader_pending).remove(&id) {
+                        let _ = tx.send(answer);
+                    }
+                }
+                buffer.drain(..consumed);
             }
+            // Waiting callers see their answer dropped.
             reader_closed.store(true, Ordering::SeqCst);
             lock(&reader_pending).clear();
         });
-        Ok((Connection { outgoing, pending, closed }, members))
+        let connection = Connection {
+            outbox: Mutex::new(Outbox::default()),
+            writer: tokio::sync::Mutex::new(writer),
+            pending,
+            closed,
+        };
+        Ok((connection, members))
     }
 
     #[cfg(feature = "tls")]
@@ -258,21 +291,46 @@ impl Connection {
         self.closed.load(Ordering::SeqCst)
     }
 
-    async fn ask(&self, id: u64, message: &ClientMessage, timeout: Duration) -> Result<ServerMessage, AttemptFailed> {
-        let bytes = wire::encode(message).map_err(|e| AttemptFailed(e.to_string()))?;
+    /// Sends one request frame and waits for its answer (the caller bounds the wait).
+    async fn ask(&self, id: u64, frame: Vec<u8>) -> Result<ServerMessage, AttemptFailed> {
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id, tx);
-        let outcome = async {
-            self.outgoing.send(bytes).await.map_err(|_| AttemptFailed("connection closed".into()))?;
-            match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(answer)) => Ok(answer),
-                Ok(Err(_)) => Err(AttemptFailed("connection closed".into())),
-                Err(_) => Err(AttemptFailed("timed out".into())),
+        let _slot = PendingGuard(&self.pending, id);
+        self.send(&frame).await?;
+        rx.await.map_err(|_| AttemptFailed("connection closed".into()))
+    }
+
+    /// Queues `frame`; if no one is writing, this caller writes everything
+    /// queued (its own and what others queue meanwhile) until the queue is
+    /// empty. No writer task: a request costs no extra wake-up.
+    async fn send(&self, frame: &[u8]) -> Result<(), AttemptFailed> {
+        {
+            let mut outbox = lock(&self.outbox);
+            outbox.queued.extend_from_slice(frame);
+            if outbox.writing {
+                return Ok(());
             }
+            outbox.writing = true;
         }
-        .await;
-        lock(&self.pending).remove(&id);
-        outcome
+        let mut guard = WriteGuard(Some(self));
+        let mut writer = self.writer.lock().await;
+        let mut batch = Vec::new();
+        loop {
+            {
+                let mut outbox = lock(&self.outbox);
+                if outbox.queued.is_empty() {
+                    outbox.writing = false;
+                    break;
+                }
+                std::mem::swap(&mut batch, &mut outbox.queued);
+            }
+            if writer.write_all(&batch).await.is_err() {
+                return Err(AttemptFailed("connection closed".into()));
+            }
+            batch.clear();
+        }
+        guard.0 = None;
+        Ok(())
     }
 }
 
@@ -338,7 +396,7 @@ impl Client {
 
     /// The node the next check goes to first.
     pub fn preferred_node(&self) -> Option<String> {
-        self.candidates().into_iter().next()
+        self.next_candidate(&[])
     }
 
     /// How many attempts failed and moved on to another node.
@@ -346,16 +404,16 @@ impl Client {
         self.inner.failovers.load(Ordering::Relaxed)
     }
 
-    /// Nodes in the order to try them: those not backing off, fastest first
-    /// (unmeasured ones first, to measure them), then the ones backing off.
-    fn candidates(&self) -> Vec<String> {
+    /// The node to try next, of those not `tried`: one not backing off, the
+    /// fastest (an unmeasured one first, to measure it); else one backing off.
+    fn next_candidate(&self, tried: &[String]) -> Option<String> {
         let now = Instant::now();
-        let mut nodes: Vec<(bool, u64, String)> = lock(&self.inner.nodes)
+        let nodes = lock(&self.inner.nodes);
+        nodes
             .iter()
-            .map(|n| (n.down_until.is_some_and(|t| t > now), n.latency_us, n.addr.clone()))
-            .collect();
-        nodes.sort();
-        nodes.into_iter().map(|(_, _, addr)| addr).collect()
+            .filter(|n| !tried.contains(&n.addr))
+            .min_by_key(|n| (n.down_until.is_some_and(|t| t > now), n.latency_us, &n.addr))
+            .map(|n| n.addr.clone())
     }
 
     fn record(&self, addr: &str, outcome: Result<Duration, ()>) {
@@ -435,13 +493,17 @@ impl Client {
         timeout: Duration,
     ) -> Result<Result<Decision, Error>, AttemptFailed> {
         let started = Instant::now();
-        let connection = tokio::time::timeout(timeout, self.connection(addr))
-            .await
-            .map_err(|_| AttemptFailed(format!("{addr}: connect timed out")))??;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let left = timeout.saturating_sub(started.elapsed());
-        let message = ClientMessage::Check { id, request: request.clone() };
-        match connection.ask(id, &message, left).await? {
+        let frame = wire::encode_check(id, request).map_err(|e| AttemptFailed(e.to_string()))?;
+        let asked = async {
+            let connection = self.connection(addr).await?;
+            connection.ask(id, frame).await
+        };
+        let answer = match tokio::time::timeout(timeout, asked).await {
+            Ok(answer) => answer?,
+            Err(_) => return Err(AttemptFailed(format!("{addr}: timed out"))),
+        };
+        match answer {
             ServerMessage::Decision { decision, .. } => {
                 self.record(addr, Ok(started.elapsed()));
                 Ok(Ok(decision))
@@ -459,9 +521,7 @@ impl Client {
         let mut last_error = String::from("no node is known");
         let mut tried = Vec::new();
         // Nodes discovered during an attempt are added to the list, so look again.
-        loop {
-            let next = self.candidates().into_iter().find(|a| !tried.contains(a));
-            let Some(addr) = next else { break };
+        while let Some(addr) = self.next_candidate(&tried) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 last_error = "the deadline passed".into();

@@ -14,9 +14,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tollgate_proto::model::Scope;
 use tollgate_proto::wire::{self, ClientMessage, ErrorCode, FrameError, Member, ServerMessage};
@@ -85,6 +87,12 @@ async fn read_message<R: AsyncRead + Unpin>(reader: &mut BufReader<R>) -> Result
     wire::decode(&frame).map_err(ReadError::Frame)
 }
 
+/// Appends an answer's frame to what goes out next. Our own messages always
+/// encode; one that did not would only be missing, and its caller time out.
+fn append(out: &mut Vec<u8>, message: &ServerMessage) {
+    let _ = wire::encode_into(out, message);
+}
+
 fn frame(message: &ServerMessage) -> Vec<u8> {
     // Our own messages always encode; an empty frame would only close the peer.
     wire::encode(message).unwrap_or_default()
@@ -143,63 +151,96 @@ where
         }
     }
 
-    // Answers go through one writer task, in the order they are ready.
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
-    let writer_task = tokio::spawn(async move {
-        // Everything already queued goes out in one write: one syscall for many answers.
-        while let Some(mut batch) = rx.recv().await {
-            while batch.len() < WRITE_BATCH {
-                match rx.try_recv() {
-                    Ok(more) => batch.extend_from_slice(&more),
-                    Err(_) => break,
+    // One task per connection: frames are read into a buffer (a cancel-safe
+    // read, so it can race the decisions), checks are decided concurrently
+    // in place — most finish on their first poll, with no task spawned and
+    // no thread woken — and every answer ready is written in one go.
+    // Bytes the hello's reader already took in belong to the next frames.
+    let mut buffer = Vec::with_capacity(WRITE_BATCH);
+    buffer.extend_from_slice(reader.buffer());
+    let mut reader = reader.into_inner();
+    let mut deciding = FuturesUnordered::new();
+    let mut out: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
+    let mut closing: Option<Vec<u8>> = None;
+    'serve: loop {
+        // Decode every whole frame already read.
+        let mut consumed = 0;
+        while closing.is_none() && deciding.len() < MAX_IN_FLIGHT {
+            match wire::next_frame::<ClientMessage>(&buffer[consumed..]) {
+                Ok(None) => break,
+                Ok(Some((len, message))) => {
+                    consumed += len;
+                    match message {
+                        ClientMessage::Check { id, request } => {
+                            let app = app.clone();
+                            deciding.push(async move {
+                                match app.decide(&request).await {
+                                    Ok(decision) => ServerMessage::Decision { id, decision },
+                                    Err(e) => ServerMessage::Refused { id, field: e.field, message: e.message },
+                                }
+                            });
+                        }
+                        ClientMessage::Ping { id } => append(&mut out, &ServerMessage::Pong { id }),
+                        ClientMessage::Hello { .. } => {
+                            closing = Some(refuse(ErrorCode::Protocol, "hello was already said".into()))
+                        }
+                    }
                 }
-            }
-            if writer.write_all(&batch).await.is_err() {
-                return;
+                Err(e) => closing = Some(refuse(ErrorCode::Protocol, e.to_string())),
             }
         }
-        let _ = writer.shutdown().await;
-    });
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    loop {
+        buffer.drain(..consumed);
+        // Answers of checks that are done, without waiting.
+        while let Some(Some(answer)) = deciding.next().now_or_never() {
+            append(&mut out, &answer);
+            if out.len() >= WRITE_BATCH {
+                break;
+            }
+        }
+        if !out.is_empty() {
+            if writer.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if closing.is_some() && deciding.is_empty() {
+            break;
+        }
+        let reading = closing.is_none() && deciding.len() < MAX_IN_FLIGHT;
         let stopping = async {
             let _ = stop.wait_for(|s| *s).await;
         };
-        let message = tokio::select! {
-            m = read_message(&mut reader) => Some(m),
-            _ = stopping => None,
+        let event = tokio::select! {
+            read = reader.read_buf(&mut buffer), if reading => match read {
+                Ok(0) | Err(_) => Event::Gone,
+                Ok(_) => Event::Read,
+            },
+            Some(answer) = deciding.next(), if !deciding.is_empty() => Event::Answer(answer),
+            _ = stopping, if closing.is_none() => Event::Stop,
         };
-        let Some(message) = message else {
-            let _ = tx.send(refuse(ErrorCode::Unavailable, "the node is shutting down".into())).await;
-            break;
-        };
-        match message {
-            Ok(ClientMessage::Check { id, request }) => {
-                let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
-                let (app, tx) = (app.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let answer = match app.decide(&request).await {
-                        Ok(decision) => ServerMessage::Decision { id, decision },
-                        Err(e) => ServerMessage::Refused { id, field: e.field, message: e.message },
-                    };
-                    let _ = tx.send(frame(&answer)).await;
-                    drop(permit);
-                });
-            }
-            Ok(ClientMessage::Ping { id }) => {
-                let _ = tx.send(frame(&ServerMessage::Pong { id })).await;
-            }
-            Ok(ClientMessage::Hello { .. }) => {
-                let _ = tx.send(refuse(ErrorCode::Protocol, "hello was already said".into())).await;
-                break;
-            }
-            Err(ReadError::Closed) => break,
-            Err(ReadError::Frame(e)) => {
-                let _ = tx.send(refuse(ErrorCode::Protocol, e.to_string())).await;
-                break;
+        match event {
+            Event::Read => {}
+            Event::Answer(answer) => append(&mut out, &answer),
+            Event::Stop => closing = Some(refuse(ErrorCode::Unavailable, "the node is shutting down".into())),
+            Event::Gone => {
+                // The client is gone or done sending: finish what it asked.
+                while let Some(answer) = deciding.next().await {
+                    append(&mut out, &answer);
+                }
+                let _ = writer.write_all(&out).await;
+                break 'serve;
             }
         }
     }
-    drop(tx);
-    let _ = writer_task.await;
+    if let Some(last) = closing {
+        let _ = writer.write_all(&last).await;
+    }
+    let _ = writer.shutdown().await;
+}
+
+enum Event {
+    Read,
+    Answer(ServerMessage),
+    Stop,
+    Gone,
 }

@@ -107,15 +107,58 @@ fn config() -> impl bincode::config::Config {
 pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
     // Most frames (a check, a decision with its identity token) fit in 1 KiB.
     let mut out = Vec::with_capacity(1024);
+    encode_into(&mut out, message)?;
+    Ok(out)
+}
+
+/// Appends a message's whole frame to `out` (nothing, on error).
+pub fn encode_into<T: Serialize>(out: &mut Vec<u8>, message: &T) -> Result<(), FrameError> {
+    let start = out.len();
     out.extend_from_slice(&[0, 0, 0, 0, VERSION]);
-    bincode::serde::encode_into_std_write(message, &mut out, config())
-        .map_err(|e| FrameError::Decode(e.to_string()))?;
-    let len = out.len() - 4;
+    let written = bincode::serde::encode_into_std_write(message, &mut *out, config());
+    let len = out.len() - start - 4;
+    if let Err(e) = written {
+        out.truncate(start);
+        return Err(FrameError::Decode(e.to_string()));
+    }
     if len > MAX_FRAME {
+        out.truncate(start);
         return Err(FrameError::TooLarge(len));
     }
-    out[..4].copy_from_slice(&(len as u32).to_be_bytes());
-    Ok(out)
+    out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// [`ClientMessage`] with borrowed fields: the same variants in the same
+/// order, so it encodes to the same bytes without copying the request.
+#[derive(Serialize)]
+enum ClientMessageRef<'a> {
+    #[allow(dead_code)]
+    Hello {
+        versions: &'a [u8],
+        token: &'a str,
+        client: &'a str,
+    },
+    Check {
+        id: u64,
+        request: &'a CheckRequest,
+    },
+}
+
+/// The frame of `ClientMessage::Check { id, request }`, without cloning the request.
+pub fn encode_check(id: u64, request: &CheckRequest) -> Result<Vec<u8>, FrameError> {
+    encode(&ClientMessageRef::Check { id, request })
+}
+
+/// The first whole frame in `bytes`: its length with the prefix, and the
+/// message; None until all of it has arrived.
+pub fn next_frame<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<Option<(usize, T)>, FrameError> {
+    let Some(prefix) = bytes.get(..4) else { return Ok(None) };
+    let len = frame_len([prefix[0], prefix[1], prefix[2], prefix[3]])?;
+    match bytes.get(4..4 + len) {
+        Some(frame) => Ok(Some((4 + len, decode(frame)?))),
+        None => Ok(None),
+    }
 }
 
 /// Checks a length prefix before the frame is read.
@@ -181,6 +224,13 @@ mod tests {
         };
         let mut bytes = encode(&hello).unwrap();
         bytes.extend(encode(&check).unwrap());
+        // The borrowed encoding of a check is byte for byte the owned one.
+        if let ClientMessage::Check { id, request } = &check {
+            let mut r = request.clone();
+            r.headers.insert("x-api-key".into(), "k".into());
+            let owned = ClientMessage::Check { id: *id, request: r.clone() };
+            assert_eq!(encode_check(*id, &r).unwrap(), encode(&owned).unwrap());
+        }
         let (decoded, err) = decode_stream::<ClientMessage>(&bytes);
         assert_eq!((decoded, err), (vec![hello, check], None));
     }
