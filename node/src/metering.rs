@@ -91,20 +91,28 @@ pub trait Authority: Send + Sync + 'static {
 /// The token buckets the leader keeps for the whole cluster.
 #[derive(Default)]
 pub struct TokenLender {
-    buckets: Mutex<HashMap<BucketId, Bucket>>,
+    buckets: Mutex<Buckets>,
+}
+
+#[derive(Default)]
+struct Buckets {
+    by_id: HashMap<BucketId, Bucket>,
+    last_sweep_ms: i64,
 }
 
 impl TokenLender {
     pub fn lend(&self, request: &LendRequest, now_ms: i64) -> Lent {
         let t = &request.throttle;
-        let mut buckets = lock(&self.buckets);
-        if buckets.len() > 100_000 {
+        let mut guard = lock(&self.buckets);
+        let buckets = &mut *guard;
+        if now_ms - buckets.last_sweep_ms > 10_000 {
             // Buckets idle for a minute are full again: forgetting them changes nothing.
-            buckets.retain(|_, b| b.idle_ms(now_ms) < 60_000);
+            buckets.last_sweep_ms = now_ms;
+            buckets.by_id.retain(|_, b| b.idle_ms(now_ms) < 60_000);
         }
-        let b = match buckets.get_mut(&request.bucket) {
+        let b = match buckets.by_id.get_mut(&request.bucket) {
             Some(b) => b,
-            None => buckets.entry(request.bucket.clone()).or_insert_with(|| Bucket::full(t, now_ms)),
+            None => buckets.by_id.entry(request.bucket.clone()).or_insert_with(|| Bucket::full(t, now_ms)),
         };
         b.refill(t, now_ms);
         // The bucket may go into debt by a little (RESERVE_MS of its rate):
@@ -210,7 +218,7 @@ struct Lease {
     valid_until_ms: i64,
     /// Admitted and not yet reported.
     unreported: u64,
-    /// `limits_epoch` when the lease was made: a change drops the lease.
+    /// The plan's limits epoch when the lease was made: a later one drops the lease.
     epoch: u64,
     /// Admissions since `window_start_ms`: the key's recent rate on this node.
     admitted: u64,
@@ -317,13 +325,15 @@ struct Local {
 
 /// What a check must wait for before it can take.
 enum Need {
-    /// Fetch it (this check started the fetch)...
+    /// Start the fetch (this check marked it started), then wait for it...
     Tokens {
         slot: usize,
+        fetched: watch::Receiver<u64>,
     },
     Quota {
         want: u64,
         holder: u64,
+        fetched: watch::Receiver<u64>,
     },
     /// ...or wait for the fetch another check started.
     Wait(watch::Receiver<u64>),
@@ -409,28 +419,31 @@ impl Metering {
                     Err(need) => need,
                 }
             };
-            match need {
-                Need::Wait(mut fetched) => {
-                    if tokio::time::timeout_at(deadline, fetched.changed()).await.is_err() {
-                        return Err(unavailable());
-                    }
-                }
-                Need::Tokens { slot } => {
+            // A fetch runs in a task of its own: if this check is dropped
+            // (its client went away), the fetch still ends and wakes the others.
+            let mut fetched = match need {
+                Need::Wait(fetched) => fetched,
+                Need::Tokens { slot, fetched } => {
                     self.stats.round_trips.with_label_values(&["throttle"]).inc();
                     let throttle = if slot == 0 { &limits.stage } else { &limits.key };
                     if let Some((id, t)) = throttle {
-                        self.borrow_tokens(id, t).await;
+                        tokio::spawn(self.clone().borrow_tokens(id.clone(), *t));
                     }
+                    fetched
                 }
-                Need::Quota { want, holder } => {
+                Need::Quota { want, holder, fetched } => {
                     if !waited_for_quota {
                         self.stats.round_trips.with_label_values(&["quota"]).inc();
                         waited_for_quota = true;
                     }
                     if let Some((period, quota, end_ms)) = &limits.quota {
-                        self.fetch_grant(period, holder, quota, *end_ms, want).await;
+                        tokio::spawn(self.clone().fetch_grant(period.clone(), holder, *quota, *end_ms, want));
                     }
+                    fetched
                 }
+            };
+            if tokio::time::timeout_at(deadline, fetched.changed()).await.is_err() {
+                return Err(unavailable());
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(unavailable());
@@ -498,7 +511,7 @@ impl Metering {
                 return Err(Need::Wait(b.fetched.subscribe()));
             }
             b.fetching = true;
-            return Err(Need::Tokens { slot });
+            return Err(Need::Tokens { slot, fetched: b.fetched.subscribe() });
         }
         // 2. The quota: a unit of a grant this node holds.
         let mut refill = None;
@@ -510,8 +523,8 @@ impl Metering {
                     local.leases.entry(period.clone()).or_insert_with(|| Lease::new(holder, epoch, now_ms, quota.limit))
                 }
             };
-            if lease.epoch != epoch {
-                // A limit changed: hand this grant back, start a new lease.
+            if epoch > lease.epoch {
+                // The plan's limits changed: hand this grant back, start a new lease.
                 let old = std::mem::replace(lease, Lease::new(self.holder(), epoch, now_ms, quota.limit));
                 self.stats.units.with_label_values(&["returned"]).inc_by(old.units);
                 if old.granted || old.unreported > 0 {
@@ -525,8 +538,24 @@ impl Metering {
                 return self.try_take(local, limits, now_ms, epoch);
             }
             if now_ms >= lease.valid_until_ms && lease.units > 0 {
-                self.stats.units.with_label_values(&["expired"]).inc_by(lease.units);
-                lease.units = 0;
+                if lease.fetching {
+                    // A renewal is on its way: wait for it rather than use units past their end.
+                    lease.waiting += 1;
+                    return Err(Need::Wait(lease.fetched.subscribe()));
+                }
+                // The lease ran out before it was renewed: hand back what is
+                // left under this holder (if the ledger has not expired it
+                // yet) and go on with a new one, so no unit of the old grant
+                // is mixed with a new grant.
+                let old = std::mem::replace(lease, Lease::new(self.holder(), lease.epoch, now_ms, quota.limit));
+                self.stats.units.with_label_values(&["expired"]).inc_by(old.units);
+                local.retired.push(QuotaUsage {
+                    period: period.clone(),
+                    holder: old.holder,
+                    used: old.unreported,
+                    release: true,
+                });
+                return self.try_take(local, limits, now_ms, epoch);
             }
             if lease.units == 0 {
                 if now_ms < lease.exhausted_until_ms {
@@ -549,7 +578,7 @@ impl Metering {
                 }
                 lease.fetching = true;
                 let want = lease.want(now_ms, self.config.max_grant);
-                return Err(Need::Quota { want, holder: lease.holder });
+                return Err(Need::Quota { want, holder: lease.holder, fetched: lease.fetched.subscribe() });
             }
         }
         // 3. Every limit has a unit here: take them all.
@@ -596,35 +625,40 @@ impl Metering {
                     retry_after_secs: None,
                 });
                 // Ask for the next grant before this one runs out, or ends.
-                let low = lease.units <= lease.last_grant / 2;
+                // Near the end of the quota (`short`), only extend the lease.
+                let low = lease.units <= lease.last_grant / 2 && !lease.short;
                 let ending = lease.valid_until_ms - now_ms < self.config.lease_ms / 2;
-                if (low || ending) && !lease.short && !lease.fetching && now_ms >= lease.unavailable_until_ms {
+                if (low || ending) && !lease.fetching && now_ms >= lease.unavailable_until_ms {
                     lease.fetching = true;
-                    let want = lease.want(now_ms, self.config.max_grant);
+                    let want = if lease.short { 0 } else { lease.want(now_ms, self.config.max_grant) };
                     refill = Some((period.clone(), lease.holder, want));
                 }
             }
         }
         if let (Some((period, holder, want)), Some((_, quota, end_ms))) = (refill, &limits.quota) {
-            let (metering, quota, end_ms) = (self.clone(), *quota, *end_ms);
-            tokio::spawn(async move { metering.fetch_grant(&period, holder, &quota, end_ms, want).await });
+            tokio::spawn(self.clone().fetch_grant(period, holder, *quota, *end_ms, want));
         }
         Ok(Ok(tightest))
     }
 
     /// Asks the ledger for a grant and records the answer; wakes the waiters.
-    async fn fetch_grant(&self, period: &QuotaPeriod, holder: u64, quota: &Quota, end_ms: i64, want: u64) {
+    async fn fetch_grant(self: Arc<Self>, period: QuotaPeriod, holder: u64, quota: Quota, end_ms: i64, want: u64) {
         let asked_ms = self.clock.now_ms();
         let lease_until_ms = asked_ms + self.config.lease_ms;
         let answer = self.authority.grant(period.clone(), holder, want, lease_until_ms, asked_ms).await;
         let now_ms = self.clock.now_ms().max(asked_ms);
         let mut local = lock(&self.local);
         let local = &mut *local;
-        let Some(lease) = local.leases.get_mut(period).filter(|l| l.holder == holder) else {
-            // The lease was dropped meanwhile: hand back what came.
-            if let Ok((granted @ 1.., _)) = answer {
-                self.stats.units.with_label_values(&["returned"]).inc_by(granted);
-                local.retired.push(QuotaUsage { period: period.clone(), holder, used: 0, release: true });
+        let Some(lease) = local.leases.get_mut(&period).filter(|l| l.holder == holder) else {
+            // The lease was dropped meanwhile: hand back what came (or may
+            // have: a grant that timed out here may still have been made).
+            match answer {
+                Ok((0, _)) => {}
+                Ok((granted, _)) => {
+                    self.stats.units.with_label_values(&["returned"]).inc_by(granted);
+                    local.retired.push(QuotaUsage { period, holder, used: 0, release: true });
+                }
+                Err(_) => local.retired.push(QuotaUsage { period, holder, used: 0, release: true }),
             }
             return;
         };
@@ -636,7 +670,9 @@ impl Metering {
                 lease.units += granted;
                 lease.last_grant = granted;
                 lease.granted |= granted > 0;
-                lease.short = granted < want;
+                if want > 0 {
+                    lease.short = granted < want;
+                }
                 if let Some(g) = ledger.grants.get(&holder) {
                     // Stop a little before the ledger does: clocks differ.
                     let margin = (self.config.lease_ms / 10).min(1_000);
@@ -657,6 +693,9 @@ impl Metering {
                 tracing::warn!(error = %e, "quota grant failed; deciding from held grants only");
                 self.stats.grants.with_label_values(&["unavailable"]).inc();
                 lease.unavailable_until_ms = now_ms + UNAVAILABLE_MS;
+                // The grant may have been made all the same (the answer was
+                // lost): make sure this holder's release is sent.
+                lease.granted = true;
             }
         }
         lease.fetching = false;
@@ -664,14 +703,14 @@ impl Metering {
         lease.fetched.send_modify(|n| *n += 1);
     }
 
-    async fn borrow_tokens(&self, id: &BucketId, t: &Throttle) {
+    async fn borrow_tokens(self: Arc<Self>, id: BucketId, t: Throttle) {
         let asked_ms = self.clock.now_ms();
         let want = (t.rate_per_sec * BORROW_FOR_MS / 1000.0).ceil().clamp(1.0, (t.burst.max(1)) as f64) as u32;
-        let request = LendRequest { bucket: id.clone(), throttle: *t, want };
+        let request = LendRequest { bucket: id.clone(), throttle: t, want };
         let answer = tokio::time::timeout(LEND_WAIT, self.authority.lend(request, asked_ms)).await;
         let now_ms = self.clock.now_ms().max(asked_ms);
         let mut local = lock(&self.local);
-        let Some(b) = local.borrowed.get_mut(id) else { return };
+        let Some(b) = local.borrowed.get_mut(&id) else { return };
         match answer {
             Ok(Ok(lent)) => {
                 // Times count from the asking: the answer's round trip is not
@@ -841,7 +880,7 @@ mod tests {
         let period = QuotaPeriod { key_id: "k".into(), plan_id: "gold".into(), start_ms: 0 };
         let quota = Quota { limit, period: Period::Day, offset: 0 };
         let limits = Limits { quota: Some((period.clone(), quota, T0 + 86_400_000)), ..Default::default() };
-        let shared = Arc::new(ArcSwap::from_pointee(Published { model, applied: None, limits_epoch: 0 }));
+        let shared = Arc::new(ArcSwap::from_pointee(Published { model, applied: None, limits: Default::default() }));
         (limits, period, shared)
     }
 

@@ -36,10 +36,41 @@ const CURRENT_SNAPSHOT: &[u8] = b"current";
 pub struct Published {
     pub model: Model,
     pub applied: Option<LogId>,
-    /// Moves whenever a quota limit may have changed (a plan written or
-    /// deleted, an operator adjustment, a snapshot installed): a node drops
-    /// the quota grants it holds and asks again. Local to this process.
-    pub limits_epoch: u64,
+    /// Moves when a plan's quota limits may have changed (see [`LimitsEpochs`]).
+    pub limits: LimitsEpochs,
+}
+
+/// When a plan's quota limits last may have changed: the plan written or
+/// deleted, an operator adjustment for one of its keys, or a snapshot
+/// installed (all plans). A node drops the grants it holds for a plan whose
+/// epoch moved and asks again. Local to this process; never goes back.
+#[derive(Clone, Default)]
+pub struct LimitsEpochs {
+    /// The epoch of every plan at least (moved by a snapshot).
+    base: u64,
+    plans: imbl::HashMap<String, u64>,
+    /// The last epoch handed out.
+    last: u64,
+}
+
+impl LimitsEpochs {
+    pub fn of(&self, plan_id: &str) -> u64 {
+        self.plans.get(plan_id).copied().unwrap_or(0).max(self.base)
+    }
+
+    /// Moves the epoch of `plan_id`, or of every plan.
+    pub fn bump(&mut self, plan_id: Option<&str>) {
+        self.last += 1;
+        match plan_id {
+            Some(id) => {
+                self.plans.insert(id.to_string(), self.last);
+            }
+            None => {
+                self.base = self.last;
+                self.plans.clear();
+            }
+        }
+    }
 }
 
 pub type SharedModel = Arc<ArcSwap<Published>>;
@@ -66,7 +97,7 @@ pub struct StateMachine<K: Kv> {
     /// Recently applied request ids (replicated state; see `state::requests`).
     requests: RecentRequests,
     published: SharedModel,
-    limits_epoch: u64,
+    limits: LimitsEpochs,
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
@@ -108,7 +139,7 @@ impl<K: Kv> StateMachine<K> {
             Some(b) => codec::decode(&b).map_err(|e| sm_err(ErrorVerb::Read, e))?,
             None => StoredMembership::default(),
         };
-        let sm = StateMachine { kv, model, applied, membership, requests, published, limits_epoch: 0 };
+        let sm = StateMachine { kv, model, applied, membership, requests, published, limits: LimitsEpochs::default() };
         sm.publish();
         Ok(sm)
     }
@@ -117,7 +148,7 @@ impl<K: Kv> StateMachine<K> {
         self.published.store(Arc::new(Published {
             model: self.model.clone(),
             applied: self.applied,
-            limits_epoch: self.limits_epoch,
+            limits: self.limits.clone(),
         }));
     }
 
@@ -129,13 +160,13 @@ impl<K: Kv> StateMachine<K> {
     }
 }
 
-/// Whether a command may change a quota's limit.
-fn changes_limits(command: &Command) -> bool {
+/// The plan whose quota limits a command may change.
+fn limits_changed(command: &Command) -> Option<&str> {
     match command {
-        Command::Put { entity, .. } => entity.kind() == EntityKind::Plan,
-        Command::Delete { kind, .. } => *kind == EntityKind::Plan,
-        Command::QuotaAdjust { .. } => true,
-        _ => false,
+        Command::Put { entity, .. } if entity.kind() == EntityKind::Plan => Some(entity.id()),
+        Command::Delete { kind: EntityKind::Plan, id } => Some(id),
+        Command::QuotaAdjust { period, .. } => Some(&period.plan_id),
+        _ => None,
     }
 }
 
@@ -163,8 +194,8 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
                         answers.push(answer.clone());
                         continue;
                     }
-                    if changes_limits(&proposal.command) {
-                        self.limits_epoch += 1;
+                    if let Some(plan_id) = limits_changed(&proposal.command) {
+                        self.limits.bump(Some(plan_id));
                     }
                     let (answer, writes) = self.model.apply(proposal.command);
                     ops.extend(writes);
@@ -231,7 +262,7 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
         self.requests = RecentRequests::from_entries(image.requests);
         ops.extend(self.requests.puts().map_err(|e| snap_err(ErrorVerb::Write, e))?);
         self.model = model;
-        self.limits_epoch += 1;
+        self.limits.bump(None);
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         ops.extend(self.meta_ops()?);

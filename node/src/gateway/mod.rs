@@ -442,7 +442,8 @@ impl Gateway {
             None => None,
         };
         let limits = self.limits_for(api, stage, key, plan, &req.method, &req.path, now_ms);
-        let limit = match self.metering.admit(&limits, now_ms, published.limits_epoch).await {
+        let epoch = limits.quota.as_ref().map(|(period, ..)| published.limits.of(&period.plan_id)).unwrap_or(0);
+        let limit = match self.metering.admit(&limits, now_ms, epoch).await {
             Ok(state) => state,
             Err((reason, state)) => {
                 let mut d = decision(reason, "rate or quota limit reached");

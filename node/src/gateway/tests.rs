@@ -11,7 +11,7 @@ use tollgate_proto::model::*;
 
 use super::limits::ManualClock;
 use super::Gateway;
-use crate::cluster::state_machine::Published;
+use crate::cluster::state_machine::{LimitsEpochs, Published};
 use crate::secret::sha256;
 use crate::state::Model;
 
@@ -74,7 +74,7 @@ impl Fixture {
     }
 
     fn gateway(&self) -> Gateway {
-        let published = Published { model: self.model.clone(), applied: None, limits_epoch: 0 };
+        let published = Published { model: self.model.clone(), applied: None, limits: Default::default() };
         Gateway::new(Arc::new(ArcSwap::from_pointee(published)), self.clock.clone())
     }
 }
@@ -231,7 +231,9 @@ async fn a_request_denied_by_one_limit_is_charged_to_none() {
     }));
     let mut model = f.model.clone();
     model.load(Entity::Plan(raised));
-    g.model.store(Arc::new(Published { model, applied: None, limits_epoch: 1 }));
+    let mut limits = LimitsEpochs::default();
+    limits.bump(Some("gold"));
+    g.model.store(Arc::new(Published { model, applied: None, limits }));
     assert_eq!(reason(&g, &req).await, ReasonCode::Allowed);
 }
 
@@ -290,7 +292,9 @@ async fn a_lowered_quota_applies_to_the_running_period() {
     }));
     let mut model = f.model.clone();
     model.load(Entity::Plan(lowered));
-    g.model.store(Arc::new(Published { model, applied: None, limits_epoch: 1 }));
+    let mut limits = LimitsEpochs::default();
+    limits.bump(Some("gold"));
+    g.model.store(Arc::new(Published { model, applied: None, limits }));
     assert_eq!(reason(&g, &req).await, ReasonCode::QuotaExceeded);
 }
 
@@ -717,7 +721,7 @@ async fn waf_rules_block_by_network_size_pattern_and_rate() {
 #[tokio::test]
 async fn an_allowed_request_carries_a_signed_identity_for_the_backend() {
     let f = Fixture::new();
-    let published = Published { model: f.model.clone(), applied: None, limits_epoch: 0 };
+    let published = Published { model: f.model.clone(), applied: None, limits: Default::default() };
     let g = Gateway::with_stats(
         Arc::new(arc_swap::ArcSwap::from_pointee(published)),
         f.clock.clone(),
