@@ -138,6 +138,16 @@ struct Connection {
     writer: tokio::sync::Mutex<tokio::io::WriteHalf<Box<dyn Stream>>>,
     pending: Pending,
     closed: Arc<AtomicBool>,
+    /// The task reading answers: stopped when the connection is dropped or
+    /// broken, which closes the socket (a split stream closes when both
+    /// halves are gone).
+    reader: tokio::task::AbortHandle,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 #[derive(Default)]
@@ -155,6 +165,7 @@ impl Drop for WriteGuard<'_> {
         if let Some(c) = self.0 {
             c.closed.store(true, Ordering::SeqCst);
             lock(&c.outbox).writing = false;
+            c.reader.abort();
         }
     }
 }
@@ -223,7 +234,7 @@ impl Connection {
         let (reader_pending, reader_closed) = (pending.clone(), closed.clone());
         // Answers are read into a buffer (many frames per read) and decoded
         // in place.
-        tokio::spawn(async move {
+        let reader_task = tokio::spawn(async move {
             let mut buffer: Vec<u8> = Vec::with_capacity(64 * 1024);
             'reading: loop {
                 match reader.read_buf(&mut buffer).await {
@@ -263,6 +274,7 @@ impl Connection {
             writer: tokio::sync::Mutex::new(writer),
             pending,
             closed,
+            reader: reader_task.abort_handle(),
         };
         Ok((connection, members))
     }
@@ -293,6 +305,9 @@ impl Connection {
 
     /// Sends one request frame and waits for its answer (the caller bounds the wait).
     async fn ask(&self, id: u64, frame: Vec<u8>) -> Result<ServerMessage, AttemptFailed> {
+        if self.is_closed() {
+            return Err(AttemptFailed("connection closed".into()));
+        }
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id, tx);
         let _slot = PendingGuard(&self.pending, id);
