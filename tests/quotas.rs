@@ -308,6 +308,29 @@ async fn a_quota_change_and_an_adjustment_hold_on_every_node() {
     let u = settled_usage(&cluster, 3, &key_id).await;
     assert_eq!((u["current_period"]["used"].as_u64(), u["current_period"]["limit"].as_u64()), (Some(75), Some(75)));
 
+    // Usage of every key of the plan comes a page at a time.
+    let (_, other) = cluster.post(leader, "/v1/admin/keys", json!({"name": "bob", "plan_ids": ["gold"]})).await;
+    let other_secret = other["secret"].as_str().unwrap_or_default().to_string();
+    wait_until("the second key is used", || async {
+        check(&cluster.http, &cluster.url(leader), &other_secret).await.as_deref() == Some("allowed")
+    })
+    .await;
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    loop {
+        let (status, page) = cluster.get(1, &format!("/v1/admin/plans/gold/usage?limit=1{after}")).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
+        seen.push(page["items"][0]["key_id"].as_str().unwrap_or_default().to_string());
+        match page["next_after"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+    }
+    let mut expected = vec![key_id.clone(), other["id"].as_str().unwrap_or_default().to_string()];
+    expected.sort();
+    assert_eq!(seen, expected);
+
     // Bad input changes nothing and names the field.
     for (body, field) in [(json!({"delta": 0}), "delta"), (json!({"delta": "x"}), "delta"), (json!({}), "body")] {
         let (status, answer) = cluster.post(1, &format!("/v1/admin/plans/gold/usage/{key_id}"), body).await;

@@ -11,6 +11,9 @@ pub struct UsageReport {
     pub start_date: String,
     pub end_date: String,
     pub items: Vec<KeyUsage>,
+    /// More keys follow: pass as `after` for the next page.
+    #[serde(default)]
+    pub next_after: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

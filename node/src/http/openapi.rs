@@ -152,6 +152,8 @@ pub fn document() -> OpenApi {
             "last day, YYYY-MM-DD (default today); at most 366 days",
         ))
         .parameter(param("key_id", ParameterIn::Query, false, "only this key"))
+        .parameter(param("limit", ParameterIn::Query, false, "keys per page, 1 to 1000 (default 100)"))
+        .parameter(param("after", ParameterIn::Query, false, "keys with ids after this one"))
         .parameter(param("stale", ParameterIn::Query, false, "true to read this node's copy without a read barrier"))
         .response("200", response("Usage per key", Some("UsageReport")))
         .response("404", response("No such plan or key", None));

@@ -3,7 +3,7 @@
 //! - `GET /v1/admin/plans/{id}/usage?start_date=&end_date=[&key_id=][&stale=true]`:
 //!   per key, units used per UTC day in the range, and the current period's
 //!   limit, use, grants held by nodes, and what remains. Linearizable unless
-//!   `stale=true`.
+//!   `stale=true`. Without `key_id`, a page of keys (`limit`, `after`).
 //! - `POST /v1/admin/plans/{id}/usage/{key_id}` with `{"delta": N}`: adds N to
 //!   what the key may still use this period (negative takes away). Every
 //!   node drops the grants it holds for the plan's keys and asks again, so the
@@ -126,14 +126,22 @@ pub async fn get_usage(
             None => return Err(Rejection::not_found(EntityKind::Key, key_id).into()),
         },
         None => {
-            let mut ids: Vec<String> =
-                model.ledgers.keys().filter(|p| p.plan_id == plan.id).map(|p| p.key_id.clone()).collect();
+            // A page of the keys with a ledger for this plan, in id order.
+            let mut ids: Vec<String> = model
+                .ledgers
+                .keys()
+                .filter(|p| p.plan_id == plan.id && options.after.as_deref().is_none_or(|a| p.key_id.as_str() > a))
+                .map(|p| p.key_id.clone())
+                .collect();
+            ids.sort();
             ids.dedup();
             ids
         }
     };
+    let next_after = (key_ids.len() > options.limit).then(|| key_ids[options.limit - 1].clone());
+    let key_ids = &key_ids[..key_ids.len().min(options.limit)];
     let mut items = Vec::with_capacity(key_ids.len());
-    for key_id in key_ids {
+    for key_id in key_ids.iter().cloned() {
         let mut per_day: BTreeMap<i64, u64> = BTreeMap::new();
         let from = QuotaPeriod { key_id: key_id.clone(), plan_id: plan.id.clone(), start_ms: i64::MIN };
         for (period, ledger) in model.ledgers.range(from..) {
@@ -151,7 +159,7 @@ pub async fn get_usage(
         let ledger = as_of(model.ledgers.get(&current), now_ms);
         items.push(KeyUsage { key_id, days, current_period: period_usage(&ledger, &quota, period_start, period_end) });
     }
-    let report = UsageReport { plan_id, start_date: start.to_string(), end_date: end.to_string(), items };
+    let report = UsageReport { plan_id, start_date: start.to_string(), end_date: end.to_string(), items, next_after };
     Ok(Json(report).into_response())
 }
 
