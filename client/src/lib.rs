@@ -303,25 +303,26 @@ impl Connection {
         self.closed.load(Ordering::SeqCst)
     }
 
-    /// Sends one request frame and waits for its answer (the caller bounds the wait).
-    async fn ask(&self, id: u64, frame: Vec<u8>) -> Result<ServerMessage, AttemptFailed> {
+    /// Sends one check and waits for its answer (the caller bounds the wait).
+    async fn ask(&self, id: u64, request: &CheckRequest) -> Result<ServerMessage, AttemptFailed> {
         if self.is_closed() {
             return Err(AttemptFailed("connection closed".into()));
         }
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id, tx);
         let _slot = PendingGuard(&self.pending, id);
-        self.send(&frame).await?;
+        self.send(id, request).await?;
         rx.await.map_err(|_| AttemptFailed("connection closed".into()))
     }
 
-    /// Queues `frame`; if no one is writing, this caller writes everything
+    /// Queues the check's frame; if no one is writing, this caller writes everything
     /// queued (its own and what others queue meanwhile) until the queue is
     /// empty. No writer task: a request costs no extra wake-up.
-    async fn send(&self, frame: &[u8]) -> Result<(), AttemptFailed> {
+    async fn send(&self, id: u64, request: &CheckRequest) -> Result<(), AttemptFailed> {
         {
             let mut outbox = lock(&self.outbox);
-            outbox.queued.extend_from_slice(frame);
+            // Encoded straight into the queue: no frame of its own to copy.
+            wire::encode_check_into(&mut outbox.queued, id, request).map_err(|e| AttemptFailed(e.to_string()))?;
             if outbox.writing {
                 return Ok(());
             }
@@ -351,7 +352,7 @@ impl Connection {
 
 /// What the client knows about one node.
 struct Node {
-    addr: String,
+    addr: Arc<str>,
     connections: Vec<Arc<Connection>>,
     /// Held while a connection to this node is being opened, so concurrent
     /// checks wait for it instead of each opening their own.
@@ -364,9 +365,9 @@ struct Node {
 }
 
 impl Node {
-    fn new(addr: String) -> Self {
+    fn new(addr: &str) -> Self {
         Node {
-            addr,
+            addr: Arc::from(addr),
             connections: Vec::new(),
             opening: Arc::default(),
             next_connection: 0,
@@ -393,7 +394,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(config: ClientConfig) -> Self {
-        let nodes = config.seeds.iter().cloned().map(Node::new).collect();
+        let nodes = config.seeds.iter().map(|s| Node::new(s)).collect();
         Client {
             inner: Arc::new(Inner {
                 config,
@@ -406,12 +407,12 @@ impl Client {
 
     /// The wire addresses this client knows (seeds and discovered members).
     pub fn known_nodes(&self) -> Vec<String> {
-        lock(&self.inner.nodes).iter().map(|n| n.addr.clone()).collect()
+        lock(&self.inner.nodes).iter().map(|n| n.addr.to_string()).collect()
     }
 
     /// The node the next check goes to first.
     pub fn preferred_node(&self) -> Option<String> {
-        self.next_candidate(&[])
+        self.next_candidate(&[]).map(|a| a.to_string())
     }
 
     /// How many attempts failed and moved on to another node.
@@ -421,7 +422,7 @@ impl Client {
 
     /// The node to try next, of those not `tried`: one not backing off, the
     /// fastest (an unmeasured one first, to measure it); else one backing off.
-    fn next_candidate(&self, tried: &[String]) -> Option<String> {
+    fn next_candidate(&self, tried: &[Arc<str>]) -> Option<Arc<str>> {
         let now = Instant::now();
         let nodes = lock(&self.inner.nodes);
         nodes
@@ -433,7 +434,7 @@ impl Client {
 
     fn record(&self, addr: &str, outcome: Result<Duration, ()>) {
         let mut nodes = lock(&self.inner.nodes);
-        let Some(node) = nodes.iter_mut().find(|n| n.addr == addr) else { return };
+        let Some(node) = nodes.iter_mut().find(|n| &*n.addr == addr) else { return };
         match outcome {
             Ok(rtt) => {
                 let us = rtt.as_micros() as u64;
@@ -454,7 +455,7 @@ impl Client {
     /// A pooled connection to `addr`, if the pool is full (or `any` and not empty).
     fn pooled(&self, addr: &str, any: bool) -> Option<Arc<Connection>> {
         let mut nodes = lock(&self.inner.nodes);
-        let node = nodes.iter_mut().find(|n| n.addr == addr)?;
+        let node = nodes.iter_mut().find(|n| &*n.addr == addr)?;
         node.connections.retain(|c| !c.is_closed());
         let full = node.connections.len() >= self.inner.config.connections_per_node.max(1);
         if node.connections.is_empty() || !(full || any) {
@@ -469,7 +470,7 @@ impl Client {
         if let Some(c) = self.pooled(addr, false) {
             return Ok(c);
         }
-        let opening = lock(&self.inner.nodes).iter().find(|n| n.addr == addr).map(|n| n.opening.clone());
+        let opening = lock(&self.inner.nodes).iter().find(|n| &*n.addr == addr).map(|n| n.opening.clone());
         let Some(opening) = opening else { return Err(AttemptFailed(format!("{addr}: unknown node"))) };
         let guard = match opening.try_lock() {
             Ok(guard) => guard,
@@ -489,11 +490,11 @@ impl Client {
         let connection = Arc::new(connection);
         let mut nodes = lock(&self.inner.nodes);
         for member in members {
-            if !nodes.iter().any(|n| n.addr == member) {
-                nodes.push(Node::new(member));
+            if !nodes.iter().any(|n| *n.addr == *member) {
+                nodes.push(Node::new(&member));
             }
         }
-        if let Some(node) = nodes.iter_mut().find(|n| n.addr == addr) {
+        if let Some(node) = nodes.iter_mut().find(|n| &*n.addr == addr) {
             node.connections.push(connection.clone());
         }
         drop(nodes);
@@ -509,10 +510,9 @@ impl Client {
     ) -> Result<Result<Decision, Error>, AttemptFailed> {
         let started = Instant::now();
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = wire::encode_check(id, request).map_err(|e| AttemptFailed(e.to_string()))?;
         let asked = async {
             let connection = self.connection(addr).await?;
-            connection.ask(id, frame).await
+            connection.ask(id, request).await
         };
         let answer = match tokio::time::timeout(timeout, asked).await {
             Ok(answer) => answer?,
@@ -534,7 +534,8 @@ impl Client {
         let config = &self.inner.config;
         let deadline = Instant::now() + config.deadline;
         let mut last_error = String::from("no node is known");
-        let mut tried = Vec::new();
+        // Allocated only on a failover.
+        let mut tried: Vec<Arc<str>> = Vec::new();
         // Nodes discovered during an attempt are added to the list, so look again.
         while let Some(addr) = self.next_candidate(&tried) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -542,11 +543,11 @@ impl Client {
                 last_error = "the deadline passed".into();
                 break;
             }
-            tried.push(addr.clone());
             match self.attempt(&addr, &request, left.min(config.attempt_timeout)).await {
                 Ok(answer) => return answer,
                 Err(AttemptFailed(why)) => {
                     self.record(&addr, Err(()));
+                    tried.push(addr);
                     self.inner.failovers.fetch_add(1, Ordering::Relaxed);
                     last_error = why;
                 }

@@ -150,6 +150,11 @@ pub fn encode_check(id: u64, request: &CheckRequest) -> Result<Vec<u8>, FrameErr
     encode(&ClientMessageRef::Check { id, request })
 }
 
+/// [`encode_check`], appended to `out`.
+pub fn encode_check_into(out: &mut Vec<u8>, id: u64, request: &CheckRequest) -> Result<(), FrameError> {
+    encode_into(out, &ClientMessageRef::Check { id, request })
+}
+
 /// The first whole frame in `bytes`: its length with the prefix, and the
 /// message; None until all of it has arrived.
 pub fn next_frame<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<Option<(usize, T)>, FrameError> {
