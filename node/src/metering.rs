@@ -905,6 +905,55 @@ mod tests {
         assert_eq!((ledger.consumed, ledger.outstanding()), (7, 0), "idle: the rest went back");
     }
 
+    /// An in-memory authority whose grants wait until the test lets them through.
+    struct Gated {
+        inner: LocalAuthority,
+        open: tokio::sync::Semaphore,
+    }
+
+    impl Authority for Gated {
+        fn grant(
+            &self,
+            period: QuotaPeriod,
+            holder: u64,
+            want: u64,
+            lease_until_ms: i64,
+            now_ms: i64,
+        ) -> BoxFuture<'_, Result<(u64, QuotaLedger), Unavailable>> {
+            Box::pin(async move {
+                let _pass = self.open.acquire().await.map_err(|e| Unavailable(e.to_string()))?;
+                self.inner.grant(period, holder, want, lease_until_ms, now_ms).await
+            })
+        }
+        fn report(&self, id: u128, usage: Vec<QuotaUsage>, now_ms: i64) -> BoxFuture<'_, Result<(), Unavailable>> {
+            self.inner.report(id, usage, now_ms)
+        }
+        fn lend(&self, request: LendRequest, now_ms: i64) -> BoxFuture<'_, Result<Lent, Unavailable>> {
+            self.inner.lend(request, now_ms)
+        }
+        fn members(&self) -> u32 {
+            1
+        }
+        fn node_id(&self) -> u64 {
+            1
+        }
+    }
+
+    #[tokio::test]
+    async fn a_check_given_up_while_it_fetches_does_not_wedge_the_lease() {
+        let (limits, _, model) = quota_limits(1_000);
+        let authority = Arc::new(Gated { inner: LocalAuthority::new(model), open: tokio::sync::Semaphore::new(0) });
+        let clock = Arc::new(ManualClock::at(T0));
+        let m = Metering::new(authority.clone(), clock.clone(), MeteringConfig::default(), Default::default());
+        // The first check starts a grant and is dropped while it waits (its client went away).
+        let given_up = tokio::time::timeout(Duration::from_millis(20), m.admit(&limits, T0, 0)).await;
+        assert!(given_up.is_err(), "the grant is held back, so the check cannot finish");
+        // The grant goes through: the next check is admitted from it.
+        authority.open.add_permits(100);
+        let next = tokio::time::timeout(Duration::from_millis(500), m.admit(&limits, T0, 0)).await;
+        assert!(matches!(next, Ok(Ok(_))), "the lease was left waiting for a fetch no one runs: {next:?}");
+    }
+
     /// An authority that is never reachable, counting how often it is asked.
     #[derive(Default)]
     struct Unreachable(AtomicUsize);
