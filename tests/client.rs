@@ -343,3 +343,32 @@ async fn over_tls_a_proxy_authenticates_with_its_client_certificate_or_a_token()
     plain.deadline = Duration::from_millis(800);
     assert!(Client::new(plain).check(request(&key, 5)).await.is_err(), "plain TCP to a TLS listener");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_that_stops_reading_its_answers_is_let_go() {
+    let cluster = Cluster::start(3).await;
+    let (key, token) = setup(&cluster).await;
+    let port = cluster.node(1).wire_port;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let hello = wire::encode(&ClientMessage::Hello { versions: vec![1], token: token.clone(), client: "raw".into() })
+        .expect("encode");
+    stream.write_all(&hello).await.expect("hello");
+    // Checks, and never a read: the answers fill the socket buffers, the
+    // node's write waits, and after its write time-out the node lets go.
+    let mut batch = Vec::new();
+    for i in 0..1000 {
+        batch.extend(wire::encode_check(i, &request(&key, i as usize)).expect("encode"));
+    }
+    let writing = async {
+        loop {
+            if stream.write_all(&batch).await.is_err() {
+                return;
+            }
+        }
+    };
+    let let_go = tokio::time::timeout(harness::PATIENCE, writing).await;
+    assert!(let_go.is_ok(), "the node kept a connection whose proxy reads nothing");
+    // Others are served all along.
+    let client = Client::new(ClientConfig::new([cluster.node(1).wire_addr()], token));
+    assert!(client.check(request(&key, 1)).await.expect("check").allowed);
+}

@@ -30,6 +30,8 @@ use crate::secret;
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Checks decided at once for one connection; more wait (back-pressure).
 pub const MAX_IN_FLIGHT: usize = 1024;
+/// How long a write of answers may wait for the proxy to read.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Answers are gathered up to about this many bytes per write.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -198,8 +200,11 @@ where
             }
         }
         if !out.is_empty() {
-            if writer.write_all(&out).await.is_err() {
-                return;
+            // A proxy that stops reading its answers is let go: its
+            // connection would otherwise hold this task and its checks.
+            match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return,
             }
             out.clear();
         }
@@ -227,13 +232,13 @@ where
                 while let Some(answer) = deciding.next().await {
                     append(&mut out, &answer);
                 }
-                let _ = writer.write_all(&out).await;
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&out)).await;
                 break 'serve;
             }
         }
     }
     if let Some(last) = closing {
-        let _ = writer.write_all(&last).await;
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&last)).await;
     }
     let _ = writer.shutdown().await;
 }
