@@ -525,16 +525,7 @@ impl Metering {
             };
             if epoch > lease.epoch {
                 // The plan's limits changed: hand this grant back, start a new lease.
-                let old = std::mem::replace(lease, Lease::new(self.holder(), epoch, now_ms, quota.limit));
-                self.stats.units.with_label_values(&["returned"]).inc_by(old.units);
-                if old.granted || old.unreported > 0 {
-                    local.retired.push(QuotaUsage {
-                        period: period.clone(),
-                        holder: old.holder,
-                        used: old.unreported,
-                        release: true,
-                    });
-                }
+                self.retire(lease, &mut local.retired, period, epoch, now_ms, quota.limit, "returned");
                 return self.try_take(local, limits, now_ms, epoch);
             }
             if now_ms >= lease.valid_until_ms && lease.units > 0 {
@@ -547,14 +538,8 @@ impl Metering {
                 // left under this holder (if the ledger has not expired it
                 // yet) and go on with a new one, so no unit of the old grant
                 // is mixed with a new grant.
-                let old = std::mem::replace(lease, Lease::new(self.holder(), lease.epoch, now_ms, quota.limit));
-                self.stats.units.with_label_values(&["expired"]).inc_by(old.units);
-                local.retired.push(QuotaUsage {
-                    period: period.clone(),
-                    holder: old.holder,
-                    used: old.unreported,
-                    release: true,
-                });
+                let lease_epoch = lease.epoch;
+                self.retire(lease, &mut local.retired, period, lease_epoch, now_ms, quota.limit, "expired");
                 return self.try_take(local, limits, now_ms, epoch);
             }
             if lease.units == 0 {
@@ -639,6 +624,32 @@ impl Metering {
             tokio::spawn(self.clone().fetch_grant(period, holder, *quota, *end_ms, want));
         }
         Ok(Ok(tightest))
+    }
+
+    /// Replaces `lease` with a new one (a new holder), and queues the old
+    /// holder's use with the release of what it still holds. `units_were`:
+    /// how the units it had left are counted (`returned`, `expired`).
+    #[allow(clippy::too_many_arguments)]
+    fn retire(
+        &self,
+        lease: &mut Lease,
+        retired: &mut Vec<QuotaUsage>,
+        period: &QuotaPeriod,
+        epoch: u64,
+        now_ms: i64,
+        limit: u64,
+        units_were: &str,
+    ) {
+        let old = std::mem::replace(lease, Lease::new(self.holder(), epoch, now_ms, limit));
+        self.stats.units.with_label_values(&[units_were]).inc_by(old.units);
+        if old.granted || old.unreported > 0 {
+            retired.push(QuotaUsage {
+                period: period.clone(),
+                holder: old.holder,
+                used: old.unreported,
+                release: true,
+            });
+        }
     }
 
     /// Asks the ledger for a grant and records the answer; wakes the waiters.
