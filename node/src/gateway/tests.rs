@@ -638,7 +638,7 @@ async fn start_authorizer() -> (String, Arc<AtomicUsize>) {
 async fn http_authorizer_answers_are_cached_and_failures_have_their_own_reasons() {
     let (url, calls) = start_authorizer().await;
     let authorizer = Entity::Authorizer(entity(json!({"id": "lambda", "name": "lambda", "kind": {"http": {
-        "url": url, "identity_sources": ["header:authorization"], "cache_ttl_secs": 300, "timeout_ms": 200}}})));
+        "url": url, "identity_sources": ["header:authorization"], "cache_ttl_secs": 300, "timeout_ms": 1000}}})));
     let g = Fixture::new().with(authorizer).with(shop_api("lambda")).gateway();
     let with = |method: &str, t: Option<&str>| {
         let mut r = bearer(method, "/orders/1", None);
