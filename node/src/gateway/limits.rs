@@ -123,6 +123,13 @@ pub struct Limits {
     pub quota: Option<(QuotaPeriod, Quota, i64)>,
 }
 
+impl Limits {
+    /// The throttles in the order they are checked: the stage's (slot 0), then the key's (slot 1).
+    pub fn throttle(&self, slot: usize) -> Option<&(BucketId, Throttle)> {
+        if slot == 0 { &self.stage } else { &self.key }.as_ref()
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Bucket {
     pub tokens: f64,
