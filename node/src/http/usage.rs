@@ -126,15 +126,22 @@ pub async fn get_usage(
             None => return Err(Rejection::not_found(EntityKind::Key, key_id).into()),
         },
         None => {
-            // A page of the keys with a ledger for this plan, in id order.
-            let mut ids: Vec<String> = model
+            // A page (and one more, to know if another follows) of the keys
+            // with a ledger for this plan. Ledgers are ordered by key id first,
+            // so the ids come sorted, each key's ledgers together.
+            let mut ids: Vec<String> = Vec::new();
+            let matching = model
                 .ledgers
                 .keys()
-                .filter(|p| p.plan_id == plan.id && options.after.as_deref().is_none_or(|a| p.key_id.as_str() > a))
-                .map(|p| p.key_id.clone())
-                .collect();
-            ids.sort();
-            ids.dedup();
+                .filter(|p| p.plan_id == plan.id && options.after.as_deref().is_none_or(|a| p.key_id.as_str() > a));
+            for p in matching {
+                if ids.last() != Some(&p.key_id) {
+                    if ids.len() > options.limit {
+                        break;
+                    }
+                    ids.push(p.key_id.clone());
+                }
+            }
             ids
         }
     };
