@@ -2,6 +2,7 @@
 
 mod harness;
 
+use std::future::Future;
 use std::time::Duration;
 
 use harness::Cluster;
@@ -102,6 +103,22 @@ async fn many_concurrent_checks_on_one_connection_come_back_to_their_callers() {
         let decision = answer.unwrap_or_else(|e| panic!("check {i}: {e}"));
         assert_eq!(request_id(&decision), Some(format!("req-{i}").as_str()), "answer matched to the wrong caller");
     }
+
+    // A caller that gives up while it writes for others (its request dropped
+    // by the proxy, say) hands the writing on: the check it had taken on
+    // still goes out, and the connection stays in use.
+    let noop = futures_util::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&noop);
+    for i in 0..20 {
+        let mut writing = Box::pin(client.check(request(&key, 1000 + i)));
+        assert!(writing.as_mut().poll(&mut cx).is_pending(), "the first caller is writing");
+        let mut waiting = Box::pin(client.check(request(&key, 2000 + i)));
+        assert!(waiting.as_mut().poll(&mut cx).is_pending(), "the second caller queued behind it");
+        drop(writing);
+        let decision = waiting.await.unwrap_or_else(|e| panic!("check queued behind a dropped writer: {e}"));
+        assert_eq!(request_id(&decision), Some(format!("req-{}", 2000 + i).as_str()));
+    }
+
     // A malformed request is refused with its field, not retried elsewhere.
     let mut bad = request(&key, 0);
     bad.source_ip = Some("not-an-ip".into());

@@ -135,7 +135,7 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ServerMessage>>>>;
 struct Connection {
     /// Requests not yet written, and whether a caller is writing now.
     outbox: Mutex<Outbox>,
-    writer: tokio::sync::Mutex<tokio::io::WriteHalf<Box<dyn Stream>>>,
+    writer: tokio::sync::Mutex<Writer>,
     pending: Pending,
     closed: Arc<AtomicBool>,
     /// The task reading answers: stopped when the connection is dropped or
@@ -153,19 +153,37 @@ impl Drop for Connection {
 #[derive(Default)]
 struct Outbox {
     queued: Vec<u8>,
+    /// Someone (a caller, or a task a caller left it to) is flushing.
     writing: bool,
 }
 
-/// Marks a connection broken if a write is abandoned half-way (its caller
-/// gave up): the stream may hold part of a frame.
-struct WriteGuard<'a>(Option<&'a Connection>);
+/// The write half and the batch being written. What is left of the batch
+/// stays here when a writer is dropped half-way, so the next one goes on
+/// from the right byte: a frame is never cut.
+struct Writer {
+    half: tokio::io::WriteHalf<Box<dyn Stream>>,
+    batch: Vec<u8>,
+    written: usize,
+}
 
-impl Drop for WriteGuard<'_> {
+/// Hands the flush to a task if the caller flushing gives up (its deadline
+/// passed, or its request was dropped): the checks of others it had taken
+/// on still go out, and the connection stays usable.
+struct FlushGuard<'a>(Option<&'a Arc<Connection>>);
+
+impl Drop for FlushGuard<'_> {
     fn drop(&mut self) {
-        if let Some(c) = self.0 {
-            c.closed.store(true, Ordering::SeqCst);
-            lock(&c.outbox).writing = false;
-            c.reader.abort();
+        let Some(connection) = self.0.take() else { return };
+        let connection = connection.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if connection.flush().await.is_err() {
+                        connection.fail();
+                    }
+                });
+            }
+            Err(_) => connection.fail(),
         }
     }
 }
@@ -209,14 +227,14 @@ impl Connection {
             Ok(s) => s,
             Err(e) => return Err(fail("TLS", e)),
         };
-        let (mut reader, mut writer) = tokio::io::split(stream);
+        let (mut reader, mut half) = tokio::io::split(stream);
         let hello = ClientMessage::Hello {
             versions: vec![wire::VERSION],
             token: config.token.clone(),
             client: format!("tollgate-client/{}", env!("CARGO_PKG_VERSION")),
         };
         let bytes = wire::encode(&hello).map_err(|e| fail("hello", e.to_string()))?;
-        writer.write_all(&bytes).await.map_err(|e| fail("hello", e.to_string()))?;
+        half.write_all(&bytes).await.map_err(|e| fail("hello", e.to_string()))?;
         let welcome = tokio::time::timeout(config.attempt_timeout, read_frame(&mut reader))
             .await
             .map_err(|_| fail("hello", "no answer".into()))?
@@ -271,7 +289,7 @@ impl Connection {
         });
         let connection = Connection {
             outbox: Mutex::new(Outbox::default()),
-            writer: tokio::sync::Mutex::new(writer),
+            writer: tokio::sync::Mutex::new(Writer { half, batch: Vec::new(), written: 0 }),
             pending,
             closed,
             reader: reader_task.abort_handle(),
@@ -303,22 +321,35 @@ impl Connection {
         self.closed.load(Ordering::SeqCst)
     }
 
+    /// Marks the connection broken: no new checks, the reader stops (which
+    /// closes the socket), and every waiting caller is told at once.
+    fn fail(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.reader.abort();
+        lock(&self.pending).clear();
+    }
+
     /// Sends one check and waits for its answer (the caller bounds the wait).
-    async fn ask(&self, id: u64, request: &CheckRequest) -> Result<ServerMessage, AttemptFailed> {
+    async fn ask(self: &Arc<Self>, id: u64, request: &CheckRequest) -> Result<ServerMessage, AttemptFailed> {
         if self.is_closed() {
             return Err(AttemptFailed("connection closed".into()));
         }
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id, tx);
         let _slot = PendingGuard(&self.pending, id);
+        // Closed since the first look: `fail` may have cleared the waiting
+        // callers before this one joined them.
+        if self.is_closed() {
+            return Err(AttemptFailed("connection closed".into()));
+        }
         self.send(id, request).await?;
         rx.await.map_err(|_| AttemptFailed("connection closed".into()))
     }
 
-    /// Queues the check's frame; if no one is writing, this caller writes everything
-    /// queued (its own and what others queue meanwhile) until the queue is
-    /// empty. No writer task: a request costs no extra wake-up.
-    async fn send(&self, id: u64, request: &CheckRequest) -> Result<(), AttemptFailed> {
+    /// Queues the check's frame; if no one is flushing, this caller flushes
+    /// everything queued (its own and what others queue meanwhile). No
+    /// writer task: a request costs no extra wake-up.
+    async fn send(self: &Arc<Self>, id: u64, request: &CheckRequest) -> Result<(), AttemptFailed> {
         {
             let mut outbox = lock(&self.outbox);
             // Encoded straight into the queue: no frame of its own to copy.
@@ -328,25 +359,44 @@ impl Connection {
             }
             outbox.writing = true;
         }
-        let mut guard = WriteGuard(Some(self));
-        let mut writer = self.writer.lock().await;
-        let mut batch = Vec::new();
-        loop {
-            {
-                let mut outbox = lock(&self.outbox);
-                if outbox.queued.is_empty() {
-                    outbox.writing = false;
-                    break;
-                }
-                std::mem::swap(&mut batch, &mut outbox.queued);
-            }
-            if writer.write_all(&batch).await.is_err() {
-                return Err(AttemptFailed("connection closed".into()));
-            }
-            batch.clear();
-        }
+        let mut guard = FlushGuard(Some(self));
+        // Let the other callers woken in this scheduler tick queue their
+        // checks first: one write then carries them all.
+        tokio::task::yield_now().await;
+        let flushed = self.flush().await;
         guard.0 = None;
-        Ok(())
+        flushed.map_err(|e| {
+            self.fail();
+            AttemptFailed(format!("connection closed: {e}"))
+        })
+    }
+
+    /// Writes until nothing is queued, then clears `writing`. Cancel-safe:
+    /// dropped at any await, the bytes not yet written stay in the writer.
+    async fn flush(&self) -> std::io::Result<()> {
+        let mut writer = self.writer.lock().await;
+        let Writer { half, batch, written } = &mut *writer;
+        loop {
+            if *written == batch.len() {
+                batch.clear();
+                *written = 0;
+                std::mem::swap(batch, &mut lock(&self.outbox).queued);
+                if batch.is_empty() {
+                    // TLS may still hold records of what was written.
+                    half.flush().await?;
+                    let mut outbox = lock(&self.outbox);
+                    if outbox.queued.is_empty() {
+                        outbox.writing = false;
+                        return Ok(());
+                    }
+                    continue;
+                }
+            }
+            match half.write(&batch[*written..]).await? {
+                0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                n => *written += n,
+            }
+        }
     }
 }
 
