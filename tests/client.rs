@@ -131,7 +131,17 @@ async fn with_every_node_down_the_client_fails_open_or_closed_as_configured() {
     let mut cluster = Cluster::start(3).await;
     let (key, token) = setup(&cluster).await;
     let seeds: Vec<String> = (1..=3).map(|n| cluster.node(n).wire_addr()).collect();
-    for node in [1, 2, 3] {
+
+    // A client pinned to its seeds (no discovery) has no other node to go to.
+    let mut pinned = ClientConfig::new([seeds[0].clone()], token.clone());
+    pinned.discover = false;
+    let pinned = Client::new(pinned);
+    assert!(pinned.check(request(&key, 1)).await.expect("check").allowed);
+    assert_eq!(pinned.known_nodes(), vec![seeds[0].clone()], "only the seed is known");
+    cluster.kill(1);
+    assert!(matches!(pinned.check(request(&key, 2)).await, Err(Error::Unavailable(_))));
+
+    for node in [2, 3] {
         cluster.kill(node);
     }
     let mut closed = ClientConfig::new(seeds.clone(), token.clone());

@@ -19,6 +19,7 @@
 //! `cargo run --release -p tollgate-bench -- --bin target/release/tollgate writes --count 5000`
 
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -74,6 +75,9 @@ enum What {
         /// Run only one path: `http` or `wire` (default: both).
         #[arg(long)]
         only: Option<String>,
+        /// The client's connections to the node (its default is 2).
+        #[arg(long, default_value_t = 2)]
+        connections: usize,
     },
     ColdStart {
         #[arg(long, default_value_t = 100_000)]
@@ -180,7 +184,8 @@ impl Cluster {
         let dir = self.dir.path().join(format!("node{id}"));
         std::fs::create_dir_all(&dir)?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("node.log"))?;
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        command
             .arg("serve")
             .args(["--id", &id.to_string()])
             .args(["--http", &format!("127.0.0.1:{}", self.base + id as u16 - 1)])
@@ -195,9 +200,17 @@ impl Cluster {
             .env("TOLLGATE_CLUSTER_TOKEN", "bench-cluster-token")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot run {}", self.bin.display()))?;
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill
+        // the node if the thread that started it goes away, so a bench stopped
+        // by a signal leaves no nodes behind on its ports.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command.spawn().with_context(|| format!("cannot run {}", self.bin.display()))?;
         self.children[id as usize - 1] = Some(child);
         Ok(())
     }
@@ -720,7 +733,7 @@ async fn main() -> anyhow::Result<()> {
                 write.max()
             );
         }
-        What::Check { count, concurrency, only } => {
+        What::Check { count, concurrency, only, connections } => {
             let (http, wire) = match only.as_deref() {
                 None => (true, true),
                 Some("http") => (true, false),
@@ -745,6 +758,9 @@ async fn main() -> anyhow::Result<()> {
             let mut config = tollgate_client::ClientConfig::new([wire_addr], TOKEN);
             config.deadline = Duration::from_secs(5);
             config.attempt_timeout = Duration::from_secs(5);
+            // The node the HTTP run used, and no other.
+            config.discover = false;
+            config.connections_per_node = connections;
             let client = tollgate_client::Client::new(config);
             load_wire(&client, &secret, 2000, concurrency).await?; // warm up
             let (h, elapsed) = load_wire(&client, &secret, count.min(5000), 1).await?;

@@ -83,6 +83,10 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Connections kept per node.
     pub connections_per_node: usize,
+    /// Add the members a node names in its welcome to the seeds (the
+    /// default). Off, the client uses only the seeds: a proxy pinned to the
+    /// nodes it is given, say one beside it.
+    pub discover: bool,
     pub failure_mode: FailureMode,
     /// Backoff after a node fails: starts here, doubles, up to `max_backoff`.
     pub min_backoff: Duration,
@@ -106,6 +110,7 @@ impl ClientConfig {
             attempt_timeout: Duration::from_millis(250),
             connect_timeout: Duration::from_millis(200),
             connections_per_node: 2,
+            discover: true,
             failure_mode: FailureMode::Closed,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
@@ -539,7 +544,7 @@ impl Client {
         let (connection, members) = Connection::open(addr, &self.inner.config).await?;
         let connection = Arc::new(connection);
         let mut nodes = lock(&self.inner.nodes);
-        for member in members {
+        for member in members.into_iter().filter(|_| self.inner.config.discover) {
             if !nodes.iter().any(|n| *n.addr == *member) {
                 nodes.push(Node::new(&member));
             }
