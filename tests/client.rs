@@ -315,31 +315,19 @@ async fn the_admin_client_manages_keys_plans_and_usage_with_failover() {
 #[tokio::test(flavor = "multi_thread")]
 async fn over_tls_a_proxy_authenticates_with_its_client_certificate_or_a_token() {
     use tollgate_client::tls::ClientTls;
+    // TLS on every listener, certificates from `tollgate certs` (the harness's).
+    let cluster = Cluster::start_with(3, harness::Options { tls: true, ..Default::default() }).await;
+    let ours = cluster.certs();
     let dir = tempfile::tempdir().expect("dir");
-    let (ours, rogue) = (dir.path().join("ours"), dir.path().join("rogue"));
-    for out in [&ours, &rogue] {
-        let status = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .arg("certs")
-            .arg("--out")
-            .arg(out)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("tollgate certs");
-        assert!(status.success());
-    }
-    let file = |d: &std::path::Path, name: &str| d.join(name).display().to_string();
-    let options = harness::Options {
-        extra_args: vec![
-            "--tls-cert".into(),
-            file(&ours, "node.pem"),
-            "--tls-key".into(),
-            file(&ours, "node-key.pem"),
-            "--tls-client-ca".into(),
-            file(&ours, "ca.pem"),
-        ],
-        ..Default::default()
-    };
-    let cluster = Cluster::start_with(3, options).await;
+    let rogue = dir.path().join("rogue");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("certs")
+        .arg("--out")
+        .arg(&rogue)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("tollgate certs");
+    assert!(status.success());
     let (key, token) = setup(&cluster).await;
     let read = |d: &std::path::Path, name: &str| std::fs::read(d.join(name)).expect("pem");
     let ca = read(&ours, "ca.pem");

@@ -70,12 +70,26 @@ impl AdminClient {
         if nodes.is_empty() {
             return Err(AdminError::Unavailable("no node addresses given".into()));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(15))
-            .build()
-            .map_err(|e| AdminError::Unavailable(e.to_string()))?;
-        Ok(AdminClient { nodes, token: token.into(), http })
+        Ok(AdminClient { nodes, token: token.into(), http: Self::http(None)? })
+    }
+
+    /// Also trusts the PEM CA certificate `ca_pem` for `https://` nodes (a
+    /// cluster whose certificates a private CA signed, as `tollgate certs`
+    /// makes); the public web roots are always trusted.
+    pub fn trusting(mut self, ca_pem: &[u8]) -> Result<Self, AdminError> {
+        let ca = reqwest::Certificate::from_pem(ca_pem)
+            .map_err(|e| AdminError::Unavailable(format!("not a PEM CA certificate: {e}")))?;
+        self.http = Self::http(Some(ca))?;
+        Ok(self)
+    }
+
+    fn http(ca: Option<reqwest::Certificate>) -> Result<reqwest::Client, AdminError> {
+        let mut builder =
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(15));
+        if let Some(ca) = ca {
+            builder = builder.add_root_certificate(ca);
+        }
+        builder.build().map_err(|e| AdminError::Unavailable(e.to_string()))
     }
 
     /// One call, tried on each node in turn until one answers.

@@ -22,6 +22,10 @@ struct Cli {
     /// Admin token (bearer).
     #[arg(long, global = true, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM CA certificate to trust for an `https://` URL (a cluster with
+    /// TLS whose certificates a private CA signed, e.g. `tollgate certs`).
+    #[arg(long, global = true, env = "TOLLGATE_CA")]
+    ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Top,
 }
@@ -284,8 +288,13 @@ async fn shutdown_signal() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let admin =
-        Admin { base: cli.url.trim_end_matches('/').to_string(), token: cli.token, http: reqwest::Client::new() };
+    let mut http = reqwest::Client::builder();
+    if let Some(ca) = &cli.ca {
+        for root in crate::tls::outbound_roots(ca)? {
+            http = http.add_root_certificate(root);
+        }
+    }
+    let admin = Admin { base: cli.url.trim_end_matches('/').to_string(), token: cli.token, http: http.build()? };
     match cli.command {
         Top::Serve(args) => {
             init_logging();

@@ -99,16 +99,22 @@ pub struct ServeArgs {
     /// by commas, e.g. `10.0.0.2:9081=192.168.1.2:19081`.
     #[arg(long, env = "TOLLGATE_PEER_VIA")]
     pub peer_via: Option<String>,
-    /// PEM certificate chain: the wire (binary check) listener speaks TLS.
+    /// PEM certificate chain: every listener (HTTP, peer, wire) speaks TLS only.
     #[arg(long, env = "TOLLGATE_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     #[arg(long, env = "TOLLGATE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
-    /// PEM CA certificates: proxies may authenticate on the wire listener
-    /// with a client certificate signed by one of them, instead of a token.
+    /// The cluster's PEM CA certificates: peers must show a certificate one
+    /// of them signed (mutual TLS between nodes), and proxies may
+    /// authenticate on the wire listener with one instead of a token.
     #[arg(long, env = "TOLLGATE_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
+    /// PEM CA certificates trusted for this node's outbound HTTPS calls (JWKS
+    /// of JWT authorizers, HTTP authorizers) besides the public web roots:
+    /// for services behind a private CA.
+    #[arg(long, env = "TOLLGATE_OUTBOUND_CA")]
+    pub outbound_ca: Option<PathBuf>,
 }
 
 /// A fully resolved node configuration.
@@ -138,6 +144,7 @@ pub struct NodeConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_client_ca: Option<PathBuf>,
+    pub outbound_ca: Option<PathBuf>,
     /// Bootstrap admin token (from `TOLLGATE_ADMIN_TOKEN`); held only as a digest.
     pub admin_token: Option<String>,
     /// Token every peer must present (from `TOLLGATE_CLUSTER_TOKEN`).
@@ -243,6 +250,7 @@ impl ServeArgs {
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),
             tls_client_ca: self.tls_client_ca.or(file.tls_client_ca),
+            outbound_ca: self.outbound_ca.or(file.outbound_ca),
             admin_token: std::env::var("TOLLGATE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
             cluster_token: std::env::var("TOLLGATE_CLUSTER_TOKEN").ok().filter(|t| !t.is_empty()),
         };

@@ -38,13 +38,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let kv = Arc::new(SledKv::open(&config.data_dir.join("db"), &SledOptions { cache_bytes: config.cache_mb << 20 })?);
 
-    let wire_tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => {
-            let server = crate::tls::server_config(cert, key, config.tls_client_ca.as_deref())?;
-            Some(tokio_rustls::TlsAcceptor::from(server))
-        }
-        _ => None,
+    let outbound_roots = match &config.outbound_ca {
+        Some(path) => crate::tls::outbound_roots(path)?,
+        None => Vec::new(),
     };
+    let tls = Tls::of(&config, &outbound_roots)?;
     let http_listener =
         TcpListener::bind(&config.http).await.with_context(|| format!("cannot listen on --http {}", config.http))?;
     let peer_listener =
@@ -82,7 +80,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     let objects = published.load().model.all().count();
     tracing::info!(objects, elapsed_ms = started.elapsed().as_millis() as u64, "state loaded");
     let log_store = LogStore::new(kv.clone(), committed.clone());
-    let peers = PeerClient::new(config.cluster_token.clone(), config.peer_via.clone());
+    let peers = PeerClient::new(config.cluster_token.clone(), config.peer_via.clone(), tls.peer_client.clone())
+        .context("peer client")?;
     let network = PeerNetwork { client: peers.clone() };
     let raft = typ::Raft::new(config.id, Arc::new(raft_config), network, log_store, state_machine)
         .await
@@ -103,7 +102,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             metrics.gateway.clone(),
             config.cluster_token.as_deref(),
             metering,
-        );
+        )
+        .trusting(&outbound_roots);
         App {
             id: config.id,
             addr: addr.clone(),
@@ -121,18 +121,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     app.gateway.metering.start_reporting();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let serve = |listener: TcpListener, router: axum::Router, mut stop: tokio::sync::watch::Receiver<bool>| {
-        tokio::spawn(async move {
-            let graceful = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(graceful)
-                .await
-        })
-    };
-    let http_task = serve(http_listener, crate::http::router(app.clone()), stop_rx.clone());
-    let peer_task = serve(peer_listener, crate::cluster::peer::router(app.clone()), stop_rx.clone());
+    let http_task = serve(http_listener, tls.http, crate::http::router(app.clone()), stop_rx.clone())?;
+    let peer_task = serve(peer_listener, tls.peer, crate::cluster::peer::router(app.clone()), stop_rx.clone())?;
+    let wire_tls = tls.wire.map(tokio_rustls::TlsAcceptor::from);
     let wire_task = tokio::spawn(crate::wire::serve(wire_listener, wire_tls, app.clone(), stop_rx));
 
     initialise(&raft, &config, &addr).await?;
@@ -151,6 +142,52 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     let _ = wire_task.await;
     kv.flush().await?;
     Ok(())
+}
+
+/// The TLS set-up of each listener and of calls to peers (see `crate::tls`).
+struct Tls {
+    http: Option<Arc<rustls::ServerConfig>>,
+    peer: Option<Arc<rustls::ServerConfig>>,
+    wire: Option<Arc<rustls::ServerConfig>>,
+    peer_client: Option<crate::tls::PeerTls>,
+}
+
+impl Tls {
+    fn of(config: &NodeConfig, outbound_roots: &[reqwest::Certificate]) -> anyhow::Result<Tls> {
+        use crate::tls::{server_config, ClientAuth, PeerTls};
+        let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+            return Ok(Tls { http: None, peer: None, wire: None, peer_client: None });
+        };
+        let ca = config.tls_client_ca.as_deref();
+        Ok(Tls {
+            http: Some(server_config(cert, key, ClientAuth::None)?),
+            peer: Some(server_config(cert, key, ca.map_or(ClientAuth::None, ClientAuth::Required))?),
+            wire: Some(server_config(cert, key, ca.map_or(ClientAuth::None, ClientAuth::Optional))?),
+            peer_client: Some(PeerTls::new(cert, key, ca, outbound_roots)?),
+        })
+    }
+}
+
+/// Serves `router` on `listener` (over TLS when `tls` is given) until `stop`.
+fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    router: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    use axum::serve::ListenerExt;
+    let graceful = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    Ok(match tls {
+        // `tap_io` only to get the peer's address to the handlers (as ConnectInfo).
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, tls)?.tap_io(|_| {});
+            tokio::spawn(async move { axum::serve(listener, service).with_graceful_shutdown(graceful).await })
+        }
+        None => tokio::spawn(async move { axum::serve(listener, service).with_graceful_shutdown(graceful).await }),
+    })
 }
 
 /// Initialises a new cluster once: with `--init`, this node alone; with

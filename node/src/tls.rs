@@ -1,15 +1,24 @@
-//! TLS (rustls, ring provider) for the wire listener, and `tollgate certs`,
-//! which makes a development CA with a node certificate and a proxy client
+//! TLS (rustls, ring provider) on every listener, and `tollgate certs`, which
+//! makes a development CA with a node certificate and a proxy client
 //! certificate.
 //!
-//! With `--tls-cert` and `--tls-key` the wire listener speaks TLS only. With
-//! `--tls-client-ca` too, a proxy may present a client certificate signed by
-//! that CA; a verified certificate authenticates the proxy, and its hello
-//! needs no token. A proxy without a certificate still authenticates with a
-//! token, so both kinds of proxy can share a cluster.
+//! With `--tls-cert` and `--tls-key` all three listeners speak TLS only: HTTP
+//! (admin API, checks, forward-auth), peer and wire. `--tls-client-ca` names
+//! the cluster's CA, and with it:
+//! - on the peer port, mutual TLS: a peer must show a certificate that CA
+//!   signed, and each node shows its own certificate when it calls a peer;
+//! - on the wire port, a proxy may show a client certificate that CA signed;
+//!   a verified certificate authenticates the proxy, and its hello needs no
+//!   token. A proxy without one still authenticates with a token, so both
+//!   kinds of proxy can share a cluster.
+//!
+//! Peers verify each other's certificates against that CA, the public web
+//! roots and `--outbound-ca`.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use rustls::server::WebPkiClientVerifier;
@@ -36,30 +45,157 @@ pub fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
     PrivateKeyDer::from_pem_file(path).with_context(|| format!("{}: not a PEM private key file", path.display()))
 }
 
-/// The wire listener's TLS configuration.
-pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+/// The CA certificates in `path`, for outbound HTTPS calls (see
+/// `NodeConfig::outbound_ca`).
+pub fn outbound_roots(path: &Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    read_certs(path)?
+        .iter()
+        .map(|c| {
+            reqwest::Certificate::from_der(c)
+                .with_context(|| format!("{}: not a usable CA certificate", path.display()))
+        })
+        .collect()
+}
+
+/// Who must show a client certificate, signed by which CA.
+#[derive(Debug, Clone, Copy)]
+pub enum ClientAuth<'a> {
+    None,
+    /// Verified if shown (the wire port: proxies may present a token instead).
+    Optional(&'a Path),
+    /// No connection without one (the peer port).
+    Required(&'a Path),
+}
+
+/// A listener's TLS configuration.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_auth: ClientAuth<'_>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
-    let builder = match client_ca {
-        Some(ca) => {
+    let builder = match client_auth {
+        ClientAuth::Optional(ca) | ClientAuth::Required(ca) => {
             let mut roots = RootCertStore::empty();
             for c in read_certs(ca)? {
                 roots.add(c).with_context(|| format!("{}: not a usable CA certificate", ca.display()))?;
             }
-            // Proxies without a certificate are let in to present a token.
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                .allow_unauthenticated()
-                .build()
-                .context("client certificate verifier")?;
-            builder.with_client_cert_verifier(verifier)
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+            let verifier = match client_auth {
+                ClientAuth::Optional(_) => verifier.allow_unauthenticated(),
+                _ => verifier,
+            };
+            builder.with_client_cert_verifier(verifier.build().context("client certificate verifier")?)
         }
-        None => builder.with_no_client_auth(),
+        ClientAuth::None => builder.with_no_client_auth(),
     };
     let config = builder
         .with_single_cert(read_certs(cert)?, read_key(key)?)
         .with_context(|| format!("{} and {} do not make a certificate and its key", cert.display(), key.display()))?;
     Ok(Arc::new(config))
+}
+
+/// How long a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A TLS listener for `axum::serve`. Handshakes run in tasks of their own,
+/// so a slow or silent client holds up no other; one that does not finish
+/// within [`HANDSHAKE_TIMEOUT`] is dropped.
+pub struct TlsListener {
+    accepted: tokio::sync::mpsc::Receiver<(TlsStream, SocketAddr)>,
+    local: SocketAddr,
+    accepting: tokio::task::AbortHandle,
+}
+
+type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+impl TlsListener {
+    pub fn new(listener: tokio::net::TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let (tx, accepted) = tokio::sync::mpsc::channel(64);
+        let accepting = tokio::spawn(async move {
+            loop {
+                let (stream, addr) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors, say: let some close.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, addr)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { accepted, local, accepting: accepting.abort_handle() })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(accepted) => accepted,
+            // The accepting task is gone: nothing more will come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+/// How this node calls its peers when TLS is on: the CAs it trusts for
+/// their certificates, and its own certificate when the cluster has a CA.
+#[derive(Clone)]
+pub struct PeerTls {
+    pub roots: Vec<reqwest::Certificate>,
+    pub identity: Option<reqwest::Identity>,
+}
+
+impl PeerTls {
+    pub fn new(
+        cert: &Path,
+        key: &Path,
+        cluster_ca: Option<&Path>,
+        outbound: &[reqwest::Certificate],
+    ) -> anyhow::Result<Self> {
+        let mut roots = outbound.to_vec();
+        let mut identity = None;
+        if let Some(ca) = cluster_ca {
+            roots.extend(outbound_roots(ca)?);
+            let mut pem = std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
+            pem.push(b'\n');
+            pem.extend(std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?);
+            identity = Some(
+                reqwest::Identity::from_pem(&pem)
+                    .with_context(|| format!("{} and {}: not a certificate and key", cert.display(), key.display()))?,
+            );
+        }
+        Ok(PeerTls { roots, identity })
+    }
 }
 
 /// Writes a development CA, a node certificate for `hosts` (plus localhost
@@ -128,12 +264,14 @@ mod tests {
         let files = generate(dir.path(), &["node1.example".into()]).expect("generate");
         assert_eq!(files.len(), 6);
         let p = |name: &str| dir.path().join(name);
-        server_config(&p("node.pem"), &p("node-key.pem"), Some(&p("ca.pem"))).expect("server config");
+        server_config(&p("node.pem"), &p("node-key.pem"), ClientAuth::Optional(&p("ca.pem"))).expect("server config");
+        server_config(&p("node.pem"), &p("node-key.pem"), ClientAuth::Required(&p("ca.pem"))).expect("server config");
+        PeerTls::new(&p("node.pem"), &p("node-key.pem"), Some(&p("ca.pem")), &[]).expect("peer TLS");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(p("node-key.pem")).expect("key").permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "private keys are readable by their owner only");
         // A key that does not belong to the certificate is refused, naming both files.
-        let err = server_config(&p("node.pem"), &p("client-key.pem"), None).expect_err("mismatched key");
+        let err = server_config(&p("node.pem"), &p("client-key.pem"), ClientAuth::None).expect_err("mismatched key");
         assert!(err.to_string().contains("node.pem"), "{err:#}");
         assert!(read_certs(&p("node-key.pem")).is_err(), "a key file is not a certificate file");
     }

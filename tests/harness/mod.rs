@@ -60,6 +60,10 @@ pub struct Options {
     /// `["--quota-lease-ms", "3000"]`. Only flags the harness does not set
     /// itself: a flag given twice is an error.
     pub extra_args: Vec<String>,
+    /// TLS on every listener, with mutual TLS between peers: certificates
+    /// from `tollgate certs` in the cluster's folder ([`Cluster::certs`]);
+    /// the harness's own HTTP client trusts their CA.
+    pub tls: bool,
 }
 
 impl Default for Options {
@@ -70,6 +74,7 @@ impl Default for Options {
             log_level: "info",
             partitionable: false,
             extra_args: Vec::new(),
+            tls: false,
         }
     }
 }
@@ -80,6 +85,8 @@ pub struct Node {
     pub peer_port: u16,
     pub wire_port: u16,
     pub dir: PathBuf,
+    /// Its HTTP listener speaks TLS.
+    pub https: bool,
     /// Flags of this node alone (its `--peer-via` in a partitionable
     /// cluster), kept so a restart gets them again.
     args: Vec<String>,
@@ -88,7 +95,8 @@ pub struct Node {
 
 impl Node {
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.http_port)
     }
 
     pub fn wire_addr(&self) -> String {
@@ -173,8 +181,28 @@ impl Cluster {
         Self::start_with(n, Options::default()).await
     }
 
-    pub async fn start_with(n: u64, options: Options) -> Cluster {
+    pub async fn start_with(n: u64, mut options: Options) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(20));
+        if options.tls {
+            let certs = dir.path().join("certs");
+            let status = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+                .arg("certs")
+                .arg("--out")
+                .arg(&certs)
+                .stdout(Stdio::null())
+                .status()
+                .expect("tollgate certs");
+            assert!(status.success(), "tollgate certs failed");
+            for (flag, file) in
+                [("--tls-cert", "node.pem"), ("--tls-key", "node-key.pem"), ("--tls-client-ca", "ca.pem")]
+            {
+                options.extra_args.extend([flag.to_string(), certs.join(file).display().to_string()]);
+            }
+            let ca = std::fs::read(certs.join("ca.pem")).expect("ca.pem");
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("CA certificate"));
+        }
+        let https = options.tls;
         let mut nodes: Vec<Node> = (1..=n)
             .map(|id| Node {
                 id,
@@ -182,6 +210,7 @@ impl Cluster {
                 peer_port: free_port(),
                 wire_port: free_port(),
                 dir: dir.path().join(format!("node{id}")),
+                https,
                 args: Vec::new(),
                 child: None,
             })
@@ -192,7 +221,7 @@ impl Cluster {
         for node in &mut nodes {
             node.spawn(Some(&peers), &options);
         }
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client");
+        let http = http.build().expect("client");
         let cluster = Cluster { nodes, peers, options, links, http, _dir: dir };
         for node in &cluster.nodes {
             cluster.wait_ready(node.id).await;
@@ -209,6 +238,7 @@ impl Cluster {
             peer_port: free_port(),
             wire_port: free_port(),
             dir: self._dir.path().join(format!("node{id}")),
+            https: self.options.tls,
             args: Vec::new(),
             child: None,
         };
@@ -223,6 +253,12 @@ impl Cluster {
 
     pub fn url(&self, id: u64) -> String {
         self.node(id).url()
+    }
+
+    /// The folder of the certificates ([`Options::tls`]): `ca.pem`,
+    /// `node.pem`, `client.pem` and their keys.
+    pub fn certs(&self) -> PathBuf {
+        self._dir.path().join("certs")
     }
 
     pub fn data_dirs(&self) -> Vec<&Path> {

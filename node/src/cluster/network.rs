@@ -48,20 +48,36 @@ pub struct PeerClient {
     cluster_token: Option<String>,
     /// Advertised peer address -> the address actually dialled (`--peer-via`).
     via: Arc<HashMap<String, String>>,
+    /// `https` when the cluster runs TLS (see `crate::tls`), else `http`.
+    scheme: &'static str,
 }
 
 impl PeerClient {
-    pub fn new(cluster_token: Option<String>, via: HashMap<String, String>) -> Self {
-        let http = reqwest::Client::builder()
+    pub fn new(
+        cluster_token: Option<String>,
+        via: HashMap<String, String>,
+        tls: Option<crate::tls::PeerTls>,
+    ) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(30))
-            .tcp_nodelay(true)
-            .build()
-            .unwrap_or_default();
-        PeerClient { http, cluster_token, via: Arc::new(via) }
+            .tcp_nodelay(true);
+        let scheme = match tls {
+            Some(tls) => {
+                for root in tls.roots {
+                    builder = builder.add_root_certificate(root);
+                }
+                if let Some(identity) = tls.identity {
+                    builder = builder.identity(identity);
+                }
+                "https"
+            }
+            None => "http",
+        };
+        Ok(PeerClient { http: builder.build()?, cluster_token, via: Arc::new(via), scheme })
     }
 
-    /// POSTs `request` (bincode) to `http://{addr}{path}` and decodes the
+    /// POSTs `request` (bincode) to `http(s)://{addr}{path}` and decodes the
     /// answer; `addr` is the peer's advertised address, dialled through its
     /// `--peer-via` mapping when it has one. Errors name the peer (and the
     /// address dialled, when it differs).
@@ -76,7 +92,7 @@ impl PeerClient {
         let named = || if dial == addr { addr.to_string() } else { format!("{addr} (via {dial})") };
         let network = |reason: String| CallError::Network { addr: named(), reason };
         let body = codec::encode(request).map_err(|e| network(e.to_string()))?;
-        let mut builder = self.http.post(format!("http://{dial}{path}")).timeout(timeout).body(body);
+        let mut builder = self.http.post(format!("{}://{dial}{path}", self.scheme)).timeout(timeout).body(body);
         if let Some(token) = &self.cluster_token {
             builder = builder.bearer_auth(token);
         }
@@ -167,11 +183,11 @@ mod tests {
         let server = tokio::spawn(async move { axum::serve(listener, echo).await });
 
         let advertised = "127.0.0.1:1";
-        let client = PeerClient::new(None, HashMap::from([(advertised.to_string(), dial.clone())]));
+        let client = PeerClient::new(None, HashMap::from([(advertised.to_string(), dial.clone())]), None).unwrap();
         let answer: u64 = client.call(advertised, "/echo", &42u64, Duration::from_secs(5)).await.unwrap();
         assert_eq!(answer, 42);
 
-        let direct = PeerClient::new(None, HashMap::new());
+        let direct = PeerClient::new(None, HashMap::new(), None).unwrap();
         let err = direct.call::<u64, u64>(advertised, "/echo", &42, Duration::from_secs(5)).await.unwrap_err();
         assert!(matches!(err, CallError::Unreachable { .. }), "{err}");
         server.abort();

@@ -218,6 +218,13 @@ impl Gateway {
         }
     }
 
+    /// Outbound HTTPS calls (JWKS, HTTP authorizers) also trust `roots`.
+    pub fn trusting(mut self, roots: &[reqwest::Certificate]) -> Self {
+        self.jwt = jwt::JwtVerifier::trusting(roots);
+        self.authorizers = authorizer::HttpAuthorizers::trusting(roots);
+        self
+    }
+
     /// Decides one request. A malformed request is an error naming the field;
     /// every other outcome, allow or deny, is a [`Decision`].
     pub async fn check(&self, req: &CheckRequest) -> Result<Decision, FieldError> {

@@ -1,0 +1,163 @@
+//! TLS on real node processes: every listener, mutual TLS between peers, and
+//! the node's own outbound HTTPS calls (HTTP authorizers) with a private CA.
+
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use harness::{Cluster, Options, TOKEN};
+use serde_json::json;
+use tollgate_client::tls::ClientTls;
+use tollgate_client::{CheckRequest, Client, ClientConfig};
+use tollgate_node::tls::{server_config, ClientAuth, TlsListener};
+
+/// `tollgate certs --out DIR`: a CA, a node certificate (localhost,
+/// 127.0.0.1) and a proxy client certificate.
+fn certs(dir: &Path) -> PathBuf {
+    let status = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("certs")
+        .arg("--out")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .status()
+        .expect("tollgate certs");
+    assert!(status.success());
+    dir.to_path_buf()
+}
+
+/// An HTTP authorizer over HTTPS, with the certificate in `certs`, that
+/// allows every request.
+async fn https_authorizer(certs: &Path) -> String {
+    let tls = server_config(&certs.join("node.pem"), &certs.join("node-key.pem"), ClientAuth::None).expect("tls");
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("https://127.0.0.1:{}/authorize", tcp.local_addr().expect("addr").port());
+    let listener = TlsListener::new(tcp, tls).expect("listener");
+    let app = axum::Router::new().route(
+        "/authorize",
+        axum::routing::post(|| async { axum::Json(json!({"allow": true, "principal_id": "over-tls"})) }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_tls_every_listener_is_encrypted_and_peers_must_show_the_cluster_certificate() {
+    let dir = tempfile::tempdir().expect("dir");
+    let upstream = certs(&dir.path().join("upstream"));
+    let rogue = certs(&dir.path().join("rogue"));
+    let options = Options {
+        tls: true,
+        extra_args: vec!["--outbound-ca".into(), upstream.join("ca.pem").display().to_string()],
+        ..Default::default()
+    };
+    let cluster = Cluster::start_with(3, options).await;
+    let ca = std::fs::read(cluster.certs().join("ca.pem")).expect("ca.pem");
+
+    // The cluster formed over mutual TLS, and a write on a follower is
+    // forwarded to the leader and replicated to every node.
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|n| *n != leader).expect("a follower");
+    assert!(cluster.url(follower).starts_with("https://"));
+    let api = json!({"id": "shop", "name": "Shop", "stages": [{"name": "prod"}],
+        "routes": [{"method": "GET", "path": "/orders/*", "authorizer_id": "trusted"},
+                   {"method": "GET", "path": "/rogue/*", "authorizer_id": "untrusted"}]});
+    for (id, url) in [("trusted", https_authorizer(&upstream).await), ("untrusted", https_authorizer(&rogue).await)] {
+        let authorizer = json!({"id": id, "name": id, "kind": {"http": {"url": url,
+            "identity_sources": ["header:authorization"], "cache_ttl_secs": 0, "timeout_ms": 2000}}});
+        let (status, body) = cluster.post(follower, "/v1/admin/authorizers", authorizer).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = cluster.post(follower, "/v1/admin/apis", api).await;
+    assert_eq!(status, 201, "{body}");
+    for node in [1, 2, 3] {
+        harness::wait_until("the API replicated", || async {
+            cluster.get(node, "/v1/admin/apis/shop?stale=true").await.0 == 200
+        })
+        .await;
+    }
+
+    // Checks over HTTPS; the node calls the authorizer over HTTPS, trusting
+    // the CA given with --outbound-ca and no other private one.
+    let check = |path: &str| {
+        json!({"api": "shop", "stage": "prod", "method": "GET", "path": path,
+            "headers": {"authorization": "Bearer anything"}})
+    };
+    let (status, decision) = cluster.post(follower, "/v1/check", check("/orders/1")).await;
+    assert_eq!(status, 200, "{decision}");
+    assert_eq!(decision["reason"], "allowed", "{decision}");
+    assert_eq!(decision["principal"]["id"], "over-tls", "{decision}");
+    let (_, decision) = cluster.post(follower, "/v1/check", check("/rogue/1")).await;
+    assert_eq!(decision["reason"], "authorizer_error", "a certificate from an untrusted CA: {decision}");
+
+    // Plain HTTP to the HTTP port gets no answer.
+    let plain = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+    let http_port = cluster.node(follower).http_port;
+    assert!(plain.get(format!("http://127.0.0.1:{http_port}/readyz")).send().await.is_err());
+
+    // The peer port: without a client certificate, or with one another CA
+    // signed, the TLS handshake is refused before any route is reached.
+    let peer_url = format!("https://127.0.0.1:{}/raft/vote", cluster.node(leader).peer_port);
+    let ca_cert = reqwest::Certificate::from_pem(&ca).expect("ca");
+    let peer_client = |identity: Option<reqwest::Identity>| {
+        let mut b = reqwest::Client::builder().add_root_certificate(ca_cert.clone()).timeout(Duration::from_secs(5));
+        if let Some(identity) = identity {
+            b = b.identity(identity);
+        }
+        b.build().expect("client")
+    };
+    let identity = |certs: &Path| {
+        let mut pem = std::fs::read(certs.join("node.pem")).expect("cert");
+        pem.extend(std::fs::read(certs.join("node-key.pem")).expect("key"));
+        reqwest::Identity::from_pem(&pem).expect("identity")
+    };
+    for (what, client) in [("no", peer_client(None)), ("another CA's", peer_client(Some(identity(&rogue))))] {
+        let answer = client.post(&peer_url).body(Vec::new()).send().await;
+        assert!(answer.is_err(), "peer port with {what} certificate answered: {answer:?}");
+    }
+    // The cluster's own certificate gets through TLS (the route then wants
+    // the peer's request, which this is not).
+    let answer = peer_client(Some(identity(&cluster.certs()))).post(&peer_url).body(Vec::new()).send().await;
+    assert!(answer.is_ok_and(|r| r.status().is_client_error()), "a node certificate reaches the peer routes");
+
+    // The CLI and the admin client trust the cluster's CA when told to.
+    let cli = |ca: Option<&Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.args(["--url", &cluster.url(follower), "--token", TOKEN]);
+        if let Some(ca) = ca {
+            cmd.arg("--ca").arg(ca);
+        }
+        cmd.args(["cluster", "status"]).env_remove("TOLLGATE_CA").output().expect("tollgate cluster status")
+    };
+    let out = cli(Some(&cluster.certs().join("ca.pem")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("leader"));
+    assert!(!cli(None).status.success(), "without --ca the CLI must not trust the private CA");
+    let admin = tollgate_client::admin::AdminClient::new([cluster.url(follower)], TOKEN)
+        .and_then(|a| a.trusting(&ca))
+        .expect("admin client");
+    let plan = tollgate_client::admin::AdminClient::new([cluster.url(follower)], TOKEN).expect("admin client");
+    assert!(admin
+        .get_plan("nope")
+        .await
+        .is_err_and(|e| matches!(e, tollgate_client::admin::AdminError::Api { status: 404, .. })));
+    assert!(matches!(plan.get_plan("nope").await, Err(tollgate_client::admin::AdminError::Unavailable(_))));
+
+    // The wire port is TLS too: a proxy with its certificate checks there.
+    let read = |name: &str| std::fs::read(cluster.certs().join(name)).expect("pem");
+    let mut config = ClientConfig::new([cluster.node(follower).wire_addr()], "");
+    config.tls = Some(ClientTls::new(&ca, Some((&read("client.pem"), &read("client-key.pem")))).expect("tls"));
+    let decision = Client::new(config)
+        .check(CheckRequest {
+            api: "shop".into(),
+            stage: "prod".into(),
+            method: "GET".into(),
+            path: "/orders/2".into(),
+            headers: [("authorization".to_string(), "Bearer anything".to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .expect("check over the TLS wire port");
+    assert!(decision.allowed, "{decision:?}");
+}
