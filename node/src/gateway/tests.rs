@@ -597,6 +597,31 @@ async fn jwks_are_fetched_cached_and_refreshed_on_an_unknown_kid() {
     assert_eq!(fetches.load(Ordering::SeqCst), 2);
 }
 
+/// JWKS behind HTTPS whose certificate a private CA signed: fetched once the
+/// gateway trusts that CA, refused (keys unavailable) while it does not.
+#[tokio::test]
+async fn jwks_over_https_are_fetched_with_the_ca_trusted_and_only_then() {
+    let dir = tempfile::tempdir().expect("dir");
+    crate::tls::generate(dir.path(), &[]).expect("certs");
+    let p = |name: &str| dir.path().join(name);
+    let tls = crate::tls::server_config(&p("node.pem"), &p("node-key.pem"), crate::tls::ClientAuth::None).expect("tls");
+    let (k1, jwk1) = es256_key("k1");
+    let app = axum::Router::new()
+        .route("/jwks.json", axum::routing::get(move || async move { axum::Json(json!({"keys": [jwk1]})) }));
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("https://{}/jwks.json", tcp.local_addr().expect("addr"));
+    let listener = crate::tls::TlsListener::new(tcp, tls).expect("listener");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let fixture = Fixture::new().with(jwt_authorizer("jwt", json!([]), Some(url))).with(shop_api("jwt"));
+    let signed = token(&k1, "k1", claims(json!({})));
+    let untrusting = fixture.gateway();
+    assert_eq!(reason(&untrusting, &bearer("GET", "/orders/1", Some(&signed))).await, ReasonCode::AuthorizerError);
+    let roots = crate::tls::outbound_roots(&p("ca.pem")).expect("roots");
+    let trusting = fixture.gateway().trusting(&roots);
+    assert_eq!(reason(&trusting, &bearer("GET", "/orders/1", Some(&signed))).await, ReasonCode::Allowed);
+}
+
 /// A custom authorizer that answers by token and counts its calls.
 async fn start_authorizer() -> (String, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
