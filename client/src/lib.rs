@@ -140,6 +140,9 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ServerMessage>>>>;
 struct Connection {
     /// Requests not yet written, and whether a caller is writing now.
     outbox: Mutex<Outbox>,
+    /// How long a flush left to a task may take before the connection is
+    /// given up (the node stopped reading): the attempt time-out.
+    flush_timeout: Duration,
     writer: tokio::sync::Mutex<Writer>,
     pending: Pending,
     closed: Arc<AtomicBool>,
@@ -179,19 +182,42 @@ struct FlushGuard<'a>(Option<&'a Arc<Connection>>);
 impl Drop for FlushGuard<'_> {
     fn drop(&mut self) {
         let Some(connection) = self.0.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            connection.fail();
+            return;
+        };
+        // Failed unless the flush ends, and in time: also when the task is
+        // dropped unrun (the runtime shutting down).
+        let unfinished = FailOnDrop(Some(connection.clone()));
         let connection = connection.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    if connection.flush().await.is_err() {
-                        connection.fail();
-                    }
-                });
+        runtime.spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(connection.flush_timeout, connection.flush()).await {
+                unfinished.disarm();
             }
-            Err(_) => connection.fail(),
+        });
+    }
+}
+
+/// Fails the connection it holds when dropped, unless disarmed.
+struct FailOnDrop(Option<Arc<Connection>>);
+
+impl FailOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for FailOnDrop {
+    fn drop(&mut self) {
+        if let Some(connection) = self.0.take() {
+            connection.fail();
         }
     }
 }
+
+/// Beyond this many bytes waiting to be written, the node is not reading:
+/// a check goes to another node rather than pile up here.
+const MAX_QUEUED: usize = 4 << 20;
 
 /// Takes a caller's pending answer slot back when it stops waiting.
 struct PendingGuard<'a>(&'a Pending, u64);
@@ -232,6 +258,16 @@ impl Connection {
             Ok(s) => s,
             Err(e) => return Err(fail("TLS", e)),
         };
+        Self::start(addr, stream, config).await
+    }
+
+    /// Says hello on `stream` and starts reading answers.
+    async fn start(
+        addr: &str,
+        stream: Box<dyn Stream>,
+        config: &ClientConfig,
+    ) -> Result<(Connection, Vec<String>), AttemptFailed> {
+        let fail = |what: &str, e: String| AttemptFailed(format!("{addr}: {what}: {e}"));
         let (mut reader, mut half) = tokio::io::split(stream);
         let hello = ClientMessage::Hello {
             versions: vec![wire::VERSION],
@@ -294,6 +330,7 @@ impl Connection {
         });
         let connection = Connection {
             outbox: Mutex::new(Outbox::default()),
+            flush_timeout: config.attempt_timeout,
             writer: tokio::sync::Mutex::new(Writer { half, batch: Vec::new(), written: 0 }),
             pending,
             closed,
@@ -357,6 +394,9 @@ impl Connection {
     async fn send(self: &Arc<Self>, id: u64, request: &CheckRequest) -> Result<(), AttemptFailed> {
         {
             let mut outbox = lock(&self.outbox);
+            if outbox.queued.len() > MAX_QUEUED {
+                return Err(AttemptFailed("connection backed up: the node is not reading".into()));
+            }
             // Encoded straight into the queue: no frame of its own to copy.
             wire::encode_check_into(&mut outbox.queued, id, request).map_err(|e| AttemptFailed(e.to_string()))?;
             if outbox.writing {
@@ -621,6 +661,131 @@ impl Client {
                 upstream_headers: Vec::new(),
                 limit: None,
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::Context;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Reads client frames from `stream` until `want` checks came; their ids and requests.
+    async fn read_checks(stream: &mut tokio::io::DuplexStream, want: usize) -> Vec<(u64, CheckRequest)> {
+        let (mut buffer, mut checks) = (Vec::new(), Vec::new());
+        while checks.len() < want {
+            assert!(stream.read_buf(&mut buffer).await.expect("read") > 0, "the client closed");
+            while let Some((len, message)) = wire::next_frame::<ClientMessage>(&buffer).expect("a whole, valid frame") {
+                buffer.drain(..len);
+                if let ClientMessage::Check { id, request } = message {
+                    checks.push((id, request));
+                }
+            }
+        }
+        checks
+    }
+
+    /// A connection over a pipe that holds 256 bytes (a large frame cannot
+    /// be written at once), past its hello; the node's end of the pipe.
+    async fn started(attempt_timeout: Duration) -> (Arc<Connection>, tokio::io::DuplexStream) {
+        let (ours, mut node) = tokio::io::duplex(256);
+        let mut config = ClientConfig::new(["test"], "token");
+        config.attempt_timeout = attempt_timeout;
+        let starting = tokio::spawn(async move { Connection::start("test", Box::new(ours), &config).await });
+        let hello = read_checks_or_hello(&mut node).await;
+        assert!(matches!(hello, ClientMessage::Hello { .. }));
+        let welcome = ServerMessage::Welcome { version: wire::VERSION, node_id: 1, members: Vec::new() };
+        node.write_all(&wire::encode(&welcome).expect("encode")).await.expect("welcome");
+        let (connection, _) = starting.await.expect("task").map_err(|e| e.0).expect("started");
+        (Arc::new(connection), node)
+    }
+
+    fn large_request() -> CheckRequest {
+        CheckRequest {
+            api: "a".into(),
+            headers: [("x-large".to_string(), "x".repeat(10_000))].into(),
+            ..Default::default()
+        }
+    }
+
+    /// A node that stops reading: the flush left to a task gives up after
+    /// the attempt time-out, and the connection is failed (its waiting
+    /// callers told), not kept with frames piling up.
+    #[tokio::test]
+    async fn a_flush_left_to_a_task_gives_up_on_a_node_that_does_not_read() {
+        let (connection, _node) = started(Duration::from_millis(100)).await;
+        let large = large_request();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut writing = Box::pin(connection.ask(1, &large));
+        assert!(writing.as_mut().poll(&mut cx).is_pending(), "queued, yielding");
+        assert!(writing.as_mut().poll(&mut cx).is_pending(), "writing, the pipe full");
+        let waiting = connection.clone();
+        let waiting = tokio::spawn(async move { waiting.ask(2, &large_request()).await.map_err(|e| e.0) });
+        tokio::task::yield_now().await;
+        drop(writing);
+        let answer = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("told in time").expect("task");
+        assert!(answer.is_err(), "no answer can come: {answer:?}");
+        assert!(connection.is_closed(), "the connection was given up");
+    }
+
+    /// A caller dropped half-way through writing a frame (its own, large,
+    /// and one it took on for another caller) hands the rest to a task: the
+    /// node gets both frames whole, and the other caller its answer.
+    #[tokio::test]
+    async fn a_writer_dropped_mid_frame_leaves_the_rest_to_a_task_and_cuts_nothing() {
+        let (connection, mut node) = started(Duration::from_secs(10)).await;
+
+        let large = large_request();
+        let small = CheckRequest { api: "b".into(), ..Default::default() };
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut writing = Box::pin(connection.ask(1, &large));
+        assert!(writing.as_mut().poll(&mut cx).is_pending(), "queued, yielding");
+        assert!(writing.as_mut().poll(&mut cx).is_pending(), "writing, the pipe full");
+        assert!(connection.writer.try_lock().is_err(), "the caller is mid-write");
+        let waiting = connection.clone();
+        let waiting = tokio::spawn(async move { waiting.ask(2, &small).await.map_err(|e| e.0) });
+        tokio::task::yield_now().await; // it queues behind the writer
+        drop(writing);
+
+        let patience = Duration::from_secs(10);
+        let checks = tokio::time::timeout(patience, read_checks(&mut node, 2)).await.expect("both frames came");
+        assert_eq!(checks[0].0, 1);
+        assert_eq!(checks[0].1.headers.get("x-large").map(String::len), Some(10_000), "the large frame came whole");
+        assert_eq!((checks[1].0, checks[1].1.api.as_str()), (2, "b"));
+        let decision = Decision {
+            allowed: true,
+            status: 200,
+            reason: ReasonCode::Allowed,
+            message: String::new(),
+            principal: None,
+            context: Default::default(),
+            response_headers: Vec::new(),
+            upstream_headers: Vec::new(),
+            limit: None,
+        };
+        node.write_all(&wire::encode(&ServerMessage::Decision { id: 2, decision }).expect("encode"))
+            .await
+            .expect("answer");
+        match tokio::time::timeout(patience, waiting).await.expect("an answer in time").expect("task") {
+            Ok(ServerMessage::Decision { id: 2, decision }) => assert!(decision.allowed),
+            other => panic!("the waiting caller got {other:?}"),
+        }
+        assert!(!connection.is_closed(), "the connection is still in use");
+    }
+
+    async fn read_checks_or_hello(stream: &mut tokio::io::DuplexStream) -> ClientMessage {
+        let mut buffer = Vec::new();
+        loop {
+            assert!(stream.read_buf(&mut buffer).await.expect("read") > 0, "the client closed");
+            if let Some((_, message)) = wire::next_frame::<ClientMessage>(&buffer).expect("a valid frame") {
+                return message;
+            }
         }
     }
 }
