@@ -119,7 +119,8 @@ async fn with_tls_every_listener_is_encrypted_and_peers_must_show_the_cluster_ce
     // The cluster's own certificate gets through TLS (the route then wants
     // the peer's request, which this is not).
     let answer = peer_client(Some(identity(&cluster.certs()))).post(&peer_url).body(Vec::new()).send().await;
-    assert!(answer.is_ok_and(|r| r.status().is_client_error()), "a node certificate reaches the peer routes");
+    let status = answer.map(|r| r.status().as_u16()).map_err(|e| e.to_string());
+    assert_eq!(status, Ok(401), "a node certificate reaches the peer route, which then asks for the cluster token");
 
     // The CLI and the admin client trust the cluster's CA when told to.
     let cli = |ca: Option<&Path>| {
@@ -144,7 +145,11 @@ async fn with_tls_every_listener_is_encrypted_and_peers_must_show_the_cluster_ce
         .is_err_and(|e| matches!(e, tollgate_client::admin::AdminError::Api { status: 404, .. })));
     assert!(matches!(plan.get_plan("nope").await, Err(tollgate_client::admin::AdminError::Unavailable(_))));
 
-    // The wire port is TLS too: a proxy with its certificate checks there.
+    // The wire port is TLS too: plain TCP gets nowhere, a proxy with its
+    // certificate checks there.
+    let mut plain = ClientConfig::new([cluster.node(follower).wire_addr()], TOKEN);
+    plain.deadline = Duration::from_millis(800);
+    assert!(Client::new(plain).check(CheckRequest::default()).await.is_err(), "plain TCP on the wire port");
     let read = |name: &str| std::fs::read(cluster.certs().join(name)).expect("pem");
     let mut config = ClientConfig::new([cluster.node(follower).wire_addr()], "");
     config.tls = Some(ClientTls::new(&ca, Some((&read("client.pem"), &read("client-key.pem")))).expect("tls"));
@@ -160,4 +165,40 @@ async fn with_tls_every_listener_is_encrypted_and_peers_must_show_the_cluster_ce
         .await
         .expect("check over the TLS wire port");
     assert!(decision.allowed, "{decision:?}");
+}
+
+/// The cluster CA also signs proxies' certificates, so a certificate alone
+/// cannot tell a peer: a node with one and no cluster token refuses to start.
+#[test]
+fn a_cluster_ca_without_a_cluster_token_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("dir");
+    let certs = certs(&dir.path().join("certs"));
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args([
+            "serve",
+            "--id",
+            "1",
+            "--init",
+            "true",
+            "--http",
+            "127.0.0.1:0",
+            "--peer",
+            "127.0.0.1:0",
+            "--wire",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--tls-cert")
+        .arg(certs.join("node.pem"))
+        .arg("--tls-key")
+        .arg(certs.join("node-key.pem"))
+        .arg("--tls-client-ca")
+        .arg(certs.join("ca.pem"))
+        .env_remove("TOLLGATE_CLUSTER_TOKEN")
+        .output()
+        .expect("tollgate serve");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tls_client_ca") && stderr.contains("TOLLGATE_CLUSTER_TOKEN"), "{stderr}");
 }

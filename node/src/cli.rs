@@ -288,13 +288,16 @@ async fn shutdown_signal() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut http = reqwest::Client::builder();
-    if let Some(ca) = &cli.ca {
-        for root in crate::tls::outbound_roots(ca)? {
-            http = http.add_root_certificate(root);
+    // Only the admin subcommands need it (and `--ca`).
+    let admin = || -> anyhow::Result<Admin> {
+        let mut http = reqwest::Client::builder();
+        if let Some(ca) = &cli.ca {
+            for root in crate::tls::outbound_roots(ca)? {
+                http = http.add_root_certificate(root);
+            }
         }
-    }
-    let admin = Admin { base: cli.url.trim_end_matches('/').to_string(), token: cli.token, http: http.build()? };
+        Ok(Admin { base: cli.url.trim_end_matches('/').to_string(), token: cli.token.clone(), http: http.build()? })
+    };
     match cli.command {
         Top::Serve(args) => {
             init_logging();
@@ -308,13 +311,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Top::Keys(cmd) => keys(&admin, cmd).await,
-        Top::Plans(cmd) => plans(&admin, cmd).await,
-        Top::Apis(cmd) => objects(&admin, "apis", cmd).await,
-        Top::Policies(cmd) => objects(&admin, "policies", cmd).await,
-        Top::Authorizers(cmd) => objects(&admin, "authorizers", cmd).await,
-        Top::Tokens(cmd) => tokens(&admin, cmd).await,
-        Top::Cluster(cmd) => cluster(&admin, cmd).await,
+        Top::Keys(cmd) => keys(&admin()?, cmd).await,
+        Top::Plans(cmd) => plans(&admin()?, cmd).await,
+        Top::Apis(cmd) => objects(&admin()?, "apis", cmd).await,
+        Top::Policies(cmd) => objects(&admin()?, "policies", cmd).await,
+        Top::Authorizers(cmd) => objects(&admin()?, "authorizers", cmd).await,
+        Top::Tokens(cmd) => tokens(&admin()?, cmd).await,
+        Top::Cluster(cmd) => cluster(&admin()?, cmd).await,
     }
 }
 

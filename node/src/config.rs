@@ -266,6 +266,14 @@ impl ServeArgs {
         if config.tls_client_ca.is_some() && config.tls_cert.is_none() {
             return Err(bad("tls_client_ca", "client certificates need TLS: set tls_cert and tls_key too"));
         }
+        if config.tls_client_ca.is_some() && config.cluster_token.is_none() {
+            // Proxies' certificates come from the same CA as the nodes': the
+            // certificate alone does not tell a peer from a proxy.
+            return Err(bad(
+                "tls_client_ca",
+                "set TOLLGATE_CLUSTER_TOKEN too: proxy certificates from this CA would otherwise pass as peers",
+            ));
+        }
         if config.quota_max_grant == 0 {
             return Err(bad("quota_max_grant", "must be at least 1"));
         }

@@ -159,6 +159,12 @@ impl Tls {
             return Ok(Tls { http: None, peer: None, wire: None, peer_client: None });
         };
         let ca = config.tls_client_ca.as_deref();
+        if ca.is_none() {
+            tracing::warn!(
+                "TLS without --tls-client-ca: peers show no certificate, and verify each other's against the \
+                 public web roots and --outbound-ca only"
+            );
+        }
         Ok(Tls {
             http: Some(server_config(cert, key, ClientAuth::None)?),
             peer: Some(server_config(cert, key, ca.map_or(ClientAuth::None, ClientAuth::Required))?),

@@ -99,10 +99,13 @@ pub fn server_config(
 
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes under way at once; past this, connections wait in the kernel's backlog.
+const MAX_HANDSHAKES: usize = 512;
 
 /// A TLS listener for `axum::serve`. Handshakes run in tasks of their own,
 /// so a slow or silent client holds up no other; one that does not finish
-/// within [`HANDSHAKE_TIMEOUT`] is dropped.
+/// within [`HANDSHAKE_TIMEOUT`] is dropped, and at most [`MAX_HANDSHAKES`]
+/// run at once. Dropping the listener stops them all.
 pub struct TlsListener {
     accepted: tokio::sync::mpsc::Receiver<(TlsStream, SocketAddr)>,
     local: SocketAddr,
@@ -117,7 +120,12 @@ impl TlsListener {
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let (tx, accepted) = tokio::sync::mpsc::channel(64);
         let accepting = tokio::spawn(async move {
+            let limit = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+            // Owned here: aborted with this task.
+            let mut handshakes = tokio::task::JoinSet::new();
             loop {
+                while handshakes.try_join_next().is_some() {}
+                let Ok(permit) = limit.clone().acquire_owned().await else { return };
                 let (stream, addr) = match listener.accept().await {
                     Ok(accepted) => accepted,
                     Err(e) => {
@@ -129,7 +137,8 @@ impl TlsListener {
                 };
                 let _ = stream.set_nodelay(true);
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
+                handshakes.spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, addr)).await;
