@@ -1,6 +1,7 @@
 //! Real proxies in front of a real upstream, asking a three-node cluster:
 //! nginx with `auth_request` and Caddy with `forward_auth`, each configured
-//! from the example in `deploy/` (only ports substituted).
+//! from the example in `deploy/` (only ports substituted; with TLS, the
+//! example's commented TLS lines turned on).
 
 mod harness;
 
@@ -15,13 +16,13 @@ use serde_json::{json, Value};
 
 /// A backend that verifies the signed identity the gateway sent, against the
 /// keys a cluster node publishes, and echoes what it learned.
-async fn start_upstream(jwks_url: String) -> u16 {
+async fn start_upstream(jwks_url: String, http: reqwest::Client) -> u16 {
     let app = Router::new().fallback(get(move |headers: HeaderMap| {
-        let jwks_url = jwks_url.clone();
+        let (jwks_url, http) = (jwks_url.clone(), http.clone());
         async move {
             let principal = headers.get("x-tollgate-principal").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
             let token = headers.get("x-tollgate-identity").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-            let verified_sub = verify(&jwks_url, &token).await.unwrap_or_else(|e| format!("unverified: {e}"));
+            let verified_sub = verify(&http, &jwks_url, &token).await.unwrap_or_else(|e| format!("unverified: {e}"));
             Json(json!({"principal": principal, "verified_sub": verified_sub}))
         }
     }));
@@ -31,9 +32,9 @@ async fn start_upstream(jwks_url: String) -> u16 {
     port
 }
 
-async fn verify(jwks_url: &str, token: &str) -> Result<String, String> {
+async fn verify(http: &reqwest::Client, jwks_url: &str, token: &str) -> Result<String, String> {
     let jwks: jsonwebtoken::jwk::JwkSet =
-        reqwest::get(jwks_url).await.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())?;
+        http.get(jwks_url).send().await.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())?;
     let kid = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?.kid.unwrap_or_default();
     let jwk = jwks.find(&kid).ok_or("unknown kid")?;
     let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
@@ -76,6 +77,17 @@ fn render(template: &str, cluster: &Cluster, listen: &str, upstream: u16) -> Str
     for (i, port) in node_ports(cluster).iter().enumerate() {
         text = text.replace(&format!("127.0.0.1:{}", 8081 + i), &format!("127.0.0.1:{port}"));
     }
+    if cluster.node(1).https {
+        // The example's TLS lines, as its comments say to turn them on.
+        let ca = cluster.certs().join("ca.pem");
+        text = text
+            .replace("proxy_pass http://tollgate/", "proxy_pass https://tollgate/")
+            .replace("# proxy_ssl_", "proxy_ssl_")
+            .replace("# transport http {", "transport http {")
+            .replace("# \ttls_trusted_ca_certs", "\ttls_trusted_ca_certs")
+            .replace("\t\t# }", "\t\t}")
+            .replace("/etc/tollgate/certs/ca.pem", &ca.display().to_string());
+    }
     text.replace("127.0.0.1:3000", &format!("127.0.0.1:{upstream}")).replace("8080", listen)
 }
 
@@ -112,10 +124,10 @@ fn start_caddy(cluster: &Cluster, upstream: u16, port: u16, dir: &Path) -> Proce
 /// `cors`: whether the proxy can give the client the check's CORS headers and
 /// answer preflights from it (nginx can; Caddy's forward_auth copies headers
 /// only onto the upstream request).
-async fn proxy_protects_the_upstream(start: fn(&Cluster, u16, u16, &Path) -> Process, cors: bool) {
-    let cluster = Cluster::start(3).await;
+async fn proxy_protects_the_upstream(start: fn(&Cluster, u16, u16, &Path) -> Process, cors: bool, tls: bool) {
+    let cluster = Cluster::start_with(3, harness::Options { tls, ..Default::default() }).await;
     let (key_id, secret) = configure(&cluster).await;
-    let upstream = start_upstream(format!("{}/.well-known/jwks.json", cluster.url(3))).await;
+    let upstream = start_upstream(format!("{}/.well-known/jwks.json", cluster.url(3)), cluster.http.clone()).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
     let _proxy = start(&cluster, upstream, port, dir.path());
@@ -202,12 +214,22 @@ async fn proxy_protects_the_upstream(start: fn(&Cluster, u16, u16, &Path) -> Pro
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nginx_auth_request_protects_an_upstream() {
-    proxy_protects_the_upstream(start_nginx, true).await;
+    proxy_protects_the_upstream(start_nginx, true, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nginx_auth_request_protects_an_upstream_asking_over_tls() {
+    proxy_protects_the_upstream(start_nginx, true, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn caddy_forward_auth_protects_an_upstream() {
     // Caddy forwards on a 2xx from forward_auth and copies headers onto the
     // upstream request, so CORS stays with Caddy or the upstream (README).
-    proxy_protects_the_upstream(start_caddy, false).await;
+    proxy_protects_the_upstream(start_caddy, false, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caddy_forward_auth_protects_an_upstream_asking_over_tls() {
+    proxy_protects_the_upstream(start_caddy, false, true).await;
 }
