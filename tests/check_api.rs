@@ -217,3 +217,100 @@ async fn forward_auth_reads_traefik_and_envoy_requests_as_they_send_them() {
         (404, Some("no_route"))
     );
 }
+
+/// Every query of the Grafana dashboard in `deploy/grafana/` names metrics
+/// and labels a node really exports, once each kind of traffic has run:
+/// checks (keys, quota and throttle, an HTTP authorizer, a WAF count rule)
+/// and admin writes forwarded from a follower.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_grafana_dashboard_queries_only_metrics_the_nodes_export() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|n| *n != leader).expect("a follower");
+
+    let authorizer = axum::Router::new()
+        .route("/authorize", axum::routing::post(|| async { axum::Json(json!({"allow": true, "principal_id": "u"})) }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/authorize", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, authorizer).await });
+
+    // Written through the follower, so some are forwarded to the leader.
+    let objects = [
+        (
+            "/v1/admin/authorizers",
+            json!({"id": "lambda", "name": "lambda", "kind": {"http": {"url": url,
+            "identity_sources": ["header:authorization"], "cache_ttl_secs": 60, "timeout_ms": 2000}}}),
+        ),
+        (
+            "/v1/admin/apis",
+            json!({"id": "dash", "name": "Dash", "stages": [{"name": "prod"}],
+            "routes": [{"method": "GET", "path": "/keyed/*", "api_key_required": true},
+                       {"method": "GET", "path": "/authz/*", "authorizer_id": "lambda"}],
+            "waf": [{"name": "count-debug", "action": "count", "condition": {"query_matches": "debug=1"}}]}),
+        ),
+        (
+            "/v1/admin/plans",
+            json!({"id": "metered", "name": "Metered", "throttle": {"rate_per_sec": 100, "burst": 100},
+            "quota": {"limit": 1000, "period": "day"}, "api_stages": [{"api_id": "dash", "stage": "prod"}]}),
+        ),
+    ];
+    for (path, body) in objects {
+        let (status, answer) = cluster.post(follower, path, body).await;
+        assert_eq!(status, 201, "{path}: {answer}");
+    }
+    let (_, key) = cluster.post(follower, "/v1/admin/keys", json!({"name": "k", "plan_ids": ["metered"]})).await;
+    let secret = key["secret"].as_str().unwrap_or_default().to_string();
+    harness::wait_until("the model on the leader", || async {
+        cluster.get(leader, "/v1/admin/keys?stale=true").await.1["items"].as_array().is_some_and(|k| k.len() == 1)
+    })
+    .await;
+    let check = |path: &str, headers: Value| {
+        json!({"api": "dash", "stage": "prod", "method": "GET", "path": path, "headers": headers,
+            "query": {"debug": "1"}})
+    };
+    for _ in 0..3 {
+        let (_, d) = cluster.post(leader, "/v1/check", check("/keyed/1", json!({"x-api-key": secret}))).await;
+        assert_eq!(d["reason"], "allowed", "{d}");
+        let (_, d) = cluster.post(leader, "/v1/check", check("/authz/1", json!({"authorization": "t"}))).await;
+        assert_eq!(d["reason"], "allowed", "{d}");
+    }
+
+    let metrics = cluster.http.get(format!("{}/metrics", cluster.url(leader))).send().await.expect("metrics");
+    let metrics = metrics.text().await.expect("metrics text");
+    let samples: Vec<&str> = metrics.lines().filter(|l| l.starts_with("tollgate_")).collect();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/tollgate.json");
+    let dashboard: Value = serde_json::from_slice(&std::fs::read(&path).expect("dashboard")).expect("dashboard JSON");
+    let names = regex::Regex::new(r"tollgate_[a-z_]+").expect("regex");
+    let grouped = regex::Regex::new(r"by \(([a-z_, ]+)\)").expect("regex");
+    let selected = regex::Regex::new(r"\{([a-z_]+)(!=|=)").expect("regex");
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            queries += 1;
+            let metrics_used: Vec<&str> = names.find_iter(expr).map(|m| m.as_str()).collect();
+            assert!(!metrics_used.is_empty(), "{expr}: no tollgate metric");
+            let labels = grouped
+                .captures_iter(expr)
+                .flat_map(|c| c[1].split(',').map(|l| l.trim().to_string()).collect::<Vec<_>>())
+                .chain(selected.captures_iter(expr).map(|c| c[1].to_string()))
+                // Added by Prometheus when it scrapes, or part of every bucket.
+                .filter(|l| !["instance", "job", "le"].contains(&l.as_str()))
+                .collect::<Vec<_>>();
+            for metric in metrics_used {
+                let lines: Vec<&&str> = samples
+                    .iter()
+                    .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with(['{', ' ']))
+                    .collect();
+                assert!(!lines.is_empty(), "{expr}: the node exports no {metric}");
+                for label in &labels {
+                    assert!(
+                        lines.iter().any(|l| l.contains(&format!("{label}=\""))),
+                        "{expr}: {metric} has no label {label}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(queries >= 15, "the dashboard has its panels");
+}
