@@ -1,0 +1,121 @@
+//! Micro-benchmarks of the check path's steps in one process: the binary
+//! protocol's codec, and the gateway's decision for an API-key request —
+//! on a plan without limits, and on one with a throttle and a quota (held
+//! here, as a node holds them between grants).
+//!
+//! `cargo bench -p tollgate-bench --bench check_path`
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use criterion::{criterion_group, criterion_main, Criterion};
+use serde_json::json;
+use tollgate_node::cluster::state_machine::Published;
+use tollgate_node::gateway::limits::SystemClock;
+use tollgate_node::gateway::Gateway;
+use tollgate_node::state::Model;
+use tollgate_proto::check::{CheckRequest, Decision, ReasonCode};
+use tollgate_proto::model::{ApiKey, ApiKeySpec, Entity, SecretDigest, Timestamp};
+use tollgate_proto::wire::{self, ClientMessage, ServerMessage};
+
+const SECRET: &str = "tgk_bench-secret-0123456789abcdef";
+const LIMITED: &str = "tgk_bench-limited-0123456789abcdef";
+
+fn entity<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+    serde_json::from_value(value).expect("fixture")
+}
+
+fn key(id: &str, secret: &str, plan: &str) -> Entity {
+    let spec: ApiKeySpec = entity(json!({"name": id, "plan_ids": [plan]}));
+    let digest = SecretDigest { prefix: secret[..6].to_string(), sha256: tollgate_node::secret::sha256(secret) };
+    Entity::Key(ApiKey::from_spec(id.into(), spec, digest, Timestamp(0)))
+}
+
+/// Two APIs (one per plan), a plan without limits, one with a throttle
+/// and a quota too large to run out, and a key in each. With a cluster
+/// token, allowed checks carry a signed identity for the backend.
+fn gateway(cluster_token: Option<&str>) -> Gateway {
+    let mut model = Model::default();
+    for api in ["free", "metered"] {
+        model.load(Entity::Api(entity(json!({"id": api, "name": api, "stages": [{"name": "prod"}],
+            "routes": [{"method": "GET", "path": "/items/*", "api_key_required": true}]}))));
+    }
+    model.load(Entity::Plan(entity(json!({"id": "free", "name": "free",
+        "api_stages": [{"api_id": "free", "stage": "prod"}]}))));
+    model.load(Entity::Plan(entity(json!({"id": "metered", "name": "metered",
+        "throttle": {"rate_per_sec": 1e9, "burst": 1_000_000_000u64},
+        "quota": {"limit": 1_000_000_000_000u64, "period": "month"},
+        "api_stages": [{"api_id": "metered", "stage": "prod"}]}))));
+    model.load(key("key_free", SECRET, "free"));
+    model.load(key("key_metered", LIMITED, "metered"));
+    let published = Published { model, ..Default::default() };
+    let model = Arc::new(ArcSwap::from_pointee(published));
+    Gateway::with_stats(model, Arc::new(SystemClock), Default::default(), cluster_token)
+}
+
+fn request(api: &str, secret: &str) -> CheckRequest {
+    CheckRequest {
+        api: api.into(),
+        stage: "prod".into(),
+        method: "GET".into(),
+        path: "/items/1".into(),
+        source_ip: Some("192.0.2.1".into()),
+        headers: [
+            ("x-api-key".to_string(), secret.to_string()),
+            ("user-agent".to_string(), "bench/1.0".to_string()),
+            ("accept".to_string(), "application/json".to_string()),
+        ]
+        .into(),
+        ..Default::default()
+    }
+}
+
+fn codec(c: &mut Criterion) {
+    let req = request("free", SECRET);
+    let mut out = Vec::with_capacity(1024);
+    c.bench_function("wire/encode check", |b| {
+        b.iter(|| {
+            out.clear();
+            wire::encode_check_into(&mut out, 7, black_box(&req)).expect("encode");
+        })
+    });
+    let frame = wire::encode_check(7, &req).expect("encode");
+    c.bench_function("wire/decode check", |b| {
+        b.iter(|| wire::next_frame::<ClientMessage>(black_box(&frame)).expect("decode"))
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let decision: Decision = runtime.block_on(gateway(None).check(&req)).expect("check");
+    let answer = ServerMessage::Decision { id: 7, decision };
+    c.bench_function("wire/encode decision", |b| {
+        b.iter(|| {
+            out.clear();
+            wire::encode_into(&mut out, black_box(&answer)).expect("encode");
+        })
+    });
+    let frame = wire::encode(&answer).expect("encode");
+    c.bench_function("wire/decode decision", |b| {
+        b.iter(|| wire::next_frame::<ServerMessage>(black_box(&frame)).expect("decode"))
+    });
+}
+
+fn decide(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let (plain, signing) = (gateway(None), gateway(Some("bench-cluster-token")));
+    for (name, gateway, req) in [
+        ("gateway/check, key on a plan without limits", &plain, request("free", SECRET)),
+        ("gateway/check, key with throttle and quota", &plain, request("metered", LIMITED)),
+        ("gateway/check, unknown key", &plain, request("free", "tgk_not-a-key-0123456789abcdef")),
+        ("gateway/check, key, signed identity (as nodes run)", &signing, request("free", SECRET)),
+    ] {
+        let first = runtime.block_on(gateway.check(&req)).expect("check");
+        let expected = if name.contains("unknown") { ReasonCode::UnknownKey } else { ReasonCode::Allowed };
+        assert_eq!(first.reason, expected, "{name}: {}", first.message);
+        let signed = first.upstream_headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("x-tollgate-identity"));
+        assert_eq!(signed, name.contains("signed"), "{name}: identity header");
+        c.bench_function(name, |b| b.iter(|| runtime.block_on(gateway.check(black_box(&req)))));
+    }
+}
+
+criterion_group!(benches, codec, decide);
+criterion_main!(benches);
