@@ -202,3 +202,77 @@ fn a_cluster_ca_without_a_cluster_token_is_refused_at_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("tls_client_ca") && stderr.contains("TOLLGATE_CLUSTER_TOKEN"), "{stderr}");
 }
+
+/// `tollgate dev`, stopped with SIGTERM (as Ctrl-C) so it stops its nodes,
+/// also when the test fails or its process dies.
+struct Dev(std::process::Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Nine ports P..P+2, P+1000.., P+2000.. below the harness's range (20000
+/// and up) and above `tollgate dev`'s default, free now.
+fn dev_base_port() -> u16 {
+    let start = 10_200 + (std::process::id() % 7_000) as u16;
+    (start..17_900)
+        .find(|p| {
+            [0, 1, 2, 1000, 1001, 1002, 2000, 2001, 2002]
+                .iter()
+                .all(|o| std::net::TcpListener::bind(("127.0.0.1", p + o)).is_ok())
+        })
+        .expect("free ports for tollgate dev")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tollgate_dev_with_tls_starts_a_tls_cluster_the_cli_can_talk_to() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let out = dir.path().join("dev.out");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    cmd.args(["dev", "--tls", "--base-port", &dev_base_port().to_string()])
+        .arg("--data-dir")
+        .arg(dir.path().join("dev"))
+        .env_remove("TOLLGATE_ADMIN_TOKEN")
+        .stdout(std::fs::File::create(&out).expect("out"))
+        .stderr(Stdio::null());
+    // SAFETY: prctl is async-signal-safe; SIGTERM lets dev stop its nodes.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let _dev = Dev(cmd.spawn().expect("tollgate dev"));
+    harness::wait_until("tollgate dev is up", || async {
+        std::fs::read_to_string(&out).is_ok_and(|t| t.contains("Ctrl-C stops"))
+    })
+    .await;
+    let printed = std::fs::read_to_string(&out).expect("out");
+    let export = |name: &str| {
+        printed
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("export {name}=")).map(str::to_string))
+            .unwrap_or_else(|| panic!("no {name} in: {printed}"))
+    };
+    let (url, token, ca) = (export("TOLLGATE_URL"), export("TOLLGATE_ADMIN_TOKEN"), export("TOLLGATE_CA"));
+    assert!(url.starts_with("https://"), "{url}");
+    // What it printed is what a newcomer sets: the CLI talks to the cluster.
+    let status = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["cluster", "status"])
+        .env("TOLLGATE_URL", &url)
+        .env("TOLLGATE_ADMIN_TOKEN", &token)
+        .env("TOLLGATE_CA", &ca)
+        .output()
+        .expect("tollgate cluster status");
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("leader_id"));
+    let plain = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+    assert!(plain.get(url.replace("https://", "http://") + "/readyz").send().await.is_err(), "plain HTTP answered");
+}

@@ -18,6 +18,10 @@ pub struct DevArgs {
     /// check) ports P+2000 … P+2002.
     #[arg(long, default_value_t = 8081)]
     pub base_port: u16,
+    /// TLS on every listener and mutual TLS between the nodes, with a
+    /// development CA made in DATA_DIR/certs on the first run (`tollgate certs`).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// The three processes; killed when dropped, so an early error leaves none behind.
@@ -71,6 +75,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         })
         .collect();
     let peers = peers.join(",");
+    let certs = std::path::absolute(args.data_dir.join("certs")).context("the certificates' folder")?;
+    let mut tls_args: Vec<std::ffi::OsString> = Vec::new();
+    let mut http = reqwest::Client::builder();
+    if args.tls {
+        if !certs.join("ca.pem").exists() {
+            crate::tls::generate(&certs, &[])?;
+        }
+        for (flag, file) in [("--tls-cert", "node.pem"), ("--tls-key", "node-key.pem"), ("--tls-client-ca", "ca.pem")] {
+            tls_args.extend([flag.into(), certs.join(file).into()]);
+        }
+        for root in crate::tls::outbound_roots(&certs.join("ca.pem"))? {
+            http = http.add_root_certificate(root);
+        }
+    }
+    let scheme = if args.tls { "https" } else { "http" };
 
     let mut nodes = Nodes(Vec::new());
     for i in 0..3u16 {
@@ -94,6 +113,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             ])
             .arg("--data-dir")
             .arg(&dir)
+            .args(&tls_args)
             .env("TOLLGATE_ADMIN_TOKEN", &token)
             .env("TOLLGATE_CLUSTER_TOKEN", &cluster_token)
             .stdin(Stdio::null())
@@ -104,10 +124,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         nodes.0.push(child);
     }
 
-    let http = reqwest::Client::new();
+    let http = http.build()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     for i in 0..3u16 {
-        let url = format!("http://{}/readyz", addr(i).0);
+        let url = format!("{scheme}://{}/readyz", addr(i).0);
         loop {
             if let Some(status) = nodes.0[i as usize].try_wait()? {
                 bail!(
@@ -130,7 +150,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for i in 0..3u16 {
         let (h, p) = addr(i);
         println!(
-            "  node {}: http://{h}  (wire {}, peer {p}, log {}/node{}/node.log)",
+            "  node {}: {scheme}://{h}  (wire {}, peer {p}, log {}/node{}/node.log)",
             i + 1,
             wire(i),
             args.data_dir.display(),
@@ -140,9 +160,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!();
     println!("Admin token (valid while this runs):");
     println!("  export TOLLGATE_ADMIN_TOKEN={token}");
-    println!("  export TOLLGATE_URL=http://{}", addr(0).0);
+    println!("  export TOLLGATE_URL={scheme}://{}", addr(0).0);
+    let curl_ca = if args.tls {
+        println!("  export TOLLGATE_CA={}", certs.join("ca.pem").display());
+        println!("TLS on every listener; the CA, node and proxy client certificates are in {}.", certs.display());
+        " --cacert $TOLLGATE_CA"
+    } else {
+        ""
+    };
     println!();
-    println!("Try:  curl -s -H \"Authorization: Bearer $TOLLGATE_ADMIN_TOKEN\" $TOLLGATE_URL/v1/admin/cluster");
+    println!(
+        "Try:  curl -s{curl_ca} -H \"Authorization: Bearer $TOLLGATE_ADMIN_TOKEN\" $TOLLGATE_URL/v1/admin/cluster"
+    );
     println!("Ctrl-C stops all three nodes.");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
