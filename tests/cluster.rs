@@ -171,6 +171,35 @@ async fn a_learner_is_added_promoted_and_removed() {
     cluster.wait_ready(4).await;
     assert_eq!(cluster.get(4, "/v1/admin/plans/seen-by-learner?stale=true").await.0, 200);
 
+    // The learner answers checks, with quota leases from the leader: a
+    // quota of 50 shared with a voter admits exactly 50.
+    let api = json!({"id": "edge", "name": "Edge", "stages": [{"name": "prod"}],
+        "routes": [{"method": "GET", "path": "/*", "api_key_required": true}]});
+    assert_eq!(cluster.post(1, "/v1/admin/apis", api).await.0, 201);
+    let quota = json!({"id": "fifty", "name": "Fifty", "quota": {"limit": 50, "period": "day"},
+        "api_stages": [{"api_id": "edge", "stage": "prod"}]});
+    assert_eq!(cluster.post(1, "/v1/admin/plans", quota).await.0, 201);
+    let (_, key) = cluster.post(1, "/v1/admin/keys", json!({"name": "edge", "plan_ids": ["fifty"]})).await;
+    let secret = key["secret"].as_str().unwrap_or_default().to_string();
+    harness::wait_until("the key on the learner", || async {
+        cluster.get(4, "/v1/admin/keys?stale=true").await.1["items"].as_array().is_some_and(|k| k.len() == 1)
+    })
+    .await;
+    let check =
+        json!({"api": "edge", "stage": "prod", "method": "GET", "path": "/x", "headers": {"x-api-key": secret}});
+    let mut admitted = [0, 0];
+    for i in 0..80 {
+        for (slot, node) in [(0, 4), (1, 1)] {
+            let (status, decision) = cluster.post(node, "/v1/check", check.clone()).await;
+            assert_eq!(status, 200, "check {i} on node {node}: {decision}");
+            if decision["allowed"] == true {
+                admitted[slot] += 1;
+            }
+        }
+    }
+    assert_eq!(admitted[0] + admitted[1], 50, "learner {} + voter {}", admitted[0], admitted[1]);
+    assert!(admitted[0] > 0, "the learner admitted from its own grants");
+
     let (code, body) = cluster.call(3, Method::POST, "/v1/admin/cluster/nodes/4/promote", None).await;
     assert_eq!(code, 200, "{body}");
     let (_, status) = cluster.get(1, "/v1/admin/cluster").await;
