@@ -60,6 +60,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         bail!("--base-port: must leave room for P+2002 (at most 63533)");
     }
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    // Caught from now on: a Ctrl-C or SIGTERM while the nodes start still
+    // stops them (by default it would end this process and leave them running).
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let exe = std::env::current_exe().context("cannot find the tollgate binary")?;
     let token = match std::env::var("TOLLGATE_ADMIN_TOKEN") {
         Ok(t) if !t.is_empty() => t,
@@ -142,7 +147,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             if Instant::now() > deadline {
                 bail!("node {} did not become ready in 30 s; see its node.log", i + 1);
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = term.recv() => bail!("stopped while the nodes were starting"),
+                _ = interrupt.recv() => bail!("stopped while the nodes were starting"),
+            }
         }
     }
 
@@ -174,12 +183,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     println!("Ctrl-C stops all three nodes.");
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut watch = tokio::time::interval(Duration::from_millis(500));
     let mut exited = [false; 3];
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = interrupt.recv() => break,
             _ = term.recv() => break,
             _ = watch.tick() => {
                 // A node that exits (or is killed to try a failover) is reported;
