@@ -187,7 +187,7 @@ async fn a_learner_is_added_promoted_and_removed() {
     .await;
     let check =
         json!({"api": "edge", "stage": "prod", "method": "GET", "path": "/x", "headers": {"x-api-key": secret}});
-    let mut admitted = [0, 0];
+    let (mut admitted, mut unavailable) = ([0, 0], 0);
     for i in 0..80 {
         for (slot, node) in [(0, 4), (1, 1)] {
             let (status, decision) = cluster.post(node, "/v1/check", check.clone()).await;
@@ -195,9 +195,17 @@ async fn a_learner_is_added_promoted_and_removed() {
             if decision["allowed"] == true {
                 admitted[slot] += 1;
             }
+            if decision["reason"] == "quota_unavailable" {
+                unavailable += 1;
+            }
         }
     }
-    assert_eq!(admitted[0] + admitted[1], 50, "learner {} + voter {}", admitted[0], admitted[1]);
+    let total = admitted[0] + admitted[1];
+    assert!(total <= 50, "learner {} + voter {}", admitted[0], admitted[1]);
+    // Exact unless a grant was given up on (it then expires counted whole).
+    if unavailable == 0 {
+        assert_eq!(total, 50, "learner {} + voter {}", admitted[0], admitted[1]);
+    }
     assert!(admitted[0] > 0, "the learner admitted from its own grants");
 
     let (code, body) = cluster.call(3, Method::POST, "/v1/admin/cluster/nodes/4/promote", None).await;

@@ -72,8 +72,12 @@ fn node_ports(cluster: &Cluster) -> Vec<u16> {
 }
 
 fn render(template: &str, cluster: &Cluster, listen: &str, upstream: u16) -> String {
-    let mut text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(template))
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(template))
         .unwrap_or_else(|e| panic!("{template}: {e}"));
+    // The listen directive exactly (nginx, Caddy), before any port or path
+    // is put in that could hold "8080".
+    let mut text =
+        text.replace("listen 8080;", &format!("listen {listen};")).replace(":8080 {", &format!(":{listen} {{"));
     for (i, port) in node_ports(cluster).iter().enumerate() {
         text = text.replace(&format!("127.0.0.1:{}", 8081 + i), &format!("127.0.0.1:{port}"));
     }
@@ -88,7 +92,7 @@ fn render(template: &str, cluster: &Cluster, listen: &str, upstream: u16) -> Str
             .replace("\t\t# }", "\t\t}")
             .replace("/etc/tollgate/certs/ca.pem", &ca.display().to_string());
     }
-    text.replace("127.0.0.1:3000", &format!("127.0.0.1:{upstream}")).replace("8080", listen)
+    text.replace("127.0.0.1:3000", &format!("127.0.0.1:{upstream}"))
 }
 
 fn start_nginx(cluster: &Cluster, upstream: u16, port: u16, dir: &Path) -> Process {
