@@ -36,7 +36,10 @@
 //!   plans, usage (GetUsage/UpdateUsage) — with failover between nodes.
 //! - `Connection`: one TCP connection speaking the binary protocol
 //!   (`tollgate_proto::wire`): checks are pipelined with ids and answered in
-//!   any order; a reader task hands each answer to its caller.
+//!   any order; a reader task hands each answer to its caller. The checks of
+//!   callers woken in the same scheduler tick go out in one write, by one of
+//!   them; if it gives up half-way, a task finishes the write (within the
+//!   attempt time-out, else the connection is dropped), so no frame is cut.
 //!
 //! The client holds no global state: every [`Client`] is independent.
 #![forbid(unsafe_code)]
