@@ -290,13 +290,12 @@ async fn shutdown_signal() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     // Only the admin subcommands need it (and `--ca`).
     let admin = || -> anyhow::Result<Admin> {
-        let mut http = reqwest::Client::builder();
-        if let Some(ca) = &cli.ca {
-            for root in crate::tls::outbound_roots(ca)? {
-                http = http.add_root_certificate(root);
-            }
-        }
-        Ok(Admin { base: cli.url.trim_end_matches('/').to_string(), token: cli.token.clone(), http: http.build()? })
+        let roots = match &cli.ca {
+            Some(ca) => crate::tls::outbound_roots(ca)?,
+            None => Vec::new(),
+        };
+        let http = crate::tls::http_trusting(&roots).build()?;
+        Ok(Admin { base: cli.url.trim_end_matches('/').to_string(), token: cli.token.clone(), http })
     };
     match cli.command {
         Top::Serve(args) => {

@@ -82,7 +82,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let peers = peers.join(",");
     let certs = std::path::absolute(args.data_dir.join("certs")).context("the certificates' folder")?;
     let mut tls_args: Vec<std::ffi::OsString> = Vec::new();
-    let mut http = reqwest::Client::builder();
+    let mut roots = Vec::new();
     if args.tls {
         if !certs.join("ca.pem").exists() {
             crate::tls::generate(&certs, &[])?;
@@ -90,9 +90,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         for (flag, file) in [("--tls-cert", "node.pem"), ("--tls-key", "node-key.pem"), ("--tls-client-ca", "ca.pem")] {
             tls_args.extend([flag.into(), certs.join(file).into()]);
         }
-        for root in crate::tls::outbound_roots(&certs.join("ca.pem"))? {
-            http = http.add_root_certificate(root);
-        }
+        roots = crate::tls::outbound_roots(&certs.join("ca.pem"))?;
     }
     let scheme = if args.tls { "https" } else { "http" };
 
@@ -129,7 +127,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         nodes.0.push(child);
     }
 
-    let http = http.build()?;
+    let http = crate::tls::http_trusting(&roots).build()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     for i in 0..3u16 {
         let url = format!("{scheme}://{}/readyz", addr(i).0);

@@ -57,6 +57,12 @@ pub fn outbound_roots(path: &Path) -> anyhow::Result<Vec<reqwest::Certificate>> 
         .collect()
 }
 
+/// An HTTP client builder that trusts `roots` besides the public web roots:
+/// every HTTPS client of the node and its CLI starts here.
+pub fn http_trusting(roots: &[reqwest::Certificate]) -> reqwest::ClientBuilder {
+    roots.iter().fold(reqwest::Client::builder(), |b, root| b.add_root_certificate(root.clone()))
+}
+
 /// Who must show a client certificate, signed by which CA.
 #[derive(Debug, Clone, Copy)]
 pub enum ClientAuth<'a> {

@@ -58,15 +58,13 @@ impl PeerClient {
         via: HashMap<String, String>,
         tls: Option<crate::tls::PeerTls>,
     ) -> Result<Self, reqwest::Error> {
-        let mut builder = reqwest::Client::builder()
+        let roots = tls.as_ref().map_or(&[][..], |t| &t.roots[..]);
+        let mut builder = crate::tls::http_trusting(roots)
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true);
         let scheme = match tls {
             Some(tls) => {
-                for root in tls.roots {
-                    builder = builder.add_root_certificate(root);
-                }
                 if let Some(identity) = tls.identity {
                     builder = builder.identity(identity);
                 }

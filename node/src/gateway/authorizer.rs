@@ -74,8 +74,8 @@ impl Default for HttpAuthorizers {
 impl HttpAuthorizers {
     /// Calls authorizers over HTTPS trusting the public web roots and `roots`.
     pub fn trusting(roots: &[reqwest::Certificate]) -> Self {
-        let builder = roots.iter().fold(reqwest::Client::builder(), |b, c| b.add_root_certificate(c.clone()));
-        let http = builder.connect_timeout(Duration::from_millis(500)).build().unwrap_or_default();
+        let builder = crate::tls::http_trusting(roots).connect_timeout(Duration::from_millis(500));
+        let http = builder.build().unwrap_or_default();
         HttpAuthorizers { http, cache: Mutex::new(HashMap::new()) }
     }
 }

@@ -65,8 +65,7 @@ impl Default for JwtVerifier {
 impl JwtVerifier {
     /// Fetches keys over HTTPS trusting the public web roots and `roots`.
     pub fn trusting(roots: &[reqwest::Certificate]) -> Self {
-        let builder = roots.iter().fold(reqwest::Client::builder(), |b, c| b.add_root_certificate(c.clone()));
-        let http = builder.timeout(FETCH_TIMEOUT).build().unwrap_or_default();
+        let http = crate::tls::http_trusting(roots).timeout(FETCH_TIMEOUT).build().unwrap_or_default();
         JwtVerifier { http, fetched: Mutex::new(HashMap::new()), min_refresh: MIN_REFRESH }
     }
 }
