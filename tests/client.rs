@@ -321,15 +321,7 @@ async fn over_tls_a_proxy_authenticates_with_its_client_certificate_or_a_token()
     let cluster = Cluster::start_with(3, harness::Options { tls: true, ..Default::default() }).await;
     let ours = cluster.certs();
     let dir = tempfile::tempdir().expect("dir");
-    let rogue = dir.path().join("rogue");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .arg("certs")
-        .arg("--out")
-        .arg(&rogue)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("tollgate certs");
-    assert!(status.success());
+    let rogue = harness::make_certs(&dir.path().join("rogue"));
     let (key, token) = setup(&cluster).await;
     let read = |d: &std::path::Path, name: &str| std::fs::read(d.join(name)).expect("pem");
     let ca = read(&ours, "ca.pem");

@@ -3,29 +3,15 @@
 
 mod harness;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use harness::{Cluster, Options, TOKEN};
+use harness::{make_certs as certs, Cluster, Options, TOKEN};
 use serde_json::json;
 use tollgate_client::tls::ClientTls;
 use tollgate_client::{CheckRequest, Client, ClientConfig};
 use tollgate_node::tls::{server_config, ClientAuth, TlsListener};
-
-/// `tollgate certs --out DIR`: a CA, a node certificate (localhost,
-/// 127.0.0.1) and a proxy client certificate.
-fn certs(dir: &Path) -> PathBuf {
-    let status = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .arg("certs")
-        .arg("--out")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .status()
-        .expect("tollgate certs");
-    assert!(status.success());
-    dir.to_path_buf()
-}
 
 /// An HTTP authorizer over HTTPS, with the certificate in `certs`, that
 /// allows every request.

@@ -31,6 +31,20 @@ pub const TOKEN: &str = "tga_test-bootstrap-token-0123456789abcdef";
 /// How long any harness wait may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// `tollgate certs --out DIR`: a development CA, a node certificate
+/// (localhost, 127.0.0.1) and a proxy client certificate; returns DIR.
+pub fn make_certs(dir: &Path) -> PathBuf {
+    let status = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("certs")
+        .arg("--out")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .status()
+        .expect("tollgate certs");
+    assert!(status.success(), "tollgate certs failed");
+    dir.to_path_buf()
+}
+
 /// A port nobody else in this process has been given, and that is free now.
 pub fn free_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
@@ -185,15 +199,7 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut http = reqwest::Client::builder().timeout(Duration::from_secs(20));
         if options.tls {
-            let certs = dir.path().join("certs");
-            let status = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-                .arg("certs")
-                .arg("--out")
-                .arg(&certs)
-                .stdout(Stdio::null())
-                .status()
-                .expect("tollgate certs");
-            assert!(status.success(), "tollgate certs failed");
+            let certs = make_certs(&dir.path().join("certs"));
             for (flag, file) in
                 [("--tls-cert", "node.pem"), ("--tls-key", "node-key.pem"), ("--tls-client-ca", "ca.pem")]
             {
