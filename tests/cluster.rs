@@ -146,7 +146,7 @@ async fn a_learner_is_added_promoted_and_removed() {
     let (status, body) = cluster.post(1, "/v1/admin/plans", plan("seen-by-learner")).await;
     assert_eq!(status, 201, "{body}");
 
-    let learner = cluster.spawn_extra(4);
+    let learner = cluster.spawn_extra(4).await;
     let (http, peer) = (format!("127.0.0.1:{}", learner.http_port), format!("127.0.0.1:{}", learner.peer_port));
     let wire = learner.wire_addr();
     // Added through a follower: the change is forwarded to the leader.

@@ -1,10 +1,19 @@
 //! A harness that runs real `tollgate` node processes on loopback.
 //!
-//! Each node gets ports of its own (from a range outside the kernel's ephemeral
-//! ports, handed out once per test process, so parallel tests never share one),
-//! its own temporary data directory, and a log file. Every child is killed when
-//! its [`Node`] is dropped — also when a test panics — and, through
-//! `PR_SET_PDEATHSIG`, when the test process itself dies.
+//! No port is ever checked free and bound later (another process could take
+//! it in between): each node binds port 0 for its HTTP, peer and wire
+//! listeners and reports what it bound in `DATA_DIR/node.json`, and every
+//! listener of the harness itself binds port 0 and keeps its socket. While a
+//! killed node is down the harness holds its ports with sockets that are
+//! bound but not listening (so connections are refused, as for any dead
+//! process, and no other process can take them); a restart lets them go just
+//! before the node binds them again. Node 1 starts a new cluster with
+//! `--init` and the harness adds the others through the admin API, as an
+//! operator grows a cluster.
+//!
+//! Each node has its own temporary data directory and a log file. Every child
+//! is killed when its [`Node`] is dropped — also when a test panics — and,
+//! through `PR_SET_PDEATHSIG`, when the test process itself dies.
 //!
 //! A cluster started with [`Options::partitionable`] sends each peer link
 //! through a TCP proxy of its own inside the test process, so a test can cut a
@@ -19,7 +28,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -45,7 +54,11 @@ pub fn make_certs(dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
-/// A port nobody else in this process has been given, and that is free now.
+/// A port nobody else in this process has been given, and that is free now,
+/// from a range outside the kernel's ephemeral ports (so no `bind(0)` or
+/// outgoing connection takes it). Only for programs that cannot bind port 0
+/// and report the port (nginx, Caddy); nodes and the harness's own listeners
+/// never use it.
 pub fn free_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     // Start somewhere that depends on the process, so separate test processes
@@ -95,19 +108,28 @@ impl Default for Options {
 
 pub struct Node {
     pub id: u64,
+    /// The ports the node bound (read from its `node.json`); a restart binds
+    /// them again.
     pub http_port: u16,
     pub peer_port: u16,
     pub wire_port: u16,
     pub dir: PathBuf,
     /// Its HTTP listener speaks TLS.
     pub https: bool,
-    /// Flags of this node alone (its `--peer-via` in a partitionable
-    /// cluster), kept so a restart gets them again.
+    /// Flags of this node alone (`--init`, its `--advertise-peer` and
+    /// `--peer-via` in a partitionable cluster), kept so a restart gets them
+    /// again.
     args: Vec<String>,
     child: Option<Child>,
+    /// While the node is down: its ports, bound and not listening.
+    held: Vec<socket2::Socket>,
 }
 
 impl Node {
+    fn new(id: u64, dir: PathBuf, https: bool, args: Vec<String>) -> Node {
+        Node { id, http_port: 0, peer_port: 0, wire_port: 0, dir, https, args, child: None, held: Vec::new() }
+    }
+
     pub fn url(&self) -> String {
         let scheme = if self.https { "https" } else { "http" };
         format!("{scheme}://127.0.0.1:{}", self.http_port)
@@ -117,25 +139,29 @@ impl Node {
         format!("127.0.0.1:{}", self.wire_port)
     }
 
-    pub fn addr_spec(&self) -> String {
-        format!("{}=127.0.0.1:{}/127.0.0.1:{}/127.0.0.1:{}", self.id, self.http_port, self.peer_port, self.wire_port)
-    }
-
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
 
-    /// kill -9.
+    /// kill -9. Its ports stay reserved for its restart.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            self.held = [self.http_port, self.peer_port, self.wire_port].into_iter().map(hold).collect();
         }
     }
 
-    fn spawn(&mut self, peers: Option<&str>, options: &Options) {
+    /// Starts the process: on the ports it had if it ran before, else on
+    /// port 0. Then [`Node::wait_bound`] reads what it bound.
+    fn spawn(&mut self, options: &Options) {
         assert!(self.child.is_none(), "node {} is already running", self.id);
         std::fs::create_dir_all(&self.dir).expect("data dir");
+        match std::fs::remove_file(self.dir.join("node.json")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("cannot remove the old node.json of node {}: {e}", self.id),
+        }
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("node.log")).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
@@ -157,9 +183,6 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log);
-        if let Some(peers) = peers {
-            cmd.args(["--peers", peers]);
-        }
         // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill
         // this child if the thread that spawned it (the test) goes away.
         unsafe {
@@ -168,8 +191,58 @@ impl Node {
                 Ok(())
             });
         }
+        // Let the ports go only now, as the node is about to bind them.
+        self.held.clear();
         self.child = Some(cmd.spawn().expect("spawn tollgate"));
     }
+
+    /// Waits for the `node.json` the node writes once its listeners are bound
+    /// and takes its ports from it.
+    async fn wait_bound(&mut self) {
+        let path = self.dir.join("node.json");
+        let deadline = Instant::now() + PATIENCE;
+        let endpoints: Value = loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("node {} exited ({status}) before it bound its ports; see {}", self.id, self.log());
+                }
+            }
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                break serde_json::from_str(&text).expect("node.json is JSON");
+            }
+            assert!(Instant::now() < deadline, "node {} never wrote {}", self.id, path.display());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let port = |name: &str| -> u16 {
+            let addr: std::net::SocketAddr = endpoints[name]
+                .as_str()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("node.json of node {} has no {name} address: {endpoints}", self.id));
+            addr.port()
+        };
+        let (http, peer, wire) = (port("http"), port("peer"), port("wire"));
+        if self.http_port != 0 {
+            assert_eq!((http, peer, wire), (self.http_port, self.peer_port, self.wire_port), "ports changed");
+        }
+        (self.http_port, self.peer_port, self.wire_port) = (http, peer, wire);
+    }
+
+    fn log(&self) -> String {
+        self.dir.join("node.log").display().to_string()
+    }
+}
+
+/// Keeps `port` on 127.0.0.1 taken without listening on it: connections to it
+/// are refused, and no other socket can bind it.
+fn hold(port: u16) -> socket2::Socket {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    // As the node's own listener does: a restart binds over the TIME_WAIT
+    // connections the killed process left.
+    socket.set_reuse_address(true).expect("SO_REUSEADDR");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    socket.bind(&addr.into()).unwrap_or_else(|e| panic!("cannot hold port {port} of a killed node: {e}"));
+    socket
 }
 
 impl Drop for Node {
@@ -180,7 +253,6 @@ impl Drop for Node {
 
 pub struct Cluster {
     pub nodes: Vec<Node>,
-    peers: String,
     options: Options,
     /// The proxied peer links (none unless [`Options::partitionable`]); they
     /// stop when the cluster is dropped.
@@ -190,7 +262,8 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts `n` nodes that form one cluster through `--peers`.
+    /// Starts `n` nodes that form one cluster: node 1 alone with `--init`,
+    /// then each other node added through the admin API as a voter.
     pub async fn start(n: u64) -> Cluster {
         Self::start_with(n, Options::default()).await
     }
@@ -208,47 +281,56 @@ impl Cluster {
             let ca = std::fs::read(certs.join("ca.pem")).expect("ca.pem");
             http = http.add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("CA certificate"));
         }
-        let https = options.tls;
-        let mut nodes: Vec<Node> = (1..=n)
-            .map(|id| Node {
-                id,
-                http_port: free_port(),
-                peer_port: free_port(),
-                wire_port: free_port(),
-                dir: dir.path().join(format!("node{id}")),
-                https,
-                args: Vec::new(),
-                child: None,
+        let ids: Vec<u64> = (1..=n).collect();
+        let links = if options.partitionable { PeerLinks::start(&ids).await } else { PeerLinks::default() };
+        let mut nodes: Vec<Node> = ids
+            .iter()
+            .map(|&id| {
+                let mut args = links.args_of(id);
+                if id == 1 {
+                    args.extend(["--init".to_string(), "true".to_string()]);
+                }
+                Node::new(id, dir.path().join(format!("node{id}")), options.tls, args)
             })
             .collect();
-        let links = if options.partitionable { PeerLinks::start(&mut nodes).await } else { PeerLinks::default() };
-        let peers: Vec<String> = nodes.iter().map(Node::addr_spec).collect();
-        let peers = peers.join(",");
         for node in &mut nodes {
-            node.spawn(Some(&peers), &options);
+            node.spawn(&options);
+        }
+        for node in &mut nodes {
+            node.wait_bound().await;
+            links.target(node.id, node.peer_port);
         }
         let http = http.build().expect("client");
-        let cluster = Cluster { nodes, peers, options, links, http, _dir: dir };
-        for node in &cluster.nodes {
-            cluster.wait_ready(node.id).await;
+        let cluster = Cluster { nodes, options, links, http, _dir: dir };
+        cluster.wait_ready(1).await;
+        for id in ids.into_iter().skip(1) {
+            cluster.join(id, true).await;
+            cluster.wait_ready(id).await;
         }
         cluster
     }
 
+    /// Adds node `id` (running, not yet a member) through node 1's admin API,
+    /// at the peer address the others dial it by.
+    pub async fn join(&self, id: u64, voter: bool) {
+        let node = self.node(id);
+        let body = serde_json::json!({
+            "id": id,
+            "http_addr": format!("127.0.0.1:{}", node.http_port),
+            "peer_addr": self.links.advertised(id).unwrap_or_else(|| format!("127.0.0.1:{}", node.peer_port)),
+            "wire_addr": node.wire_addr(),
+            "voter": voter,
+        });
+        let (status, answer) = self.post(1, "/v1/admin/cluster/nodes", body).await;
+        assert_eq!(status, 201, "adding node {id}: {answer}");
+    }
+
     /// Adds a node process that is not yet a member (it waits to be added).
     /// Its peer links are direct, also in a partitionable cluster.
-    pub fn spawn_extra(&mut self, id: u64) -> &Node {
-        let mut node = Node {
-            id,
-            http_port: free_port(),
-            peer_port: free_port(),
-            wire_port: free_port(),
-            dir: self._dir.path().join(format!("node{id}")),
-            https: self.options.tls,
-            args: Vec::new(),
-            child: None,
-        };
-        node.spawn(None, &self.options);
+    pub async fn spawn_extra(&mut self, id: u64) -> &Node {
+        let mut node = Node::new(id, self._dir.path().join(format!("node{id}")), self.options.tls, Vec::new());
+        node.spawn(&self.options);
+        node.wait_bound().await;
         self.nodes.push(node);
         self.node(id)
     }
@@ -275,11 +357,12 @@ impl Cluster {
         self.nodes.iter_mut().find(|n| n.id == id).expect("no such node").kill();
     }
 
+    /// Starts a killed node again, on the ports it had.
     pub async fn restart(&mut self, id: u64) {
-        let peers = self.peers.clone();
         let options = self.options.clone();
         let node = self.nodes.iter_mut().find(|n| n.id == id).expect("no such node");
-        node.spawn(Some(&peers), &options);
+        node.spawn(&options);
+        node.wait_bound().await;
         self.wait_ready(id).await;
     }
 
@@ -395,23 +478,31 @@ impl Cluster {
     }
 }
 
-/// The peer links of a partitionable cluster: a TCP proxy per ordered pair of
-/// nodes. Node `from` dials `to` through the proxy's port (its `--peer-via`
-/// maps `to`'s advertised peer address there); the proxy forwards to `to`'s
-/// peer port.
+/// The peer links of a partitionable cluster. Each node has an entry (a TCP
+/// proxy to its peer port that is never cut), whose address is the peer
+/// address it advertises; and each ordered pair of nodes has a link (a proxy
+/// that can be cut). Node `from` dials `to` through their link: its
+/// `--peer-via` maps `to`'s entry address to the link's port. Every proxy
+/// binds port 0 once and keeps its listener for the cluster's life; a proxy
+/// learns its target's port once the node has reported it.
 #[derive(Default)]
 struct PeerLinks {
+    /// Node id -> its entry proxy.
+    entries: Vec<(u64, Link)>,
     links: Vec<Link>,
+    /// Node id -> its peer port (0 until known); shared with the proxies.
+    targets: Vec<(u64, Arc<AtomicU16>)>,
     /// The nodes cut off now; a link is open when neither end is cut.
     cut: Mutex<BTreeSet<u64>>,
 }
 
 /// Open the link (`true`) or close it; answered once that is done.
-type LinkCommand = (bool, oneshot::Sender<std::io::Result<()>>);
+type LinkCommand = (bool, oneshot::Sender<()>);
 
 struct Link {
     from: u64,
     to: u64,
+    port: u16,
     control: mpsc::UnboundedSender<LinkCommand>,
     /// The proxy; aborted (with every connection it carries) on drop.
     proxy: JoinHandle<()>,
@@ -423,26 +514,55 @@ impl Drop for Link {
     }
 }
 
+impl Link {
+    async fn start(from: u64, to: u64, target: Arc<AtomicU16>) -> Link {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind a peer link proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let (control, commands) = mpsc::unbounded_channel();
+        let proxy = tokio::spawn(proxy(listener, target, commands));
+        Link { from, to, port, control, proxy }
+    }
+}
+
 impl PeerLinks {
-    /// Starts a proxy per ordered pair of `nodes` and gives each node its
-    /// `--peer-via` flag.
-    async fn start(nodes: &mut [Node]) -> PeerLinks {
+    /// Starts an entry per node and a link per ordered pair of `ids`.
+    async fn start(ids: &[u64]) -> PeerLinks {
+        let targets: Vec<(u64, Arc<AtomicU16>)> = ids.iter().map(|&id| (id, Arc::default())).collect();
+        let target = |id: u64| targets.iter().find(|(t, _)| *t == id).map(|(_, p)| p.clone()).expect("target");
+        let mut entries = Vec::new();
         let mut links = Vec::new();
-        let peer_ports: Vec<(u64, u16)> = nodes.iter().map(|n| (n.id, n.peer_port)).collect();
-        for from in nodes.iter_mut() {
-            let mut via = Vec::new();
-            for &(to, peer_port) in peer_ports.iter().filter(|(to, _)| *to != from.id) {
-                let port = free_port();
-                let listener =
-                    tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind a peer link proxy");
-                let (control, commands) = mpsc::unbounded_channel();
-                let proxy = tokio::spawn(proxy(listener, peer_port, commands));
-                links.push(Link { from: from.id, to, control, proxy });
-                via.push(format!("127.0.0.1:{peer_port}=127.0.0.1:{port}"));
+        for &to in ids {
+            entries.push((to, Link::start(0, to, target(to)).await));
+            for &from in ids.iter().filter(|from| **from != to) {
+                links.push(Link::start(from, to, target(to)).await);
             }
-            from.args = vec!["--peer-via".to_string(), via.join(",")];
         }
-        PeerLinks { links, cut: Mutex::default() }
+        PeerLinks { entries, links, targets, cut: Mutex::default() }
+    }
+
+    /// The peer address node `id` advertises (its entry), if proxied.
+    fn advertised(&self, id: u64) -> Option<String> {
+        self.entries.iter().find(|(e, _)| *e == id).map(|(_, link)| format!("127.0.0.1:{}", link.port))
+    }
+
+    /// Node `id`'s own flags: the peer address it advertises, and where it
+    /// dials each other node.
+    fn args_of(&self, id: u64) -> Vec<String> {
+        let Some(advertised) = self.advertised(id) else { return Vec::new() };
+        let via: Vec<String> = self
+            .links
+            .iter()
+            .filter(|l| l.from == id)
+            .map(|l| format!("{}=127.0.0.1:{}", self.advertised(l.to).expect("entry"), l.port))
+            .collect();
+        vec!["--advertise-peer".into(), advertised, "--peer-via".into(), via.join(",")]
+    }
+
+    /// Node `id` listens for peers on `port`.
+    fn target(&self, id: u64, port: u16) {
+        if let Some((_, target)) = self.targets.iter().find(|(t, _)| *t == id) {
+            target.store(port, Ordering::SeqCst);
+        }
     }
 
     /// Marks `id` cut (or not) and waits until every link reflects it.
@@ -467,40 +587,42 @@ impl PeerLinks {
             }
         }
         for (from, to, answer) in answers {
-            match answer.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => panic!("cannot reopen the peer link {from}->{to}: {e}"),
-                Err(_) => panic!("the peer link proxy {from}->{to} stopped"),
-            }
+            answer.await.unwrap_or_else(|_| panic!("the peer link proxy {from}->{to} stopped"));
         }
     }
 }
 
 /// One peer link: accepts on `listener` and forwards each connection to
-/// `target` on loopback. Closing it drops the listener (new connections are
-/// refused) and every connection it carries; opening it binds the same port
-/// again. Ends when its controller is dropped.
-async fn proxy(listener: tokio::net::TcpListener, target: u16, mut commands: mpsc::UnboundedReceiver<LinkCommand>) {
-    let port = listener.local_addr().expect("proxy address").port();
-    let mut listener = Some(listener);
+/// `target` on loopback. Closed, it drops every connection it carries and
+/// closes each new one at once (the listener stays bound, so the port is
+/// never free for another process to take). Ends when its controller is
+/// dropped.
+async fn proxy(
+    listener: tokio::net::TcpListener,
+    target: Arc<AtomicU16>,
+    mut commands: mpsc::UnboundedReceiver<LinkCommand>,
+) {
+    let mut open = true;
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             command = commands.recv() => {
-                let Some((open, done)) = command else { return };
-                let result = if !open {
-                    listener = None;
+                let Some((now_open, done)) = command else { return };
+                open = now_open;
+                if !open {
                     connections.shutdown().await;
-                    Ok(())
-                } else if listener.is_none() {
-                    tokio::net::TcpListener::bind(("127.0.0.1", port)).await.map(|l| listener = Some(l))
-                } else {
-                    Ok(())
-                };
-                let _ = done.send(result);
+                }
+                let _ = done.send(());
             }
-            Some(Ok((inbound, _))) = async { Some(listener.as_ref()?.accept().await) } => {
-                connections.spawn(forward(inbound, target));
+            Ok((inbound, _)) = listener.accept() => {
+                let port = target.load(Ordering::SeqCst);
+                if open && port != 0 {
+                    connections.spawn(forward(inbound, port));
+                } else {
+                    // A reset, as from a host that is unreachable.
+                    let _ = inbound.set_zero_linger();
+                    drop(inbound);
+                }
             }
             Some(_) = connections.join_next() => {}
         }
