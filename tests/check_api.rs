@@ -54,15 +54,20 @@ async fn malformed_check_requests_get_a_4xx_and_the_node_keeps_serving() {
         assert!((400..500).contains(&status), "{what}: got {status}");
     }
     assert_eq!(harness::post_announcing(cluster.node(1).http_port, "/v1/check", 2 << 20).await, 413, "body over 1 MiB");
-    // Forward-auth with a non-UTF-8 header value.
+    // Forward-auth with a non-UTF-8 header value (legal obs-text): decided,
+    // not refused (nginx would turn a 400 from its auth request into a 500).
     let resp = cluster
         .http
-        .get(format!("{}/v1/forward-auth/pets/prod", cluster.url(1)))
+        .get(format!("{}/v1/forward-auth/pets/prod?mode=traefik", cluster.url(1)))
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-uri", "/pets/1")
+        .header("x-forwarded-for", "198.51.100.1")
         .header("x-api-key", reqwest::header::HeaderValue::from_bytes(b"\xff\xfe").expect("header"))
         .send()
         .await
         .expect("request");
-    assert_eq!(resp.status().as_u16(), 400);
+    assert_eq!(resp.status().as_u16(), 403, "decided (an unknown key), not refused");
+    assert_eq!(resp.headers().get("x-tollgate-reason").and_then(|v| v.to_str().ok()), Some("unknown_key"));
     assert_eq!(
         cluster.http.get(format!("{}/healthz", cluster.url(1))).send().await.map(|r| r.status().as_u16()).ok(),
         Some(200)
@@ -160,62 +165,405 @@ async fn identity_tokens_verify_on_every_node_and_survive_a_key_rotation() {
     assert!(verify_identity(&cluster, 3, &before).await.is_ok(), "the previous key is still published");
 }
 
+/// One forward-auth request: the route's tail (after `/v1/forward-auth/pets/prod`),
+/// the method it is sent with, and its headers.
+struct Asked {
+    tail: &'static str,
+    method: Method,
+    headers: Vec<(&'static str, String)>,
+}
+
+fn asked(tail: &'static str, method: Method, headers: &[(&'static str, &str)]) -> Asked {
+    Asked { tail, method, headers: headers.iter().map(|(n, v)| (*n, v.to_string())).collect() }
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn forward_auth_reads_traefik_and_envoy_requests_as_they_send_them() {
-    let cluster = Cluster::start(1).await;
+async fn forward_auth_reads_each_fact_from_the_one_header_its_proxy_sets() {
+    let options =
+        harness::Options { extra_args: vec!["--trusted-proxies".into(), "10.0.0.0/8".into()], ..Default::default() };
+    let cluster = Cluster::start_with(1, options).await;
     cluster.leader().await;
     let (key_id, secret) = setup(&cluster).await;
+    let admin = json!({"id": "vault", "name": "Vault", "stages": [{"name": "prod"}],
+        "routes": [{"method": "GET", "path": "/public/*"}, {"method": "*", "path": "/admin/*", "api_key_required": true}]});
+    assert_eq!(cluster.post(1, "/v1/admin/apis", admin).await.0, 201);
+    let plan = json!({"id": "vault-plan", "name": "V", "api_stages": [{"api_id": "vault", "stage": "prod"}]});
+    assert_eq!(cluster.post(1, "/v1/admin/plans", plan).await.0, 201);
+    // Only 203.0.113.0/24 gets in at all; 198.51.100.66 is denied outright.
+    let policy = json!({"name": "net", "api_id": "vault", "statements": [
+        {"effect": "Allow", "principals": ["*"], "actions": ["invoke"], "resources": ["*"],
+         "conditions": [{"operator": "IpAddress", "key": "source_ip", "values": ["203.0.113.0/24"]}]}]});
+    assert_eq!(cluster.post(1, "/v1/admin/policies", policy).await.0, 201);
     let deny_one = json!({"name": "block", "api_id": "pets", "statements": [
         {"effect": "Allow", "principals": ["*"], "actions": ["invoke"], "resources": ["*"]},
         {"effect": "Deny", "principals": ["*"], "actions": ["invoke"], "resources": ["*"],
          "conditions": [{"operator": "IpAddress", "key": "source_ip", "values": ["198.51.100.66"]}]}]});
     assert_eq!(cluster.post(1, "/v1/admin/policies", deny_one).await.0, 201);
     let base = cluster.url(1);
-    let header = |r: &reqwest::Response, n: &str| r.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-
-    // Traefik ForwardAuth: the original request in X-Forwarded-* headers.
-    let traefik = |key: Option<&str>, client: &str| {
-        let mut req = cluster
-            .http
-            .get(format!("{base}/v1/forward-auth/pets/prod"))
-            .header("x-forwarded-method", "GET")
-            .header("x-forwarded-uri", "/pets/1?color=red")
-            .header("x-forwarded-proto", "https")
-            .header("x-forwarded-host", "api.example.com")
-            .header("x-forwarded-for", format!("{client}, 10.0.0.1"));
-        if let Some(k) = key {
-            req = req.header("x-api-key", k);
+    let ask = |api: &str, mode: &str, a: &Asked| {
+        let mut req =
+            cluster.http.request(a.method.clone(), format!("{base}/v1/forward-auth/{api}/prod{}{mode}", a.tail));
+        for (n, v) in &a.headers {
+            req = req.header(*n, v);
         }
         req.send()
     };
-    let ok = traefik(Some(&secret), "198.51.100.7").await.expect("request");
-    assert_eq!(ok.status().as_u16(), 200);
-    assert_eq!(header(&ok, "x-tollgate-principal"), Some(format!("key:{key_id}")));
-    assert!(header(&ok, "x-tollgate-identity").is_some());
-    assert_eq!(traefik(None, "198.51.100.7").await.expect("request").status().as_u16(), 403);
-    let blocked = traefik(Some(&secret), "198.51.100.66").await.expect("request");
-    assert_eq!(
-        (blocked.status().as_u16(), header(&blocked, "x-tollgate-reason").as_deref()),
-        (403, Some("resource_policy_denied"))
-    );
-
-    // Envoy ext_authz (HTTP): the original method and path after the prefix.
-    let envoy = |method: reqwest::Method, path: &str| {
-        cluster
-            .http
-            .request(method, format!("{base}/v1/forward-auth/pets/prod{path}"))
-            .header("x-api-key", &secret)
-            .header("x-envoy-external-address", "198.51.100.8")
-            .send()
+    let outcome = |r: reqwest::Response| {
+        let reason = r.headers().get("x-tollgate-reason").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        (r.status().as_u16(), reason)
     };
-    let ok = envoy(reqwest::Method::GET, "/pets/1").await.expect("request");
-    assert_eq!(ok.status().as_u16(), 200);
-    assert_eq!(header(&ok, "x-tollgate-key-id"), Some(key_id.clone()));
-    let no_route = envoy(reqwest::Method::DELETE, "/pets/1").await.expect("request");
-    assert_eq!(
-        (no_route.status().as_u16(), header(&no_route, "x-tollgate-reason").as_deref()),
-        (404, Some("no_route"))
-    );
+    let good = "203.0.113.9";
+    let m = Method::GET;
+
+    // Each proxy's own headers, as it sends them: decided on those alone.
+    let cases: Vec<(&str, &str, Asked, u16, &str)> = vec![
+        // Traefik and Caddy: X-Forwarded-Method/-Uri, the client from the right of X-Forwarded-For.
+        (
+            "vault",
+            "?mode=traefik",
+            asked(
+                "",
+                m.clone(),
+                &[("x-forwarded-method", "GET"), ("x-forwarded-uri", "/public/x?a=1"), ("x-forwarded-for", good)],
+            ),
+            200,
+            "allowed",
+        ),
+        (
+            "vault",
+            "?mode=caddy",
+            asked(
+                "",
+                m.clone(),
+                &[("x-forwarded-method", "DELETE"), ("x-forwarded-uri", "/admin/users"), ("x-forwarded-for", good)],
+            ),
+            403,
+            "missing_key",
+        ),
+        // A trusted proxy (10.0.0.0/8) is skipped; the entry left of it is the client.
+        (
+            "vault",
+            "?mode=traefik",
+            asked(
+                "",
+                m.clone(),
+                &[
+                    ("x-forwarded-method", "GET"),
+                    ("x-forwarded-uri", "/public/x"),
+                    ("x-forwarded-for", "203.0.113.9, 10.1.2.3"),
+                ],
+            ),
+            200,
+            "allowed",
+        ),
+        // The issue's forgery: the client wrote the left entry, the proxy appended the right one.
+        (
+            "vault",
+            "?mode=traefik",
+            asked(
+                "",
+                m.clone(),
+                &[
+                    ("x-forwarded-method", "GET"),
+                    ("x-forwarded-uri", "/public/x"),
+                    ("x-forwarded-for", "203.0.113.9, 198.51.100.7"),
+                ],
+            ),
+            403,
+            "resource_policy_denied",
+        ),
+        // All X-Forwarded-For lines are one list.
+        (
+            "vault",
+            "?mode=caddy",
+            asked(
+                "",
+                m.clone(),
+                &[
+                    ("x-forwarded-method", "GET"),
+                    ("x-forwarded-uri", "/public/x"),
+                    ("x-forwarded-for", "203.0.113.9"),
+                    ("x-forwarded-for", "198.51.100.7"),
+                ],
+            ),
+            403,
+            "resource_policy_denied",
+        ),
+        // X-Real-IP and Forwarded are not read in X-Forwarded-For mode.
+        (
+            "vault",
+            "?mode=caddy",
+            asked(
+                "",
+                m.clone(),
+                &[
+                    ("x-forwarded-method", "GET"),
+                    ("x-forwarded-uri", "/public/x"),
+                    ("x-forwarded-for", "198.51.100.7"),
+                    ("x-real-ip", good),
+                    ("forwarded", "for=203.0.113.9"),
+                ],
+            ),
+            403,
+            "resource_policy_denied",
+        ),
+        // ...unless the operator's URL names Forwarded as the source.
+        (
+            "vault",
+            "?mode=caddy&address=forwarded",
+            asked(
+                "",
+                m.clone(),
+                &[
+                    ("x-forwarded-method", "GET"),
+                    ("x-forwarded-uri", "/public/x"),
+                    ("x-forwarded-for", "198.51.100.7"),
+                    ("forwarded", "for=203.0.113.9"),
+                ],
+            ),
+            200,
+            "allowed",
+        ),
+        // nginx: X-Original-Method/-URI.
+        (
+            "vault",
+            "?mode=nginx",
+            asked(
+                "",
+                m.clone(),
+                &[("x-original-method", "GET"), ("x-original-uri", "/public/x"), ("x-forwarded-for", good)],
+            ),
+            200,
+            "allowed",
+        ),
+        // The issue's nginx forgery: client-sent X-Forwarded-* next to nginx's own: refused (nginx sees 403, status 400).
+        (
+            "vault",
+            "?mode=nginx",
+            asked(
+                "",
+                m.clone(),
+                &[
+                    ("x-original-method", "DELETE"),
+                    ("x-original-uri", "/admin/users"),
+                    ("x-forwarded-uri", "/public/x"),
+                    ("x-forwarded-method", "GET"),
+                    ("x-forwarded-for", good),
+                ],
+            ),
+            403,
+            "invalid_request",
+        ),
+        (
+            "vault",
+            "?mode=traefik",
+            asked(
+                "",
+                m.clone(),
+                &[
+                    ("x-forwarded-method", "DELETE"),
+                    ("x-forwarded-uri", "/admin/users"),
+                    ("x-original-uri", "/public/x"),
+                    ("x-forwarded-for", good),
+                ],
+            ),
+            400,
+            "",
+        ),
+        (
+            "vault",
+            "?mode=traefik",
+            asked(
+                "",
+                m.clone(),
+                &[
+                    ("x-forwarded-method", "DELETE"),
+                    ("x-forwarded-uri", "/admin/users"),
+                    ("x-original-url", "/public/x"),
+                    ("x-forwarded-for", good),
+                ],
+            ),
+            400,
+            "",
+        ),
+        (
+            "vault",
+            "?mode=traefik",
+            asked(
+                "",
+                m.clone(),
+                &[
+                    ("x-forwarded-method", "GET"),
+                    ("x-forwarded-uri", "/admin/users"),
+                    ("x-http-method-override", "DELETE"),
+                    ("x-forwarded-for", good),
+                ],
+            ),
+            400,
+            "",
+        ),
+        // Two lines of a single fact: which one the proxy meant is unknown.
+        (
+            "vault",
+            "?mode=traefik",
+            asked(
+                "",
+                m.clone(),
+                &[
+                    ("x-forwarded-method", "GET"),
+                    ("x-forwarded-uri", "/public/x"),
+                    ("x-forwarded-uri", "/admin/users"),
+                    ("x-forwarded-for", good),
+                ],
+            ),
+            400,
+            "",
+        ),
+        // A missing fact, a missing or unknown mode, a bad chain: 400, never a guess.
+        (
+            "vault",
+            "?mode=traefik",
+            asked("", m.clone(), &[("x-forwarded-uri", "/public/x"), ("x-forwarded-for", good)]),
+            400,
+            "",
+        ),
+        (
+            "vault",
+            "?mode=traefik",
+            asked("", m.clone(), &[("x-forwarded-method", "GET"), ("x-forwarded-uri", "/public/x")]),
+            400,
+            "",
+        ),
+        (
+            "vault",
+            "",
+            asked(
+                "",
+                m.clone(),
+                &[("x-forwarded-method", "GET"), ("x-forwarded-uri", "/public/x"), ("x-forwarded-for", good)],
+            ),
+            400,
+            "",
+        ),
+        (
+            "vault",
+            "?mode=haproxy",
+            asked(
+                "",
+                m.clone(),
+                &[("x-forwarded-method", "GET"), ("x-forwarded-uri", "/public/x"), ("x-forwarded-for", good)],
+            ),
+            400,
+            "",
+        ),
+        (
+            "vault",
+            "?mode=traefik",
+            asked(
+                "",
+                m.clone(),
+                &[
+                    ("x-forwarded-method", "GET"),
+                    ("x-forwarded-uri", "/public/x"),
+                    ("x-forwarded-for", "203.0.113.9, evil"),
+                ],
+            ),
+            400,
+            "",
+        ),
+        // Envoy: this request's method and the path after the prefix.
+        ("vault", "", asked("/public/x", m.clone(), &[("x-forwarded-for", good)]), 200, "allowed"),
+        ("vault", "", asked("/admin/users", Method::DELETE, &[("x-forwarded-for", good)]), 403, "missing_key"),
+        // The query after the prefix is the client's: `mode` there changes nothing.
+        (
+            "vault",
+            "",
+            asked(
+                "/admin/users?mode=nginx",
+                Method::DELETE,
+                &[
+                    ("x-original-method", "GET"),
+                    ("x-original-uri", "/admin/users?mode=nginx"),
+                    ("x-forwarded-for", good),
+                ],
+            ),
+            400,
+            "",
+        ),
+        (
+            "vault",
+            "",
+            asked("/admin/users?mode=traefik", Method::DELETE, &[("x-forwarded-for", good)]),
+            403,
+            "missing_key",
+        ),
+        (
+            "vault",
+            "",
+            asked("/public/x", m.clone(), &[("x-forwarded-for", good), ("x-envoy-external-address", "198.51.100.1")]),
+            200,
+            "allowed",
+        ),
+        (
+            "vault",
+            "",
+            asked("/public/x", m.clone(), &[("x-forwarded-for", "198.51.100.1"), ("x-envoy-external-address", good)]),
+            403,
+            "resource_policy_denied",
+        ),
+        // The key and the identity on an allowed request.
+        (
+            "pets",
+            "?mode=traefik",
+            asked(
+                "",
+                m.clone(),
+                &[
+                    ("x-forwarded-method", "GET"),
+                    ("x-forwarded-uri", "/pets/1?color=red"),
+                    ("x-forwarded-for", "198.51.100.7, 10.0.0.1"),
+                    ("x-api-key", &secret),
+                ],
+            ),
+            200,
+            "allowed",
+        ),
+        (
+            "pets",
+            "?mode=traefik",
+            asked(
+                "",
+                m.clone(),
+                &[
+                    ("x-forwarded-method", "GET"),
+                    ("x-forwarded-uri", "/pets/1"),
+                    ("x-forwarded-for", "198.51.100.66, 10.0.0.1"),
+                    ("x-api-key", &secret),
+                ],
+            ),
+            403,
+            "resource_policy_denied",
+        ),
+        (
+            "pets",
+            "",
+            asked("/pets/1", Method::DELETE, &[("x-forwarded-for", good), ("x-api-key", &secret)]),
+            404,
+            "no_route",
+        ),
+    ];
+    for (api, mode, a, status, reason) in &cases {
+        let got = outcome(ask(api, mode, a).await.expect("request"));
+        let want = (*status, reason.to_string());
+        let shown = (got.0, if reason.is_empty() { String::new() } else { got.1.clone() });
+        assert_eq!(shown, want, "{api}{mode} {} {} {:?}", a.method, a.tail, a.headers);
+    }
+    // An allowed request carries the principal and identity for the proxy to copy.
+    let ok = ask("pets", "?mode=traefik", &cases[24].2).await.expect("request");
+    let header = |n: &str| ok.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    assert_eq!(header("x-tollgate-principal"), Some(format!("key:{key_id}")));
+    assert_eq!(header("x-tollgate-key-id"), Some(key_id.clone()));
+    assert!(header("x-tollgate-identity").is_some());
 }
 
 /// Every query of the Grafana dashboard in `deploy/grafana/` names metrics

@@ -48,19 +48,34 @@ async fn verify(http: &reqwest::Client, jwks_url: &str, token: &str) -> Result<S
 /// An API with a key-protected route, a plan with a small burst, and a key in it.
 async fn configure(cluster: &Cluster) -> (String, String) {
     let leader = cluster.leader().await;
+    // An HTTP authorizer nobody answers for: its route is a 503.
+    let down = json!({"id": "down", "name": "down", "kind": {"http": {"url": "http://127.0.0.1:1/authorize",
+        "identity_sources": ["header:authorization"], "timeout_ms": 500}}});
+    assert_eq!(cluster.post(leader, "/v1/admin/authorizers", down).await.0, 201);
     let api = json!({"id": "pets", "name": "Pets", "stages": [{"name": "prod"}],
-        "routes": [{"method": "GET", "path": "/pets/*", "api_key_required": true}, {"method": "GET", "path": "/public"}],
+        "routes": [{"method": "GET", "path": "/pets/*", "api_key_required": true}, {"method": "GET", "path": "/public"},
+            {"method": "*", "path": "/admin/*", "api_key_required": true}, {"method": "GET", "path": "/ipzone/*"},
+            {"method": "GET", "path": "/authz/*", "authorizer_id": "down"}],
         "cors": {"allow_origins": ["https://app.example.com"], "allow_methods": ["GET"], "allow_headers": ["x-api-key"]}});
     assert_eq!(cluster.post(leader, "/v1/admin/apis", api).await.0, 201);
     let plan = json!({"id": "gold", "name": "Gold", "throttle": {"rate_per_sec": 0.2, "burst": 3},
         "api_stages": [{"api_id": "pets", "stage": "prod"}]});
     assert_eq!(cluster.post(leader, "/v1/admin/plans", plan).await.0, 201);
+    // Only 203.0.113.0/24 may use /ipzone/*.
+    let policy = json!({"name": "ipzone", "api_id": "pets", "statements": [
+        {"effect": "Allow", "principals": ["*"], "actions": ["invoke"], "resources": ["pets/*"]},
+        {"effect": "Deny", "principals": ["*"], "actions": ["invoke"], "resources": ["pets/*/GET/ipzone/*"],
+         "conditions": [{"operator": "NotIpAddress", "key": "source_ip", "values": ["203.0.113.0/24"]}]}]});
+    assert_eq!(cluster.post(leader, "/v1/admin/policies", policy).await.0, 201);
     let (status, key) = cluster.post(leader, "/v1/admin/keys", json!({"name": "alice", "plan_ids": ["gold"]})).await;
     assert_eq!(status, 201, "{key}");
     // Every node must have the model before the proxy asks any of them.
     for node in [1, 2, 3] {
         harness::wait_until("model replicated", || async {
             cluster.get(node, "/v1/admin/keys?stale=true").await.1["items"].as_array().is_some_and(|k| k.len() == 1)
+                && cluster.get(node, "/v1/admin/policies?stale=true").await.1["items"]
+                    .as_array()
+                    .is_some_and(|p| p.len() == 1)
         })
         .await;
     }
@@ -89,7 +104,7 @@ fn render(template: &str, cluster: &Cluster, listen: &str, upstream: u16) -> Str
             .replace("# proxy_ssl_", "proxy_ssl_")
             .replace("# transport http {", "transport http {")
             .replace("# \ttls_trusted_ca_certs", "\ttls_trusted_ca_certs")
-            .replace("\t\t# }", "\t\t}")
+            .replace("\t\t\t# }", "\t\t\t}")
             .replace("/etc/tollgate/certs/ca.pem", &ca.display().to_string());
     }
     text.replace("127.0.0.1:3000", &format!("127.0.0.1:{upstream}"))
@@ -198,6 +213,8 @@ async fn proxy_protects_the_upstream(start: fn(&Cluster, u16, u16, &Path) -> Pro
         assert_eq!(refused.status().as_u16(), 403);
         assert!(refused.headers().get("access-control-allow-origin").is_none());
     }
+    client_headers_decide_nothing(&cluster, &base, &secret).await;
+
     // Past the throttle: 429 with Retry-After.
     let mut throttled = 0;
     for _ in 0..15 {
@@ -214,6 +231,81 @@ async fn proxy_protects_the_upstream(start: fn(&Cluster, u16, u16, &Path) -> Pro
         }
     }
     assert!(throttled > 0, "no request was throttled");
+}
+
+/// Every header a client could write to lie about its request, each with the
+/// value that would get the request through if it were believed.
+const FORGED: &[(&str, &str)] = &[
+    ("x-forwarded-method", "GET"),
+    ("x-forwarded-uri", "/public"),
+    ("x-original-method", "GET"),
+    ("x-original-uri", "/public"),
+    ("x-original-url", "/public"),
+    ("x-rewrite-url", "/public"),
+    ("x-http-method-override", "GET"),
+    ("x-forwarded-for", "203.0.113.9"),
+    ("x-real-ip", "203.0.113.9"),
+    ("forwarded", "for=203.0.113.9"),
+    ("x-envoy-external-address", "203.0.113.9"),
+    ("x-forwarded-host", "api.example.com"),
+    ("x-forwarded-proto", "https"),
+    ("x-tollgate-principal", "key:forged"),
+    ("x-tollgate-key-id", "forged"),
+    ("x-tollgate-identity", "forged.token.value"),
+];
+
+/// Through the proxy, a client that sends every forwarded header itself is
+/// decided on the request it really made, from the address it really has;
+/// and every status class reaches it with its headers.
+async fn client_headers_decide_nothing(cluster: &Cluster, base: &str, secret: &str) {
+    let send = |method: reqwest::Method, path: &str, forged: &[(&str, &str)]| {
+        let mut req = cluster.http.request(method, format!("{base}{path}"));
+        for (name, value) in forged {
+            req = req.header(*name, *value);
+        }
+        req.send()
+    };
+    let reason = |r: &reqwest::Response| {
+        r.headers().get("x-tollgate-reason").and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+    };
+    // A key-protected DELETE dressed up as an open GET, one forgery at a
+    // time and all at once: never reaches the upstream.
+    for forged in FORGED.iter().map(std::slice::from_ref).chain([FORGED]) {
+        let resp = send(reqwest::Method::DELETE, "/admin/users", forged).await.expect("request");
+        let status = resp.status().as_u16();
+        assert!(matches!(status, 400 | 403), "DELETE /admin/users with {forged:?}: {status} {}", reason(&resp));
+    }
+    // The address a client claims is never its address.
+    let address_forgeries = &FORGED[7..11];
+    for forged in address_forgeries.iter().map(std::slice::from_ref).chain([address_forgeries]) {
+        let resp = send(reqwest::Method::GET, "/ipzone/x", forged).await.expect("request");
+        assert_eq!(
+            (resp.status().as_u16(), reason(&resp).as_str()),
+            (403, "resource_policy_denied"),
+            "GET /ipzone/x with {forged:?}"
+        );
+    }
+    // A client's identity headers never reach the upstream.
+    let resp = send(reqwest::Method::GET, "/public", &FORGED[13..]).await.expect("request");
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    assert_eq!(body["principal"], "", "{body}");
+    // The identity the upstream verifies is the one the check signed (no
+    // subject on an open route), not the client's.
+    assert_eq!(body["verified_sub"], "", "{body}");
+    // A spelling that disagrees with the proxy's is refused: 400, restored
+    // through nginx as well.
+    let resp = send(reqwest::Method::GET, "/public", &[("x-http-method-override", "DELETE")]).await.expect("request");
+    assert_eq!(resp.status().as_u16(), 400);
+    // A 503 (the authorizer is down) arrives as 503 with Retry-After.
+    let resp = send(reqwest::Method::GET, "/authz/x", &[("authorization", "Bearer t")]).await.expect("request");
+    assert_eq!(resp.status().as_u16(), 503, "{}", reason(&resp));
+    assert!(resp.headers().get("retry-after").is_some(), "503 without Retry-After: {:?}", resp.headers());
+    // The key a real client sends still works alongside harmless headers.
+    let resp = send(reqwest::Method::GET, "/pets/9", &[("x-api-key", secret), ("x-forwarded-proto", "https")])
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]

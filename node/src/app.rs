@@ -44,6 +44,9 @@ pub struct App {
     pub metrics: Metrics,
     /// The wall clock (shifted by `--clock-offset-ms` if set).
     pub clock: Arc<dyn crate::gateway::limits::Clock>,
+    /// Proxies whose entries in `X-Forwarded-For` are skipped when
+    /// forward-auth looks for the client address (`--trusted-proxies`).
+    pub trusted_proxies: crate::http::forwarded::TrustedProxies,
 }
 
 /// A membership change, carried out by the leader.

@@ -115,6 +115,13 @@ pub struct ServeArgs {
     /// for services behind a private CA.
     #[arg(long, env = "TOLLGATE_OUTBOUND_CA")]
     pub outbound_ca: Option<PathBuf>,
+    /// Networks of proxies in front of the forward-auth proxy (a CDN, a load
+    /// balancer), CIDRs separated by commas: their entries in
+    /// `X-Forwarded-For` are skipped when looking for the client address,
+    /// from the right. Default none: the address the asking proxy saw is the
+    /// client's.
+    #[arg(long, env = "TOLLGATE_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
 }
 
 /// A fully resolved node configuration.
@@ -145,6 +152,7 @@ pub struct NodeConfig {
     pub tls_key: Option<PathBuf>,
     pub tls_client_ca: Option<PathBuf>,
     pub outbound_ca: Option<PathBuf>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Bootstrap admin token (from `TOLLGATE_ADMIN_TOKEN`); held only as a digest.
     pub admin_token: Option<String>,
     /// Token every peer must present (from `TOLLGATE_CLUSTER_TOKEN`).
@@ -203,6 +211,19 @@ pub fn parse_peer_via(text: &str) -> Result<HashMap<String, String>, ConfigError
     Ok(via)
 }
 
+/// Parses `CIDR[,CIDR…]`; a bare address is a /32 or /128.
+pub fn parse_trusted_proxies(text: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|part| {
+            part.parse::<ipnet::IpNet>()
+                .or_else(|_| part.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| bad("trusted_proxies", format!("{part:?} is not a CIDR such as 10.0.0.0/8")))
+        })
+        .collect()
+}
+
 impl ServeArgs {
     fn from_file(path: &Path) -> Result<ServeArgs, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| bad("config", format!("{}: {e}", path.display())))?;
@@ -251,6 +272,10 @@ impl ServeArgs {
             tls_key: self.tls_key.or(file.tls_key),
             tls_client_ca: self.tls_client_ca.or(file.tls_client_ca),
             outbound_ca: self.outbound_ca.or(file.outbound_ca),
+            trusted_proxies: match self.trusted_proxies.or(file.trusted_proxies) {
+                Some(text) => parse_trusted_proxies(&text)?,
+                None => Vec::new(),
+            },
             admin_token: std::env::var("TOLLGATE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
             cluster_token: std::env::var("TOLLGATE_CLUSTER_TOKEN").ok().filter(|t| !t.is_empty()),
         };
@@ -321,6 +346,16 @@ mod tests {
         std::fs::write(&path, "id = 1\npeer_via = \"a:1\"\n").unwrap();
         let err = ServeArgs { config: Some(path), ..Default::default() }.resolve().unwrap_err();
         assert_eq!(err.field, "peer_via");
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidrs_or_addresses() {
+        let nets = parse_trusted_proxies("10.0.0.0/8, 2001:db8::/32,192.0.2.1").unwrap();
+        assert_eq!(nets.len(), 3);
+        assert_eq!(nets[2].to_string(), "192.0.2.1/32");
+        for wrong in ["10.0.0.0/33", "ten", "10.0.0.0/8,x"] {
+            assert_eq!(parse_trusted_proxies(wrong).unwrap_err().field, "trusted_proxies", "{wrong}");
+        }
     }
 
     #[test]

@@ -116,6 +116,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             committed,
             metrics,
             clock: clock.clone(),
+            trusted_proxies: crate::http::forwarded::TrustedProxies(config.trusted_proxies.clone()),
         }
     });
     app.gateway.metering.start_reporting();

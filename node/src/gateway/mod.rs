@@ -552,6 +552,11 @@ impl Gateway {
                 d.response_headers.push(("retry-after".into(), retry.to_string()));
             }
         }
+        // A 503 (authorizer down or slow, no quota grant reachable) is worth
+        // retrying soon: say when (RFC 9110 §10.2.3).
+        if d.status == 503 && !d.response_headers.iter().any(|(n, _)| n == "retry-after") {
+            d.response_headers.push(("retry-after".into(), "1".into()));
+        }
         d
     }
 }

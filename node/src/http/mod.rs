@@ -9,6 +9,8 @@ pub mod admin;
 pub mod check;
 pub mod cluster;
 pub mod error;
+pub mod forward_auth;
+pub mod forwarded;
 pub mod openapi;
 pub mod ops;
 pub mod usage;
@@ -53,6 +55,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(admin)
         .merge(ops::routes())
         .merge(check::routes())
+        .merge(forward_auth::routes())
         .fallback(|| async { ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         // Refuses a body announced too large before reading any of it.

@@ -1,0 +1,355 @@
+//! Forward-auth: a proxy asks about the request it is holding by forwarding
+//! its headers (nginx `auth_request`, Caddy `forward_auth`, Traefik
+//! `ForwardAuth`, Envoy `ext_authz` in HTTP mode). The answer is 200 to
+//! allow, with identity and rate-limit headers the proxy can copy, or the
+//! decision's status (401/403/404/429/503, `Retry-After` on 429) to deny.
+//!
+//! # Which facts, from where
+//!
+//! The request a proxy forwards carries the client's own headers next to the
+//! ones the proxy sets, so a fact is read only from the one header the named
+//! proxy sets (and its shipped configuration in `deploy/` overwrites), never
+//! from a list of candidates a client could also write:
+//!
+//! | mode | route | method | path and query | client address |
+//! |---|---|---|---|---|
+//! | `nginx` | `/{api}/{stage}?mode=nginx` | `X-Original-Method` | `X-Original-URI` | `X-Forwarded-For` |
+//! | `caddy`, `traefik` | `/{api}/{stage}?mode=caddy` | `X-Forwarded-Method` | `X-Forwarded-Uri` | `X-Forwarded-For` |
+//! | `envoy` | `/{api}/{stage}/{path…}` | this request's | after the prefix | `X-Forwarded-For` |
+//!
+//! The Envoy form never reads `mode` from the query: that query is the
+//! client's. The client address is the first `X-Forwarded-For` entry from the
+//! right that is not one of `--trusted-proxies` (see [`super::forwarded`]);
+//! with `&address=forwarded` in the header form, RFC 7239 `Forwarded` is read
+//! instead (and `X-Forwarded-For` never).
+//!
+//! A request whose other spellings of a fact disagree with the mode's header
+//! (`X-Forwarded-Uri` in nginx mode, `X-Original-URL`, `X-HTTP-Method-Override`
+//! …) is refused with 400: it was either sent by a client trying to be
+//! decided on one request and served another, or a proxy configured to pass
+//! such headers on, which the operator must hear about.
+//!
+//! nginx treats any status of an auth subrequest but 2xx, 401 and 403 as an
+//! error, so in nginx mode every other answer (404, 429, 503, a 400 for a
+//! malformed request, a preflight's 204) is sent as 403 with the real status
+//! in `X-Tollgate-Status`, which the shipped configuration restores.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::{Json, Router};
+use tollgate_proto::check::{CheckRequest, Decision};
+
+use super::error::ApiError;
+use super::forwarded::{client_address, split_unquoted, ChainError, ChainHeader};
+use crate::app::App;
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/v1/forward-auth/{api}/{stage}", any(by_headers))
+        .route("/v1/forward-auth/{api}/{stage}/{*rest}", any(envoy))
+}
+
+/// The proxy that asks, which says where each fact is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    Nginx,
+    Caddy,
+    Traefik,
+    Envoy,
+}
+
+impl ProxyMode {
+    /// The `mode` query parameter of the header form (Envoy has its own route).
+    fn parse(text: Option<&str>) -> Result<ProxyMode, ApiError> {
+        match text {
+            Some("nginx") => Ok(ProxyMode::Nginx),
+            Some("caddy") => Ok(ProxyMode::Caddy),
+            Some("traefik") => Ok(ProxyMode::Traefik),
+            _ => Err(ApiError::field(
+                "mode",
+                "name the proxy that asks: ?mode=nginx, ?mode=caddy or ?mode=traefik (Envoy uses the path prefix \
+                 form /v1/forward-auth/API/STAGE/...)",
+            )),
+        }
+    }
+
+    /// Where the original method and URI are read from (`None`: this request's own).
+    fn sources(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            ProxyMode::Nginx => Some(("x-original-method", "x-original-uri")),
+            ProxyMode::Caddy | ProxyMode::Traefik => Some(("x-forwarded-method", "x-forwarded-uri")),
+            ProxyMode::Envoy => None,
+        }
+    }
+}
+
+/// Other spellings of the method that some proxy or framework honours.
+const METHOD_SPELLINGS: &[&str] =
+    &["x-original-method", "x-forwarded-method", "x-http-method-override", "x-http-method", "x-method-override"];
+/// Other spellings of the path that some proxy or framework honours.
+const URI_SPELLINGS: &[&str] = &["x-original-uri", "x-forwarded-uri", "x-original-url", "x-rewrite-url"];
+
+async fn by_headers(
+    State(app): State<Arc<App>>,
+    Path((api, stage)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    // This query is the operator's (fixed in the proxy's configuration).
+    let (parts, _) = request.into_parts();
+    let param = |name: &str| {
+        parts
+            .uri
+            .query()
+            .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned()))
+    };
+    let (mode_param, address_param) = (param("mode"), param("address"));
+    let nginx = mode_param.as_deref() == Some("nginx");
+    let address = match address_param.as_deref() {
+        None | Some("x-forwarded-for") => Ok(ChainHeader::XForwardedFor),
+        Some("forwarded") => Ok(ChainHeader::Forwarded),
+        Some(_) => Err(ApiError::field("address", "must be x-forwarded-for (the default) or forwarded")),
+    };
+    let outcome = match (ProxyMode::parse(mode_param.as_deref()), address) {
+        (Ok(mode), Ok(address)) => ask(&app, mode, address, api, stage, None, parts).await,
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    respond(outcome, nginx)
+}
+
+async fn envoy(
+    State(app): State<Arc<App>>,
+    Path((api, stage, rest)): Path<(String, String, String)>,
+    request: Request,
+) -> Response {
+    let parts = request.into_parts().0;
+    let outcome = ask(&app, ProxyMode::Envoy, ChainHeader::XForwardedFor, api, stage, Some(rest), parts).await;
+    respond(outcome, false)
+}
+
+async fn ask(
+    app: &App,
+    mode: ProxyMode,
+    address: ChainHeader,
+    api: String,
+    stage: String,
+    rest: Option<String>,
+    request: Parts,
+) -> Result<Decision, ApiError> {
+    let check = original_request(app, mode, address, api, stage, rest, &request)?;
+    Ok(app.decide(&check).await?)
+}
+
+/// One header's value, trimmed; `None` when absent or empty. Several lines of
+/// a field that must be single are refused: which one a proxy meant is unknown.
+fn single<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ApiError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(ApiError::field(format!("headers.{name}"), "must appear once"));
+    }
+    let text = first.to_str().map_err(|_| ApiError::field(format!("headers.{name}"), "must be visible ASCII"))?;
+    Ok(Some(text.trim()).filter(|t| !t.is_empty()))
+}
+
+fn required<'a>(headers: &'a HeaderMap, name: &'static str, mode: ProxyMode) -> Result<&'a str, ApiError> {
+    single(headers, name)?.ok_or_else(|| {
+        ApiError::field(
+            format!("headers.{name}"),
+            format!("the {mode:?} mode reads it from the proxy; set it in the proxy's configuration (deploy/)"),
+        )
+    })
+}
+
+/// Refuses the request if any other spelling of a fact names another value.
+fn agree(headers: &HeaderMap, spellings: &[&'static str], used: &str, value: &str) -> Result<(), ApiError> {
+    for name in spellings.iter().filter(|n| **n != used) {
+        for other in headers.get_all(*name) {
+            let same = other.to_str().is_ok_and(|o| o.trim() == value || o.trim().is_empty());
+            if !same {
+                return Err(ApiError::field(
+                    format!("headers.{name}"),
+                    format!("disagrees with the {used} the proxy set; requests are decided on one spelling only"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A header value as text: UTF-8 when it is, else each byte as ISO-8859-1
+/// (RFC 9110 §5.5: `obs-text` bytes are opaque; this keeps them distinct).
+fn header_text(value: &HeaderValue) -> String {
+    match std::str::from_utf8(value.as_bytes()) {
+        Ok(text) => text.to_string(),
+        Err(_) => value.as_bytes().iter().map(|b| char::from(*b)).collect(),
+    }
+}
+
+/// Builds the check request a forward-auth call stands for.
+fn original_request(
+    app: &App,
+    mode: ProxyMode,
+    address: ChainHeader,
+    api: String,
+    stage: String,
+    rest: Option<String>,
+    request: &Parts,
+) -> Result<CheckRequest, ApiError> {
+    let headers = &request.headers;
+    let (method, uri, method_source, uri_source) = match mode.sources() {
+        Some((method_header, uri_header)) => (
+            required(headers, method_header, mode)?.to_ascii_uppercase(),
+            required(headers, uri_header, mode)?.to_string(),
+            method_header,
+            uri_header,
+        ),
+        None => {
+            let rest = rest.unwrap_or_default();
+            let uri = match request.uri.query() {
+                Some(q) => format!("/{rest}?{q}"),
+                None => format!("/{rest}"),
+            };
+            (request.method.as_str().to_string(), uri, ":method", ":path")
+        }
+    };
+    agree(headers, METHOD_SPELLINGS, method_source, &method)?;
+    agree(headers, URI_SPELLINGS, uri_source, &uri)?;
+    if !uri.starts_with('/') {
+        return Err(ApiError::field(format!("headers.{uri_source}"), "must be an origin-form URI starting with '/'"));
+    }
+    let (path, query) = uri.split_once('?').unwrap_or((uri.as_str(), ""));
+    let source_ip = client_address(headers, address, &app.trusted_proxies).map_err(|e| match &e {
+        ChainError::Missing { header } | ChainError::Malformed { header, .. } => {
+            ApiError::field(format!("headers.{header}"), e.to_string())
+        }
+    })?;
+    let mut original_headers = BTreeMap::new();
+    for (name, value) in headers {
+        original_headers.insert(name.as_str().to_string(), header_text(value));
+    }
+    let client_cert_subject = match mode {
+        ProxyMode::Envoy => single(headers, "x-forwarded-client-cert")?.and_then(xfcc_subject),
+        _ => single(headers, "x-client-cert-subject")?.map(str::to_string),
+    };
+    Ok(CheckRequest {
+        api,
+        stage,
+        method,
+        path: path.to_string(),
+        source_ip: Some(source_ip.to_string()),
+        query: form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect(),
+        proxy_id: single(headers, "x-tollgate-proxy-id")?.map(str::to_string),
+        client_cert_subject,
+        body_size: match single(headers, "x-original-content-length")? {
+            Some(n) => Some(n.parse().map_err(|_| {
+                ApiError::field("headers.x-original-content-length", "must be a whole number of bytes")
+            })?),
+            None => None,
+        },
+        headers: original_headers,
+    })
+}
+
+/// The `Subject` of the first element of Envoy's `x-forwarded-client-cert`
+/// (the client's certificate as Envoy saw it).
+fn xfcc_subject(xfcc: &str) -> Option<String> {
+    let first = *split_unquoted(xfcc, ',').first()?;
+    split_unquoted(first, ';').into_iter().find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        k.trim().eq_ignore_ascii_case("subject").then(|| v.trim().trim_matches('"').to_string())
+    })
+}
+
+fn out_has(response: &Response, name: &str) -> bool {
+    response.headers().contains_key(name)
+}
+
+fn respond(outcome: Result<Decision, ApiError>, nginx: bool) -> Response {
+    let decision = match outcome {
+        Ok(d) => d,
+        Err(e) if nginx => {
+            // Through nginx only 401/403 survive; the config restores 400.
+            let status = e.status;
+            let mut response = e.into_response();
+            *response.status_mut() = StatusCode::FORBIDDEN;
+            if let Ok(v) = HeaderValue::try_from(status.as_u16().to_string()) {
+                response.headers_mut().insert("x-tollgate-status", v);
+            }
+            response.headers_mut().insert("x-tollgate-reason", HeaderValue::from_static("invalid_request"));
+            return response;
+        }
+        Err(e) => return e.into_response(),
+    };
+    let mut status = StatusCode::from_u16(decision.status).unwrap_or(StatusCode::FORBIDDEN);
+    // nginx: anything but allow, 401 and 403 (a preflight's 204 included) goes
+    // through the 403 path, where the config restores X-Tollgate-Status.
+    if nginx && !decision.allowed && !matches!(decision.status, 401 | 403) {
+        status = StatusCode::FORBIDDEN;
+    }
+    let mut response = if decision.allowed {
+        StatusCode::OK.into_response()
+    } else {
+        let body = serde_json::json!({"message": decision.message, "reason": decision.reason});
+        (status, Json(body)).into_response()
+    };
+    let out = response.headers_mut();
+    let mut put = |name: &str, value: &str| {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            out.append(n, v);
+        }
+    };
+    for (name, value) in decision.response_headers.iter().chain(&decision.upstream_headers) {
+        put(name, value);
+    }
+    put("x-tollgate-reason", decision.reason.as_str());
+    put("x-tollgate-status", &decision.status.to_string());
+    let principal = decision.principal.as_ref();
+    let key_id = principal.and_then(|p| p.key_id.as_deref());
+    let plan_id = principal.and_then(|p| p.plan_id.as_deref());
+    let customer_id = principal.and_then(|p| p.customer_id.as_deref());
+    for (name, value) in
+        [("x-tollgate-key-id", key_id), ("x-tollgate-plan-id", plan_id), ("x-tollgate-customer-id", customer_id)]
+    {
+        if let Some(v) = value {
+            put(name, v);
+        }
+    }
+    if decision.allowed {
+        // Every header a proxy copies onto the upstream request is there,
+        // empty when unknown, so a proxy never passes on a client's copy or
+        // a placeholder of its own (Caddy 2.6 copies `{…}` for an absent one).
+        for name in ["x-tollgate-principal", "x-tollgate-key-id", "x-tollgate-plan-id", "x-tollgate-identity"] {
+            if !out_has(&response, name) {
+                response.headers_mut().insert(name, HeaderValue::from_static(""));
+            }
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_envoy_client_certificate_subject_is_read_from_xfcc() {
+        let xfcc = "By=spiffe://a;Hash=ab;Subject=\"CN=client,O=Acme\";URI=spiffe://c,By=x;Subject=\"CN=other\"";
+        // The first element is the one the nearest Envoy added.
+        assert_eq!(xfcc_subject(xfcc).as_deref(), Some("CN=client,O=Acme"));
+        assert_eq!(xfcc_subject("Hash=ab"), None);
+    }
+
+    #[test]
+    fn obs_text_header_bytes_are_kept_as_latin1() {
+        let value = HeaderValue::from_bytes(b"caf\xe9").expect("obs-text is a legal header value");
+        assert_eq!(header_text(&value), "caf\u{e9}");
+        let utf8 = HeaderValue::from_bytes("café".as_bytes()).expect("utf-8");
+        assert_eq!(header_text(&utf8), "café");
+    }
+}
