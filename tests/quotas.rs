@@ -429,3 +429,162 @@ async fn a_throttle_holds_for_the_whole_cluster_not_per_node() {
     );
     assert!(allowed >= BURST && throttled > 0, "admitted {allowed}, throttled {throttled}");
 }
+
+/// One check with `secret` on `node`: the decision, whole.
+async fn decide(cluster: &Cluster, node: u64, secret: &str) -> Value {
+    let req = json!({"api": "pets", "stage": "prod", "method": "GET", "path": "/pets/1",
+        "headers": {"x-api-key": secret}});
+    let (status, decision) = cluster.post(node, "/v1/check", req).await;
+    assert_eq!(status, 200, "{decision}");
+    decision
+}
+
+fn header_secs(decision: &Value, name: &str) -> Option<u64> {
+    decision["response_headers"]
+        .as_array()?
+        .iter()
+        .find(|h| h[0] == name)
+        .and_then(|h| h[1].as_str())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A small deterministic generator: the same client histories on every run.
+fn generator(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut state = seed;
+    move |bound: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % bound.max(1)
+    }
+}
+
+/// `quota_exceeded` only when the quota is spent: over random node orders
+/// and pauses, the first `limit` checks of a key are admitted and every later
+/// one refused, with a `Retry-After` that points at the period's end. Then an
+/// UpdateUsage that leaves a few units lets exactly those through, at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quota_refuses_only_once_spent_whichever_node_is_asked() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let (_, _) = setup(&cluster, leader, json!({"limit": 5, "period": "month"})).await;
+    let mut next = generator(0xa076_1d64_78bd_642f);
+    for history in 0..4 {
+        let (status, key) = cluster.post(leader, "/v1/admin/keys", json!({"name": "k", "plan_ids": ["gold"]})).await;
+        assert_eq!(status, 201, "{key}");
+        let secret = key["secret"].as_str().unwrap_or_default().to_string();
+        let id = key["id"].as_str().unwrap_or_default().to_string();
+        for n in 1..=3 {
+            let path = format!("/v1/admin/keys/{id}?stale=true");
+            wait_until("the key is everywhere", || async { cluster.get(n, &path).await.0 == 200 }).await;
+        }
+        let mut seen = Vec::new();
+        for i in 0..8u64 {
+            let node = if history == 0 { 1 + i % 3 } else { 1 + next(3) };
+            let d = decide(&cluster, node, &secret).await;
+            let reason = d["reason"].as_str().unwrap_or_default().to_string();
+            if reason == "quota_exceeded" {
+                let retry = header_secs(&d, "retry-after").unwrap_or(0);
+                assert!(
+                    retry > 3600 || i < 5,
+                    "history {history}: Retry-After {retry} s with the period far from over"
+                );
+            }
+            seen.push((node, reason));
+            tokio::time::sleep(std::time::Duration::from_millis(next(300))).await;
+        }
+        let reasons: Vec<&str> = seen.iter().map(|(_, r)| r.as_str()).collect();
+        assert_eq!(reasons[..5], ["allowed"; 5], "history {history}: refused while units remained: {seen:?}");
+        assert_eq!(reasons[5..], ["quota_exceeded"; 3], "history {history}: {seen:?}");
+    }
+
+    // The issue's case: 1000 a month, 12 used, UpdateUsage -980: 8 left, at once.
+    let (_, key) = cluster.post(leader, "/v1/admin/keys", json!({"name": "adj", "plan_ids": ["gold"]})).await;
+    let (key_id, secret) =
+        (key["id"].as_str().unwrap_or_default().to_string(), key["secret"].as_str().unwrap_or_default().to_string());
+    let plan = json!({"name": "Gold", "quota": {"limit": 1000, "period": "month"},
+        "api_stages": [{"api_id": "pets", "stage": "prod"}]});
+    assert_eq!(cluster.call(leader, Method::PUT, "/v1/admin/plans/gold", Some(plan)).await.0, 200);
+    for n in 1..=3 {
+        let path = format!("/v1/admin/keys/{key_id}?stale=true");
+        wait_until("the key is everywhere", || async { cluster.get(n, &path).await.0 == 200 }).await;
+        wait_until("the new limit is everywhere", || async {
+            cluster.get(n, "/v1/admin/plans/gold?stale=true").await.1["quota"]["limit"] == 1000
+        })
+        .await;
+    }
+    for i in 0..12u64 {
+        assert_eq!(decide(&cluster, 1 + i % 3, &secret).await["reason"], "allowed");
+    }
+    let (status, body) = cluster.post(2, &format!("/v1/admin/plans/gold/usage/{key_id}"), json!({"delta": -980})).await;
+    assert_eq!(status, 200, "{body}");
+    let reasons: Vec<String> = {
+        let mut r = Vec::new();
+        for i in 0..10u64 {
+            r.push(decide(&cluster, 1 + i % 3, &secret).await["reason"].as_str().unwrap_or_default().to_string());
+        }
+        r
+    };
+    assert_eq!(reasons[..8], ["allowed"; 8], "{reasons:?}");
+    assert_eq!(reasons[8..], ["quota_exceeded"; 2], "{reasons:?}");
+}
+
+/// Throttles that are honest over three nodes: a refused request takes no
+/// token, a client that waits what `Retry-After` says is admitted (also
+/// after waiting longer), one spacing its requests more than 1/rate apart is
+/// never refused, and `RateLimit-Reset` says when the bucket is full again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_throttle_refusal_spends_nothing_and_its_headers_tell_the_truth() {
+    use std::time::Duration;
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let api = json!({"id": "pets", "name": "Pets", "stages": [{"name": "prod"}],
+        "routes": [{"method": "GET", "path": "/pets/*", "api_key_required": true}]});
+    assert_eq!(cluster.post(leader, "/v1/admin/apis", api).await.0, 201);
+    let mut secrets = Vec::new();
+    for (plan, rate) in [("slow", 0.25), ("steady", 2.0)] {
+        let body = json!({"id": plan, "name": plan, "throttle": {"rate_per_sec": rate, "burst": 1},
+            "api_stages": [{"api_id": "pets", "stage": "prod"}]});
+        assert_eq!(cluster.post(leader, "/v1/admin/plans", body).await.0, 201);
+        let (_, key) = cluster.post(leader, "/v1/admin/keys", json!({"name": plan, "plan_ids": [plan]})).await;
+        let id = key["id"].as_str().unwrap_or_default().to_string();
+        for n in 1..=3 {
+            let path = format!("/v1/admin/keys/{id}?stale=true");
+            wait_until("the key is everywhere", || async { cluster.get(n, &path).await.0 == 200 }).await;
+        }
+        secrets.push(key["secret"].as_str().unwrap_or_default().to_string());
+    }
+    let (slow, steady) = (&secrets[0], &secrets[1]);
+
+    // 0.25/s, burst 1: allowed, and the bucket is full again in 4 s.
+    let first = decide(&cluster, 1, slow).await;
+    assert_eq!(first["reason"], "allowed", "{first}");
+    assert_eq!(header_secs(&first, "ratelimit-reset"), Some(4), "{first}");
+    // 0.1 s later, on another node: refused, told when to come back.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = decide(&cluster, 2, slow).await;
+    assert_eq!(refused["reason"], "throttled", "{refused}");
+    let retry = header_secs(&refused, "retry-after").expect("Retry-After");
+    assert!((1..=4).contains(&retry), "{refused}");
+    // The issue's client: waits Retry-After + 2 s after every 429. It must
+    // get through every time (a refusal used to burn the booked token).
+    for round in 0..2 {
+        tokio::time::sleep(Duration::from_secs(retry + 2)).await;
+        let d = decide(&cluster, 3 - round, slow).await;
+        assert_eq!(d["reason"], "allowed", "round {round}: {d}");
+        // Straight away: refused; waiting exactly Retry-After gets through.
+        let again = decide(&cluster, 1 + round, slow).await;
+        assert_eq!(again["reason"], "throttled", "{again}");
+        let wait = header_secs(&again, "retry-after").expect("Retry-After");
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        let d = decide(&cluster, 2, slow).await;
+        assert_eq!(d["reason"], "allowed", "waited exactly Retry-After {wait} s: {d}");
+    }
+
+    // 2/s, burst 1: a client 650 ms apart, across every node, is never refused.
+    for i in 0..12u64 {
+        let d = decide(&cluster, 1 + i % 3, steady).await;
+        assert_eq!(d["reason"], "allowed", "request {i}: {d}");
+        tokio::time::sleep(Duration::from_millis(650)).await;
+    }
+}

@@ -54,11 +54,16 @@ pub struct Unavailable(pub String);
 pub struct LendRequest {
     pub bucket: BucketId,
     pub throttle: Throttle,
+    /// Tokens wanted now (0: only giving back).
     pub want: u32,
+    /// Tokens lent earlier and never used (their time ran out): back into
+    /// the bucket, so a refused or abandoned request destroys no capacity.
+    #[serde(default)]
+    pub returned: u32,
 }
 
-/// The authority's answer: tokens lent, usable `after_ms` from when they
-/// were asked for; or, when `granted` is 0, how long until asking again.
+/// The authority's answer: tokens lent (usable at once; `after_ms` is 0);
+/// or, when `granted` is 0, how long until the bucket has the next token.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Lent {
     pub granted: u32,
@@ -115,22 +120,23 @@ impl TokenLender {
             None => buckets.by_id.entry(request.bucket.clone()).or_insert_with(|| Bucket::full(t, now_ms)),
         };
         b.refill(t, now_ms);
-        // The bucket may go into debt by a little (RESERVE_MS of its rate):
-        // tokens lent from the debt become usable only once the bucket would
-        // have had them. So a node asking while the bucket is empty books the
-        // next tokens instead of racing the others for them, and no token
-        // goes unused while every node waits to ask again.
-        let debt = (t.rate_per_sec * RESERVE_MS / 1000.0).max(1.0);
-        let lendable = (b.tokens + debt).floor().max(0.0) as u64;
+        if request.returned > 0 {
+            b.tokens = (b.tokens + request.returned as f64).min(t.burst as f64);
+        }
+        if request.want == 0 {
+            return Lent { granted: 0, after_ms: 0, left: b.tokens.floor().max(0.0) as u64 };
+        }
+        // Only whole tokens the bucket has now: a node that finds none is
+        // told when the next one is due and refuses until then, booking
+        // nothing, so a retry then gets it on whichever node it lands. (A
+        // token booked for the node that refused would sit there while the
+        // retry went elsewhere.) Tokens not lent stay in the bucket; nothing
+        // is lost while the nodes wait.
+        let lendable = b.tokens.floor().max(0.0) as u64;
         let granted = lendable.min(request.want as u64) as u32;
         b.tokens -= granted as f64;
-        let after_ms = if granted == 0 {
-            ((1.0 - (b.tokens + debt)) * 1000.0 / t.rate_per_sec).ceil().max(1.0) as u64
-        } else if b.tokens < 0.0 {
-            (-b.tokens * 1000.0 / t.rate_per_sec).ceil() as u64
-        } else {
-            0
-        };
+        let after_ms =
+            if granted == 0 { ((1.0 - b.tokens) * 1000.0 / t.rate_per_sec).ceil().max(1.0) as u64 } else { 0 };
         Lent { granted, after_ms, left: b.tokens.floor().max(0.0) as u64 }
     }
 }
@@ -157,8 +163,6 @@ impl Default for MeteringConfig {
 const GRANT_FOR_MS: i64 = 1_000;
 /// Borrowed tokens cover this long at the bucket's rate.
 const BORROW_FOR_MS: f64 = 50.0;
-/// How far ahead the authority books tokens when its bucket is empty.
-const RESERVE_MS: f64 = 100.0;
 /// Borrowed tokens not used within this are forgotten (the authority's
 /// bucket has long refilled them).
 const BORROWED_VALID_MS: i64 = 1_000;
@@ -166,6 +170,8 @@ const BORROWED_VALID_MS: i64 = 1_000;
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// A lease unused this long is handed back.
 const IDLE_MS: i64 = 2_000;
+/// ...and this long, near the end of its quota.
+const SHORT_IDLE_MS: i64 = FLUSH_EVERY.as_millis() as i64;
 /// After the authority could not be reached, how long to decide without it.
 const UNAVAILABLE_MS: i64 = 1_000;
 /// How long a check may wait for a grant or tokens.
@@ -238,6 +244,9 @@ struct Lease {
     /// Bumped when a fetch ends; waiters watch it.
     fetched: watch::Sender<u64>,
     exhausted_until_ms: i64,
+    /// At the last grant, other holders had units: the quota is not spent,
+    /// only held elsewhere, and they hand back what they do not use.
+    held_elsewhere: bool,
     unavailable_until_ms: i64,
     /// For headers: the period's limit and what was left of it at the last grant.
     limit: u64,
@@ -262,6 +271,7 @@ impl Lease {
             fetching: false,
             fetched: watch::channel(0).0,
             exhausted_until_ms: 0,
+            held_elsewhere: false,
             unavailable_until_ms: 0,
             limit,
             remaining: limit,
@@ -284,6 +294,9 @@ impl Lease {
 /// Throttle tokens borrowed from the authority.
 struct Borrowed {
     tokens: u32,
+    /// Tokens whose time ran out unused: given back to the authority with
+    /// the next loan, or by the next flush.
+    unused: u32,
     /// The tokens held may be used from this time on (booked ahead).
     usable_from_ms: i64,
     valid_until_ms: i64,
@@ -291,6 +304,8 @@ struct Borrowed {
     unavailable_until_ms: i64,
     /// The authority's bucket after the last loan, for headers.
     left: u64,
+    /// The bucket's throttle at the last loan (to give tokens back).
+    throttle: Option<Throttle>,
     fetching: bool,
     fetched: watch::Sender<u64>,
     last_used_ms: i64,
@@ -300,11 +315,13 @@ impl Borrowed {
     fn new(now_ms: i64) -> Self {
         Borrowed {
             tokens: 0,
+            unused: 0,
             usable_from_ms: 0,
             valid_until_ms: now_ms,
             denied_until_ms: 0,
             unavailable_until_ms: 0,
             left: 0,
+            throttle: None,
             fetching: false,
             fetched: watch::channel(0).0,
             last_used_ms: now_ms,
@@ -337,6 +354,13 @@ enum Need {
     },
     /// ...or wait for the fetch another check started.
     Wait(watch::Receiver<u64>),
+    /// Ask again at this time (the quota's last units are held by other
+    /// nodes, which hand back what they do not use); past the check's
+    /// deadline, answer `otherwise`.
+    Until {
+        at_ms: i64,
+        otherwise: Denied,
+    },
 }
 
 /// Where a throttle's token comes from.
@@ -358,6 +382,10 @@ pub struct Metering {
     stats: MeteringStats,
     /// The report being sent, kept until the ledger has it (same request id).
     pending: tokio::sync::Mutex<Option<(u128, Vec<QuotaUsage>, i64)>>,
+    /// The applied model, whose limits epochs say which leases a limit
+    /// change made stale: those are handed back at the next flush, not only
+    /// when a check for the key comes by, so other nodes can have the units.
+    limits_model: std::sync::OnceLock<crate::cluster::state_machine::SharedModel>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -379,7 +407,14 @@ impl Metering {
             config,
             stats,
             pending: tokio::sync::Mutex::new(None),
+            limits_model: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Hands back, at each flush, the leases of plans whose limits changed
+    /// in `model` (set once, when the node starts).
+    pub fn watch_limits(&self, model: crate::cluster::state_machine::SharedModel) {
+        let _ = self.limits_model.set(model);
     }
 
     /// Reports used units every [`FLUSH_EVERY`] until the metering is dropped.
@@ -391,6 +426,7 @@ impl Metering {
             loop {
                 tick.tick().await;
                 let Some(metering) = weak.upgrade() else { return };
+                metering.give_back_unused(metering.clock.now_ms()).await;
                 metering.flush(metering.clock.now_ms(), false).await;
             }
         });
@@ -410,6 +446,9 @@ impl Metering {
     ) -> Result<Option<LimitState>, Denied> {
         let deadline = tokio::time::Instant::now() + FETCH_WAIT;
         let mut waited_for_quota = false;
+        // Set once the quota's last units were found held elsewhere: what to
+        // answer if none come back before the deadline.
+        let mut held_elsewhere: Option<Denied> = None;
         let mut now_ms = now_ms;
         loop {
             let need = {
@@ -422,6 +461,16 @@ impl Metering {
             // A fetch runs in a task of its own: if this check is dropped
             // (its client went away), the fetch still ends and wakes the others.
             let mut fetched = match need {
+                Need::Until { at_ms, otherwise } => {
+                    let wait = Duration::from_millis((at_ms - now_ms).clamp(1, EXHAUSTED_RETRY_MS) as u64);
+                    if tokio::time::Instant::now() + wait > deadline {
+                        return Err(otherwise);
+                    }
+                    held_elsewhere = Some(otherwise);
+                    tokio::time::sleep(wait).await;
+                    now_ms = now_ms.max(self.clock.now_ms()).max(at_ms);
+                    continue;
+                }
                 Need::Wait(fetched) => fetched,
                 Need::Tokens { slot, fetched } => {
                     self.stats.round_trips.with_label_values(&["throttle"]).inc();
@@ -442,7 +491,7 @@ impl Metering {
                 }
             };
             if tokio::time::timeout_at(deadline, fetched.changed()).await.is_err() {
-                return Err(unavailable());
+                return Err(held_elsewhere.unwrap_or_else(unavailable));
             }
             // Time passed while waiting (the clock may be a test's, never moving).
             now_ms = now_ms.max(self.clock.now_ms());
@@ -463,6 +512,16 @@ impl Metering {
             local.borrowed.retain(|_, b| b.fetching || now_ms - b.last_used_ms < 60_000);
             local.fallback.retain(|_, b| b.idle_ms(now_ms) < 60_000);
         }
+        // 0. A quota known to be spent refuses before any throttle token is
+        // fetched: a refusal takes nothing from any limit.
+        if let Some((period, _, end_ms)) = &limits.quota {
+            if let Some(lease) = local.leases.get(period) {
+                let spent = lease.epoch >= epoch && lease.units == 0 && !lease.held_elsewhere;
+                if spent && now_ms < lease.exhausted_until_ms {
+                    return Ok(Err(quota_exceeded(lease, now_ms, *end_ms)));
+                }
+            }
+        }
         // 1. Throttles: borrowed tokens, or this node's share while the authority is away.
         let throttles = [(&limits.stage, ReasonCode::StageThrottled), (&limits.key, ReasonCode::Throttled)];
         let mut sources = [None, None];
@@ -473,6 +532,7 @@ impl Metering {
                 None => local.borrowed.entry(id.clone()).or_insert_with(|| Borrowed::new(now_ms)),
             };
             if now_ms >= b.valid_until_ms {
+                b.unused = b.unused.saturating_add(b.tokens);
                 b.tokens = 0;
             }
             if b.tokens > 0 {
@@ -520,8 +580,10 @@ impl Metering {
                 }
             };
             if epoch > lease.epoch {
-                // The plan's limits changed: hand this grant back, start a new lease.
+                // The plan's limits changed: hand this grant back (now, so
+                // the new lease can have its units), start a new lease.
                 self.retire(lease, &mut local.retired, period, epoch, now_ms, quota.limit, "returned");
+                self.flush_soon();
                 return self.try_take(local, limits, now_ms, epoch);
             }
             if now_ms >= lease.valid_until_ms && lease.units > 0 {
@@ -536,19 +598,17 @@ impl Metering {
                 // is mixed with a new grant.
                 let lease_epoch = lease.epoch;
                 self.retire(lease, &mut local.retired, period, lease_epoch, now_ms, quota.limit, "expired");
+                self.flush_soon();
                 return self.try_take(local, limits, now_ms, epoch);
             }
             if lease.units == 0 {
                 if now_ms < lease.exhausted_until_ms {
-                    let reset = ((end_ms - now_ms).max(0) as u64).div_ceil(1000);
-                    let retry = ((lease.exhausted_until_ms - now_ms) as u64).div_ceil(1000).max(1).min(reset.max(1));
-                    let state = LimitState {
-                        limit: lease.limit,
-                        remaining: 0,
-                        reset_secs: reset,
-                        retry_after_secs: Some(retry),
-                    };
-                    return Ok(Err((ReasonCode::QuotaExceeded, state)));
+                    let denied = quota_exceeded(lease, now_ms, *end_ms);
+                    if lease.held_elsewhere {
+                        // Not spent: wait for the holders to hand units back.
+                        return Err(Need::Until { at_ms: lease.exhausted_until_ms, otherwise: denied });
+                    }
+                    return Ok(Err(denied));
                 }
                 if now_ms < lease.unavailable_until_ms {
                     return Ok(Err(unavailable()));
@@ -562,35 +622,36 @@ impl Metering {
                 return Err(Need::Quota { want, holder: lease.holder, fetched: lease.fetched.subscribe() });
             }
         }
-        // 3. Every limit has a unit here: take them all.
-        let mut tightest = None;
+        // 3. Every limit has a unit here: take them all. The headers show
+        // the tightest: the limit with the fewest requests left.
+        let mut tightest: Option<LimitState> = None;
+        let mut consider = |state: LimitState| {
+            let tighter = match tightest {
+                Some(t) => (state.remaining, state.limit) < (t.remaining, t.limit),
+                None => true,
+            };
+            if tighter {
+                tightest = Some(state);
+            }
+        };
         for (slot, source) in sources.into_iter().enumerate() {
             let (Some(source), Some((id, t))) = (source, limits.throttle(slot)) else {
                 continue;
             };
-            tightest = Some(match source {
+            let remaining = match source {
                 Source::Borrowed => {
                     let Some(b) = local.borrowed.get_mut(id) else { continue };
                     b.tokens -= 1;
                     b.last_used_ms = now_ms;
-                    LimitState {
-                        limit: t.burst as u64,
-                        remaining: b.left + b.tokens as u64,
-                        reset_secs: 1,
-                        retry_after_secs: None,
-                    }
+                    b.left.saturating_add(b.tokens as u64).min(t.burst as u64)
                 }
                 Source::Fallback => {
                     let Some(fb) = local.fallback.get_mut(id) else { continue };
                     fb.tokens -= 1.0;
-                    LimitState {
-                        limit: t.burst as u64,
-                        remaining: fb.tokens.max(0.0) as u64,
-                        reset_secs: 1,
-                        retry_after_secs: None,
-                    }
+                    fb.tokens.max(0.0) as u64
                 }
-            });
+            };
+            consider(bucket_state(t, remaining));
         }
         if let Some((period, _, end_ms)) = &limits.quota {
             if let Some(lease) = local.leases.get_mut(period) {
@@ -599,7 +660,7 @@ impl Metering {
                 lease.admitted += 1;
                 lease.last_used_ms = now_ms;
                 lease.remaining = lease.remaining.saturating_sub(1);
-                tightest = Some(LimitState {
+                consider(LimitState {
                     limit: lease.limit,
                     remaining: lease.remaining,
                     reset_secs: ((end_ms - now_ms).max(0) as u64).div_ceil(1000),
@@ -693,6 +754,7 @@ impl Metering {
                     // any, nothing changes before the period ends or a limit
                     // changes (which starts a new lease).
                     let others = ledger.grants.iter().any(|(h, g)| *h != holder && g.units > 0);
+                    lease.held_elsewhere = others;
                     lease.exhausted_until_ms = if others { now_ms + EXHAUSTED_RETRY_MS } else { end_ms };
                 }
             }
@@ -713,11 +775,13 @@ impl Metering {
     async fn borrow_tokens(self: Arc<Self>, id: BucketId, t: Throttle) {
         let asked_ms = self.clock.now_ms();
         let want = (t.rate_per_sec * BORROW_FOR_MS / 1000.0).ceil().clamp(1.0, (t.burst.max(1)) as f64) as u32;
-        let request = LendRequest { bucket: id.clone(), throttle: t, want };
+        let returned = lock(&self.local).borrowed.get_mut(&id).map(|b| std::mem::take(&mut b.unused)).unwrap_or(0);
+        let request = LendRequest { bucket: id.clone(), throttle: t, want, returned };
         let answer = tokio::time::timeout(LEND_WAIT, self.authority.lend(request, asked_ms)).await;
         let now_ms = self.clock.now_ms().max(asked_ms);
         let mut local = lock(&self.local);
         let Some(b) = local.borrowed.get_mut(&id) else { return };
+        b.throttle = Some(t);
         match answer {
             Ok(Ok(lent)) => {
                 // Times count from the asking: the answer's round trip is not
@@ -737,6 +801,39 @@ impl Metering {
         b.fetched.send_modify(|n| *n += 1);
     }
 
+    /// Reports and releases in a task of its own, now rather than at the
+    /// next tick (a retired lease's units are wanted by its successor).
+    fn flush_soon(self: &Arc<Self>) {
+        let metering = self.clone();
+        tokio::spawn(async move { metering.flush(metering.clock.now_ms(), false).await });
+    }
+
+    /// Gives the authority back every borrowed token whose time ran out
+    /// unused (a request refused by another limit, a client that did not come
+    /// back for its booked token), so no capacity is destroyed. A give-back
+    /// that fails is dropped: fewer tokens, never more.
+    pub async fn give_back_unused(&self, now_ms: i64) {
+        let returns: Vec<LendRequest> = {
+            let mut local = lock(&self.local);
+            local
+                .borrowed
+                .iter_mut()
+                .filter(|(_, b)| !b.fetching)
+                .filter_map(|(id, b)| {
+                    if now_ms >= b.valid_until_ms {
+                        b.unused = b.unused.saturating_add(std::mem::take(&mut b.tokens));
+                    }
+                    let throttle = b.throttle?;
+                    let returned = std::mem::take(&mut b.unused);
+                    (returned > 0).then(|| LendRequest { bucket: id.clone(), throttle, want: 0, returned })
+                })
+                .collect()
+        };
+        for request in returns {
+            let _ = tokio::time::timeout(LEND_WAIT, self.authority.lend(request, now_ms)).await;
+        }
+    }
+
     /// Reports what was used since the last report, and hands back leases
     /// idle for a while (all of them with `release_all`, at shutdown). A
     /// report that fails is sent again, unchanged, next time.
@@ -744,13 +841,19 @@ impl Metering {
         let mut pending = self.pending.lock().await;
         if pending.is_none() {
             let mut usage = Vec::new();
+            let published = self.limits_model.get().map(|m| m.load_full());
             {
                 let mut local = lock(&self.local);
                 let local = &mut *local;
                 usage.append(&mut local.retired);
                 local.leases.retain(|period, lease| {
-                    let idle = lease.waiting == 0 && !lease.fetching && now_ms - lease.last_used_ms >= IDLE_MS;
-                    let release = release_all || idle;
+                    // Near the end of a quota (the last grant came short) other
+                    // nodes may be waiting for the units this one holds.
+                    let idle_after = if lease.short { SHORT_IDLE_MS } else { IDLE_MS };
+                    let idle = lease.waiting == 0 && !lease.fetching && now_ms - lease.last_used_ms >= idle_after;
+                    let stale = !lease.fetching
+                        && published.as_ref().is_some_and(|p| p.limits.of(&period.plan_id) > lease.epoch);
+                    let release = release_all || idle || stale;
                     if lease.unreported > 0 || (release && lease.granted) {
                         usage.push(QuotaUsage {
                             period: period.clone(),
@@ -776,6 +879,24 @@ impl Metering {
             Err(e) => tracing::warn!(error = %e, entries = usage.len(), "usage report failed; will retry"),
         }
     }
+}
+
+/// The refusal of a spent quota: `Retry-After` when units may come back
+/// (other holders hand back what they do not use: soon), else the period's
+/// end, when the count starts again.
+fn quota_exceeded(lease: &Lease, now_ms: i64, end_ms: i64) -> Denied {
+    let reset = ((end_ms - now_ms).max(0) as u64).div_ceil(1000).max(1);
+    let retry = if lease.held_elsewhere { 1 } else { reset };
+    let state = LimitState { limit: lease.limit, remaining: 0, reset_secs: reset, retry_after_secs: Some(retry) };
+    (ReasonCode::QuotaExceeded, state)
+}
+
+/// A bucket with `remaining` whole tokens: it resets (is full again) when the
+/// missing tokens have come back at the bucket's rate.
+fn bucket_state(t: &Throttle, remaining: u64) -> LimitState {
+    let missing = (t.burst as u64).saturating_sub(remaining) as f64;
+    let reset_secs = (missing / t.rate_per_sec).ceil().max(1.0) as u64;
+    LimitState { limit: t.burst as u64, remaining, reset_secs, retry_after_secs: None }
 }
 
 fn throttled_state(t: &Throttle, wait_ms: u64) -> LimitState {
@@ -910,6 +1031,130 @@ mod tests {
         m.flush(clock.now_ms(), false).await;
         let ledger = authority.ledger(&period);
         assert_eq!((ledger.consumed, ledger.outstanding()), (7, 0), "idle: the rest went back");
+    }
+
+    fn throttle_limits(rate_per_sec: f64, burst: u32) -> Limits {
+        let id = BucketId::Key { key: "k".into(), plan: "p".into(), method_override: None };
+        Limits { key: Some((id, Throttle { rate_per_sec, burst })), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn a_booked_token_the_client_never_came_back_for_goes_back_to_the_bucket() {
+        // The case: 0.25/s, burst 1; a 429 at t=0.1 s books the next
+        // token; the client comes back only after Retry-After + 2 s.
+        let limits = throttle_limits(0.25, 1);
+        let (_, _, model) = quota_limits(1);
+        let clock = Arc::new(ManualClock::at(T0));
+        let m =
+            Metering::new(Arc::new(LocalAuthority::new(model)), clock.clone(), Default::default(), Default::default());
+        assert!(m.admit(&limits, clock.now_ms(), 0).await.is_ok());
+        clock.advance_ms(100);
+        let (reason, state) = m.admit(&limits, clock.now_ms(), 0).await.expect_err("throttled");
+        assert_eq!((reason, state.retry_after_secs), (ReasonCode::Throttled, Some(4)));
+        for round in 0..5 {
+            clock.advance_ms((4 + 2) * 1000);
+            let answer = m.admit(&limits, clock.now_ms(), 0).await;
+            assert!(answer.is_ok(), "round {round}: waiting past Retry-After was refused: {answer:?}");
+        }
+    }
+
+    /// A small deterministic generator.
+    fn generator(seed: u64) -> impl FnMut(u64) -> u64 {
+        let mut state = seed;
+        move |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound.max(1)
+        }
+    }
+
+    /// Random clients against random buckets: one that waits what
+    /// `Retry-After` says after a refusal, or spaces its requests more than
+    /// 1/rate apart, is always admitted; refusals take nothing, so the
+    /// bucket's whole rate stays usable.
+    #[tokio::test]
+    async fn a_client_that_waits_what_the_headers_say_is_admitted() {
+        let mut next = generator(0x5851_f42d_4c95_7f2d);
+        for history in 0..60 {
+            let rate = [0.25, 0.5, 1.0, 3.5, 10.0, 40.0][next(6) as usize];
+            let burst = 1 + next(5) as u32;
+            let limits = throttle_limits(rate, burst);
+            let (_, _, model) = quota_limits(1);
+            let clock = Arc::new(ManualClock::at(T0));
+            let authority = Arc::new(LocalAuthority::new(model));
+            let m = Metering::new(authority, clock.clone(), Default::default(), Default::default());
+            let spacing_ms = (1000.0 / rate).ceil() as i64 + 1;
+            let mut must_pass = false;
+            for step in 0..40 {
+                let answer = m.admit(&limits, clock.now_ms(), 0).await;
+                if must_pass {
+                    assert!(answer.is_ok(), "history {history} step {step} ({rate}/s burst {burst}): {answer:?}");
+                }
+                if next(4) == 0 {
+                    // Now and then the abandoned-token case: give back what ran out.
+                    m.give_back_unused(clock.now_ms()).await;
+                }
+                must_pass = match (answer, next(3)) {
+                    // Refused: wait exactly Retry-After.
+                    (Err((_, state)), _) => {
+                        clock.advance_ms(state.retry_after_secs.unwrap_or(1) as i64 * 1000);
+                        true
+                    }
+                    // Admitted: a burst (no promise), or a polite spacing.
+                    (Ok(_), 0) => false,
+                    (Ok(_), 1) => {
+                        clock.advance_ms(spacing_ms + next(1000) as i64);
+                        true
+                    }
+                    (Ok(_), _) => {
+                        clock.advance_ms(next(spacing_ms as u64) as i64);
+                        false
+                    }
+                };
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_spent_quota_says_to_come_back_when_the_period_ends() {
+        let (limits, _, model) = quota_limits(1);
+        let clock = Arc::new(ManualClock::at(T0));
+        let m =
+            Metering::new(Arc::new(LocalAuthority::new(model)), clock.clone(), Default::default(), Default::default());
+        assert!(m.admit(&limits, clock.now_ms(), 0).await.is_ok());
+        m.flush(clock.now_ms(), false).await;
+        let (reason, state) = m.admit(&limits, clock.now_ms(), 0).await.expect_err("spent");
+        let to_period_end = (86_400_000u64).div_ceil(1000);
+        assert_eq!(
+            (reason, state.retry_after_secs, state.reset_secs),
+            (ReasonCode::QuotaExceeded, Some(to_period_end), to_period_end)
+        );
+    }
+
+    #[tokio::test]
+    async fn headers_show_the_tightest_limit_and_a_throttle_resets_when_full() {
+        // A throttle of 1/s, burst 5, under a large quota: the fifth request
+        // has no token left, and says so.
+        let (mut limits, _, model) = quota_limits(1_000_000);
+        limits.key = throttle_limits(1.0, 5).key;
+        let clock = Arc::new(ManualClock::at(T0));
+        let m =
+            Metering::new(Arc::new(LocalAuthority::new(model)), clock.clone(), Default::default(), Default::default());
+        let mut last = None;
+        for _ in 0..5 {
+            last = m.admit(&limits, clock.now_ms(), 0).await.expect("within the burst");
+        }
+        let state = last.expect("a limit state");
+        assert_eq!((state.limit, state.remaining, state.reset_secs), (5, 0, 5));
+        assert!(m.admit(&limits, clock.now_ms(), 0).await.is_err());
+        // 0.25/s with burst 1: the bucket is full again in 4 s, not 1.
+        let (_, _, model) = quota_limits(1);
+        let m =
+            Metering::new(Arc::new(LocalAuthority::new(model)), clock.clone(), Default::default(), Default::default());
+        let limits = throttle_limits(0.25, 1);
+        let state = m.admit(&limits, clock.now_ms(), 0).await.expect("a token").expect("a limit state");
+        assert_eq!((state.remaining, state.reset_secs), (0, 4));
     }
 
     /// An in-memory authority whose grants wait until the test lets them through.

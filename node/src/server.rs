@@ -96,6 +96,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     let app = Arc::new_cyclic(|weak| {
         let authority = Arc::new(ClusterAuthority::new(weak.clone(), config.id));
         let metering = Metering::new(authority, clock.clone(), metering_config, metrics.metering.clone());
+        metering.watch_limits(published.clone());
         let gateway = crate::gateway::Gateway::with_metering(
             published.clone(),
             clock.clone(),

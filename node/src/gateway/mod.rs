@@ -195,6 +195,7 @@ impl Gateway {
     ) -> Self {
         let authority = Arc::new(crate::metering::LocalAuthority::new(model.clone()));
         let metering = Metering::new(authority, clock.clone(), MeteringConfig::default(), Default::default());
+        metering.watch_limits(model.clone());
         Self::with_metering(model, clock, stats, cluster_token, metering)
     }
 

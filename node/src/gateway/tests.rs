@@ -162,8 +162,9 @@ async fn an_allowed_request_names_its_principal_plan_and_limits() {
         (Some("alice"), Some("gold"), Some("acme"))
     );
     assert_eq!(d.context.get("tag.team").map(String::as_str), Some("mobile"));
-    assert_eq!(header(&d, "ratelimit-limit"), Some("100"));
-    assert_eq!(header(&d, "ratelimit-remaining"), Some("99"));
+    // The tightest limit: the throttle (burst 5) has fewer left than the quota (100).
+    assert_eq!(header(&d, "ratelimit-limit"), Some("5"));
+    assert_eq!(header(&d, "ratelimit-remaining"), Some("4"));
 }
 
 #[tokio::test]
