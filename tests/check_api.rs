@@ -181,6 +181,39 @@ async fn spellings_that_walked_around_routes_and_networks_get_the_canonical_deci
     }
 }
 
+/// Envoy's ext_authz sends the original path after the forward-auth prefix:
+/// it is decided on as sent, not after a first decoding, so `..%2F` (one
+/// segment to the backend) cannot become a dot segment, nor `%252e` a dot.
+#[tokio::test(flavor = "multi_thread")]
+async fn forward_auth_for_envoy_canonicalises_the_path_as_envoy_sent_it() {
+    let cluster = Cluster::start(1).await;
+    cluster.leader().await;
+    let site = json!({"id": "site", "name": "Site", "stages": [{"name": "prod"}],
+        "routes": [{"method": "GET", "path": "/public/*"},
+                   {"method": "GET", "path": "/admin/*", "api_key_required": true}]});
+    assert_eq!(cluster.post(1, "/v1/admin/apis", site).await.0, 201);
+    let envoy = |path: &str| {
+        cluster
+            .http
+            .get(format!("{}/v1/forward-auth/site/prod{path}", cluster.url(1)))
+            .header("x-envoy-external-address", "192.0.2.7")
+            .send()
+    };
+    let reason =
+        |r: &reqwest::Response| r.headers().get("x-tollgate-reason").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let cases = [
+        ("/public/x", 200, Some("allowed")),
+        ("/public/../admin/users", 403, Some("missing_key")),
+        ("/%61dmin/users", 403, Some("missing_key")),
+        ("/admin/..%2Fpublic/x", 400, None),
+        ("/public/%252e%252e/admin/users", 400, None),
+    ];
+    for (path, status, expected) in cases {
+        let resp = envoy(path).await.expect("request");
+        assert_eq!((resp.status().as_u16(), reason(&resp).as_deref()), (status, expected), "{path}");
+    }
+}
+
 /// Verifies an identity token against a node's published keys.
 async fn verify_identity(cluster: &Cluster, node: u64, token: &str) -> Result<Value, String> {
     let jwks: jsonwebtoken::jwk::JwkSet = cluster

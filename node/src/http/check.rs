@@ -85,10 +85,16 @@ fn original_request(
         .unwrap_or_else(|| request.method().as_str().to_string());
     let uri = match (header(headers, &["x-forwarded-uri", "x-original-uri"]), rest) {
         (Some(uri), _) => uri.to_string(),
-        (None, Some(rest)) => match request.uri().query() {
-            Some(q) => format!("/{rest}?{q}"),
-            None => format!("/{rest}"),
-        },
+        (None, Some(_)) => {
+            // The path as Envoy sent it, not axum's percent-decoded `rest`: a
+            // second decoding would turn `..%2F` into a dot segment the backend
+            // never sees. Ids are plain ASCII, so the raw prefix has 5 slashes.
+            let rest = request.uri().path().splitn(6, '/').nth(5).unwrap_or_default();
+            match request.uri().query() {
+                Some(q) => format!("/{rest}?{q}"),
+                None => format!("/{rest}"),
+            }
+        }
         (None, None) => "/".to_string(),
     };
     let (path, query) = uri.split_once('?').unwrap_or((uri.as_str(), ""));
