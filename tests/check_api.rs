@@ -1,4 +1,5 @@
-//! The check endpoints on a real node: malformed requests, key reroll end to end.
+//! The check endpoints on a real node: malformed requests, key reroll end to
+//! end, and requests spelled to walk around routes and network rules.
 
 mod harness;
 
@@ -105,6 +106,117 @@ async fn a_rerolled_key_keeps_its_old_secret_for_the_overlap_window_only() {
         .await;
     assert_eq!((status, err["error"]["field"].as_str()), (400, Some("overlap_secs")));
     assert_eq!(cluster.call(1, Method::POST, "/v1/admin/keys/nope/reroll", None).await.0, 404);
+}
+
+/// `POST /v1/check` on `node`: a GET of `path` on `api`/prod from `source_ip`, without a key.
+async fn check_anonymous(cluster: &Cluster, node: u64, api: &str, path: &str, source_ip: &str) -> (u16, Value) {
+    let req = json!({"api": api, "stage": "prod", "method": "GET", "path": path, "source_ip": source_ip});
+    cluster.post(node, "/v1/check", req).await
+}
+
+/// Issue 11 §2: each node decides on the canonical path and address, so the
+/// spellings that used to pass a keyed route, an IP set and a network Deny
+/// get the decision of their canonical form, and what has no safe form is a
+/// 400 naming the field.
+#[tokio::test(flavor = "multi_thread")]
+async fn spellings_that_walked_around_routes_and_networks_get_the_canonical_decision() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let site = json!({"id": "site", "name": "Site", "stages": [{"name": "prod"}],
+        "routes": [{"method": "GET", "path": "/public/*"},
+                   {"method": "GET", "path": "/admin/*", "api_key_required": true}]});
+    let edge = json!({"id": "edge", "name": "Edge", "stages": [{"name": "prod"}],
+        "routes": [{"method": "GET", "path": "/public/*"}],
+        "waf": [{"name": "bad-net", "condition": {"ip_set": ["198.51.100.0/24"]}}]});
+    let deny = json!({"id": "site-edge", "name": "site-edge", "api_id": "site", "statements": [
+        {"effect": "Allow", "principals": ["*"], "actions": ["invoke"], "resources": ["*"]},
+        {"effect": "Deny", "principals": ["*"], "actions": ["*"], "resources": ["*"],
+         "conditions": [{"operator": "IpAddress", "key": "source_ip", "values": ["198.51.100.0/24"]}]}]});
+    for (path, body) in [("/v1/admin/apis", site), ("/v1/admin/apis", edge), ("/v1/admin/policies", deny)] {
+        let (status, answer) = cluster.post(leader, path, body).await;
+        assert_eq!(status, 201, "{path}: {answer}");
+    }
+    for node in [1, 2, 3] {
+        harness::wait_until("the APIs and the policy reached every node", || async {
+            cluster.get(node, "/v1/admin/apis/edge?stale=true").await.0 == 200
+                && cluster.get(node, "/v1/admin/policies/site-edge?stale=true").await.0 == 200
+        })
+        .await;
+    }
+    for node in [1, 2, 3] {
+        let (status, d) = check_anonymous(&cluster, node, "site", "/public/x", "192.0.2.7").await;
+        assert_eq!((status, d["reason"].as_str()), (200, Some("allowed")), "node {node}: {d}");
+        // The keyed route, reached through the open one: denied as /admin/users is.
+        for path in
+            ["/admin/users", "/public/../admin/users", "/public/%2e%2e/admin/users", "/public/%2E%2E/admin/users"]
+        {
+            let (status, d) = check_anonymous(&cluster, node, "site", path, "192.0.2.7").await;
+            assert_eq!(status, 200, "node {node} {path}: {d}");
+            assert_eq!(
+                (d["allowed"].as_bool(), d["status"].as_u64(), d["reason"].as_str()),
+                (Some(false), Some(403), Some("missing_key")),
+                "node {node} {path}: {d}"
+            );
+        }
+        // An IPv4 client in its IPv4-mapped IPv6 spelling meets the rules on its network.
+        for ip in ["198.51.100.7", "::ffff:198.51.100.7"] {
+            let (_, d) = check_anonymous(&cluster, node, "edge", "/public/x", ip).await;
+            assert_eq!((d["status"].as_u64(), d["reason"].as_str()), (Some(403), Some("waf_blocked")), "{ip}: {d}");
+            let (_, d) = check_anonymous(&cluster, node, "site", "/public/x", ip).await;
+            assert_eq!(
+                (d["status"].as_u64(), d["reason"].as_str()),
+                (Some(403), Some("resource_policy_denied")),
+                "{ip}: {d}"
+            );
+        }
+        // No safe form: refused, naming the field.
+        for (path, ip, field) in [
+            ("/admin%2fusers", "192.0.2.7", "path"),
+            ("/public/../../admin/users", "192.0.2.7", "path"),
+            ("/admin\\users", "192.0.2.7", "path"),
+            ("/public/x", "fe80::1%eth0", "source_ip"),
+        ] {
+            let (status, err) = check_anonymous(&cluster, node, "site", path, ip).await;
+            assert_eq!(
+                (status, err["error"]["code"].as_str(), err["error"]["field"].as_str()),
+                (400, Some("invalid_field"), Some(field)),
+                "node {node} {path} {ip}: {err}"
+            );
+        }
+    }
+}
+
+/// Envoy's ext_authz sends the original path after the forward-auth prefix:
+/// it is decided on as sent, not after a first decoding, so `..%2F` (one
+/// segment to the backend) cannot become a dot segment, nor `%252e` a dot.
+#[tokio::test(flavor = "multi_thread")]
+async fn forward_auth_for_envoy_canonicalises_the_path_as_envoy_sent_it() {
+    let cluster = Cluster::start(1).await;
+    cluster.leader().await;
+    let site = json!({"id": "site", "name": "Site", "stages": [{"name": "prod"}],
+        "routes": [{"method": "GET", "path": "/public/*"},
+                   {"method": "GET", "path": "/admin/*", "api_key_required": true}]});
+    assert_eq!(cluster.post(1, "/v1/admin/apis", site).await.0, 201);
+    let envoy = |path: &str| {
+        cluster
+            .http
+            .get(format!("{}/v1/forward-auth/site/prod{path}", cluster.url(1)))
+            .header("x-forwarded-for", "192.0.2.7")
+            .send()
+    };
+    let reason =
+        |r: &reqwest::Response| r.headers().get("x-tollgate-reason").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let cases = [
+        ("/public/x", 200, Some("allowed")),
+        ("/public/../admin/users", 403, Some("missing_key")),
+        ("/%61dmin/users", 403, Some("missing_key")),
+        ("/admin/..%2Fpublic/x", 400, None),
+        ("/public/%252e%252e/admin/users", 400, None),
+    ];
+    for (path, status, expected) in cases {
+        let resp = envoy(path).await.expect("request");
+        assert_eq!((resp.status().as_u16(), reason(&resp).as_deref()), (status, expected), "{path}");
+    }
 }
 
 /// Verifies an identity token against a node's published keys.

@@ -15,9 +15,14 @@ pub struct CheckRequest {
     pub stage: String,
     /// HTTP method in capitals.
     pub method: String,
-    /// Request path, starting with `/`, without the query string.
+    /// Request path, starting with `/`, without the query string (a `?` is
+    /// refused). The check decides on its canonical form
+    /// ([`crate::canonical::path`]: unreserved escapes decoded, `//` merged,
+    /// dot segments resolved; encoded `/`, `\`, NUL, `;` refused).
     pub path: String,
-    /// The client's address (IPv4 or IPv6), as the proxy saw it.
+    /// The client's address (IPv4 or IPv6), as the proxy saw it, without port
+    /// or zone id. IPv4-mapped IPv6 (`::ffff:a.b.c.d`) is decided on as the
+    /// IPv4 address ([`crate::canonical::address`]).
     #[serde(default)]
     pub source_ip: Option<String>,
     /// Request headers; names are matched case-insensitively.

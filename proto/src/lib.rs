@@ -8,6 +8,8 @@
 //!   stored in the state machine and shown (through views) by the admin API.
 //! - [`validate`]: the rules a model value must satisfy on its own; every
 //!   failure names the field and says how to fix it.
+//! - [`canonical`]: the one canonical form of a request's path and client
+//!   address, which every check decides on (and route patterns are written in).
 //! - [`command`]: the payload of a Raft log entry and the answer the state
 //!   machine gives for it. Business rejections (unknown id, conflict) travel in
 //!   the answer, never as storage errors.
@@ -19,6 +21,7 @@
 //! and tools can all link it.
 #![forbid(unsafe_code)]
 
+pub mod canonical;
 pub mod check;
 pub mod codec;
 pub mod command;

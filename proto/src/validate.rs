@@ -107,7 +107,13 @@ fn path_pattern(field: &str, value: &str) -> Checked {
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return fail(field, "must not contain white space");
     }
-    Ok(())
+    // Requests are matched in their canonical form: a pattern in another
+    // spelling would never match.
+    match crate::canonical::path(value) {
+        Ok(canonical) if canonical == value => Ok(()),
+        Ok(canonical) => fail(field, format!("must be written as requests are matched: {canonical}")),
+        Err(e) => fail(field, e.to_string()),
+    }
 }
 
 pub fn throttle(field: &str, t: &Throttle) -> Checked {

@@ -7,7 +7,9 @@
 //!
 //! Request body: `{"type": "TOKEN", "authorization_token": …, "method_arn": …}`
 //! or, in request mode, `{"type": "REQUEST", "method_arn", "method", "path",
-//! "headers", "query", "source_ip", "identity"}`. Answer: `{"allow": bool,
+//! "headers", "query", "source_ip", "identity"}`, where `path`, `source_ip`
+//! and the `method_arn` are the canonical ones the gateway decided on (so the
+//! authorizer judges the request the backend will serve). Answer: `{"allow": bool,
 //! "principal_id": …, "context": {…}}` or `{"principalId": …,
 //! "policyDocument": {"Statement": [{"Effect", "Resource"}]}, "context": {…}}`.
 
@@ -16,10 +18,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tollgate_proto::check::CheckRequest;
 use tollgate_proto::model::{HttpAuthorizer, HttpAuthorizerMode};
 
 use super::pattern::glob_matches;
+use super::Checked;
 use crate::secret::sha256;
 
 /// Most answers kept; past this, expired ones are dropped (and all, if need be).
@@ -124,20 +126,20 @@ fn allows(verdict: &Verdict, resource: &str) -> bool {
 
 impl HttpAuthorizers {
     /// Asks the authorizer `id` (or its cached answer) about this request.
-    pub async fn authorize(
+    pub(super) async fn authorize(
         &self,
         id: &str,
         config: &HttpAuthorizer,
-        req: &CheckRequest,
-        headers: &BTreeMap<String, String>,
+        c: &Checked<'_>,
         resource: &str,
     ) -> Result<Outcome, Failure> {
+        let headers = &c.headers;
         let mut identity = BTreeMap::new();
         for source in &config.identity_sources {
             let value = if let Some(name) = source.strip_prefix("header:") {
                 headers.get(name)
             } else if let Some(name) = source.strip_prefix("query:") {
-                req.query.get(name)
+                c.query.get(name)
             } else {
                 None
             };
@@ -169,11 +171,11 @@ impl HttpAuthorizers {
             HttpAuthorizerMode::Request => json!({
                 "type": "REQUEST",
                 "method_arn": resource,
-                "method": req.method,
-                "path": req.path,
+                "method": c.method,
+                "path": c.path,
                 "headers": headers,
-                "query": req.query,
-                "source_ip": req.source_ip,
+                "query": c.query,
+                "source_ip": c.source_ip.map(|ip| ip.to_string()),
                 "identity": identity,
             }),
         };

@@ -14,6 +14,12 @@
 //! 6. throttles and 7. quota: charged only if every limit has room;
 //! 8. allow, with rate-limit headers and the principal for the backend.
 //!
+//! Every step reads the request's facts from [`Checked`], built once by
+//! validation: the path and client address there are in their canonical form
+//! ([`tollgate_proto::canonical`]), and the raw request is out of reach after
+//! it, so no spelling of a request can get another decision than its
+//! canonical form.
+//!
 //! The gateway reads an immutable snapshot of the model (swapped by the state
 //! machine after each apply). Limits are taken through `crate::metering`
 //! (quota leases, borrowed throttle tokens); the only other shared mutable
@@ -32,6 +38,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use tollgate_proto::canonical;
 use tollgate_proto::check::{CheckRequest, Decision, LimitState, Principal, ReasonCode};
 use tollgate_proto::model::{Api, ApiKey, AuthorizerKind, Entity, EntityKind, Route, Stage, UsagePlan};
 use tollgate_proto::validate::HTTP_METHODS;
@@ -101,11 +108,26 @@ impl Default for GatewayStats {
     }
 }
 
-/// A check request after validation: names lower-cased, the IP parsed.
+/// A check request after validation: the facts every step decides on, and
+/// the only view of the request the steps get. Built by [`validate`] alone.
 struct Checked<'a> {
-    req: &'a CheckRequest,
-    headers: BTreeMap<String, String>,
+    api: &'a str,
+    stage: &'a str,
+    /// In capitals, one of [`HTTP_METHODS`].
+    method: &'a str,
+    /// The canonical path ([`canonical::path`]): what routes, resources, WAF
+    /// rules, method throttles and authorizers see.
+    path: String,
+    /// The canonical client address ([`canonical::address`]): IPv4-mapped
+    /// IPv6 is IPv4.
     source_ip: Option<IpAddr>,
+    /// Header names lower-cased.
+    headers: BTreeMap<String, String>,
+    /// Query parameters as the proxy decoded them (values are data, not
+    /// structure: they are matched as given).
+    query: &'a BTreeMap<String, String>,
+    proxy_id: Option<&'a str>,
+    body_size: Option<u64>,
 }
 
 fn bad(field: &str, message: impl Into<String>) -> FieldError {
@@ -121,14 +143,10 @@ fn validate(req: &CheckRequest) -> Result<Checked<'_>, FieldError> {
     if !HTTP_METHODS.contains(&req.method.as_str()) || req.method == "*" {
         return Err(bad("method", "must be an HTTP method in capitals, such as GET"));
     }
-    if !req.path.starts_with('/') || req.path.len() > 8192 {
-        return Err(bad("path", "must start with '/' and be at most 8192 characters"));
-    }
+    let path = canonical::path(&req.path).map_err(|e| bad("path", format!("{}: {e}", quoted(&req.path))))?;
     let source_ip = match &req.source_ip {
         None => None,
-        Some(text) => Some(
-            text.trim().parse::<IpAddr>().map_err(|_| bad("source_ip", format!("{text:?} is not an IP address")))?,
-        ),
+        Some(text) => Some(canonical::address(text).map_err(|e| bad("source_ip", format!("{} {e}", quoted(text))))?),
     };
     if req.headers.len() > MAX_FIELDS || req.query.len() > MAX_FIELDS {
         return Err(bad("headers", format!("at most {MAX_FIELDS} headers and {MAX_FIELDS} query parameters")));
@@ -140,7 +158,26 @@ fn validate(req: &CheckRequest) -> Result<Checked<'_>, FieldError> {
         }
         headers.insert(name.to_ascii_lowercase(), value.clone());
     }
-    Ok(Checked { req, headers, source_ip })
+    Ok(Checked {
+        api: &req.api,
+        stage: &req.stage,
+        method: &req.method,
+        path,
+        source_ip,
+        headers,
+        query: &req.query,
+        proxy_id: req.proxy_id.as_deref(),
+        body_size: req.body_size,
+    })
+}
+
+/// A value from the request, quoted for an error message (cut if long).
+fn quoted(value: &str) -> String {
+    const SHOWN: usize = 64;
+    match value.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{:?}...", &value[..end]),
+        None => format!("{value:?}"),
+    }
 }
 
 fn decision(reason: ReasonCode, message: impl Into<String>) -> Decision {
@@ -168,7 +205,7 @@ fn resolve_route<'a>(api: &'a Api, method: &str, path: &str) -> Option<&'a Route
 /// The request's API key, from the header or query parameter the API names.
 fn presented_key<'a>(api: &Api, c: &'a Checked<'_>) -> Option<&'a str> {
     let from_header = c.headers.get(&api.key_source.header).map(String::as_str);
-    let from_query = api.key_source.query_param.as_ref().and_then(|q| c.req.query.get(q)).map(String::as_str);
+    let from_query = api.key_source.query_param.as_ref().and_then(|q| c.query.get(q)).map(String::as_str);
     from_header.or(from_query).map(str::trim).filter(|k| !k.is_empty())
 }
 
@@ -230,40 +267,43 @@ impl Gateway {
     /// every other outcome, allow or deny, is a [`Decision`].
     pub async fn check(&self, req: &CheckRequest) -> Result<Decision, FieldError> {
         let c = validate(req)?;
+        Ok(self.decide(&c).await)
+    }
+
+    /// Runs the pipeline on the validated, canonical facts.
+    async fn decide(&self, c: &Checked<'_>) -> Decision {
         let published = self.model.load_full();
         let model = &published.model;
         let now_ms = self.clock.now_ms();
 
         // 1. API, stage, route.
-        let Some(Entity::Api(api)) = model.get(EntityKind::Api, &req.api) else {
-            return Ok(decision(ReasonCode::UnknownApi, format!("no API {:?}", req.api)));
+        let Some(Entity::Api(api)) = model.get(EntityKind::Api, c.api) else {
+            return decision(ReasonCode::UnknownApi, format!("no API {:?}", c.api));
         };
-        let Some(stage) = api.stages.iter().find(|s| s.name == req.stage) else {
-            return Ok(decision(ReasonCode::UnknownStage, format!("API {:?} has no stage {:?}", api.id, req.stage)));
+        let Some(stage) = api.stages.iter().find(|s| s.name == c.stage) else {
+            return decision(ReasonCode::UnknownStage, format!("API {:?} has no stage {:?}", api.id, c.stage));
         };
         // A CORS preflight is routed by the method it asks about.
         let origin = c.headers.get("origin").map(String::as_str);
-        let preflight = match (&api.cors, origin, req.method.as_str(), c.headers.get("access-control-request-method")) {
+        let preflight = match (&api.cors, origin, c.method, c.headers.get("access-control-request-method")) {
             (Some(cors), Some(origin), "OPTIONS", Some(wanted)) => Some((cors, origin, wanted.as_str())),
             _ => None,
         };
-        let routed_method = preflight.map(|(_, _, wanted)| wanted).unwrap_or(&req.method);
-        let route = match (api.routes.is_empty(), resolve_route(api, routed_method, &req.path)) {
+        let routed_method = preflight.map(|(_, _, wanted)| wanted).unwrap_or(c.method);
+        let route = match (api.routes.is_empty(), resolve_route(api, routed_method, &c.path)) {
             (true, _) => None,
             (false, Some(r)) => Some(r),
             // A preflight for a method without a route is refused by CORS below.
             (false, None) if preflight.is_some() => None,
-            (false, None) => {
-                return Ok(decision(ReasonCode::NoRoute, format!("no route for {} {}", req.method, req.path)))
-            }
+            (false, None) => return decision(ReasonCode::NoRoute, format!("no route for {} {}", c.method, c.path)),
         };
-        let resource = format!("{}/{}/{}/{}", api.id, stage.name, req.method, &req.path[1..]);
+        let resource = format!("{}/{}/{}/{}", api.id, stage.name, c.method, &c.path[1..]);
         let no_principals: [String; 0] = [];
         let mut facts = RequestFacts {
             resource: &resource,
             principals: &no_principals,
             source_ip: c.source_ip,
-            proxy_id: req.proxy_id.as_deref(),
+            proxy_id: c.proxy_id,
             headers: &c.headers,
             tags: None,
             claims: None,
@@ -271,34 +311,32 @@ impl Gateway {
 
         // 2. WAF rules, then the resource policy's explicit denies for everyone.
         let mut counted = |rule: &str| self.stats.waf_counted.with_label_values(&[rule]).inc();
-        if let Some(blocked) =
-            self.waf.evaluate(&api.id, &api.waf, req, &c.headers, c.source_ip, &self.limiter, now_ms, &mut counted)
-        {
+        if let Some(blocked) = self.waf.evaluate(&api.id, &api.waf, c, &self.limiter, now_ms, &mut counted) {
             let mut d = decision(blocked.reason, format!("blocked by WAF rule {:?}", blocked.rule));
             if let Some(retry) = blocked.retry_after_secs {
                 d.response_headers.push(("retry-after".into(), retry.to_string()));
             }
-            return Ok(self.finish(d, api, &c));
+            return self.finish(d, api, c);
         }
         if policy::early_deny(model, &api.id, &facts) {
-            return Ok(self.finish(
+            return self.finish(
                 decision(ReasonCode::ResourcePolicyDenied, "denied by the API's resource policy"),
                 api,
-                &c,
-            ));
+                c,
+            );
         }
 
         // 3. CORS preflight.
         if let Some((cors, origin, wanted)) = preflight {
             let asked_headers = c.headers.get("access-control-request-headers").map(String::as_str);
-            return Ok(match cors::preflight(cors, origin, wanted, asked_headers) {
+            return match cors::preflight(cors, origin, wanted, asked_headers) {
                 Ok(headers) => {
                     let mut d = decision(ReasonCode::CorsPreflight, "CORS preflight answered");
                     d.response_headers = headers;
                     d
                 }
                 Err(why) => decision(ReasonCode::CorsOriginDenied, why),
-            });
+            };
         }
 
         // 4. Authentication: the route's authorizer, then the API key.
@@ -310,7 +348,7 @@ impl Gateway {
         if let Some((route, authorizer_id)) = route.and_then(|r| Some((r, r.authorizer_id.as_deref()?))) {
             let Some(Entity::Authorizer(authorizer)) = model.get(EntityKind::Authorizer, authorizer_id) else {
                 let d = decision(ReasonCode::AuthorizerError, format!("authorizer {authorizer_id:?} does not exist"));
-                return Ok(self.finish(d, api, &c));
+                return self.finish(d, api, c);
             };
             match &authorizer.kind {
                 AuthorizerKind::Jwt(config) => {
@@ -321,11 +359,7 @@ impl Gateway {
                         .map(str::trim)
                         .filter(|t| !t.is_empty());
                     let Some(token) = bearer else {
-                        return Ok(self.finish(
-                            decision(ReasonCode::MissingToken, "a bearer token is required"),
-                            api,
-                            &c,
-                        ));
+                        return self.finish(decision(ReasonCode::MissingToken, "a bearer token is required"), api, c);
                     };
                     match self.jwt.verify(config, token, &route.scopes).await {
                         Ok(verified) => {
@@ -350,18 +384,18 @@ impl Gateway {
                                 }
                                 jwt::Failure::KeysUnavailable(why) => (ReasonCode::AuthorizerError, why),
                             };
-                            return Ok(self.finish(decision(reason, why), api, &c));
+                            return self.finish(decision(reason, why), api, c);
                         }
                     }
                 }
                 AuthorizerKind::Http(config) => {
-                    match self.authorizers.authorize(&authorizer.id, config, req, &c.headers, &resource).await {
+                    match self.authorizers.authorize(&authorizer.id, config, c, &resource).await {
                         Ok(outcome) => {
                             let result = if outcome.cache_hit { "hit" } else { "miss" };
                             self.stats.authorizer_cache.with_label_values(&[result]).inc();
                             if !outcome.allowed {
                                 let d = decision(ReasonCode::AuthorizerDenied, "the authorizer denied the request");
-                                return Ok(self.finish(d, api, &c));
+                                return self.finish(d, api, c);
                             }
                             if let Some(p) = &outcome.principal_id {
                                 principal_names.push(p.clone());
@@ -379,19 +413,19 @@ impl Gateway {
                                 }
                                 authorizer::Failure::Error(why) => (ReasonCode::AuthorizerError, why),
                             };
-                            return Ok(self.finish(decision(reason, why), api, &c));
+                            return self.finish(decision(reason, why), api, c);
                         }
                     }
                 }
             }
         }
         if route.is_some_and(|r| r.api_key_required) {
-            let Some(presented) = presented_key(api, &c) else {
-                return Ok(self.finish(decision(ReasonCode::MissingKey, "an API key is required"), api, &c));
+            let Some(presented) = presented_key(api, c) else {
+                return self.finish(decision(ReasonCode::MissingKey, "an API key is required"), api, c);
             };
             let digest = secret::sha256(presented);
             let Some(found) = model.key_by_digest(&digest) else {
-                return Ok(self.finish(decision(ReasonCode::UnknownKey, "the API key is not valid"), api, &c));
+                return self.finish(decision(ReasonCode::UnknownKey, "the API key is not valid"), api, c);
             };
             let now_s = now_ms.div_euclid(1000);
             if found.secret.sha256 != digest {
@@ -401,14 +435,14 @@ impl Gateway {
                     .as_ref()
                     .is_some_and(|p| p.secret.sha256 == digest && now_s < p.valid_until.0);
                 if !in_window {
-                    return Ok(self.finish(decision(ReasonCode::UnknownKey, "the API key is not valid"), api, &c));
+                    return self.finish(decision(ReasonCode::UnknownKey, "the API key is not valid"), api, c);
                 }
             }
             if !found.enabled {
-                return Ok(self.finish(decision(ReasonCode::DisabledKey, "the API key is disabled"), api, &c));
+                return self.finish(decision(ReasonCode::DisabledKey, "the API key is disabled"), api, c);
             }
             if found.expires_at.is_some_and(|t| now_s >= t.0) {
-                return Ok(self.finish(decision(ReasonCode::ExpiredKey, "the API key has expired"), api, &c));
+                return self.finish(decision(ReasonCode::ExpiredKey, "the API key has expired"), api, c);
             }
             principal_names.push(format!("key:{}", found.id));
             if let Some(customer) = &found.customer_id {
@@ -424,17 +458,17 @@ impl Gateway {
         match policy::evaluate(model, &api.id, &facts) {
             Verdict::Allow | Verdict::NotGoverned => {}
             Verdict::Deny { resource_policy: true } | Verdict::ImplicitDeny { resource_policy: true } => {
-                return Ok(self.finish(
+                return self.finish(
                     decision(ReasonCode::ResourcePolicyDenied, "denied by the API's resource policy"),
                     api,
-                    &c,
-                ));
+                    c,
+                );
             }
             Verdict::Deny { resource_policy: false } => {
-                return Ok(self.finish(decision(ReasonCode::PolicyDenied, "denied by a policy"), api, &c));
+                return self.finish(decision(ReasonCode::PolicyDenied, "denied by a policy"), api, c);
             }
             Verdict::ImplicitDeny { .. } => {
-                return Ok(self.finish(decision(ReasonCode::ImplicitDeny, "no policy allows this request"), api, &c));
+                return self.finish(decision(ReasonCode::ImplicitDeny, "no policy allows this request"), api, c);
             }
         }
 
@@ -444,19 +478,19 @@ impl Gateway {
                 Some(p) => Some(p),
                 None => {
                     let d = decision(ReasonCode::KeyNotInPlan, "the API key has no usage plan for this API stage");
-                    return Ok(self.finish(d, api, &c));
+                    return self.finish(d, api, c);
                 }
             },
             None => None,
         };
-        let limits = self.limits_for(api, stage, key, plan, &req.method, &req.path, now_ms);
+        let limits = self.limits_for(api, stage, key, plan, c.method, &c.path, now_ms);
         let epoch = limits.quota.as_ref().map(|(period, ..)| published.limits.of(&period.plan_id)).unwrap_or(0);
         let limit = match self.metering.admit(&limits, now_ms, epoch).await {
             Ok(state) => state,
             Err((reason, state)) => {
                 let mut d = decision(reason, "rate or quota limit reached");
                 d.limit = Some(state);
-                return Ok(self.finish(d, api, &c));
+                return self.finish(d, api, c);
             }
         };
 
@@ -490,7 +524,7 @@ impl Gateway {
         if let Some(token) = self.identity.sign(model.identity.version, now_ms.div_euclid(1000), &identity) {
             d.upstream_headers.push(("x-tollgate-identity".into(), token.to_string()));
         }
-        Ok(self.finish(d, api, &c))
+        self.finish(d, api, c)
     }
 
     /// Which limits apply: the stage's, the key's plan throttle (or the method

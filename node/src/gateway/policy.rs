@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use tollgate_proto::canonical;
 use tollgate_proto::model::{Condition, ConditionOperator, Effect, Entity, EntityKind, Policy, Statement};
 
 use super::pattern::glob_matches;
@@ -17,11 +18,13 @@ use crate::state::Model;
 
 /// What conditions and principals are matched against.
 pub struct RequestFacts<'a> {
-    /// `api/stage/METHOD/path` (path without its leading `/`).
+    /// `api/stage/METHOD/path`, from the canonical path without its leading `/`.
     pub resource: &'a str,
     /// The caller's principal names (`key:ID`, `customer:ID`, `sub:…`, `group:…`);
     /// empty when anonymous.
     pub principals: &'a [String],
+    /// The canonical client address; rule values are read with
+    /// [`canonical::network`], so IPv4-mapped spellings on either side agree.
     pub source_ip: Option<IpAddr>,
     pub proxy_id: Option<&'a str>,
     pub headers: &'a BTreeMap<String, String>,
@@ -62,12 +65,7 @@ fn applies(statement: &Statement, facts: &RequestFacts<'_>) -> bool {
 fn condition_holds(c: &Condition, facts: &RequestFacts<'_>) -> bool {
     use ConditionOperator::*;
     if c.key == "source_ip" {
-        let inside = facts.source_ip.is_some_and(|ip| {
-            c.values.iter().any(|v| match v.parse::<ipnet::IpNet>() {
-                Ok(net) => net.contains(&ip),
-                Err(_) => v.parse::<IpAddr>().is_ok_and(|one| one == ip),
-            })
-        });
+        let inside = facts.source_ip.is_some_and(|ip| c.values.iter().any(|v| canonical::network_contains(v, ip)));
         return match c.operator {
             IpAddress => inside,
             NotIpAddress => !inside,

@@ -15,6 +15,8 @@ use crate::cluster::state_machine::{LimitsEpochs, Published};
 use crate::secret::sha256;
 use crate::state::Model;
 
+mod canonical;
+
 /// Wednesday 2026-11-25 12:00:00 UTC.
 const NOW_MS: i64 = 1_795_608_000_000;
 

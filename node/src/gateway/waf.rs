@@ -3,19 +3,26 @@
 //! per-source-address rate rules. The first blocking rule that matches ends
 //! the check; `count` rules only count.
 //!
+//! Rules see only the canonical facts of [`Checked`]: the canonical path and
+//! client address (so `/%61dmin` meets a rule on `^/admin`, and
+//! `::ffff:198.51.100.7` an IP set on 198.51.100.0/24 and the same per-IP
+//! counter as 198.51.100.7). IP set entries are read with
+//! [`canonical::network`], so an entry written as IPv4-mapped IPv6 matches too.
+//!
 //! Regular expressions are compiled once (within the size limits the admin
 //! API enforces) and kept by pattern.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use regex::Regex;
-use tollgate_proto::check::{CheckRequest, ReasonCode};
+use tollgate_proto::canonical;
+use tollgate_proto::check::ReasonCode;
 use tollgate_proto::model::{Throttle, WafAction, WafCondition, WafRule};
 use tollgate_proto::validate::waf_regex;
 
 use super::limits::{BucketId, Limiter};
+use super::Checked;
 
 #[derive(Default)]
 pub struct Waf {
@@ -40,34 +47,29 @@ impl Waf {
     }
 
     /// Runs the rules; `count` matches are reported through `counted`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn evaluate(
+    pub(super) fn evaluate(
         &self,
         api: &str,
         rules: &[WafRule],
-        req: &CheckRequest,
-        headers: &BTreeMap<String, String>,
-        source_ip: Option<IpAddr>,
+        c: &Checked<'_>,
         limiter: &Limiter,
         now_ms: i64,
         counted: &mut dyn FnMut(&str),
     ) -> Option<Blocked> {
+        let (headers, source_ip) = (&c.headers, c.source_ip);
         for (i, rule) in rules.iter().enumerate() {
             let mut retry_after_secs = None;
             let matched = match &rule.condition {
-                WafCondition::IpSet(nets) => source_ip.is_some_and(|ip| {
-                    nets.iter().any(|n| match n.parse::<ipnet::IpNet>() {
-                        Ok(net) => net.contains(&ip),
-                        Err(_) => n.parse::<IpAddr>().is_ok_and(|one| one == ip),
-                    })
-                }),
-                WafCondition::MaxBodyBytes(max) => req.body_size.is_some_and(|b| b > *max),
+                WafCondition::IpSet(nets) => {
+                    source_ip.is_some_and(|ip| nets.iter().any(|n| canonical::network_contains(n, ip)))
+                }
+                WafCondition::MaxBodyBytes(max) => c.body_size.is_some_and(|b| b > *max),
                 WafCondition::MaxHeaderBytes(max) => {
                     headers.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>() as u64 > *max
                 }
-                WafCondition::PathMatches(r) => self.matches(r, &req.path),
+                WafCondition::PathMatches(r) => self.matches(r, &c.path),
                 WafCondition::QueryMatches(r) => {
-                    let query: Vec<String> = req.query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let query: Vec<String> = c.query.iter().map(|(k, v)| format!("{k}={v}")).collect();
                     self.matches(r, &query.join("&"))
                 }
                 WafCondition::HeaderMatches { name, regex } => {

@@ -116,7 +116,7 @@ async fn by_headers(
         Some(_) => Err(ApiError::field("address", "must be x-forwarded-for (the default) or forwarded")),
     };
     let outcome = match (ProxyMode::parse(mode_param.as_deref()), address) {
-        (Ok(mode), Ok(address)) => ask(&app, mode, address, api, stage, None, parts).await,
+        (Ok(mode), Ok(address)) => ask(&app, mode, address, api, stage, parts).await,
         (Err(e), _) | (_, Err(e)) => Err(e),
     };
     respond(outcome, nginx)
@@ -124,11 +124,12 @@ async fn by_headers(
 
 async fn envoy(
     State(app): State<Arc<App>>,
-    Path((api, stage, rest)): Path<(String, String, String)>,
+    // The decoded tail is not used: see `original_request`.
+    Path((api, stage, _tail)): Path<(String, String, String)>,
     request: Request,
 ) -> Response {
     let parts = request.into_parts().0;
-    let outcome = ask(&app, ProxyMode::Envoy, ChainHeader::XForwardedFor, api, stage, Some(rest), parts).await;
+    let outcome = ask(&app, ProxyMode::Envoy, ChainHeader::XForwardedFor, api, stage, parts).await;
     respond(outcome, false)
 }
 
@@ -138,10 +139,9 @@ async fn ask(
     address: ChainHeader,
     api: String,
     stage: String,
-    rest: Option<String>,
     request: Parts,
 ) -> Result<Decision, ApiError> {
-    let check = original_request(app, mode, address, api, stage, rest, &request)?;
+    let check = original_request(app, mode, address, api, stage, &request)?;
     Ok(app.decide(&check).await?)
 }
 
@@ -198,7 +198,6 @@ fn original_request(
     address: ChainHeader,
     api: String,
     stage: String,
-    rest: Option<String>,
     request: &Parts,
 ) -> Result<CheckRequest, ApiError> {
     let headers = &request.headers;
@@ -210,7 +209,11 @@ fn original_request(
             uri_header,
         ),
         None => {
-            let rest = rest.unwrap_or_default();
+            // The path as Envoy sent it, not axum's percent-decoded `rest`: a
+            // second decoding would turn `..%2F` into a dot segment the
+            // upstream never sees. Ids hold no `/`, so the raw prefix
+            // `/v1/forward-auth/API/STAGE` has five slashes.
+            let rest = request.uri.path().splitn(6, '/').nth(5).unwrap_or_default();
             let uri = match request.uri.query() {
                 Some(q) => format!("/{rest}?{q}"),
                 None => format!("/{rest}"),
