@@ -297,6 +297,11 @@ async fn client_headers_decide_nothing(cluster: &Cluster, base: &str, secret: &s
     // through nginx as well.
     let resp = send(reqwest::Method::GET, "/public", &[("x-http-method-override", "DELETE")]).await.expect("request");
     assert_eq!(resp.status().as_u16(), 400);
+    // A header value with bytes past ASCII (legal obs-text) is decided, not
+    // an error the proxy would turn into a 500.
+    let utf8 = reqwest::header::HeaderValue::from_bytes("café".as_bytes()).expect("obs-text");
+    let resp = cluster.http.get(format!("{base}/public")).header("x-note", utf8).send().await.expect("request");
+    assert_eq!(resp.status().as_u16(), 200);
     // A 503 (the authorizer is down) arrives as 503 with Retry-After.
     let resp = send(reqwest::Method::GET, "/authz/x", &[("authorization", "Bearer t")]).await.expect("request");
     assert_eq!(resp.status().as_u16(), 503, "{}", reason(&resp));
