@@ -255,3 +255,26 @@ async fn a_leader_cut_off_by_a_partition_is_replaced_and_catches_up_when_healed(
     // And all three agree on one leader again.
     cluster.leader().await;
 }
+
+/// A node whose log cannot be written (standard error on `/dev/full`, as on
+/// a full disk) keeps serving: each failed line is counted and dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_log_writes_fail_keeps_serving_and_counts_them() {
+    let options = Options { log_level: "debug", log_to: Some("/dev/full".into()), ..Default::default() };
+    let mut cluster = Cluster::start_with(1, options).await;
+    cluster.leader().await;
+    for i in 0..50 {
+        let (status, body) = cluster.post(1, "/v1/admin/plans", plan(&format!("p{i}"))).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let metrics = cluster.http.get(format!("{}/metrics", cluster.url(1))).send().await.expect("metrics");
+    let text = metrics.text().await.expect("metrics text");
+    let dropped = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tollgate_log_write_errors_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(dropped > 0.0, "no failed log write counted:\n{text}");
+    let node = cluster.nodes.iter_mut().find(|n| n.id == 1).expect("node 1");
+    assert_eq!(node.exited(), None, "the node died of its log");
+}

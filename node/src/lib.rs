@@ -17,6 +17,7 @@
 //! - [`server`]: start a node from its [`config`] and stop it.
 //! - [`cli`] and [`dev`]: the `tollgate` command line and `tollgate dev`.
 //! - [`secret`]: generated secrets and ids, digests, constant-time comparison.
+//! - [`logging`]: log output whose failures are counted, never fatal.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -26,6 +27,7 @@ pub mod config;
 pub mod dev;
 pub mod gateway;
 pub mod http;
+pub mod logging;
 pub mod metering;
 pub mod metrics;
 pub mod secret;

@@ -58,6 +58,8 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("metric: {e}"));
         let _ = registry.register(Box::new(admin_requests.clone()));
+        // The process-wide count of dropped log lines (see `crate::logging`).
+        let _ = registry.register(Box::new(crate::logging::write_errors().clone()));
         let forwarded = IntCounter::new("tollgate_forwarded_requests_total", "Requests forwarded to the leader.")
             .unwrap_or_else(|e| panic!("metric: {e}"));
         let _ = registry.register(Box::new(forwarded.clone()));

@@ -91,6 +91,9 @@ pub struct Options {
     /// from `tollgate certs` in the cluster's folder ([`Cluster::certs`]);
     /// the harness's own HTTP client trusts their CA.
     pub tls: bool,
+    /// Where each node's standard output and error go instead of its
+    /// `node.log` (say `/dev/full`, to see a node survive failing log writes).
+    pub log_to: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -102,6 +105,7 @@ impl Default for Options {
             partitionable: false,
             extra_args: Vec::new(),
             tls: false,
+            log_to: None,
         }
     }
 }
@@ -143,6 +147,11 @@ impl Node {
         self.child.is_some()
     }
 
+    /// How the process ended, if it has (without waiting).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// kill -9. Its ports stay reserved for its restart.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -162,8 +171,8 @@ impl Node {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => panic!("cannot remove the old node.json of node {}: {e}", self.id),
         }
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("node.log")).expect("log file");
+        let log_path = options.log_to.clone().unwrap_or_else(|| self.dir.join("node.log"));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
         cmd.arg("serve")
             .args(["--id", &self.id.to_string()])
