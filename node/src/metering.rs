@@ -806,8 +806,10 @@ impl LocalAuthority {
         lock(&self.ledgers).get(period).cloned().unwrap_or_default()
     }
 
-    pub fn adjust(&self, period: &QuotaPeriod, delta: i64) {
-        lock(&self.ledgers).entry(period.clone()).or_default().adjust(delta);
+    /// An UpdateUsage on the in-memory ledger (see `QuotaLedger::adjust`).
+    pub fn adjust(&self, period: &QuotaPeriod, delta: i64) -> Result<(), String> {
+        let limit = self.plan_limit(period).ok_or_else(|| format!("plan {:?} has no quota", period.plan_id))?;
+        lock(&self.ledgers).entry(period.clone()).or_default().adjust(limit, delta)
     }
 
     fn plan_limit(&self, period: &QuotaPeriod) -> Option<u64> {

@@ -32,6 +32,25 @@ pub const HTTP_METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DEL
 pub const JWT_ALGORITHMS: [&str; 12] =
     ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
 
+// Bounds of the numbers a client sends. Each keeps every computation made
+// with the number far from overflow, and a value outside is refused naming
+// its field.
+
+/// The largest count or size without a natural bound (quota limits, WAF
+/// sizes): 2^53 - 1, the largest whole number every JSON client reads exactly.
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+/// Throttle rates, requests per second: about one request in 11.6 days at
+/// the slowest (slower limits are a quota's job), a billion at the fastest.
+pub const MIN_RATE_PER_SEC: f64 = 1e-6;
+pub const MAX_RATE_PER_SEC: f64 = 1e9;
+/// The largest throttle burst and WAF per-address limit.
+pub const MAX_BURST: u32 = 1_000_000_000;
+/// The latest time accepted (9999-12-31T23:59:59Z), in seconds since the
+/// epoch; the earliest is the epoch itself.
+pub const MAX_TIMESTAMP: i64 = 253_402_300_799;
+/// The longest key id (`kid`) of a JWK.
+pub const MAX_KID: usize = 256;
+
 /// Ids, stage names: 1 to 64 of `A-Z a-z 0-9 _ -`.
 pub fn id(field: &str, value: &str) -> Checked {
     if value.is_empty() || value.len() > 64 {
