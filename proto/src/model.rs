@@ -525,7 +525,9 @@ fn default_leeway() -> u32 {
     30
 }
 
-/// One JSON Web Key, as in RFC 7517 (the members Tollgate uses).
+/// One JSON Web Key, as in RFC 7517 (the members Tollgate uses). Binary
+/// members (`n`, `e`, `x`, `y`, `k`) are base64url without padding (RFC 7518
+/// §6); see [`crate::jwk`] for the sizes accepted.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Jwk {
     pub kty: String,

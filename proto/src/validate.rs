@@ -448,13 +448,32 @@ fn jwt(j: &JwtAuthorizer) -> Checked {
     if hmac != 0 && j.jwks_url.is_some() {
         return fail("kind.jwt.jwks_url", "HMAC keys must be given inline, not fetched");
     }
+    // The longest HMAC secret any listed algorithm needs (RFC 7518 §3.2).
+    let hmac_min = j.algorithms.iter().filter_map(|a| crate::jwk::hmac_min_len(a)).max().unwrap_or(0);
     for (i, k) in j.jwks.iter().enumerate() {
+        let at = format!("kind.jwt.jwks[{i}]");
         let want = if hmac != 0 { ["oct"].as_slice() } else { ["RSA", "EC", "OKP"].as_slice() };
         if !want.contains(&k.kty.as_str()) {
-            return fail(
-                format!("kind.jwt.jwks[{i}].kty"),
-                format!("must be one of {} for these algorithms", want.join(", ")),
-            );
+            return fail(format!("{at}.kty"), format!("must be one of {} for these algorithms", want.join(", ")));
+        }
+        if k.kid.as_ref().is_some_and(|kid| kid.is_empty() || kid.len() > MAX_KID) {
+            return fail(format!("{at}.kid"), format!("must be 1 to {MAX_KID} characters"));
+        }
+        if let Some(alg) = k.alg.as_deref().filter(|a| !JWT_ALGORITHMS.contains(a)) {
+            return fail(format!("{at}.alg"), format!("{alg:?} is not one of {}", JWT_ALGORITHMS.join(", ")));
+        }
+        match crate::jwk::material(k) {
+            Err(bad) => return fail(format!("{at}.{}", bad.member), bad.message),
+            Ok(crate::jwk::KeyMaterial::Oct(secret)) if secret.len() < hmac_min => {
+                return fail(
+                    format!("{at}.k"),
+                    format!(
+                        "is {} bytes; these algorithms need a key of at least {hmac_min} bytes (RFC 7518 §3.2)",
+                        secret.len()
+                    ),
+                )
+            }
+            Ok(_) => {}
         }
     }
     if j.leeway_secs > 300 {
@@ -490,6 +509,8 @@ pub fn token_spec(t: &AdminTokenSpec) -> Checked {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
 
     fn jwt_authorizer(algorithms: &[&str], kty: &str) -> Authorizer {
         Authorizer {
@@ -504,8 +525,9 @@ mod tests {
                     kty: kty.into(),
                     kid: None,
                     alg: None,
-                    n: None,
-                    e: None,
+                    // A 2048-bit odd modulus: the right shape for an RSA key.
+                    n: Some(URL_SAFE_NO_PAD.encode([0xc5; 256])),
+                    e: Some("AQAB".into()),
                     crv: None,
                     x: None,
                     y: None,

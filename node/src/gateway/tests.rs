@@ -582,7 +582,7 @@ async fn jwks_are_fetched_cached_and_refreshed_on_an_unknown_kid() {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let mut g = Fixture::new().with(jwt_authorizer("jwt", json!([]), Some(url))).with(shop_api("jwt")).gateway();
-    g.jwt.min_refresh = std::time::Duration::ZERO;
+    g.jwt.timing.min_refresh = std::time::Duration::ZERO;
     let first = token(&k1, "k1", claims(json!({})));
     assert_eq!(reason(&g, &bearer("GET", "/orders/1", Some(&first))).await, ReasonCode::Allowed);
     assert_eq!(reason(&g, &bearer("GET", "/orders/2", Some(&first))).await, ReasonCode::Allowed);

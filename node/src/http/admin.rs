@@ -71,7 +71,15 @@ macro_rules! plain_resource {
 plain_resource!(Apis, Api, EntityKind::Api, "apis", Api, validate::api);
 plain_resource!(Plans, UsagePlan, EntityKind::Plan, "plans", Plan, validate::plan);
 plain_resource!(Policies, Policy, EntityKind::Policy, "policies", Policy, validate::policy);
-plain_resource!(Authorizers, Authorizer, EntityKind::Authorizer, "authorizers", Authorizer, validate::authorizer);
+// Authorizers: the field rules, and key material checked as the verifier will use it.
+plain_resource!(
+    Authorizers,
+    Authorizer,
+    EntityKind::Authorizer,
+    "authorizers",
+    Authorizer,
+    crate::gateway::jwt::validate_authorizer
+);
 
 pub struct Keys;
 impl Resource for Keys {
