@@ -134,7 +134,10 @@ pub fn material(jwk: &Jwk) -> Result<KeyMaterial, BadMember> {
             let n = unsigned(decode_member("n", required("n", &jwk.n)?)?);
             let bits = bit_len(&n);
             if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
-                return Err(bad("n", format!("is a {bits}-bit modulus; {RSA_MIN_BITS} to {RSA_MAX_BITS} bits are accepted")));
+                return Err(bad(
+                    "n",
+                    format!("is a {bits}-bit modulus; {RSA_MIN_BITS} to {RSA_MAX_BITS} bits are accepted"),
+                ));
             }
             if n.last().is_some_and(|b| b % 2 == 0) {
                 return Err(bad("n", "an RSA modulus is odd; this one is not"));

@@ -148,8 +148,7 @@ impl QuotaLedger {
         let limit = i128::from(plan_limit) + i128::from(self.adjustment);
         let consumed = i128::from(self.consumed);
         let delta = i128::from(delta);
-        let adjusted =
-            if delta < 0 { (limit + delta).max(limit.min(consumed)) } else { limit.max(consumed) + delta };
+        let adjusted = if delta < 0 { (limit + delta).max(limit.min(consumed)) } else { limit.max(consumed) + delta };
         let max = i128::from(crate::validate::MAX_SAFE_INTEGER);
         if adjusted > max {
             return Err(format!("the period's limit would pass {max} (2^53 - 1)"));

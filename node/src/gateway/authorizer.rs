@@ -332,7 +332,8 @@ impl HttpAuthorizers {
             if !status.is_success() {
                 return Err(Failure::Error(format!("the authorizer answered HTTP {status}")));
             }
-            let too_large = || Failure::Error(format!("the authorizer's answer is larger than {MAX_ANSWER_BYTES} bytes"));
+            let too_large =
+                || Failure::Error(format!("the authorizer's answer is larger than {MAX_ANSWER_BYTES} bytes"));
             if response.content_length().is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
                 return Err(too_large());
             }

@@ -391,7 +391,8 @@ impl JwtVerifier {
     /// that cannot be used skipped (and logged), at most [`MAX_KEYS`] kept.
     /// A document without one usable key is a failure.
     async fn fetch(&self, url: &str) -> Result<Vec<UsableKey>, String> {
-        let mut response = self.http.get(url).send().await.map_err(|e| format!("cannot fetch the signing keys: {e}"))?;
+        let mut response =
+            self.http.get(url).send().await.map_err(|e| format!("cannot fetch the signing keys: {e}"))?;
         if !response.status().is_success() {
             return Err(format!("cannot fetch the signing keys: HTTP {}", response.status()));
         }

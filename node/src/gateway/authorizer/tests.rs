@@ -26,17 +26,26 @@ fn answer(token: &str, arn: &str) -> (axum::http::StatusCode, serde_json::Value)
     let m = METHODS.iter().position(|x| *x == method).unwrap_or(9);
     let ok = axum::http::StatusCode::OK;
     match token {
-        "p0" => (ok, json!({"principalId": "p0", "policyDocument": {"Statement": [
-            {"Effect": "Allow", "Resource": "shop/*/GET/*"}]}})),
-        "p1" => (ok, json!({"principalId": "p1", "usageIdentifierKey": "tgk_p1", "policyDocument": {"Statement": [
+        "p0" => (
+            ok,
+            json!({"principalId": "p0", "policyDocument": {"Statement": [
+            {"Effect": "Allow", "Resource": "shop/*/GET/*"}]}}),
+        ),
+        "p1" => (
+            ok,
+            json!({"principalId": "p1", "usageIdentifierKey": "tgk_p1", "policyDocument": {"Statement": [
             {"Effect": "Allow", "Resource": ["shop/prod/*/pets/*"]},
-            {"Effect": "Deny", "Resource": "shop/*/DELETE/*"}]}})),
+            {"Effect": "Deny", "Resource": "shop/*/DELETE/*"}]}}),
+        ),
         "x" => (axum::http::StatusCode::FORBIDDEN, json!({})),
         t => {
             let n: usize = t.trim_start_matches('t').parse().unwrap_or(0);
             let allow = (n + m) % 2 == 0 && !(n == 3 && method == "DELETE");
-            (ok, json!({"allow": allow, "principal_id": format!("{t}-{method}"), "context": {"m": method},
-                "usageIdentifierKey": format!("tgk_{t}")}))
+            (
+                ok,
+                json!({"allow": allow, "principal_id": format!("{t}-{method}"), "context": {"m": method},
+                "usageIdentifierKey": format!("tgk_{t}")}),
+            )
         }
     }
 }

@@ -212,8 +212,15 @@ async fn an_hs256_key_of_43_base64url_characters_verifies_end_to_end() {
     let token = sign(&EncodingKey::from_secret(&secret), jsonwebtoken::Algorithm::HS256, Some("h1"));
     let verified = JwtVerifier::default().verify(config, &token, &[]).await;
     assert_eq!(verified.map(|v| v.subject), Ok(Some("user-1".to_string())));
-    let forged = sign(&EncodingKey::from_secret(b"another secret of 32 bytes......"), jsonwebtoken::Algorithm::HS256, Some("h1"));
-    assert_eq!(JwtVerifier::default().verify(config, &forged, &[]).await.err(), Some(Failure::Invalid("bad signature".into())));
+    let forged = sign(
+        &EncodingKey::from_secret(b"another secret of 32 bytes......"),
+        jsonwebtoken::Algorithm::HS256,
+        Some("h1"),
+    );
+    assert_eq!(
+        JwtVerifier::default().verify(config, &forged, &[]).await.err(),
+        Some(Failure::Invalid("bad signature".into()))
+    );
 }
 
 #[test]
@@ -234,8 +241,14 @@ fn bad_key_material_is_refused_when_written_naming_the_member() {
         (authorizer(&["ES256"], Jwk { y: Some("AAAA".into()), ..good.clone() }), "kind.jwt.jwks[0].x"),
         (authorizer(&["ES256"], Jwk { x: Some("***".into()), ..good.clone() }), "kind.jwt.jwks[0].x"),
         (authorizer(&["ES256"], Jwk { crv: Some("P-521".into()), ..good.clone() }), "kind.jwt.jwks[0].crv"),
-        (authorizer(&["HS256"], Jwk { kty: "oct".into(), k: Some("c2VjcmV0".into()), ..good.clone() }), "kind.jwt.jwks[0].k"),
-        (authorizer(&["RS256"], Jwk { kty: "RSA".into(), n: Some("AQAB".into()), e: Some("AQAB".into()), ..good }), "kind.jwt.jwks[0].n"),
+        (
+            authorizer(&["HS256"], Jwk { kty: "oct".into(), k: Some("c2VjcmV0".into()), ..good.clone() }),
+            "kind.jwt.jwks[0].k",
+        ),
+        (
+            authorizer(&["RS256"], Jwk { kty: "RSA".into(), n: Some("AQAB".into()), e: Some("AQAB".into()), ..good }),
+            "kind.jwt.jwks[0].n",
+        ),
     ];
     for (a, field) in cases {
         let err = super::validate_authorizer(&a).expect_err("refused");
