@@ -129,19 +129,25 @@ fn path_pattern(field: &str, value: &str) -> Checked {
     Ok(())
 }
 
+/// A throttle's rate is [`MIN_RATE_PER_SEC`] to [`MAX_RATE_PER_SEC`], its
+/// burst 1 to [`MAX_BURST`].
 pub fn throttle(field: &str, t: &Throttle) -> Checked {
-    if !t.rate_per_sec.is_finite() || t.rate_per_sec <= 0.0 || t.rate_per_sec > 1e9 {
-        return fail(format!("{field}.rate_per_sec"), "must be a number above 0 and at most 1e9");
+    if !(MIN_RATE_PER_SEC..=MAX_RATE_PER_SEC).contains(&t.rate_per_sec) {
+        return fail(
+            format!("{field}.rate_per_sec"),
+            format!("must be a number from {MIN_RATE_PER_SEC:e} to {MAX_RATE_PER_SEC:e} (requests per second)"),
+        );
     }
-    if t.burst == 0 {
-        return fail(format!("{field}.burst"), "must be at least 1");
+    if !(1..=MAX_BURST).contains(&t.burst) {
+        return fail(format!("{field}.burst"), format!("must be 1 to {MAX_BURST}"));
     }
     Ok(())
 }
 
+/// A quota's limit is 1 to [`MAX_SAFE_INTEGER`]; its offset fits its period.
 pub fn quota(field: &str, q: &Quota) -> Checked {
-    if q.limit == 0 {
-        return fail(format!("{field}.limit"), "must be at least 1");
+    if !(1..=MAX_SAFE_INTEGER).contains(&q.limit) {
+        return fail(format!("{field}.limit"), format!("must be 1 to {MAX_SAFE_INTEGER} (2^53 - 1)"));
     }
     let max_offset = match q.period {
         Period::Day => 0,
@@ -235,8 +241,11 @@ fn waf_rule(at: &str, rule: &WafRule) -> Checked {
                 }
             }
         }
-        WafCondition::MaxBodyBytes(0) | WafCondition::MaxHeaderBytes(0) => {
-            return fail(field, "the size must be at least 1 byte");
+        WafCondition::MaxBodyBytes(n) if !(1..=MAX_SAFE_INTEGER).contains(n) => {
+            return fail(format!("{field}.max_body_bytes"), format!("must be 1 to {MAX_SAFE_INTEGER} bytes"));
+        }
+        WafCondition::MaxHeaderBytes(n) if !(1..=MAX_SAFE_INTEGER).contains(n) => {
+            return fail(format!("{field}.max_header_bytes"), format!("must be 1 to {MAX_SAFE_INTEGER} bytes"));
         }
         WafCondition::MaxBodyBytes(_) | WafCondition::MaxHeaderBytes(_) => {}
         WafCondition::PathMatches(r) => {
@@ -250,8 +259,8 @@ fn waf_rule(at: &str, rule: &WafRule) -> Checked {
             waf_regex(regex).map(|_| ()).or_else(|m| fail(format!("{field}.header_matches.regex"), m))?;
         }
         WafCondition::RatePerIp { limit, window_secs } => {
-            if *limit == 0 {
-                return fail(format!("{field}.rate_per_ip.limit"), "must be at least 1");
+            if !(1..=MAX_BURST).contains(limit) {
+                return fail(format!("{field}.rate_per_ip.limit"), format!("must be 1 to {MAX_BURST}"));
             }
             if *window_secs == 0 || *window_secs > 86_400 {
                 return fail(format!("{field}.rate_per_ip.window_secs"), "must be 1 to 86400");
@@ -330,6 +339,9 @@ pub fn key_spec(k: &ApiKeySpec) -> Checked {
     description("description", &k.description)?;
     if let Some(c) = &k.customer_id {
         name("customer_id", c)?;
+    }
+    if let Some(t) = k.expires_at {
+        timestamp("expires_at", t)?;
     }
     if k.tags.len() > 50 {
         return fail("tags", "may hold at most 50 tags");
@@ -501,6 +513,14 @@ fn http_authorizer(h: &HttpAuthorizer) -> Checked {
     Ok(())
 }
 
+/// A time from the epoch to [`MAX_TIMESTAMP`] (9999-12-31T23:59:59Z).
+pub fn timestamp(field: &str, t: Timestamp) -> Checked {
+    if !(0..=MAX_TIMESTAMP).contains(&t.0) {
+        return fail(field, "must be an RFC 3339 time from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z");
+    }
+    Ok(())
+}
+
 pub fn token_spec(t: &AdminTokenSpec) -> Checked {
     name("name", &t.name)?;
     non_empty("scopes", &t.scopes)
@@ -588,5 +608,54 @@ mod tests {
         assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
         let bytes = crate::codec::encode(&t).unwrap();
         assert_eq!(crate::codec::decode::<Timestamp>(&bytes).unwrap(), t);
+    }
+
+    #[test]
+    fn jwk_material_is_checked_when_the_authorizer_is_written() {
+        let mut a = jwt_authorizer(&["RS256"], "RSA");
+        let AuthorizerKind::Jwt(j) = &mut a.kind else { panic!("jwt") };
+        j.jwks[0].n = Some("AQAB".into());
+        assert_eq!(authorizer(&a).unwrap_err().field, "kind.jwt.jwks[0].n");
+
+        // HS256 with the 43-character base64url form of 32 bytes: accepted.
+        let mut a = jwt_authorizer(&["HS256"], "oct");
+        let AuthorizerKind::Jwt(j) = &mut a.kind else { panic!("jwt") };
+        j.jwks[0].k = Some(URL_SAFE_NO_PAD.encode([0xfb; 32]));
+        assert!(authorizer(&a).is_ok(), "{:?}", authorizer(&a));
+        // HS512 needs 64 bytes (RFC 7518 §3.2).
+        let AuthorizerKind::Jwt(j) = &mut a.kind else { panic!("jwt") };
+        j.algorithms = vec!["HS256".into(), "HS512".into()];
+        assert_eq!(authorizer(&a).unwrap_err().field, "kind.jwt.jwks[0].k");
+        let AuthorizerKind::Jwt(j) = &mut a.kind else { panic!("jwt") };
+        j.algorithms = vec!["HS256".into()];
+        j.jwks[0].k = Some("!!".into());
+        assert_eq!(authorizer(&a).unwrap_err().field, "kind.jwt.jwks[0].k");
+    }
+
+    #[test]
+    fn numbers_outside_their_bounds_are_refused_naming_the_field() {
+        let t = |rate_per_sec: f64, burst: u32| throttle("t", &Throttle { rate_per_sec, burst });
+        for rate in [f64::NAN, f64::INFINITY, -1.0, 0.0, 1e-7, 1e308, -1e308] {
+            assert_eq!(t(rate, 1).unwrap_err().field, "t.rate_per_sec", "{rate}");
+        }
+        assert_eq!(t(1.0, 0).unwrap_err().field, "t.burst");
+        assert_eq!(t(1.0, u32::MAX).unwrap_err().field, "t.burst");
+        assert!(t(MIN_RATE_PER_SEC, 1).is_ok() && t(MAX_RATE_PER_SEC, MAX_BURST).is_ok());
+        let q = |limit| quota("q", &Quota { limit, period: Period::Day, offset: 0 });
+        for limit in [0, MAX_SAFE_INTEGER + 1, u64::MAX] {
+            assert_eq!(q(limit).unwrap_err().field, "q.limit", "{limit}");
+        }
+        assert!(q(MAX_SAFE_INTEGER).is_ok());
+        for t in [i64::MIN, -1, MAX_TIMESTAMP + 1, i64::MAX] {
+            assert_eq!(timestamp("expires_at", Timestamp(t)).unwrap_err().field, "expires_at");
+        }
+        assert!(timestamp("expires_at", Timestamp(0)).is_ok() && timestamp("x", Timestamp(MAX_TIMESTAMP)).is_ok());
+        let waf = |condition| waf_rule("waf[0]", &WafRule { name: "r".into(), action: WafAction::Block, condition });
+        assert_eq!(waf(WafCondition::MaxBodyBytes(u64::MAX)).unwrap_err().field, "waf[0].condition.max_body_bytes");
+        assert_eq!(waf(WafCondition::MaxHeaderBytes(0)).unwrap_err().field, "waf[0].condition.max_header_bytes");
+        assert_eq!(
+            waf(WafCondition::RatePerIp { limit: u32::MAX, window_secs: 1 }).unwrap_err().field,
+            "waf[0].condition.rate_per_ip.limit"
+        );
     }
 }

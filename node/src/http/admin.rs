@@ -318,7 +318,8 @@ fn unexpected(applied: Applied) -> ApiError {
 
 #[derive(serde::Deserialize)]
 struct RerollRequest {
-    /// How long the old secret keeps working, in seconds (default 0).
+    /// How long the old secret keeps working: 0 (default) to
+    /// [`MAX_OVERLAP_SECS`] seconds; more is a 400 naming `overlap_secs`.
     #[serde(default)]
     overlap_secs: u64,
 }
@@ -343,7 +344,7 @@ pub async fn reroll(
     let (plain, digest) = secret::generate("tgk_");
     let ours = digest.sha256;
     let now = Timestamp::now();
-    let overlap_until = Timestamp(now.0 + input.overlap_secs as i64);
+    let overlap_until = Timestamp(now.0.saturating_add(i64::try_from(input.overlap_secs).unwrap_or(i64::MAX)));
     let command = Command::RerollKey { id, secret: digest, overlap_until, now };
     match app.write(request, command).await?? {
         Applied::Put(stored) if secret_digest(&stored) == Some(ours) => {
