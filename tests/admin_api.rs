@@ -585,3 +585,32 @@ async fn jwk_members_are_base64url_and_bad_key_material_is_refused_when_written(
     }
     assert_eq!(cluster.list_all(1, "authorizers", false).await.len(), 1, "only the good key was stored");
 }
+
+/// An API whose key source is the authorizer needs, on every route that
+/// requires a key, an HTTP authorizer to supply it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_source_from_the_authorizer_needs_an_http_authorizer_on_keyed_routes() {
+    let cluster = Cluster::start(1).await;
+    cluster.leader().await;
+    let jwt = json!({"id": "jwt", "name": "j", "kind": {"jwt": {"issuer": "https://issuer.example",
+        "audiences": ["a"], "algorithms": ["RS256"], "jwks_url": "https://issuer.example/jwks.json"}}});
+    let http = json!({"id": "lambda", "name": "h", "kind": {"http": {"url": "https://auth.example/authorize",
+        "identity_sources": ["header:authorization"]}}});
+    for body in [jwt, http] {
+        assert_eq!(cluster.post(1, "/v1/admin/authorizers", body).await.0, 201);
+    }
+    let api = |authorizer: Option<&str>| {
+        json!({"name": "a", "key_source": {"from": "authorizer"}, "stages": [{"name": "prod"}],
+            "routes": [{"method": "GET", "path": "/", "api_key_required": true, "authorizer_id": authorizer}]})
+    };
+    let (status, answer) = cluster.post(1, "/v1/admin/apis", api(None)).await;
+    assert_named("no authorizer", status, &answer, "routes[0].authorizer_id");
+    let (status, answer) = cluster.post(1, "/v1/admin/apis", api(Some("jwt"))).await;
+    assert_named("a JWT authorizer", status, &answer, "routes[0].authorizer_id");
+    let (status, answer) = cluster.post(1, "/v1/admin/apis", api(Some("lambda"))).await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["key_source"]["from"], "authorizer", "{answer}");
+    let (status, answer) =
+        cluster.post(1, "/v1/admin/apis", json!({"name": "b", "key_source": {"from": "cookie"}})).await;
+    assert_named("unknown source", status, &answer, "key_source.from");
+}

@@ -183,14 +183,32 @@ fn default_cors_max_age() -> u32 {
     600
 }
 
-/// Where an API key is read from: a header (always) and optionally a query
-/// parameter.
+/// Where an API key is read from: by default a header (always) and optionally
+/// a query parameter; or the answer of the route's HTTP authorizer.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeySource {
     #[serde(default = "default_key_header")]
     pub header: String,
     #[serde(default)]
     pub query_param: Option<String>,
+    /// `request` (default): the key is the one the request carries in
+    /// `header` or `query_param`. `authorizer`: the key is the
+    /// `usageIdentifierKey` the route's HTTP authorizer answers with (API
+    /// Gateway's API key source AUTHORIZER); `header` and `query_param` are
+    /// then not read.
+    #[serde(default)]
+    pub from: KeyFrom,
+}
+
+/// Who supplies the API key a request is metered under.
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyFrom {
+    /// The request itself, in the key source's header or query parameter.
+    #[default]
+    Request,
+    /// The route's HTTP authorizer, as `usageIdentifierKey` in its answer.
+    Authorizer,
 }
 
 fn default_key_header() -> String {
@@ -199,7 +217,7 @@ fn default_key_header() -> String {
 
 impl Default for KeySource {
     fn default() -> Self {
-        KeySource { header: default_key_header(), query_param: None }
+        KeySource { header: default_key_header(), query_param: None, from: KeyFrom::Request }
     }
 }
 

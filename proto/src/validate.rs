@@ -179,6 +179,16 @@ pub fn api(a: &Api) -> Checked {
     if let Some(q) = &a.key_source.query_param {
         id("key_source.query_param", q)?;
     }
+    if a.key_source.from == KeyFrom::Authorizer {
+        // The key comes from the route's authorizer: a route that needs one
+        // must name an authorizer (the state machine checks it is an HTTP one).
+        if let Some(i) = a.routes.iter().position(|r| r.api_key_required && r.authorizer_id.is_none()) {
+            return fail(
+                format!("routes[{i}].authorizer_id"),
+                "key_source.from is authorizer: a route that requires an API key must name the HTTP authorizer that supplies it",
+            );
+        }
+    }
     list_len("stages", &a.stages)?;
     let mut seen = BTreeSet::new();
     for (i, s) in a.stages.iter().enumerate() {

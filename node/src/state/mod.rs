@@ -16,7 +16,8 @@ use imbl::{HashMap, OrdMap};
 use tollgate_proto::command::{Applied, PutMode, QuotaPeriod};
 use tollgate_proto::metering::QuotaLedger;
 use tollgate_proto::model::{
-    ApiKey, Entity, EntityKind, IdentityKeyState, PreviousSecret, SecretDigest, Timestamp, UsagePlan,
+    ApiKey, AuthorizerKind, Entity, EntityKind, IdentityKeyState, KeyFrom, PreviousSecret, SecretDigest, Timestamp,
+    UsagePlan,
 };
 use tollgate_proto::{codec, Command, CommandResult, Rejection};
 
@@ -349,10 +350,19 @@ impl Model {
             Entity::Api(api) => {
                 for (i, r) in api.routes.iter().enumerate() {
                     if let Some(a) = &r.authorizer_id {
-                        if self.get(EntityKind::Authorizer, a).is_none() {
+                        let Some(Entity::Authorizer(authorizer)) = self.get(EntityKind::Authorizer, a) else {
                             return Err(Rejection::invalid(
                                 &format!("routes[{i}].authorizer_id"),
                                 format!("no authorizer with id {a:?}"),
+                            ));
+                        };
+                        let http = matches!(authorizer.kind, AuthorizerKind::Http(_));
+                        if api.key_source.from == KeyFrom::Authorizer && r.api_key_required && !http {
+                            return Err(Rejection::invalid(
+                                &format!("routes[{i}].authorizer_id"),
+                                format!(
+                                    "key_source.from is authorizer, but {a:?} is a JWT authorizer; only an HTTP authorizer answers with a usageIdentifierKey"
+                                ),
                             ));
                         }
                     }
