@@ -139,12 +139,12 @@ pub fn material(jwk: &Jwk) -> Result<KeyMaterial, BadMember> {
                     format!("is a {bits}-bit modulus; {RSA_MIN_BITS} to {RSA_MAX_BITS} bits are accepted"),
                 ));
             }
-            if n.last().is_some_and(|b| b % 2 == 0) {
+            if n.last().is_some_and(|b| b & 1 == 0) {
                 return Err(bad("n", "an RSA modulus is odd; this one is not"));
             }
             let e = unsigned(decode_member("e", required("e", &jwk.e)?)?);
             let value = e.iter().fold(0u64, |acc, b| acc.saturating_mul(256).saturating_add(u64::from(*b)));
-            if e.len() > 5 || !(3..=(1u64 << 33) - 1).contains(&value) || value % 2 == 0 {
+            if e.len() > 5 || !(3..=(1u64 << 33) - 1).contains(&value) || value & 1 == 0 {
                 return Err(bad("e", "must be an odd exponent from 3 to 2^33 - 1, such as AQAB (65537)"));
             }
             Ok(KeyMaterial::Rsa { n, e })
