@@ -309,3 +309,308 @@ async fn a_write_retried_with_the_same_idempotency_key_takes_effect_once() {
     assert_eq!(body["error"]["code"], "already_created", "{body}");
     assert_eq!(cluster.list_all(leader, "keys", false).await.len(), 1);
 }
+
+/// The edges every number is tried at: both ends of i64 and u64, around
+/// zero, a fraction, and the largest float JSON carries (serde_json refuses
+/// NaN and infinities).
+fn edges() -> Vec<Value> {
+    vec![json!(i64::MIN), json!(-1), json!(0), json!(1), json!(0.5), json!(i64::MAX), json!(u64::MAX), json!(1e308)]
+}
+
+/// Accepted by a bound `lo..=hi` (whole numbers only when `whole`).
+fn within(v: &Value, lo: f64, hi: f64, whole: bool) -> bool {
+    let x = v.as_f64().unwrap_or(f64::NAN);
+    (!whole || v.is_i64() || v.is_u64()) && lo <= x && x <= hi
+}
+
+fn with(mut body: Value, pointer: &str, value: &Value) -> Value {
+    *body.pointer_mut(pointer).unwrap_or_else(|| panic!("fixture has no {pointer}")) = value.clone();
+    body
+}
+
+fn assert_named(what: &str, status: u16, answer: &Value, field: &str) {
+    assert_eq!(status, 400, "{what}: expected 400, got {answer}");
+    assert_eq!(answer["error"]["code"], "invalid_field", "{what}: {answer}");
+    assert_eq!(answer["error"]["field"], field, "{what}: {answer}");
+}
+
+/// Every numeric field of the admin API's bodies and of the check, at the
+/// edges of i64/u64 and 1e308: a 400 naming the field, or accepted with
+/// the value stored as sent. Nothing refused changes state; nothing panics.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_number_a_client_sends_is_bounded_and_named() {
+    let cluster = Cluster::start(3).await;
+    let node = cluster.leader().await;
+    let (status, api) =
+        cluster.post(node, "/v1/admin/apis", json!({"id": "edge", "name": "edge", "stages": [{"name": "prod"}]})).await;
+    assert_eq!(status, 201, "{api}");
+    let plan = json!({"id": "edge-plan", "name": "p", "quota": {"limit": 100, "period": "day"},
+        "api_stages": [{"api_id": "edge", "stage": "prod"}]});
+    assert_eq!(cluster.post(node, "/v1/admin/plans", plan).await.0, 201);
+    let (status, key) = cluster.post(node, "/v1/admin/keys", json!({"name": "k", "plan_ids": ["edge-plan"]})).await;
+    assert_eq!(status, 201, "{key}");
+    let key_id = key["id"].as_str().unwrap_or_default().to_string();
+
+    const MAX_SAFE: f64 = 9_007_199_254_740_991.0;
+    let api_body = |extra: Value| {
+        let mut body = json!({"name": "n", "stages": [{"name": "prod", "throttle": {"rate_per_sec": 1, "burst": 1}}],
+            "cors": {"allow_origins": ["*"], "max_age_secs": 1}});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        body
+    };
+    let waf = |condition: Value| api_body(json!({"waf": [{"name": "w", "condition": condition}]}));
+    let plan_body = json!({"name": "n", "throttle": {"rate_per_sec": 1, "burst": 1},
+        "quota": {"limit": 1, "period": "week", "offset": 0},
+        "api_stages": [{"api_id": "edge", "stage": "prod", "method_throttles":
+            [{"method": "GET", "path": "/x", "throttle": {"rate_per_sec": 1, "burst": 1}}]}]});
+    let jwt = json!({"name": "j", "kind": {"jwt": {"issuer": "https://issuer.example", "audiences": ["a"],
+        "algorithms": ["RS256"], "jwks_url": "https://issuer.example/jwks.json", "leeway_secs": 0}}});
+    let http = json!({"name": "h", "kind": {"http": {"url": "https://auth.example/authorize",
+        "identity_sources": ["header:authorization"], "cache_ttl_secs": 0, "timeout_ms": 1}}});
+    // (collection, body, JSON pointer, field named in errors, lowest, highest, whole numbers only)
+    let fields: Vec<(&str, Value, &str, &str, f64, f64, bool)> = vec![
+        (
+            "apis",
+            api_body(json!({})),
+            "/stages/0/throttle/rate_per_sec",
+            "stages[0].throttle.rate_per_sec",
+            1e-6,
+            1e9,
+            false,
+        ),
+        ("apis", api_body(json!({})), "/stages/0/throttle/burst", "stages[0].throttle.burst", 1.0, 1e9, true),
+        ("apis", api_body(json!({})), "/cors/max_age_secs", "cors.max_age_secs", 0.0, 86_400.0, true),
+        (
+            "apis",
+            waf(json!({"max_body_bytes": 1})),
+            "/waf/0/condition/max_body_bytes",
+            "waf[0].condition.max_body_bytes",
+            1.0,
+            MAX_SAFE,
+            true,
+        ),
+        (
+            "apis",
+            waf(json!({"max_header_bytes": 1})),
+            "/waf/0/condition/max_header_bytes",
+            "waf[0].condition.max_header_bytes",
+            1.0,
+            MAX_SAFE,
+            true,
+        ),
+        (
+            "apis",
+            waf(json!({"rate_per_ip": {"limit": 1, "window_secs": 1}})),
+            "/waf/0/condition/rate_per_ip/limit",
+            "waf[0].condition.rate_per_ip.limit",
+            1.0,
+            1e9,
+            true,
+        ),
+        (
+            "apis",
+            waf(json!({"rate_per_ip": {"limit": 1, "window_secs": 1}})),
+            "/waf/0/condition/rate_per_ip/window_secs",
+            "waf[0].condition.rate_per_ip.window_secs",
+            1.0,
+            86_400.0,
+            true,
+        ),
+        ("plans", plan_body.clone(), "/throttle/rate_per_sec", "throttle.rate_per_sec", 1e-6, 1e9, false),
+        ("plans", plan_body.clone(), "/throttle/burst", "throttle.burst", 1.0, 1e9, true),
+        ("plans", plan_body.clone(), "/quota/limit", "quota.limit", 1.0, MAX_SAFE, true),
+        ("plans", plan_body.clone(), "/quota/offset", "quota.offset", 0.0, 6.0, true),
+        (
+            "plans",
+            plan_body.clone(),
+            "/api_stages/0/method_throttles/0/throttle/rate_per_sec",
+            "api_stages[0].method_throttles[0].throttle.rate_per_sec",
+            1e-6,
+            1e9,
+            false,
+        ),
+        (
+            "plans",
+            plan_body.clone(),
+            "/api_stages/0/method_throttles/0/throttle/burst",
+            "api_stages[0].method_throttles[0].throttle.burst",
+            1.0,
+            1e9,
+            true,
+        ),
+        ("authorizers", jwt, "/kind/jwt/leeway_secs", "kind.jwt.leeway_secs", 0.0, 300.0, true),
+        ("authorizers", http.clone(), "/kind/http/cache_ttl_secs", "kind.http.cache_ttl_secs", 0.0, 3600.0, true),
+        ("authorizers", http, "/kind/http/timeout_ms", "kind.http.timeout_ms", 1.0, 30_000.0, true),
+    ];
+    let mut created: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for (collection, body, pointer, field, lo, hi, whole) in fields {
+        for value in edges() {
+            let what = format!("{collection} {field} = {value}");
+            let (status, answer) =
+                cluster.post(node, &format!("/v1/admin/{collection}"), with(body.clone(), pointer, &value)).await;
+            if within(&value, lo, hi, whole) {
+                assert_eq!(status, 201, "{what}: expected it accepted: {answer}");
+                assert_eq!(answer.pointer(pointer).and_then(Value::as_f64), value.as_f64(), "{what}: stored {answer}");
+                *created.entry(collection).or_default() += 1;
+            } else {
+                assert_named(&what, status, &answer, field);
+            }
+        }
+    }
+
+    // Times: from 1970 to the end of year 9999; the `@seconds` form included.
+    for (text, ok) in [
+        ("@-9223372036854775808", false),
+        ("@-1", false),
+        ("@0", true),
+        ("9999-12-31T23:59:59Z", true),
+        ("@253402300800", false),
+        ("@9223372036854775807", false),
+    ] {
+        let (status, answer) = cluster.post(node, "/v1/admin/keys", json!({"name": "t", "expires_at": text})).await;
+        if ok {
+            assert_eq!(status, 201, "expires_at {text}: {answer}");
+            *created.entry("keys").or_default() += 1;
+        } else {
+            assert_named(&format!("expires_at {text}"), status, &answer, "expires_at");
+        }
+    }
+    // Server-set times are not taken from the body, whatever it says.
+    let (status, answer) =
+        cluster.post(node, "/v1/admin/apis", json!({"name": "t", "created_at": "@-9223372036854775808"})).await;
+    assert_eq!(status, 201, "{answer}");
+    assert!(answer["created_at"].as_str().is_some_and(|t| t.starts_with("20")), "{answer}");
+    *created.entry("apis").or_default() += 1;
+
+    // Reroll overlap: 0 to 30 days.
+    for value in edges() {
+        let path = format!("/v1/admin/keys/{key_id}/reroll");
+        let (status, answer) = cluster.post(node, &path, json!({"overlap_secs": value})).await;
+        if within(&value, 0.0, 2_592_000.0, true) {
+            assert_eq!(status, 200, "overlap_secs {value}: {answer}");
+        } else {
+            assert_named(&format!("overlap_secs {value}"), status, &answer, "overlap_secs");
+        }
+    }
+
+    // UpdateUsage: a non-zero delta of at most 10^12 either way. i64::MIN
+    // once passed the check and pinned the key's limit at 0 for good.
+    let usage = format!("/v1/admin/plans/edge-plan/usage/{key_id}");
+    for value in edges().into_iter().chain([json!(-1_000_000_000_001i64), json!(1_000_000_000_001i64)]) {
+        let (status, answer) = cluster.post(node, &usage, json!({"delta": value})).await;
+        let ok = value.as_i64().is_some_and(|d| d != 0 && d.unsigned_abs() <= 1_000_000_000_000);
+        if ok {
+            assert_eq!(status, 200, "delta {value}: {answer}");
+        } else {
+            assert_named(&format!("delta {value}"), status, &answer, "delta");
+        }
+    }
+    // Accepted so far: -1 then +1. Taking away more than is left leaves nothing, and +5 gives 5 back.
+    let (_, answer) = cluster.post(node, &usage, json!({"delta": -1_000_000_000_000i64})).await;
+    assert_eq!((answer["limit"].as_u64(), answer["remaining"].as_u64()), (Some(0), Some(0)), "{answer}");
+    let (status, answer) = cluster.post(node, &usage, json!({"delta": 5})).await;
+    assert_eq!((status, answer["remaining"].as_u64()), (200, Some(5)), "{answer}");
+
+    // Paging: `limit` is 1 to 1000.
+    for value in ["-9223372036854775808", "-1", "0", "9223372036854775807", "18446744073709551615", "1e308", "0.5"] {
+        let (status, answer) = cluster.get(node, &format!("/v1/admin/plans?limit={value}")).await;
+        assert_named(&format!("limit={value}"), status, &answer, "limit");
+    }
+    assert_eq!(cluster.get(node, "/v1/admin/plans?limit=1000").await.0, 200);
+
+    // A node id: above 0, any u64 (the address is checked next, and refused here).
+    for value in edges() {
+        let body = json!({"id": value, "http_addr": "nowhere", "peer_addr": "127.0.0.1:2"});
+        let (status, answer) = cluster.post(node, "/v1/admin/cluster/nodes", body).await;
+        let field = if within(&value, 1.0, u64::MAX as f64, true) { "http_addr" } else { "id" };
+        assert_named(&format!("node id {value}"), status, &answer, field);
+    }
+
+    // The check: body_size is any u64 (it is only compared with WAF sizes).
+    for value in edges() {
+        let check = json!({"api": "edge", "stage": "prod", "method": "GET", "path": "/", "body_size": value});
+        let (status, answer) = cluster.post(node, "/v1/check", check).await;
+        if within(&value, 0.0, u64::MAX as f64, true) {
+            assert_eq!(status, 200, "body_size {value}: {answer}");
+            assert_eq!(answer["reason"], "allowed", "{answer}");
+        } else {
+            assert_named(&format!("body_size {value}"), status, &answer, "body_size");
+        }
+    }
+
+    // Nothing refused was stored, on any node; every node still serves.
+    for (collection, fixtures) in [("apis", 1), ("plans", 1), ("keys", 1), ("authorizers", 0)] {
+        let expected = fixtures + created.get(collection).copied().unwrap_or(0);
+        for n in [1, 2, 3] {
+            harness::wait_until(&format!("{collection} on node {n}"), || async {
+                cluster.list_all(n, collection, true).await.len() == expected
+            })
+            .await;
+        }
+    }
+}
+
+/// JWK members are base64url without padding (RFC 7518 §6): the 43-character
+/// form of a 32-byte HMAC key is accepted; key material that could never
+/// verify a token is a 400 naming the member when the authorizer is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn jwk_members_are_base64url_and_bad_key_material_is_refused_when_written() {
+    let cluster = Cluster::start(1).await;
+    cluster.leader().await;
+    let authorizer = |algorithm: &str, jwk: Value| {
+        json!({"name": "j", "kind": {"jwt": {"issuer": "https://issuer.example", "audiences": ["a"],
+            "algorithms": [algorithm], "jwks": [jwk]}}})
+    };
+    // 32 bytes whose base64url form has '-' and '_' and no padding.
+    let k = "-_v7-_v7-_v7-_v7-_v7-_v7-_v7-_v7-_v7-_v7-_s";
+    assert_eq!(k.len(), 43);
+    let (status, answer) =
+        cluster.post(1, "/v1/admin/authorizers", authorizer("HS256", json!({"kty": "oct", "k": k}))).await;
+    assert_eq!(status, 201, "{answer}");
+    let cases = [
+        ("HS256", json!({"kty": "oct", "k": "c2VjcmV0"}), "kind.jwt.jwks[0].k"),
+        ("HS256", json!({"kty": "oct", "k": "not base64!"}), "kind.jwt.jwks[0].k"),
+        ("HS512", json!({"kty": "oct", "k": k}), "kind.jwt.jwks[0].k"),
+        ("RS256", json!({"kty": "RSA", "n": "AQAB", "e": "AQAB"}), "kind.jwt.jwks[0].n"),
+        ("RS256", json!({"kty": "RSA", "e": "AQAB"}), "kind.jwt.jwks[0].n"),
+        ("ES256", json!({"kty": "EC", "crv": "P-256", "x": k, "y": k}), "kind.jwt.jwks[0].x"),
+        ("ES256", json!({"kty": "EC", "crv": "P-999", "x": k, "y": k}), "kind.jwt.jwks[0].crv"),
+        ("EdDSA", json!({"kty": "OKP", "crv": "Ed25519", "x": "AQAB"}), "kind.jwt.jwks[0].x"),
+    ];
+    for (algorithm, jwk, field) in cases {
+        let (status, answer) = cluster.post(1, "/v1/admin/authorizers", authorizer(algorithm, jwk.clone())).await;
+        assert_named(&format!("{algorithm} {jwk}"), status, &answer, field);
+    }
+    assert_eq!(cluster.list_all(1, "authorizers", false).await.len(), 1, "only the good key was stored");
+}
+
+/// An API whose key source is the authorizer needs, on every route that
+/// requires a key, an HTTP authorizer to supply it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_source_from_the_authorizer_needs_an_http_authorizer_on_keyed_routes() {
+    let cluster = Cluster::start(1).await;
+    cluster.leader().await;
+    let jwt = json!({"id": "jwt", "name": "j", "kind": {"jwt": {"issuer": "https://issuer.example",
+        "audiences": ["a"], "algorithms": ["RS256"], "jwks_url": "https://issuer.example/jwks.json"}}});
+    let http = json!({"id": "lambda", "name": "h", "kind": {"http": {"url": "https://auth.example/authorize",
+        "identity_sources": ["header:authorization"]}}});
+    for body in [jwt, http] {
+        assert_eq!(cluster.post(1, "/v1/admin/authorizers", body).await.0, 201);
+    }
+    let api = |authorizer: Option<&str>| {
+        json!({"name": "a", "key_source": {"from": "authorizer"}, "stages": [{"name": "prod"}],
+            "routes": [{"method": "GET", "path": "/", "api_key_required": true, "authorizer_id": authorizer}]})
+    };
+    let (status, answer) = cluster.post(1, "/v1/admin/apis", api(None)).await;
+    assert_named("no authorizer", status, &answer, "routes[0].authorizer_id");
+    let (status, answer) = cluster.post(1, "/v1/admin/apis", api(Some("jwt"))).await;
+    assert_named("a JWT authorizer", status, &answer, "routes[0].authorizer_id");
+    let (status, answer) = cluster.post(1, "/v1/admin/apis", api(Some("lambda"))).await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["key_source"]["from"], "authorizer", "{answer}");
+    let (status, answer) =
+        cluster.post(1, "/v1/admin/apis", json!({"name": "b", "key_source": {"from": "cookie"}})).await;
+    assert_named("unknown source", status, &answer, "key_source.from");
+}

@@ -787,12 +787,15 @@ impl Metering {
                 // Times count from the asking: the answer's round trip is not
                 // added to the wait.
                 b.left = lent.left;
+                // The wait comes from the throttle's rate: bounded by
+                // validation, and saturating here all the same.
+                let after_ms = |ms: u64| asked_ms.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX));
                 if lent.granted > 0 {
-                    b.tokens += lent.granted;
-                    b.usable_from_ms = asked_ms + lent.after_ms as i64;
-                    b.valid_until_ms = b.usable_from_ms.max(now_ms) + BORROWED_VALID_MS;
+                    b.tokens = b.tokens.saturating_add(lent.granted);
+                    b.usable_from_ms = after_ms(lent.after_ms);
+                    b.valid_until_ms = b.usable_from_ms.max(now_ms).saturating_add(BORROWED_VALID_MS);
                 } else {
-                    b.denied_until_ms = asked_ms + lent.after_ms.max(1) as i64;
+                    b.denied_until_ms = after_ms(lent.after_ms.max(1));
                 }
             }
             Ok(Err(_)) | Err(_) => b.unavailable_until_ms = now_ms + UNAVAILABLE_MS,
@@ -927,8 +930,10 @@ impl LocalAuthority {
         lock(&self.ledgers).get(period).cloned().unwrap_or_default()
     }
 
-    pub fn adjust(&self, period: &QuotaPeriod, delta: i64) {
-        lock(&self.ledgers).entry(period.clone()).or_default().adjust(delta);
+    /// An UpdateUsage on the in-memory ledger (see `QuotaLedger::adjust`).
+    pub fn adjust(&self, period: &QuotaPeriod, delta: i64) -> Result<(), String> {
+        let limit = self.plan_limit(period).ok_or_else(|| format!("plan {:?} has no quota", period.plan_id))?;
+        lock(&self.ledgers).entry(period.clone()).or_default().adjust(limit, delta)
     }
 
     fn plan_limit(&self, period: &QuotaPeriod) -> Option<u64> {

@@ -37,7 +37,9 @@ pub struct CheckRequest {
     /// Subject of the client certificate, if the proxy terminated mTLS.
     #[serde(default)]
     pub client_cert_subject: Option<String>,
-    /// Size of the request body in bytes, if known.
+    /// Size of the request body in bytes, if known: any whole number from 0
+    /// to 2^64 - 1 (it is only compared with WAF size rules); anything else
+    /// is a 400 naming `body_size`.
     #[serde(default)]
     pub body_size: Option<u64>,
 }

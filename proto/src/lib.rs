@@ -15,6 +15,8 @@
 //!   the answer, never as storage errors.
 //! - [`metering`]: the replicated quota ledger (grants and consumption per
 //!   key, plan and period) that keeps quotas exact across nodes.
+//! - [`jwk`]: the key material of a JSON Web Key, decoded (base64url, RFC
+//!   7518 §6) and size-checked once, for validation and for the verifier.
 //! - [`codec`]: bincode 2 encoding used on disk and between peers.
 //!
 //! This crate never does I/O and never depends on tokio: the node, the client
@@ -25,6 +27,7 @@ pub mod canonical;
 pub mod check;
 pub mod codec;
 pub mod command;
+pub mod jwk;
 pub mod metering;
 pub mod model;
 pub mod usage;

@@ -48,7 +48,7 @@ pub struct QuotaLedger {
 
 impl QuotaLedger {
     pub fn outstanding(&self) -> u64 {
-        self.grants.values().map(|g| g.units).sum()
+        self.grants.values().fold(0u64, |sum, g| sum.saturating_add(g.units))
     }
 
     /// The period's limit with adjustments (never below zero).
@@ -104,7 +104,8 @@ impl QuotaLedger {
         let available = self.available(plan_limit);
         let units = want.min(available.div_ceil(4)).min(available);
         if units > 0 {
-            self.grants.entry(holder).or_insert(Grant { units: 0, expires_at_ms: lease_until_ms }).units += units;
+            let g = self.grants.entry(holder).or_insert(Grant { units: 0, expires_at_ms: lease_until_ms });
+            g.units = g.units.saturating_add(units);
         }
         if let Some(g) = self.grants.get_mut(&holder) {
             g.expires_at_ms = g.expires_at_ms.max(lease_until_ms);
@@ -129,11 +130,37 @@ impl QuotaLedger {
         self.expire(now_ms);
     }
 
-    /// An operator adjustment to this period's limit.
-    pub fn adjust(&mut self, delta: i64) {
-        self.adjustment = self.adjustment.saturating_add(delta);
+    /// An operator adjustment (UpdateUsage): the key may use `delta` units
+    /// more this period (negative: fewer), counted from what it may still use
+    /// now. Taking away more than is left leaves nothing: the limit falls to
+    /// what is consumed, never below, so a later `+N` gives exactly `N` units
+    /// again. (An adjustment that could push the limit below zero once pinned
+    /// a key at zero for good.)
+    ///
+    /// Refused, with nothing changed, when `delta` is 0 or beyond
+    /// [`MAX_ADJUST_DELTA`] either way, or when the limit would pass
+    /// [`MAX_SAFE_INTEGER`](crate::validate::MAX_SAFE_INTEGER). All the
+    /// arithmetic is checked; the result depends only on the arguments.
+    pub fn adjust(&mut self, plan_limit: u64, delta: i64) -> Result<(), String> {
+        if delta == 0 || delta.unsigned_abs() > MAX_ADJUST_DELTA.unsigned_abs() {
+            return Err(format!("must be a non-zero whole number of at most {MAX_ADJUST_DELTA} either way"));
+        }
+        let limit = i128::from(plan_limit) + i128::from(self.adjustment);
+        let consumed = i128::from(self.consumed);
+        let delta = i128::from(delta);
+        let adjusted = if delta < 0 { (limit + delta).max(limit.min(consumed)) } else { limit.max(consumed) + delta };
+        let max = i128::from(crate::validate::MAX_SAFE_INTEGER);
+        if adjusted > max {
+            return Err(format!("the period's limit would pass {max} (2^53 - 1)"));
+        }
+        self.adjustment = i64::try_from(adjusted - i128::from(plan_limit))
+            .map_err(|_| "the adjusted limit is out of range for this plan's quota".to_string())?;
+        Ok(())
     }
 }
+
+/// The largest adjustment one UpdateUsage may make, either way.
+pub const MAX_ADJUST_DELTA: i64 = 1_000_000_000_000;
 
 #[cfg(test)]
 mod tests {
@@ -250,7 +277,7 @@ mod tests {
         l.expire(100);
         assert_eq!((l.consumed, l.outstanding()), (1 + 10 + 24, 0));
         // An operator gives 8 more for this period.
-        l.adjust(8);
+        l.adjust(40, 8).expect("adjust");
         assert_eq!(l.remaining(40), 13);
         assert_eq!(l.grant(40, 3, 9, 200, 100).0, 4);
     }
@@ -261,5 +288,31 @@ mod tests {
         l.grant(4, 1, 4, 100, 0);
         l.grant(4, 2, 4, 100, 0);
         assert_eq!(l.grant(4, 1, 4, 500, 50).1.map(|g| g.expires_at_ms), Some(500));
+    }
+
+    #[test]
+    fn taking_away_more_than_is_left_leaves_nothing_and_never_pins_the_limit() {
+        let mut l = QuotaLedger::default();
+        assert_eq!(l.grant(100, 1, 30, 1_000, 0).0, 25);
+        l.report(1, 25, true, 10);
+        assert_eq!(l.remaining(100), 75);
+        // i64::MIN once slipped past a bound check; it is refused here too.
+        for delta in [i64::MIN, i64::MAX, 0, MAX_ADJUST_DELTA + 1, -MAX_ADJUST_DELTA - 1] {
+            assert!(l.adjust(100, delta).is_err(), "{delta}");
+        }
+        assert_eq!(l.adjustment, 0, "a refused adjustment changes nothing");
+        l.adjust(100, -MAX_ADJUST_DELTA).expect("take everything");
+        assert_eq!((l.remaining(100), l.available(100)), (0, 0));
+        l.adjust(100, 5).expect("give five");
+        assert_eq!(l.remaining(100), 5, "exactly the five given, not five less than a huge debt");
+        // A ledger pinned by an old adjustment recovers with one positive delta.
+        let mut pinned = QuotaLedger { consumed: 3, adjustment: i64::MIN, ..Default::default() };
+        pinned.adjust(100, 7).expect("recover");
+        assert_eq!(pinned.remaining(100), 7);
+        // The limit never passes 2^53 - 1.
+        let mut big = QuotaLedger::default();
+        let max = crate::validate::MAX_SAFE_INTEGER;
+        assert!(big.adjust(max, 1).is_err());
+        assert_eq!(big.adjustment, 0);
     }
 }

@@ -139,9 +139,10 @@ pub enum WafAction {
 pub enum WafCondition {
     /// The source address is in one of these networks (v4 or v6).
     IpSet(Vec<String>),
-    /// The body is larger than this many bytes.
+    /// The body is larger than this many bytes (1 to 2^53 - 1).
     MaxBodyBytes(u64),
-    /// The headers (names and values together) are larger than this.
+    /// The headers (names and values together) are larger than this many
+    /// bytes (1 to 2^53 - 1).
     MaxHeaderBytes(u64),
     /// The path matches this regular expression.
     PathMatches(String),
@@ -149,7 +150,8 @@ pub enum WafCondition {
     QueryMatches(String),
     /// A header is present and its value matches the regular expression.
     HeaderMatches { name: String, regex: String },
-    /// More than `limit` requests from one source address in `window_secs`.
+    /// More than `limit` requests (1 to 10^9) from one source address in
+    /// `window_secs` (1 to 86400).
     RatePerIp { limit: u32, window_secs: u32 },
 }
 
@@ -166,6 +168,7 @@ pub struct Cors {
     pub allow_headers: Vec<String>,
     #[serde(default)]
     pub expose_headers: Vec<String>,
+    /// How long a browser may cache a preflight answer: 0 to 86400 s (default 600).
     #[serde(default = "default_cors_max_age")]
     pub max_age_secs: u32,
     #[serde(default)]
@@ -180,14 +183,32 @@ fn default_cors_max_age() -> u32 {
     600
 }
 
-/// Where an API key is read from: a header (always) and optionally a query
-/// parameter.
+/// Where an API key is read from: by default a header (always) and optionally
+/// a query parameter; or the answer of the route's HTTP authorizer.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeySource {
     #[serde(default = "default_key_header")]
     pub header: String,
     #[serde(default)]
     pub query_param: Option<String>,
+    /// `request` (default): the key is the one the request carries in
+    /// `header` or `query_param`. `authorizer`: the key is the
+    /// `usageIdentifierKey` the route's HTTP authorizer answers with (API
+    /// Gateway's API key source AUTHORIZER); `header` and `query_param` are
+    /// then not read.
+    #[serde(default)]
+    pub from: KeyFrom,
+}
+
+/// Who supplies the API key a request is metered under.
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyFrom {
+    /// The request itself, in the key source's header or query parameter.
+    #[default]
+    Request,
+    /// The route's HTTP authorizer, as `usageIdentifierKey` in its answer.
+    Authorizer,
 }
 
 fn default_key_header() -> String {
@@ -196,7 +217,7 @@ fn default_key_header() -> String {
 
 impl Default for KeySource {
     fn default() -> Self {
-        KeySource { header: default_key_header(), query_param: None }
+        KeySource { header: default_key_header(), query_param: None, from: KeyFrom::Request }
     }
 }
 
@@ -231,7 +252,9 @@ pub struct Route {
 /// A token bucket: a steady rate and the burst it may save up.
 #[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Throttle {
+    /// Requests per second, 10^-6 to 10^9 (slower limits are a quota's job).
     pub rate_per_sec: f64,
+    /// Requests that may come at once, 1 to 10^9.
     pub burst: u32,
 }
 
@@ -279,6 +302,7 @@ pub struct MethodThrottle {
 /// How many requests a key may make per period.
 #[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quota {
+    /// Requests per period, 1 to 2^53 - 1.
     pub limit: u64,
     pub period: Period,
     /// Where a period starts, as in API Gateway: for `week` the weekday
@@ -338,6 +362,7 @@ pub struct ApiKeySpec {
     pub tags: BTreeMap<String, String>,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// When the key stops working; from 1970 to 9999-12-31T23:59:59Z.
     #[serde(default)]
     pub expires_at: Option<Timestamp>,
     #[serde(default)]
@@ -517,6 +542,7 @@ pub struct JwtAuthorizer {
     pub algorithms: Vec<String>,
     #[serde(default)]
     pub required_scopes: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`: 0 to 300 s (default 30).
     #[serde(default = "default_leeway")]
     pub leeway_secs: u32,
 }
@@ -525,7 +551,9 @@ fn default_leeway() -> u32 {
     30
 }
 
-/// One JSON Web Key, as in RFC 7517 (the members Tollgate uses).
+/// One JSON Web Key, as in RFC 7517 (the members Tollgate uses). Binary
+/// members (`n`, `e`, `x`, `y`, `k`) are base64url without padding (RFC 7518
+/// §6); see [`crate::jwk`] for the sizes accepted.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Jwk {
     pub kty: String,
@@ -555,8 +583,10 @@ pub struct HttpAuthorizer {
     pub mode: HttpAuthorizerMode,
     /// `header:NAME` or `query:NAME`; together they key the result cache.
     pub identity_sources: Vec<String>,
+    /// How long an answer is reused: 0 (never) to 3600 s (default 300).
     #[serde(default = "default_cache_ttl")]
     pub cache_ttl_secs: u32,
+    /// How long a call may take: 1 to 30000 ms (default 1000).
     #[serde(default = "default_authorizer_timeout")]
     pub timeout_ms: u32,
 }

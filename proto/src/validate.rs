@@ -32,6 +32,25 @@ pub const HTTP_METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DEL
 pub const JWT_ALGORITHMS: [&str; 12] =
     ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
 
+// Bounds of the numbers a client sends. Each keeps every computation made
+// with the number far from overflow, and a value outside is refused naming
+// its field.
+
+/// The largest count or size without a natural bound (quota limits, WAF
+/// sizes): 2^53 - 1, the largest whole number every JSON client reads exactly.
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+/// Throttle rates, requests per second: about one request in 11.6 days at
+/// the slowest (slower limits are a quota's job), a billion at the fastest.
+pub const MIN_RATE_PER_SEC: f64 = 1e-6;
+pub const MAX_RATE_PER_SEC: f64 = 1e9;
+/// The largest throttle burst and WAF per-address limit.
+pub const MAX_BURST: u32 = 1_000_000_000;
+/// The latest time accepted (9999-12-31T23:59:59Z), in seconds since the
+/// epoch; the earliest is the epoch itself.
+pub const MAX_TIMESTAMP: i64 = 253_402_300_799;
+/// The longest key id (`kid`) of a JWK.
+pub const MAX_KID: usize = 256;
+
 /// Ids, stage names: 1 to 64 of `A-Z a-z 0-9 _ -`.
 pub fn id(field: &str, value: &str) -> Checked {
     if value.is_empty() || value.len() > 64 {
@@ -116,19 +135,25 @@ fn path_pattern(field: &str, value: &str) -> Checked {
     }
 }
 
+/// A throttle's rate is [`MIN_RATE_PER_SEC`] to [`MAX_RATE_PER_SEC`], its
+/// burst 1 to [`MAX_BURST`].
 pub fn throttle(field: &str, t: &Throttle) -> Checked {
-    if !t.rate_per_sec.is_finite() || t.rate_per_sec <= 0.0 || t.rate_per_sec > 1e9 {
-        return fail(format!("{field}.rate_per_sec"), "must be a number above 0 and at most 1e9");
+    if !(MIN_RATE_PER_SEC..=MAX_RATE_PER_SEC).contains(&t.rate_per_sec) {
+        return fail(
+            format!("{field}.rate_per_sec"),
+            format!("must be a number from {MIN_RATE_PER_SEC:e} to {MAX_RATE_PER_SEC:e} (requests per second)"),
+        );
     }
-    if t.burst == 0 {
-        return fail(format!("{field}.burst"), "must be at least 1");
+    if !(1..=MAX_BURST).contains(&t.burst) {
+        return fail(format!("{field}.burst"), format!("must be 1 to {MAX_BURST}"));
     }
     Ok(())
 }
 
+/// A quota's limit is 1 to [`MAX_SAFE_INTEGER`]; its offset fits its period.
 pub fn quota(field: &str, q: &Quota) -> Checked {
-    if q.limit == 0 {
-        return fail(format!("{field}.limit"), "must be at least 1");
+    if !(1..=MAX_SAFE_INTEGER).contains(&q.limit) {
+        return fail(format!("{field}.limit"), format!("must be 1 to {MAX_SAFE_INTEGER} (2^53 - 1)"));
     }
     let max_offset = match q.period {
         Period::Day => 0,
@@ -159,6 +184,16 @@ pub fn api(a: &Api) -> Checked {
     header_name("key_source.header", &a.key_source.header)?;
     if let Some(q) = &a.key_source.query_param {
         id("key_source.query_param", q)?;
+    }
+    if a.key_source.from == KeyFrom::Authorizer {
+        // The key comes from the route's authorizer: a route that needs one
+        // must name an authorizer (the state machine checks it is an HTTP one).
+        if let Some(i) = a.routes.iter().position(|r| r.api_key_required && r.authorizer_id.is_none()) {
+            return fail(
+                format!("routes[{i}].authorizer_id"),
+                "key_source.from is authorizer: a route that requires an API key must name the HTTP authorizer that supplies it",
+            );
+        }
     }
     list_len("stages", &a.stages)?;
     let mut seen = BTreeSet::new();
@@ -222,8 +257,11 @@ fn waf_rule(at: &str, rule: &WafRule) -> Checked {
                 }
             }
         }
-        WafCondition::MaxBodyBytes(0) | WafCondition::MaxHeaderBytes(0) => {
-            return fail(field, "the size must be at least 1 byte");
+        WafCondition::MaxBodyBytes(n) if !(1..=MAX_SAFE_INTEGER).contains(n) => {
+            return fail(format!("{field}.max_body_bytes"), format!("must be 1 to {MAX_SAFE_INTEGER} bytes"));
+        }
+        WafCondition::MaxHeaderBytes(n) if !(1..=MAX_SAFE_INTEGER).contains(n) => {
+            return fail(format!("{field}.max_header_bytes"), format!("must be 1 to {MAX_SAFE_INTEGER} bytes"));
         }
         WafCondition::MaxBodyBytes(_) | WafCondition::MaxHeaderBytes(_) => {}
         WafCondition::PathMatches(r) => {
@@ -237,8 +275,8 @@ fn waf_rule(at: &str, rule: &WafRule) -> Checked {
             waf_regex(regex).map(|_| ()).or_else(|m| fail(format!("{field}.header_matches.regex"), m))?;
         }
         WafCondition::RatePerIp { limit, window_secs } => {
-            if *limit == 0 {
-                return fail(format!("{field}.rate_per_ip.limit"), "must be at least 1");
+            if !(1..=MAX_BURST).contains(limit) {
+                return fail(format!("{field}.rate_per_ip.limit"), format!("must be 1 to {MAX_BURST}"));
             }
             if *window_secs == 0 || *window_secs > 86_400 {
                 return fail(format!("{field}.rate_per_ip.window_secs"), "must be 1 to 86400");
@@ -317,6 +355,9 @@ pub fn key_spec(k: &ApiKeySpec) -> Checked {
     description("description", &k.description)?;
     if let Some(c) = &k.customer_id {
         name("customer_id", c)?;
+    }
+    if let Some(t) = k.expires_at {
+        timestamp("expires_at", t)?;
     }
     if k.tags.len() > 50 {
         return fail("tags", "may hold at most 50 tags");
@@ -435,13 +476,32 @@ fn jwt(j: &JwtAuthorizer) -> Checked {
     if hmac != 0 && j.jwks_url.is_some() {
         return fail("kind.jwt.jwks_url", "HMAC keys must be given inline, not fetched");
     }
+    // The longest HMAC secret any listed algorithm needs (RFC 7518 §3.2).
+    let hmac_min = j.algorithms.iter().filter_map(|a| crate::jwk::hmac_min_len(a)).max().unwrap_or(0);
     for (i, k) in j.jwks.iter().enumerate() {
+        let at = format!("kind.jwt.jwks[{i}]");
         let want = if hmac != 0 { ["oct"].as_slice() } else { ["RSA", "EC", "OKP"].as_slice() };
         if !want.contains(&k.kty.as_str()) {
-            return fail(
-                format!("kind.jwt.jwks[{i}].kty"),
-                format!("must be one of {} for these algorithms", want.join(", ")),
-            );
+            return fail(format!("{at}.kty"), format!("must be one of {} for these algorithms", want.join(", ")));
+        }
+        if k.kid.as_ref().is_some_and(|kid| kid.is_empty() || kid.len() > MAX_KID) {
+            return fail(format!("{at}.kid"), format!("must be 1 to {MAX_KID} characters"));
+        }
+        if let Some(alg) = k.alg.as_deref().filter(|a| !JWT_ALGORITHMS.contains(a)) {
+            return fail(format!("{at}.alg"), format!("{alg:?} is not one of {}", JWT_ALGORITHMS.join(", ")));
+        }
+        match crate::jwk::material(k) {
+            Err(bad) => return fail(format!("{at}.{}", bad.member), bad.message),
+            Ok(crate::jwk::KeyMaterial::Oct(secret)) if secret.len() < hmac_min => {
+                return fail(
+                    format!("{at}.k"),
+                    format!(
+                        "is {} bytes; these algorithms need a key of at least {hmac_min} bytes (RFC 7518 §3.2)",
+                        secret.len()
+                    ),
+                )
+            }
+            Ok(_) => {}
         }
     }
     if j.leeway_secs > 300 {
@@ -469,6 +529,14 @@ fn http_authorizer(h: &HttpAuthorizer) -> Checked {
     Ok(())
 }
 
+/// A time from the epoch to [`MAX_TIMESTAMP`] (9999-12-31T23:59:59Z).
+pub fn timestamp(field: &str, t: Timestamp) -> Checked {
+    if !(0..=MAX_TIMESTAMP).contains(&t.0) {
+        return fail(field, "must be an RFC 3339 time from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z");
+    }
+    Ok(())
+}
+
 pub fn token_spec(t: &AdminTokenSpec) -> Checked {
     name("name", &t.name)?;
     non_empty("scopes", &t.scopes)
@@ -477,6 +545,8 @@ pub fn token_spec(t: &AdminTokenSpec) -> Checked {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
 
     fn jwt_authorizer(algorithms: &[&str], kty: &str) -> Authorizer {
         Authorizer {
@@ -491,8 +561,9 @@ mod tests {
                     kty: kty.into(),
                     kid: None,
                     alg: None,
-                    n: None,
-                    e: None,
+                    // A 2048-bit odd modulus: the right shape for an RSA key.
+                    n: Some(URL_SAFE_NO_PAD.encode([0xc5; 256])),
+                    e: Some("AQAB".into()),
                     crv: None,
                     x: None,
                     y: None,
@@ -553,5 +624,54 @@ mod tests {
         assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
         let bytes = crate::codec::encode(&t).unwrap();
         assert_eq!(crate::codec::decode::<Timestamp>(&bytes).unwrap(), t);
+    }
+
+    #[test]
+    fn jwk_material_is_checked_when_the_authorizer_is_written() {
+        let mut a = jwt_authorizer(&["RS256"], "RSA");
+        let AuthorizerKind::Jwt(j) = &mut a.kind else { panic!("jwt") };
+        j.jwks[0].n = Some("AQAB".into());
+        assert_eq!(authorizer(&a).unwrap_err().field, "kind.jwt.jwks[0].n");
+
+        // HS256 with the 43-character base64url form of 32 bytes: accepted.
+        let mut a = jwt_authorizer(&["HS256"], "oct");
+        let AuthorizerKind::Jwt(j) = &mut a.kind else { panic!("jwt") };
+        j.jwks[0].k = Some(URL_SAFE_NO_PAD.encode([0xfb; 32]));
+        assert!(authorizer(&a).is_ok(), "{:?}", authorizer(&a));
+        // HS512 needs 64 bytes (RFC 7518 §3.2).
+        let AuthorizerKind::Jwt(j) = &mut a.kind else { panic!("jwt") };
+        j.algorithms = vec!["HS256".into(), "HS512".into()];
+        assert_eq!(authorizer(&a).unwrap_err().field, "kind.jwt.jwks[0].k");
+        let AuthorizerKind::Jwt(j) = &mut a.kind else { panic!("jwt") };
+        j.algorithms = vec!["HS256".into()];
+        j.jwks[0].k = Some("!!".into());
+        assert_eq!(authorizer(&a).unwrap_err().field, "kind.jwt.jwks[0].k");
+    }
+
+    #[test]
+    fn numbers_outside_their_bounds_are_refused_naming_the_field() {
+        let t = |rate_per_sec: f64, burst: u32| throttle("t", &Throttle { rate_per_sec, burst });
+        for rate in [f64::NAN, f64::INFINITY, -1.0, 0.0, 1e-7, 1e308, -1e308] {
+            assert_eq!(t(rate, 1).unwrap_err().field, "t.rate_per_sec", "{rate}");
+        }
+        assert_eq!(t(1.0, 0).unwrap_err().field, "t.burst");
+        assert_eq!(t(1.0, u32::MAX).unwrap_err().field, "t.burst");
+        assert!(t(MIN_RATE_PER_SEC, 1).is_ok() && t(MAX_RATE_PER_SEC, MAX_BURST).is_ok());
+        let q = |limit| quota("q", &Quota { limit, period: Period::Day, offset: 0 });
+        for limit in [0, MAX_SAFE_INTEGER + 1, u64::MAX] {
+            assert_eq!(q(limit).unwrap_err().field, "q.limit", "{limit}");
+        }
+        assert!(q(MAX_SAFE_INTEGER).is_ok());
+        for t in [i64::MIN, -1, MAX_TIMESTAMP + 1, i64::MAX] {
+            assert_eq!(timestamp("expires_at", Timestamp(t)).unwrap_err().field, "expires_at");
+        }
+        assert!(timestamp("expires_at", Timestamp(0)).is_ok() && timestamp("x", Timestamp(MAX_TIMESTAMP)).is_ok());
+        let waf = |condition| waf_rule("waf[0]", &WafRule { name: "r".into(), action: WafAction::Block, condition });
+        assert_eq!(waf(WafCondition::MaxBodyBytes(u64::MAX)).unwrap_err().field, "waf[0].condition.max_body_bytes");
+        assert_eq!(waf(WafCondition::MaxHeaderBytes(0)).unwrap_err().field, "waf[0].condition.max_header_bytes");
+        assert_eq!(
+            waf(WafCondition::RatePerIp { limit: u32::MAX, window_secs: 1 }).unwrap_err().field,
+            "waf[0].condition.rate_per_ip.limit"
+        );
     }
 }

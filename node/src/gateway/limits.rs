@@ -76,7 +76,7 @@ pub fn period_bounds(now_ms: i64, period: Period, offset: u32) -> (i64, i64) {
             (start, start + Duration::days(7))
         }
         Period::Month => {
-            let day = (offset + 1).min(28) as u8;
+            let day = offset.saturating_add(1).min(28) as u8;
             let this_month = Date::from_calendar_date(today.year(), today.month(), day).unwrap_or(today);
             let start = if today >= this_month { this_month } else { shift_month(this_month, -1) };
             (start, shift_month(start, 1))

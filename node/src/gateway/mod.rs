@@ -202,8 +202,13 @@ fn resolve_route<'a>(api: &'a Api, method: &str, path: &str) -> Option<&'a Route
         .max_by_key(|r| (pattern::specificity(&r.path), r.method != "*"))
 }
 
-/// The request's API key, from the header or query parameter the API names.
-fn presented_key<'a>(api: &Api, c: &'a Checked<'_>) -> Option<&'a str> {
+/// The request's API key, from the header or query parameter the API names;
+/// or, when the API's key source is the authorizer, the `usageIdentifierKey`
+/// the route's HTTP authorizer answered with.
+fn presented_key<'a>(api: &Api, c: &'a Checked<'_>, from_authorizer: Option<&'a str>) -> Option<&'a str> {
+    if api.key_source.from == tollgate_proto::model::KeyFrom::Authorizer {
+        return from_authorizer.map(str::trim).filter(|k| !k.is_empty());
+    }
     let from_header = c.headers.get(&api.key_source.header).map(String::as_str);
     let from_query = api.key_source.query_param.as_ref().and_then(|q| c.query.get(q)).map(String::as_str);
     from_header.or(from_query).map(str::trim).filter(|k| !k.is_empty())
@@ -345,6 +350,7 @@ impl Gateway {
         let mut claims: Option<BTreeMap<String, String>> = None;
         let mut context: BTreeMap<String, String> = BTreeMap::new();
         let mut key: Option<&ApiKey> = None;
+        let mut authorizer_key: Option<authorizer::UsageKey> = None;
         if let Some((route, authorizer_id)) = route.and_then(|r| Some((r, r.authorizer_id.as_deref()?))) {
             let Some(Entity::Authorizer(authorizer)) = model.get(EntityKind::Authorizer, authorizer_id) else {
                 let d = decision(ReasonCode::AuthorizerError, format!("authorizer {authorizer_id:?} does not exist"));
@@ -402,6 +408,7 @@ impl Gateway {
                                 principal_id = Some(p.clone());
                             }
                             context.extend(outcome.context);
+                            authorizer_key = outcome.usage_key;
                         }
                         Err(failure) => {
                             let (reason, why) = match failure {
@@ -420,7 +427,7 @@ impl Gateway {
             }
         }
         if route.is_some_and(|r| r.api_key_required) {
-            let Some(presented) = presented_key(api, c) else {
+            let Some(presented) = presented_key(api, c, authorizer_key.as_ref().map(|k| k.0.as_str())) else {
                 return self.finish(decision(ReasonCode::MissingKey, "an API key is required"), api, c);
             };
             let digest = secret::sha256(presented);

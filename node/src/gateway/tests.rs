@@ -585,7 +585,7 @@ async fn jwks_are_fetched_cached_and_refreshed_on_an_unknown_kid() {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let mut g = Fixture::new().with(jwt_authorizer("jwt", json!([]), Some(url))).with(shop_api("jwt")).gateway();
-    g.jwt.min_refresh = std::time::Duration::ZERO;
+    g.jwt.timing.min_refresh = std::time::Duration::ZERO;
     let first = token(&k1, "k1", claims(json!({})));
     assert_eq!(reason(&g, &bearer("GET", "/orders/1", Some(&first))).await, ReasonCode::Allowed);
     assert_eq!(reason(&g, &bearer("GET", "/orders/2", Some(&first))).await, ReasonCode::Allowed);
@@ -795,4 +795,55 @@ async fn a_deny_on_key_tags_waits_for_the_key_before_it_applies() {
     assert_eq!(reason(&g, &request("DELETE", "/pets/1", Some("tgk_alice"))).await, ReasonCode::Allowed);
     assert_eq!(reason(&g, &request("DELETE", "/pets/1", Some("tgk_bob"))).await, ReasonCode::ResourcePolicyDenied);
     assert_eq!(reason(&g, &request("GET", "/pets/1", Some("tgk_bob"))).await, ReasonCode::Allowed);
+}
+
+/// API key source AUTHORIZER: the route's HTTP authorizer names the key
+/// (`usageIdentifierKey`), which is then looked up, checked and metered
+/// exactly as a key from the header; the header is not read.
+#[tokio::test]
+async fn an_authorizer_can_name_the_api_key_a_request_is_metered_under() {
+    let app = axum::Router::new().route(
+        "/authorize",
+        axum::routing::post(|axum::Json(body): axum::Json<serde_json::Value>| async move {
+            let key = match body["authorization_token"].as_str().unwrap_or("") {
+                "carol-token" => json!("tgk_carol"),
+                "stranger" => json!("tgk_nobody"),
+                "off" => json!("tgk_off"),
+                _ => serde_json::Value::Null,
+            };
+            axum::Json(json!({"allow": true, "principal_id": "user-9", "usageIdentifierKey": key}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/authorize", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let g = Fixture::new()
+        .with(Entity::Authorizer(entity(json!({"id": "lambda", "name": "lambda", "kind": {"http": {
+            "url": url, "identity_sources": ["header:authorization"], "cache_ttl_secs": 300}}}))))
+        .with(Entity::Api(entity(json!({"id": "metered", "name": "Metered", "stages": [{"name": "prod"}],
+            "key_source": {"from": "authorizer"},
+            "routes": [{"method": "GET", "path": "/items/*", "api_key_required": true, "authorizer_id": "lambda"}]}))))
+        .with(Entity::Plan(entity(json!({"id": "metered-plan", "name": "Metered",
+            "quota": {"limit": 2, "period": "day"}, "api_stages": [{"api_id": "metered", "stage": "prod"}]}))))
+        .with(key("carol", "tgk_carol", &["metered-plan"], json!({})))
+        .gateway();
+    let req = |token: &str, api_key: Option<&str>| {
+        let mut r = request("GET", "/items/1", api_key);
+        r.api = "metered".into();
+        r.headers.insert("authorization".into(), token.into());
+        r
+    };
+    let d = decide(&g, &req("carol-token", None)).await;
+    assert_eq!(d.reason, ReasonCode::Allowed, "{}", d.message);
+    let p = d.principal.clone().expect("principal");
+    assert_eq!((p.key_id.as_deref(), p.plan_id.as_deref()), (Some("carol"), Some("metered-plan")));
+    assert_eq!(header(&d, "ratelimit-limit"), Some("2"));
+    // Metered as a header key is: the quota of 2 holds.
+    assert_eq!(reason(&g, &req("carol-token", None)).await, ReasonCode::Allowed);
+    assert_eq!(reason(&g, &req("carol-token", None)).await, ReasonCode::QuotaExceeded);
+    // Checked as a header key is; and a key in the header is not read.
+    assert_eq!(reason(&g, &req("stranger", None)).await, ReasonCode::UnknownKey);
+    assert_eq!(reason(&g, &req("off", None)).await, ReasonCode::DisabledKey);
+    assert_eq!(reason(&g, &req("no-key", Some("tgk_carol"))).await, ReasonCode::MissingKey);
 }

@@ -71,7 +71,15 @@ macro_rules! plain_resource {
 plain_resource!(Apis, Api, EntityKind::Api, "apis", Api, validate::api);
 plain_resource!(Plans, UsagePlan, EntityKind::Plan, "plans", Plan, validate::plan);
 plain_resource!(Policies, Policy, EntityKind::Policy, "policies", Policy, validate::policy);
-plain_resource!(Authorizers, Authorizer, EntityKind::Authorizer, "authorizers", Authorizer, validate::authorizer);
+// Authorizers: the field rules, and key material checked as the verifier will use it.
+plain_resource!(
+    Authorizers,
+    Authorizer,
+    EntityKind::Authorizer,
+    "authorizers",
+    Authorizer,
+    crate::gateway::jwt::validate_authorizer
+);
 
 pub struct Keys;
 impl Resource for Keys {
@@ -310,7 +318,8 @@ fn unexpected(applied: Applied) -> ApiError {
 
 #[derive(serde::Deserialize)]
 struct RerollRequest {
-    /// How long the old secret keeps working, in seconds (default 0).
+    /// How long the old secret keeps working: 0 (default) to
+    /// [`MAX_OVERLAP_SECS`] seconds; more is a 400 naming `overlap_secs`.
     #[serde(default)]
     overlap_secs: u64,
 }
@@ -335,7 +344,7 @@ pub async fn reroll(
     let (plain, digest) = secret::generate("tgk_");
     let ours = digest.sha256;
     let now = Timestamp::now();
-    let overlap_until = Timestamp(now.0 + input.overlap_secs as i64);
+    let overlap_until = Timestamp(now.0.saturating_add(i64::try_from(input.overlap_secs).unwrap_or(i64::MAX)));
     let command = Command::RerollKey { id, secret: digest, overlap_until, now };
     match app.write(request, command).await?? {
         Applied::Put(stored) if secret_digest(&stored) == Some(ours) => {

@@ -19,6 +19,7 @@ use tollgate_proto::model::*;
     components(schemas(
         Api,
         KeySource,
+        KeyFrom,
         Stage,
         Route,
         Throttle,

@@ -5,7 +5,10 @@
 //!   limit, use, grants held by nodes, and what remains. Linearizable unless
 //!   `stale=true`. Without `key_id`, a page of keys (`limit`, `after`).
 //! - `POST /v1/admin/plans/{id}/usage/{key_id}` with `{"delta": N}`: adds N to
-//!   what the key may still use this period (negative takes away). Every
+//!   what the key may still use this period (negative takes away; taking more
+//!   than is left leaves nothing). N is a non-zero whole number of at most
+//!   [`MAX_DELTA`] (10^12) either way, and the period's limit stays at most
+//!   2^53 - 1; anything else is a 400 naming `delta`. Every
 //!   node drops the grants it holds for the plan's keys and asks again, so the
 //!   change holds everywhere at once.
 //!
@@ -35,8 +38,8 @@ use crate::gateway::limits::period_bounds;
 
 /// The longest date range one usage request may cover.
 pub const MAX_DAYS: i64 = 366;
-/// The largest adjustment one request may make.
-pub const MAX_DELTA: i64 = 1_000_000_000_000;
+/// The largest adjustment one request may make, either way.
+pub const MAX_DELTA: i64 = tollgate_proto::metering::MAX_ADJUST_DELTA;
 
 fn date(text: &str, field: &str) -> Result<Date, ApiError> {
     let format = time::macros::format_description!("[year]-[month]-[day]");
@@ -179,7 +182,9 @@ pub async fn update_usage(
 ) -> Result<Response, ApiError> {
     let request = request_id(&headers)?;
     let update: UsageUpdate = parse_body(&body)?;
-    if update.delta == 0 || update.delta.abs() > MAX_DELTA {
+    // `unsigned_abs`: `abs` of i64::MIN overflows (it once wrapped to a
+    // negative number and slipped through).
+    if update.delta == 0 || update.delta.unsigned_abs() > MAX_DELTA.unsigned_abs() {
         return Err(ApiError::field(
             "delta",
             format!("must be a non-zero whole number of at most {MAX_DELTA} either way"),

@@ -16,7 +16,8 @@ use imbl::{HashMap, OrdMap};
 use tollgate_proto::command::{Applied, PutMode, QuotaPeriod};
 use tollgate_proto::metering::QuotaLedger;
 use tollgate_proto::model::{
-    ApiKey, Entity, EntityKind, IdentityKeyState, PreviousSecret, SecretDigest, Timestamp, UsagePlan,
+    ApiKey, AuthorizerKind, Entity, EntityKind, IdentityKeyState, KeyFrom, PreviousSecret, SecretDigest, Timestamp,
+    UsagePlan,
 };
 use tollgate_proto::{codec, Command, CommandResult, Rejection};
 
@@ -162,7 +163,7 @@ impl Model {
             Command::Delete { kind, id } => self.delete(kind, &id),
             Command::RerollKey { id, secret, overlap_until, now } => self.reroll(&id, secret, overlap_until, now),
             Command::QuotaGrant { period, holder, want, lease_until_ms, now_ms } => {
-                self.meter(period, |ledger, limit| ledger.grant(limit, holder, want, lease_until_ms, now_ms).0)
+                self.meter(period, |ledger, limit| Ok(ledger.grant(limit, holder, want, lease_until_ms, now_ms).0))
             }
             Command::QuotaReport { usage, now_ms } => {
                 // Each entry stands alone: a key deleted meanwhile drops its
@@ -171,20 +172,21 @@ impl Model {
                 for u in usage {
                     if let Ok((_, writes)) = self.meter(u.period, |ledger, _| {
                         ledger.report(u.holder, u.used, u.release, now_ms);
-                        0
+                        Ok(0)
                     }) {
                         ops.extend(writes);
                     }
                 }
                 Ok((Applied::Nothing, ops))
             }
-            Command::QuotaAdjust { period, delta, now_ms } => self.meter(period, |ledger, _| {
-                ledger.adjust(delta);
+            Command::QuotaAdjust { period, delta, now_ms } => self.meter(period, |ledger, limit| {
+                ledger.adjust(limit, delta).map_err(|message| Rejection::invalid("delta", message))?;
                 ledger.expire(now_ms);
-                0
+                Ok(0)
             }),
             Command::RotateIdentityKey { now } => {
-                self.identity = IdentityKeyState { version: self.identity.version + 1, rotated_at: now };
+                let version = self.identity.version.saturating_add(1);
+                self.identity = IdentityKeyState { version, rotated_at: now };
                 codec::encode(&self.identity)
                     .map(|bytes| (Applied::IdentityKey(self.identity), vec![Op::Put(IDENTITY_KEY.to_vec(), bytes)]))
                     .map_err(|e| Rejection::invalid("identity", e.to_string()))
@@ -233,7 +235,12 @@ impl Model {
 
     /// Applies a metering change to the ledger of `period`. The key must be in
     /// the plan, and the plan must have a quota (its limit bounds every grant).
-    fn meter(&mut self, period: QuotaPeriod, change: impl FnOnce(&mut QuotaLedger, u64) -> u64) -> Outcome {
+    /// A change that refuses leaves the model as it was.
+    fn meter(
+        &mut self,
+        period: QuotaPeriod,
+        change: impl FnOnce(&mut QuotaLedger, u64) -> Result<u64, Rejection>,
+    ) -> Outcome {
         let Some(plan) = self.plan(&period.plan_id) else {
             return Err(Rejection::not_found(EntityKind::Plan, &period.plan_id));
         };
@@ -251,8 +258,8 @@ impl Model {
             None => return Err(Rejection::not_found(EntityKind::Key, &period.key_id)),
         }
         let mut ops = Vec::new();
-        let mut ledger = match self.ledgers.get(&period) {
-            Some(ledger) => ledger.clone(),
+        let (mut ledger, old) = match self.ledgers.get(&period) {
+            Some(ledger) => (ledger.clone(), Vec::new()),
             None => {
                 // A new period for this key and plan: forget its periods that
                 // began more than the retention ago (usage is kept that long).
@@ -265,15 +272,15 @@ impl Model {
                     .filter(|(p, _)| p.start_ms < cutoff)
                     .map(|(p, _)| p.clone())
                     .collect();
-                for p in old {
-                    ops.push(Op::Delete(ledger_key(&p)));
-                    self.ledgers.remove(&p);
-                }
-                QuotaLedger::default()
+                (QuotaLedger::default(), old)
             }
         };
-        let granted = change(&mut ledger, quota.limit);
+        let granted = change(&mut ledger, quota.limit)?;
         let bytes = codec::encode(&(&period, &ledger)).map_err(|e| Rejection::invalid("period", e.to_string()))?;
+        for p in old {
+            ops.push(Op::Delete(ledger_key(&p)));
+            self.ledgers.remove(&p);
+        }
         ops.push(Op::Put(ledger_key(&period), bytes));
         self.ledgers.insert(period, ledger.clone());
         Ok((Applied::Quota { granted, ledger }, ops))
@@ -343,10 +350,19 @@ impl Model {
             Entity::Api(api) => {
                 for (i, r) in api.routes.iter().enumerate() {
                     if let Some(a) = &r.authorizer_id {
-                        if self.get(EntityKind::Authorizer, a).is_none() {
+                        let Some(Entity::Authorizer(authorizer)) = self.get(EntityKind::Authorizer, a) else {
                             return Err(Rejection::invalid(
                                 &format!("routes[{i}].authorizer_id"),
                                 format!("no authorizer with id {a:?}"),
+                            ));
+                        };
+                        let http = matches!(authorizer.kind, AuthorizerKind::Http(_));
+                        if api.key_source.from == KeyFrom::Authorizer && r.api_key_required && !http {
+                            return Err(Rejection::invalid(
+                                &format!("routes[{i}].authorizer_id"),
+                                format!(
+                                    "key_source.from is authorizer, but {a:?} is a JWT authorizer; only an HTTP authorizer answers with a usageIdentifierKey"
+                                ),
                             ));
                         }
                     }
@@ -583,6 +599,19 @@ mod tests {
         assert_eq!(rejection(no_quota.0), RejectionKind::Invalid);
         let adjust = m.apply(Command::QuotaAdjust { period: period("gold"), delta: 5, now_ms: 2 });
         assert!(matches!(adjust.0, Ok(Applied::Quota { ledger, .. }) if ledger.available(10) == 5));
+        // An adjustment out of bounds is refused whole: no write, no change.
+        let before = m.ledgers.get(&period("gold")).cloned();
+        for delta in [i64::MIN, i64::MAX, 0] {
+            let (answer, ops) = m.apply(Command::QuotaAdjust { period: period("gold"), delta, now_ms: 2 });
+            assert_eq!(answer.expect_err("refused").field.as_deref(), Some("delta"));
+            assert!(ops.is_empty());
+        }
+        assert_eq!(m.ledgers.get(&period("gold")).cloned(), before);
+        // Refused in a new period: the old periods' ledgers are not dropped either.
+        let far = QuotaPeriod { start_ms: LEDGER_RETENTION_MS + 1, ..period("gold") };
+        let (answer, ops) = m.apply(Command::QuotaAdjust { period: far, delta: i64::MIN, now_ms: 3 });
+        assert!(answer.is_err() && ops.is_empty());
+        assert!(m.ledgers.contains_key(&period("gold")));
         // A period that starts past the retention drops the ledger of the first.
         let later = QuotaPeriod { start_ms: LEDGER_RETENTION_MS + 1, ..period("gold") };
         let (answer, ops) = m.apply(Command::QuotaAdjust { period: later, delta: 1, now_ms: 3 });
