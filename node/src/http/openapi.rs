@@ -112,6 +112,11 @@ fn id_schema() -> Value {
     json!({"type": "string", "minLength": 1, "maxLength": 64, "pattern": ID})
 }
 
+/// The rules of an id, for a field whose type (maybe nullable) is derived.
+fn id_rules() -> Value {
+    json!({"minLength": 1, "maxLength": 64, "pattern": ID})
+}
+
 /// `validate::name`: not blank, at most `MAX_NAME` characters, no control characters.
 fn name_schema() -> Value {
     let pattern = format!("^{NOT_CONTROL}*{VISIBLE}{NOT_CONTROL}*$");
@@ -161,7 +166,7 @@ fn constraints() -> Vec<Constraint> {
         "description": "1 to 64 of `A-Z a-z 0-9 _ -`. Leave out on create for a generated id; on replace, \
                         leave out or give the id in the path."});
     let id_ref = |what: &str| {
-        let mut s = id_schema();
+        let mut s = id_rules();
         s["description"] = json!(format!("The id of a stored {what}; a missing one is a 400 naming this field."));
         s
     };
@@ -182,8 +187,8 @@ fn constraints() -> Vec<Constraint> {
         replace("Api/properties/created_at", timestamp_read_only("Set by the node.")),
         replace("Api/properties/updated_at", timestamp_read_only("Set by the node.")),
         merge("KeySource/properties/header", json!({"pattern": HEADER_NAME, "minLength": 1, "maxLength": 128})),
-        merge("KeySource/properties/query_param", id_schema()),
-        merge("Stage/properties/name", id_schema()),
+        merge("KeySource/properties/query_param", id_rules()),
+        merge("Stage/properties/name", id_rules()),
         merge("Route/properties/method", json!({"enum": methods})),
         merge("Route/properties/path", path_pattern_schema()),
         merge("Route/properties/authorizer_id", id_ref("authorizer")),
@@ -243,7 +248,7 @@ fn constraints() -> Vec<Constraint> {
         replace("UsagePlan/properties/created_at", timestamp_read_only("Set by the node.")),
         replace("UsagePlan/properties/updated_at", timestamp_read_only("Set by the node.")),
         merge("PlanStage/properties/api_id", id_ref("API")),
-        merge("PlanStage/properties/stage", id_schema()),
+        merge("PlanStage/properties/stage", id_rules()),
         merge("PlanStage/properties/method_throttles", list.clone()),
         merge("MethodThrottle/properties/method", json!({"enum": methods})),
         merge("MethodThrottle/properties/path", path_pattern_schema()),
@@ -263,7 +268,8 @@ fn constraints() -> Vec<Constraint> {
         ),
         merge(
             "ApiKeySpec/properties/plan_ids",
-            json!({"maxItems": MAX_LIST, "uniqueItems": true, "items": id_ref("usage plan"),
+            json!({"maxItems": MAX_LIST, "uniqueItems": true, "items": {"type": "string", "minLength": 1,
+                "maxLength": 64, "pattern": ID, "description": "A stored usage plan's id (a 400 otherwise)."},
                 "description": "At most one plan per API stage (a 409 otherwise)."}),
         ),
         // Policies
@@ -528,8 +534,12 @@ fn idempotency_key() -> Value {
         "header",
         "Idempotency-Key",
         false,
-        json!({"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"}),
-        "1 to 255 visible ASCII characters: a retry with the same key takes effect once",
+        // Tabs count as visible (`HeaderValue::to_str`); HTTP drops white
+        // space around a field value before the node sees it.
+        json!({"type": "string", "minLength": 1, "maxLength": 255,
+            "pattern": r"^[\t\x20-\x7e]*[\x21-\x7e][\t\x20-\x7e]*$"}),
+        "1 to 255 visible ASCII characters naming one request (method and path): a retry with the same key \
+         takes effect once",
     )
 }
 
