@@ -138,18 +138,65 @@ pub fn routes<R: Resource>(router: Router<Arc<App>>) -> Router<Arc<App>> {
 }
 
 /// Parses a JSON body; a failure names the field (as a path) that was wrong.
+///
+/// A whole number may be written with a zero fraction (`5.0`): JSON has one
+/// number type, and JSON Schema (so the OpenAPI document) counts `5.0` as an
+/// integer.
 pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::field("body", "expected a JSON object"));
     }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
+    let field_error = |path: &serde_path_to_error::Path, message: String| {
+        let path = path.to_string();
         let field = if path == "." { "body".to_string() } else { path };
-        ApiError::field(field, e.inner().to_string())
-    })?;
-    de.end().map_err(|e| ApiError::field("body", e.to_string()))?;
-    Ok(value)
+        ApiError::field(field, message)
+    };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let first = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| field_error(e.path(), e.inner().to_string()))
+        .and_then(|value| de.end().map(|()| value).map_err(|e| ApiError::field("body", e.to_string())));
+    match first {
+        Ok(value) => Ok(value),
+        Err(error) => {
+            // Only a body with a whole number spelled as a float is read again.
+            let Ok(mut json) = serde_json::from_slice::<Value>(body) else { return Err(error) };
+            if !whole_numbers(&mut json) {
+                return Err(error);
+            }
+            serde_path_to_error::deserialize(json).map_err(|e| field_error(e.path(), e.inner().to_string()))
+        }
+    }
+}
+
+/// Rewrites every float with no fraction that fits an integer as that
+/// integer; true if any was.
+fn whole_numbers(value: &mut Value) -> bool {
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // Every u64 and i64 in range; 2^64 itself is a float only.
+            let whole = if f.fract() != 0.0 || !f.is_finite() {
+                None
+            } else if (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+                Some(Value::from(f as u64))
+            } else if (-9_223_372_036_854_775_808.0..0.0).contains(&f) {
+                Some(Value::from(f as i64))
+            } else {
+                None
+            };
+            match whole {
+                Some(w) => {
+                    *value = w;
+                    true
+                }
+                None => false,
+            }
+        }
+        // Every number is rewritten: no short circuit.
+        Value::Array(items) => items.iter_mut().map(whole_numbers).fold(false, std::ops::BitOr::bitor),
+        Value::Object(map) => map.values_mut().map(whole_numbers).fold(false, std::ops::BitOr::bitor),
+        _ => false,
+    }
 }
 
 /// `?stale`, `?limit`, `?after`, parsed with errors that name the parameter.

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::Method;
+use axum::http::{HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
@@ -49,6 +49,7 @@ pub fn router(app: Arc<App>) -> Router {
     admin = admin.route("/v1/admin/plans/{id}/usage/{key_id}", axum::routing::post(usage::update_usage));
     admin = admin.route("/v1/admin/identity-key/rotate", axum::routing::post(admin::rotate_identity_key));
     let admin = cluster::routes(admin)
+        .route_layer(middleware::from_fn(scope_idempotency_key))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_admin))
         .route_layer(middleware::from_fn_with_state(app.clone(), count_admin_request));
     Router::new()
@@ -83,6 +84,23 @@ async fn require_admin(State(app): State<Arc<App>>, request: Request, next: Next
         }
     }
     Ok(next.run(request).await)
+}
+
+/// An `Idempotency-Key` names one request: the same key sent with another
+/// method or path is another request, never answered with the first one's
+/// result (a key reused from a create once made a delete of a missing id
+/// answer 204, and a create answer a rotation's result with a 500). The key is
+/// scoped here, once for every admin write, before the handler hashes it into
+/// the request id. A malformed key is left for the handler to refuse.
+async fn scope_idempotency_key(mut request: Request, next: Next) -> Response {
+    let key = request.headers().get("idempotency-key").and_then(|v| v.to_str().ok());
+    if let Some(key) = key.filter(|k| !k.is_empty() && k.len() <= 255) {
+        let scoped = hex::encode(secret::sha256(&format!("{} {} {key}", request.method(), request.uri().path())));
+        if let Ok(value) = HeaderValue::from_str(&scoped) {
+            request.headers_mut().insert("idempotency-key", value);
+        }
+    }
+    next.run(request).await
 }
 
 /// Counts admin requests by route template (bounded), method and status.
