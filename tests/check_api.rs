@@ -297,7 +297,11 @@ async fn forward_auth_reads_each_fact_from_the_one_header_its_proxy_sets() {
     cluster.leader().await;
     let (key_id, secret) = setup(&cluster).await;
     let admin = json!({"id": "vault", "name": "Vault", "stages": [{"name": "prod"}],
-        "routes": [{"method": "GET", "path": "/public/*"}, {"method": "*", "path": "/admin/*", "api_key_required": true}]});
+        "routes": [{"method": "GET", "path": "/public/*"}, {"method": "*", "path": "/admin/*", "api_key_required": true},
+                   {"method": "POST", "path": "/forms/*"}],
+        "cors": {"allow_origins": ["https://app.example"], "allow_methods": ["GET", "DELETE"]},
+        "waf": [{"name": "sqli", "action": "block", "condition": {"query_matches": "(?i)union"}},
+                {"name": "evil", "action": "block", "condition": {"header_matches": {"name": "x-evil", "regex": "bad"}}}]});
     assert_eq!(cluster.post(1, "/v1/admin/apis", admin).await.0, 201);
     let plan = json!({"id": "vault-plan", "name": "V", "api_stages": [{"api_id": "vault", "stage": "prod"}]});
     assert_eq!(cluster.post(1, "/v1/admin/plans", plan).await.0, 201);
@@ -328,7 +332,7 @@ async fn forward_auth_reads_each_fact_from_the_one_header_its_proxy_sets() {
     let m = Method::GET;
 
     // Each proxy's own headers, as it sends them: decided on those alone.
-    let cases: Vec<(&str, &str, Asked, u16, &str)> = vec![
+    let mut cases: Vec<(&str, &str, Asked, u16, &str)> = vec![
         // Traefik and Caddy: X-Forwarded-Method/-Uri, the client from the right of X-Forwarded-For.
         (
             "vault",
@@ -664,18 +668,56 @@ async fn forward_auth_reads_each_fact_from_the_one_header_its_proxy_sets() {
             "no_route",
         ),
     ];
+    #[rustfmt::skip]
+    cases.extend([
+        // Envoy asking about `/` gets a decision, not the router's 404.
+        ("vault", "", asked("/", m.clone(), &[("x-forwarded-for", good)]), 404, "no_route"),
+        // A value given twice is seen whole: either spelling of a rule's match is caught.
+        ("vault", "?mode=traefik", asked("", m.clone(), &[("x-forwarded-method", "GET"), ("x-forwarded-uri", "/public/x?q=union&q=safe"), ("x-forwarded-for", good)]), 403, "waf_blocked"),
+        ("vault", "?mode=traefik", asked("", m.clone(), &[("x-forwarded-method", "GET"), ("x-forwarded-uri", "/public/x?q=safe&q=%75nion"), ("x-forwarded-for", good)]), 403, "waf_blocked"),
+        ("vault", "?mode=traefik", asked("", m.clone(), &[("x-forwarded-method", "GET"), ("x-forwarded-uri", "/public/x"), ("x-forwarded-for", good), ("x-evil", "bad"), ("x-evil", "ok")]), 403, "waf_blocked"),
+        ("vault", "?mode=traefik", asked("", m.clone(), &[("x-forwarded-method", "GET"), ("x-forwarded-uri", "/public/x"), ("x-forwarded-for", good), ("x-evil", "ok"), ("x-evil", "bad")]), 403, "waf_blocked"),
+        // A method override in the query (Laravel, Symfony, express) must name the method.
+        ("vault", "?mode=traefik", asked("", m.clone(), &[("x-forwarded-method", "POST"), ("x-forwarded-uri", "/forms/1?_method=DELETE"), ("x-forwarded-for", good)]), 400, ""),
+        ("vault", "?mode=traefik", asked("", m.clone(), &[("x-forwarded-method", "POST"), ("x-forwarded-uri", "/forms/1?_method=post"), ("x-forwarded-for", good)]), 200, "allowed"),
+        // A CORS preflight is never a 2xx outside nginx mode: Caddy, Traefik
+        // and Envoy would pass it on to the upstream unchecked.
+        ("vault", "?mode=traefik", asked("", m.clone(), &[("x-forwarded-method", "OPTIONS"), ("x-forwarded-uri", "/admin/users"), ("x-forwarded-for", good), ("origin", "https://app.example"), ("access-control-request-method", "DELETE")]), 403, "cors_preflight"),
+        ("vault", "", asked("/admin/users", Method::OPTIONS, &[("x-forwarded-for", good), ("origin", "https://app.example"), ("access-control-request-method", "DELETE")]), 403, "cors_preflight"),
+        // nginx answers the preflight itself, from X-Tollgate-Status.
+        ("vault", "?mode=nginx", asked("", m.clone(), &[("x-original-method", "OPTIONS"), ("x-original-uri", "/admin/users"), ("x-forwarded-for", good), ("origin", "https://app.example"), ("access-control-request-method", "DELETE")]), 403, "cors_preflight"),
+    ]);
     for (api, mode, a, status, reason) in &cases {
         let got = outcome(ask(api, mode, a).await.expect("request"));
         let want = (*status, reason.to_string());
         let shown = (got.0, if reason.is_empty() { String::new() } else { got.1.clone() });
         assert_eq!(shown, want, "{api}{mode} {} {} {:?}", a.method, a.tail, a.headers);
     }
+    // POST /v1/check: a misspelt field is refused, not ignored; without the
+    // client address an API whose rules need it is refused, not decided.
+    let check = |body: Value| {
+        let cluster = &cluster;
+        async move { cluster.post(1, "/v1/check", body).await }
+    };
+    let (status, answer) =
+        check(json!({"api": "vault", "stage": "prod", "method": "GET", "path": "/public/x", "sourceIp": good})).await;
+    assert_eq!(status, 400, "{answer}");
+    let (status, answer) = check(json!({"api": "vault", "stage": "prod", "method": "GET", "path": "/public/x"})).await;
+    assert_eq!((status, answer["error"]["field"].as_str()), (400, Some("source_ip")), "{answer}");
+    let (status, answer) =
+        check(json!({"api": "vault", "stage": "prod", "method": "GET", "path": "/public/x", "source_ip": good})).await;
+    assert_eq!((status, answer["reason"].as_str()), (200, Some("allowed")), "{answer}");
+
     // An allowed request carries the principal and identity for the proxy to copy.
     let ok = ask("pets", "?mode=traefik", &cases[24].2).await.expect("request");
     let header = |n: &str| ok.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
     assert_eq!(header("x-tollgate-principal"), Some(format!("key:{key_id}")));
     assert_eq!(header("x-tollgate-key-id"), Some(key_id.clone()));
     assert!(header("x-tollgate-identity").is_some());
+    assert!(
+        header("x-tollgate-customer-id").is_some(),
+        "present (empty without a customer): no proxy passes a client's"
+    );
 }
 
 /// Every query of the Grafana dashboard in `deploy/grafana/` names metrics

@@ -244,6 +244,18 @@ async fn the_tower_layer_answers_denials_itself_and_passes_identity_on() {
     assert_eq!(body["identity"], true, "{body}");
     assert!(body["principal"].as_str().is_some_and(|p| p.starts_with("key:")), "{body}");
 
+    // A client's own identity headers never reach the backend.
+    let forged = http
+        .get(format!("{base}/pets/1"))
+        .header("x-api-key", &key)
+        .header("x-tollgate-principal", "key:key_admin")
+        .header("x-tollgate-key-id", "key_admin")
+        .send()
+        .await
+        .expect("request");
+    let body: serde_json::Value = forged.json().await.expect("json");
+    assert!(body["principal"].as_str().is_some_and(|p| p.starts_with("key:") && p != "key:key_admin"), "{body}");
+
     let denied = get(Some("tgk_bogus")).await.expect("request");
     assert_eq!(denied.status().as_u16(), 403);
     let body: serde_json::Value = denied.json().await.expect("json");

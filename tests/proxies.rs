@@ -21,9 +21,11 @@ async fn start_upstream(jwks_url: String, http: reqwest::Client) -> u16 {
         let (jwks_url, http) = (jwks_url.clone(), http.clone());
         async move {
             let principal = headers.get("x-tollgate-principal").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let customer = headers.get("x-tollgate-customer-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let principals = headers.get_all("x-tollgate-principal").iter().count();
             let token = headers.get("x-tollgate-identity").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
             let verified_sub = verify(&http, &jwks_url, &token).await.unwrap_or_else(|e| format!("unverified: {e}"));
-            Json(json!({"principal": principal, "verified_sub": verified_sub}))
+            Json(json!({"principal": principal, "principals": principals, "customer": customer, "verified_sub": verified_sub}))
         }
     }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
@@ -56,7 +58,8 @@ async fn configure(cluster: &Cluster) -> (String, String) {
         "routes": [{"method": "GET", "path": "/pets/*", "api_key_required": true}, {"method": "GET", "path": "/public"},
             {"method": "*", "path": "/admin/*", "api_key_required": true}, {"method": "GET", "path": "/ipzone/*"},
             {"method": "GET", "path": "/authz/*", "authorizer_id": "down"}],
-        "cors": {"allow_origins": ["https://app.example.com"], "allow_methods": ["GET"], "allow_headers": ["x-api-key"]}});
+        "cors": {"allow_origins": ["https://app.example.com"], "allow_methods": ["GET", "DELETE"], "allow_headers": ["x-api-key"]},
+        "waf": [{"name": "sqli", "action": "block", "condition": {"query_matches": "(?i)union"}}]});
     assert_eq!(cluster.post(leader, "/v1/admin/apis", api).await.0, 201);
     let plan = json!({"id": "gold", "name": "Gold", "throttle": {"rate_per_sec": 0.2, "burst": 3},
         "api_stages": [{"api_id": "pets", "stage": "prod"}]});
@@ -252,6 +255,7 @@ const FORGED: &[(&str, &str)] = &[
     ("x-tollgate-principal", "key:forged"),
     ("x-tollgate-key-id", "forged"),
     ("x-tollgate-identity", "forged.token.value"),
+    ("x-tollgate-customer-id", "victim-corp"),
 ];
 
 /// Through the proxy, a client that sends every forwarded header itself is
@@ -290,6 +294,7 @@ async fn client_headers_decide_nothing(cluster: &Cluster, base: &str, secret: &s
     assert_eq!(resp.status().as_u16(), 200);
     let body: Value = resp.json().await.unwrap_or(Value::Null);
     assert_eq!(body["principal"], "", "{body}");
+    assert_eq!(body["customer"], "", "{body}");
     // The identity the upstream verifies is the one the check signed (no
     // subject on an open route), not the client's.
     assert_eq!(body["verified_sub"], "", "{body}");
@@ -302,15 +307,39 @@ async fn client_headers_decide_nothing(cluster: &Cluster, base: &str, secret: &s
     let utf8 = reqwest::header::HeaderValue::from_bytes("café".as_bytes()).expect("obs-text");
     let resp = cluster.http.get(format!("{base}/public")).header("x-note", utf8).send().await.expect("request");
     assert_eq!(resp.status().as_u16(), 200);
+    // A 401 arrives with its reason (nginx passes 401 on without headers of
+    // its own: the config adds them).
+    let resp = send(reqwest::Method::GET, "/authz/x", &[]).await.expect("request");
+    assert_eq!((resp.status().as_u16(), reason(&resp).as_str()), (401, "missing_token"));
     // A 503 (the authorizer is down) arrives as 503 with Retry-After.
     let resp = send(reqwest::Method::GET, "/authz/x", &[("authorization", "Bearer t")]).await.expect("request");
     assert_eq!(resp.status().as_u16(), 503, "{}", reason(&resp));
     assert!(resp.headers().get("retry-after").is_some(), "503 without Retry-After: {:?}", resp.headers());
-    // The key a real client sends still works alongside harmless headers.
-    let resp = send(reqwest::Method::GET, "/pets/9", &[("x-api-key", secret), ("x-forwarded-proto", "https")])
+    // With a key, the identity headers are the check's alone.
+    let resp = send(reqwest::Method::GET, "/pets/8", &[&[("x-api-key", secret)], &FORGED[13..]].concat())
         .await
         .expect("request");
     assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    assert!(body["principal"].as_str().is_some_and(|p| p.starts_with("key:") && p != "key:forged"), "{body}");
+    assert_eq!((body["principals"].as_u64(), body["customer"].as_str()), (Some(1), Some("")), "{body}");
+    // A query parameter given twice: a rule matching either value sees it.
+    for query in ["q=union&q=safe", "q=safe&q=union", "q=safe&q=%75nion"] {
+        let resp = send(reqwest::Method::GET, &format!("/public?{query}"), &[]).await.expect("request");
+        assert_eq!((resp.status().as_u16(), reason(&resp).as_str()), (403, "waf_blocked"), "{query}");
+    }
+    // A CORS preflight with a body, for a key-protected DELETE, never reaches
+    // the upstream: nginx answers it (204), Caddy is told no (403).
+    let preflight = cluster
+        .http
+        .request(reqwest::Method::OPTIONS, format!("{base}/admin/users"))
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "DELETE")
+        .body("x")
+        .send()
+        .await
+        .expect("request");
+    assert!(matches!(preflight.status().as_u16(), 204 | 403), "{}", preflight.status());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,9 +6,20 @@
 //! goes on with the decision's upstream headers (`X-Tollgate-Identity`,
 //! `X-Tollgate-Principal`) and the response gets its headers.
 //!
-//! The client address is taken from a [`std::net::SocketAddr`] request
-//! extension if the server put one there, else from `X-Forwarded-For`.
+//! The request is decided on facts a client cannot forge:
+//! - the client address only from a [`std::net::SocketAddr`] request
+//!   extension the server put there (with axum: copy `ConnectInfo` into the
+//!   extensions, as `examples/edge_proxy.rs` does); never from
+//!   `X-Forwarded-For`, which the client writes when nothing is in front of
+//!   this proxy. Without one the check has no address, and an API whose rules
+//!   need it refuses the request;
+//! - query parameters percent-decoded (`application/x-www-form-urlencoded`),
+//!   a name given twice with its values joined by `,`; header lines of one
+//!   name joined by `, ` (RFC 9110 §5.3), so a rule sees every value;
+//! - a client's own `X-Tollgate-*` headers are removed before the request
+//!   goes upstream, allowed or not: only the check's may reach the backend.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -47,30 +58,37 @@ pub struct TollgateService<S> {
     layer: TollgateLayer,
 }
 
+/// A header value as text: UTF-8 when it is, else each byte as ISO-8859-1.
+fn header_text(value: &HeaderValue) -> String {
+    match std::str::from_utf8(value.as_bytes()) {
+        Ok(text) => text.to_string(),
+        Err(_) => value.as_bytes().iter().map(|b| char::from(*b)).collect(),
+    }
+}
+
 fn check_request<B>(layer: &TollgateLayer, req: &Request<B>) -> CheckRequest {
-    let headers = req
-        .headers()
-        .iter()
-        .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
-        .collect();
-    let forwarded = req
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|v| v.trim().to_string());
-    let source_ip = req.extensions().get::<SocketAddr>().map(|a| a.ip().to_string()).or(forwarded);
-    let query = req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => (p.to_string(), String::new()),
-        })
-        .collect();
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in req.headers() {
+        let text = header_text(value);
+        headers
+            .entry(name.as_str().to_string())
+            .and_modify(|v| {
+                v.push_str(if name == http::header::COOKIE { "; " } else { ", " });
+                v.push_str(&text);
+            })
+            .or_insert(text);
+    }
+    let source_ip = req.extensions().get::<SocketAddr>().map(|a| a.ip().to_string());
+    let mut query: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        query
+            .entry(name.into_owned())
+            .and_modify(|v| {
+                v.push(',');
+                v.push_str(&value);
+            })
+            .or_insert_with(|| value.into_owned());
+    }
     CheckRequest {
         api: layer.api.to_string(),
         stage: layer.stage.to_string(),
@@ -131,6 +149,12 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let check = check_request(&self.layer, &req);
+        // Only the check's identity headers may reach the backend.
+        let forged: Vec<HeaderName> =
+            req.headers().keys().filter(|n| n.as_str().starts_with("x-tollgate-")).cloned().collect();
+        for name in forged {
+            req.headers_mut().remove(name);
+        }
         let client = self.layer.client.clone();
         Box::pin(async move {
             match client.check(check).await {
@@ -152,5 +176,37 @@ where
                 )),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer() -> TollgateLayer {
+        TollgateLayer::new(Client::new(crate::ClientConfig::new(["127.0.0.1:1"], "t")), "a", "s")
+    }
+
+    #[tokio::test]
+    async fn facts_come_from_the_connection_and_every_value_is_seen() {
+        let req = Request::builder()
+            .uri("/p?q=union&q=safe&k=%75nion+x&flag")
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-evil", "bad")
+            .header("x-evil", "ok")
+            .header("x-note", HeaderValue::from_bytes(b"caf\xe9").expect("obs-text"))
+            .body(())
+            .expect("request");
+        let check = check_request(&layer(), &req);
+        assert_eq!(check.source_ip, None, "X-Forwarded-For is the client's own word here");
+        assert_eq!(check.query.get("q").map(String::as_str), Some("union,safe"));
+        assert_eq!(check.query.get("k").map(String::as_str), Some("union x"));
+        assert_eq!(check.query.get("flag").map(String::as_str), Some(""));
+        assert_eq!(check.headers.get("x-evil").map(String::as_str), Some("bad, ok"));
+        assert_eq!(check.headers.get("x-note").map(String::as_str), Some("caf\u{e9}"));
+
+        let mut req = Request::builder().uri("/p").body(()).expect("request");
+        req.extensions_mut().insert(SocketAddr::from(([198, 51, 100, 7], 4000)));
+        assert_eq!(check_request(&layer(), &req).source_ip.as_deref(), Some("198.51.100.7"));
     }
 }

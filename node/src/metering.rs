@@ -248,7 +248,9 @@ struct Lease {
     /// only held elsewhere, and they hand back what they do not use.
     held_elsewhere: bool,
     unavailable_until_ms: i64,
-    /// For headers: the period's limit and what was left of it at the last grant.
+    /// For headers: the period's limit, and what is surely left of it (this
+    /// node's units and the ledger's free ones at the last grant, less what
+    /// was admitted here since).
     limit: u64,
     remaining: u64,
 }
@@ -734,8 +736,12 @@ impl Metering {
             Ok((granted, ledger)) => {
                 let limit = ledger.limit(quota.limit);
                 lease.limit = limit;
-                lease.remaining = ledger.remaining(quota.limit);
                 lease.units += granted;
+                // What this node can promise: its own units and the ledger's
+                // free ones. Units other nodes hold may be spent already, so
+                // they are not counted (RateLimit-Remaining never says more
+                // than is left).
+                lease.remaining = ledger.available(quota.limit).saturating_add(lease.units);
                 lease.last_grant = granted;
                 lease.granted |= granted > 0;
                 if want > 0 {

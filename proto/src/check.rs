@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// One incoming request at the edge, as the proxy saw it.
+/// One incoming request at the edge, as the proxy saw it. Unknown fields are
+/// refused (a misspelt `sourceIp` would otherwise leave out the address).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CheckRequest {
     /// API id.
     pub api: String,
@@ -25,10 +27,13 @@ pub struct CheckRequest {
     /// IPv4 address ([`crate::canonical::address`]).
     #[serde(default)]
     pub source_ip: Option<String>,
-    /// Request headers; names are matched case-insensitively.
+    /// Request headers; names are matched case-insensitively. Several lines
+    /// of one header are one value, joined by `, ` (RFC 9110 §5.3).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// Query parameters (first value of each).
+    /// Query parameters, percent-decoded; a name given more than once has
+    /// its values joined by `,` (forward-auth and the tower layer do so), so
+    /// a rule sees every value. `_method` must name `method` if present.
     #[serde(default)]
     pub query: BTreeMap<String, String>,
     /// Identity of the calling proxy (the VPC-endpoint role), if it has one.

@@ -63,6 +63,12 @@ struct IdentityClaims<'a> {
     ctx: &'a BTreeMap<String, String>,
 }
 
+/// Method-override headers (Google's and Microsoft's conventions, Rails,
+/// express `method-override`): if present, they must name the method.
+const METHOD_OVERRIDE_HEADERS: &[&str] = &["x-http-method-override", "x-http-method", "x-method-override"];
+/// Method-override query parameters (Laravel, Symfony, express).
+const METHOD_OVERRIDE_PARAMS: &[&str] = &["_method"];
+
 /// Headers longer than this (name and value together) are refused.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// At most this many headers or query parameters.
@@ -157,6 +163,22 @@ fn validate(req: &CheckRequest) -> Result<Checked<'_>, FieldError> {
             return Err(bad(&format!("headers.{name}"), format!("longer than {MAX_HEADER_BYTES} bytes")));
         }
         headers.insert(name.to_ascii_lowercase(), value.clone());
+    }
+    // A method override some framework behind the gateway honours would
+    // have it serve another method than the one decided on.
+    for name in METHOD_OVERRIDE_HEADERS {
+        if let Some(v) = headers.get(*name) {
+            if !v.trim().eq_ignore_ascii_case(&req.method) {
+                return Err(bad(&format!("headers.{name}"), "a method override must name the request's own method"));
+            }
+        }
+    }
+    for (name, v) in &req.query {
+        if METHOD_OVERRIDE_PARAMS.iter().any(|p| name.eq_ignore_ascii_case(p))
+            && !v.trim().eq_ignore_ascii_case(&req.method)
+        {
+            return Err(bad(&format!("query.{name}"), "a method override must name the request's own method"));
+        }
     }
     Ok(Checked {
         api: &req.api,
@@ -272,7 +294,29 @@ impl Gateway {
     /// every other outcome, allow or deny, is a [`Decision`].
     pub async fn check(&self, req: &CheckRequest) -> Result<Decision, FieldError> {
         let c = validate(req)?;
+        if c.source_ip.is_none() {
+            self.require_no_address(&c)?;
+        }
         Ok(self.decide(&c).await)
+    }
+
+    /// A check without the client address is refused when the API's rules
+    /// decide on it (WAF IP sets and per-IP rates, policy conditions on
+    /// `source_ip`): deciding without it would skip them, failing open.
+    fn require_no_address(&self, c: &Checked<'_>) -> Result<(), FieldError> {
+        let published = self.model.load();
+        let model = &published.model;
+        let Some(Entity::Api(api)) = model.get(EntityKind::Api, c.api) else { return Ok(()) };
+        let waf_needs_it = api.waf.iter().any(|rule| {
+            matches!(
+                rule.condition,
+                tollgate_proto::model::WafCondition::IpSet(_) | tollgate_proto::model::WafCondition::RatePerIp { .. }
+            )
+        });
+        if waf_needs_it || policy::uses_source_ip(model, &api.id) {
+            return Err(bad("source_ip", "required: this API's WAF rules or policies decide on the client address"));
+        }
+        Ok(())
     }
 
     /// Runs the pipeline on the validated, canonical facts.

@@ -119,6 +119,16 @@ pub fn early_deny(model: &Model, api: &str, facts: &RequestFacts<'_>) -> bool {
         .any(|s| s.effect == Effect::Deny && decidable_anonymously(s) && applies(s, facts))
 }
 
+/// Whether any policy that can apply to a request for `api` (its resource
+/// policy, and principal policies) has a condition on `source_ip`: a check
+/// without the client address cannot be decided on it.
+pub fn uses_source_ip(model: &Model, api: &str) -> bool {
+    policies(model)
+        .filter(|p| !matches!(p.api_id.as_deref(), Some(a) if a != api))
+        .flat_map(|p| &p.statements)
+        .any(|s| s.conditions.iter().any(|c| c.key == "source_ip"))
+}
+
 /// The full evaluation, once the principal is known.
 pub fn evaluate(model: &Model, api: &str, facts: &RequestFacts<'_>) -> Verdict {
     let mut governed_by_resource = false;

@@ -53,6 +53,7 @@ pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/v1/forward-auth/{api}/{stage}", any(by_headers))
         .route("/v1/forward-auth/{api}/{stage}/{*rest}", any(envoy))
+        .route("/v1/forward-auth/{api}/{stage}/", any(envoy_root))
 }
 
 /// The proxy that asks, which says where each fact is read from.
@@ -109,7 +110,7 @@ async fn by_headers(
             .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned()))
     };
     let (mode_param, address_param) = (param("mode"), param("address"));
-    let nginx = mode_param.as_deref() == Some("nginx");
+    let named_mode = ProxyMode::parse(mode_param.as_deref()).ok();
     let address = match address_param.as_deref() {
         None | Some("x-forwarded-for") => Ok(ChainHeader::XForwardedFor),
         Some("forwarded") => Ok(ChainHeader::Forwarded),
@@ -119,7 +120,7 @@ async fn by_headers(
         (Ok(mode), Ok(address)) => ask(&app, mode, address, api, stage, parts).await,
         (Err(e), _) | (_, Err(e)) => Err(e),
     };
-    respond(outcome, nginx)
+    respond(outcome, named_mode)
 }
 
 async fn envoy(
@@ -130,7 +131,18 @@ async fn envoy(
 ) -> Response {
     let parts = request.into_parts().0;
     let outcome = ask(&app, ProxyMode::Envoy, ChainHeader::XForwardedFor, api, stage, parts).await;
-    respond(outcome, false)
+    respond(outcome, Some(ProxyMode::Envoy))
+}
+
+/// Envoy asking about `/` (the prefix and a bare slash).
+async fn envoy_root(
+    State(app): State<Arc<App>>,
+    Path((api, stage)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    let parts = request.into_parts().0;
+    let outcome = ask(&app, ProxyMode::Envoy, ChainHeader::XForwardedFor, api, stage, parts).await;
+    respond(outcome, Some(ProxyMode::Envoy))
 }
 
 async fn ask(
@@ -232,9 +244,31 @@ fn original_request(
             ApiError::field(format!("headers.{header}"), e.to_string())
         }
     })?;
-    let mut original_headers = BTreeMap::new();
+    // Every line of a header, as one value (RFC 9110 §5.3): a rule sees all
+    // of them, and a singleton such as Authorization given twice decides
+    // as the invalid value it is, whichever line the upstream would read.
+    let mut original_headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in headers {
-        original_headers.insert(name.as_str().to_string(), header_text(value));
+        let text = header_text(value);
+        original_headers
+            .entry(name.as_str().to_string())
+            .and_modify(|v| {
+                v.push_str(if name == axum::http::header::COOKIE { "; " } else { ", " });
+                v.push_str(&text);
+            })
+            .or_insert(text);
+    }
+    // A parameter given twice: its values joined by `,`, so a rule matching
+    // either value sees it (frameworks differ on which one they read).
+    let mut query_params: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        query_params
+            .entry(name.into_owned())
+            .and_modify(|v| {
+                v.push(',');
+                v.push_str(&value);
+            })
+            .or_insert_with(|| value.into_owned());
     }
     let client_cert_subject = match mode {
         ProxyMode::Envoy => single(headers, "x-forwarded-client-cert")?.and_then(xfcc_subject),
@@ -246,7 +280,7 @@ fn original_request(
         method,
         path: path.to_string(),
         source_ip: Some(source_ip.to_string()),
-        query: form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect(),
+        query: query_params,
         proxy_id: single(headers, "x-tollgate-proxy-id")?.map(str::to_string),
         client_cert_subject,
         body_size: match single(headers, "x-original-content-length")? {
@@ -273,7 +307,8 @@ fn out_has(response: &Response, name: &str) -> bool {
     response.headers().contains_key(name)
 }
 
-fn respond(outcome: Result<Decision, ApiError>, nginx: bool) -> Response {
+fn respond(outcome: Result<Decision, ApiError>, mode: Option<ProxyMode>) -> Response {
+    let nginx = mode == Some(ProxyMode::Nginx);
     let decision = match outcome {
         Ok(d) => d,
         Err(e) if nginx => {
@@ -293,6 +328,12 @@ fn respond(outcome: Result<Decision, ApiError>, nginx: bool) -> Response {
     // nginx: anything but allow, 401 and 403 (a preflight's 204 included) goes
     // through the 403 path, where the config restores X-Tollgate-Status.
     if nginx && !decision.allowed && !matches!(decision.status, 401 | 403) {
+        status = StatusCode::FORBIDDEN;
+    }
+    // Caddy, Traefik and Envoy pass the request on for any 2xx: a preflight
+    // answered here (204, not allowed) would reach the upstream unchecked.
+    // They must answer preflights themselves (README); here it is a 403.
+    if !nginx && !decision.allowed && status.is_success() {
         status = StatusCode::FORBIDDEN;
     }
     let mut response = if decision.allowed {
@@ -327,7 +368,13 @@ fn respond(outcome: Result<Decision, ApiError>, nginx: bool) -> Response {
         // Every header a proxy copies onto the upstream request is there,
         // empty when unknown, so a proxy never passes on a client's copy or
         // a placeholder of its own (Caddy 2.6 copies `{…}` for an absent one).
-        for name in ["x-tollgate-principal", "x-tollgate-key-id", "x-tollgate-plan-id", "x-tollgate-identity"] {
+        for name in [
+            "x-tollgate-principal",
+            "x-tollgate-key-id",
+            "x-tollgate-plan-id",
+            "x-tollgate-customer-id",
+            "x-tollgate-identity",
+        ] {
             if !out_has(&response, name) {
                 response.headers_mut().insert(name, HeaderValue::from_static(""));
             }

@@ -82,6 +82,8 @@ pub fn forwarded_for(headers: &HeaderMap) -> Result<Vec<Option<IpAddr>>, ChainEr
     for line in headers.get_all(HEADER) {
         let line = line.to_str().map_err(|_| malformed(HEADER, "must be visible ASCII"))?;
         for element in split_unquoted(line, ',') {
+            // RFC 7239 §4: a parameter may appear once per element.
+            let mut seen_for = false;
             for pair in split_unquoted(element, ';') {
                 let pair = pair.trim();
                 if pair.is_empty() {
@@ -91,6 +93,9 @@ pub fn forwarded_for(headers: &HeaderMap) -> Result<Vec<Option<IpAddr>>, ChainEr
                     pair.split_once('=').ok_or_else(|| malformed(HEADER, format!("{pair:?} is not name=value")))?;
                 if !name.trim().eq_ignore_ascii_case("for") {
                     continue;
+                }
+                if std::mem::replace(&mut seen_for, true) {
+                    return Err(malformed(HEADER, format!("{element:?} names `for` twice")));
                 }
                 let value =
                     unquote(value.trim()).ok_or_else(|| malformed(HEADER, format!("{value:?}: bad quoting")))?;
@@ -177,7 +182,9 @@ fn parse_node_spelled(text: &str) -> Option<IpAddr> {
 /// RFC 7239 §6: a port is a number or an obfuscated `_token`.
 fn valid_port(port: &str) -> bool {
     port.parse::<u16>().is_ok()
-        || (port.starts_with('_') && port[1..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_'))
+        || port.strip_prefix('_').is_some_and(|rest| {
+            !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        })
 }
 
 /// Splits on `sep` outside double quotes.
@@ -271,6 +278,7 @@ mod tests {
             &[("x-forwarded-for", "1.1.1.1, 300.1.1.1")],
             &[("x-forwarded-for", "fe80::1%eth0")],
             &[("forwarded", "for=2.2.2.2")],
+            &[("x-forwarded-for", "203.0.113.9:_")],
         ];
         for lines in cases {
             assert!(client_address(&headers(lines), ChainHeader::XForwardedFor, &none).is_err(), "{lines:?}");
@@ -283,6 +291,8 @@ mod tests {
             &[("forwarded", "for")],
             &[("forwarded", "for=\"1.1.1.1")],
             &[("forwarded", "for=1.1.1.1:http")],
+            &[("forwarded", "for=198.51.100.7;for=203.0.113.9")],
+            &[("forwarded", "for=\"203.0.113.9:_\"")],
         ];
         for lines in forwarded_cases {
             assert!(client_address(&headers(lines), ChainHeader::Forwarded, &none).is_err(), "{lines:?}");
