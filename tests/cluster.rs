@@ -218,6 +218,12 @@ async fn a_learner_is_added_promoted_and_removed() {
     let (_, status) = cluster.get(1, "/v1/admin/cluster").await;
     assert!(member(&status, 4).is_none(), "{status}");
     assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
+    // Node 4 itself says it was removed, not that it follows the old leader;
+    // and it is not ready.
+    let (_, own) = cluster.get(4, "/v1/admin/cluster?stale=true").await;
+    assert_eq!((own["removed"].as_bool(), own["leader_id"].as_u64()), (Some(true), None), "{own}");
+    let ready = cluster.http.get(format!("{}/readyz", cluster.url(4))).send().await.expect("readyz");
+    assert_eq!(ready.status().as_u16(), 503);
     // The cluster still takes writes without node 4.
     cluster.kill(4);
     assert_eq!(cluster.post(1, "/v1/admin/plans", plan("after-removal")).await.0, 201);
@@ -277,4 +283,97 @@ async fn a_node_whose_log_writes_fail_keeps_serving_and_counts_them() {
     assert!(dropped > 0.0, "no failed log write counted:\n{text}");
     let node = cluster.nodes.iter_mut().find(|n| n.id == 1).expect("node 1");
     assert_eq!(node.exited(), None, "the node died of its log");
+}
+
+/// The peer port is never open to anyone: a node without a cluster token
+/// refuses to start unless told `--insecure-peer-auth-off`, a weak bootstrap
+/// admin token is refused, and a peer call without the token is a 401.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_refuses_to_run_with_its_peer_port_open_to_anyone() {
+    let dir = tempfile::tempdir().expect("dir");
+    let run = |envs: &[(&str, &str)], extra: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.args(["serve", "--id", "1", "--init", "true", "--http", "127.0.0.1:0", "--peer", "127.0.0.1:0"])
+            .args(["--wire", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("node"))
+            .args(extra)
+            .env_remove("TOLLGATE_CLUSTER_TOKEN")
+            .env_remove("TOLLGATE_ADMIN_TOKEN")
+            .envs(envs.iter().copied())
+            .stdin(std::process::Stdio::null());
+        cmd
+    };
+    let refused = |mut cmd: std::process::Command| {
+        let out = cmd.output().expect("tollgate serve");
+        assert!(!out.status.success(), "started anyway");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = refused(run(&[], &[]));
+    assert!(err.contains("cluster_token") && err.contains("--insecure-peer-auth-off"), "{err}");
+    let err = refused(run(&[("TOLLGATE_CLUSTER_TOKEN", "short")], &[]));
+    assert!(err.contains("cluster_token"), "{err}");
+    let err = refused(run(
+        &[("TOLLGATE_CLUSTER_TOKEN", "a-long-enough-cluster-token"), ("TOLLGATE_ADMIN_TOKEN", "tga_123")],
+        &[],
+    ));
+    assert!(err.contains("admin_token"), "{err}");
+
+    // Explicitly insecure: it starts, and says so in its log.
+    let log = dir.path().join("insecure.log");
+    let mut cmd = run(&[("TOLLGATE_LOG", "info")], &["--insecure-peer-auth-off"]);
+    cmd.stdout(std::fs::File::create(&log).expect("log")).stderr(std::fs::File::create(&log).expect("log"));
+    let mut child = cmd.spawn().expect("spawn");
+    wait_until("the insecure node says so", || async {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("insecure-peer-auth-off"))
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // With a token, a peer request without it is refused.
+    let cluster = Cluster::start(1).await;
+    let peer = format!("http://127.0.0.1:{}/raft/vote", cluster.node(1).peer_port);
+    let resp = cluster.http.post(&peer).body(vec![0u8; 8]).send().await.expect("peer call");
+    assert_eq!(resp.status().as_u16(), 401);
+}
+
+/// Guessing admin tokens is logged (the source, never the token) and slowed
+/// down per source address; a right token from elsewhere is unaffected.
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_admin_tokens_are_logged_and_limited_per_source() {
+    let cluster = Cluster::start(1).await;
+    let url = format!("{}/v1/admin/plans", cluster.url(1));
+    let mut statuses = Vec::new();
+    for i in 0..15 {
+        let resp =
+            cluster.http.get(&url).bearer_auth(format!("tga_guess-{i:04}-abcdefghijklmnopqrstuvwxyz")).send().await;
+        statuses.push(resp.expect("request").status().as_u16());
+    }
+    assert_eq!(statuses[..10], [401; 10], "{statuses:?}");
+    assert!(statuses[10..].iter().all(|s| *s == 429), "{statuses:?}");
+    let logs = cluster.logs();
+    assert!(logs.contains("admin authentication failed") && logs.contains("127.0.0.1"), "not logged");
+    assert!(!logs.contains("tga_guess-"), "a token was logged");
+}
+
+/// `/metrics` names every API and stage: it can live on its own address and
+/// need a token.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_can_have_their_own_address_and_token() {
+    let options = Options {
+        extra_args: vec!["--metrics-addr".into(), "127.0.0.1:0".into()],
+        metrics_token: Some("a-metrics-token-long-enough".into()),
+        ..Default::default()
+    };
+    let cluster = Cluster::start_with(1, options).await;
+    let main = cluster.http.get(format!("{}/metrics", cluster.url(1))).send().await.expect("request");
+    assert_eq!(main.status().as_u16(), 404, "not on the HTTP listener any more");
+    let endpoints: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cluster.node(1).dir.join("node.json")).expect("node.json"))
+            .expect("json");
+    let metrics = format!("http://{}/metrics", endpoints["metrics"].as_str().expect("metrics address"));
+    assert_eq!(cluster.http.get(&metrics).send().await.expect("request").status().as_u16(), 401);
+    let resp = cluster.http.get(&metrics).bearer_auth("a-metrics-token-long-enough").send().await.expect("request");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.text().await.unwrap_or_default().contains("tollgate_raft_term"));
 }

@@ -31,7 +31,7 @@ use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-const TOKEN: &str = "tga_bench-token-0123456789";
+const TOKEN: &str = "tga_bench-token-0123456789abcdefghij";
 
 #[derive(Parser)]
 struct Args {

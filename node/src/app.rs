@@ -47,6 +47,16 @@ pub struct App {
     /// Proxies whose entries in `X-Forwarded-For` are skipped when
     /// forward-auth looks for the client address (`--trusted-proxies`).
     pub trusted_proxies: crate::http::forwarded::TrustedProxies,
+    /// Digest of the token `/metrics` requires (`TOLLGATE_METRICS_TOKEN`).
+    pub metrics_token: Option<Digest>,
+    /// `/metrics` is served on the HTTP listener (no `--metrics-addr`).
+    pub metrics_on_http: bool,
+    /// Failed admin authentications by source address.
+    pub admin_auth_failures: crate::http::auth_failures::AuthFailures,
+    /// The leader said this node was removed from the cluster (kept in
+    /// `DATA_DIR/removed`, so a restart still knows).
+    pub removed: std::sync::atomic::AtomicBool,
+    pub data_dir: std::path::PathBuf,
 }
 
 /// A membership change, carried out by the leader.
@@ -244,13 +254,24 @@ impl App {
             }
             MembershipOp::Remove { id } => {
                 let metrics = self.raft.metrics().borrow().clone();
+                let addr = metrics.membership_config.membership().get_node(&id).cloned();
                 let is_voter = metrics.membership_config.membership().voter_ids().any(|v| v == id);
                 let change = if is_voter {
                     ChangeMembers::RemoveVoters(BTreeSet::from([id]))
                 } else {
                     ChangeMembers::RemoveNodes(BTreeSet::from([id]))
                 };
-                self.raft.change_membership(change, false).await
+                let result = self.raft.change_membership(change, false).await;
+                if let (Ok(_), Some(addr)) = (&result, addr) {
+                    // Best effort: a node that is down learns nothing, and
+                    // says so only if it comes back (it then has no leader).
+                    let told: Result<Result<(), String>, _> =
+                        self.peers.call(&addr.peer, crate::cluster::peer::REMOVED, &true, LEADER_WAIT).await;
+                    if let Err(e) = told {
+                        tracing::warn!(node = id, error = %e, "could not tell the removed node");
+                    }
+                }
+                result
             }
         };
         match result {
@@ -261,6 +282,26 @@ impl App {
             }
             Err(e) => Err(ClusterError::Unavailable(e.to_string())),
         }
+    }
+
+    /// Records what the leader said: this node was removed (or added back).
+    pub fn set_removed(&self, removed: bool) -> std::io::Result<()> {
+        let marker = self.data_dir.join("removed");
+        if removed {
+            std::fs::write(&marker, b"removed from the cluster by its leader\n")?;
+        } else if marker.exists() {
+            std::fs::remove_file(&marker)?;
+        }
+        self.removed.store(removed, std::sync::atomic::Ordering::SeqCst);
+        if removed {
+            tracing::warn!("this node was removed from the cluster");
+        }
+        Ok(())
+    }
+
+    /// Whether the leader said this node was removed.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     async fn forward<Req: Serialize, Resp: serde::de::DeserializeOwned>(

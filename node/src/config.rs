@@ -122,6 +122,15 @@ pub struct ServeArgs {
     /// client's.
     #[arg(long, env = "TOLLGATE_TRUSTED_PROXIES")]
     pub trusted_proxies: Option<String>,
+    /// Run with no peer authentication at all (no `TOLLGATE_CLUSTER_TOKEN`):
+    /// anyone who can reach the peer port can then append to the log. Only
+    /// for a throwaway node on a machine of your own.
+    #[arg(long, env = "TOLLGATE_INSECURE_PEER_AUTH_OFF")]
+    #[serde(default)]
+    pub insecure_peer_auth_off: bool,
+    /// Serve `/metrics` on this address only (not on `--http`).
+    #[arg(long, env = "TOLLGATE_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 /// A fully resolved node configuration.
@@ -153,6 +162,11 @@ pub struct NodeConfig {
     pub tls_client_ca: Option<PathBuf>,
     pub outbound_ca: Option<PathBuf>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// No peer authentication (`--insecure-peer-auth-off`).
+    pub insecure_peer_auth_off: bool,
+    pub metrics_addr: Option<String>,
+    /// Bearer token `/metrics` requires (from `TOLLGATE_METRICS_TOKEN`), if any.
+    pub metrics_token: Option<String>,
     /// Bootstrap admin token (from `TOLLGATE_ADMIN_TOKEN`); held only as a digest.
     pub admin_token: Option<String>,
     /// Token every peer must present (from `TOLLGATE_CLUSTER_TOKEN`).
@@ -224,14 +238,71 @@ pub fn parse_trusted_proxies(text: &str) -> Result<Vec<ipnet::IpNet>, ConfigErro
         .collect()
 }
 
+/// Shortest bootstrap admin token accepted (`TOLLGATE_ADMIN_TOKEN`).
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+/// Shortest cluster token accepted (`TOLLGATE_CLUSTER_TOKEN`).
+pub const MIN_CLUSTER_TOKEN_CHARS: usize = 16;
+
+impl NodeConfig {
+    /// Secrets strong enough, and peers that must authenticate: a node never
+    /// opens its peer port to anyone unless told so in as many words.
+    fn check_secrets(&self) -> Result<(), ConfigError> {
+        match &self.cluster_token {
+            Some(t) if t.chars().count() < MIN_CLUSTER_TOKEN_CHARS => {
+                return Err(bad(
+                    "cluster_token",
+                    format!("TOLLGATE_CLUSTER_TOKEN must be at least {MIN_CLUSTER_TOKEN_CHARS} characters"),
+                ))
+            }
+            Some(_) => {}
+            None if self.insecure_peer_auth_off => {}
+            None => {
+                return Err(bad(
+                    "cluster_token",
+                    "set TOLLGATE_CLUSTER_TOKEN (the same secret on every node, e.g. `openssl rand -base64 32`) so \
+                     that peers authenticate; --insecure-peer-auth-off runs without, letting anyone who reaches \
+                     the peer port write to the cluster",
+                ))
+            }
+        }
+        if let Some(t) = &self.admin_token {
+            if t.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+                return Err(bad(
+                    "admin_token",
+                    format!(
+                        "TOLLGATE_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_CHARS} characters \
+                         (e.g. `openssl rand -base64 32`)"
+                    ),
+                ));
+            }
+        }
+        if let Some(t) = &self.metrics_token {
+            if t.chars().count() < MIN_CLUSTER_TOKEN_CHARS {
+                return Err(bad(
+                    "metrics_token",
+                    format!("TOLLGATE_METRICS_TOKEN must be at least {MIN_CLUSTER_TOKEN_CHARS} characters"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl ServeArgs {
     fn from_file(path: &Path) -> Result<ServeArgs, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| bad("config", format!("{}: {e}", path.display())))?;
         toml::from_str(&text).map_err(|e| bad("config", format!("{}: {e}", path.display())))
     }
 
-    /// Resolves flags over the file over defaults.
+    /// Resolves flags over the file over defaults; secrets from the process
+    /// environment.
     pub fn resolve(self) -> Result<NodeConfig, ConfigError> {
+        self.resolve_with(&|name| std::env::var(name).ok())
+    }
+
+    /// [`ServeArgs::resolve`] with the secrets (`TOLLGATE_ADMIN_TOKEN`,
+    /// `TOLLGATE_CLUSTER_TOKEN`, `TOLLGATE_METRICS_TOKEN`) read from `env`.
+    pub fn resolve_with(self, env: &dyn Fn(&str) -> Option<String>) -> Result<NodeConfig, ConfigError> {
         let file = match &self.config {
             Some(path) => ServeArgs::from_file(path)?,
             None => ServeArgs::default(),
@@ -276,8 +347,11 @@ impl ServeArgs {
                 Some(text) => parse_trusted_proxies(&text)?,
                 None => Vec::new(),
             },
-            admin_token: std::env::var("TOLLGATE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
-            cluster_token: std::env::var("TOLLGATE_CLUSTER_TOKEN").ok().filter(|t| !t.is_empty()),
+            insecure_peer_auth_off: self.insecure_peer_auth_off || file.insecure_peer_auth_off,
+            metrics_addr: self.metrics_addr.or(file.metrics_addr),
+            metrics_token: env("TOLLGATE_METRICS_TOKEN").filter(|t| !t.is_empty()),
+            admin_token: env("TOLLGATE_ADMIN_TOKEN").filter(|t| !t.is_empty()),
+            cluster_token: env("TOLLGATE_CLUSTER_TOKEN").filter(|t| !t.is_empty()),
         };
         if config.election_min_ms <= config.heartbeat_ms * 2 || config.election_max_ms <= config.election_min_ms {
             return Err(bad("election_min_ms", "need heartbeat_ms * 2 < election_min_ms < election_max_ms"));
@@ -299,6 +373,7 @@ impl ServeArgs {
                 "set TOLLGATE_CLUSTER_TOKEN too: proxy certificates from this CA would otherwise pass as peers",
             ));
         }
+        config.check_secrets()?;
         if config.quota_max_grant == 0 {
             return Err(bad("quota_max_grant", "must be at least 1"));
         }
@@ -312,9 +387,40 @@ impl ServeArgs {
     }
 }
 
+/// The secrets a test node has: both tokens, long enough.
+#[cfg(test)]
+fn with_secrets(name: &str) -> Option<String> {
+    match name {
+        "TOLLGATE_ADMIN_TOKEN" => Some("tga_a-test-admin-token-of-enough-length".into()),
+        "TOLLGATE_CLUSTER_TOKEN" => Some("a-test-cluster-token".into()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_must_authenticate_and_secrets_be_long_enough() {
+        let args = || ServeArgs { id: Some(1), ..Default::default() };
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string())
+        };
+        let err = args().resolve_with(&env(&[])).unwrap_err();
+        assert_eq!(err.field, "cluster_token", "no cluster token and no explicit opt-out");
+        assert!(err.message.contains("--insecure-peer-auth-off"), "{err}");
+        let insecure = ServeArgs { insecure_peer_auth_off: true, ..args() };
+        assert!(insecure.resolve_with(&env(&[])).is_ok());
+        let short = env(&[("TOLLGATE_CLUSTER_TOKEN", "short")]);
+        assert_eq!(args().resolve_with(&short).unwrap_err().field, "cluster_token");
+        let weak_admin =
+            env(&[("TOLLGATE_CLUSTER_TOKEN", "a-good-cluster-token"), ("TOLLGATE_ADMIN_TOKEN", "tga_0123456789")]);
+        assert_eq!(args().resolve_with(&weak_admin).unwrap_err().field, "admin_token");
+        let weak_metrics = env(&[("TOLLGATE_CLUSTER_TOKEN", "a-good-cluster-token"), ("TOLLGATE_METRICS_TOKEN", "m")]);
+        assert_eq!(args().resolve_with(&weak_metrics).unwrap_err().field, "metrics_token");
+        assert!(args().resolve_with(&with_secrets).is_ok());
+    }
 
     #[test]
     fn peers_parse_and_name_the_problem() {
@@ -341,10 +447,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
         std::fs::write(&path, "id = 1\npeer_via = \"a:1=b:2\"\n").unwrap();
-        let config = ServeArgs { config: Some(path.clone()), ..Default::default() }.resolve().unwrap();
+        let config =
+            ServeArgs { config: Some(path.clone()), ..Default::default() }.resolve_with(&with_secrets).unwrap();
         assert_eq!(config.peer_via["a:1"], "b:2");
         std::fs::write(&path, "id = 1\npeer_via = \"a:1\"\n").unwrap();
-        let err = ServeArgs { config: Some(path), ..Default::default() }.resolve().unwrap_err();
+        let err = ServeArgs { config: Some(path), ..Default::default() }.resolve_with(&with_secrets).unwrap_err();
         assert_eq!(err.field, "peer_via");
     }
 
@@ -364,10 +471,10 @@ mod tests {
         let path = dir.path().join("node.toml");
         std::fs::write(&path, "id = 7\nhttp = \"0.0.0.0:1\"\nheartbeat_ms = 50\n").unwrap();
         let args = ServeArgs { config: Some(path.clone()), http: Some("127.0.0.1:2".into()), ..Default::default() };
-        let config = args.resolve().unwrap();
+        let config = args.resolve_with(&with_secrets).unwrap();
         assert_eq!((config.id, config.http.as_str(), config.heartbeat_ms), (7, "127.0.0.1:2", 50));
         std::fs::write(&path, "idd = 7\n").unwrap();
-        let err = ServeArgs { config: Some(path), ..Default::default() }.resolve().unwrap_err();
+        let err = ServeArgs { config: Some(path), ..Default::default() }.resolve_with(&with_secrets).unwrap_err();
         assert_eq!(err.field, "config");
     }
 }
@@ -383,7 +490,7 @@ mod deploy_examples {
         for id in 1..=3u64 {
             let path = dir.join(format!("node{id}.toml"));
             let config = ServeArgs { config: Some(path.clone()), ..Default::default() }
-                .resolve()
+                .resolve_with(&with_secrets)
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             assert_eq!(config.id, id);
             assert_eq!(config.peers.len(), 3);

@@ -30,6 +30,9 @@ pub struct Endpoints {
     pub http: SocketAddr,
     pub peer: SocketAddr,
     pub wire: SocketAddr,
+    /// The `--metrics-addr` listener, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Runs a node until `shutdown` completes.
@@ -49,11 +52,21 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         TcpListener::bind(&config.peer).await.with_context(|| format!("cannot listen on --peer {}", config.peer))?;
     let wire_listener =
         TcpListener::bind(&config.wire).await.with_context(|| format!("cannot listen on --wire {}", config.wire))?;
+    let metrics_listener = match &config.metrics_addr {
+        Some(addr) => {
+            Some(TcpListener::bind(addr).await.with_context(|| format!("cannot listen on --metrics-addr {addr}"))?)
+        }
+        None => None,
+    };
+    if config.cluster_token.is_none() {
+        tracing::warn!("--insecure-peer-auth-off: the peer port accepts anyone; never run a cluster like this");
+    }
     let endpoints = Endpoints {
         id: config.id,
         http: http_listener.local_addr()?,
         peer: peer_listener.local_addr()?,
         wire: wire_listener.local_addr()?,
+        metrics: metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?,
     };
     let addr = NodeAddr {
         http: config.advertise_http.clone().unwrap_or_else(|| endpoints.http.to_string()),
@@ -118,14 +131,26 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             metrics,
             clock: clock.clone(),
             trusted_proxies: crate::http::forwarded::TrustedProxies(config.trusted_proxies.clone()),
+            metrics_token: config.metrics_token.as_deref().map(Digest::of),
+            metrics_on_http: config.metrics_addr.is_none(),
+            admin_auth_failures: Default::default(),
+            removed: std::sync::atomic::AtomicBool::new(config.data_dir.join("removed").exists()),
+            data_dir: config.data_dir.clone(),
         }
     });
     app.gateway.metering.start_reporting();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let http_task = serve(http_listener, tls.http, crate::http::router(app.clone()), stop_rx.clone())?;
+    let http_task = serve(http_listener, tls.http.clone(), crate::http::router(app.clone()), stop_rx.clone())?;
     let peer_task = serve(peer_listener, tls.peer, crate::cluster::peer::router(app.clone()), stop_rx.clone())?;
     let wire_tls = tls.wire.map(tokio_rustls::TlsAcceptor::from);
+    let metrics_task = match metrics_listener {
+        Some(listener) => {
+            tracing::info!(addr = %listener.local_addr()?, "metrics on their own listener");
+            Some(serve(listener, tls.http.clone(), crate::http::ops::metrics_router(app.clone()), stop_rx.clone())?)
+        }
+        None => None,
+    };
     let wire_task = tokio::spawn(crate::wire::serve(wire_listener, wire_tls, app.clone(), stop_rx));
 
     initialise(&raft, &config, &addr).await?;
@@ -142,6 +167,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     let _ = http_task.await;
     let _ = peer_task.await;
     let _ = wire_task.await;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     kv.flush().await?;
     Ok(())
 }

@@ -94,6 +94,8 @@ pub struct Options {
     /// Where each node's standard output and error go instead of its
     /// `node.log` (say `/dev/full`, to see a node survive failing log writes).
     pub log_to: Option<PathBuf>,
+    /// `TOLLGATE_METRICS_TOKEN` for every node.
+    pub metrics_token: Option<String>,
 }
 
 impl Default for Options {
@@ -106,6 +108,7 @@ impl Default for Options {
             extra_args: Vec::new(),
             tls: false,
             log_to: None,
+            metrics_token: None,
         }
     }
 }
@@ -189,6 +192,7 @@ impl Node {
             .env("TOLLGATE_ADMIN_TOKEN", TOKEN)
             .env("TOLLGATE_CLUSTER_TOKEN", "test-cluster-token")
             .env("TOLLGATE_LOG", options.log_level)
+            .envs(options.metrics_token.iter().map(|t| ("TOLLGATE_METRICS_TOKEN", t.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log);

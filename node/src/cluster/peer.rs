@@ -23,6 +23,10 @@ use crate::app::{App, ClusterError, MembershipOp};
 use crate::secret::Digest;
 
 pub const APPEND: &str = "/raft/append";
+/// The leader tells a node it was removed from (`true`) or added back to
+/// (`false`) the cluster: a removed node hears no more from the leader, so it
+/// could not tell otherwise.
+pub const REMOVED: &str = "/raft/removed";
 pub const VOTE: &str = "/raft/vote";
 pub const SNAPSHOT: &str = "/raft/snapshot";
 pub const WRITE: &str = "/cluster/write";
@@ -54,6 +58,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route(READ_INDEX, post(read_index))
         .route(MEMBERSHIP, post(membership))
         .route(LEND, post(lend))
+        .route(REMOVED, post(removed))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_PEER_BODY))
         .with_state(app)
@@ -123,6 +128,14 @@ async fn lend(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
         Err(resp) => return resp,
     };
     reply(&app.lend_here(&request).map_err(ForwardError::from))
+}
+
+async fn removed(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let removed: bool = match accept(&app, &headers, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    reply(&app.set_removed(removed).map_err(|e| e.to_string()))
 }
 
 async fn membership(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {

@@ -34,10 +34,13 @@ async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
             json!({"id": id, "http_addr": addr.http, "peer_addr": addr.peer, "wire_addr": addr.wire, "voter": voters.contains(id)})
         })
         .collect();
+    let removed = app.is_removed();
     Json(json!({
         "node_id": app.id,
-        "state": format!("{:?}", m.state),
-        "leader_id": m.current_leader,
+        // A removed node hears from no leader: it must not report the last one.
+        "removed": removed,
+        "state": if removed { "Removed".to_string() } else { format!("{:?}", m.state) },
+        "leader_id": if removed { None } else { m.current_leader },
         "term": m.current_term,
         "last_log_index": m.last_log_index,
         "commit_index": app.committed_index(),
@@ -92,7 +95,11 @@ async fn add_node(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, 
         return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("node {} is already a member", req.id)));
     }
     let addr = NodeAddr { http: req.http_addr, peer: req.peer_addr, wire: req.wire_addr };
+    let peer_addr = addr.peer.clone();
     app.change_membership(MembershipOp::Add { id: req.id, addr, voter: req.voter }).await?;
+    // A node added back after a removal stops saying it was removed.
+    let _: Result<Result<(), String>, _> =
+        app.peers.call(&peer_addr, crate::cluster::peer::REMOVED, &false, std::time::Duration::from_secs(2)).await;
     Ok((StatusCode::CREATED, Json(json!({"id": req.id, "voter": req.voter}))).into_response())
 }
 

@@ -15,11 +15,13 @@ pub struct ApiError {
     pub code: &'static str,
     pub field: Option<String>,
     pub message: String,
+    /// Seconds for `Retry-After` (a 429 or 503).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, field: None, message: message.into() }
+        ApiError { status, code, field: None, message: message.into(), retry_after: None }
     }
 
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
@@ -28,6 +30,7 @@ impl ApiError {
             code: "invalid_field",
             field: Some(field.into()),
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -53,7 +56,7 @@ impl From<Rejection> for ApiError {
             RejectionKind::Conflict => (StatusCode::CONFLICT, "conflict"),
             RejectionKind::Invalid => (StatusCode::BAD_REQUEST, "invalid_field"),
         };
-        ApiError { status, code, field: r.field, message: r.message }
+        ApiError { status, code, field: r.field, message: r.message, retry_after: None }
     }
 }
 
@@ -69,6 +72,9 @@ impl From<ClusterError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Json(json!({"error": {"code": self.code, "field": self.field, "message": self.message}}));
+        if let Some(secs) = self.retry_after {
+            return (self.status, [(header::RETRY_AFTER, secs.to_string())], body).into_response();
+        }
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             return (self.status, [(header::RETRY_AFTER, "1")], body).into_response();
         }

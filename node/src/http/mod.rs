@@ -6,6 +6,7 @@
 //! request has a time limit. Nothing here logs a header or a body.
 
 pub mod admin;
+pub mod auth_failures;
 pub mod check;
 pub mod cluster;
 pub mod error;
@@ -18,7 +19,9 @@ pub mod usage;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -54,7 +57,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route_layer(middleware::from_fn_with_state(app.clone(), count_admin_request));
     Router::new()
         .merge(admin)
-        .merge(ops::routes())
+        .merge(ops::routes(app.metrics_on_http))
         .merge(check::routes())
         .merge(forward_auth::routes())
         .fallback(|| async { ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route") })
@@ -65,18 +68,42 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Checks the bearer admin token and its scope.
-async fn require_admin(State(app): State<Arc<App>>, request: Request, next: Next) -> Result<Response, ApiError> {
-    let token = secret::bearer(request.headers())
-        .map(str::trim)
-        .ok_or_else(|| ApiError::unauthorized("an admin token is required: Authorization: Bearer <token>"))?;
+/// Checks the bearer admin token and its scope. A source that keeps
+/// presenting bad tokens is logged and slowed down (see [`auth_failures`]).
+async fn require_admin(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let source = crate::http::forwarded::canonical_ip(peer.ip());
+    let now = std::time::Instant::now();
+    if let Err(retry) = app.admin_auth_failures.check(source, now) {
+        let mut e = ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_failures",
+            format!("too many failed admin authentications from {source}; retry in {retry} s"),
+        );
+        e.retry_after = Some(retry);
+        return Err(e);
+    }
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let Some(token) = secret::bearer(request.headers()).map(str::trim) else {
+        // No guess was made: logged, not counted against the source.
+        tracing::info!(%source, %route, "admin request without a token");
+        return Err(ApiError::unauthorized("an admin token is required: Authorization: Bearer <token>"));
+    };
+    let failed = |why: &'static str| {
+        tracing::warn!(%source, %route, why, "admin authentication failed");
+        app.admin_auth_failures.fail(source, now);
+        ApiError::unauthorized(why)
+    };
     let bootstrap = app.bootstrap_token.as_ref().is_some_and(|d| d.matches(token));
     if !bootstrap {
         let published = app.published();
-        let stored = published
-            .model
-            .token_by_digest(&secret::sha256(token))
-            .ok_or_else(|| ApiError::unauthorized("the admin token is not valid"))?;
+        let Some(stored) = published.model.token_by_digest(&secret::sha256(token)) else {
+            return Err(failed("the admin token is not valid"));
+        };
         let reading = matches!(*request.method(), Method::GET | Method::HEAD);
         let allowed = stored.scopes.contains(&Scope::Write) || (reading && stored.scopes.contains(&Scope::Read));
         if !allowed {

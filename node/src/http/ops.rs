@@ -1,5 +1,7 @@
-//! Unauthenticated operational endpoints: liveness, readiness, metrics and the
-//! OpenAPI document.
+//! Operational endpoints: liveness, readiness and the OpenAPI document
+//! (public), and Prometheus metrics: on the HTTP listener or on their own
+//! (`--metrics-addr`), behind a bearer token when `TOLLGATE_METRICS_TOKEN` is
+//! set (the metrics name every API and stage).
 
 use std::sync::Arc;
 
@@ -12,27 +14,46 @@ use serde_json::json;
 
 use crate::app::App;
 
-pub fn routes() -> Router<Arc<App>> {
-    Router::new()
+/// The public operational routes, with `/metrics` unless it has a listener
+/// of its own.
+pub fn routes(with_metrics: bool) -> Router<Arc<App>> {
+    let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(|| async { Json(super::openapi::document()) }))
+        .route("/openapi.json", get(|| async { Json(super::openapi::document()) }));
+    if with_metrics {
+        router.route("/metrics", get(metrics))
+    } else {
+        router
+    }
+}
+
+/// The router of the `--metrics-addr` listener: `/metrics` (and `/healthz`).
+pub fn metrics_router(app: Arc<App>) -> Router {
+    Router::new().route("/metrics", get(metrics)).route("/healthz", get(|| async { "ok" })).with_state(app)
 }
 
 /// Ready: a member of a cluster that has a known leader.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     let m = app.raft.metrics().borrow().clone();
     let member = m.membership_config.membership().nodes().any(|(id, _)| *id == app.id);
-    let body = json!({"member": member, "leader_id": m.current_leader});
-    if member && m.current_leader.is_some() {
+    let removed = app.is_removed();
+    let body = json!({"member": member && !removed, "removed": removed, "leader_id": m.current_leader});
+    if member && !removed && m.current_leader.is_some() {
         (StatusCode::OK, Json(body)).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Response {
+async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(expected) = &app.metrics_token {
+        if !crate::secret::bearer(&headers).is_some_and(|t| expected.matches(t.trim())) {
+            let challenge = [(header::WWW_AUTHENTICATE, "Bearer")];
+            return (StatusCode::UNAUTHORIZED, challenge, "metrics need the metrics token: Authorization: Bearer ...")
+                .into_response();
+        }
+    }
     let raft = app.raft.metrics().borrow().clone();
     let text = app.metrics.render(&raft, app.committed_index());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
