@@ -206,14 +206,20 @@ impl Drop for Dev {
 /// Nine ports P..P+2, P+1000.., P+2000.. below the harness's range (20000
 /// and up) and above `tollgate dev`'s default, free now.
 fn dev_base_port() -> u16 {
-    let start = 10_200 + (std::process::id() % 7_000) as u16;
-    (start..17_900)
+    // Tests run at once: no two calls in this process get overlapping ports.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let start = 10_200 + (std::process::id() % 3_000) as u16;
+    let base = (start..17_900)
         .find(|p| {
-            [0, 1, 2, 1000, 1001, 1002, 2000, 2001, 2002]
-                .iter()
-                .all(|o| std::net::TcpListener::bind(("127.0.0.1", p + o)).is_ok())
+            given.iter().all(|g| p.abs_diff(*g) > 2)
+                && [0, 1, 2, 1000, 1001, 1002, 2000, 2001, 2002]
+                    .iter()
+                    .all(|o| std::net::TcpListener::bind(("127.0.0.1", p + o)).is_ok())
         })
-        .expect("free ports for tollgate dev")
+        .expect("free ports for tollgate dev");
+    given.push(base);
+    base
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -261,4 +267,50 @@ async fn tollgate_dev_with_tls_starts_a_tls_cluster_the_cli_can_talk_to() {
     assert!(String::from_utf8_lossy(&status.stdout).contains("leader_id"));
     let plain = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
     assert!(plain.get(url.replace("https://", "http://") + "/readyz").send().await.is_err(), "plain HTTP answered");
+}
+
+/// `tollgate dev` starts a node again after it dies (kill -9), and the node's
+/// configuration is in its data dir.
+#[tokio::test(flavor = "multi_thread")]
+async fn tollgate_dev_starts_a_killed_node_again() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let (out, err) = (dir.path().join("dev.out"), dir.path().join("dev.err"));
+    let base = dev_base_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    cmd.args(["dev", "--base-port", &base.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path().join("dev"))
+        .env_remove("TOLLGATE_ADMIN_TOKEN")
+        .stdout(std::fs::File::create(&out).expect("out"))
+        .stderr(std::fs::File::create(&err).expect("err"));
+    // SAFETY: prctl is async-signal-safe; SIGTERM lets dev stop its nodes.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let _dev = Dev(cmd.spawn().expect("tollgate dev"));
+    harness::wait_until("tollgate dev is up", || async {
+        std::fs::read_to_string(&out).is_ok_and(|t| t.contains("Ctrl-C stops"))
+    })
+    .await;
+    let config = dir.path().join("dev/node2/tollgate.toml");
+    let text = std::fs::read_to_string(&config).expect("node 2's configuration");
+    assert!(text.contains("id = 2") && text.contains("peers = "), "{text}");
+    assert!(!text.contains("tga_") && !text.contains("tgc_"), "no secret in the file: {text}");
+
+    let killed = Command::new("pkill").args(["-9", "-f"]).arg(config.display().to_string()).status().expect("pkill");
+    assert!(killed.success(), "node 2 was not running");
+    harness::wait_until("dev says it restarts node 2", || async {
+        std::fs::read_to_string(&err).is_ok_and(|t| t.contains("node 2 exited") && t.contains("node 2 started again"))
+    })
+    .await;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+    let ready = format!("http://127.0.0.1:{}/readyz", base + 1);
+    harness::wait_until("node 2 is ready again", || async {
+        http.get(&ready).send().await.is_ok_and(|r| r.status().is_success())
+    })
+    .await;
 }

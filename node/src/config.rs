@@ -128,6 +128,10 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_INSECURE_PEER_AUTH_OFF")]
     #[serde(default)]
     pub insecure_peer_auth_off: bool,
+    /// Failed admin authentications (wrong tokens) allowed per source address:
+    /// this many in a row, then this many a minute; past that, 429.
+    #[arg(long, env = "TOLLGATE_ADMIN_AUTH_FAILURES_PER_MINUTE")]
+    pub admin_auth_failures_per_minute: Option<u32>,
     /// Serve `/metrics` on this address only (not on `--http`).
     #[arg(long, env = "TOLLGATE_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
@@ -165,6 +169,7 @@ pub struct NodeConfig {
     /// No peer authentication (`--insecure-peer-auth-off`).
     pub insecure_peer_auth_off: bool,
     pub metrics_addr: Option<String>,
+    pub admin_auth_failures_per_minute: u32,
     /// Bearer token `/metrics` requires (from `TOLLGATE_METRICS_TOKEN`), if any.
     pub metrics_token: Option<String>,
     /// Bootstrap admin token (from `TOLLGATE_ADMIN_TOKEN`); held only as a digest.
@@ -349,6 +354,10 @@ impl ServeArgs {
             },
             insecure_peer_auth_off: self.insecure_peer_auth_off || file.insecure_peer_auth_off,
             metrics_addr: self.metrics_addr.or(file.metrics_addr),
+            admin_auth_failures_per_minute: self
+                .admin_auth_failures_per_minute
+                .or(file.admin_auth_failures_per_minute)
+                .unwrap_or(crate::http::auth_failures::DEFAULT_PER_MINUTE),
             metrics_token: env("TOLLGATE_METRICS_TOKEN").filter(|t| !t.is_empty()),
             admin_token: env("TOLLGATE_ADMIN_TOKEN").filter(|t| !t.is_empty()),
             cluster_token: env("TOLLGATE_CLUSTER_TOKEN").filter(|t| !t.is_empty()),

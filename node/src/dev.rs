@@ -1,6 +1,8 @@
 //! `tollgate dev`: three real node processes on loopback, one folder of data,
 //! the endpoints and a fresh admin token printed; Ctrl-C or SIGTERM stops all
-//! three. Running it again on the same folder brings the same cluster back.
+//! three. A node that exits is started again (with back-off). Each node's
+//! configuration, but for its secrets, is in `DIR/nodeN/tollgate.toml`.
+//! Running it again on the same folder brings the same cluster back.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -81,50 +83,57 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .collect();
     let peers = peers.join(",");
     let certs = std::path::absolute(args.data_dir.join("certs")).context("the certificates' folder")?;
-    let mut tls_args: Vec<std::ffi::OsString> = Vec::new();
     let mut roots = Vec::new();
     if args.tls {
         if !certs.join("ca.pem").exists() {
             crate::tls::generate(&certs, &[])?;
         }
-        for (flag, file) in [("--tls-cert", "node.pem"), ("--tls-key", "node-key.pem"), ("--tls-client-ca", "ca.pem")] {
-            tls_args.extend([flag.into(), certs.join(file).into()]);
-        }
         roots = crate::tls::outbound_roots(&certs.join("ca.pem"))?;
     }
     let scheme = if args.tls { "https" } else { "http" };
 
-    let mut nodes = Nodes(Vec::new());
-    for i in 0..3u16 {
-        let dir = args.data_dir.join(format!("node{}", i + 1));
+    // Each node's whole configuration, but for its two secrets, is kept in
+    // its data dir (`tollgate serve --config DIR/tollgate.toml` with the
+    // tokens in the environment starts it again), and every start uses it.
+    let spawn = |i: u16| -> anyhow::Result<Child> {
+        let dir = std::path::absolute(args.data_dir.join(format!("node{}", i + 1)))?;
         std::fs::create_dir_all(&dir)?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("node.log"))?;
         let (http, peer) = addr(i);
-        let child = Command::new(&exe)
+        let mut config = toml::Table::new();
+        config.insert("id".into(), toml::Value::Integer(i as i64 + 1));
+        config.insert("http".into(), toml::Value::String(http));
+        config.insert("peer".into(), toml::Value::String(peer));
+        config.insert("wire".into(), toml::Value::String(wire(i)));
+        config.insert("peers".into(), toml::Value::String(peers.clone()));
+        config.insert("data_dir".into(), toml::Value::String(dir.display().to_string()));
+        if args.tls {
+            for (key, file) in [("tls_cert", "node.pem"), ("tls_key", "node-key.pem"), ("tls_client_ca", "ca.pem")] {
+                config.insert(key.into(), toml::Value::String(certs.join(file).display().to_string()));
+            }
+        }
+        let path = dir.join("tollgate.toml");
+        let text = format!(
+            "# Written by `tollgate dev`. The secrets are not here: run with\n# TOLLGATE_ADMIN_TOKEN and \
+             TOLLGATE_CLUSTER_TOKEN as `tollgate dev` printed and set them.\n{}",
+            toml::to_string(&config)?
+        );
+        std::fs::write(&path, text)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("node.log"))?;
+        Command::new(&exe)
             .arg("serve")
-            .args([
-                "--id",
-                &(i + 1).to_string(),
-                "--http",
-                &http,
-                "--peer",
-                &peer,
-                "--wire",
-                &wire(i),
-                "--peers",
-                &peers,
-            ])
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(&tls_args)
+            .arg("--config")
+            .arg(&path)
             .env("TOLLGATE_ADMIN_TOKEN", &token)
             .env("TOLLGATE_CLUSTER_TOKEN", &cluster_token)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("cannot start a node")?;
-        nodes.0.push(child);
+            .context("cannot start a node")
+    };
+    let mut nodes = Nodes(Vec::new());
+    for i in 0..3u16 {
+        nodes.0.push(spawn(i)?);
     }
 
     let http = crate::tls::http_trusting(&roots).build()?;
@@ -181,26 +190,50 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     println!("Ctrl-C stops all three nodes.");
 
+    // A node that exits (or is killed, to try a failover) is started again
+    // after a back-off that doubles while it keeps failing (1 s up to 30 s)
+    // and is forgotten once it has run for a minute.
     let mut watch = tokio::time::interval(Duration::from_millis(500));
-    let mut exited = [false; 3];
+    let mut restart_at: [Option<Instant>; 3] = [None; 3];
+    let mut backoff = [Duration::from_secs(1); 3];
+    let mut started = [Instant::now(); 3];
     loop {
         tokio::select! {
             _ = interrupt.recv() => break,
             _ = term.recv() => break,
             _ = watch.tick() => {
-                // A node that exits (or is killed to try a failover) is reported;
-                // the others keep running.
-                for (i, child) in nodes.0.iter_mut().enumerate() {
-                    if !exited[i] {
-                        if let Some(status) = child.try_wait()? {
-                            exited[i] = true;
-                            eprintln!("node {} exited ({status}); the others keep running", i + 1);
+                for i in 0..3 {
+                    if let Some(at) = restart_at[i] {
+                        if Instant::now() >= at {
+                            restart_at[i] = None;
+                            match spawn(i as u16) {
+                                Ok(child) => {
+                                    nodes.0[i] = child;
+                                    started[i] = Instant::now();
+                                    eprintln!("node {} started again", i + 1);
+                                }
+                                Err(e) => {
+                                    eprintln!("node {} could not be started again: {e:#}", i + 1);
+                                    restart_at[i] = Some(Instant::now() + backoff[i]);
+                                }
+                            }
                         }
+                        continue;
                     }
-                }
-                if exited.iter().all(|e| *e) {
-                    eprintln!("all nodes have exited");
-                    return Ok(());
+                    if let Some(status) = nodes.0[i].try_wait()? {
+                        if started[i].elapsed() > Duration::from_secs(60) {
+                            backoff[i] = Duration::from_secs(1);
+                        }
+                        eprintln!(
+                            "node {} exited ({status}); starting it again in {} s (log: {}/node{}/node.log)",
+                            i + 1,
+                            backoff[i].as_secs(),
+                            args.data_dir.display(),
+                            i + 1
+                        );
+                        restart_at[i] = Some(Instant::now() + backoff[i]);
+                        backoff[i] = (backoff[i] * 2).min(Duration::from_secs(30));
+                    }
                 }
             }
         }

@@ -133,7 +133,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             trusted_proxies: crate::http::forwarded::TrustedProxies(config.trusted_proxies.clone()),
             metrics_token: config.metrics_token.as_deref().map(Digest::of),
             metrics_on_http: config.metrics_addr.is_none(),
-            admin_auth_failures: Default::default(),
+            admin_auth_failures: crate::http::auth_failures::AuthFailures::per_minute(
+                config.admin_auth_failures_per_minute,
+            ),
             removed: std::sync::atomic::AtomicBool::new(config.data_dir.join("removed").exists()),
             data_dir: config.data_dir.clone(),
         }

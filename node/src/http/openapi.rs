@@ -596,6 +596,7 @@ fn admin(mut op: Value, writes: bool) -> Value {
     op["security"] = json!([{"admin_token": []}]);
     op["responses"]["401"] = error("No admin token, or not a valid one");
     op["responses"]["403"] = error("The admin token may only read");
+    op["responses"]["429"] = error("Too many wrong admin tokens from this address; see Retry-After");
     op["responses"]["503"] = unavailable();
     if writes {
         op["responses"]["413"] = too_large();
