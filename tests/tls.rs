@@ -4,7 +4,7 @@
 mod harness;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use harness::{make_certs as certs, Cluster, Options, TOKEN};
@@ -222,18 +222,21 @@ fn dev_base_port() -> u16 {
     base
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tollgate_dev_with_tls_starts_a_tls_cluster_the_cli_can_talk_to() {
+/// `tollgate dev` with `extra` flags, its data in DIR/dev, its output in
+/// DIR/dev.out and DIR/dev.err; returned once it says it is up, with its base port.
+async fn start_dev(dir: &std::path::Path, extra: &[&str]) -> (Dev, u16) {
     use std::os::unix::process::CommandExt;
-    let dir = tempfile::tempdir().expect("dir");
-    let out = dir.path().join("dev.out");
+    let out = dir.join("dev.out");
+    let base = dev_base_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
-    cmd.args(["dev", "--tls", "--base-port", &dev_base_port().to_string()])
+    cmd.arg("dev")
+        .args(extra)
+        .args(["--base-port", &base.to_string()])
         .arg("--data-dir")
-        .arg(dir.path().join("dev"))
+        .arg(dir.join("dev"))
         .env_remove("TOLLGATE_ADMIN_TOKEN")
         .stdout(std::fs::File::create(&out).expect("out"))
-        .stderr(Stdio::null());
+        .stderr(std::fs::File::create(dir.join("dev.err")).expect("err"));
     // SAFETY: prctl is async-signal-safe; SIGTERM lets dev stop its nodes.
     unsafe {
         cmd.pre_exec(|| {
@@ -241,11 +244,19 @@ async fn tollgate_dev_with_tls_starts_a_tls_cluster_the_cli_can_talk_to() {
             Ok(())
         });
     }
-    let _dev = Dev(cmd.spawn().expect("tollgate dev"));
+    let dev = Dev(cmd.spawn().expect("tollgate dev"));
     harness::wait_until("tollgate dev is up", || async {
         std::fs::read_to_string(&out).is_ok_and(|t| t.contains("Ctrl-C stops"))
     })
     .await;
+    (dev, base)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tollgate_dev_with_tls_starts_a_tls_cluster_the_cli_can_talk_to() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = dir.path().join("dev.out");
+    let (_dev, _) = start_dev(dir.path(), &["--tls"]).await;
     let printed = std::fs::read_to_string(&out).expect("out");
     let export = |name: &str| {
         printed
@@ -273,29 +284,9 @@ async fn tollgate_dev_with_tls_starts_a_tls_cluster_the_cli_can_talk_to() {
 /// configuration is in its data dir.
 #[tokio::test(flavor = "multi_thread")]
 async fn tollgate_dev_starts_a_killed_node_again() {
-    use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().expect("dir");
-    let (out, err) = (dir.path().join("dev.out"), dir.path().join("dev.err"));
-    let base = dev_base_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
-    cmd.args(["dev", "--base-port", &base.to_string()])
-        .arg("--data-dir")
-        .arg(dir.path().join("dev"))
-        .env_remove("TOLLGATE_ADMIN_TOKEN")
-        .stdout(std::fs::File::create(&out).expect("out"))
-        .stderr(std::fs::File::create(&err).expect("err"));
-    // SAFETY: prctl is async-signal-safe; SIGTERM lets dev stop its nodes.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
-    let _dev = Dev(cmd.spawn().expect("tollgate dev"));
-    harness::wait_until("tollgate dev is up", || async {
-        std::fs::read_to_string(&out).is_ok_and(|t| t.contains("Ctrl-C stops"))
-    })
-    .await;
+    let err = dir.path().join("dev.err");
+    let (_dev, base) = start_dev(dir.path(), &[]).await;
     let config = dir.path().join("dev/node2/tollgate.toml");
     let text = std::fs::read_to_string(&config).expect("node 2's configuration");
     assert!(text.contains("id = 2") && text.contains("peers = "), "{text}");

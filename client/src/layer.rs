@@ -28,6 +28,8 @@ use std::task::{Context, Poll};
 
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 
+use tollgate_proto::check::{add_header_line, add_query_param, header_text};
+
 use crate::{CheckRequest, Client, Decision, Error};
 
 /// Checks requests for one API stage.
@@ -58,36 +60,15 @@ pub struct TollgateService<S> {
     layer: TollgateLayer,
 }
 
-/// A header value as text: UTF-8 when it is, else each byte as ISO-8859-1.
-fn header_text(value: &HeaderValue) -> String {
-    match std::str::from_utf8(value.as_bytes()) {
-        Ok(text) => text.to_string(),
-        Err(_) => value.as_bytes().iter().map(|b| char::from(*b)).collect(),
-    }
-}
-
 fn check_request<B>(layer: &TollgateLayer, req: &Request<B>) -> CheckRequest {
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in req.headers() {
-        let text = header_text(value);
-        headers
-            .entry(name.as_str().to_string())
-            .and_modify(|v| {
-                v.push_str(if name == http::header::COOKIE { "; " } else { ", " });
-                v.push_str(&text);
-            })
-            .or_insert(text);
+        add_header_line(&mut headers, name.as_str(), header_text(value.as_bytes()));
     }
     let source_ip = req.extensions().get::<SocketAddr>().map(|a| a.ip().to_string());
     let mut query: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
-        query
-            .entry(name.into_owned())
-            .and_modify(|v| {
-                v.push(',');
-                v.push_str(&value);
-            })
-            .or_insert_with(|| value.into_owned());
+        add_query_param(&mut query, name.into_owned(), value.into_owned());
     }
     CheckRequest {
         api: layer.api.to_string(),

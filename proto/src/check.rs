@@ -49,6 +49,45 @@ pub struct CheckRequest {
     pub body_size: Option<u64>,
 }
 
+/// A header value's bytes as text: UTF-8 when they are, else each byte as
+/// ISO-8859-1 (RFC 9110 §5.5: `obs-text` is opaque; this keeps every byte
+/// distinct, so no spelling of a value collapses into another).
+pub fn header_text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_string(),
+        Err(_) => bytes.iter().map(|b| char::from(*b)).collect(),
+    }
+}
+
+/// Adds one header line to `headers` (names lower-case): lines of one name
+/// are one value joined by `, ` (RFC 9110 §5.3; `; ` for `cookie`, RFC 6265
+/// §5.4), so a rule sees every line whichever one the upstream reads.
+pub fn add_header_line(headers: &mut BTreeMap<String, String>, name: &str, value: String) {
+    match headers.get_mut(name) {
+        Some(joined) => {
+            joined.push_str(if name == "cookie" { "; " } else { ", " });
+            joined.push_str(&value);
+        }
+        None => {
+            headers.insert(name.to_string(), value);
+        }
+    }
+}
+
+/// Adds one decoded query parameter to `query`: a name given again has its
+/// values joined by `,` (frameworks differ on which one they read).
+pub fn add_query_param(query: &mut BTreeMap<String, String>, name: String, value: String) {
+    match query.get_mut(&name) {
+        Some(joined) => {
+            joined.push(',');
+            joined.push_str(&value);
+        }
+        None => {
+            query.insert(name, value);
+        }
+    }
+}
+
 /// Whether the request may pass, and what to tell the client and the backend.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Decision {

@@ -45,6 +45,8 @@ use axum::routing::any;
 use axum::{Json, Router};
 use tollgate_proto::check::{CheckRequest, Decision};
 
+use tollgate_proto::check::{add_header_line, add_query_param, header_text};
+
 use super::error::ApiError;
 use super::forwarded::{client_address, split_unquoted, ChainError, ChainHeader};
 use crate::app::App;
@@ -194,15 +196,6 @@ fn agree(headers: &HeaderMap, spellings: &[&'static str], used: &str, value: &st
     Ok(())
 }
 
-/// A header value as text: UTF-8 when it is, else each byte as ISO-8859-1
-/// (RFC 9110 §5.5: `obs-text` bytes are opaque; this keeps them distinct).
-fn header_text(value: &HeaderValue) -> String {
-    match std::str::from_utf8(value.as_bytes()) {
-        Ok(text) => text.to_string(),
-        Err(_) => value.as_bytes().iter().map(|b| char::from(*b)).collect(),
-    }
-}
-
 /// Builds the check request a forward-auth call stands for.
 fn original_request(
     app: &App,
@@ -249,26 +242,13 @@ fn original_request(
     // as the invalid value it is, whichever line the upstream would read.
     let mut original_headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in headers {
-        let text = header_text(value);
-        original_headers
-            .entry(name.as_str().to_string())
-            .and_modify(|v| {
-                v.push_str(if name == axum::http::header::COOKIE { "; " } else { ", " });
-                v.push_str(&text);
-            })
-            .or_insert(text);
+        add_header_line(&mut original_headers, name.as_str(), header_text(value.as_bytes()));
     }
     // A parameter given twice: its values joined by `,`, so a rule matching
     // either value sees it (frameworks differ on which one they read).
     let mut query_params: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-        query_params
-            .entry(name.into_owned())
-            .and_modify(|v| {
-                v.push(',');
-                v.push_str(&value);
-            })
-            .or_insert_with(|| value.into_owned());
+        add_query_param(&mut query_params, name.into_owned(), value.into_owned());
     }
     let client_cert_subject = match mode {
         ProxyMode::Envoy => single(headers, "x-forwarded-client-cert")?.and_then(xfcc_subject),
@@ -398,8 +378,8 @@ mod tests {
     #[test]
     fn obs_text_header_bytes_are_kept_as_latin1() {
         let value = HeaderValue::from_bytes(b"caf\xe9").expect("obs-text is a legal header value");
-        assert_eq!(header_text(&value), "caf\u{e9}");
+        assert_eq!(header_text(value.as_bytes()), "caf\u{e9}");
         let utf8 = HeaderValue::from_bytes("café".as_bytes()).expect("utf-8");
-        assert_eq!(header_text(&utf8), "café");
+        assert_eq!(header_text(utf8.as_bytes()), "café");
     }
 }
