@@ -693,6 +693,20 @@ async fn forward_auth_reads_each_fact_from_the_one_header_its_proxy_sets() {
         let shown = (got.0, if reason.is_empty() { String::new() } else { got.1.clone() });
         assert_eq!(shown, want, "{api}{mode} {} {} {:?}", a.method, a.tail, a.headers);
     }
+    // Up to the check's own limit of header lines, forward-auth decides
+    // (hyper alone would answer 431 past 100); past it, a 400 names them.
+    for (count, status) in [(240, 200), (300, 400)] {
+        let mut req = cluster
+            .http
+            .get(format!("{base}/v1/forward-auth/vault/prod?mode=traefik"))
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-uri", "/public/x")
+            .header("x-forwarded-for", good);
+        for i in 0..count {
+            req = req.header(format!("x-h{i}"), "v");
+        }
+        assert_eq!(req.send().await.expect("request").status().as_u16(), status, "{count} headers");
+    }
     // POST /v1/check: a misspelt field is refused, not ignored; without the
     // client address an API whose rules need it is refused, not decided.
     let check = |body: Value| {

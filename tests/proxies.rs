@@ -307,6 +307,16 @@ async fn client_headers_decide_nothing(cluster: &Cluster, base: &str, secret: &s
     let utf8 = reqwest::header::HeaderValue::from_bytes("café".as_bytes()).expect("obs-text");
     let resp = cluster.http.get(format!("{base}/public")).header("x-note", utf8).send().await.expect("request");
     assert_eq!(resp.status().as_u16(), 200);
+    // A request with many headers (more than hyper's default 100) is decided,
+    // not answered 431, which nginx turned into a 500. (Caddy hands a 431 on
+    // as it is; this test's own upstream still has hyper's limit.)
+    let many: Vec<(String, String)> = (0..150).map(|i| (format!("x-h{i}"), "v".to_string())).collect();
+    let mut req = cluster.http.get(format!("{base}/public"));
+    for (name, value) in &many {
+        req = req.header(name, value);
+    }
+    let status = req.send().await.expect("request").status().as_u16();
+    assert_ne!(status, 500, "150 headers");
     // A 401 arrives with its reason (nginx passes 401 on without headers of
     // its own: the config adds them).
     let resp = send(reqwest::Method::GET, "/authz/x", &[]).await.expect("request");

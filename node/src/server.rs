@@ -206,26 +206,61 @@ impl Tls {
     }
 }
 
+/// Header lines a request may have: the check takes up to
+/// [`crate::gateway::MAX_FIELDS`] of the original request's, and a proxy
+/// adds its own. (hyper's default, 100, answered 431 below that, which nginx
+/// turns into a 500.)
+pub const MAX_REQUEST_HEADERS: usize = crate::gateway::MAX_FIELDS + 64;
+
 /// Serves `router` on `listener` (over TLS when `tls` is given) until `stop`.
 fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     router: axum::Router,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    use axum::serve::ListenerExt;
-    let graceful = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    let service = router.into_make_service_with_connect_info::<SocketAddr>();
     Ok(match tls {
-        // `tap_io` only to get the peer's address to the handlers (as ConnectInfo).
         Some(tls) => {
-            let listener = crate::tls::TlsListener::new(listener, tls)?.tap_io(|_| {});
-            tokio::spawn(async move { axum::serve(listener, service).with_graceful_shutdown(graceful).await })
+            let listener = crate::tls::TlsListener::new(listener, tls)?;
+            tokio::spawn(serve_connections(listener, router, stop))
         }
-        None => tokio::spawn(async move { axum::serve(listener, service).with_graceful_shutdown(graceful).await }),
+        None => tokio::spawn(serve_connections(listener, router, stop)),
     })
+}
+
+/// Accepts connections and serves each with hyper (HTTP/1.1 and HTTP/2),
+/// the peer's address given to handlers as `ConnectInfo`. On `stop`, accepts
+/// no more and lets the connections in flight finish (at most 5 s).
+async fn serve_connections<L>(
+    mut listener: L,
+    router: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower_layer::Layer as _;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).max_headers(MAX_REQUEST_HEADERS);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            (io, addr) = listener.accept() => {
+                let service = axum::Extension(axum::extract::ConnectInfo(addr)).layer(router.clone());
+                let service = hyper_util::service::TowerToHyperService::new(service);
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
+    Ok(())
 }
 
 /// Initialises a new cluster once: with `--init`, this node alone; with
