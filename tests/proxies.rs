@@ -57,6 +57,7 @@ async fn configure(cluster: &Cluster) -> (String, String) {
     let api = json!({"id": "pets", "name": "Pets", "stages": [{"name": "prod"}],
         "routes": [{"method": "GET", "path": "/pets/*", "api_key_required": true}, {"method": "GET", "path": "/public"},
             {"method": "*", "path": "/admin/*", "api_key_required": true}, {"method": "GET", "path": "/ipzone/*"},
+            {"method": "GET", "path": "/open/*"},
             {"method": "GET", "path": "/authz/*", "authorizer_id": "down"}],
         "cors": {"allow_origins": ["https://app.example.com"], "allow_methods": ["GET", "DELETE"], "allow_headers": ["x-api-key"]},
         "waf": [{"name": "sqli", "action": "block", "condition": {"query_matches": "(?i)union"}}]});
@@ -236,6 +237,18 @@ async fn proxy_protects_the_upstream(start: fn(&Cluster, u16, u16, &Path) -> Pro
     assert!(throttled > 0, "no request was throttled");
 }
 
+/// The status of `GET {target}` sent as written, over a raw socket.
+async fn raw_get(port: u16, target: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let head = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(harness::PATIENCE, stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("not an answer: {text}"))
+}
+
 /// Every header a client could write to lie about its request, each with the
 /// value that would get the request through if it were believed.
 const FORGED: &[(&str, &str)] = &[
@@ -317,6 +330,26 @@ async fn client_headers_decide_nothing(cluster: &Cluster, base: &str, secret: &s
     }
     let status = req.send().await.expect("request").status().as_u16();
     assert_ne!(status, 500, "150 headers");
+    // Every spelling of a key-protected path is decided as that path: none
+    // reaches the upstream without a key (sent raw: an HTTP client library
+    // would resolve the dots itself).
+    let port: u16 = base.rsplit(':').next().and_then(|p| p.parse().ok()).expect("proxy port");
+    // `/open/*` needs no key; each spelling below, matched as written,
+    // would be an open path that the upstream serves as `/pets/1`.
+    for spelling in [
+        "/open/../pets/1",
+        "/open/%2e%2e/pets/1",
+        "/open/.%2E/pets/1",
+        "/open/%2E./pets/1",
+        "/open/x/../../pets/1",
+        "/open/..%2fpets/1",
+        "/open/%252e%252e/pets/1",
+        "/open/..;/pets/1",
+    ] {
+        let status = raw_get(port, spelling).await;
+        assert!(matches!(status, 400 | 403), "{spelling} got {status}");
+    }
+    assert_eq!(raw_get(port, "/open/x").await, 200, "the open route itself is open");
     // A 401 arrives with its reason (nginx passes 401 on without headers of
     // its own: the config adds them).
     let resp = send(reqwest::Method::GET, "/authz/x", &[]).await.expect("request");
