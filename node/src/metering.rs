@@ -232,6 +232,9 @@ struct Lease {
     last_used_ms: i64,
     /// Checks waiting for the grant in flight.
     waiting: u64,
+    /// The ledger's number for the grant this lease admits from (and its
+    /// unreported use came from); 0 before the first.
+    generation: u64,
     /// The last grant's size; the next is asked for below half of it.
     last_grant: u64,
     /// Whether any grant brought units (the ledger may hold some for us).
@@ -267,6 +270,7 @@ impl Lease {
             window_start_ms: now_ms,
             last_used_ms: now_ms,
             waiting: 0,
+            generation: 0,
             last_grant: 0,
             granted: false,
             short: false,
@@ -705,6 +709,7 @@ impl Metering {
             retired.push(QuotaUsage {
                 period: period.clone(),
                 holder: old.holder,
+                generation: old.generation,
                 used: old.unreported,
                 release: true,
             });
@@ -724,11 +729,12 @@ impl Metering {
             // have: a grant that timed out here may still have been made).
             match answer {
                 Ok((0, _)) => {}
-                Ok((granted, _)) => {
+                Ok((granted, ledger)) => {
                     self.stats.units.with_label_values(&["returned"]).inc_by(granted);
-                    local.retired.push(QuotaUsage { period, holder, used: 0, release: true });
+                    let generation = ledger.grants.get(&holder).map_or(0, |g| g.generation);
+                    local.retired.push(QuotaUsage { period, holder, generation, used: 0, release: true });
                 }
-                Err(_) => local.retired.push(QuotaUsage { period, holder, used: 0, release: true }),
+                Err(_) => local.retired.push(QuotaUsage { period, holder, generation: 0, release: true, used: 0 }),
             }
             return;
         };
@@ -736,6 +742,18 @@ impl Metering {
             Ok((granted, ledger)) => {
                 let limit = ledger.limit(quota.limit);
                 lease.limit = limit;
+                let generation = ledger.grants.get(&holder).map_or(0, |g| g.generation);
+                if lease.generation != 0 && generation != 0 && generation != lease.generation {
+                    // The grant this lease held expired at the ledger (counted
+                    // whole, with whatever was used of it) and this is a new
+                    // one: the old grant's units and unreported use are gone.
+                    self.stats.units.with_label_values(&["expired"]).inc_by(lease.units);
+                    lease.units = 0;
+                    lease.unreported = 0;
+                }
+                if generation != 0 {
+                    lease.generation = generation;
+                }
                 lease.units += granted;
                 // What this node can promise: its own units and the ledger's
                 // free ones. Units other nodes hold may be spent already, so
@@ -867,6 +885,7 @@ impl Metering {
                         usage.push(QuotaUsage {
                             period: period.clone(),
                             holder: lease.holder,
+                            generation: lease.generation,
                             used: lease.unreported,
                             release,
                         });
@@ -975,7 +994,7 @@ impl Authority for LocalAuthority {
         if lock(&self.reported).insert(request_id) {
             let mut ledgers = lock(&self.ledgers);
             for u in usage {
-                ledgers.entry(u.period).or_default().report(u.holder, u.used, u.release, now_ms);
+                ledgers.entry(u.period).or_default().report(u.holder, u.generation, u.used, u.release, now_ms);
             }
         }
         Box::pin(async { Ok(()) })

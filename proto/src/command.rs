@@ -63,6 +63,9 @@ pub struct QuotaPeriod {
 pub struct QuotaUsage {
     pub period: QuotaPeriod,
     pub holder: u64,
+    /// The grant the use came from ([`crate::metering::Grant::generation`];
+    /// 0: whichever the holder has now).
+    pub generation: u64,
     pub used: u64,
     pub release: bool,
 }

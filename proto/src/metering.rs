@@ -23,6 +23,11 @@ pub const DAY_MS: i64 = 86_400_000;
 pub struct Grant {
     pub units: u64,
     pub expires_at_ms: i64,
+    /// Which grant this is, for its holder: a new number each time the
+    /// ledger opens a grant (renewals keep it). A report names the grant its
+    /// use came from, so use held back while that grant expired (and was
+    /// counted whole) is never charged again to the holder's next grant.
+    pub generation: u64,
 }
 
 /// A lease holder: one node process. The node id is in the high 32 bits (so
@@ -44,6 +49,8 @@ pub struct QuotaLedger {
     /// `consumed` split by UTC day (days since the epoch): when it was
     /// reported, or when the grant it came from expired.
     pub daily: BTreeMap<i64, u64>,
+    /// Grants opened so far (the last [`Grant::generation`] given).
+    pub generations: u64,
 }
 
 impl QuotaLedger {
@@ -104,7 +111,15 @@ impl QuotaLedger {
         let available = self.available(plan_limit);
         let units = want.min(available.div_ceil(4)).min(available);
         if units > 0 {
-            let g = self.grants.entry(holder).or_insert(Grant { units: 0, expires_at_ms: lease_until_ms });
+            let next = self.generations.saturating_add(1);
+            let g = self.grants.entry(holder).or_insert(Grant {
+                units: 0,
+                expires_at_ms: lease_until_ms,
+                generation: next,
+            });
+            if g.generation == next {
+                self.generations = next;
+            }
             g.units = g.units.saturating_add(units);
         }
         if let Some(g) = self.grants.get_mut(&holder) {
@@ -113,11 +128,18 @@ impl QuotaLedger {
         (units, self.grants.get(&holder).copied())
     }
 
-    /// `holder` used `used` units of its grant; with `release`, it hands the
-    /// rest back. Only what the ledger still holds for it is moved to
-    /// consumed: anything beyond came from a grant that expired, and an
-    /// expired grant was counted whole already.
-    pub fn report(&mut self, holder: u64, used: u64, release: bool, now_ms: i64) {
+    /// `holder` used `used` units of its grant `generation`; with `release`,
+    /// it hands the rest back. Only what the ledger still holds for that very
+    /// grant is moved to consumed: use of a grant that expired was counted
+    /// when it expired (whole), so a report for it (or for any grant but the
+    /// holder's current one) changes nothing, and its release does not touch
+    /// the holder's newer grant. Generation 0 stands for the current one.
+    pub fn report(&mut self, holder: u64, generation: u64, used: u64, release: bool, now_ms: i64) {
+        let current = self.grants.get(&holder).is_some_and(|g| generation == 0 || g.generation == generation);
+        if !current {
+            self.expire(now_ms);
+            return;
+        }
         let held = self.grants.get(&holder).map(|g| g.units).unwrap_or(0);
         let from_grant = used.min(held);
         self.consume(from_grant, now_ms);
@@ -215,7 +237,7 @@ mod tests {
                     }
                     3 => {
                         let release = next(2) == 0;
-                        ledger.report(node, h.2, release, now);
+                        ledger.report(node, 0, h.2, release, now);
                         h.2 = 0;
                         if release {
                             h.0 = 0;
@@ -228,7 +250,7 @@ mod tests {
                 assert!(admitted <= total, "admitted {admitted} beyond what the ledger knows: {ledger:?}");
             }
             for (node, h) in held.iter_mut() {
-                ledger.report(*node, h.2, true, now);
+                ledger.report(*node, 0, h.2, true, now);
             }
             assert!(admitted <= ledger.consumed, "usage under-counted: admitted {admitted}, ledger {ledger:?}");
             assert_eq!(ledger.outstanding(), 0);
@@ -252,9 +274,9 @@ mod tests {
         let (a, b) = (1 << 32 | 7, 2 << 32 | 9);
         assert_eq!(l.grant(100, a, 10, 1_000, 0).0, 10);
         assert_eq!(l.grant(100, b, 10, 1_000, 0).0, 10);
-        l.report(a, 4, false, 10);
-        l.report(a, 3, true, 20);
-        l.report(b, 10, false, 30);
+        l.report(a, 0, 4, false, 10);
+        l.report(a, 0, 3, true, 20);
+        l.report(b, 0, 10, false, 30);
         assert_eq!((l.consumed, l.outstanding(), l.remaining(100)), (17, 0, 83));
         assert_eq!(holder_node(b), 2);
     }
@@ -270,7 +292,7 @@ mod tests {
         }
         assert_eq!(sizes, [6, 4, 3, 3, 2, 1, 1, 1, 1]);
         assert_eq!(l.available(40), 0);
-        l.report(2, 1, true, 1);
+        l.report(2, 0, 1, true, 1);
         assert_eq!((l.consumed, l.outstanding()), (1, 10 + 22));
         assert_eq!(l.grant(40, 3, 5, 100, 1).0, 2, "from what node 2 handed back");
         // Nodes 1 and 3 stop reporting: at expiry their whole grants count as used.
@@ -294,7 +316,7 @@ mod tests {
     fn taking_away_more_than_is_left_leaves_nothing_and_never_pins_the_limit() {
         let mut l = QuotaLedger::default();
         assert_eq!(l.grant(100, 1, 30, 1_000, 0).0, 25);
-        l.report(1, 25, true, 10);
+        l.report(1, 0, 25, true, 10);
         assert_eq!(l.remaining(100), 75);
         // i64::MIN once slipped past a bound check; it is refused here too.
         for delta in [i64::MIN, i64::MAX, 0, MAX_ADJUST_DELTA + 1, -MAX_ADJUST_DELTA - 1] {
@@ -314,5 +336,35 @@ mod tests {
         let max = crate::validate::MAX_SAFE_INTEGER;
         assert!(big.adjust(max, 1).is_err());
         assert_eq!(big.adjustment, 0);
+    }
+
+    /// The partition case: a holder's use of a grant is held back while the
+    /// grant expires (counted whole), the holder gets a new grant under the
+    /// same id, then the held-back report arrives. It must not be charged
+    /// again, nor may its release end the new grant.
+    #[test]
+    fn use_held_back_past_its_grants_expiry_is_never_charged_twice() {
+        let mut l = QuotaLedger::default();
+        let holder = 1 << 32 | 5;
+        let (got, first) = l.grant(100, holder, 10, 1_000, 0);
+        assert_eq!(got, 10);
+        let first = first.map(|g| g.generation).unwrap_or(0);
+        // 7 admitted, the report held back; the grant expires: counted whole.
+        l.expire(1_000);
+        assert_eq!(l.consumed, 10);
+        let (got, second) = l.grant(100, holder, 10, 2_000, 1_000);
+        assert_eq!(got, 10);
+        let second = second.map(|g| g.generation).unwrap_or(0);
+        assert_ne!(first, second);
+        // The held-back report of the first grant, with a release.
+        l.report(holder, first, 7, true, 1_100);
+        assert_eq!((l.consumed, l.outstanding()), (10, 10), "charged once, the new grant untouched");
+        // The new grant's own use counts.
+        l.report(holder, second, 4, true, 1_200);
+        assert_eq!((l.consumed, l.outstanding()), (14, 0));
+        // A renewal keeps the generation.
+        let (_, a) = l.grant(100, holder, 5, 3_000, 1_300);
+        let (_, b) = l.grant(100, holder, 5, 3_000, 1_300);
+        assert_eq!(a.map(|g| g.generation), b.map(|g| g.generation));
     }
 }

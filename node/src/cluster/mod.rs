@@ -199,7 +199,13 @@ mod ledger_tests {
             .apply(vec![entry(
                 4,
                 Command::QuotaReport {
-                    usage: vec![QuotaUsage { period: period.clone(), holder: 2, used: 10, release: true }],
+                    usage: vec![QuotaUsage {
+                        period: period.clone(),
+                        holder: 2,
+                        generation: 0,
+                        used: 10,
+                        release: true,
+                    }],
                     now_ms: 2_000,
                 },
             )])

@@ -171,7 +171,7 @@ impl Model {
                 let mut ops = Vec::new();
                 for u in usage {
                     if let Ok((_, writes)) = self.meter(u.period, |ledger, _| {
-                        ledger.report(u.holder, u.used, u.release, now_ms);
+                        ledger.report(u.holder, u.generation, u.used, u.release, now_ms);
                         Ok(0)
                     }) {
                         ops.extend(writes);
