@@ -670,6 +670,8 @@ async fn forward_auth_reads_each_fact_from_the_one_header_its_proxy_sets() {
     ];
     #[rustfmt::skip]
     cases.extend([
+        // `//` with `..`: merged-first and RFC 3986 resolution disagree: refused.
+        ("vault", "?mode=caddy", asked("", m.clone(), &[("x-forwarded-method", "GET"), ("x-forwarded-uri", "/admin//../public/x"), ("x-forwarded-for", good)]), 400, ""),
         // Envoy asking about `/` gets a decision, not the router's 404.
         ("vault", "", asked("/", m.clone(), &[("x-forwarded-for", good)]), 404, "no_route"),
         // A value given twice is seen whole: either spelling of a rule's match is caught.
@@ -721,6 +723,20 @@ async fn forward_auth_reads_each_fact_from_the_one_header_its_proxy_sets() {
     let (status, answer) =
         check(json!({"api": "vault", "stage": "prod", "method": "GET", "path": "/public/x", "source_ip": good})).await;
     assert_eq!((status, answer["reason"].as_str()), (200, Some("allowed")), "{answer}");
+    // A name given twice in `query` or `headers` (or in two cases) is seen
+    // whole, never last-wins: raw JSON, as serde_json::json! cannot repeat a key.
+    for body in [
+        r#"{"api":"vault","stage":"prod","method":"GET","path":"/public/x","source_ip":"203.0.113.9","query":{"q":"union","q":"safe"}}"#,
+        r#"{"api":"vault","stage":"prod","method":"GET","path":"/public/x","source_ip":"203.0.113.9","headers":{"x-evil":"bad","x-evil":"ok"}}"#,
+        r#"{"api":"vault","stage":"prod","method":"GET","path":"/public/x","source_ip":"203.0.113.9","headers":{"X-Evil":"bad","x-evil":"ok"}}"#,
+    ] {
+        let resp = cluster.http.post(format!("{base}/v1/check")).body(body).send().await.expect("request");
+        let answer: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(answer["reason"], "waf_blocked", "{body}: {answer}");
+    }
+    let body = r#"{"api":"vault","stage":"prod","method":"POST","path":"/forms/1","source_ip":"203.0.113.9","query":{"_method":"POST","_method":"DELETE"}}"#;
+    let resp = cluster.http.post(format!("{base}/v1/check")).body(body).send().await.expect("request");
+    assert_eq!(resp.status().as_u16(), 400, "a second _method is not hidden");
 
     // An allowed request carries the principal and identity for the proxy to copy.
     let ok = ask("pets", "?mode=traefik", &cases[24].2).await.expect("request");

@@ -46,6 +46,11 @@ pub enum PathError {
     DoubleEncoded,
     #[error("'..' climbs above the root")]
     AboveRoot,
+    #[error(
+        "an empty segment ('//') together with '..' is refused: backends that merge slashes first and those \
+         that do not (RFC 3986) resolve it to different paths"
+    )]
+    EmptySegmentWithDotDot,
 }
 
 /// Why a client address is refused.
@@ -186,6 +191,13 @@ fn path_slow(raw: &str) -> Result<String, PathError> {
     }
     // Steps 3 and 4: merge slashes, resolve dot segments.
     let segments: Vec<&str> = decoded.split('/').skip(1).collect();
+    // `/admin//../x` is `/x` once slashes are merged (nginx) but `/admin/x`
+    // to RFC 3986 resolution (most URL libraries, Envoy without
+    // merge_slashes): no single answer, so neither is chosen.
+    let inner_empty = segments.iter().take(segments.len().saturating_sub(1)).any(|s| s.is_empty());
+    if inner_empty && segments.contains(&"..") {
+        return Err(PathError::EmptySegmentWithDotDot);
+    }
     let mut kept: Vec<&str> = Vec::with_capacity(segments.len());
     let mut trailing_slash = false;
     for (n, segment) in segments.iter().enumerate() {
@@ -322,13 +334,18 @@ mod tests {
             ("/a/b/..", Ok("/a/")),
             ("/a/b/.", Ok("/a/b/")),
             ("/a/..", Ok("/")),
-            ("/public//../admin", Ok("/admin")),
+            ("/public//../admin", Err(EmptySegmentWithDotDot)),
+            ("/admin//../public/x", Err(EmptySegmentWithDotDot)),
+            ("/admin/a//../../public/x", Err(EmptySegmentWithDotDot)),
+            ("/admin/%2e%2e//public/x", Err(EmptySegmentWithDotDot)),
+            ("/a/..//b", Err(EmptySegmentWithDotDot)),
+            ("//a/../b", Err(EmptySegmentWithDotDot)),
             ("/a/b/c/../../d", Ok("/a/d")),
             ("/..", Err(AboveRoot)),
             ("/../admin", Err(AboveRoot)),
             ("/a/../..", Err(AboveRoot)),
             ("/a/../../admin", Err(AboveRoot)),
-            ("//..", Err(AboveRoot)),
+            ("//..", Err(EmptySegmentWithDotDot)),
             ("/...", Ok("/...")),
             ("/a..b/.x", Ok("/a..b/.x")),
             // Escapes that are not unreserved stay encoded, in upper case.

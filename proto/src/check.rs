@@ -28,13 +28,15 @@ pub struct CheckRequest {
     #[serde(default)]
     pub source_ip: Option<String>,
     /// Request headers; names are matched case-insensitively. Several lines
-    /// of one header are one value, joined by `, ` (RFC 9110 §5.3).
-    #[serde(default)]
+    /// of one header are one value, joined by `, ` (RFC 9110 §5.3); a name
+    /// given twice in the JSON object is joined the same way (never
+    /// last-wins, which would hide a value from the rules).
+    #[serde(default, deserialize_with = "joined_headers")]
     pub headers: BTreeMap<String, String>,
     /// Query parameters, percent-decoded; a name given more than once has
     /// its values joined by `,` (forward-auth and the tower layer do so), so
     /// a rule sees every value. `_method` must name `method` if present.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "joined_query")]
     pub query: BTreeMap<String, String>,
     /// Identity of the calling proxy (the VPC-endpoint role), if it has one.
     #[serde(default)]
@@ -47,6 +49,33 @@ pub struct CheckRequest {
     /// is a 400 naming `body_size`.
     #[serde(default)]
     pub body_size: Option<u64>,
+}
+
+/// A map whose repeated keys are joined by `join`, not overwritten.
+struct JoinedMap(fn(&mut BTreeMap<String, String>, String, String));
+
+impl<'de> serde::de::Visitor<'de> for JoinedMap {
+    type Value = BTreeMap<String, String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object of strings")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+        let mut map = BTreeMap::new();
+        while let Some((name, value)) = access.next_entry::<String, String>()? {
+            (self.0)(&mut map, name, value);
+        }
+        Ok(map)
+    }
+}
+
+fn joined_headers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    d.deserialize_map(JoinedMap(|map, name, value| add_header_line(map, &name, value)))
+}
+
+fn joined_query<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    d.deserialize_map(JoinedMap(add_query_param))
 }
 
 /// A header value's bytes as text: UTF-8 when they are, else each byte as

@@ -162,7 +162,8 @@ fn validate(req: &CheckRequest) -> Result<Checked<'_>, FieldError> {
         if name.len() + value.len() > MAX_HEADER_BYTES {
             return Err(bad(&format!("headers.{name}"), format!("longer than {MAX_HEADER_BYTES} bytes")));
         }
-        headers.insert(name.to_ascii_lowercase(), value.clone());
+        // `X-Evil` and `x-evil` are one header: joined, never last-wins.
+        tollgate_proto::check::add_header_line(&mut headers, &name.to_ascii_lowercase(), value.clone());
     }
     // A method override some framework behind the gateway honours would
     // have it serve another method than the one decided on.
