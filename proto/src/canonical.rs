@@ -259,18 +259,25 @@ fn double_encoded(canonical: &str) -> bool {
 /// spelling of it, and RFC 6052 forbids the well-known prefix for private
 /// IPv4 space, so mapping would let a spoofed `64:ff9b::10.0.0.1` pass an
 /// Allow on 10.0.0.0/8. Operators behind a translator list its prefix.
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address it
+/// stands for; any other address as it is. The one mapping [`address`]
+/// applies, for addresses that come parsed (a socket's peer).
+pub fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
 pub fn address(raw: &str) -> Result<IpAddr, AddressError> {
     let text = raw.trim();
     if text.contains('%') {
         return Err(AddressError::ZoneId);
     }
-    let ip: IpAddr = text.parse().map_err(|_| AddressError::NotAnAddress)?;
+    let ip = unmapped(text.parse().map_err(|_| AddressError::NotAnAddress)?);
     match ip {
         IpAddr::V4(_) => Ok(ip),
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return Ok(IpAddr::V4(v4));
-            }
             let compatible =
                 v6.segments()[..6].iter().all(|s| *s == 0) && v6 != Ipv6Addr::UNSPECIFIED && v6 != Ipv6Addr::LOCALHOST;
             if compatible {

@@ -24,8 +24,8 @@
 //! instead (and `X-Forwarded-For` never).
 //!
 //! A request whose other spellings of a fact disagree with the mode's header
-//! (`X-Forwarded-Uri` in nginx mode, `X-Original-URL`, `X-HTTP-Method-Override`
-//! …) is refused with 400: it was either sent by a client trying to be
+//! (`X-Forwarded-Uri` in nginx mode, `X-Original-URL`; method overrides are
+//! the gateway's own rule) is refused with 400: it was either sent by a client trying to be
 //! decided on one request and served another, or a proxy configured to pass
 //! such headers on, which the operator must hear about.
 //!
@@ -92,9 +92,10 @@ impl ProxyMode {
     }
 }
 
-/// Other spellings of the method that some proxy or framework honours.
-const METHOD_SPELLINGS: &[&str] =
-    &["x-original-method", "x-forwarded-method", "x-http-method-override", "x-http-method", "x-method-override"];
+/// The proxies' spellings of the method. (Method-override headers and
+/// `_method`, which frameworks honour, are the gateway's rule for every way
+/// a check arrives: see `gateway::validate`.)
+const METHOD_SPELLINGS: &[&str] = &["x-original-method", "x-forwarded-method"];
 /// Other spellings of the path that some proxy or framework honours.
 const URI_SPELLINGS: &[&str] = &["x-original-uri", "x-forwarded-uri", "x-original-url", "x-rewrite-url"];
 
@@ -111,14 +112,14 @@ async fn by_headers(
             .query()
             .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned()))
     };
-    let (mode_param, address_param) = (param("mode"), param("address"));
-    let named_mode = ProxyMode::parse(mode_param.as_deref()).ok();
+    let (mode, address_param) = (ProxyMode::parse(param("mode").as_deref()), param("address"));
     let address = match address_param.as_deref() {
         None | Some("x-forwarded-for") => Ok(ChainHeader::XForwardedFor),
         Some("forwarded") => Ok(ChainHeader::Forwarded),
         Some(_) => Err(ApiError::field("address", "must be x-forwarded-for (the default) or forwarded")),
     };
-    let outcome = match (ProxyMode::parse(mode_param.as_deref()), address) {
+    let named_mode = mode.as_ref().ok().copied();
+    let outcome = match (mode, address) {
         (Ok(mode), Ok(address)) => ask(&app, mode, address, api, stage, parts).await,
         (Err(e), _) | (_, Err(e)) => Err(e),
     };
@@ -131,9 +132,7 @@ async fn envoy(
     Path((api, stage, _tail)): Path<(String, String, String)>,
     request: Request,
 ) -> Response {
-    let parts = request.into_parts().0;
-    let outcome = ask(&app, ProxyMode::Envoy, ChainHeader::XForwardedFor, api, stage, parts).await;
-    respond(outcome, Some(ProxyMode::Envoy))
+    envoy_asks(&app, api, stage, request).await
 }
 
 /// Envoy asking about `/` (the prefix and a bare slash).
@@ -142,8 +141,12 @@ async fn envoy_root(
     Path((api, stage)): Path<(String, String)>,
     request: Request,
 ) -> Response {
+    envoy_asks(&app, api, stage, request).await
+}
+
+async fn envoy_asks(app: &App, api: String, stage: String, request: Request) -> Response {
     let parts = request.into_parts().0;
-    let outcome = ask(&app, ProxyMode::Envoy, ChainHeader::XForwardedFor, api, stage, parts).await;
+    let outcome = ask(app, ProxyMode::Envoy, ChainHeader::XForwardedFor, api, stage, parts).await;
     respond(outcome, Some(ProxyMode::Envoy))
 }
 
@@ -283,10 +286,6 @@ fn xfcc_subject(xfcc: &str) -> Option<String> {
     })
 }
 
-fn out_has(response: &Response, name: &str) -> bool {
-    response.headers().contains_key(name)
-}
-
 fn respond(outcome: Result<Decision, ApiError>, mode: Option<ProxyMode>) -> Response {
     let nginx = mode == Some(ProxyMode::Nginx);
     let decision = match outcome {
@@ -355,7 +354,7 @@ fn respond(outcome: Result<Decision, ApiError>, mode: Option<ProxyMode>) -> Resp
             "x-tollgate-customer-id",
             "x-tollgate-identity",
         ] {
-            if !out_has(&response, name) {
+            if !response.headers().contains_key(name) {
                 response.headers_mut().insert(name, HeaderValue::from_static(""));
             }
         }

@@ -19,6 +19,7 @@ use std::net::IpAddr;
 
 use axum::http::HeaderMap;
 use ipnet::IpNet;
+use tollgate_proto::canonical;
 
 /// Why no client address could be taken from the request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,14 +44,6 @@ impl TrustedProxies {
     /// entry is trusted, the leftmost. `None` for an empty chain.
     fn client_of(&self, chain: &[IpAddr]) -> Option<IpAddr> {
         chain.iter().rev().find(|ip| !self.trusts(**ip)).or(chain.first()).copied()
-    }
-}
-
-/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`) as IPv4: one address, one spelling.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
     }
 }
 
@@ -147,7 +140,7 @@ pub fn client_address(
             hop.ok_or_else(|| malformed("forwarded", "the client hop is obfuscated or unknown"))?
         }
     };
-    Ok(canonical_ip(client))
+    Ok(client)
 }
 
 fn malformed(header: &'static str, why: impl Into<String>) -> ChainError {
@@ -155,28 +148,26 @@ fn malformed(header: &'static str, why: impl Into<String>) -> ChainError {
 }
 
 /// One node of a chain: an address, with an optional port; IPv6 may be in
-/// brackets (required with a port). Canonical, so that trusted networks match
-/// every spelling.
+/// brackets (required with a port). The address is read by the check's own
+/// rules ([`canonical::address`]), so trusted networks match every spelling
+/// and a spelling the check refuses is refused here, naming the header.
 fn parse_node(text: &str) -> Option<IpAddr> {
-    parse_node_spelled(text).map(canonical_ip)
-}
-
-fn parse_node_spelled(text: &str) -> Option<IpAddr> {
-    if let Ok(ip) = text.parse::<IpAddr>() {
-        return Some(ip);
-    }
-    if let Some(rest) = text.strip_prefix('[') {
+    let address = if let Some(rest) = text.strip_prefix('[') {
         let (ip, after) = rest.split_once(']')?;
-        if !(after.is_empty() || after.strip_prefix(':').is_some_and(valid_port)) {
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(valid_port)) || !ip.contains(':') {
             return None;
         }
-        return ip.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6);
-    }
-    let (ip, port) = text.rsplit_once(':')?;
-    if !valid_port(port) {
-        return None;
-    }
-    ip.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+        ip
+    } else if text.parse::<IpAddr>().is_ok() {
+        text
+    } else {
+        let (ip, port) = text.rsplit_once(':')?;
+        if !valid_port(port) || ip.contains(':') {
+            return None;
+        }
+        ip
+    };
+    canonical::address(address).ok()
 }
 
 /// RFC 7239 §6: a port is a number or an obfuscated `_token`.
@@ -279,6 +270,9 @@ mod tests {
             &[("x-forwarded-for", "fe80::1%eth0")],
             &[("forwarded", "for=2.2.2.2")],
             &[("x-forwarded-for", "203.0.113.9:_")],
+            // Spellings the check itself refuses are refused in the chain too.
+            &[("x-forwarded-for", "::c633:6407")],
+            &[("x-forwarded-for", "[::c633:6407]:80")],
         ];
         for lines in cases {
             assert!(client_address(&headers(lines), ChainHeader::XForwardedFor, &none).is_err(), "{lines:?}");

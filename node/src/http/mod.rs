@@ -76,7 +76,7 @@ async fn require_admin(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let source = crate::http::forwarded::canonical_ip(peer.ip());
+    let source = tollgate_proto::canonical::unmapped(peer.ip());
     let now = std::time::Instant::now();
     if let Err(retry) = app.admin_auth_failures.check(source, now) {
         let mut e = ApiError::new(
