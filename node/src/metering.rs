@@ -303,8 +303,6 @@ struct Borrowed {
     /// Tokens whose time ran out unused: given back to the authority with
     /// the next loan, or by the next flush.
     unused: u32,
-    /// The tokens held may be used from this time on (booked ahead).
-    usable_from_ms: i64,
     valid_until_ms: i64,
     denied_until_ms: i64,
     unavailable_until_ms: i64,
@@ -322,7 +320,6 @@ impl Borrowed {
         Borrowed {
             tokens: 0,
             unused: 0,
-            usable_from_ms: 0,
             valid_until_ms: now_ms,
             denied_until_ms: 0,
             unavailable_until_ms: 0,
@@ -542,11 +539,6 @@ impl Metering {
                 b.tokens = 0;
             }
             if b.tokens > 0 {
-                if now_ms < b.usable_from_ms {
-                    // Booked for later: the cluster's rate is spent until then.
-                    let wait = (b.usable_from_ms - now_ms) as u64;
-                    return Ok(Err((reason, throttled_state(t, wait))));
-                }
                 sources[slot] = Some(Source::Borrowed);
                 continue;
             }
@@ -815,9 +807,10 @@ impl Metering {
                 // validation, and saturating here all the same.
                 let after_ms = |ms: u64| asked_ms.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX));
                 if lent.granted > 0 {
+                    // Lent tokens are usable at once (the authority books
+                    // nothing ahead).
                     b.tokens = b.tokens.saturating_add(lent.granted);
-                    b.usable_from_ms = after_ms(lent.after_ms);
-                    b.valid_until_ms = b.usable_from_ms.max(now_ms).saturating_add(BORROWED_VALID_MS);
+                    b.valid_until_ms = now_ms.saturating_add(BORROWED_VALID_MS);
                 } else {
                     b.denied_until_ms = after_ms(lent.after_ms.max(1));
                 }
