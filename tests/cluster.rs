@@ -262,6 +262,47 @@ async fn a_leader_cut_off_by_a_partition_is_replaced_and_catches_up_when_healed(
     cluster.leader().await;
 }
 
+/// A follower cut off from the other two cannot win a pre-vote, so it never
+/// raises its term while cut, and when it rejoins the healthy leader keeps
+/// leading: no election, no refused write (Raft thesis §9.6; issue 12 §5).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_cut_off_and_healed_does_not_unseat_the_leader() {
+    let cluster = Cluster::start_with(3, Options { partitionable: true, ..Default::default() }).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.other_than(leader);
+    let term = |status: &serde_json::Value| status["term"].as_u64().expect("term in /v1/admin/cluster");
+    let before = term(&cluster.get(leader, "/v1/admin/cluster").await.1);
+
+    cluster.cut(follower).await;
+    // About ten election timeouts of the harness's 300-600 ms: without
+    // pre-vote the cut follower starts an election after each one.
+    let until = Instant::now() + std::time::Duration::from_secs(6);
+    let mut writes = 0;
+    while Instant::now() < until {
+        let (_, status) = cluster.get(follower, "/v1/admin/cluster").await;
+        assert_eq!(term(&status), before, "the cut follower raised its term: {status}");
+        let (code, body) = cluster.post(leader, "/v1/admin/plans", plan(&format!("cut-{writes}"))).await;
+        assert_eq!(code, 201, "a write during the cut: {body}");
+        writes += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    cluster.heal(follower).await;
+    let last = format!("/v1/admin/plans/cut-{}?stale=true", writes - 1);
+    wait_until("the healed follower caught up", || async { cluster.get(follower, &last).await.0 == 200 }).await;
+    // Writes go on through the rejoin; a deposed leader would refuse them.
+    for i in 0..20 {
+        let (code, body) = cluster.post(leader, "/v1/admin/plans", plan(&format!("healed-{i}"))).await;
+        assert_eq!(code, 201, "a write after the heal: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for node in [leader, follower] {
+        let (_, status) = cluster.get(node, "/v1/admin/cluster").await;
+        assert_eq!(status["leader_id"].as_u64(), Some(leader), "node {node}: {status}");
+        assert_eq!(term(&status), before, "node {node}: the term moved: {status}");
+    }
+}
+
 /// A node whose log cannot be written (standard error on `/dev/full`, as on
 /// a full disk) keeps serving: each failed line is counted and dropped.
 #[tokio::test(flavor = "multi_thread")]

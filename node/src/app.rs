@@ -30,6 +30,8 @@ pub struct App {
     pub id: NodeId,
     pub addr: NodeAddr,
     pub raft: typ::Raft,
+    /// Answers and runs pre-votes (openraft's own election timer is off).
+    pub elections: crate::cluster::pre_vote::Elections,
     /// The model as last applied; readers load it without locking.
     pub model: SharedModel,
     pub peers: PeerClient,

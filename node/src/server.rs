@@ -81,6 +81,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         election_timeout_max: config.election_max_ms,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
         max_in_snapshot_log_to_keep: config.keep_logs,
+        // Elections start only after a pre-vote (see `cluster::pre_vote`).
+        enable_elect: false,
         ..Default::default()
     }
     .validate()
@@ -96,9 +98,15 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     let peers = PeerClient::new(config.cluster_token.clone(), config.peer_via.clone(), tls.peer_client.clone())
         .context("peer client")?;
     let network = PeerNetwork { client: peers.clone() };
-    let raft = typ::Raft::new(config.id, Arc::new(raft_config), network, log_store, state_machine)
+    let raft = typ::Raft::new(config.id, Arc::new(raft_config), network, log_store.clone(), state_machine)
         .await
         .context("starting raft")?;
+    let timing = crate::cluster::pre_vote::Timing {
+        heartbeat_ms: config.heartbeat_ms,
+        election_min_ms: config.election_min_ms,
+        election_max_ms: config.election_max_ms,
+    };
+    let elections = crate::cluster::pre_vote::Elections::new(config.id, raft.clone(), log_store, peers.clone(), timing);
 
     let metrics = Metrics::new();
     let clock: Arc<dyn crate::gateway::limits::Clock> = match config.clock_offset_ms {
@@ -122,6 +130,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             id: config.id,
             addr: addr.clone(),
             raft: raft.clone(),
+            elections: elections.clone(),
             gateway,
             model: published,
             peers,
@@ -141,6 +150,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         }
     });
     app.gateway.metering.start_reporting();
+    let elections_task = tokio::spawn(elections.run());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let http_task = serve(http_listener, tls.http.clone(), crate::http::router(app.clone()), stop_rx.clone())?;
@@ -166,6 +176,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         tokio::time::timeout(std::time::Duration::from_secs(2), app.gateway.metering.flush(clock.now_ms(), true)).await;
     let _ = stop_tx.send(true);
     let _ = raft.shutdown().await;
+    elections_task.abort();
     let _ = http_task.await;
     let _ = peer_task.await;
     let _ = wire_task.await;

@@ -11,6 +11,7 @@
 pub mod log_store;
 pub mod network;
 pub mod peer;
+pub mod pre_vote;
 pub mod state_machine;
 
 use std::fmt;

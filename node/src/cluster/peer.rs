@@ -28,6 +28,8 @@ pub const APPEND: &str = "/raft/append";
 /// could not tell otherwise.
 pub const REMOVED: &str = "/raft/removed";
 pub const VOTE: &str = "/raft/vote";
+/// Would the receiver vote for the sender now (see `super::pre_vote`).
+pub const PRE_VOTE: &str = "/raft/pre-vote";
 pub const SNAPSHOT: &str = "/raft/snapshot";
 pub const WRITE: &str = "/cluster/write";
 pub const READ_INDEX: &str = "/cluster/read-index";
@@ -53,6 +55,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route(APPEND, post(append))
         .route(VOTE, post(vote))
+        .route(PRE_VOTE, post(pre_vote))
         .route(SNAPSHOT, post(snapshot))
         .route(WRITE, post(write))
         .route(READ_INDEX, post(read_index))
@@ -96,6 +99,14 @@ async fn vote(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
         Err(resp) => return resp,
     };
     reply(&app.raft.vote(req).await)
+}
+
+async fn pre_vote(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: super::pre_vote::PreVoteRequest = match accept(&app, &headers, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    reply(&app.elections.answer(&req).await)
 }
 
 async fn snapshot(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
