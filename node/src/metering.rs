@@ -737,9 +737,17 @@ impl Metering {
                 let generation = ledger.grants.get(&holder).map_or(0, |g| g.generation);
                 if lease.generation != 0 && generation != 0 && generation != lease.generation {
                     // The grant this lease held expired at the ledger (counted
-                    // whole, with whatever was used of it) and this is a new
-                    // one: the old grant's units and unreported use are gone.
+                    // whole) and this is a new one: nothing more is admitted
+                    // from the old one, so its use is closed with a release,
+                    // which turns the ledger's whole-grant charge into that use.
                     self.stats.units.with_label_values(&["expired"]).inc_by(lease.units);
+                    local.retired.push(QuotaUsage {
+                        period: period.clone(),
+                        holder,
+                        generation: lease.generation,
+                        used: lease.unreported,
+                        release: true,
+                    });
                     lease.units = 0;
                     lease.unreported = 0;
                 }

@@ -119,7 +119,9 @@ impl Timing {
     }
 
     fn random_timeout(&self) -> Duration {
-        Duration::from_millis(rand::thread_rng().gen_range(self.election_min_ms..self.election_max_ms.max(self.election_min_ms + 1)))
+        Duration::from_millis(
+            rand::thread_rng().gen_range(self.election_min_ms..self.election_max_ms.max(self.election_min_ms + 1)),
+        )
     }
 }
 
@@ -143,11 +145,8 @@ impl Elections {
     async fn view(&self) -> Option<(VoterView, Vec<BTreeSet<NodeId>>, Vec<(NodeId, String)>)> {
         let metrics = self.raft.metrics().borrow().clone();
         metrics.running_state.as_ref().ok()?;
-        let (vote_committed, touched) = self
-            .raft
-            .with_raft_state(|st| (st.vote_ref().is_committed(), st.vote_last_modified()))
-            .await
-            .ok()?;
+        let (vote_committed, touched) =
+            self.raft.with_raft_state(|st| (st.vote_ref().is_committed(), st.vote_last_modified())).await.ok()?;
         let last_log_id = self.log.clone().get_log_state().await.ok()?.last_log_id;
         let membership = metrics.membership_config.membership();
         let view = VoterView {
