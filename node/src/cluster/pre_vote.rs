@@ -302,12 +302,12 @@ mod tests {
     #[test]
     fn a_quorum_is_a_majority_of_every_configuration() {
         let three = BTreeSet::from([1, 2, 3]);
-        assert!(is_quorum(&[three.clone()], &BTreeSet::from([1, 2])));
-        assert!(!is_quorum(&[three.clone()], &BTreeSet::from([1])));
-        assert!(!is_quorum(&[three.clone()], &BTreeSet::from([1, 4, 5])));
+        assert!(is_quorum(std::slice::from_ref(&three), &BTreeSet::from([1, 2])));
+        assert!(!is_quorum(std::slice::from_ref(&three), &BTreeSet::from([1])));
+        assert!(!is_quorum(std::slice::from_ref(&three), &BTreeSet::from([1, 4, 5])));
         assert!(is_quorum(&[BTreeSet::from([1])], &BTreeSet::from([1])));
         let four = BTreeSet::from([1, 2, 3, 4]);
-        assert!(!is_quorum(&[four.clone()], &BTreeSet::from([1, 2])));
+        assert!(!is_quorum(std::slice::from_ref(&four), &BTreeSet::from([1, 2])));
         // Joint: {1,2,3} and {3,4,5}: {1,2} is not enough, {1,3,4} is.
         let joint = [three, BTreeSet::from([3, 4, 5])];
         assert!(!is_quorum(&joint, &BTreeSet::from([1, 2])));
