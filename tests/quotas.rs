@@ -305,7 +305,7 @@ async fn a_leader_cut_off_and_healed_under_load_counts_each_admit_once() {
     let stop = Arc::new(AtomicBool::new(false));
     let load =
         tokio::spawn(round_robin_until(urls(&cluster, &[1, 2, 3]), secret.clone(), stop.clone(), 8, tally.clone()));
-    cluster.cut(leader).await;
+    cluster.cut_silently(leader).await;
     let majority: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
     let new_leader = cluster.leader_among(&majority).await;
     let held = usage(&cluster, new_leader, &key_id, "").await["current_period"]["held_by_node"][leader.to_string()]

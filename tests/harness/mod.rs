@@ -22,7 +22,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -419,13 +419,21 @@ impl Cluster {
     /// connections included). The process keeps running and answers its own
     /// HTTP clients. Needs [`Options::partitionable`].
     pub async fn cut(&self, id: u64) {
-        self.links.set_cut(id, true).await;
+        self.links.set_cut(id, Some(Cut::Reset)).await;
+    }
+
+    /// Cuts `id` off as a firewall that drops packets does (iptables `DROP`):
+    /// nothing is refused, nothing arrives. Connections it has stay open and
+    /// carry nothing more; new ones are accepted and never answered. Callers
+    /// see timeouts, never errors. Healing closes them all.
+    pub async fn cut_silently(&self, id: u64) {
+        self.links.set_cut(id, Some(Cut::Silent)).await;
     }
 
     /// Undoes [`Cluster::cut`] for `id`; links to nodes that are still cut
     /// stay cut.
     pub async fn heal(&self, id: u64) {
-        self.links.set_cut(id, false).await;
+        self.links.set_cut(id, None).await;
     }
 
     /// Some running node other than `not`.
@@ -505,12 +513,22 @@ struct PeerLinks {
     links: Vec<Link>,
     /// Node id -> its peer port (0 until known); shared with the proxies.
     targets: Vec<(u64, Arc<AtomicU16>)>,
-    /// The nodes cut off now; a link is open when neither end is cut.
-    cut: Mutex<BTreeSet<u64>>,
+    /// The nodes cut off now, and how; a link is open when neither end is
+    /// cut (and cut as its first cut end says otherwise).
+    cut: Mutex<BTreeMap<u64, Cut>>,
 }
 
-/// Open the link (`true`) or close it; answered once that is done.
-type LinkCommand = (bool, oneshot::Sender<()>);
+/// How a cut link fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Connections are reset, as by a host that is unreachable.
+    Reset,
+    /// Nothing gets through and nothing is refused (a packet filter's DROP).
+    Silent,
+}
+
+/// Open the link (`None`) or cut it; answered once that is done.
+type LinkCommand = (Option<Cut>, oneshot::Sender<()>);
 
 struct Link {
     from: u64,
@@ -579,7 +597,7 @@ impl PeerLinks {
     }
 
     /// Marks `id` cut (or not) and waits until every link reflects it.
-    async fn set_cut(&self, id: u64, cut: bool) {
+    async fn set_cut(&self, id: u64, cut: Option<Cut>) {
         assert!(
             self.links.iter().any(|l| l.from == id),
             "node {id} has no proxied peer links: start the cluster with `partitionable: true`"
@@ -587,15 +605,14 @@ impl PeerLinks {
         let mut answers = Vec::new();
         {
             let mut cut_off = self.cut.lock().expect("cut set");
-            if cut {
-                cut_off.insert(id);
-            } else {
-                cut_off.remove(&id);
-            }
+            match cut {
+                Some(how) => cut_off.insert(id, how),
+                None => cut_off.remove(&id),
+            };
             for link in self.links.iter().filter(|l| l.from == id || l.to == id) {
-                let open = !cut_off.contains(&link.from) && !cut_off.contains(&link.to);
+                let state = cut_off.get(&link.from).or(cut_off.get(&link.to)).copied();
                 let (done, answer) = oneshot::channel();
-                link.control.send((open, done)).expect("peer link proxy stopped");
+                link.control.send((state, done)).expect("peer link proxy stopped");
                 answers.push((link.from, link.to, answer));
             }
         }
@@ -606,35 +623,47 @@ impl PeerLinks {
 }
 
 /// One peer link: accepts on `listener` and forwards each connection to
-/// `target` on loopback. Closed, it drops every connection it carries and
-/// closes each new one at once (the listener stays bound, so the port is
-/// never free for another process to take). Ends when its controller is
-/// dropped.
+/// `target` on loopback. Cut with [`Cut::Reset`], it drops every connection
+/// it carries and resets each new one at once; cut with [`Cut::Silent`], its
+/// connections stop carrying anything and new ones are held unanswered,
+/// until the link is open again (then they are closed). The listener stays
+/// bound, so the port is never free for another process to take. Ends when
+/// its controller is dropped.
 async fn proxy(
     listener: tokio::net::TcpListener,
     target: Arc<AtomicU16>,
     mut commands: mpsc::UnboundedReceiver<LinkCommand>,
 ) {
-    let mut open = true;
+    let (state_tx, state) = tokio::sync::watch::channel(None::<Cut>);
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             command = commands.recv() => {
-                let Some((now_open, done)) = command else { return };
-                open = now_open;
-                if !open {
+                let Some((now, done)) = command else { return };
+                state_tx.send_replace(now);
+                if now == Some(Cut::Reset) {
                     connections.shutdown().await;
                 }
                 let _ = done.send(());
             }
             Ok((inbound, _)) = listener.accept() => {
                 let port = target.load(Ordering::SeqCst);
-                if open && port != 0 {
-                    connections.spawn(forward(inbound, port));
-                } else {
-                    // A reset, as from a host that is unreachable.
-                    let _ = inbound.set_zero_linger();
-                    drop(inbound);
+                match *state.borrow() {
+                    None if port != 0 => {
+                        connections.spawn(forward(inbound, port, state.clone()));
+                    }
+                    Some(Cut::Silent) => {
+                        let mut state = state.clone();
+                        connections.spawn(async move {
+                            let _ = state.wait_for(Option::is_none).await;
+                            drop(inbound);
+                        });
+                    }
+                    _ => {
+                        // A reset, as from a host that is unreachable.
+                        let _ = inbound.set_zero_linger();
+                        drop(inbound);
+                    }
                 }
             }
             Some(_) = connections.join_next() => {}
@@ -644,11 +673,23 @@ async fn proxy(
 
 /// Copies bytes both ways between `inbound` and a new connection to `target`
 /// until either side closes. If `target` is down, `inbound` is just closed.
-async fn forward(mut inbound: tokio::net::TcpStream, target: u16) {
+/// A silent cut freezes the copy: both sockets stay open, carrying nothing,
+/// until the link is open again; then both are closed.
+async fn forward(
+    mut inbound: tokio::net::TcpStream,
+    target: u16,
+    mut state: tokio::sync::watch::Receiver<Option<Cut>>,
+) {
     let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { return };
     let _ = inbound.set_nodelay(true);
     let _ = outbound.set_nodelay(true);
-    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+    let silenced = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+        _ = state.wait_for(|s| *s == Some(Cut::Silent)) => true,
+    };
+    if silenced {
+        let _ = state.wait_for(Option::is_none).await;
+    }
 }
 
 /// Polls `check` until it holds; panics after [`PATIENCE`]. This is a bound on
