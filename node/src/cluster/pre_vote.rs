@@ -191,9 +191,11 @@ impl Elections {
             if view.leading || !view.voters.contains(&self.id) {
                 continue;
             }
+            let alone = view.voters.len() == 1;
             let quiet_for = view.since_vote_touched.unwrap_or(Duration::MAX);
             let wait = if view.vote_committed { self.timing.lease() + timeout } else { timeout };
-            if quiet_for < wait || last_attempt.is_some_and(|t| t.elapsed() < timeout) {
+            // The only voter has no one to wait for (as openraft's own timer).
+            if !alone && (quiet_for < wait || last_attempt.is_some_and(|t| t.elapsed() < timeout)) {
                 continue;
             }
             last_attempt = Some(tokio::time::Instant::now());
