@@ -52,7 +52,8 @@ pub enum PreVoteResponse {
 /// Why a pre-vote was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Refusal {
-    /// The candidate is not a voter in this node's membership.
+    /// The candidate is not a voter in this node's membership (a node with
+    /// no membership yet refuses no one for this).
     NotAVoter,
     /// This node heard from a leader within the leader lease.
     LeaderAlive,
@@ -81,7 +82,10 @@ pub struct VoterView {
 /// The pre-vote rule, as a pure function of what the voter knows.
 pub fn decide(view: &VoterView, request: &PreVoteRequest, lease: Duration) -> PreVoteResponse {
     use PreVoteResponse::*;
-    if !view.voters.contains(&request.candidate) {
+    // A node not yet initialised knows no membership: like openraft's vote,
+    // its pre-vote goes by the log alone (a cluster initialised with
+    // several voters elects its first leader through such nodes).
+    if !view.voters.is_empty() && !view.voters.contains(&request.candidate) {
         return Refused(Refusal::NotAVoter);
     }
     if view.leading {
@@ -286,6 +290,8 @@ mod tests {
         assert_eq!(decide(&leading, &request, LEASE), PreVoteResponse::Refused(Refusal::Leading));
         let stranger = PreVoteRequest { candidate: 9, ..request.clone() };
         assert_eq!(decide(&follower(), &stranger, LEASE), PreVoteResponse::Refused(Refusal::NotAVoter));
+        let uninitialised = VoterView { voters: BTreeSet::new(), last_log_id: None, ..follower() };
+        assert_eq!(decide(&uninitialised, &stranger, LEASE), PreVoteResponse::Granted);
         for behind in [log_id(2, 9), log_id(1, 50), None] {
             let request = PreVoteRequest { candidate: 2, last_log_id: behind };
             assert_eq!(decide(&follower(), &request, LEASE), PreVoteResponse::Refused(Refusal::LogBehind));
