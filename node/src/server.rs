@@ -138,6 +138,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             ),
             removed: std::sync::atomic::AtomicBool::new(config.data_dir.join("removed").exists()),
             data_dir: config.data_dir.clone(),
+            disk: crate::disk::DiskGuard::new(config.id, config.min_free_disk_mb),
         }
     });
     app.gateway.metering.start_reporting();
@@ -153,7 +154,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         }
         None => None,
     };
-    let wire_task = tokio::spawn(crate::wire::serve(wire_listener, wire_tls, app.clone(), stop_rx));
+    let wire_task = tokio::spawn(crate::wire::serve(wire_listener, wire_tls, app.clone(), stop_rx.clone()));
+    let disk_task = tokio::spawn(app.clone().watch_disk(stop_rx));
 
     initialise(&raft, &config, &addr).await?;
     write_endpoints(&config, &endpoints)?;
@@ -169,6 +171,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     let _ = http_task.await;
     let _ = peer_task.await;
     let _ = wire_task.await;
+    let _ = disk_task.await;
     if let Some(task) = metrics_task {
         let _ = task.await;
     }
