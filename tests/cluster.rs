@@ -418,3 +418,209 @@ async fn metrics_can_have_their_own_address_and_token() {
     assert_eq!(resp.status().as_u16(), 200);
     assert!(resp.text().await.unwrap_or_default().contains("tollgate_raft_term"));
 }
+
+/// Posts new plans to `node` until one is refused; every plan acknowledged
+/// on the way is added to `acknowledged`. Returns the refusal's status and body.
+async fn write_until_refused(cluster: &Cluster, node: u64, acknowledged: &mut Vec<String>) -> (u16, serde_json::Value) {
+    let deadline = Instant::now() + harness::PATIENCE;
+    loop {
+        let id = format!("n{node}-{}", acknowledged.len());
+        let (status, body) = cluster.post(node, "/v1/admin/plans", plan(&id)).await;
+        if status != 201 {
+            return (status, body);
+        }
+        acknowledged.push(id);
+        assert!(Instant::now() < deadline, "node {node} never refused a write");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Every plan in `acknowledged` is stored on each of `nodes`.
+async fn assert_all_present(cluster: &Cluster, nodes: &[u64], acknowledged: &[String]) {
+    for &node in nodes {
+        let stored = cluster.ids(node, "plans", false).await;
+        for id in acknowledged {
+            assert!(stored.contains(id), "node {node} lost acknowledged write {id}");
+        }
+    }
+}
+
+/// A node's `/readyz`: status and body.
+async fn readyz(cluster: &Cluster, node: u64) -> (u16, serde_json::Value) {
+    let resp = cluster.http.get(format!("{}/readyz", cluster.url(node))).send().await.expect("readyz");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+/// How long a node may take to stop after SIGTERM.
+const STOP_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A follower's disk runs low (a tmpfs filled by the test): before it is
+/// full, every node refuses writes with 507 naming that node and its free
+/// space, while checks keep being answered; its /readyz says why it is not
+/// ready. Freeing the space brings writes back without a restart, no
+/// acknowledged write is lost, and SIGTERM stops a node promptly with the
+/// guard on and in the middle of writes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nearly_full_disk_refuses_writes_cluster_wide_with_507_and_recovers_without_a_restart() {
+    if let Err(why) = harness::tmpfs_available() {
+        eprintln!(
+            "skipped a_nearly_full_disk_refuses_writes_cluster_wide_with_507_and_recovers_without_a_restart: {why}"
+        );
+        return;
+    }
+    let options = Options {
+        tmpfs_mib: Some(32),
+        extra_args: vec!["--min-free-disk-mb".into(), "8".into()],
+        ..Default::default()
+    };
+    let mut cluster = Cluster::start_with(3, options).await;
+    let leader = cluster.leader().await;
+    let low = cluster.other_than(leader);
+
+    let api = json!({"id": "edge", "name": "Edge", "stages": [{"name": "prod"}],
+        "routes": [{"method": "GET", "path": "/*", "api_key_required": true}]});
+    assert_eq!(cluster.post(leader, "/v1/admin/apis", api).await.0, 201);
+    let quota = json!({"id": "metered", "name": "Metered", "quota": {"limit": 100000, "period": "day"},
+        "api_stages": [{"api_id": "edge", "stage": "prod"}]});
+    assert_eq!(cluster.post(leader, "/v1/admin/plans", quota).await.0, 201);
+    let (status, key) = cluster.post(leader, "/v1/admin/keys", json!({"name": "edge", "plan_ids": ["metered"]})).await;
+    assert_eq!(status, 201, "{key}");
+    let secret = key["secret"].as_str().unwrap_or_default().to_string();
+    let check =
+        json!({"api": "edge", "stage": "prod", "method": "GET", "path": "/x", "headers": {"x-api-key": secret}});
+    let mut acknowledged = vec!["metered".to_string()];
+    for node in [1, 2, 3] {
+        wait_until(&format!("node {node} admits the key"), || async {
+            cluster.post(node, "/v1/check", check.clone()).await.1["allowed"] == true
+        })
+        .await;
+    }
+
+    // The follower's disk: 4 MiB left, below its minimum of 8.
+    let filler = harness::fill(&cluster.node(low).dir, 4 << 20);
+    for node in [leader, low, cluster.nodes.iter().map(|n| n.id).find(|n| *n != leader && *n != low).unwrap_or(1)] {
+        let (status, body) = write_until_refused(&cluster, node, &mut acknowledged).await;
+        assert_eq!(status, 507, "node {node}: {body}");
+        assert_eq!(body["error"]["code"], "insufficient_storage", "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!("node {low} has"))
+                && message.contains("MiB free")
+                && message.contains("minimum of 8 MiB"),
+            "the refusal names the node, its free space and the minimum: {message}"
+        );
+    }
+    assert!(harness::available_bytes(&cluster.node(low).dir) > 0, "writes were refused only once the disk was full");
+    // Checks are still answered, on every node, the low one too.
+    for node in [1, 2, 3] {
+        for _ in 0..20 {
+            let (status, decision) = cluster.post(node, "/v1/check", check.clone()).await;
+            assert_eq!((status, decision["allowed"].clone()), (200, json!(true)), "node {node}: {decision}");
+        }
+    }
+    let (status, ready) = readyz(&cluster, low).await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready["reason"].as_str().unwrap_or_default().contains("disk space low"), "{ready}");
+    assert_eq!(readyz(&cluster, leader).await.0, 200, "the leader's own disk is fine");
+
+    // Space freed: writes are taken again on every node, with no restart.
+    std::fs::remove_file(&filler).expect("remove the filler");
+    for node in [1, 2, 3] {
+        let id = format!("after-{node}");
+        wait_until(&format!("node {node} takes writes again"), || async {
+            cluster.post(node, "/v1/admin/plans", plan(&id)).await.0 == 201
+        })
+        .await;
+        acknowledged.push(id);
+    }
+    cluster.wait_ready(low).await;
+    assert_all_present(&cluster, &[1, 2, 3], &acknowledged).await;
+    for node in &mut cluster.nodes {
+        assert_eq!(node.exited(), None, "node {} was restarted or died", node.id);
+    }
+
+    // SIGTERM with the guard on.
+    harness::fill(&cluster.node(low).dir, 4 << 20);
+    wait_until("the guard is on again", || async { readyz(&cluster, low).await.0 == 503 }).await;
+    let (took, status) = cluster.node_mut(low).terminate().await;
+    eprintln!("node {low} stopped {took:?} after SIGTERM with its guard on ({status})");
+    assert!(took < STOP_WITHIN && status.success(), "guard on: {took:?}, {status}");
+
+    // SIGTERM in the middle of writes, on the leader.
+    let url = format!("{}/v1/admin/plans", cluster.url(leader));
+    let http = cluster.http.clone();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = tokio::spawn({
+        let answered = answered.clone();
+        async move {
+            for i in 0.. {
+                let sent = http.post(&url).bearer_auth(harness::TOKEN).json(&plan(&format!("mid-{i}"))).send().await;
+                if sent.is_err() {
+                    return;
+                }
+                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    wait_until("writes are under way", || async { answered.load(std::sync::atomic::Ordering::SeqCst) >= 3 }).await;
+    let (took, status) = cluster.node_mut(leader).terminate().await;
+    eprintln!("node {leader} stopped {took:?} after SIGTERM mid-write ({status})");
+    assert!(took < STOP_WITHIN && status.success(), "mid-write: {took:?}, {status}");
+    let _ = writer.await;
+
+    // And the last one, a follower that lost its quorum.
+    let last = cluster.nodes.iter().find(|n| n.is_running()).map(|n| n.id).expect("a running node");
+    let (took, status) = cluster.node_mut(last).terminate().await;
+    eprintln!("node {last} stopped {took:?} after SIGTERM ({status})");
+    assert!(took < STOP_WITHIN && status.success(), "normal: {took:?}, {status}");
+}
+
+/// With the guard off, a disk that fills up makes sled fail a write and
+/// Raft stop: the node then exits non-zero at once (so systemd or `tollgate
+/// dev` starts it again) instead of lingering as a zombie that answers 503
+/// forever; started on the full disk it exits non-zero again; once space is
+/// back it starts, and no acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_disk_fills_up_exits_non_zero_and_comes_back_once_space_is_freed() {
+    if let Err(why) = harness::tmpfs_available() {
+        eprintln!("skipped a_node_whose_disk_fills_up_exits_non_zero_and_comes_back_once_space_is_freed: {why}");
+        return;
+    }
+    let options = Options {
+        tmpfs_mib: Some(24),
+        extra_args: vec!["--min-free-disk-mb".into(), "0".into()],
+        ..Default::default()
+    };
+    let mut cluster = Cluster::start_with(1, options).await;
+    cluster.leader().await;
+    let mut acknowledged = Vec::new();
+    for i in 0..5 {
+        let (status, body) = cluster.post(1, "/v1/admin/plans", plan(&format!("before-{i}"))).await;
+        assert_eq!(status, 201, "{body}");
+        acknowledged.push(format!("before-{i}"));
+    }
+
+    let dir = cluster.node(1).dir.clone();
+    let filler = harness::fill(&dir, 0);
+    let (status, body) = write_until_refused(&cluster, 1, &mut acknowledged).await;
+    assert_ne!(status, 201, "{body}");
+    let refused_at = Instant::now();
+    let exit = cluster.node_mut(1).wait_exit().await;
+    eprintln!("the node exited {:?} after its write failed ({exit})", refused_at.elapsed());
+    assert!(!exit.success(), "a node whose Raft stopped must exit non-zero: {exit}");
+    assert!(refused_at.elapsed() < STOP_WITHIN, "it lingered {:?}", refused_at.elapsed());
+
+    // Its supervisor starts it again while the disk is still full: it exits non-zero again.
+    harness::fill(&dir, 0);
+    cluster.spawn_again(1);
+    let exit = cluster.node_mut(1).wait_exit().await;
+    assert!(!exit.success(), "started on a full disk: {exit}");
+
+    std::fs::remove_file(&filler).expect("remove the filler");
+    cluster.restart(1).await;
+    cluster.leader().await;
+    assert_all_present(&cluster, &[1], &acknowledged).await;
+    let (status, body) = cluster.post(1, "/v1/admin/plans", plan("after")).await;
+    assert_eq!(status, 201, "{body}");
+}

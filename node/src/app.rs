@@ -59,6 +59,9 @@ pub struct App {
     /// `DATA_DIR/removed`, so a restart still knows).
     pub removed: std::sync::atomic::AtomicBool,
     pub data_dir: std::path::PathBuf,
+    /// The free-space guard: this node's, and on the leader what the members
+    /// reported (see [`crate::disk`]).
+    pub disk: crate::disk::DiskGuard,
 }
 
 /// A membership change, carried out by the leader.
@@ -82,6 +85,9 @@ pub enum ClusterError {
     Refused(String),
     #[error("cluster unavailable: {0}")]
     Unavailable(String),
+    /// A member is short of disk space (see [`crate::disk`]); HTTP 507.
+    #[error("{0}")]
+    InsufficientStorage(crate::disk::LowDisk),
 }
 
 /// What a ForwardToLeader from openraft means for the caller.
@@ -129,6 +135,13 @@ impl App {
         command: Command,
         deadline: tokio::time::Instant,
     ) -> Result<CommandResult, ClusterError> {
+        // Refused here at once if this node is short of space (the leader
+        // refuses too, for any member, but may not have heard yet).
+        if !crate::disk::passes_guard(&command) {
+            if let Some(low) = self.disk.own() {
+                return Err(ClusterError::InsufficientStorage(low));
+            }
+        }
         let proposal = Proposal { request_id, command };
         let write = self.at_leader(deadline, peer::WRITE, &proposal, || self.write_here(proposal.clone()));
         match tokio::time::timeout_at(deadline, write).await {
@@ -202,8 +215,24 @@ impl App {
         }
     }
 
-    /// Proposes a command on this node only; fails if it is not the leader.
+    /// Proposes a command on this node only; fails if it is not the leader,
+    /// or if a member is short of disk space and the command does not pass
+    /// the guard ([`crate::disk::passes_guard`]).
     pub async fn write_here(&self, proposal: Proposal) -> Result<CommandResult, ClusterError> {
+        if !crate::disk::passes_guard(&proposal.command) {
+            let members: Vec<NodeId> = {
+                let metrics = self.raft.metrics();
+                let metrics = metrics.borrow();
+                if metrics.current_leader != Some(self.id) {
+                    drop(metrics);
+                    return Err(self.leader_hint());
+                }
+                metrics.membership_config.membership().nodes().map(|(id, _)| *id).collect()
+            };
+            if let Some(low) = self.disk.refusing(members, std::time::Instant::now()) {
+                return Err(ClusterError::InsufficientStorage(low));
+            }
+        }
         match self.raft.client_write(proposal).await {
             Ok(response) => Ok(response.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(not_leader(&f)),
@@ -340,6 +369,83 @@ impl App {
             }
         })
         .await;
+    }
+
+    /// Measures the free space of the data dir's filesystem every
+    /// [`crate::disk::DISK_POLL`] (off the request path, on a blocking
+    /// thread) until `stop`; while this node's guard is on, and once as it
+    /// clears, tells the leader. Does nothing if the guard is off
+    /// (`--min-free-disk-mb 0`).
+    pub async fn watch_disk(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        if !self.disk.enabled() {
+            return;
+        }
+        let mut tick = tokio::time::interval(crate::disk::DISK_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let dir = self.data_dir.clone();
+            let measured = tokio::task::spawn_blocking(move || fs2::available_space(&dir)).await;
+            let available = match measured {
+                Ok(Ok(bytes)) => bytes,
+                Ok(Err(e)) => {
+                    tracing::warn!(dir = %self.data_dir.display(), error = %e, "cannot measure free disk space");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the free-space measurement failed");
+                    continue;
+                }
+            };
+            self.metrics.disk_available_bytes.set(i64::try_from(available).unwrap_or(i64::MAX));
+            let (was_low, low) = self.disk.observe(available);
+            self.metrics.disk_guard.set(i64::from(low));
+            match (was_low, low) {
+                (false, true) => {
+                    if let Some(low) = self.disk.own() {
+                        tracing::error!(%low, "disk space low: the cluster refuses writes until space is freed");
+                    }
+                }
+                (true, false) => {
+                    tracing::warn!(free_mb = available >> 20, "disk space back: writes are accepted again")
+                }
+                _ => {}
+            }
+            if low || was_low {
+                self.report_disk().await;
+            }
+        }
+    }
+
+    /// Tells the leader this node's guard state (unless this node leads).
+    async fn report_disk(&self) {
+        let leader = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            match metrics.current_leader {
+                Some(id) if id != self.id => metrics.membership_config.membership().get_node(&id).cloned(),
+                _ => None,
+            }
+        };
+        let Some(leader) = leader else { return };
+        let report = crate::disk::DiskReport { node: self.id, low: self.disk.own() };
+        let told: Result<(), CallError> =
+            self.peers.call(&leader.peer, peer::DISK, &report, crate::disk::DISK_POLL).await;
+        if let Err(e) = told {
+            tracing::debug!(error = %e, "could not tell the leader this node's disk state");
+        }
+    }
+
+    /// Why this node's Raft stopped, if it has (a storage error, say): it
+    /// then takes part in nothing until the process is started again.
+    pub fn raft_stopped(&self) -> Option<String> {
+        match &self.raft.metrics().borrow().running_state {
+            Ok(()) => None,
+            Err(fatal) => Some(fatal.to_string()),
+        }
     }
 
     /// The voters and learners with their addresses.

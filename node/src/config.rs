@@ -26,6 +26,10 @@ pub const DEFAULT_CACHE_MB: u64 = 64;
 pub const DEFAULT_QUOTA_LEASE_MS: u64 = 10_000;
 /// The most quota units one grant may hand a node.
 pub const DEFAULT_QUOTA_MAX_GRANT: u64 = 10_000;
+/// Free space (MiB) the data dir's filesystem must keep: below it, writes are
+/// refused with 507 (see `disk`). Room for the metering ledger, snapshots and
+/// sled's own segment rewriting while an operator frees space.
+pub const DEFAULT_MIN_FREE_DISK_MB: u64 = 256;
 
 /// The flags of `tollgate serve`. Unset ones fall back to the file, then defaults.
 #[derive(Debug, Clone, Default, Args, Deserialize)]
@@ -135,6 +139,12 @@ pub struct ServeArgs {
     /// Serve `/metrics` on this address only (not on `--http`).
     #[arg(long, env = "TOLLGATE_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
+    /// MiB that must stay free on the data dir's filesystem: below it, the
+    /// whole cluster refuses admin writes with 507 Insufficient Storage (checks
+    /// are still answered), until a tenth more is free again. 0 turns the
+    /// guard off. Default 256.
+    #[arg(long, env = "TOLLGATE_MIN_FREE_DISK_MB")]
+    pub min_free_disk_mb: Option<u64>,
 }
 
 /// A fully resolved node configuration.
@@ -170,6 +180,8 @@ pub struct NodeConfig {
     pub insecure_peer_auth_off: bool,
     pub metrics_addr: Option<String>,
     pub admin_auth_failures_per_minute: u32,
+    /// MiB that must stay free for the data dir (`--min-free-disk-mb`); 0: no guard.
+    pub min_free_disk_mb: u64,
     /// Bearer token `/metrics` requires (from `TOLLGATE_METRICS_TOKEN`), if any.
     pub metrics_token: Option<String>,
     /// Bootstrap admin token (from `TOLLGATE_ADMIN_TOKEN`); held only as a digest.
@@ -358,6 +370,7 @@ impl ServeArgs {
                 .admin_auth_failures_per_minute
                 .or(file.admin_auth_failures_per_minute)
                 .unwrap_or(crate::http::auth_failures::DEFAULT_PER_MINUTE),
+            min_free_disk_mb: self.min_free_disk_mb.or(file.min_free_disk_mb).unwrap_or(DEFAULT_MIN_FREE_DISK_MB),
             metrics_token: env("TOLLGATE_METRICS_TOKEN").filter(|t| !t.is_empty()),
             admin_token: env("TOLLGATE_ADMIN_TOKEN").filter(|t| !t.is_empty()),
             cluster_token: env("TOLLGATE_CLUSTER_TOKEN").filter(|t| !t.is_empty()),
@@ -383,6 +396,9 @@ impl ServeArgs {
             ));
         }
         config.check_secrets()?;
+        if config.min_free_disk_mb.checked_mul(1 << 20).is_none() {
+            return Err(bad("min_free_disk_mb", "must be a number of MiB below 2^44 (0 turns the guard off)"));
+        }
         if config.quota_max_grant == 0 {
             return Err(bad("quota_max_grant", "must be at least 1"));
         }
@@ -482,6 +498,14 @@ mod tests {
         let args = ServeArgs { config: Some(path.clone()), http: Some("127.0.0.1:2".into()), ..Default::default() };
         let config = args.resolve_with(&with_secrets).unwrap();
         assert_eq!((config.id, config.http.as_str(), config.heartbeat_ms), (7, "127.0.0.1:2", 50));
+        assert_eq!(config.min_free_disk_mb, DEFAULT_MIN_FREE_DISK_MB);
+        std::fs::write(&path, "id = 7\nmin_free_disk_mb = 64\n").unwrap();
+        let from_file = ServeArgs { config: Some(path.clone()), ..Default::default() };
+        assert_eq!(from_file.clone().resolve_with(&with_secrets).unwrap().min_free_disk_mb, 64);
+        let flag = ServeArgs { min_free_disk_mb: Some(0), ..from_file };
+        assert_eq!(flag.resolve_with(&with_secrets).unwrap().min_free_disk_mb, 0, "the flag wins; 0 is no guard");
+        let huge = ServeArgs { id: Some(1), min_free_disk_mb: Some(u64::MAX), ..Default::default() };
+        assert_eq!(huge.resolve_with(&with_secrets).unwrap_err().field, "min_free_disk_mb");
         std::fs::write(&path, "idd = 7\n").unwrap();
         let err = ServeArgs { config: Some(path), ..Default::default() }.resolve_with(&with_secrets).unwrap_err();
         assert_eq!(err.field, "config");

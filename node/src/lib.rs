@@ -14,6 +14,8 @@
 //! - [`app`]: a running node's handles, and how writes, read barriers and
 //!   membership changes reach the leader.
 //! - [`http`]: the axum listener — admin API, health, metrics, OpenAPI.
+//! - [`disk`]: the free-space guard that refuses writes before the disk is
+//!   full (507), cluster-wide.
 //! - [`server`]: start a node from its [`config`] and stop it.
 //! - [`cli`] and [`dev`]: the `tollgate` command line and `tollgate dev`.
 //! - [`secret`]: generated secrets and ids, digests, constant-time comparison.
@@ -25,6 +27,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod dev;
+pub mod disk;
 pub mod gateway;
 pub mod http;
 pub mod logging;

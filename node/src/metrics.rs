@@ -34,6 +34,12 @@ pub struct Metrics {
     last_log: IntGauge,
     snapshot: IntGauge,
     purged: IntGauge,
+    /// Bytes available to this node on its data dir's filesystem, as last measured.
+    pub disk_available_bytes: IntGauge,
+    /// 1 while this node's free-space guard is on (see `disk`).
+    pub disk_guard: IntGauge,
+    /// 1 once this node's Raft has stopped (it exits to be restarted).
+    raft_stopped: IntGauge,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -97,6 +103,17 @@ impl Metrics {
             last_log: gauge(&registry, "tollgate_raft_last_log_index", "Last log index in the local log."),
             snapshot: gauge(&registry, "tollgate_raft_snapshot_index", "Last log index in the current snapshot."),
             purged: gauge(&registry, "tollgate_raft_purged_index", "Last purged log index."),
+            disk_available_bytes: gauge(
+                &registry,
+                "tollgate_disk_available_bytes",
+                "Bytes available on the data dir's filesystem, as last measured.",
+            ),
+            disk_guard: gauge(
+                &registry,
+                "tollgate_disk_guard",
+                "1 while writes are refused for want of disk space here.",
+            ),
+            raft_stopped: gauge(&registry, "tollgate_raft_stopped", "1 once Raft has stopped on an error."),
             registry,
         }
     }
@@ -126,6 +143,7 @@ impl Metrics {
         self.last_log.set(raft.last_log_index.map(|i| i as i64).unwrap_or(0));
         self.snapshot.set(index(raft.snapshot));
         self.purged.set(index(raft.purged));
+        self.raft_stopped.set(i64::from(raft.running_state.is_err()));
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -35,7 +36,29 @@ pub struct Endpoints {
     pub metrics: Option<SocketAddr>,
 }
 
-/// Runs a node until `shutdown` completes.
+/// The longest a stop may take, from SIGTERM (or Raft stopping) to the
+/// process exiting: past it, the process exits with status 1 whatever it was
+/// waiting for (a Raft core stuck in storage, a sled flush on a full disk).
+pub const STOP_LIMIT: Duration = Duration::from_secs(8);
+/// How long Raft may take to stop.
+const RAFT_STOP: Duration = Duration::from_secs(3);
+/// How long the last storage flush may take.
+const FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
+/// Why a node stopped serving.
+enum Stop {
+    /// Asked to (SIGTERM, Ctrl-C): exit 0.
+    Asked,
+    /// Raft stopped on its own (a storage error such as a full disk): exit
+    /// non-zero so the supervisor (systemd, `tollgate dev`) starts the node
+    /// again, which then opens its storage afresh and catches up.
+    RaftStopped(String),
+}
+
+/// Runs a node until `shutdown` completes (`Ok`), or until Raft stops on an
+/// error (`Err`, so the process exits non-zero and its supervisor restarts
+/// it: sled keeps failing after an I/O error, so Raft cannot be restarted in
+/// this process). Either way the stop is bounded by [`STOP_LIMIT`].
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
@@ -147,6 +170,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             ),
             removed: std::sync::atomic::AtomicBool::new(config.data_dir.join("removed").exists()),
             data_dir: config.data_dir.clone(),
+            disk: crate::disk::DiskGuard::new(config.id, config.min_free_disk_mb),
         }
     });
     app.gateway.metering.start_reporting();
@@ -163,28 +187,86 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         }
         None => None,
     };
-    let wire_task = tokio::spawn(crate::wire::serve(wire_listener, wire_tls, app.clone(), stop_rx));
+    let wire_task = tokio::spawn(crate::wire::serve(wire_listener, wire_tls, app.clone(), stop_rx.clone()));
+    let disk_task = tokio::spawn(app.clone().watch_disk(stop_rx));
 
-    initialise(&raft, &config, &addr).await?;
-    write_endpoints(&config, &endpoints)?;
-    tracing::info!(id = config.id, http = %endpoints.http, peer = %endpoints.peer, wire = %endpoints.wire, "node started");
-
-    shutdown.await;
-    tracing::info!("shutting down");
+    let stopped = raft_stopped(raft.clone());
+    tokio::pin!(stopped);
+    let stop = tokio::select! {
+        reason = &mut stopped => Stop::RaftStopped(reason),
+        started = start(&raft, &config, &addr, &endpoints) => {
+            started?;
+            tokio::select! {
+                _ = shutdown => Stop::Asked,
+                reason = &mut stopped => Stop::RaftStopped(reason),
+            }
+        }
+    };
+    arm_stop_limit();
+    match &stop {
+        Stop::Asked => tracing::info!("shutting down"),
+        Stop::RaftStopped(reason) => {
+            tracing::error!(%reason, "raft stopped; exiting so that the node is started again from its storage")
+        }
+    }
     // Hand back the quota this node holds, so other nodes can use it now.
-    let _ =
-        tokio::time::timeout(std::time::Duration::from_secs(2), app.gateway.metering.flush(clock.now_ms(), true)).await;
+    if matches!(stop, Stop::Asked) {
+        let flush = app.gateway.metering.flush(clock.now_ms(), true);
+        let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+    }
     let _ = stop_tx.send(true);
-    let _ = raft.shutdown().await;
+    if tokio::time::timeout(RAFT_STOP, raft.shutdown()).await.is_err() {
+        tracing::warn!("raft did not stop in {} s; going on", RAFT_STOP.as_secs());
+    }
     elections_task.abort();
-    let _ = http_task.await;
-    let _ = peer_task.await;
-    let _ = wire_task.await;
+    // Each listener lets its connections finish for at most 5 s.
+    let _ = tokio::join!(http_task, peer_task, wire_task, disk_task);
     if let Some(task) = metrics_task {
         let _ = task.await;
     }
-    kv.flush().await?;
+    let flushed = tokio::time::timeout(FLUSH_LIMIT, kv.flush()).await;
+    match stop {
+        Stop::RaftStopped(reason) => anyhow::bail!("raft stopped: {reason}"),
+        Stop::Asked => match flushed {
+            Ok(result) => Ok(result?),
+            Err(_) => anyhow::bail!("storage did not flush in {} s", FLUSH_LIMIT.as_secs()),
+        },
+    }
+}
+
+/// Initialises the cluster if asked, then says where the node listens.
+async fn start(raft: &typ::Raft, config: &NodeConfig, addr: &NodeAddr, endpoints: &Endpoints) -> anyhow::Result<()> {
+    initialise(raft, config, addr).await?;
+    write_endpoints(config, endpoints)?;
+    tracing::info!(id = config.id, http = %endpoints.http, peer = %endpoints.peer, wire = %endpoints.wire, "node started");
     Ok(())
+}
+
+/// Completes with the reason once this node's Raft has stopped on its own
+/// (openraft reports it in its metrics, `running_state`).
+async fn raft_stopped(raft: typ::Raft) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "the raft core ended".to_string();
+        }
+    }
+}
+
+/// Makes sure the process ends within [`STOP_LIMIT`] from now: a thread of
+/// its own, outside the runtime, exits with status 1 if it still runs then.
+fn arm_stop_limit() {
+    let armed = std::thread::Builder::new().name("stop-limit".into()).spawn(|| {
+        std::thread::sleep(STOP_LIMIT);
+        tracing::error!(limit_s = STOP_LIMIT.as_secs(), "the node did not stop in time; exiting now");
+        std::process::exit(1);
+    });
+    if let Err(e) = armed {
+        tracing::warn!(error = %e, "cannot bound the stop time");
+    }
 }
 
 /// The TLS set-up of each listener and of calls to peers (see `crate::tls`).

@@ -96,6 +96,10 @@ pub struct Options {
     pub log_to: Option<PathBuf>,
     /// `TOLLGATE_METRICS_TOKEN` for every node.
     pub metrics_token: Option<String>,
+    /// Each node's data dir is a tmpfs of this many MiB of its own (to fill
+    /// up), unmounted when the cluster is dropped. Needs root: check
+    /// [`tmpfs_available`] first.
+    pub tmpfs_mib: Option<u64>,
 }
 
 impl Default for Options {
@@ -109,6 +113,7 @@ impl Default for Options {
             tls: false,
             log_to: None,
             metrics_token: None,
+            tmpfs_mib: None,
         }
     }
 }
@@ -153,6 +158,33 @@ impl Node {
     /// How the process ended, if it has (without waiting).
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Sends SIGTERM and waits for the process to end; returns how long that
+    /// took and how it ended. Its ports stay reserved for its restart.
+    pub async fn terminate(&mut self) -> (Duration, std::process::ExitStatus) {
+        let pid = self.child.as_ref().map(Child::id).unwrap_or_else(|| panic!("node {} is not running", self.id));
+        let started = Instant::now();
+        let pid = i32::try_from(pid).expect("pid");
+        // SAFETY: kill(2) on our own child's pid, which is not yet reaped.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(sent, 0, "cannot send SIGTERM to node {}", self.id);
+        let status = self.wait_exit().await;
+        (started.elapsed(), status)
+    }
+
+    /// Waits (at most [`PATIENCE`]) for the process to end by itself and
+    /// returns how it ended. Its ports stay reserved for its restart.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.exited() {
+                self.kill();
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node {} did not exit; see {}", self.id, self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// kill -9. Its ports stay reserved for its restart.
@@ -271,6 +303,9 @@ pub struct Cluster {
     /// stop when the cluster is dropped.
     links: PeerLinks,
     pub http: reqwest::Client,
+    /// The nodes' tmpfs data dirs ([`Options::tmpfs_mib`]): after `nodes`,
+    /// so the processes are gone when they are unmounted.
+    _mounts: Vec<Tmpfs>,
     _dir: tempfile::TempDir,
 }
 
@@ -306,6 +341,12 @@ impl Cluster {
                 Node::new(id, dir.path().join(format!("node{id}")), options.tls, args)
             })
             .collect();
+        let mut mounts = Vec::new();
+        if let Some(mib) = options.tmpfs_mib {
+            for node in &nodes {
+                mounts.push(Tmpfs::mount(&node.dir, mib).unwrap_or_else(|e| panic!("node {}: {e}", node.id)));
+            }
+        }
         for node in &mut nodes {
             node.spawn(&options);
         }
@@ -314,7 +355,7 @@ impl Cluster {
             links.target(node.id, node.peer_port);
         }
         let http = http.build().expect("client");
-        let cluster = Cluster { nodes, options, links, http, _dir: dir };
+        let cluster = Cluster { nodes, options, links, http, _mounts: mounts, _dir: dir };
         cluster.wait_ready(1).await;
         for id in ids.into_iter().skip(1) {
             cluster.join(id, true).await;
@@ -346,6 +387,17 @@ impl Cluster {
         node.wait_bound().await;
         self.nodes.push(node);
         self.node(id)
+    }
+
+    pub fn node_mut(&mut self, id: u64) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("no such node")
+    }
+
+    /// Starts a stopped node's process again without waiting for it to bind
+    /// (it may be expected to fail: [`Node::wait_exit`]).
+    pub fn spawn_again(&mut self, id: u64) {
+        let options = self.options.clone();
+        self.node_mut(id).spawn(&options);
     }
 
     pub fn node(&self, id: u64) -> &Node {
@@ -690,6 +742,81 @@ async fn forward(
     if silenced {
         let _ = state.wait_for(Option::is_none).await;
     }
+}
+
+/// A tmpfs mounted on a directory; unmounted (lazily, so a process that
+/// still has a file open cannot keep it) when dropped, also in a panic.
+pub struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a `mib` MiB tmpfs on `dir` (created if missing).
+    pub fn mount(dir: &Path, mib: u64) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("mount -t tmpfs failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(Tmpfs { dir: dir.to_path_buf() })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).stdin(Stdio::null()).status();
+    }
+}
+
+/// Whether this process may mount a tmpfs (it runs as root and mounting
+/// works here); if not, why not.
+pub fn tmpfs_available() -> Result<(), String> {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("not running as root, so no tmpfs can be mounted".into());
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    Tmpfs::mount(&dir.path().join("probe"), 1).map(drop)
+}
+
+/// Bytes available to an unprivileged writer on the filesystem of `dir`
+/// (as `df` shows them).
+pub fn available_bytes(dir: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("a path without NUL");
+    // SAFETY: statvfs(3) fills the struct we pass; `path` is NUL-terminated.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+    assert_eq!(rc, 0, "statvfs {}: {}", dir.display(), std::io::Error::last_os_error());
+    stat.f_bavail.saturating_mul(stat.f_frsize)
+}
+
+/// Writes `DIR/filler` until only about `leave` bytes stay available on the
+/// filesystem of `dir` (0: until it is full); returns its path.
+pub fn fill(dir: &Path, leave: u64) -> PathBuf {
+    use std::io::Write as _;
+    let path = dir.join("filler");
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("filler");
+    let chunk = vec![0x5au8; 64 << 10];
+    loop {
+        let available = available_bytes(dir);
+        if available <= leave {
+            break;
+        }
+        let n = usize::try_from(available - leave).unwrap_or(usize::MAX).min(chunk.len());
+        match file.write_all(&chunk[..n]) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("writing {}: {e}", path.display()),
+        }
+    }
+    let _ = file.sync_all();
+    path
 }
 
 /// Polls `check` until it holds; panics after [`PATIENCE`]. This is a bound on

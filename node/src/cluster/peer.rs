@@ -35,6 +35,8 @@ pub const WRITE: &str = "/cluster/write";
 pub const READ_INDEX: &str = "/cluster/read-index";
 pub const MEMBERSHIP: &str = "/cluster/membership";
 pub const LEND: &str = "/cluster/lend";
+/// A member tells the leader its free-space guard state (see `crate::disk`).
+pub const DISK: &str = "/cluster/disk";
 
 /// Largest peer request: snapshot chunks and append batches stay well below.
 const MAX_PEER_BODY: usize = 64 << 20;
@@ -49,6 +51,8 @@ pub enum ForwardError {
     /// Carried out nowhere, for a reason the caller should pass on.
     Refused(String),
     Unavailable(String),
+    /// A member is short of disk space: the write is refused cluster-wide.
+    InsufficientStorage(crate::disk::LowDisk),
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -62,6 +66,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route(MEMBERSHIP, post(membership))
         .route(LEND, post(lend))
         .route(REMOVED, post(removed))
+        .route(DISK, post(disk))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_PEER_BODY))
         .with_state(app)
@@ -149,6 +154,16 @@ async fn removed(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -
     reply(&app.set_removed(removed).map_err(|e| e.to_string()))
 }
 
+/// A member's free-space guard state, kept by the leader for its writes.
+async fn disk(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let report: crate::disk::DiskReport = match accept(&app, &headers, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    app.disk.record(report, std::time::Instant::now());
+    reply(&())
+}
+
 async fn membership(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
     let op: MembershipOp = match accept(&app, &headers, &body) {
         Ok(r) => r,
@@ -162,6 +177,7 @@ impl From<ClusterError> for ForwardError {
         match e {
             ClusterError::NotLeader { leader } => ForwardError::NotLeader { leader },
             ClusterError::Refused(m) => ForwardError::Refused(m),
+            ClusterError::InsufficientStorage(low) => ForwardError::InsufficientStorage(low),
             other => ForwardError::Unavailable(other.to_string()),
         }
     }
@@ -173,6 +189,7 @@ impl From<ForwardError> for ClusterError {
             ForwardError::NotLeader { leader } => ClusterError::NotLeader { leader },
             ForwardError::Refused(m) => ClusterError::Refused(m),
             ForwardError::Unavailable(m) => ClusterError::Unavailable(m),
+            ForwardError::InsufficientStorage(low) => ClusterError::InsufficientStorage(low),
         }
     }
 }

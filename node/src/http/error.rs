@@ -64,6 +64,9 @@ impl From<ClusterError> for ApiError {
     fn from(e: ClusterError) -> Self {
         match e {
             ClusterError::Refused(m) => ApiError::new(StatusCode::CONFLICT, "refused", m),
+            ClusterError::InsufficientStorage(low) => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", low.to_string())
+            }
             other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", other.to_string()),
         }
     }

@@ -391,7 +391,8 @@ fn handwritten_schemas() -> Vec<(&'static str, Value)> {
             json!({"type": "object", "required": ["error"], "properties": {"error": {
                 "type": "object", "required": ["code", "field", "message"], "properties": {
                     "code": {"type": "string", "enum": ["invalid_field", "not_found", "conflict", "refused",
-                        "unavailable", "unauthorized", "forbidden", "already_created", "internal"]},
+                        "unavailable", "unauthorized", "forbidden", "already_created", "internal",
+                        "insufficient_storage"]},
                     "field": {"type": ["string", "null"], "description": "The request field at fault, as a \
                         JSON path into the body (`routes[0].method`), a parameter or `headers.NAME`."},
                     "message": {"type": "string", "description": "What is wrong and what would be accepted."}
@@ -460,7 +461,9 @@ fn handwritten_schemas() -> Vec<(&'static str, Value)> {
         (
             "Readiness",
             json!({"type": "object", "required": ["member", "leader_id"], "properties": {
-                "member": {"type": "boolean"}, "leader_id": nullable_uint64}}),
+                "member": {"type": "boolean"}, "leader_id": nullable_uint64,
+                "reason": {"type": ["string", "null"], "description": "Why the node is not ready: Raft \
+                    stopped, removed, not a member, disk space low (--min-free-disk-mb), or no leader."}}}),
         ),
         (
             "Jwks",
@@ -604,6 +607,16 @@ fn admin(mut op: Value, writes: bool) -> Value {
     op
 }
 
+/// A write the free-space guard refuses while a member's disk is nearly full
+/// (see `crate::disk`): every admin write but membership changes.
+fn guarded(mut op: Value) -> Value {
+    op["responses"]["507"] = error(
+        "A member's disk is nearly full (--min-free-disk-mb): writes are refused cluster-wide until space is \
+         freed; the message names the node and its free space",
+    );
+    op
+}
+
 fn route(method: &'static str, path: impl Into<String>, access: Access, operation: Value) -> RouteDoc {
     RouteDoc { method, path: path.into(), access, operation }
 }
@@ -641,7 +654,7 @@ pub fn routes() -> Vec<RouteDoc> {
                 ("409", error("The id exists, the change conflicts with stored objects, or this Idempotency-Key already created an object whose secret cannot be shown again")),
             ],
         );
-        routes.push(route("post", collection, Access::Admin, admin(create, true)));
+        routes.push(route("post", collection, Access::Admin, guarded(admin(create, true))));
         let read = operation(
             segment,
             &format!("Read a {noun}"),
@@ -666,7 +679,7 @@ pub fn routes() -> Vec<RouteDoc> {
                 ("409", error("The change conflicts with stored objects")),
             ],
         );
-        routes.push(route("put", item.clone(), Access::Admin, admin(put, true)));
+        routes.push(route("put", item.clone(), Access::Admin, guarded(admin(put, true))));
         let delete = operation(
             segment,
             &format!("Delete a {noun}"),
@@ -679,7 +692,7 @@ pub fn routes() -> Vec<RouteDoc> {
                 ("409", error("Still used by another object")),
             ],
         );
-        routes.push(route("delete", item, Access::Admin, admin(delete, false)));
+        routes.push(route("delete", item, Access::Admin, guarded(admin(delete, false))));
     }
     let reroll = operation(
         "keys",
@@ -696,7 +709,7 @@ pub fn routes() -> Vec<RouteDoc> {
             ("409", error("This Idempotency-Key already rerolled the key; its secret was shown once")),
         ],
     );
-    routes.push(route("post", "/v1/admin/keys/{id}/reroll", Access::Admin, admin(reroll, true)));
+    routes.push(route("post", "/v1/admin/keys/{id}/reroll", Access::Admin, guarded(admin(reroll, true))));
     let identity = operation(
         "identity",
         "The key version that signs identity tokens for backends",
@@ -712,7 +725,7 @@ pub fn routes() -> Vec<RouteDoc> {
         None,
         vec![("200", response("The new identity key", Some(json_body(schema_ref("IdentityKey"))))), ("400", bad())],
     );
-    routes.push(route("post", "/v1/admin/identity-key/rotate", Access::Admin, admin(rotate, false)));
+    routes.push(route("post", "/v1/admin/identity-key/rotate", Access::Admin, guarded(admin(rotate, false))));
     let date = |name: &str, description: &str| {
         param("query", name, false, json!({"type": "string", "format": "date"}), description)
     };
@@ -755,7 +768,7 @@ pub fn routes() -> Vec<RouteDoc> {
             ("404", error("No such plan or key")),
         ],
     );
-    routes.push(route("post", "/v1/admin/plans/{id}/usage/{key_id}", Access::Admin, admin(update, true)));
+    routes.push(route("post", "/v1/admin/plans/{id}/usage/{key_id}", Access::Admin, guarded(admin(update, true))));
     let node_id = || {
         param(
             "path",
@@ -943,7 +956,7 @@ pub fn routes() -> Vec<RouteDoc> {
         ),
         (
             "/readyz",
-            "Readiness: a member of a cluster with a known leader",
+            "Readiness: a member of a cluster with a known leader, Raft running and enough free disk space",
             response("Ready", Some(json_body(schema_ref("Readiness")))),
             Some(("503", response("Not ready", Some(json_body(schema_ref("Readiness")))))),
         ),

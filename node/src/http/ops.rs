@@ -33,17 +33,29 @@ pub fn metrics_router(app: Arc<App>) -> Router {
     Router::new().route("/metrics", get(metrics)).route("/healthz", get(|| async { "ok" })).with_state(app)
 }
 
-/// Ready: a member of a cluster that has a known leader.
+/// Ready: a member of a cluster that has a known leader, whose Raft runs and
+/// whose free-space guard is off. Otherwise 503, with `reason` saying why.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     let m = app.raft.metrics().borrow().clone();
     let member = m.membership_config.membership().nodes().any(|(id, _)| *id == app.id);
     let removed = app.is_removed();
-    let body = json!({"member": member && !removed, "removed": removed, "leader_id": m.current_leader});
-    if member && !removed && m.current_leader.is_some() {
-        (StatusCode::OK, Json(body)).into_response()
+    let reason = if let Err(fatal) = &m.running_state {
+        Some(format!("raft stopped: {fatal}; the node exits so that its supervisor starts it again"))
+    } else if removed {
+        Some("removed from the cluster by its leader".to_string())
+    } else if !member {
+        Some("not a member of a cluster (yet)".to_string())
+    } else if let Some(low) = app.disk.own() {
+        Some(format!("disk space low: {low}"))
+    } else if m.current_leader.is_none() {
+        Some("no leader is known".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
-    }
+        None
+    };
+    let status = if reason.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body =
+        json!({"member": member && !removed, "removed": removed, "leader_id": m.current_leader, "reason": reason});
+    (status, Json(body)).into_response()
 }
 
 async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) -> Response {
