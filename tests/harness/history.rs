@@ -163,19 +163,21 @@ impl Rng {
 
 /// The faults of a run of `run_ms` over nodes `1..=nodes`, one at a time, a
 /// pure function of `seed`: calm of 0.5-2 s, then a kill, partition or clock
-/// shift of one node for 1-3 s. The plan covers the run; the injector stops
-/// starting faults once the run is over.
+/// shift of one node for 1-3 s. Kinds come in rounds of three, each kind
+/// once per round in a random order, so even a short run has every kind.
+/// The plan covers the run; the injector stops starting faults once the run
+/// is over.
 pub fn fault_schedule(seed: u64, run_ms: u64, nodes: u64) -> Vec<PlannedFault> {
     let mut rng = Rng::new(seed);
     let mut plan = Vec::new();
+    let mut round = Vec::new();
     let mut at = 0;
     while at < run_ms {
         let gap_ms = rng.between(500, 2_000);
-        let kind = match rng.below(3) {
-            0 => FaultKind::Kill,
-            1 => FaultKind::Partition,
-            _ => FaultKind::ClockShift,
-        };
+        if round.is_empty() {
+            round = vec![FaultKind::Kill, FaultKind::Partition, FaultKind::ClockShift];
+        }
+        let kind = round.swap_remove(rng.below(round.len() as u64) as usize);
         let node = 1 + rng.below(nodes);
         let hold_ms = rng.between(1_000, 3_000);
         let shift_ms = rng.between(0, 2 * MAX_CLOCK_SHIFT_MS as u64) as i64 - MAX_CLOCK_SHIFT_MS;
@@ -707,7 +709,9 @@ mod checker_tests {
         assert_eq!(a, fault_schedule(7, 60_000, 3));
         assert_ne!(a, fault_schedule(8, 60_000, 3));
         assert!(a.iter().all(|f| (1..=3).contains(&f.node) && f.shift_ms.abs() <= MAX_CLOCK_SHIFT_MS));
-        let kinds: std::collections::BTreeSet<FaultKind> = a.iter().map(|f| f.kind).collect();
-        assert_eq!(kinds.len(), 3, "a minute of faults has every kind: {a:?}");
+        for round in a.chunks_exact(3) {
+            let kinds: std::collections::BTreeSet<FaultKind> = round.iter().map(|f| f.kind).collect();
+            assert_eq!(kinds.len(), 3, "every round has every kind: {a:?}");
+        }
     }
 }
