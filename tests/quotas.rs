@@ -6,11 +6,11 @@
 //! admitted when no node crashed, and over-counts by at most one lease after a
 //! crash, never under-counts.
 
+#[path = "harness/chaos.rs"]
+mod chaos;
 mod harness;
 #[path = "harness/history.rs"]
 mod history;
-#[path = "harness/chaos.rs"]
-mod chaos;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

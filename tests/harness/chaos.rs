@@ -174,8 +174,8 @@ pub async fn run(config: &ChaosConfig) -> ChaosOutcome {
     for id in 1..=3 {
         cluster.wait_ready(id).await;
     }
-    for key in 0..keys {
-        let path = format!("/v1/admin/plans/gold/usage?key_id={}", secrets[key].0);
+    for (key, (id, _)) in secrets.iter().enumerate() {
+        let path = format!("/v1/admin/plans/gold/usage?key_id={id}");
         wait_until(&format!("quota key {key} settled (no grant held)"), || async {
             cluster.get(1, &path).await.1["items"][0]["current_period"]["held"] == 0
         })
@@ -355,7 +355,14 @@ impl AdminWorker {
             (Ack::Ok, Some(id)) => id.to_string(),
             _ => format!("unacknowledged {value}"),
         };
-        self.recorder.record(Op::Write { worker: self.id, node, object: object.clone(), value, span, ack: ack.clone() });
+        self.recorder.record(Op::Write {
+            worker: self.id,
+            node,
+            object: object.clone(),
+            value,
+            span,
+            ack: ack.clone(),
+        });
         if ack == Ack::Ok {
             self.objects.lock().unwrap_or_else(|p| p.into_inner()).push(object);
         }
@@ -366,8 +373,7 @@ impl AdminWorker {
         let enabled = self.rng.below(2) == 0;
         let url = format!("{}/v1/admin/keys/{object}", self.urls[node as usize - 1]);
         let invoked_us = self.recorder.now_us();
-        let sent =
-            self.http.put(url).bearer_auth(TOKEN).json(&json!({"name": value, "enabled": enabled})).send().await;
+        let sent = self.http.put(url).bearer_auth(TOKEN).json(&json!({"name": value, "enabled": enabled})).send().await;
         let (ack, _) = acknowledgement(sent).await;
         let span = Span { invoked_us, completed_us: self.recorder.now_us() };
         self.recorder.record(Op::Write { worker: self.id, node, object, value, span, ack });
@@ -413,12 +419,7 @@ async fn acknowledgement(sent: reqwest::Result<reqwest::Response>) -> (Ack, Valu
 
 /// After the run: every quota key's usage and every key's name, on every
 /// node, each read linearizably and recorded as a final operation.
-async fn read_back(
-    cluster: &Cluster,
-    secrets: &[(String, String)],
-    objects: &Mutex<Vec<String>>,
-    recorder: &Recorder,
-) {
+async fn read_back(cluster: &Cluster, secrets: &[(String, String)], objects: &Mutex<Vec<String>>, recorder: &Recorder) {
     let acked: BTreeSet<String> = objects.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
     for node in 1..=3 {
         for (key, (id, _)) in secrets.iter().enumerate() {
@@ -440,7 +441,14 @@ async fn read_back(
         let span = Span { invoked_us, completed_us: recorder.now_us() };
         for object in &acked {
             let answer = names.get(object).map(|n| ReadAnswer::Value(n.clone())).unwrap_or(ReadAnswer::Missing);
-            recorder.record(Op::Read { worker: u32::MAX, node, object: object.clone(), span, answer, phase: Phase::Final });
+            recorder.record(Op::Read {
+                worker: u32::MAX,
+                node,
+                object: object.clone(),
+                span,
+                answer,
+                phase: Phase::Final,
+            });
         }
     }
 }

@@ -468,11 +468,7 @@ fn check_registers(history: &[Op], params: &Params, report: &mut Report) {
                     newer.map(|w2| {
                         format!(
                             "saw {v:?} (written {}..{} µs) after {:?} was acknowledged ({}..{} µs)",
-                            w.span.invoked_us,
-                            w.span.completed_us,
-                            w2.value,
-                            w2.span.invoked_us,
-                            w2.span.completed_us
+                            w.span.invoked_us, w.span.completed_us, w2.value, w2.span.invoked_us, w2.span.completed_us
                         )
                     })
                 }
@@ -685,11 +681,13 @@ mod checker_tests {
     #[test]
     fn a_lost_acknowledged_write_is_caught() {
         // The final reads show b's predecessor a: b was acknowledged.
-        let mut h: Vec<Op> = clean().into_iter().filter(|op| !matches!(op, Op::Read { phase: Phase::Final, .. })).collect();
+        let mut h: Vec<Op> =
+            clean().into_iter().filter(|op| !matches!(op, Op::Read { phase: Phase::Final, .. })).collect();
         h.extend(final_reads("k1", "a"));
         assert_eq!(properties(&h, &one_fault()), [Property::LostWrite, Property::LostWrite]);
         // Gone altogether on one node.
-        let mut h: Vec<Op> = clean().into_iter().filter(|op| !matches!(op, Op::Read { phase: Phase::Final, .. })).collect();
+        let mut h: Vec<Op> =
+            clean().into_iter().filter(|op| !matches!(op, Op::Read { phase: Phase::Final, .. })).collect();
         h.push(Op::Read {
             worker: 9,
             node: 1,

@@ -225,8 +225,7 @@ impl Node {
         if clock_offset_ms != 0 {
             cmd.arg(format!("--clock-offset-ms={clock_offset_ms}"));
         }
-        cmd
-            .env("TOLLGATE_ADMIN_TOKEN", TOKEN)
+        cmd.env("TOLLGATE_ADMIN_TOKEN", TOKEN)
             .env("TOLLGATE_CLUSTER_TOKEN", "test-cluster-token")
             .env("TOLLGATE_LOG", options.log_level)
             .envs(options.metrics_token.iter().map(|t| ("TOLLGATE_METRICS_TOKEN", t.as_str())))
