@@ -14,9 +14,24 @@
 //! - `quota`: checks of a key with a quota, through leases (the nodes' flags
 //!   as given) and through the leader on every request (`--quota-max-grant 1`),
 //!   each on a fresh cluster.
+//! - `chaos`: a history of checks and admin writes recorded while a seeded
+//!   injector kills -9, partitions and clock-shifts nodes, then checked
+//!   offline (invariants Q and U, no acknowledged write lost, reads see
+//!   acknowledged writes); exits non-zero on any violation. It runs its
+//!   cluster through the test harness (`tests/harness`, for its partitioning
+//!   proxies), so only `--bin` applies to it.
 //!
 //! Speed figures belong here, never in tests. Example:
 //! `cargo run --release -p tollgate-bench -- --bin target/release/tollgate writes --count 5000`
+
+// The integration tests' cluster harness, history checker and chaos run: one
+// launcher and one checker for `cargo test` and for `tollgate-bench chaos`.
+#[path = "../../tests/harness/chaos.rs"]
+mod chaos;
+#[path = "../../tests/harness/mod.rs"]
+mod harness;
+#[path = "../../tests/harness/history.rs"]
+mod history;
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -112,6 +127,26 @@ enum What {
         count: usize,
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
+    },
+    /// Checks and admin writes under random kill -9, partitions and clock
+    /// shifts for `secs`, then the history checked offline; exits non-zero
+    /// on any violation.
+    Chaos {
+        #[arg(long, default_value_t = 120)]
+        secs: u64,
+        /// Fixes the fault schedule (and the clients' choices).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Each quota key's daily quota; a new key is the busy one every 10 s.
+        #[arg(long, default_value_t = 2_000)]
+        quota: u64,
+        /// `--quota-max-grant` for the nodes.
+        #[arg(long, default_value_t = 50)]
+        max_grant: u64,
+        #[arg(long, default_value_t = 8)]
+        check_workers: u32,
+        #[arg(long, default_value_t = 2)]
+        admin_workers: u32,
     },
 }
 
@@ -692,9 +727,66 @@ fn report(what: &str, h: &Histogram<u64>, elapsed: Duration) {
     );
 }
 
+/// `chaos`: one run, its figures, and an error if the checker found anything.
+async fn chaos_run(config: &chaos::ChaosConfig) -> anyhow::Result<()> {
+    if !config.bin.exists() {
+        bail!("{} does not exist: `cargo build --release` first, or pass --bin", config.bin.display());
+    }
+    println!(
+        "chaos: seed {}, {} s of faults, {} check and {} admin workers, quota {} per key, --quota-max-grant {}, --quota-lease-ms {}",
+        config.seed,
+        config.run.as_secs(),
+        config.check_workers,
+        config.admin_workers,
+        config.quota,
+        config.max_grant,
+        config.lease_ms
+    );
+    let outcome = chaos::run(config).await;
+    println!(
+        "ran {:.1} s in all (start, faults, heal, settle, read back); {} operations recorded; nodes at noon UTC (clock offset {} ms)",
+        outcome.elapsed.as_secs_f64(),
+        outcome.history.len(),
+        outcome.base_offset_ms
+    );
+    for f in &outcome.faults {
+        let shift = if f.kind == history::FaultKind::ClockShift {
+            format!(" (clock {:+} ms)", f.clock_offset_ms - outcome.base_offset_ms)
+        } else {
+            String::new()
+        };
+        println!(
+            "  {:>7.1} s  {} node {}{shift}, {:.1} s",
+            f.span.invoked_us as f64 / 1e6,
+            f.kind,
+            f.node,
+            (f.span.completed_us - f.span.invoked_us) as f64 / 1e6
+        );
+    }
+    print!("{}", outcome.report);
+    if !outcome.report.violations.is_empty() {
+        bail!("{} violations (seed {})", outcome.report.violations.len(), config.seed);
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let What::Chaos { secs, seed, quota, max_grant, check_workers, admin_workers } = args.what {
+        let config = chaos::ChaosConfig {
+            seed,
+            run: Duration::from_secs(secs),
+            key_slice: Duration::from_secs(10),
+            quota,
+            check_workers,
+            admin_workers,
+            lease_ms: 8_000,
+            max_grant,
+            bin: args.bin.clone(),
+        };
+        return chaos_run(&config).await;
+    }
     let mut cluster = Cluster::start(args.bin.clone(), &args.node_flags, args.base_port, args.data_dir.clone()).await?;
     match args.what {
         What::Writes { count, concurrency, via_follower } => {
@@ -810,6 +902,7 @@ async fn main() -> anyhow::Result<()> {
                 ratio(0.99)
             );
         }
+        What::Chaos { .. } => unreachable!("handled before the cluster starts"),
         What::ColdStart { keys, concurrency } => {
             let leader = cluster.leader().await?;
             let cluster_arc = Arc::new(cluster);

@@ -19,6 +19,10 @@
 //! through a TCP proxy of its own inside the test process, so a test can cut a
 //! node off from the others ([`Cluster::cut`]) and let it back
 //! ([`Cluster::heal`]) while every process keeps running.
+//!
+//! `tollgate-bench` includes this file too (`#[path]`), so its chaos run
+//! starts, kills and partitions clusters through this one launcher; it names
+//! its own `tollgate` binary in [`Options::bin`].
 
 #![allow(dead_code)]
 
@@ -40,10 +44,17 @@ pub const TOKEN: &str = "tga_test-bootstrap-token-0123456789abcdef";
 /// How long any harness wait may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// The `tollgate` binary Cargo built for the integration tests; outside them
+/// (`tollgate-bench`), the release build's path, unless [`Options::bin`] says
+/// otherwise.
+pub fn default_bin() -> PathBuf {
+    PathBuf::from(option_env!("CARGO_BIN_EXE_tollgate").unwrap_or("target/release/tollgate"))
+}
+
 /// `tollgate certs --out DIR`: a development CA, a node certificate
 /// (localhost, 127.0.0.1) and a proxy client certificate; returns DIR.
 pub fn make_certs(dir: &Path) -> PathBuf {
-    let status = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+    let status = Command::new(default_bin())
         .arg("certs")
         .arg("--out")
         .arg(dir)
@@ -100,6 +111,11 @@ pub struct Options {
     /// up), unmounted when the cluster is dropped. Needs root: check
     /// [`tmpfs_available`] first.
     pub tmpfs_mib: Option<u64>,
+    /// The `tollgate` binary to run ([`default_bin`]).
+    pub bin: PathBuf,
+    /// `--clock-offset-ms` for every node, unless a restart gives the node
+    /// one of its own ([`Cluster::restart_with_clock`]). Zero: not passed.
+    pub clock_offset_ms: i64,
 }
 
 impl Default for Options {
@@ -114,6 +130,8 @@ impl Default for Options {
             log_to: None,
             metrics_token: None,
             tmpfs_mib: None,
+            bin: default_bin(),
+            clock_offset_ms: 0,
         }
     }
 }
@@ -132,6 +150,9 @@ pub struct Node {
     /// `--peer-via` in a partitionable cluster), kept so a restart gets them
     /// again.
     args: Vec<String>,
+    /// Its own `--clock-offset-ms`, set by [`Cluster::restart_with_clock`];
+    /// otherwise [`Options::clock_offset_ms`].
+    clock_offset_ms: Option<i64>,
     child: Option<Child>,
     /// While the node is down: its ports, bound and not listening.
     held: Vec<socket2::Socket>,
@@ -139,7 +160,18 @@ pub struct Node {
 
 impl Node {
     fn new(id: u64, dir: PathBuf, https: bool, args: Vec<String>) -> Node {
-        Node { id, http_port: 0, peer_port: 0, wire_port: 0, dir, https, args, child: None, held: Vec::new() }
+        Node {
+            id,
+            http_port: 0,
+            peer_port: 0,
+            wire_port: 0,
+            dir,
+            https,
+            args,
+            clock_offset_ms: None,
+            child: None,
+            held: Vec::new(),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -208,7 +240,7 @@ impl Node {
         }
         let log_path = options.log_to.clone().unwrap_or_else(|| self.dir.join("node.log"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        let mut cmd = Command::new(&options.bin);
         cmd.arg("serve")
             .args(["--id", &self.id.to_string()])
             .args(["--http", &format!("127.0.0.1:{}", self.http_port)])
@@ -220,8 +252,12 @@ impl Node {
             .args(["--snapshot-logs", &options.snapshot_logs.to_string()])
             .args(["--keep-logs", &options.keep_logs.to_string()])
             .args(&options.extra_args)
-            .args(&self.args)
-            .env("TOLLGATE_ADMIN_TOKEN", TOKEN)
+            .args(&self.args);
+        let clock_offset_ms = self.clock_offset_ms.unwrap_or(options.clock_offset_ms);
+        if clock_offset_ms != 0 {
+            cmd.arg(format!("--clock-offset-ms={clock_offset_ms}"));
+        }
+        cmd.env("TOLLGATE_ADMIN_TOKEN", TOKEN)
             .env("TOLLGATE_CLUSTER_TOKEN", "test-cluster-token")
             .env("TOLLGATE_LOG", options.log_level)
             .envs(options.metrics_token.iter().map(|t| ("TOLLGATE_METRICS_TOKEN", t.as_str())))
@@ -429,6 +465,13 @@ impl Cluster {
         node.spawn(&options);
         node.wait_bound().await;
         self.wait_ready(id).await;
+    }
+
+    /// Starts a killed node again with its wall clock shifted by
+    /// `offset_ms` (`--clock-offset-ms`), which it keeps on later restarts.
+    pub async fn restart_with_clock(&mut self, id: u64, offset_ms: i64) {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("no such node").clock_offset_ms = Some(offset_ms);
+        self.restart(id).await;
     }
 
     /// Waits until the node answers `/readyz` with 200.
