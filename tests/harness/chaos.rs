@@ -10,7 +10,9 @@
 //! The workload:
 //! - check workers send `POST /v1/check` to a random node with one of the
 //!   quota keys: the key of the current time slice mostly (so each key is
-//!   driven to its quota while faults happen), an older one sometimes;
+//!   driven to its quota while faults happen), an older one sometimes, and
+//!   a quarter of the time the open key, whose quota is never spent (so an
+//!   over-count of its usage is not hidden by the quota's cap);
 //! - admin workers create keys (a unique name each), rename them (PUT, a
 //!   unique name each time) and read them linearizably from random nodes.
 //!
@@ -72,16 +74,16 @@ pub struct ChaosOutcome {
     pub base_offset_ms: i64,
 }
 
-/// The most one fault can add to a key's usage beyond what was admitted.
-///
-/// A fault strands grants: the victim's (killed, or cut off past its lease),
-/// and, when the victim led the cluster, those the two others could not renew
-/// before a new leader was elected. That is at most one grant per node, three.
-/// A node asks for more when it holds at most half its last grant (or its
-/// lease is half over) and gets at most `max_grant` more, so one grant holds
-/// at most `2 * max_grant` units when it is stranded.
-pub fn overcount_per_fault(max_grant: u64) -> u64 {
-    3 * 2 * max_grant
+/// The most one crash (kill -9) can add to a key's usage beyond what was
+/// admitted: the grants of the process that died, which count whole when
+/// they expire. That is its current grant and at most one that expired
+/// before it could close it. A node asks for more when it holds at most half
+/// its last grant (or its lease is half over) and gets at most `max_grant`
+/// more, so one grant holds at most `2 * max_grant` units. A partition, or a
+/// leader's death seen from the survivors, adds nothing: a grant that lapsed
+/// while its holder could not report is closed by the holder's report later.
+pub fn overcount_per_crash(max_grant: u64) -> u64 {
+    2 * 2 * max_grant
 }
 
 /// The nodes' clock offset that puts them at noon UTC today, so that a day
@@ -131,6 +133,8 @@ pub async fn run(config: &ChaosConfig) -> ChaosOutcome {
     let mut cluster = Cluster::start_with(3, options).await;
     let leader = cluster.leader_among(&[1, 2, 3]).await;
     let keys = (config.run.as_millis() / config.key_slice.as_millis().max(1)).max(1) as usize;
+    // The quota keys, then the open key (last): its quota is never spent,
+    // so any over-count of its usage shows.
     let secrets = setup(&cluster, leader, keys, config.quota).await;
 
     let recorder = Recorder { start: Instant::now(), ops: Arc::default() };
@@ -146,6 +150,7 @@ pub async fn run(config: &ChaosConfig) -> ChaosOutcome {
             http: http.clone(),
             urls: urls.clone(),
             secrets: secrets.clone(),
+            quota_keys: keys,
             slice: config.key_slice,
             recorder: recorder.clone(),
         };
@@ -175,26 +180,39 @@ pub async fn run(config: &ChaosConfig) -> ChaosOutcome {
         cluster.wait_ready(id).await;
     }
     for (key, (id, _)) in secrets.iter().enumerate() {
-        let path = format!("/v1/admin/plans/gold/usage?key_id={id}");
+        let path = format!("/v1/admin/plans/{}/usage?key_id={id}", plan_of(key, keys));
         wait_until(&format!("quota key {key} settled (no grant held)"), || async {
             cluster.get(1, &path).await.1["items"][0]["current_period"]["held"] == 0
         })
         .await;
     }
-    read_back(&cluster, &secrets, &objects, &recorder).await;
+    read_back(&cluster, &secrets, keys, &objects, &recorder).await;
 
     let history = std::mem::take(&mut *recorder.ops.lock().unwrap_or_else(|p| p.into_inner()));
     let params = Params {
-        limits: vec![config.quota; keys],
-        overcount_per_fault: overcount_per_fault(config.max_grant),
+        limits: (0..=keys).map(|k| if k < keys { config.quota } else { OPEN_QUOTA }).collect(),
+        overcount_per_crash: overcount_per_crash(config.max_grant),
         nodes: vec![1, 2, 3],
     };
     let report = history::check(&history, &faults, &params);
     ChaosOutcome { report, history, faults, planned, elapsed: started.elapsed(), base_offset_ms }
 }
 
-/// The API `pets`, the plan `gold` with a daily `quota`, and `keys` keys in
-/// it (known to every node); their ids and secrets.
+/// The open key's daily quota: never spent in a run.
+const OPEN_QUOTA: u64 = 1_000_000_000;
+
+/// The plan of key `key` of `quota_keys` quota keys and the open key.
+fn plan_of(key: usize, quota_keys: usize) -> &'static str {
+    if key < quota_keys {
+        "gold"
+    } else {
+        "open"
+    }
+}
+
+/// The API `pets`, the plan `gold` with a daily `quota` and `keys` keys in
+/// it, and the plan `open` with one key whose quota is never spent (known to
+/// every node); their ids and secrets, the open key last.
 async fn setup(cluster: &Cluster, node: u64, keys: usize, quota: u64) -> Vec<(String, String)> {
     let api = json!({"id": "pets", "name": "Pets", "stages": [{"name": "prod"}],
         "routes": [{"method": "GET", "path": "/pets/*", "api_key_required": true}]});
@@ -204,16 +222,21 @@ async fn setup(cluster: &Cluster, node: u64, keys: usize, quota: u64) -> Vec<(St
         "api_stages": [{"api_id": "pets", "stage": "prod"}]});
     let (status, body) = cluster.post(node, "/v1/admin/plans", plan).await;
     assert_eq!(status, 201, "creating the plan: {body}");
+    let open = json!({"id": "open", "name": "Open", "quota": {"limit": OPEN_QUOTA, "period": "day"},
+        "api_stages": [{"api_id": "pets", "stage": "prod"}]});
+    let (status, body) = cluster.post(node, "/v1/admin/plans", open).await;
+    assert_eq!(status, 201, "creating the open plan: {body}");
     let mut secrets = Vec::new();
-    for k in 0..keys {
-        let (status, key) =
-            cluster.post(node, "/v1/admin/keys", json!({"name": format!("quota-{k}"), "plan_ids": ["gold"]})).await;
+    for k in 0..=keys {
+        let (status, key) = cluster
+            .post(node, "/v1/admin/keys", json!({"name": format!("quota-{k}"), "plan_ids": [plan_of(k, keys)]}))
+            .await;
         assert_eq!(status, 201, "creating quota key {k}: {key}");
         let field = |name: &str| key[name].as_str().expect("a new key has an id and a secret").to_string();
         secrets.push((field("id"), field("secret")));
     }
     for n in 1..=3 {
-        let path = format!("/v1/admin/keys/{}?stale=true", secrets[keys - 1].0);
+        let path = format!("/v1/admin/keys/{}?stale=true", secrets[keys].0);
         wait_until(&format!("node {n} has the quota keys"), || async { cluster.get(n, &path).await.0 == 200 }).await;
     }
     secrets
@@ -244,7 +267,12 @@ async fn inject(
                 cluster.restart(fault.node).await;
             }
             FaultKind::Partition => {
-                cluster.cut(fault.node).await;
+                // Every other cut drops packets instead of resetting.
+                if log.len() % 2 == 0 {
+                    cluster.cut(fault.node).await;
+                } else {
+                    cluster.cut_silently(fault.node).await;
+                }
                 tokio::time::sleep(hold).await;
                 cluster.heal(fault.node).await;
             }
@@ -267,7 +295,9 @@ struct CheckWorker {
     rng: Rng,
     http: reqwest::Client,
     urls: Vec<String>,
+    /// The quota keys, then the open key.
     secrets: Vec<(String, String)>,
+    quota_keys: usize,
     slice: Duration,
     recorder: Recorder,
 }
@@ -276,8 +306,12 @@ impl CheckWorker {
     async fn run(mut self, deadline: Instant) {
         while Instant::now() < deadline {
             let slice = (self.recorder.start.elapsed().as_millis() / self.slice.as_millis().max(1)) as u64;
-            let current = slice.min(self.secrets.len() as u64 - 1);
-            let key = if self.rng.below(4) == 0 { self.rng.below(current + 1) } else { current } as usize;
+            let current = slice.min(self.quota_keys as u64 - 1);
+            let key = match self.rng.below(8) {
+                0 | 1 => self.quota_keys,
+                2 => self.rng.below(current + 1) as usize,
+                _ => current as usize,
+            };
             let node = 1 + self.rng.below(3);
             let invoked_us = self.recorder.now_us();
             let answer = self.check(node, &self.secrets[key].1).await;
@@ -292,6 +326,8 @@ impl CheckWorker {
         let url = format!("{}/v1/check", self.urls[node as usize - 1]);
         let resp = match self.http.post(url).json(&body).send().await {
             Ok(resp) => resp,
+            // Never connected (a killed node's port refuses): not admitted.
+            Err(e) if e.is_connect() => return CheckAnswer::Denied("unreachable".into()),
             Err(e) => return CheckAnswer::Unknown(e.to_string()),
         };
         let status = resp.status().as_u16();
@@ -404,6 +440,8 @@ impl AdminWorker {
 async fn acknowledgement(sent: reqwest::Result<reqwest::Response>) -> (Ack, Value) {
     let resp = match sent {
         Ok(resp) => resp,
+        // Never connected (a killed node's port refuses): nothing was written.
+        Err(e) if e.is_connect() => return (Ack::Failed("unreachable".into()), Value::Null),
         Err(e) => return (Ack::Unknown(e.to_string()), Value::Null),
     };
     let status = resp.status();
@@ -419,12 +457,19 @@ async fn acknowledgement(sent: reqwest::Result<reqwest::Response>) -> (Ack, Valu
 
 /// After the run: every quota key's usage and every key's name, on every
 /// node, each read linearizably and recorded as a final operation.
-async fn read_back(cluster: &Cluster, secrets: &[(String, String)], objects: &Mutex<Vec<String>>, recorder: &Recorder) {
+async fn read_back(
+    cluster: &Cluster,
+    secrets: &[(String, String)],
+    quota_keys: usize,
+    objects: &Mutex<Vec<String>>,
+    recorder: &Recorder,
+) {
     let acked: BTreeSet<String> = objects.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
     for node in 1..=3 {
         for (key, (id, _)) in secrets.iter().enumerate() {
             let invoked_us = recorder.now_us();
-            let (status, body) = cluster.get(node, &format!("/v1/admin/plans/gold/usage?key_id={id}")).await;
+            let plan = plan_of(key, quota_keys);
+            let (status, body) = cluster.get(node, &format!("/v1/admin/plans/{plan}/usage?key_id={id}")).await;
             let current = &body["items"][0]["current_period"];
             assert_eq!(status, 200, "usage of quota key {key} on node {node}: {body}");
             let span = Span { invoked_us, completed_us: recorder.now_us() };

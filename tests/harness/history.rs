@@ -12,7 +12,9 @@
 //! - **Q**: per key, checks answered `allowed` <= the key's quota.
 //! - **U**: per key, settled usage >= checks answered `allowed`, and
 //!   <= allowed + unanswered checks (each may have been admitted) + the
-//!   over-count the faults allow ([`Params::overcount_per_fault`] each).
+//!   over-count crashes allow ([`Params::overcount_per_crash`] for each
+//!   kill -9, clock shifts included; a partition allows none: the cut
+//!   node's closing reports make usage exact once it heals).
 //! - **No acknowledged write lost**: after the run every node, read
 //!   linearizably, shows each acknowledged object at its last value.
 //! - **Reads see acknowledged writes**: a linearizable read sent after a
@@ -194,7 +196,7 @@ pub struct Params {
     pub limits: Vec<u64>,
     /// The most one fault may add to a key's usage beyond what was admitted
     /// (units of grants stranded by it: see `chaos.rs` for the derivation).
-    pub overcount_per_fault: u64,
+    pub overcount_per_crash: u64,
     /// Nodes whose final reads must show every acknowledged write.
     pub nodes: Vec<u64>,
 }
@@ -222,7 +224,7 @@ impl fmt::Display for Property {
         f.write_str(match self {
             Property::Q => "Q (admitted <= quota)",
             Property::UnderCount => "U (usage >= admitted)",
-            Property::OverCount => "U (usage <= admitted + unknown + faults' grants)",
+            Property::OverCount => "U (usage <= admitted + unknown + crashed holders' grants)",
             Property::UsageUnread => "usage read back on every node, equal",
             Property::LostWrite => "no acknowledged write lost",
             Property::StaleRead => "reads see acknowledged writes",
@@ -262,7 +264,7 @@ pub struct Report {
     pub final_reads_checked: u64,
     pub reads_unanswered: u64,
     pub faults: BTreeMap<FaultKind, u64>,
-    /// Over-count allowed per key: faults x [`Params::overcount_per_fault`].
+    /// Over-count allowed per key: crashes x [`Params::overcount_per_crash`].
     pub overcount_allowed: u64,
     pub violations: Vec<Violation>,
 }
@@ -336,7 +338,8 @@ pub fn check(history: &[Op], faults: &[FaultRecord], params: &Params) -> Report 
     for fault in faults {
         *report.faults.entry(fault.kind).or_insert(0) += 1;
     }
-    report.overcount_allowed = faults.len() as u64 * params.overcount_per_fault;
+    let crashes = faults.iter().filter(|f| f.kind != FaultKind::Partition).count() as u64;
+    report.overcount_allowed = crashes * params.overcount_per_crash;
     check_quotas(history, params, &mut report);
     check_registers(history, params, &mut report);
     report
@@ -398,7 +401,7 @@ fn check_quotas(history: &[Op], params: &Params, report: &mut Report) {
             report.violations.push(Violation {
                 property: Property::OverCount,
                 detail: format!(
-                    "key {i}: usage {most} > allowed {} + unknown {} + faults' grants {}",
+                    "key {i}: usage {most} > allowed {} + unknown {} + crashed holders' grants {}",
                     k.allowed, k.unknown, report.overcount_allowed
                 ),
             });
@@ -518,7 +521,7 @@ mod checker_tests {
     }
 
     fn params() -> Params {
-        Params { limits: vec![3], overcount_per_fault: 10, nodes: vec![1, 2] }
+        Params { limits: vec![3], overcount_per_crash: 10, nodes: vec![1, 2] }
     }
 
     fn check_op(t: u64, answer: CheckAnswer) -> Op {
@@ -639,6 +642,11 @@ mod checker_tests {
         h.retain(|op| !matches!(op, Op::Usage { .. }));
         h.extend(usage(5));
         assert_eq!(properties(&h, &[]), [Property::OverCount]);
+        // Nor may a partition: the cut node closes its grants once healed.
+        let cut = [FaultRecord { kind: FaultKind::Partition, node: 1, span: span(0, 100), clock_offset_ms: 0 }];
+        assert_eq!(properties(&h, &cut), [Property::OverCount]);
+        let shifted = [FaultRecord { kind: FaultKind::ClockShift, ..cut[0].clone() }];
+        assert!(properties(&h, &shifted).is_empty(), "a clock shift is a kill -9 and a restart");
     }
 
     #[test]
