@@ -181,10 +181,15 @@ pub async fn run(config: &ChaosConfig) -> ChaosOutcome {
     }
     for (key, (id, _)) in secrets.iter().enumerate() {
         let path = format!("/v1/admin/plans/{}/usage?key_id={id}", plan_of(key, keys));
-        wait_until(&format!("quota key {key} settled (no grant held)"), || async {
-            cluster.get(1, &path).await.1["items"][0]["current_period"]["held"] == 0
-        })
-        .await;
+        // Usage is read as of each node's clock (a grant past its lease
+        // counts as used), and the clocks were shifted apart: settled means
+        // no grant held as every node sees it.
+        for node in 1..=3 {
+            wait_until(&format!("quota key {key} settled on node {node} (no grant held)"), || async {
+                cluster.get(node, &path).await.1["items"][0]["current_period"]["held"] == 0
+            })
+            .await;
+        }
     }
     read_back(&cluster, &secrets, keys, &objects, &recorder).await;
 
