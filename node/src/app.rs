@@ -16,12 +16,12 @@ use tollgate_proto::{Command, CommandResult, FieldError, Proposal};
 
 use crate::cluster::network::{CallError, PeerClient};
 use crate::cluster::peer::{self, ClusterToken, ForwardError};
-use crate::cluster::state_machine::{Published, SharedModel};
 use crate::cluster::typ;
 use crate::cluster::{NodeAddr, NodeId};
 use crate::metering::{Authority, BoxFuture, LendRequest, Lent, Unavailable};
 use crate::metrics::Metrics;
 use crate::secret::Digest;
+use crate::state::published::{Published, SharedModel};
 
 /// How long a write or read barrier may wait for a leader before giving up.
 pub const LEADER_WAIT: Duration = Duration::from_secs(10);
@@ -45,7 +45,7 @@ pub struct App {
     pub committed: Arc<AtomicU64>,
     pub metrics: Metrics,
     /// The wall clock (shifted by `--clock-offset-ms` if set).
-    pub clock: Arc<dyn crate::gateway::limits::Clock>,
+    pub clock: Arc<dyn crate::metering::limits::Clock>,
     /// Proxies whose entries in `X-Forwarded-For` are skipped when
     /// forward-auth looks for the client address (`--trusted-proxies`).
     pub trusted_proxies: crate::http::forwarded::TrustedProxies,

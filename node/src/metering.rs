@@ -39,7 +39,8 @@ use tollgate_proto::command::{QuotaPeriod, QuotaUsage};
 use tollgate_proto::metering::QuotaLedger;
 use tollgate_proto::model::{Quota, Throttle};
 
-use crate::gateway::limits::{Bucket, BucketId, Clock, Limits};
+pub mod limits;
+use limits::{Bucket, BucketId, Clock, Limits};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -388,7 +389,7 @@ pub struct Metering {
     /// The applied model, whose limits epochs say which leases a limit
     /// change made stale: those are handed back at the next flush, not only
     /// when a check for the key comes by, so other nodes can have the units.
-    limits_model: std::sync::OnceLock<crate::cluster::state_machine::SharedModel>,
+    limits_model: std::sync::OnceLock<crate::state::published::SharedModel>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -416,7 +417,7 @@ impl Metering {
 
     /// Hands back, at each flush, the leases of plans whose limits changed
     /// in `model` (set once, when the node starts).
-    pub fn watch_limits(&self, model: crate::cluster::state_machine::SharedModel) {
+    pub fn watch_limits(&self, model: crate::state::published::SharedModel) {
         let _ = self.limits_model.set(model);
     }
 
@@ -941,14 +942,14 @@ fn unavailable() -> Denied {
 /// An authority in memory, over a model: for tests of the check pipeline
 /// and of this module (the cluster's is `crate::app::ClusterAuthority`).
 pub struct LocalAuthority {
-    model: crate::cluster::state_machine::SharedModel,
+    model: crate::state::published::SharedModel,
     ledgers: Mutex<HashMap<QuotaPeriod, QuotaLedger>>,
     lender: TokenLender,
     reported: Mutex<std::collections::HashSet<u128>>,
 }
 
 impl LocalAuthority {
-    pub fn new(model: crate::cluster::state_machine::SharedModel) -> Self {
+    pub fn new(model: crate::state::published::SharedModel) -> Self {
         LocalAuthority { model, ledgers: Mutex::default(), lender: TokenLender::default(), reported: Mutex::default() }
     }
 
@@ -1022,14 +1023,14 @@ mod tests {
     use arc_swap::ArcSwap;
     use tollgate_proto::model::{Entity, Period, UsagePlan};
 
+    use super::limits::ManualClock;
     use super::*;
-    use crate::cluster::state_machine::Published;
-    use crate::gateway::limits::ManualClock;
+    use crate::state::published::Published;
     use crate::state::Model;
 
     const T0: i64 = 1_800_000_000_000;
 
-    fn quota_limits(limit: u64) -> (Limits, QuotaPeriod, crate::cluster::state_machine::SharedModel) {
+    fn quota_limits(limit: u64) -> (Limits, QuotaPeriod, crate::state::published::SharedModel) {
         let mut model = Model::default();
         let plan: UsagePlan = serde_json::from_value(serde_json::json!({
             "id": "gold", "name": "Gold", "quota": {"limit": limit, "period": "day"}, "api_stages": []

@@ -184,7 +184,7 @@ mod ledger_tests {
         let mut sm = StateMachine::open(kv, shared.clone()).expect("sm");
         let mut builder = sm.get_snapshot_builder().await;
         let snapshot = builder.build_snapshot().await.expect("snapshot");
-        let published = |sm_model: &Arc<ArcSwap<super::state_machine::Published>>| {
+        let published = |sm_model: &Arc<ArcSwap<crate::state::published::Published>>| {
             sm_model.load().model.ledgers.get(&period).map(|l| (l.consumed, l.outstanding()))
         };
         let reopened = Arc::new(ArcSwap::from_pointee(Default::default()));
