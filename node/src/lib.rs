@@ -27,7 +27,6 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod dev;
-pub mod disk;
 pub mod gateway;
 pub mod http;
 pub mod logging;

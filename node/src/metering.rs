@@ -142,6 +142,11 @@ impl TokenLender {
     }
 }
 
+/// How long a quota grant held by a node stays valid, unless configured.
+pub const DEFAULT_LEASE_MS: u64 = 10_000;
+/// The most quota units one grant may hand a node, unless configured.
+pub const DEFAULT_MAX_GRANT: u64 = 10_000;
+
 /// Tuning, from the node's configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct MeteringConfig {
@@ -153,10 +158,7 @@ pub struct MeteringConfig {
 
 impl Default for MeteringConfig {
     fn default() -> Self {
-        MeteringConfig {
-            lease_ms: crate::config::DEFAULT_QUOTA_LEASE_MS as i64,
-            max_grant: crate::config::DEFAULT_QUOTA_MAX_GRANT,
-        }
+        MeteringConfig { lease_ms: DEFAULT_LEASE_MS as i64, max_grant: DEFAULT_MAX_GRANT }
     }
 }
 
@@ -380,8 +382,6 @@ pub struct Metering {
     local: Mutex<Local>,
     authority: Arc<dyn Authority>,
     clock: Arc<dyn Clock>,
-    /// Used when this node is the leader (the throttle authority).
-    pub lender: TokenLender,
     config: MeteringConfig,
     stats: MeteringStats,
     /// The report being sent, kept until the ledger has it (same request id).
@@ -407,7 +407,6 @@ impl Metering {
             local: Mutex::new(Local::default()),
             authority,
             clock,
-            lender: TokenLender::default(),
             config,
             stats,
             pending: tokio::sync::Mutex::new(None),
@@ -940,7 +939,7 @@ fn unavailable() -> Denied {
 }
 
 /// An authority in memory, over a model: for tests of the check pipeline
-/// and of this module (the cluster's is `crate::app::ClusterAuthority`).
+/// and of this module (the cluster's is `crate::cluster::authority::ClusterAuthority`).
 pub struct LocalAuthority {
     model: crate::state::published::SharedModel,
     ledgers: Mutex<HashMap<QuotaPeriod, QuotaLedger>>,

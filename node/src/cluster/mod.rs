@@ -8,6 +8,9 @@
 // our helpers return the same type rather than boxing and unboxing it.
 #![allow(clippy::result_large_err)]
 
+pub mod authority;
+pub mod disk;
+pub mod leader;
 pub mod log_store;
 pub mod network;
 pub mod peer;
