@@ -29,6 +29,8 @@ pub mod config;
 pub mod dev;
 pub mod gateway;
 pub mod http;
+#[cfg(test)]
+mod layers;
 pub mod logging;
 pub mod metering;
 pub mod metrics;
