@@ -1,8 +1,15 @@
 //! Consensus: openraft's type configuration, the log store and state machine on
-//! our [`Kv`](crate::store::Kv) storage, and the peer network.
+//! our [`Kv`](crate::store::Kv) storage, the peer network (client in
+//! [`network`], server routes in [`peer`]), and what the node needs of the
+//! leader: [`leader`] routes writes, read barriers and membership changes to
+//! it, [`authority`] serves the metering from it, [`disk`] refuses writes
+//! cluster-wide before a member's disk is full, [`pre_vote`] decides when to
+//! hold an election.
 //!
 //! Every durable change to the model is a Raft log entry. This module never
-//! interprets a command itself: applying one is [`crate::state`]'s job.
+//! interprets a command itself: applying one is [`crate::state`]'s job. It
+//! never imports the listeners, `app` or the gateway: what it needs is
+//! handed to it when the node starts.
 
 // openraft's trait signatures fix the error type (`StorageError`, ~200 bytes);
 // our helpers return the same type rather than boxing and unboxing it.
