@@ -23,9 +23,9 @@ pub const DEFAULT_SNAPSHOT_LOGS: u64 = 10_000;
 pub const DEFAULT_KEEP_LOGS: u64 = 1_000;
 pub const DEFAULT_CACHE_MB: u64 = 64;
 /// How long a quota grant held by a node stays valid (see `metering`).
-pub const DEFAULT_QUOTA_LEASE_MS: u64 = 10_000;
+pub const DEFAULT_QUOTA_LEASE_MS: u64 = crate::metering::DEFAULT_LEASE_MS;
 /// The most quota units one grant may hand a node.
-pub const DEFAULT_QUOTA_MAX_GRANT: u64 = 10_000;
+pub const DEFAULT_QUOTA_MAX_GRANT: u64 = crate::metering::DEFAULT_MAX_GRANT;
 /// Free space (MiB) the data dir's filesystem must keep: below it, writes are
 /// refused with 507 (see `disk`). Room for the metering ledger, snapshots and
 /// sled's own segment rewriting while an operator frees space.

@@ -2,24 +2,48 @@
 //!
 //! # Layout
 //!
-//! Data flows one way: listeners → (check pipeline, later) → cluster → state.
+//! Dependencies point one way, along the path of a request:
 //!
+//! ```text
+//! listeners (http, wire, server) -> app -> gateway -> cluster -> metering -> state -> store
+//! ```
+//!
+//! A lower layer gets what it needs through a handle passed down, never by
+//! importing a layer above. The metering calls the cluster at run time
+//! through its own port (`metering::Authority`), which `cluster::authority`
+//! implements: so in imports the cluster sits above the metering. A test
+//! (`layers.rs`) fails on any import cycle between these modules and on any
+//! import up the path.
+//!
+//! - [`http`], [`wire`]: the listeners — the axum router (check,
+//!   forward-auth, admin API, health, metrics, OpenAPI) and the binary check
+//!   protocol for `tollgate-client`. [`server`] starts a node from its
+//!   [`config`], wires the handles together (the one composition root) and
+//!   stops it.
+//! - [`app`]: a running node's handles, shared by the listeners — a plain
+//!   bag (the leader handle, the gateway, the published model, metrics).
+//! - [`gateway`]: the check pipeline, step by step in the order a request
+//!   meets them; reads the published model, never writes to the log.
+//! - [`cluster`]: consensus — openraft's type configuration, the log store
+//!   and state machine on `Kv`, the peer network (client in `network`, server
+//!   routes in `peer`), leader routing and its one error type (`leader`), the
+//!   metering's authority (`authority`), pre-vote elections and the
+//!   cluster-wide free-space guard (`disk`, 507 before the disk is full).
+//!   Every durable change is a Raft log entry.
+//! - [`metering`]: exact quotas (leases on the replicated ledger) and
+//!   cluster-wide throttles, decided from local memory; the buckets, clock
+//!   and quota periods in `metering::limits`.
+//! - [`state`]: the replicated model, the deterministic rules for applying a
+//!   command to it, and the read model every reader loads
+//!   (`state::published`). No I/O.
 //! - [`store`]: the storage trait of our own (`Kv`: get/put/batch/scan/flush)
 //!   and its sled implementation. Nothing else names sled.
-//! - [`cluster`]: openraft's type configuration, the log store and state
-//!   machine on `Kv`, and the peer network (client in `network`, server routes
-//!   in `peer`). Every durable change is a Raft log entry.
-//! - [`state`]: the replicated model and the deterministic rules for applying a
-//!   command to it. No I/O.
-//! - [`app`]: a running node's handles, and how writes, read barriers and
-//!   membership changes reach the leader.
-//! - [`http`]: the axum listener — admin API, health, metrics, OpenAPI.
-//! - [`disk`]: the free-space guard that refuses writes before the disk is
-//!   full (507), cluster-wide.
-//! - [`server`]: start a node from its [`config`] and stop it.
-//! - [`cli`] and [`dev`]: the `tollgate` command line and `tollgate dev`.
-//! - [`secret`]: generated secrets and ids, digests, constant-time comparison.
-//! - [`logging`]: log output whose failures are counted, never fatal.
+//!
+//! Beside the path: [`metrics`] (Prometheus, bounded labels), [`tls`]
+//! (rustls listeners and `tollgate certs`), [`secret`] (generated secrets and
+//! ids, digests, constant-time comparison), [`logging`] (log output whose
+//! failures are counted, never fatal), and [`cli`] and [`dev`] (the
+//! `tollgate` command line and `tollgate dev`).
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -27,9 +51,10 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod dev;
-pub mod disk;
 pub mod gateway;
 pub mod http;
+#[cfg(test)]
+mod layers;
 pub mod logging;
 pub mod metering;
 pub mod metrics;

@@ -39,7 +39,8 @@ use tollgate_proto::command::{QuotaPeriod, QuotaUsage};
 use tollgate_proto::metering::QuotaLedger;
 use tollgate_proto::model::{Quota, Throttle};
 
-use crate::gateway::limits::{Bucket, BucketId, Clock, Limits};
+pub mod limits;
+use limits::{Bucket, BucketId, Clock, Limits};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -141,6 +142,11 @@ impl TokenLender {
     }
 }
 
+/// How long a quota grant held by a node stays valid, unless configured.
+pub const DEFAULT_LEASE_MS: u64 = 10_000;
+/// The most quota units one grant may hand a node, unless configured.
+pub const DEFAULT_MAX_GRANT: u64 = 10_000;
+
 /// Tuning, from the node's configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct MeteringConfig {
@@ -152,10 +158,7 @@ pub struct MeteringConfig {
 
 impl Default for MeteringConfig {
     fn default() -> Self {
-        MeteringConfig {
-            lease_ms: crate::config::DEFAULT_QUOTA_LEASE_MS as i64,
-            max_grant: crate::config::DEFAULT_QUOTA_MAX_GRANT,
-        }
+        MeteringConfig { lease_ms: DEFAULT_LEASE_MS as i64, max_grant: DEFAULT_MAX_GRANT }
     }
 }
 
@@ -379,8 +382,6 @@ pub struct Metering {
     local: Mutex<Local>,
     authority: Arc<dyn Authority>,
     clock: Arc<dyn Clock>,
-    /// Used when this node is the leader (the throttle authority).
-    pub lender: TokenLender,
     config: MeteringConfig,
     stats: MeteringStats,
     /// The report being sent, kept until the ledger has it (same request id).
@@ -388,7 +389,7 @@ pub struct Metering {
     /// The applied model, whose limits epochs say which leases a limit
     /// change made stale: those are handed back at the next flush, not only
     /// when a check for the key comes by, so other nodes can have the units.
-    limits_model: std::sync::OnceLock<crate::cluster::state_machine::SharedModel>,
+    limits_model: std::sync::OnceLock<crate::state::published::SharedModel>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -406,7 +407,6 @@ impl Metering {
             local: Mutex::new(Local::default()),
             authority,
             clock,
-            lender: TokenLender::default(),
             config,
             stats,
             pending: tokio::sync::Mutex::new(None),
@@ -416,7 +416,7 @@ impl Metering {
 
     /// Hands back, at each flush, the leases of plans whose limits changed
     /// in `model` (set once, when the node starts).
-    pub fn watch_limits(&self, model: crate::cluster::state_machine::SharedModel) {
+    pub fn watch_limits(&self, model: crate::state::published::SharedModel) {
         let _ = self.limits_model.set(model);
     }
 
@@ -939,16 +939,16 @@ fn unavailable() -> Denied {
 }
 
 /// An authority in memory, over a model: for tests of the check pipeline
-/// and of this module (the cluster's is `crate::app::ClusterAuthority`).
+/// and of this module (the cluster's is `crate::cluster::authority::ClusterAuthority`).
 pub struct LocalAuthority {
-    model: crate::cluster::state_machine::SharedModel,
+    model: crate::state::published::SharedModel,
     ledgers: Mutex<HashMap<QuotaPeriod, QuotaLedger>>,
     lender: TokenLender,
     reported: Mutex<std::collections::HashSet<u128>>,
 }
 
 impl LocalAuthority {
-    pub fn new(model: crate::cluster::state_machine::SharedModel) -> Self {
+    pub fn new(model: crate::state::published::SharedModel) -> Self {
         LocalAuthority { model, ledgers: Mutex::default(), lender: TokenLender::default(), reported: Mutex::default() }
     }
 
@@ -1022,14 +1022,14 @@ mod tests {
     use arc_swap::ArcSwap;
     use tollgate_proto::model::{Entity, Period, UsagePlan};
 
+    use super::limits::ManualClock;
     use super::*;
-    use crate::cluster::state_machine::Published;
-    use crate::gateway::limits::ManualClock;
+    use crate::state::published::Published;
     use crate::state::Model;
 
     const T0: i64 = 1_800_000_000_000;
 
-    fn quota_limits(limit: u64) -> (Limits, QuotaPeriod, crate::cluster::state_machine::SharedModel) {
+    fn quota_limits(limit: u64) -> (Limits, QuotaPeriod, crate::state::published::SharedModel) {
         let mut model = Model::default();
         let plan: UsagePlan = serde_json::from_value(serde_json::json!({
             "id": "gold", "name": "Gold", "quota": {"limit": limit, "period": "day"}, "api_stages": []

@@ -12,12 +12,19 @@ use arc_swap::ArcSwap;
 use openraft::{Config, SnapshotPolicy};
 use tokio::net::TcpListener;
 
-use crate::app::{App, ClusterAuthority};
+use crate::app::App;
+use crate::cluster::authority::ClusterAuthority;
+use crate::cluster::disk::{DiskGauges, DiskGuard};
+use crate::cluster::leader::{Leader, Removal};
 use crate::cluster::log_store::LogStore;
 use crate::cluster::network::{PeerClient, PeerNetwork};
+use crate::cluster::peer::PeerState;
 use crate::cluster::state_machine::StateMachine;
 use crate::cluster::{typ, NodeAddr};
 use crate::config::NodeConfig;
+use crate::http::auth_failures::AuthFailures;
+use crate::http::forwarded::TrustedProxies;
+use crate::http::{HttpState, Settings};
 use crate::metering::{Metering, MeteringConfig};
 use crate::metrics::Metrics;
 use crate::secret::Digest;
@@ -132,63 +139,75 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     let elections = crate::cluster::pre_vote::Elections::new(config.id, raft.clone(), log_store, peers.clone(), timing);
 
     let metrics = Metrics::new();
-    let clock: Arc<dyn crate::gateway::limits::Clock> = match config.clock_offset_ms {
-        0 => Arc::new(crate::gateway::limits::SystemClock),
-        offset => Arc::new(crate::gateway::limits::OffsetClock(offset)),
+    let clock: Arc<dyn crate::metering::limits::Clock> = match config.clock_offset_ms {
+        0 => Arc::new(crate::metering::limits::SystemClock),
+        offset => Arc::new(crate::metering::limits::OffsetClock(offset)),
     };
     let metering_config = MeteringConfig { lease_ms: config.quota_lease_ms as i64, max_grant: config.quota_max_grant };
-    let app = Arc::new_cyclic(|weak| {
-        let authority = Arc::new(ClusterAuthority::new(weak.clone(), config.id));
-        let metering = Metering::new(authority, clock.clone(), metering_config, metrics.metering.clone());
-        metering.watch_limits(published.clone());
-        let gateway = crate::gateway::Gateway::with_metering(
-            published.clone(),
-            clock.clone(),
-            metrics.gateway.clone(),
-            config.cluster_token.as_deref(),
-            metering,
-        )
-        .trusting(&outbound_roots);
-        App {
-            id: config.id,
-            addr: addr.clone(),
-            raft: raft.clone(),
-            elections: elections.clone(),
-            gateway,
-            model: published,
-            peers,
-            bootstrap_token: config.admin_token.as_deref().map(Digest::of),
-            cluster_token: config.cluster_token.as_deref().map(Digest::of),
-            committed,
-            metrics,
-            clock: clock.clone(),
-            trusted_proxies: crate::http::forwarded::TrustedProxies(config.trusted_proxies.clone()),
+    let disk = Arc::new(DiskGuard::new(config.id, config.min_free_disk_mb));
+    let removal = Arc::new(Removal::open(&config.data_dir));
+    let leader = Leader::new(config.id, raft.clone(), peers, disk.clone(), metrics.forwarded.clone());
+    let authority = Arc::new(ClusterAuthority::new(leader.clone(), clock.clone()));
+    let metering = Metering::new(authority.clone(), clock.clone(), metering_config, metrics.metering.clone());
+    metering.watch_limits(published.clone());
+    let gateway = crate::gateway::Gateway::with_metering(
+        published.clone(),
+        clock.clone(),
+        metrics.gateway.clone(),
+        config.cluster_token.as_deref(),
+        metering,
+    )
+    .trusting(&outbound_roots);
+    let gauges =
+        DiskGauges { available_bytes: metrics.disk_available_bytes.clone(), guard: metrics.disk_guard.clone() };
+    let app = Arc::new(App {
+        id: config.id,
+        addr: addr.clone(),
+        raft: raft.clone(),
+        leader: leader.clone(),
+        model: published,
+        bootstrap_token: config.admin_token.as_deref().map(Digest::of),
+        gateway,
+        committed,
+        metrics,
+        clock: clock.clone(),
+        removal: removal.clone(),
+        disk: disk.clone(),
+    });
+    let http = HttpState {
+        app: app.clone(),
+        settings: Arc::new(Settings {
+            trusted_proxies: TrustedProxies(config.trusted_proxies.clone()),
             metrics_token: config.metrics_token.as_deref().map(Digest::of),
             metrics_on_http: config.metrics_addr.is_none(),
-            admin_auth_failures: crate::http::auth_failures::AuthFailures::per_minute(
-                config.admin_auth_failures_per_minute,
-            ),
-            removed: std::sync::atomic::AtomicBool::new(config.data_dir.join("removed").exists()),
-            data_dir: config.data_dir.clone(),
-            disk: crate::disk::DiskGuard::new(config.id, config.min_free_disk_mb),
-        }
+            admin_auth_failures: AuthFailures::per_minute(config.admin_auth_failures_per_minute),
+        }),
+    };
+    let peer_state = Arc::new(PeerState {
+        raft: raft.clone(),
+        elections: elections.clone(),
+        leader: leader.clone(),
+        authority,
+        disk: disk.clone(),
+        removal,
+        cluster_token: config.cluster_token.as_deref().map(Digest::of),
     });
     app.gateway.metering.start_reporting();
     let elections_task = tokio::spawn(elections.run());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let http_task = serve(http_listener, tls.http.clone(), crate::http::router(app.clone()), stop_rx.clone())?;
-    let peer_task = serve(peer_listener, tls.peer, crate::cluster::peer::router(app.clone()), stop_rx.clone())?;
+    let http_task = serve(http_listener, tls.http.clone(), crate::http::router(http.clone()), stop_rx.clone())?;
+    let peer_task = serve(peer_listener, tls.peer, crate::cluster::peer::router(peer_state), stop_rx.clone())?;
     let wire_tls = tls.wire.map(tokio_rustls::TlsAcceptor::from);
     let metrics_task = match metrics_listener {
         Some(listener) => {
             tracing::info!(addr = %listener.local_addr()?, "metrics on their own listener");
-            Some(serve(listener, tls.http.clone(), crate::http::ops::metrics_router(app.clone()), stop_rx.clone())?)
+            Some(serve(listener, tls.http.clone(), crate::http::ops::metrics_router(http), stop_rx.clone())?)
         }
         None => None,
     };
     let wire_task = tokio::spawn(crate::wire::serve(wire_listener, wire_tls, app.clone(), stop_rx.clone()));
-    let disk_task = tokio::spawn(app.clone().watch_disk(stop_rx));
+    let disk_task = tokio::spawn(crate::cluster::disk::watch(disk, leader, config.data_dir.clone(), gauges, stop_rx));
 
     let stopped = raft_stopped(raft.clone());
     tokio::pin!(stopped);

@@ -130,7 +130,7 @@ where
                     "the token is not valid for checks (and no client certificate)".into(),
                 ))
             } else {
-                let (nodes, _) = app.members();
+                let (nodes, _) = app.leader.members();
                 let members =
                     nodes.into_iter().map(|(id, addr)| Member { id, wire: addr.wire, http: addr.http }).collect();
                 Ok(frame(&ServerMessage::Welcome { version: wire::VERSION, node_id: app.id, members }))

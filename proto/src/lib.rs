@@ -17,6 +17,13 @@
 //!   key, plan and period) that keeps quotas exact across nodes.
 //! - [`jwk`]: the key material of a JSON Web Key, decoded (base64url, RFC
 //!   7518 §6) and size-checked once, for validation and for the verifier.
+//! - [`check`]: the check — what an edge proxy asks about one request and
+//!   the decision it gets back; `POST /v1/check`, forward-auth and the
+//!   binary protocol are three encodings of these two types.
+//! - [`usage`]: quota usage as the admin API reports it, and the change an
+//!   operator makes to it.
+//! - [`wire`]: the binary check protocol between `tollgate-client` and a
+//!   node's wire listener (length-prefixed, versioned bincode frames).
 //! - [`codec`]: bincode 2 encoding used on disk and between peers.
 //!
 //! This crate never does I/O and never depends on tokio: the node, the client

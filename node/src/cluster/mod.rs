@@ -1,13 +1,23 @@
 //! Consensus: openraft's type configuration, the log store and state machine on
-//! our [`Kv`](crate::store::Kv) storage, and the peer network.
+//! our [`Kv`](crate::store::Kv) storage, the peer network (client in
+//! [`network`], server routes in [`peer`]), and what the node needs of the
+//! leader: [`leader`] routes writes, read barriers and membership changes to
+//! it, [`authority`] serves the metering from it, [`disk`] refuses writes
+//! cluster-wide before a member's disk is full, [`pre_vote`] decides when to
+//! hold an election.
 //!
 //! Every durable change to the model is a Raft log entry. This module never
-//! interprets a command itself: applying one is [`crate::state`]'s job.
+//! interprets a command itself: applying one is [`crate::state`]'s job. It
+//! never imports the listeners, `app` or the gateway: what it needs is
+//! handed to it when the node starts.
 
 // openraft's trait signatures fix the error type (`StorageError`, ~200 bytes);
 // our helpers return the same type rather than boxing and unboxing it.
 #![allow(clippy::result_large_err)]
 
+pub mod authority;
+pub mod disk;
+pub mod leader;
 pub mod log_store;
 pub mod network;
 pub mod peer;
@@ -184,7 +194,7 @@ mod ledger_tests {
         let mut sm = StateMachine::open(kv, shared.clone()).expect("sm");
         let mut builder = sm.get_snapshot_builder().await;
         let snapshot = builder.build_snapshot().await.expect("snapshot");
-        let published = |sm_model: &Arc<ArcSwap<super::state_machine::Published>>| {
+        let published = |sm_model: &Arc<ArcSwap<crate::state::published::Published>>| {
             sm_model.load().model.ledgers.get(&period).map(|l| (l.consumed, l.outstanding()))
         };
         let reopened = Arc::new(ArcSwap::from_pointee(Default::default()));

@@ -15,11 +15,15 @@ use axum::routing::post;
 use axum::Router;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tollgate_proto::{codec, Proposal};
 
-use super::{NodeAddr, NodeId, TypeConfig};
-use crate::app::{App, ClusterError, MembershipOp};
+use super::authority::ClusterAuthority;
+use super::disk::{DiskGuard, DiskReport};
+use super::leader::{ClusterError, Leader, MembershipOp, Removal};
+use super::pre_vote::{Elections, PreVoteRequest};
+use super::{typ, NodeId, TypeConfig};
+use crate::metering::LendRequest;
 use crate::secret::Digest;
 
 pub const APPEND: &str = "/raft/append";
@@ -35,27 +39,32 @@ pub const WRITE: &str = "/cluster/write";
 pub const READ_INDEX: &str = "/cluster/read-index";
 pub const MEMBERSHIP: &str = "/cluster/membership";
 pub const LEND: &str = "/cluster/lend";
-/// A member tells the leader its free-space guard state (see `crate::disk`).
+/// A member tells the leader its free-space guard state (see `super::disk`).
 pub const DISK: &str = "/cluster/disk";
 
 /// Largest peer request: snapshot chunks and append batches stay well below.
 const MAX_PEER_BODY: usize = 64 << 20;
 
-/// Why a forwarded request was not carried out on the node it was sent to.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum ForwardError {
-    /// That node is not (or no longer) the leader; here is who it thinks is.
-    NotLeader {
-        leader: Option<(NodeId, NodeAddr)>,
-    },
-    /// Carried out nowhere, for a reason the caller should pass on.
-    Refused(String),
-    Unavailable(String),
-    /// A member is short of disk space: the write is refused cluster-wide.
-    InsufficientStorage(crate::disk::LowDisk),
+/// What the peer routes need: this node's Raft and elections, the way to
+/// the leader, the throttle lender, the disk guard and the removal marker.
+/// Handles only: the routes never reach the layers above the cluster.
+pub struct PeerState {
+    pub raft: typ::Raft,
+    /// Answers pre-votes (openraft's own election timer is off).
+    pub elections: Elections,
+    /// Carries out forwarded writes, read-index requests and membership
+    /// changes, if this node leads.
+    pub leader: Leader,
+    /// Lends throttle tokens, if this node leads.
+    pub authority: Arc<ClusterAuthority>,
+    /// Keeps the members' reports of their free-space guards.
+    pub disk: Arc<DiskGuard>,
+    pub removal: Arc<Removal>,
+    /// Digest of the token peers must present, if the cluster has one.
+    pub cluster_token: Option<ClusterToken>,
 }
 
-pub fn router(app: Arc<App>) -> Router {
+pub fn router(state: Arc<PeerState>) -> Router {
     Router::new()
         .route(APPEND, post(append))
         .route(VOTE, post(vote))
@@ -69,12 +78,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route(DISK, post(disk))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_PEER_BODY))
-        .with_state(app)
+        .with_state(state)
 }
 
 /// Decodes a peer request after checking the cluster token.
-fn accept<T: DeserializeOwned>(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<T, Response> {
-    if let Some(expected) = &app.cluster_token {
+fn accept<T: DeserializeOwned>(node: &PeerState, headers: &HeaderMap, body: &[u8]) -> Result<T, Response> {
+    if let Some(expected) = &node.cluster_token {
         let given = crate::secret::bearer(headers);
         if !given.is_some_and(|g| expected.matches(g)) {
             return Err((StatusCode::UNAUTHORIZED, "cluster token missing or wrong").into_response());
@@ -90,108 +99,86 @@ fn reply<T: Serialize>(value: &T) -> Response {
     }
 }
 
-async fn append(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let req: AppendEntriesRequest<TypeConfig> = match accept(&app, &headers, &body) {
+async fn append(State(node): State<Arc<PeerState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: AppendEntriesRequest<TypeConfig> = match accept(&node, &headers, &body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    reply(&app.raft.append_entries(req).await)
+    reply(&node.raft.append_entries(req).await)
 }
 
-async fn vote(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let req: VoteRequest<NodeId> = match accept(&app, &headers, &body) {
+async fn vote(State(node): State<Arc<PeerState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: VoteRequest<NodeId> = match accept(&node, &headers, &body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    reply(&app.raft.vote(req).await)
+    reply(&node.raft.vote(req).await)
 }
 
-async fn pre_vote(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let req: super::pre_vote::PreVoteRequest = match accept(&app, &headers, &body) {
+async fn pre_vote(State(node): State<Arc<PeerState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: PreVoteRequest = match accept(&node, &headers, &body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    reply(&app.elections.answer(&req).await)
+    reply(&node.elections.answer(&req).await)
 }
 
-async fn snapshot(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let req: InstallSnapshotRequest<TypeConfig> = match accept(&app, &headers, &body) {
+async fn snapshot(State(node): State<Arc<PeerState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: InstallSnapshotRequest<TypeConfig> = match accept(&node, &headers, &body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    reply(&app.raft.install_snapshot(req).await)
+    reply(&node.raft.install_snapshot(req).await)
 }
 
-async fn write(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let proposal: Proposal = match accept(&app, &headers, &body) {
+async fn write(State(node): State<Arc<PeerState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let proposal: Proposal = match accept(&node, &headers, &body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    reply(&app.write_here(proposal).await.map_err(ForwardError::from))
+    reply(&node.leader.write_here(proposal).await.map_err(ClusterError::for_peer))
 }
 
-async fn read_index(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(resp) = accept::<()>(&app, &headers, &body) {
+async fn read_index(State(node): State<Arc<PeerState>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(resp) = accept::<()>(&node, &headers, &body) {
         return resp;
     }
-    reply(&app.read_index_here().await.map_err(ForwardError::from))
+    reply(&node.leader.read_index_here().await.map_err(ClusterError::for_peer))
 }
 
 /// Throttle tokens from this node's buckets, if it leads (see `metering`).
-async fn lend(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let request: crate::metering::LendRequest = match accept(&app, &headers, &body) {
+async fn lend(State(node): State<Arc<PeerState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let request: LendRequest = match accept(&node, &headers, &body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    reply(&app.lend_here(&request).map_err(ForwardError::from))
+    reply(&node.authority.lend_here(&request).map_err(ClusterError::for_peer))
 }
 
-async fn removed(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let removed: bool = match accept(&app, &headers, &body) {
+async fn removed(State(node): State<Arc<PeerState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let removed: bool = match accept(&node, &headers, &body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    reply(&app.set_removed(removed).map_err(|e| e.to_string()))
+    reply(&node.removal.set(removed).map_err(|e| e.to_string()))
 }
 
 /// A member's free-space guard state, kept by the leader for its writes.
-async fn disk(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let report: crate::disk::DiskReport = match accept(&app, &headers, &body) {
+async fn disk(State(node): State<Arc<PeerState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let report: DiskReport = match accept(&node, &headers, &body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    app.disk.record(report, std::time::Instant::now());
+    node.disk.record(report, std::time::Instant::now());
     reply(&())
 }
 
-async fn membership(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let op: MembershipOp = match accept(&app, &headers, &body) {
+async fn membership(State(node): State<Arc<PeerState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let op: MembershipOp = match accept(&node, &headers, &body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    reply(&app.change_membership_here(op).await.map_err(ForwardError::from))
-}
-
-impl From<ClusterError> for ForwardError {
-    fn from(e: ClusterError) -> Self {
-        match e {
-            ClusterError::NotLeader { leader } => ForwardError::NotLeader { leader },
-            ClusterError::Refused(m) => ForwardError::Refused(m),
-            ClusterError::InsufficientStorage(low) => ForwardError::InsufficientStorage(low),
-            other => ForwardError::Unavailable(other.to_string()),
-        }
-    }
-}
-
-impl From<ForwardError> for ClusterError {
-    fn from(e: ForwardError) -> Self {
-        match e {
-            ForwardError::NotLeader { leader } => ClusterError::NotLeader { leader },
-            ForwardError::Refused(m) => ClusterError::Refused(m),
-            ForwardError::Unavailable(m) => ClusterError::Unavailable(m),
-            ForwardError::InsufficientStorage(low) => ClusterError::InsufficientStorage(low),
-        }
-    }
+    reply(&node.leader.change_membership_here(op).await.map_err(ClusterError::for_peer))
 }
 
 /// A digest kept in place of a shared token.

@@ -11,7 +11,6 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
@@ -23,6 +22,7 @@ use tollgate_proto::{codec, Command, CommandResult};
 
 use super::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
 use super::{storage_err, TypeConfig};
+use crate::state::published::{LimitsEpochs, Published, SharedModel};
 use crate::state::requests::{self, RecentRequests, Remembered};
 use crate::state::{ledger_key, object_key, Model, IDENTITY_KEY, LEDGER_PREFIX, OBJECT_PREFIX};
 use crate::store::{Kv, Op, Space};
@@ -30,50 +30,6 @@ use crate::store::{Kv, Op, Space};
 const APPLIED: &[u8] = b"m/applied";
 const MEMBERSHIP: &[u8] = b"m/membership";
 const CURRENT_SNAPSHOT: &[u8] = b"current";
-
-/// What readers see: the model as of `applied`. Swapped whole after each apply.
-#[derive(Clone, Default)]
-pub struct Published {
-    pub model: Model,
-    pub applied: Option<LogId>,
-    /// Moves when a plan's quota limits may have changed (see [`LimitsEpochs`]).
-    pub limits: LimitsEpochs,
-}
-
-/// When a plan's quota limits last may have changed: the plan written or
-/// deleted, an operator adjustment for one of its keys, or a snapshot
-/// installed (all plans). A node drops the grants it holds for a plan whose
-/// epoch moved and asks again. Local to this process; never goes back.
-#[derive(Clone, Default)]
-pub struct LimitsEpochs {
-    /// The epoch of every plan at least (moved by a snapshot).
-    base: u64,
-    plans: imbl::HashMap<String, u64>,
-    /// The last epoch handed out.
-    last: u64,
-}
-
-impl LimitsEpochs {
-    pub fn of(&self, plan_id: &str) -> u64 {
-        self.plans.get(plan_id).copied().unwrap_or(0).max(self.base)
-    }
-
-    /// Moves the epoch of `plan_id`, or of every plan.
-    pub fn bump(&mut self, plan_id: Option<&str>) {
-        self.last += 1;
-        match plan_id {
-            Some(id) => {
-                self.plans.insert(id.to_string(), self.last);
-            }
-            None => {
-                self.base = self.last;
-                self.plans.clear();
-            }
-        }
-    }
-}
-
-pub type SharedModel = Arc<ArcSwap<Published>>;
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotImage {

@@ -29,7 +29,7 @@ pub mod authorizer;
 pub mod cors;
 pub mod identity;
 pub mod jwt;
-pub mod limits;
+use crate::metering::limits;
 pub mod pattern;
 pub mod policy;
 pub mod waf;
@@ -44,9 +44,9 @@ use tollgate_proto::model::{Api, ApiKey, AuthorizerKind, Entity, EntityKind, Rou
 use tollgate_proto::validate::HTTP_METHODS;
 use tollgate_proto::FieldError;
 
-use crate::cluster::state_machine::SharedModel;
 use crate::metering::{Metering, MeteringConfig};
 use crate::secret;
+use crate::state::published::SharedModel;
 use limits::{BucketId, Clock, Limiter, Limits};
 use policy::{RequestFacts, Verdict};
 use tollgate_proto::command::QuotaPeriod;

@@ -11,8 +11,8 @@ use tollgate_proto::model::*;
 
 use super::limits::ManualClock;
 use super::Gateway;
-use crate::cluster::state_machine::{LimitsEpochs, Published};
 use crate::secret::sha256;
+use crate::state::published::{LimitsEpochs, Published};
 use crate::state::Model;
 
 mod canonical;

@@ -22,6 +22,7 @@ use tollgate_proto::model::*;
 use tollgate_proto::{validate, Command, FieldError, Rejection};
 
 use super::error::ApiError;
+use super::HttpState;
 use crate::app::App;
 use crate::secret;
 
@@ -131,7 +132,7 @@ impl Resource for Tokens {
 }
 
 /// Adds the five routes of one resource.
-pub fn routes<R: Resource>(router: Router<Arc<App>>) -> Router<Arc<App>> {
+pub fn routes<R: Resource>(router: Router<HttpState>) -> Router<HttpState> {
     router
         .route(&format!("/v1/admin/{}", R::PATH), get(list::<R>).post(create::<R>))
         .route(&format!("/v1/admin/{}/{{id}}", R::PATH), get(read::<R>).put(replace::<R>).delete(delete::<R>))
@@ -236,7 +237,7 @@ fn query_params(q: QueryParams) -> Result<ReadOptions, ApiError> {
 
 async fn barrier(app: &App, options: &ReadOptions) -> Result<(), ApiError> {
     if !options.stale {
-        app.read_barrier().await?;
+        app.leader.read_barrier().await?;
     }
     Ok(())
 }
@@ -277,7 +278,7 @@ async fn create<R: Resource>(
     let (entity, secret) = R::create(input)?;
     let proposed_digest = secret_digest(&entity);
     let command = Command::Put { entity, mode: PutMode::Create, now: Timestamp::now() };
-    match app.write(request, command).await?? {
+    match app.leader.write(request, command).await?? {
         Applied::Put(stored) if secret_digest(&stored) != proposed_digest => {
             // A client retry (same Idempotency-Key) of a create that already
             // happened: its secret was shown to the first request only.
@@ -306,7 +307,7 @@ async fn replace<R: Resource>(
     let input: R::Input = parse_body(&body)?;
     let entity = R::replace(&id, input)?;
     let command = Command::Put { entity, mode: PutMode::Replace, now: Timestamp::now() };
-    match app.write(request, command).await?? {
+    match app.leader.write(request, command).await?? {
         Applied::Put(stored) => Ok(Json(shown(&stored, None)).into_response()),
         other => Err(unexpected(other)),
     }
@@ -318,7 +319,7 @@ async fn delete<R: Resource>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let request = request_id(&headers)?;
-    app.write(request, Command::Delete { kind: R::KIND, id }).await??;
+    app.leader.write(request, Command::Delete { kind: R::KIND, id }).await??;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -393,7 +394,7 @@ pub async fn reroll(
     let now = Timestamp::now();
     let overlap_until = Timestamp(now.0.saturating_add(i64::try_from(input.overlap_secs).unwrap_or(i64::MAX)));
     let command = Command::RerollKey { id, secret: digest, overlap_until, now };
-    match app.write(request, command).await?? {
+    match app.leader.write(request, command).await?? {
         Applied::Put(stored) if secret_digest(&stored) == Some(ours) => {
             Ok(Json(shown(&stored, Some(plain))).into_response())
         }
@@ -419,7 +420,7 @@ pub async fn identity_key(State(app): State<Arc<App>>, query: QueryParams) -> Re
 /// `POST /v1/admin/identity-key/rotate`: sign with the next key version.
 pub async fn rotate_identity_key(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let request = request_id(&headers)?;
-    match app.write(request, Command::RotateIdentityKey { now: Timestamp::now() }).await?? {
+    match app.leader.write(request, Command::RotateIdentityKey { now: Timestamp::now() }).await?? {
         Applied::IdentityKey(state) => Ok(Json(json!({"version": state.version,
             "kid": crate::gateway::identity::kid(state.version), "rotated_at": state.rotated_at}))
         .into_response()),

@@ -13,9 +13,10 @@ use tollgate_proto::check::{CheckRequest, Decision};
 
 use super::admin::parse_body;
 use super::error::ApiError;
+use super::HttpState;
 use crate::app::App;
 
-pub fn routes() -> Router<Arc<App>> {
+pub fn routes() -> Router<HttpState> {
     Router::new().route("/v1/check", post(check)).route("/.well-known/jwks.json", axum::routing::get(jwks))
 }
 

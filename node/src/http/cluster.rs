@@ -14,10 +14,12 @@ use serde_json::json;
 
 use super::admin::parse_body;
 use super::error::ApiError;
-use crate::app::{App, MembershipOp};
+use super::HttpState;
+use crate::app::App;
+use crate::cluster::leader::MembershipOp;
 use crate::cluster::{NodeAddr, NodeId};
 
-pub fn routes(router: Router<Arc<App>>) -> Router<Arc<App>> {
+pub fn routes(router: Router<HttpState>) -> Router<HttpState> {
     router
         .route("/v1/admin/cluster", get(status))
         .route("/v1/admin/cluster/nodes", post(add_node))
@@ -27,7 +29,7 @@ pub fn routes(router: Router<Arc<App>>) -> Router<Arc<App>> {
 
 async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     let m = app.raft.metrics().borrow().clone();
-    let (nodes, voters) = app.members();
+    let (nodes, voters) = app.leader.members();
     let members: Vec<_> = nodes
         .iter()
         .map(|(id, addr)| {
@@ -91,40 +93,39 @@ async fn add_node(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, 
     if !req.wire_addr.is_empty() {
         check_addr("wire_addr", &req.wire_addr)?;
     }
-    if app.members().0.contains_key(&req.id) {
+    if app.leader.members().0.contains_key(&req.id) {
         return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("node {} is already a member", req.id)));
     }
     let addr = NodeAddr { http: req.http_addr, peer: req.peer_addr, wire: req.wire_addr };
     let peer_addr = addr.peer.clone();
-    app.change_membership(MembershipOp::Add { id: req.id, addr, voter: req.voter }).await?;
+    app.leader.change_membership(MembershipOp::Add { id: req.id, addr, voter: req.voter }).await?;
     // A node added back after a removal stops saying it was removed.
-    let _: Result<Result<(), String>, _> =
-        app.peers.call(&peer_addr, crate::cluster::peer::REMOVED, &false, std::time::Duration::from_secs(2)).await;
+    let _ = app.leader.tell_removed(&peer_addr, false, std::time::Duration::from_secs(2)).await;
     Ok((StatusCode::CREATED, Json(json!({"id": req.id, "voter": req.voter}))).into_response())
 }
 
 async fn promote(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = node_id(&id)?;
-    let (nodes, voters) = app.members();
+    let (nodes, voters) = app.leader.members();
     if !nodes.contains_key(&id) {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("node {id} is not a member")));
     }
     if voters.contains(&id) {
         return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("node {id} is already a voter")));
     }
-    app.change_membership(MembershipOp::Promote { id }).await?;
+    app.leader.change_membership(MembershipOp::Promote { id }).await?;
     Ok(Json(json!({"id": id, "voter": true})).into_response())
 }
 
 async fn remove(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = node_id(&id)?;
-    let (nodes, voters) = app.members();
+    let (nodes, voters) = app.leader.members();
     if !nodes.contains_key(&id) {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("node {id} is not a member")));
     }
     if voters.contains(&id) && voters.len() == 1 {
         return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "cannot remove the last voter"));
     }
-    app.change_membership(MembershipOp::Remove { id }).await?;
+    app.leader.change_membership(MembershipOp::Remove { id }).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

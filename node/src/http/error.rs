@@ -7,7 +7,7 @@ use axum::Json;
 use serde_json::json;
 use tollgate_proto::{FieldError, Rejection, RejectionKind};
 
-use crate::app::ClusterError;
+use crate::cluster::leader::ClusterError;
 
 #[derive(Debug)]
 pub struct ApiError {

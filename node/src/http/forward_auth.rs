@@ -35,7 +35,6 @@
 //! in `X-Tollgate-Status`, which the shipped configuration restores.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use axum::extract::{Path, Request, State};
 use axum::http::request::Parts;
@@ -48,10 +47,10 @@ use tollgate_proto::check::{CheckRequest, Decision};
 use tollgate_proto::check::{add_header_line, add_query_param, header_text};
 
 use super::error::ApiError;
-use super::forwarded::{client_address, split_unquoted, ChainError, ChainHeader};
-use crate::app::App;
+use super::forwarded::{client_address, split_unquoted, ChainError, ChainHeader, TrustedProxies};
+use super::HttpState;
 
-pub fn routes() -> Router<Arc<App>> {
+pub fn routes() -> Router<HttpState> {
     Router::new()
         .route("/v1/forward-auth/{api}/{stage}", any(by_headers))
         .route("/v1/forward-auth/{api}/{stage}/{*rest}", any(envoy))
@@ -100,7 +99,7 @@ const METHOD_SPELLINGS: &[&str] = &["x-original-method", "x-forwarded-method"];
 const URI_SPELLINGS: &[&str] = &["x-original-uri", "x-forwarded-uri", "x-original-url", "x-rewrite-url"];
 
 async fn by_headers(
-    State(app): State<Arc<App>>,
+    State(http): State<HttpState>,
     Path((api, stage)): Path<(String, String)>,
     request: Request,
 ) -> Response {
@@ -120,46 +119,46 @@ async fn by_headers(
     };
     let named_mode = mode.as_ref().ok().copied();
     let outcome = match (mode, address) {
-        (Ok(mode), Ok(address)) => ask(&app, mode, address, api, stage, parts).await,
+        (Ok(mode), Ok(address)) => ask(&http, mode, address, api, stage, parts).await,
         (Err(e), _) | (_, Err(e)) => Err(e),
     };
     respond(outcome, named_mode)
 }
 
 async fn envoy(
-    State(app): State<Arc<App>>,
+    State(http): State<HttpState>,
     // The decoded tail is not used: see `original_request`.
     Path((api, stage, _tail)): Path<(String, String, String)>,
     request: Request,
 ) -> Response {
-    envoy_asks(&app, api, stage, request).await
+    envoy_asks(&http, api, stage, request).await
 }
 
 /// Envoy asking about `/` (the prefix and a bare slash).
 async fn envoy_root(
-    State(app): State<Arc<App>>,
+    State(http): State<HttpState>,
     Path((api, stage)): Path<(String, String)>,
     request: Request,
 ) -> Response {
-    envoy_asks(&app, api, stage, request).await
+    envoy_asks(&http, api, stage, request).await
 }
 
-async fn envoy_asks(app: &App, api: String, stage: String, request: Request) -> Response {
+async fn envoy_asks(http: &HttpState, api: String, stage: String, request: Request) -> Response {
     let parts = request.into_parts().0;
-    let outcome = ask(app, ProxyMode::Envoy, ChainHeader::XForwardedFor, api, stage, parts).await;
+    let outcome = ask(http, ProxyMode::Envoy, ChainHeader::XForwardedFor, api, stage, parts).await;
     respond(outcome, Some(ProxyMode::Envoy))
 }
 
 async fn ask(
-    app: &App,
+    http: &HttpState,
     mode: ProxyMode,
     address: ChainHeader,
     api: String,
     stage: String,
     request: Parts,
 ) -> Result<Decision, ApiError> {
-    let check = original_request(app, mode, address, api, stage, &request)?;
-    Ok(app.decide(&check).await?)
+    let check = original_request(&http.settings.trusted_proxies, mode, address, api, stage, &request)?;
+    Ok(http.app.decide(&check).await?)
 }
 
 /// One header's value, trimmed; `None` when absent or empty. Several lines of
@@ -201,7 +200,7 @@ fn agree(headers: &HeaderMap, spellings: &[&'static str], used: &str, value: &st
 
 /// Builds the check request a forward-auth call stands for.
 fn original_request(
-    app: &App,
+    trusted: &TrustedProxies,
     mode: ProxyMode,
     address: ChainHeader,
     api: String,
@@ -235,7 +234,7 @@ fn original_request(
         return Err(ApiError::field(format!("headers.{uri_source}"), "must be an origin-form URI starting with '/'"));
     }
     let (path, query) = uri.split_once('?').unwrap_or((uri.as_str(), ""));
-    let source_ip = client_address(headers, address, &app.trusted_proxies).map_err(|e| match &e {
+    let source_ip = client_address(headers, address, trusted).map_err(|e| match &e {
         ChainError::Missing { header } | ChainError::Malformed { header, .. } => {
             ApiError::field(format!("headers.{header}"), e.to_string())
         }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRef, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -30,15 +30,50 @@ use tollgate_proto::model::Scope;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::app::App;
-use crate::secret;
+use crate::secret::{self, Digest};
+use auth_failures::AuthFailures;
 use error::ApiError;
+use forwarded::TrustedProxies;
 
 /// Largest admin request body.
 pub const MAX_BODY: usize = 1 << 20;
 /// Longest time one HTTP request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub fn router(app: Arc<App>) -> Router {
+/// What only the HTTP listener needs, beside the node's handles.
+pub struct Settings {
+    /// Proxies whose entries in `X-Forwarded-For` are skipped when
+    /// forward-auth looks for the client address (`--trusted-proxies`).
+    pub trusted_proxies: TrustedProxies,
+    /// Digest of the token `/metrics` requires (`TOLLGATE_METRICS_TOKEN`).
+    pub metrics_token: Option<Digest>,
+    /// `/metrics` is served on the HTTP listener (no `--metrics-addr`).
+    pub metrics_on_http: bool,
+    /// Failed admin authentications by source address.
+    pub admin_auth_failures: AuthFailures,
+}
+
+/// The HTTP listener's state: a handler takes `State<Arc<App>>`, or
+/// `State<Arc<Settings>>` for what is the listener's own.
+#[derive(Clone)]
+pub struct HttpState {
+    pub app: Arc<App>,
+    pub settings: Arc<Settings>,
+}
+
+impl FromRef<HttpState> for Arc<App> {
+    fn from_ref(state: &HttpState) -> Self {
+        state.app.clone()
+    }
+}
+
+impl FromRef<HttpState> for Arc<Settings> {
+    fn from_ref(state: &HttpState) -> Self {
+        state.settings.clone()
+    }
+}
+
+pub fn router(state: HttpState) -> Router {
     let mut admin = Router::new();
     admin = admin::routes::<admin::Apis>(admin);
     admin = admin::routes::<admin::Plans>(admin);
@@ -53,11 +88,11 @@ pub fn router(app: Arc<App>) -> Router {
     admin = admin.route("/v1/admin/identity-key/rotate", axum::routing::post(admin::rotate_identity_key));
     let admin = cluster::routes(admin)
         .route_layer(middleware::from_fn(scope_idempotency_key))
-        .route_layer(middleware::from_fn_with_state(app.clone(), require_admin))
-        .route_layer(middleware::from_fn_with_state(app.clone(), count_admin_request));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
+        .route_layer(middleware::from_fn_with_state(state.clone(), count_admin_request));
     Router::new()
         .merge(admin)
-        .merge(ops::routes(app.metrics_on_http))
+        .merge(ops::routes(state.settings.metrics_on_http))
         .merge(check::routes())
         .merge(forward_auth::routes())
         .fallback(|| async { ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route") })
@@ -65,20 +100,21 @@ pub fn router(app: Arc<App>) -> Router {
         // Refuses a body announced too large before reading any of it.
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
-        .with_state(app)
+        .with_state(state)
 }
 
 /// Checks the bearer admin token and its scope. A source that keeps
 /// presenting bad tokens is logged and slowed down (see [`auth_failures`]).
 async fn require_admin(
     State(app): State<Arc<App>>,
+    State(settings): State<Arc<Settings>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let source = tollgate_proto::canonical::unmapped(peer.ip());
     let now = std::time::Instant::now();
-    if let Err(retry) = app.admin_auth_failures.check(source, now) {
+    if let Err(retry) = settings.admin_auth_failures.check(source, now) {
         let mut e = ApiError::new(
             axum::http::StatusCode::TOO_MANY_REQUESTS,
             "too_many_failures",
@@ -95,7 +131,7 @@ async fn require_admin(
     };
     let failed = |why: &'static str| {
         tracing::warn!(%source, %route, why, "admin authentication failed");
-        app.admin_auth_failures.fail(source, now);
+        settings.admin_auth_failures.fail(source, now);
         ApiError::unauthorized(why)
     };
     let bootstrap = app.bootstrap_token.as_ref().is_some_and(|d| d.matches(token));

@@ -608,7 +608,7 @@ fn admin(mut op: Value, writes: bool) -> Value {
 }
 
 /// A write the free-space guard refuses while a member's disk is nearly full
-/// (see `crate::disk`): every admin write but membership changes.
+/// (see `crate::cluster::disk`): every admin write but membership changes.
 fn guarded(mut op: Value) -> Value {
     op["responses"]["507"] = error(
         "A member's disk is nearly full (--min-free-disk-mb): writes are refused cluster-wide until space is \

@@ -12,11 +12,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use super::{HttpState, Settings};
 use crate::app::App;
 
 /// The public operational routes, with `/metrics` unless it has a listener
 /// of its own.
-pub fn routes(with_metrics: bool) -> Router<Arc<App>> {
+pub fn routes(with_metrics: bool) -> Router<HttpState> {
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -29,8 +30,8 @@ pub fn routes(with_metrics: bool) -> Router<Arc<App>> {
 }
 
 /// The router of the `--metrics-addr` listener: `/metrics` (and `/healthz`).
-pub fn metrics_router(app: Arc<App>) -> Router {
-    Router::new().route("/metrics", get(metrics)).route("/healthz", get(|| async { "ok" })).with_state(app)
+pub fn metrics_router(state: HttpState) -> Router {
+    Router::new().route("/metrics", get(metrics)).route("/healthz", get(|| async { "ok" })).with_state(state)
 }
 
 /// Ready: a member of a cluster that has a known leader, whose Raft runs and
@@ -58,8 +59,12 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) -> Response {
-    if let Some(expected) = &app.metrics_token {
+async fn metrics(
+    State(app): State<Arc<App>>,
+    State(settings): State<Arc<Settings>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Some(expected) = &settings.metrics_token {
         if !crate::secret::bearer(&headers).is_some_and(|t| expected.matches(t.trim())) {
             let challenge = [(header::WWW_AUTHENTICATE, "Bearer")];
             return (StatusCode::UNAUTHORIZED, challenge, "metrics need the metrics token: Authorization: Bearer ...")

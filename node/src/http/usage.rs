@@ -34,7 +34,7 @@ use tollgate_proto::{Command, Rejection};
 use super::admin::{parse_body, request_id, ReadOptions};
 use super::error::ApiError;
 use crate::app::App;
-use crate::gateway::limits::period_bounds;
+use crate::metering::limits::period_bounds;
 
 /// The longest date range one usage request may cover.
 pub const MAX_DAYS: i64 = 366;
@@ -113,7 +113,7 @@ pub async fn get_usage(
         return Err(ApiError::field("end_date", format!("a range covers at most {MAX_DAYS} days")));
     }
     if !options.stale {
-        app.read_barrier().await?;
+        app.leader.read_barrier().await?;
     }
     let (plan, quota) = plan_with_quota(&app, &plan_id)?;
     let published = app.published();
@@ -194,7 +194,7 @@ pub async fn update_usage(
     let now_ms = app.clock.now_ms();
     let (start_ms, end_ms) = period_bounds(now_ms, quota.period, quota.offset);
     let period = QuotaPeriod { key_id, plan_id, start_ms };
-    match app.write(request, Command::QuotaAdjust { period, delta: update.delta, now_ms }).await?? {
+    match app.leader.write(request, Command::QuotaAdjust { period, delta: update.delta, now_ms }).await?? {
         Applied::Quota { ledger, .. } => {
             Ok(Json(period_usage(&as_of(Some(&ledger), now_ms), &quota, start_ms, end_ms)).into_response())
         }

@@ -466,6 +466,7 @@ impl Model {
 }
 
 type Outcome = Result<(Applied, Vec<Op>), Rejection>;
+pub mod published;
 pub mod requests;
 
 #[cfg(test)]

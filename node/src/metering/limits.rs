@@ -4,9 +4,12 @@
 //! Throttles are token buckets (rate per second, burst) per key and plan (or
 //! per method override), and per API stage for all keys together. Quotas count
 //! requests per key, plan and period. Which of them a request takes from is
-//! decided here ([`Limits`]); taking, across the cluster, is the job of
-//! `crate::metering`. The [`Limiter`] here counts what is per node by design:
-//! WAF rate rules per source address.
+//! decided here ([`Limits`]); taking, across the cluster, is the job of the
+//! rest of [`crate::metering`]. The [`Limiter`] here counts what is per node
+//! by design: WAF rate rules per source address.
+//!
+//! It sits under `metering`, not `gateway`, because the metering needs its
+//! buckets and clock and must not import the gateway that calls it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};

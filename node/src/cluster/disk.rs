@@ -2,7 +2,7 @@
 //! *before* the data dir's filesystem is full, because a full disk makes sled
 //! fail a Raft append, and openraft stops for good on a storage error.
 //!
-//! A background task ([`crate::app::App::watch_disk`]) measures the free
+//! A background task ([`watch`]) measures the free
 //! space of the data dir's filesystem (statvfs, via `fs2`) every
 //! [`DISK_POLL`], never on a request, and feeds it to [`DiskGuard::observe`].
 //! The guard turns on below `--min-free-disk-mb` and off again only once
@@ -28,18 +28,23 @@
 //! be the way out. Everything an admin writes (objects, key rerolls, identity
 //! key rotation, usage adjustments) is refused.
 //!
-//! This module does no I/O itself; it never blocks and holds its lock only
-//! for a map update.
+//! The guard does no I/O itself; it never blocks and holds its lock only
+//! for a map update. [`watch`] measures on a blocking thread, off the
+//! request path.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus::IntGauge;
 use serde::{Deserialize, Serialize};
 use tollgate_proto::Command;
 
-use crate::cluster::NodeId;
+use super::leader::Leader;
+use super::network::CallError;
+use super::{peer, NodeId};
 
 /// How often the free space of the data dir is measured.
 pub const DISK_POLL: Duration = Duration::from_millis(500);
@@ -194,6 +199,77 @@ impl DiskGuard {
                 .filter(|(_, at)| now.saturating_duration_since(*at) <= REPORT_TTL)
                 .map(|(low, _)| low.clone())
         })
+    }
+}
+
+/// Where [`watch`] shows what it measured (see `crate::metrics`).
+pub struct DiskGauges {
+    /// Bytes available to this node on its data dir's filesystem.
+    pub available_bytes: IntGauge,
+    /// 1 while this node's guard is on.
+    pub guard: IntGauge,
+}
+
+/// Measures the free space of `data_dir`'s filesystem every [`DISK_POLL`]
+/// (off the request path, on a blocking thread) until `stop`; while this
+/// node's guard is on, and once as it clears, tells the leader. Does nothing
+/// if the guard is off (`--min-free-disk-mb 0`).
+pub async fn watch(
+    guard: Arc<DiskGuard>,
+    leader: Leader,
+    data_dir: PathBuf,
+    gauges: DiskGauges,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if !guard.enabled() {
+        return;
+    }
+    let mut tick = tokio::time::interval(DISK_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let dir = data_dir.clone();
+        let measured = tokio::task::spawn_blocking(move || fs2::available_space(&dir)).await;
+        let available = match measured {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => {
+                tracing::warn!(dir = %data_dir.display(), error = %e, "cannot measure free disk space");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the free-space measurement failed");
+                continue;
+            }
+        };
+        gauges.available_bytes.set(i64::try_from(available).unwrap_or(i64::MAX));
+        let (was_low, low) = guard.observe(available);
+        gauges.guard.set(i64::from(low));
+        match (was_low, low) {
+            (false, true) => {
+                if let Some(low) = guard.own() {
+                    tracing::error!(%low, "disk space low: the cluster refuses writes until space is freed");
+                }
+            }
+            (true, false) => {
+                tracing::warn!(free_mb = available >> 20, "disk space back: writes are accepted again")
+            }
+            _ => {}
+        }
+        if low || was_low {
+            report(&guard, &leader).await;
+        }
+    }
+}
+
+/// Tells the leader this node's guard state (unless this node leads).
+async fn report(guard: &DiskGuard, leader: &Leader) {
+    let report = DiskReport { node: guard.node, low: guard.own() };
+    let told: Option<Result<(), CallError>> = leader.send_to_leader(peer::DISK, &report, DISK_POLL).await;
+    if let Some(Err(e)) = told {
+        tracing::debug!(error = %e, "could not tell the leader this node's disk state");
     }
 }
 
