@@ -82,6 +82,7 @@ pub struct SledKv {
 
 impl SledKv {
     pub fn open(dir: &Path, options: &SledOptions) -> KvResult<Self> {
+        remove_unfinished_snapshots(dir)?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(options.cache_bytes)
@@ -100,6 +101,31 @@ impl SledKv {
             Space::Snapshot => &self.snapshot,
         }
     }
+}
+
+/// Removes sled's unfinished snapshot files (`snap.<lsn>.generating`) from
+/// `dir`. sled writes its snapshot to such a file and renames it when done,
+/// so one left behind was never finished (say, its write hit a full disk).
+/// sled 0.34.7 would read it all the same, as its newest snapshot, and then
+/// refuse to open for good ("Read corrupted data"); without it, sled uses
+/// its last finished snapshot and replays its log from there.
+fn remove_unfinished_snapshots(dir: &Path) -> KvResult<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(KvError::new(format!("cannot list {}: {e}", dir.display()))),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            let path = entry.path();
+            std::fs::remove_file(&path)
+                .map_err(|e| KvError::new(format!("cannot remove the unfinished snapshot {}: {e}", path.display())))?;
+            tracing::warn!(file = %path.display(), "removed an unfinished storage snapshot (a write that never completed)");
+        }
+    }
+    Ok(())
 }
 
 impl Kv for SledKv {
@@ -160,5 +186,24 @@ mod tests {
         let kv = SledKv::open(dir.path(), &SledOptions::default()).unwrap();
         assert_eq!(kv.scan(Space::Log, ..).unwrap(), vec![(vec![2], vec![20])]);
         assert_eq!(kv.get(Space::Meta, &[2]).unwrap(), None, "spaces are separate");
+    }
+
+    /// A snapshot file sled never finished (its write hit a full disk, as a
+    /// node restarted on a full disk leaves it) must not keep the store
+    /// from opening once space is back.
+    #[tokio::test]
+    async fn an_unfinished_snapshot_left_behind_does_not_stop_the_store_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let kv = SledKv::open(dir.path(), &SledOptions::default()).unwrap();
+            for i in 0u32..2_000 {
+                kv.put(Space::State, &i.to_be_bytes(), &[7u8; 400]).unwrap();
+            }
+            kv.flush().await.unwrap();
+        }
+        std::fs::write(dir.path().join("snap.FFFFFFFFFFFFFFF0.generating"), b"").unwrap();
+        let kv = SledKv::open(dir.path(), &SledOptions::default()).expect("opens with the unfinished snapshot gone");
+        assert_eq!(kv.get(Space::State, &1999u32.to_be_bytes()).unwrap(), Some(vec![7u8; 400]));
+        assert!(!dir.path().join("snap.FFFFFFFFFFFFFFF0.generating").exists());
     }
 }
