@@ -1,10 +1,9 @@
 //! The admin API from outside: bad input, secrets, tokens and scopes.
 
-mod harness;
-
-use harness::{Cluster, Options};
 use reqwest::Method;
 use serde_json::{json, Value};
+
+use crate::harness::{self, Cluster, Options};
 
 fn assert_clear_4xx(what: &str, status: u16, body: &Value) {
     assert!((400..500).contains(&status), "{what}: expected a 4xx, got {status}: {body}");

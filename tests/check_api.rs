@@ -1,11 +1,10 @@
 //! The check endpoints on a real node: malformed requests, key reroll end to
 //! end, and requests spelled to walk around routes and network rules.
 
-mod harness;
-
-use harness::Cluster;
 use reqwest::Method;
 use serde_json::{json, Value};
+
+use crate::harness::{self, Cluster};
 
 async fn setup(cluster: &Cluster) -> (String, String) {
     let api = json!({"id": "pets", "name": "Pets", "stages": [{"name": "prod"}],

@@ -1,15 +1,14 @@
 //! tollgate-client and the binary protocol against real node processes.
 
-mod harness;
-
 use std::future::Future;
 use std::time::Duration;
 
-use harness::Cluster;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tollgate_client::{CheckRequest, Client, ClientConfig, Error, FailureMode};
 use tollgate_proto::wire::{self, ClientMessage, ErrorCode, ServerMessage};
+
+use crate::harness::{self, Cluster};
 
 /// An API, a plan, a key and a token with the `check` scope.
 async fn setup(cluster: &Cluster) -> (String, String) {

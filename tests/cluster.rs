@@ -2,13 +2,12 @@
 //! failure, full restarts, snapshot catch-up, membership changes and network
 //! partitions.
 
-mod harness;
-
 use std::time::Instant;
 
-use harness::{plan, wait_until, Cluster, Options};
 use reqwest::Method;
 use serde_json::json;
+
+use crate::harness::{self, plan, wait_until, Cluster, Options};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_nodes_elect_a_leader_and_a_write_on_a_follower_is_visible_on_all() {

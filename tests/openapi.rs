@@ -4,13 +4,12 @@
 //! agree on every route and method. (`.ci/run` then drives a node with it
 //! through schemathesis.)
 
-mod harness;
-
 use std::collections::BTreeSet;
 
-use harness::Cluster;
 use reqwest::Method;
 use serde_json::{json, Value};
+
+use crate::harness::{self, Cluster};
 
 const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 

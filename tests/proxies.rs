@@ -3,16 +3,15 @@
 //! from the example in `deploy/` (only ports substituted; with TLS, the
 //! example's commented TLS lines turned on).
 
-mod harness;
-
 use std::path::Path;
 use std::process::Command;
 
 use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::{Json, Router};
-use harness::{free_port, wait_http, Cluster, Process};
 use serde_json::{json, Value};
+
+use crate::harness::{self, free_port, wait_http, Cluster, Process};
 
 /// A backend that verifies the signed identity the gateway sent, against the
 /// keys a cluster node publishes, and echoes what it learned.

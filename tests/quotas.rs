@@ -6,18 +6,14 @@
 //! admitted when no node crashed, and over-counts by at most one lease after a
 //! crash, never under-counts.
 
-#[path = "harness/chaos.rs"]
-mod chaos;
-mod harness;
-#[path = "harness/history.rs"]
-mod history;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use harness::{wait_until, Cluster, Options};
 use reqwest::Method;
 use serde_json::{json, Value};
+
+use crate::chaos;
+use crate::harness::{self, wait_until, Cluster, Options};
 
 /// An API whose route needs a key, a plan with `quota`, and one key in it.
 async fn setup(cluster: &Cluster, node: u64, quota: Value) -> (String, String) {

@@ -1,17 +1,16 @@
 //! TLS on real node processes: every listener, mutual TLS between peers, and
 //! the node's own outbound HTTPS calls (HTTP authorizers) with a private CA.
 
-mod harness;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use harness::{make_certs as certs, Cluster, Options, TOKEN};
 use serde_json::json;
 use tollgate_client::tls::ClientTls;
 use tollgate_client::{CheckRequest, Client, ClientConfig};
 use tollgate_node::tls::{server_config, ClientAuth, TlsListener};
+
+use crate::harness::{self, make_certs as certs, Cluster, Options, TOKEN};
 
 /// An HTTP authorizer over HTTPS, with the certificate in `certs`, that
 /// allows every request.
