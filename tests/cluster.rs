@@ -90,9 +90,7 @@ async fn every_acknowledged_write_survives_killing_and_restarting_all_nodes() {
     for node in [1, 2, 3] {
         cluster.kill(node);
     }
-    for node in [1, 2, 3] {
-        cluster.restart(node).await;
-    }
+    cluster.restart_all(&[1, 2, 3]).await;
     cluster.leader().await;
 
     for node in [1, 2, 3] {
@@ -247,6 +245,14 @@ async fn a_leader_cut_off_by_a_partition_is_replaced_and_catches_up_when_healed(
         })
         .await;
     }
+    // The cut leader still thinks it leads, but says it is not ready.
+    wait_until("the cut leader says it is out of touch", || async {
+        let ready = cluster.http.get(format!("{}/readyz", cluster.url(old_leader))).send().await.expect("readyz");
+        let status = ready.status().as_u16();
+        let body: serde_json::Value = ready.json().await.unwrap_or_default();
+        status == 503 && body["reason"].as_str().is_some_and(|r| r.contains("no quorum acknowledged"))
+    })
+    .await;
     // The write was committed after the cut, so nothing can have carried it over.
     let (status, body) = cluster.get(old_leader, "/v1/admin/plans/during-cut?stale=true").await;
     assert_eq!(status, 404, "the cut node saw a write made after the cut: {body}");
@@ -286,6 +292,11 @@ async fn a_follower_cut_off_and_healed_does_not_unseat_the_leader() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 
+    let ready = cluster.http.get(format!("{}/readyz", cluster.url(follower))).send().await.expect("readyz");
+    assert_eq!(ready.status().as_u16(), 503, "a follower cut off for seconds says it is not ready");
+    let body: serde_json::Value = ready.json().await.expect("readyz body");
+    assert!(body["reason"].as_str().is_some_and(|r| r.contains("heard from no leader")), "{body}");
+
     cluster.heal(follower).await;
     let last = format!("/v1/admin/plans/cut-{}?stale=true", writes - 1);
     wait_until("the healed follower caught up", || async { cluster.get(follower, &last).await.0 == 200 }).await;
@@ -295,6 +306,7 @@ async fn a_follower_cut_off_and_healed_does_not_unseat_the_leader() {
         assert_eq!(code, 201, "a write after the heal: {body}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    cluster.wait_ready(follower).await;
     for node in [leader, follower] {
         let (_, status) = cluster.get(node, "/v1/admin/cluster").await;
         assert_eq!(status["leader_id"].as_u64(), Some(leader), "node {node}: {status}");

@@ -25,6 +25,9 @@ pub struct App {
     pub raft: typ::Raft,
     /// Writes, read barriers and membership changes, at the leader.
     pub leader: Leader,
+    /// Pre-votes and elections; also whether this node is in touch with a
+    /// leader (for `/readyz`).
+    pub elections: crate::cluster::pre_vote::Elections,
     /// The model as last applied; readers load it without locking.
     pub model: SharedModel,
     /// Digest of the bootstrap admin token (`TOLLGATE_ADMIN_TOKEN`), if set.

@@ -165,6 +165,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         addr: addr.clone(),
         raft: raft.clone(),
         leader: leader.clone(),
+        elections: elections.clone(),
         model: published,
         bootstrap_token: config.admin_token.as_deref().map(Digest::of),
         gateway,

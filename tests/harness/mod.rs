@@ -467,6 +467,22 @@ impl Cluster {
         self.wait_ready(id).await;
     }
 
+    /// Starts the killed nodes `ids` again, all at once, and waits until each
+    /// is ready (a node alone is not: it needs a quorum to be in touch with).
+    pub async fn restart_all(&mut self, ids: &[u64]) {
+        let options = self.options.clone();
+        for &id in ids {
+            let node = self.nodes.iter_mut().find(|n| n.id == id).expect("no such node");
+            node.spawn(&options);
+        }
+        for &id in ids {
+            self.nodes.iter_mut().find(|n| n.id == id).expect("no such node").wait_bound().await;
+        }
+        for &id in ids {
+            self.wait_ready(id).await;
+        }
+    }
+
     /// Starts a killed node again with its wall clock shifted by
     /// `offset_ms` (`--clock-offset-ms`), which it keeps on later restarts.
     pub async fn restart_with_clock(&mut self, id: u64, offset_ms: i64) {

@@ -169,6 +169,31 @@ impl Elections {
         Some((view, membership.get_joint_config().clone(), peers))
     }
 
+    /// Why this node is out of touch, if it is: a voter that leads but no
+    /// quorum acknowledged it, or follows but heard from no leader, for
+    /// twice the leader lease (its view of the cluster may be stale; a
+    /// partition cut it off). `None` when in touch, or the only voter.
+    pub async fn out_of_touch(&self) -> Option<String> {
+        let (view, _, _) = self.view().await?;
+        let limit = self.timing.lease() * 2;
+        if view.voters.len() <= 1 || !view.voters.contains(&self.id) {
+            return None;
+        }
+        let ms = |d: Duration| d.as_millis();
+        if view.leading {
+            match view.since_quorum_ack {
+                Some(d) if d < limit => None,
+                Some(d) => Some(format!("leading, but no quorum acknowledged it for {} ms", ms(d))),
+                None => Some("leading, but no quorum acknowledged it yet".to_string()),
+            }
+        } else {
+            match view.since_vote_touched {
+                Some(d) if d >= limit => Some(format!("heard from no leader for {} ms", ms(d))),
+                _ => None,
+            }
+        }
+    }
+
     /// Answers a pre-vote from another voter.
     pub async fn answer(&self, request: &PreVoteRequest) -> PreVoteResponse {
         let Some((view, _, _)) = self.view().await else {

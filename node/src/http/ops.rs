@@ -51,7 +51,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     } else if m.current_leader.is_none() {
         Some("no leader is known".to_string())
     } else {
-        None
+        app.elections.out_of_touch().await
     };
     let status = if reason.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body =
