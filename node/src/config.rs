@@ -66,7 +66,8 @@ pub struct ServeArgs {
     /// Initialise a new single-node cluster with this node (once; ignored later).
     #[arg(long, env = "TOLLGATE_INIT")]
     pub init: Option<bool>,
-    /// The initial members, `ID=HTTP_ADDR/PEER_ADDR` separated by commas; the
+    /// The initial members, `ID=HTTP_ADDR/PEER_ADDR[/WIRE_ADDR]` separated by
+    /// commas (the wire address lets tollgate-client find the binary port); the
     /// member with the lowest id initialises the cluster on first start.
     #[arg(long, env = "TOLLGATE_PEERS")]
     pub peers: Option<String>,
@@ -264,41 +265,31 @@ impl NodeConfig {
     /// Secrets strong enough, and peers that must authenticate: a node never
     /// opens its peer port to anyone unless told so in as many words.
     fn check_secrets(&self) -> Result<(), ConfigError> {
-        match &self.cluster_token {
-            Some(t) if t.chars().count() < MIN_CLUSTER_TOKEN_CHARS => {
-                return Err(bad(
-                    "cluster_token",
-                    format!("TOLLGATE_CLUSTER_TOKEN must be at least {MIN_CLUSTER_TOKEN_CHARS} characters"),
-                ))
-            }
-            Some(_) => {}
-            None if self.insecure_peer_auth_off => {}
-            None => {
-                return Err(bad(
-                    "cluster_token",
-                    "set TOLLGATE_CLUSTER_TOKEN (the same secret on every node, e.g. `openssl rand -base64 32`) so \
-                     that peers authenticate; --insecure-peer-auth-off runs without, letting anyone who reaches \
-                     the peer port write to the cluster",
-                ))
-            }
+        if self.cluster_token.is_none() && !self.insecure_peer_auth_off {
+            return Err(bad(
+                "cluster_token",
+                "set TOLLGATE_CLUSTER_TOKEN (the same secret on every node, e.g. `openssl rand -base64 32`) so \
+                 that peers authenticate; --insecure-peer-auth-off runs without, letting anyone who reaches \
+                 the peer port write to the cluster",
+            ));
         }
-        if let Some(t) = &self.admin_token {
-            if t.chars().count() < MIN_ADMIN_TOKEN_CHARS {
-                return Err(bad(
-                    "admin_token",
-                    format!(
-                        "TOLLGATE_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_CHARS} characters \
-                         (e.g. `openssl rand -base64 32`)"
-                    ),
-                ));
-            }
-        }
-        if let Some(t) = &self.metrics_token {
-            if t.chars().count() < MIN_CLUSTER_TOKEN_CHARS {
-                return Err(bad(
-                    "metrics_token",
-                    format!("TOLLGATE_METRICS_TOKEN must be at least {MIN_CLUSTER_TOKEN_CHARS} characters"),
-                ));
+        for (field, env, token, min) in [
+            ("cluster_token", "TOLLGATE_CLUSTER_TOKEN", &self.cluster_token, MIN_CLUSTER_TOKEN_CHARS),
+            ("admin_token", "TOLLGATE_ADMIN_TOKEN", &self.admin_token, MIN_ADMIN_TOKEN_CHARS),
+            ("metrics_token", "TOLLGATE_METRICS_TOKEN", &self.metrics_token, MIN_CLUSTER_TOKEN_CHARS),
+        ] {
+            if let Some(t) = token {
+                // A bearer token travels in a header: no spaces or controls
+                // (32 spaces once passed as a 32-character secret).
+                if t.chars().count() < min || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(bad(
+                        field,
+                        format!(
+                            "{env} must be at least {min} characters, with no spaces or control characters \
+                             (e.g. `openssl rand -base64 32`)"
+                        ),
+                    ));
+                }
             }
         }
         Ok(())
@@ -444,6 +435,19 @@ mod tests {
         assert_eq!(args().resolve_with(&weak_admin).unwrap_err().field, "admin_token");
         let weak_metrics = env(&[("TOLLGATE_CLUSTER_TOKEN", "a-good-cluster-token"), ("TOLLGATE_METRICS_TOKEN", "m")]);
         assert_eq!(args().resolve_with(&weak_metrics).unwrap_err().field, "metrics_token");
+        // Long enough but blank, or with spaces or controls inside: refused.
+        for spaced in [
+            "                                ",
+            "tga_0123456789 0123456789abcdefghijk",
+            "tga_0123456789\t0123456789abcdefghijk",
+        ] {
+            let token: &'static str = Box::leak(spaced.to_string().into_boxed_str());
+            let pairs: &'static [(&'static str, &'static str)] = Box::leak(
+                vec![("TOLLGATE_CLUSTER_TOKEN", "a-good-cluster-token"), ("TOLLGATE_ADMIN_TOKEN", token)]
+                    .into_boxed_slice(),
+            );
+            assert_eq!(args().resolve_with(&env(pairs)).unwrap_err().field, "admin_token", "{spaced:?}");
+        }
         assert!(args().resolve_with(&with_secrets).is_ok());
     }
 

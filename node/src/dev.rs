@@ -72,7 +72,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Ok(t) if !t.is_empty() => t,
         _ => crate::secret::generate("tga_").0,
     };
-    let cluster_token = crate::secret::generate("tgc_").0;
+    let cluster_token = match std::env::var("TOLLGATE_CLUSTER_TOKEN") {
+        Ok(t) if !t.is_empty() => t,
+        _ => crate::secret::generate("tgc_").0,
+    };
     let addr = |i: u16| (format!("127.0.0.1:{}", base + i), format!("127.0.0.1:{}", base + 1000 + i));
     let wire = |i: u16| format!("127.0.0.1:{}", base + 2000 + i);
     let peers: Vec<String> = (0..3)
@@ -113,8 +116,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
         let path = dir.join("tollgate.toml");
         let text = format!(
-            "# Written by `tollgate dev`. The secrets are not here: run with\n# TOLLGATE_ADMIN_TOKEN and \
-             TOLLGATE_CLUSTER_TOKEN as `tollgate dev` printed and set them.\n{}",
+            "# Written by `tollgate dev`. The secrets are not here: to run this node by hand,\n# set \
+             TOLLGATE_ADMIN_TOKEN and TOLLGATE_CLUSTER_TOKEN as `tollgate dev` printed them:\n# \
+             tollgate serve --config {}\n{}",
+            path.display(),
             toml::to_string(&config)?
         );
         std::fs::write(&path, text)?;
@@ -177,6 +182,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("Admin token (valid while this runs):");
     println!("  export TOLLGATE_ADMIN_TOKEN={token}");
     println!("  export TOLLGATE_URL={scheme}://{}", addr(0).0);
+    println!("Cluster token (to run a node by hand from its DATA_DIR/nodeN/tollgate.toml):");
+    println!("  export TOLLGATE_CLUSTER_TOKEN={cluster_token}");
     let curl_ca = if args.tls {
         println!("  export TOLLGATE_CA={}", certs.join("ca.pem").display());
         println!("TLS on every listener; the CA, node and proxy client certificates are in {}.", certs.display());
