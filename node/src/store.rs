@@ -187,23 +187,4 @@ mod tests {
         assert_eq!(kv.scan(Space::Log, ..).unwrap(), vec![(vec![2], vec![20])]);
         assert_eq!(kv.get(Space::Meta, &[2]).unwrap(), None, "spaces are separate");
     }
-
-    /// A snapshot file sled never finished (its write hit a full disk, as a
-    /// node restarted on a full disk leaves it) must not keep the store
-    /// from opening once space is back.
-    #[tokio::test]
-    async fn an_unfinished_snapshot_left_behind_does_not_stop_the_store_opening() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let kv = SledKv::open(dir.path(), &SledOptions::default()).unwrap();
-            for i in 0u32..2_000 {
-                kv.put(Space::State, &i.to_be_bytes(), &[7u8; 400]).unwrap();
-            }
-            kv.flush().await.unwrap();
-        }
-        std::fs::write(dir.path().join("snap.FFFFFFFFFFFFFFF0.generating"), b"").unwrap();
-        let kv = SledKv::open(dir.path(), &SledOptions::default()).expect("opens with the unfinished snapshot gone");
-        assert_eq!(kv.get(Space::State, &1999u32.to_be_bytes()).unwrap(), Some(vec![7u8; 400]));
-        assert!(!dir.path().join("snap.FFFFFFFFFFFFFFF0.generating").exists());
-    }
 }
