@@ -18,12 +18,14 @@
 //!   full (507), cluster-wide.
 //! - [`server`]: start a node from its [`config`] and stop it.
 //! - [`cli`] and [`dev`]: the `tollgate` command line and `tollgate dev`.
+//! - [`clock`]: where time comes from, and quota periods (below gateway and metering).
 //! - [`secret`]: generated secrets and ids, digests, constant-time comparison.
 //! - [`logging`]: log output whose failures are counted, never fatal.
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod dev;

@@ -44,10 +44,12 @@ use tollgate_proto::model::{Api, ApiKey, AuthorizerKind, Entity, EntityKind, Rou
 use tollgate_proto::validate::HTTP_METHODS;
 use tollgate_proto::FieldError;
 
+use crate::clock::Clock;
 use crate::cluster::state_machine::SharedModel;
+use crate::metering::{BucketId, Limits, QuotaLimit, Refusal, ThrottleLimit};
 use crate::metering::{Metering, MeteringConfig};
 use crate::secret;
-use limits::{BucketId, Clock, Limiter, Limits};
+use limits::Limiter;
 use policy::{RequestFacts, Verdict};
 use tollgate_proto::command::QuotaPeriod;
 
@@ -536,10 +538,10 @@ impl Gateway {
             None => None,
         };
         let limits = self.limits_for(api, stage, key, plan, c.method, &c.path, now_ms);
-        let epoch = limits.quota.as_ref().map(|(period, ..)| published.limits.of(&period.plan_id)).unwrap_or(0);
+        let epoch = limits.quota.as_ref().map(|q| published.limits.of(&q.period.plan_id)).unwrap_or(0);
         let limit = match self.metering.admit(&limits, now_ms, epoch).await {
             Ok(state) => state,
-            Err((reason, state)) => {
+            Err(Refusal { reason, state }) => {
                 let mut d = decision(reason, "rate or quota limit reached");
                 d.limit = Some(state);
                 return self.finish(d, api, c);
@@ -594,7 +596,8 @@ impl Gateway {
     ) -> Limits {
         let mut limits = Limits::default();
         if let Some(t) = stage.throttle {
-            limits.stage = Some((BucketId::Stage { api: api.id.clone(), stage: stage.name.clone() }, t));
+            let bucket = BucketId::Stage { api: api.id.clone(), stage: stage.name.clone() };
+            limits.stage = Some(ThrottleLimit { bucket, throttle: t });
         }
         if let (Some(key), Some(plan)) = (key, plan) {
             let overrides = plan
@@ -613,13 +616,13 @@ impl Gateway {
                 None => plan.throttle.map(|t| (None, t)),
             };
             if let Some((method_override, t)) = throttle {
-                let id = BucketId::Key { key: key.id.clone(), plan: plan.id.clone(), method_override };
-                limits.key = Some((id, t));
+                let bucket = BucketId::Key { key: key.id.clone(), plan: plan.id.clone(), method_override };
+                limits.key = Some(ThrottleLimit { bucket, throttle: t });
             }
             if let Some(q) = plan.quota {
-                let (start, end) = limits::period_bounds(now_ms, q.period, q.offset);
+                let (start, ends_ms) = crate::clock::period_bounds(now_ms, q.period, q.offset);
                 let period = QuotaPeriod { key_id: key.id.clone(), plan_id: plan.id.clone(), start_ms: start };
-                limits.quota = Some((period, q, end));
+                limits.quota = Some(QuotaLimit { period, quota: q, ends_ms });
             }
         }
         limits

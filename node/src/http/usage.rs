@@ -34,7 +34,7 @@ use tollgate_proto::{Command, Rejection};
 use super::admin::{parse_body, request_id, ReadOptions};
 use super::error::ApiError;
 use crate::app::App;
-use crate::gateway::limits::period_bounds;
+use crate::clock::period_bounds;
 
 /// The longest date range one usage request may cover.
 pub const MAX_DAYS: i64 = 366;
