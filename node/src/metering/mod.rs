@@ -36,16 +36,21 @@
 //! - `borrow`: throttle tokens borrowed from the authority, and the
 //!   fallback share while it is away.
 //! - [`lender`]: the leader's token buckets ([`TokenLender`]).
-//! - `tests`: scenarios of the module on the in-memory authority.
+//! - [`scenarios`]: metering scenarios any authority must pass, with the
+//!   in-memory backend; `tests` runs each on it, an integration test can
+//!   run them all on a cluster ([`scenarios::run_all`]).
+//! - [`doubles`]: authorities that hold grants back or are never reachable.
 //!
 //! This module never imports the gateway: the gateway builds [`Limits`] and
 //! calls [`Metering::admit`].
 
 pub mod authority;
 mod borrow;
+pub mod doubles;
 mod lease;
 pub mod lender;
 pub mod limits;
+pub mod scenarios;
 
 #[cfg(test)]
 mod tests;
