@@ -101,10 +101,7 @@ impl LocalAuthority {
     }
 
     fn plan_limit(&self, period: &QuotaPeriod) -> Option<u64> {
-        match self.model.load().model.get(tollgate_proto::model::EntityKind::Plan, &period.plan_id) {
-            Some(tollgate_proto::model::Entity::Plan(p)) => p.quota.map(|q| q.limit),
-            _ => None,
-        }
+        self.model.load().model.plan(&period.plan_id).and_then(|p| p.quota).map(|q| q.limit)
     }
 }
 
