@@ -4,8 +4,8 @@
 //! implementing [`Backend`] over a real cluster and calling [`run_all`]).
 //!
 //! Each scenario builds its own [`Metering`] on a fresh authority from the
-//! backend, with a plan of its own (named after the scenario), so scenarios
-//! can share one cluster. Scenarios panic, naming what failed.
+//! backend ([`Backend::subject`]: an authority and a key), with a plan of
+//! its own (named after the scenario), so scenarios can share one cluster. Scenarios panic, naming what failed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,13 +27,13 @@ use crate::cluster::state_machine::Published;
 /// the ledger back.
 pub trait Backend: Send + Sync {
     /// A fresh authority whose model holds plan `plan_id` with a daily quota
-    /// of `limit` requests (scenarios use a new plan id each; the key id is
-    /// `"k"`). A cluster backend creates the plan through its admin API and
-    /// answers an authority of one of its nodes.
-    fn authority<'a>(&'a self, plan_id: &'a str, limit: u64) -> BoxFuture<'a, Arc<dyn Authority>>;
-    /// The ledger of `period` as the authority holds it now (a cluster
-    /// backend reads it after the last report is applied).
-    fn ledger<'a>(&'a self, authority: &'a Arc<dyn Authority>, period: &'a QuotaPeriod) -> BoxFuture<'a, QuotaLedger>;
+    /// of `limit` requests, and a key on that plan (scenarios use a new plan
+    /// id each). A cluster backend creates both through its admin API and
+    /// answers an authority of one of its nodes with the key's id.
+    fn subject<'a>(&'a self, plan_id: &'a str, limit: u64) -> BoxFuture<'a, Subject>;
+    /// The ledger of `period` as the subject's authority holds it now (a
+    /// cluster backend reads it after the last report is applied).
+    fn ledger<'a>(&'a self, subject: &'a Subject, period: &'a QuotaPeriod) -> BoxFuture<'a, QuotaLedger>;
     /// The clock the node's metering runs on.
     fn clock(&self) -> Arc<dyn Clock>;
     /// Lets `ms` milliseconds pass (a manual clock moves; a real one is slept on).
@@ -42,6 +42,14 @@ pub trait Backend: Send + Sync {
     /// (the in-memory one does; a cluster's leader lends by its own clock).
     /// Scenarios that count exact seconds of `Retry-After` need it.
     fn exact_time(&self) -> bool;
+}
+
+/// What a scenario runs against: an authority, and the key whose quota it counts.
+#[derive(Clone)]
+pub struct Subject {
+    pub authority: Arc<dyn Authority>,
+    /// A key on the scenario's plan (the cluster's ledger refuses others).
+    pub key_id: String,
 }
 
 /// One scenario: its name, whether it needs [`Backend::exact_time`], and how to run it.
@@ -121,13 +129,13 @@ pub fn model_with_plan(plan_id: &str, limit: u64) -> crate::cluster::state_machi
 }
 
 impl Backend for InMemory {
-    fn authority<'a>(&'a self, plan_id: &'a str, limit: u64) -> BoxFuture<'a, Arc<dyn Authority>> {
+    fn subject<'a>(&'a self, plan_id: &'a str, limit: u64) -> BoxFuture<'a, Subject> {
         let authority = Arc::new(LocalAuthority::new(model_with_plan(plan_id, limit)));
         lock(&self.made).insert(plan_id.to_string(), authority.clone());
-        Box::pin(async move { authority as Arc<dyn Authority> })
+        Box::pin(async move { Subject { authority, key_id: "k".into() } })
     }
 
-    fn ledger<'a>(&'a self, _: &'a Arc<dyn Authority>, period: &'a QuotaPeriod) -> BoxFuture<'a, QuotaLedger> {
+    fn ledger<'a>(&'a self, _: &'a Subject, period: &'a QuotaPeriod) -> BoxFuture<'a, QuotaLedger> {
         let ledger = match lock(&self.made).get(&period.plan_id) {
             Some(local) => local.ledger(period),
             None => panic!("no authority was made for plan {:?}", period.plan_id),
@@ -150,21 +158,21 @@ impl Backend for InMemory {
 }
 
 /// Metering with the default tuning on `authority` and the backend's clock.
-fn metering(backend: &dyn Backend, authority: Arc<dyn Authority>) -> Arc<Metering> {
-    Metering::new(authority, backend.clock(), MeteringConfig::default(), Default::default())
+fn metering(backend: &dyn Backend, subject: &Subject) -> Arc<Metering> {
+    Metering::new(subject.authority.clone(), backend.clock(), MeteringConfig::default(), Default::default())
 }
 
-/// Limits with only the plan's daily quota, for key `"k"` in the current period.
-fn quota_limits(backend: &dyn Backend, plan_id: &str, limit: u64) -> Limits {
+/// Limits with only the plan's daily quota, for the subject's key in the current period.
+fn quota_limits(backend: &dyn Backend, subject: &Subject, plan_id: &str, limit: u64) -> Limits {
     let (start_ms, ends_ms) = period_bounds(backend.clock().now_ms(), Period::Day, 0);
-    let period = QuotaPeriod { key_id: "k".into(), plan_id: plan_id.into(), start_ms };
+    let period = QuotaPeriod { key_id: subject.key_id.clone(), plan_id: plan_id.into(), start_ms };
     let quota = Quota { limit, period: Period::Day, offset: 0 };
     Limits { quota: Some(QuotaLimit { period, quota, ends_ms }), ..Default::default() }
 }
 
 /// Limits with only a key throttle.
-fn throttle_limits(plan_id: &str, rate_per_sec: f64, burst: u32) -> Limits {
-    let bucket = BucketId::Key { key: "k".into(), plan: plan_id.into(), method_override: None };
+fn throttle_limits(subject: &Subject, plan_id: &str, rate_per_sec: f64, burst: u32) -> Limits {
+    let bucket = BucketId::Key { key: subject.key_id.clone(), plan: plan_id.into(), method_override: None };
     Limits { key: Some(ThrottleLimit { bucket, throttle: Throttle { rate_per_sec, burst } }), ..Default::default() }
 }
 
@@ -175,30 +183,31 @@ fn now(backend: &dyn Backend) -> i64 {
 /// Admitted units are reported exactly; a grant idle for a while goes back.
 pub async fn use_is_reported_exactly_and_an_idle_grant_handed_back(backend: &dyn Backend) {
     let plan = "scenario-reported-exactly";
-    let authority = backend.authority(plan, 1_000).await;
-    let limits = quota_limits(backend, plan, 1_000);
+    let subject = backend.subject(plan, 1_000).await;
+    let limits = quota_limits(backend, &subject, plan, 1_000);
     let Some(QuotaLimit { period, .. }) = &limits.quota else { unreachable!("a quota") };
-    let m = metering(backend, authority.clone());
+    let m = metering(backend, &subject);
     for _ in 0..7 {
         assert!(m.admit(&limits, now(backend), 0).await.is_ok());
     }
     // Background refills may still be on their way; let them land.
     tokio::task::yield_now().await;
     m.flush(now(backend), false).await;
-    let ledger = backend.ledger(&authority, period).await;
+    let ledger = backend.ledger(&subject, period).await;
     assert_eq!(ledger.consumed, 7, "{ledger:?}");
     assert!(ledger.outstanding() > 0, "the node still holds the rest of its grant");
     backend.pass(2_000).await; // the idle time after which a lease goes back
     m.flush(now(backend), false).await;
-    let ledger = backend.ledger(&authority, period).await;
+    let ledger = backend.ledger(&subject, period).await;
     assert_eq!((ledger.consumed, ledger.outstanding()), (7, 0), "idle: the rest went back");
 }
 
 /// A spent quota answers 429 with `Retry-After` at the period's end.
 pub async fn a_spent_quota_says_to_come_back_when_the_period_ends(backend: &dyn Backend) {
     let plan = "scenario-spent-quota";
-    let m = metering(backend, backend.authority(plan, 1).await);
-    let limits = quota_limits(backend, plan, 1);
+    let subject = backend.subject(plan, 1).await;
+    let m = metering(backend, &subject);
+    let limits = quota_limits(backend, &subject, plan, 1);
     let ends_ms = limits.quota.as_ref().map_or(0, |q| q.ends_ms);
     assert!(m.admit(&limits, now(backend), 0).await.is_ok());
     m.flush(now(backend), false).await;
@@ -214,9 +223,10 @@ pub async fn a_spent_quota_says_to_come_back_when_the_period_ends(backend: &dyn 
 /// A check dropped while its grant is on the way leaves the lease usable.
 pub async fn a_check_given_up_while_it_fetches_does_not_wedge_the_lease(backend: &dyn Backend) {
     let plan = "scenario-given-up";
-    let gated = Arc::new(super::doubles::Gated::new(backend.authority(plan, 1_000).await));
-    let m = metering(backend, gated.clone());
-    let limits = quota_limits(backend, plan, 1_000);
+    let subject = backend.subject(plan, 1_000).await;
+    let gated = Arc::new(super::doubles::Gated::new(subject.authority.clone()));
+    let m = metering(backend, &Subject { authority: gated.clone(), key_id: subject.key_id.clone() });
+    let limits = quota_limits(backend, &subject, plan, 1_000);
     // The first check starts a grant and is dropped while it waits (its client went away).
     let given_up = tokio::time::timeout(Duration::from_millis(20), m.admit(&limits, now(backend), 0)).await;
     assert!(given_up.is_err(), "the grant is held back, so the check cannot finish");
@@ -230,8 +240,9 @@ pub async fn a_check_given_up_while_it_fetches_does_not_wedge_the_lease(backend:
 /// token; the client comes back only after `Retry-After` + 2 s.
 pub async fn a_booked_token_the_client_never_came_back_for_goes_back_to_the_bucket(backend: &dyn Backend) {
     let plan = "scenario-booked-token";
-    let m = metering(backend, backend.authority(plan, 1).await);
-    let limits = throttle_limits(plan, 0.25, 1);
+    let subject = backend.subject(plan, 1).await;
+    let m = metering(backend, &subject);
+    let limits = throttle_limits(&subject, plan, 0.25, 1);
     assert!(m.admit(&limits, now(backend), 0).await.is_ok());
     backend.pass(100).await;
     let Refusal { reason, state } = m.admit(&limits, now(backend), 0).await.expect_err("throttled");
@@ -264,8 +275,9 @@ pub async fn a_client_that_waits_what_the_headers_say_is_admitted(backend: &dyn 
         let plan = format!("scenario-waits-{history}");
         let rate = [0.25, 0.5, 1.0, 3.5, 10.0, 40.0][next(6) as usize];
         let burst = 1 + next(5) as u32;
-        let limits = throttle_limits(&plan, rate, burst);
-        let m = metering(backend, backend.authority(&plan, 1).await);
+        let subject = backend.subject(&plan, 1).await;
+        let limits = throttle_limits(&subject, &plan, rate, burst);
+        let m = metering(backend, &subject);
         let spacing_ms = (1000.0 / rate).ceil() as i64 + 1;
         let mut must_pass = false;
         for step in 0..40 {
@@ -304,9 +316,10 @@ pub async fn headers_show_the_tightest_limit_and_a_throttle_resets_when_full(bac
     // A throttle of 1/s, burst 5, under a large quota: the fifth request
     // has no token left, and says so.
     let plan = "scenario-tightest";
-    let m = metering(backend, backend.authority(plan, 1_000_000).await);
-    let mut limits = quota_limits(backend, plan, 1_000_000);
-    limits.key = throttle_limits(plan, 1.0, 5).key;
+    let subject = backend.subject(plan, 1_000_000).await;
+    let m = metering(backend, &subject);
+    let mut limits = quota_limits(backend, &subject, plan, 1_000_000);
+    limits.key = throttle_limits(&subject, plan, 1.0, 5).key;
     let mut last = None;
     for _ in 0..5 {
         last = m.admit(&limits, now(backend), 0).await.expect("within the burst");
@@ -316,8 +329,9 @@ pub async fn headers_show_the_tightest_limit_and_a_throttle_resets_when_full(bac
     assert!(m.admit(&limits, now(backend), 0).await.is_err());
     // 0.25/s with burst 1: the bucket is full again in 4 s, not 1.
     let plan = "scenario-tightest-slow";
-    let m = metering(backend, backend.authority(plan, 1).await);
-    let limits = throttle_limits(plan, 0.25, 1);
+    let subject = backend.subject(plan, 1).await;
+    let m = metering(backend, &subject);
+    let limits = throttle_limits(&subject, plan, 0.25, 1);
     let state = m.admit(&limits, now(backend), 0).await.expect("a token").expect("a limit state");
     assert_eq!((state.remaining, state.reset_secs), (0, 4));
 }
