@@ -10,11 +10,11 @@ use std::sync::Arc;
 use tollgate_proto::check::{CheckRequest, Decision};
 use tollgate_proto::FieldError;
 
+use crate::clock::Clock;
 use crate::cluster::disk::DiskGuard;
 use crate::cluster::leader::{Leader, Removal};
 use crate::cluster::{typ, NodeAddr, NodeId};
 use crate::gateway::Gateway;
-use crate::metering::limits::Clock;
 use crate::metrics::Metrics;
 use crate::secret::Digest;
 use crate::state::published::{Published, SharedModel};

@@ -31,8 +31,8 @@
 //!   cluster-wide free-space guard (`disk`, 507 before the disk is full).
 //!   Every durable change is a Raft log entry.
 //! - [`metering`]: exact quotas (leases on the replicated ledger) and
-//!   cluster-wide throttles, decided from local memory; the buckets, clock
-//!   and quota periods in `metering::limits`.
+//!   cluster-wide throttles, decided from local memory; split by role
+//!   (`lease`, `borrow`, `lender`, `authority`, `limits`).
 //! - [`state`]: the replicated model, the deterministic rules for applying a
 //!   command to it, and the read model every reader loads
 //!   (`state::published`). No I/O.
@@ -41,13 +41,15 @@
 //!
 //! Beside the path: [`metrics`] (Prometheus, bounded labels), [`tls`]
 //! (rustls listeners and `tollgate certs`), [`secret`] (generated secrets and
-//! ids, digests, constant-time comparison), [`logging`] (log output whose
+//! ids, digests, constant-time comparison), [`clock`] (where time comes from,
+//! and quota periods), [`logging`] (log output whose
 //! failures are counted, never fatal), and [`cli`] and [`dev`] (the
 //! `tollgate` command line and `tollgate dev`).
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod dev;

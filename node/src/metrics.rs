@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use tollgate_proto::check::{CheckRequest, Decision};
-use tollgate_proto::model::{Entity, EntityKind};
 
 use crate::state::Model;
 
@@ -121,12 +120,10 @@ impl Metrics {
     /// Counts one decision. Labels come from the model, never from the
     /// request alone, so their number stays bounded.
     pub fn record_decision(&self, model: &Model, req: &CheckRequest, decision: &Decision, took: Duration) {
-        let (api, stage) = match model.get(EntityKind::Api, &req.api) {
-            Some(Entity::Api(a)) if a.stages.iter().any(|s| s.name == req.stage) => {
-                (req.api.as_str(), req.stage.as_str())
-            }
-            Some(Entity::Api(_)) => (req.api.as_str(), "_unknown"),
-            _ => ("_unknown", "_unknown"),
+        let (api, stage) = match model.api(&req.api) {
+            Some(a) if a.stages.iter().any(|s| s.name == req.stage) => (req.api.as_str(), req.stage.as_str()),
+            Some(_) => (req.api.as_str(), "_unknown"),
+            None => ("_unknown", "_unknown"),
         };
         self.decisions.with_label_values(&[api, stage, decision.reason.as_str()]).inc();
         self.check_seconds.observe(took.as_secs_f64());

@@ -139,9 +139,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     let elections = crate::cluster::pre_vote::Elections::new(config.id, raft.clone(), log_store, peers.clone(), timing);
 
     let metrics = Metrics::new();
-    let clock: Arc<dyn crate::metering::limits::Clock> = match config.clock_offset_ms {
-        0 => Arc::new(crate::metering::limits::SystemClock),
-        offset => Arc::new(crate::metering::limits::OffsetClock(offset)),
+    let clock: Arc<dyn crate::clock::Clock> = match config.clock_offset_ms {
+        0 => Arc::new(crate::clock::SystemClock),
+        offset => Arc::new(crate::clock::OffsetClock(offset)),
     };
     let metering_config = MeteringConfig { lease_ms: config.quota_lease_ms as i64, max_grant: config.quota_max_grant };
     let disk = Arc::new(DiskGuard::new(config.id, config.min_free_disk_mb));

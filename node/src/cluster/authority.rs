@@ -16,7 +16,7 @@ use tollgate_proto::Command;
 
 use super::leader::{ClusterError, Leader};
 use super::peer;
-use crate::metering::limits::Clock;
+use crate::clock::Clock;
 use crate::metering::{Authority, BoxFuture, LendRequest, Lent, TokenLender, Unavailable, FETCH_WAIT};
 
 /// How long a throttle lend may wait for the leader.

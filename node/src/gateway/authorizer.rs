@@ -42,7 +42,7 @@ use sha2::{Digest, Sha256};
 use tollgate_proto::model::{HttpAuthorizer, HttpAuthorizerMode};
 
 use super::pattern::glob_matches;
-use super::Checked;
+use super::ValidRequest;
 
 /// Most answers kept (see the module doc for what goes when it is reached).
 pub const MAX_CACHED: usize = 100_000;
@@ -251,7 +251,7 @@ impl HttpAuthorizers {
         &self,
         id: &str,
         config: &HttpAuthorizer,
-        c: &Checked<'_>,
+        c: &ValidRequest<'_>,
         resource: &str,
     ) -> Result<Outcome, Failure> {
         let headers = &c.headers;

@@ -1,7 +1,8 @@
 //! The check pipeline: may this request pass, and with which headers?
 //!
-//! [`Gateway::check`] runs the steps in the order a request meets them; each
-//! can end it with a decision:
+//! [`Gateway::check`] runs the steps in the order a request meets them, each
+//! a function answering a `Step`: `Break` with the decision that ends the
+//! check, or `Continue` with what it found (`Gateway::steps` lists them):
 //!
 //! 1. resolve the API, stage and route (unknown ones: a 404 decision);
 //! 2. WAF rules (IP sets, sizes, regex matches, per-IP rates), then the API
@@ -14,7 +15,7 @@
 //! 6. throttles and 7. quota: charged only if every limit has room;
 //! 8. allow, with rate-limit headers and the principal for the backend.
 //!
-//! Every step reads the request's facts from [`Checked`], built once by
+//! Every step reads the request's facts from [`ValidRequest`], built once by
 //! validation: the path and client address there are in their canonical form
 //! ([`tollgate_proto::canonical`]), and the raw request is out of reach after
 //! it, so no spelling of a request can get another decision than its
@@ -29,25 +30,29 @@ pub mod authorizer;
 pub mod cors;
 pub mod identity;
 pub mod jwt;
-use crate::metering::limits;
+pub mod limits;
 pub mod pattern;
 pub mod policy;
 pub mod waf;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use tollgate_proto::canonical;
 use tollgate_proto::check::{CheckRequest, Decision, LimitState, Principal, ReasonCode};
-use tollgate_proto::model::{Api, ApiKey, AuthorizerKind, Entity, EntityKind, Route, Stage, UsagePlan};
+use tollgate_proto::model::{Api, ApiKey, AuthorizerKind, Cors, Route, Stage, UsagePlan};
 use tollgate_proto::validate::HTTP_METHODS;
 use tollgate_proto::FieldError;
 
+use crate::clock::Clock;
+use crate::metering::{BucketId, Limits, QuotaLimit, Refusal, ThrottleLimit};
 use crate::metering::{Metering, MeteringConfig};
 use crate::secret;
-use crate::state::published::SharedModel;
-use limits::{BucketId, Clock, Limiter, Limits};
+use crate::state::published::{Published, SharedModel};
+use crate::state::Model;
+use limits::Limiter;
 use policy::{RequestFacts, Verdict};
 use tollgate_proto::command::QuotaPeriod;
 
@@ -116,7 +121,7 @@ impl Default for GatewayStats {
 
 /// A check request after validation: the facts every step decides on, and
 /// the only view of the request the steps get. Built by [`validate`] alone.
-struct Checked<'a> {
+struct ValidRequest<'a> {
     api: &'a str,
     stage: &'a str,
     /// In capitals, one of [`HTTP_METHODS`].
@@ -140,7 +145,7 @@ fn bad(field: &str, message: impl Into<String>) -> FieldError {
     FieldError { field: field.into(), message: message.into() }
 }
 
-fn validate(req: &CheckRequest) -> Result<Checked<'_>, FieldError> {
+fn validate(req: &CheckRequest) -> Result<ValidRequest<'_>, FieldError> {
     for (field, value) in [("api", &req.api), ("stage", &req.stage)] {
         if value.is_empty() || value.len() > 64 {
             return Err(bad(field, "must be 1 to 64 characters"));
@@ -181,7 +186,7 @@ fn validate(req: &CheckRequest) -> Result<Checked<'_>, FieldError> {
             return Err(bad(&format!("query.{name}"), "a method override must name the request's own method"));
         }
     }
-    Ok(Checked {
+    Ok(ValidRequest {
         api: &req.api,
         stage: &req.stage,
         method: &req.method,
@@ -219,16 +224,13 @@ fn decision(reason: ReasonCode, message: impl Into<String>) -> Decision {
 
 /// The route a request matches: exact method before `*`, then the most literal path.
 fn resolve_route<'a>(api: &'a Api, method: &str, path: &str) -> Option<&'a Route> {
-    api.routes
-        .iter()
-        .filter(|r| (r.method == method || r.method == "*") && pattern::path_matches(&r.path, path))
-        .max_by_key(|r| (pattern::specificity(&r.path), r.method != "*"))
+    pattern::best_match(&api.routes, method, path, |r| (r.method.as_str(), r.path.as_str())).map(|(_, r)| r)
 }
 
 /// The request's API key, from the header or query parameter the API names;
 /// or, when the API's key source is the authorizer, the `usageIdentifierKey`
 /// the route's HTTP authorizer answered with.
-fn presented_key<'a>(api: &Api, c: &'a Checked<'_>, from_authorizer: Option<&'a str>) -> Option<&'a str> {
+fn presented_key<'a>(api: &Api, c: &'a ValidRequest<'_>, from_authorizer: Option<&'a str>) -> Option<&'a str> {
     if api.key_source.from == tollgate_proto::model::KeyFrom::Authorizer {
         return from_authorizer.map(str::trim).filter(|k| !k.is_empty());
     }
@@ -238,11 +240,158 @@ fn presented_key<'a>(api: &Api, c: &'a Checked<'_>, from_authorizer: Option<&'a 
 }
 
 /// The plan of `key` that covers this API stage (at most one, by the model's rules).
-fn plan_for<'m>(model: &'m crate::state::Model, key: &ApiKey, api: &str, stage: &str) -> Option<&'m UsagePlan> {
-    key.plan_ids.iter().find_map(|id| match model.get(EntityKind::Plan, id) {
-        Some(Entity::Plan(p)) if p.api_stages.iter().any(|s| s.api_id == api && s.stage == stage) => Some(p),
+fn plan_for<'m>(model: &'m Model, key: &ApiKey, api: &str, stage: &str) -> Option<&'m UsagePlan> {
+    key.plan_ids
+        .iter()
+        .filter_map(|id| model.plan(id))
+        .find(|p| p.api_stages.iter().any(|s| s.api_id == api && s.stage == stage))
+}
+
+/// What a step of the pipeline answers: `Break` with the decision that ends
+/// the check, or `Continue` with what it found for the steps after it.
+type Step<T> = ControlFlow<Decision, T>;
+
+/// A CORS preflight: the API's CORS rules, the origin, and the method asked about.
+struct Preflight<'a> {
+    cors: &'a Cors,
+    origin: &'a str,
+    method: &'a str,
+}
+
+/// Step 1's findings: where the request goes.
+struct Target<'a> {
+    api: &'a Api,
+    stage: &'a Stage,
+    /// `None` when the API has no routes, or for a preflight asking about a
+    /// method without a route (refused by CORS).
+    route: Option<&'a Route>,
+    preflight: Option<Preflight<'a>>,
+    /// `api/stage/METHOD/path`: what policies and authorizers match on.
+    resource: String,
+}
+
+/// Step 4's findings: who is calling (all empty when anonymous).
+#[derive(Default)]
+struct Caller<'a> {
+    /// Principal names policies match: `sub:…`, `group:…`, an HTTP
+    /// authorizer's principal id, `key:…`, `customer:…`.
+    names: Vec<String>,
+    /// The principal id an authorizer answered (`sub:…` for a JWT).
+    id: Option<String>,
+    /// A verified JWT's claims, for policy conditions.
+    claims: Option<BTreeMap<String, String>>,
+    /// Context for the backend (`sub`, an HTTP authorizer's context).
+    context: BTreeMap<String, String>,
+    key: Option<&'a ApiKey>,
+}
+
+/// Step 1. Resolve the API, stage and route; unknown ones end the check with a
+/// 404-style decision (not an error).
+fn resolve<'a>(model: &'a Model, c: &'a ValidRequest<'_>) -> Step<Target<'a>> {
+    let Some(api) = model.api(c.api) else {
+        return Step::Break(decision(ReasonCode::UnknownApi, format!("no API {:?}", c.api)));
+    };
+    let Some(stage) = api.stages.iter().find(|s| s.name == c.stage) else {
+        let why = format!("API {:?} has no stage {:?}", api.id, c.stage);
+        return Step::Break(decision(ReasonCode::UnknownStage, why));
+    };
+    // A CORS preflight is routed by the method it asks about.
+    let origin = c.headers.get("origin").map(String::as_str);
+    let preflight = match (&api.cors, origin, c.method, c.headers.get("access-control-request-method")) {
+        (Some(cors), Some(origin), "OPTIONS", Some(wanted)) => Some(Preflight { cors, origin, method: wanted }),
         _ => None,
+    };
+    let routed_method = preflight.as_ref().map(|p| p.method).unwrap_or(c.method);
+    let route = match (api.routes.is_empty(), resolve_route(api, routed_method, &c.path)) {
+        (true, _) => None,
+        (false, Some(r)) => Some(r),
+        // A preflight for a method without a route is refused by CORS below.
+        (false, None) if preflight.is_some() => None,
+        (false, None) => {
+            return Step::Break(decision(ReasonCode::NoRoute, format!("no route for {} {}", c.method, c.path)))
+        }
+    };
+    let resource = format!("{}/{}/{}/{}", api.id, stage.name, c.method, &c.path[1..]);
+    Step::Continue(Target { api, stage, route, preflight, resource })
+}
+
+/// Step 3. A CORS preflight is answered here (without the headers of `finish`).
+fn answer_preflight(t: &Target<'_>, c: &ValidRequest<'_>) -> Step<()> {
+    let Some(Preflight { cors, origin, method }) = &t.preflight else { return Step::Continue(()) };
+    let asked_headers = c.headers.get("access-control-request-headers").map(String::as_str);
+    Step::Break(match cors::preflight(cors, origin, method, asked_headers) {
+        Ok(headers) => {
+            let mut d = decision(ReasonCode::CorsPreflight, "CORS preflight answered");
+            d.response_headers = headers;
+            d
+        }
+        Err(why) => decision(ReasonCode::CorsOriginDenied, why),
     })
+}
+
+/// What policies decide on: before authentication (`caller` `None`) no
+/// principals, tags or claims.
+fn facts<'a>(t: &'a Target<'_>, c: &'a ValidRequest<'_>, caller: Option<&'a Caller<'_>>) -> RequestFacts<'a> {
+    RequestFacts {
+        resource: &t.resource,
+        principals: caller.map_or(&[], |k| k.names.as_slice()),
+        source_ip: c.source_ip,
+        proxy_id: c.proxy_id,
+        headers: &c.headers,
+        tags: caller.and_then(|k| k.key).map(|k| &k.tags),
+        claims: caller.and_then(|k| k.claims.as_ref()),
+    }
+}
+
+/// The bearer token of the `Authorization` header (`Bearer` or `bearer`), trimmed; `None` if absent or empty.
+fn bearer_token(headers: &BTreeMap<String, String>) -> Option<&str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Which limits apply: the stage's, the key's plan throttle (or the method
+/// override that matches), and the plan's quota for the current period.
+#[allow(clippy::too_many_arguments)]
+fn limits_for(
+    api: &Api,
+    stage: &Stage,
+    key: Option<&ApiKey>,
+    plan: Option<&UsagePlan>,
+    method: &str,
+    path: &str,
+    now_ms: i64,
+) -> Limits {
+    let mut limits = Limits::default();
+    if let Some(t) = stage.throttle {
+        let bucket = BucketId::Stage { api: api.id.clone(), stage: stage.name.clone() };
+        limits.stage = Some(ThrottleLimit { bucket, throttle: t });
+    }
+    if let (Some(key), Some(plan)) = (key, plan) {
+        let overrides = plan
+            .api_stages
+            .iter()
+            .find(|s| s.api_id == api.id && s.stage == stage.name)
+            .map(|s| s.method_throttles.as_slice())
+            .unwrap_or(&[]);
+        let method_override = pattern::best_match(overrides, method, path, |m| (m.method.as_str(), m.path.as_str()));
+        let throttle = match method_override {
+            Some((i, m)) => Some((Some(i), m.throttle)),
+            None => plan.throttle.map(|t| (None, t)),
+        };
+        if let Some((method_override, t)) = throttle {
+            let bucket = BucketId::Key { key: key.id.clone(), plan: plan.id.clone(), method_override };
+            limits.key = Some(ThrottleLimit { bucket, throttle: t });
+        }
+        if let Some(q) = plan.quota {
+            let (start, ends_ms) = crate::clock::period_bounds(now_ms, q.period, q.offset);
+            let period = QuotaPeriod { key_id: key.id.clone(), plan_id: plan.id.clone(), start_ms: start };
+            limits.quota = Some(QuotaLimit { period, quota: q, ends_ms });
+        }
+    }
+    limits
 }
 
 impl Gateway {
@@ -304,10 +453,10 @@ impl Gateway {
     /// A check without the client address is refused when the API's rules
     /// decide on it (WAF IP sets and per-IP rates, policy conditions on
     /// `source_ip`): deciding without it would skip them, failing open.
-    fn require_no_address(&self, c: &Checked<'_>) -> Result<(), FieldError> {
+    fn require_no_address(&self, c: &ValidRequest<'_>) -> Result<(), FieldError> {
         let published = self.model.load();
         let model = &published.model;
-        let Some(Entity::Api(api)) = model.get(EntityKind::Api, c.api) else { return Ok(()) };
+        let Some(api) = model.api(c.api) else { return Ok(()) };
         let waf_needs_it = api.waf.iter().any(|rule| {
             matches!(
                 rule.condition,
@@ -321,232 +470,256 @@ impl Gateway {
     }
 
     /// Runs the pipeline on the validated, canonical facts.
-    async fn decide(&self, c: &Checked<'_>) -> Decision {
+    async fn decide(&self, c: &ValidRequest<'_>) -> Decision {
         let published = self.model.load_full();
-        let model = &published.model;
         let now_ms = self.clock.now_ms();
+        match self.steps(&published, c, now_ms).await {
+            ControlFlow::Break(d) | ControlFlow::Continue(d) => d,
+        }
+    }
 
-        // 1. API, stage, route.
-        let Some(Entity::Api(api)) = model.get(EntityKind::Api, c.api) else {
-            return decision(ReasonCode::UnknownApi, format!("no API {:?}", c.api));
-        };
-        let Some(stage) = api.stages.iter().find(|s| s.name == c.stage) else {
-            return decision(ReasonCode::UnknownStage, format!("API {:?} has no stage {:?}", api.id, c.stage));
-        };
-        // A CORS preflight is routed by the method it asks about.
-        let origin = c.headers.get("origin").map(String::as_str);
-        let preflight = match (&api.cors, origin, c.method, c.headers.get("access-control-request-method")) {
-            (Some(cors), Some(origin), "OPTIONS", Some(wanted)) => Some((cors, origin, wanted.as_str())),
-            _ => None,
-        };
-        let routed_method = preflight.map(|(_, _, wanted)| wanted).unwrap_or(c.method);
-        let route = match (api.routes.is_empty(), resolve_route(api, routed_method, &c.path)) {
-            (true, _) => None,
-            (false, Some(r)) => Some(r),
-            // A preflight for a method without a route is refused by CORS below.
-            (false, None) if preflight.is_some() => None,
-            (false, None) => return decision(ReasonCode::NoRoute, format!("no route for {} {}", c.method, c.path)),
-        };
-        let resource = format!("{}/{}/{}/{}", api.id, stage.name, c.method, &c.path[1..]);
-        let no_principals: [String; 0] = [];
-        let mut facts = RequestFacts {
-            resource: &resource,
-            principals: &no_principals,
-            source_ip: c.source_ip,
-            proxy_id: c.proxy_id,
-            headers: &c.headers,
-            tags: None,
-            claims: None,
-        };
+    /// The steps in the order a request meets them; each ends the check
+    /// with its decision (`Break`) or goes on with what it found.
+    async fn steps(&self, published: &Published, c: &ValidRequest<'_>, now_ms: i64) -> Step<Decision> {
+        let model = &published.model;
+        let target = resolve(model, c)?;
+        self.screen(model, &target, c, now_ms)?;
+        answer_preflight(&target, c)?;
+        let caller = self.authenticate(model, &target, c, now_ms).await?;
+        self.authorize(model, &target, &caller, c)?;
+        let plan = self.plan_of(model, &target, &caller, c)?;
+        let limit = self.take_limits(published, &target, caller.key, plan, c, now_ms).await?;
+        Step::Continue(self.allow(model, &target, caller, plan, limit, c, now_ms))
+    }
 
-        // 2. WAF rules, then the resource policy's explicit denies for everyone.
+    /// Ends the check with `d`, finished with CORS and rate-limit headers.
+    fn end<T>(&self, d: Decision, t: &Target<'_>, c: &ValidRequest<'_>) -> Step<T> {
+        Step::Break(self.finish(d, t.api, c))
+    }
+
+    /// Step 2. WAF rules, then the resource policy's explicit denies for everyone.
+    fn screen(&self, model: &Model, t: &Target<'_>, c: &ValidRequest<'_>, now_ms: i64) -> Step<()> {
         let mut counted = |rule: &str| self.stats.waf_counted.with_label_values(&[rule]).inc();
-        if let Some(blocked) = self.waf.evaluate(&api.id, &api.waf, c, &self.limiter, now_ms, &mut counted) {
+        if let Some(blocked) = self.waf.evaluate(&t.api.id, &t.api.waf, c, &self.limiter, now_ms, &mut counted) {
             let mut d = decision(blocked.reason, format!("blocked by WAF rule {:?}", blocked.rule));
             if let Some(retry) = blocked.retry_after_secs {
                 d.response_headers.push(("retry-after".into(), retry.to_string()));
             }
-            return self.finish(d, api, c);
+            return self.end(d, t, c);
         }
-        if policy::early_deny(model, &api.id, &facts) {
-            return self.finish(
-                decision(ReasonCode::ResourcePolicyDenied, "denied by the API's resource policy"),
-                api,
-                c,
-            );
+        if policy::early_deny(model, &t.api.id, &facts(t, c, None)) {
+            return self.end(decision(ReasonCode::ResourcePolicyDenied, "denied by the API's resource policy"), t, c);
         }
+        Step::Continue(())
+    }
 
-        // 3. CORS preflight.
-        if let Some((cors, origin, wanted)) = preflight {
-            let asked_headers = c.headers.get("access-control-request-headers").map(String::as_str);
-            return match cors::preflight(cors, origin, wanted, asked_headers) {
-                Ok(headers) => {
-                    let mut d = decision(ReasonCode::CorsPreflight, "CORS preflight answered");
-                    d.response_headers = headers;
-                    d
-                }
-                Err(why) => decision(ReasonCode::CorsOriginDenied, why),
-            };
-        }
-
-        // 4. Authentication: the route's authorizer, then the API key.
-        let mut principal_names: Vec<String> = Vec::new();
-        let mut principal_id: Option<String> = None;
-        let mut claims: Option<BTreeMap<String, String>> = None;
-        let mut context: BTreeMap<String, String> = BTreeMap::new();
-        let mut key: Option<&ApiKey> = None;
-        let mut authorizer_key: Option<authorizer::UsageKey> = None;
-        if let Some((route, authorizer_id)) = route.and_then(|r| Some((r, r.authorizer_id.as_deref()?))) {
-            let Some(Entity::Authorizer(authorizer)) = model.get(EntityKind::Authorizer, authorizer_id) else {
+    /// Step 4. Authentication: the route's authorizer, then the API key.
+    async fn authenticate<'a>(
+        &self,
+        model: &'a Model,
+        t: &Target<'a>,
+        c: &ValidRequest<'_>,
+        now_ms: i64,
+    ) -> Step<Caller<'a>> {
+        let mut caller = Caller::default();
+        let mut usage_key = None;
+        if let Some((route, authorizer_id)) = t.route.and_then(|r| Some((r, r.authorizer_id.as_deref()?))) {
+            let Some(authorizer) = model.authorizer(authorizer_id) else {
                 let d = decision(ReasonCode::AuthorizerError, format!("authorizer {authorizer_id:?} does not exist"));
-                return self.finish(d, api, c);
+                return self.end(d, t, c);
             };
             match &authorizer.kind {
-                AuthorizerKind::Jwt(config) => {
-                    let bearer = c
-                        .headers
-                        .get("authorization")
-                        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-                        .map(str::trim)
-                        .filter(|t| !t.is_empty());
-                    let Some(token) = bearer else {
-                        return self.finish(decision(ReasonCode::MissingToken, "a bearer token is required"), api, c);
-                    };
-                    match self.jwt.verify(config, token, &route.scopes).await {
-                        Ok(verified) => {
-                            if let Some(sub) = &verified.subject {
-                                principal_names.push(format!("sub:{sub}"));
-                                principal_id = Some(format!("sub:{sub}"));
-                            }
-                            principal_names.extend(verified.groups.iter().map(|g| format!("group:{g}")));
-                            if let Some(sub) = &verified.subject {
-                                context.insert("sub".into(), sub.clone());
-                            }
-                            claims = Some(verified.claims);
-                        }
-                        Err(failure) => {
-                            let (reason, why) = match failure {
-                                jwt::Failure::Expired => {
-                                    (ReasonCode::TokenExpired, "the token has expired".to_string())
-                                }
-                                jwt::Failure::Invalid(why) => (ReasonCode::InvalidToken, why),
-                                jwt::Failure::MissingScope(s) => {
-                                    (ReasonCode::InsufficientScope, format!("scope {s} is required"))
-                                }
-                                jwt::Failure::KeysUnavailable(why) => (ReasonCode::AuthorizerError, why),
-                            };
-                            return self.finish(decision(reason, why), api, c);
-                        }
-                    }
-                }
+                AuthorizerKind::Jwt(config) => self.verify_jwt(config, route, t, c, &mut caller).await?,
                 AuthorizerKind::Http(config) => {
-                    match self.authorizers.authorize(&authorizer.id, config, c, &resource).await {
-                        Ok(outcome) => {
-                            let result = if outcome.cache_hit { "hit" } else { "miss" };
-                            self.stats.authorizer_cache.with_label_values(&[result]).inc();
-                            if !outcome.allowed {
-                                let d = decision(ReasonCode::AuthorizerDenied, "the authorizer denied the request");
-                                return self.finish(d, api, c);
-                            }
-                            if let Some(p) = &outcome.principal_id {
-                                principal_names.push(p.clone());
-                                principal_id = Some(p.clone());
-                            }
-                            context.extend(outcome.context);
-                            authorizer_key = outcome.usage_key;
-                        }
-                        Err(failure) => {
-                            let (reason, why) = match failure {
-                                authorizer::Failure::MissingIdentity(s) => {
-                                    (ReasonCode::MissingToken, format!("{s} is required"))
-                                }
-                                authorizer::Failure::TimedOut => {
-                                    (ReasonCode::AuthorizerTimeout, "the authorizer timed out".into())
-                                }
-                                authorizer::Failure::Error(why) => (ReasonCode::AuthorizerError, why),
-                            };
-                            return self.finish(decision(reason, why), api, c);
-                        }
-                    }
+                    usage_key = self.ask_authorizer(&authorizer.id, config, t, c, &mut caller).await?;
                 }
             }
         }
-        if route.is_some_and(|r| r.api_key_required) {
-            let Some(presented) = presented_key(api, c, authorizer_key.as_ref().map(|k| k.0.as_str())) else {
-                return self.finish(decision(ReasonCode::MissingKey, "an API key is required"), api, c);
-            };
-            let digest = secret::sha256(presented);
-            let Some(found) = model.key_by_digest(&digest) else {
-                return self.finish(decision(ReasonCode::UnknownKey, "the API key is not valid"), api, c);
-            };
-            let now_s = now_ms.div_euclid(1000);
-            if found.secret.sha256 != digest {
-                // The old secret of a rerolled key: valid only inside its overlap window.
-                let in_window = found
-                    .previous_secret
-                    .as_ref()
-                    .is_some_and(|p| p.secret.sha256 == digest && now_s < p.valid_until.0);
-                if !in_window {
-                    return self.finish(decision(ReasonCode::UnknownKey, "the API key is not valid"), api, c);
-                }
+        if t.route.is_some_and(|r| r.api_key_required) {
+            let key = self.api_key(model, t, c, usage_key.as_ref(), now_ms)?;
+            caller.names.push(format!("key:{}", key.id));
+            if let Some(customer) = &key.customer_id {
+                caller.names.push(format!("customer:{customer}"));
             }
-            if !found.enabled {
-                return self.finish(decision(ReasonCode::DisabledKey, "the API key is disabled"), api, c);
-            }
-            if found.expires_at.is_some_and(|t| now_s >= t.0) {
-                return self.finish(decision(ReasonCode::ExpiredKey, "the API key has expired"), api, c);
-            }
-            principal_names.push(format!("key:{}", found.id));
-            if let Some(customer) = &found.customer_id {
-                principal_names.push(format!("customer:{customer}"));
-            }
-            key = Some(found);
+            caller.key = Some(key);
         }
-        facts.principals = &principal_names;
-        facts.tags = key.map(|k| &k.tags);
-        facts.claims = claims.as_ref();
+        Step::Continue(caller)
+    }
 
-        // 5. Authorization.
-        match policy::evaluate(model, &api.id, &facts) {
-            Verdict::Allow | Verdict::NotGoverned => {}
-            Verdict::Deny { resource_policy: true } | Verdict::ImplicitDeny { resource_policy: true } => {
-                return self.finish(
-                    decision(ReasonCode::ResourcePolicyDenied, "denied by the API's resource policy"),
-                    api,
-                    c,
-                );
-            }
-            Verdict::Deny { resource_policy: false } => {
-                return self.finish(decision(ReasonCode::PolicyDenied, "denied by a policy"), api, c);
-            }
-            Verdict::ImplicitDeny { .. } => {
-                return self.finish(decision(ReasonCode::ImplicitDeny, "no policy allows this request"), api, c);
-            }
-        }
-
-        // 6./7. Throttles and quota.
-        let plan = match key {
-            Some(k) => match plan_for(model, k, &api.id, &stage.name) {
-                Some(p) => Some(p),
-                None => {
-                    let d = decision(ReasonCode::KeyNotInPlan, "the API key has no usage plan for this API stage");
-                    return self.finish(d, api, c);
-                }
-            },
-            None => None,
+    /// Step 4a. A JWT authorizer: a bearer token, verified, with the route's scopes.
+    async fn verify_jwt(
+        &self,
+        config: &tollgate_proto::model::JwtAuthorizer,
+        route: &Route,
+        t: &Target<'_>,
+        c: &ValidRequest<'_>,
+        caller: &mut Caller<'_>,
+    ) -> Step<()> {
+        let Some(token) = bearer_token(&c.headers) else {
+            return self.end(decision(ReasonCode::MissingToken, "a bearer token is required"), t, c);
         };
-        let limits = self.limits_for(api, stage, key, plan, c.method, &c.path, now_ms);
-        let epoch = limits.quota.as_ref().map(|(period, ..)| published.limits.of(&period.plan_id)).unwrap_or(0);
-        let limit = match self.metering.admit(&limits, now_ms, epoch).await {
-            Ok(state) => state,
-            Err((reason, state)) => {
+        match self.jwt.verify(config, token, &route.scopes).await {
+            Ok(verified) => {
+                if let Some(sub) = &verified.subject {
+                    caller.names.push(format!("sub:{sub}"));
+                    caller.id = Some(format!("sub:{sub}"));
+                }
+                caller.names.extend(verified.groups.iter().map(|g| format!("group:{g}")));
+                if let Some(sub) = &verified.subject {
+                    caller.context.insert("sub".into(), sub.clone());
+                }
+                caller.claims = Some(verified.claims);
+                Step::Continue(())
+            }
+            Err(failure) => {
+                let (reason, why) = match failure {
+                    jwt::Failure::Expired => (ReasonCode::TokenExpired, "the token has expired".to_string()),
+                    jwt::Failure::Invalid(why) => (ReasonCode::InvalidToken, why),
+                    jwt::Failure::MissingScope(s) => (ReasonCode::InsufficientScope, format!("scope {s} is required")),
+                    jwt::Failure::KeysUnavailable(why) => (ReasonCode::AuthorizerError, why),
+                };
+                self.end(decision(reason, why), t, c)
+            }
+        }
+    }
+
+    /// Step 4b. An HTTP authorizer (cached by identity source); answers the API
+    /// key it named for usage plans, if any.
+    async fn ask_authorizer(
+        &self,
+        authorizer_id: &str,
+        config: &tollgate_proto::model::HttpAuthorizer,
+        t: &Target<'_>,
+        c: &ValidRequest<'_>,
+        caller: &mut Caller<'_>,
+    ) -> Step<Option<authorizer::UsageKey>> {
+        match self.authorizers.authorize(authorizer_id, config, c, &t.resource).await {
+            Ok(outcome) => {
+                let result = if outcome.cache_hit { "hit" } else { "miss" };
+                self.stats.authorizer_cache.with_label_values(&[result]).inc();
+                if !outcome.allowed {
+                    return self.end(decision(ReasonCode::AuthorizerDenied, "the authorizer denied the request"), t, c);
+                }
+                if let Some(p) = &outcome.principal_id {
+                    caller.names.push(p.clone());
+                    caller.id = Some(p.clone());
+                }
+                caller.context.extend(outcome.context);
+                Step::Continue(outcome.usage_key)
+            }
+            Err(failure) => {
+                let (reason, why) = match failure {
+                    authorizer::Failure::MissingIdentity(s) => (ReasonCode::MissingToken, format!("{s} is required")),
+                    authorizer::Failure::TimedOut => (ReasonCode::AuthorizerTimeout, "the authorizer timed out".into()),
+                    authorizer::Failure::Error(why) => (ReasonCode::AuthorizerError, why),
+                };
+                self.end(decision(reason, why), t, c)
+            }
+        }
+    }
+
+    /// Step 4c. The API key: presented, known, enabled, not expired (an old
+    /// secret of a rerolled key only inside its overlap window).
+    fn api_key<'a>(
+        &self,
+        model: &'a Model,
+        t: &Target<'_>,
+        c: &ValidRequest<'_>,
+        usage_key: Option<&authorizer::UsageKey>,
+        now_ms: i64,
+    ) -> Step<&'a ApiKey> {
+        let Some(presented) = presented_key(t.api, c, usage_key.map(|k| k.0.as_str())) else {
+            return self.end(decision(ReasonCode::MissingKey, "an API key is required"), t, c);
+        };
+        let digest = secret::sha256(presented);
+        let Some(found) = model.key_by_digest(&digest) else {
+            return self.end(decision(ReasonCode::UnknownKey, "the API key is not valid"), t, c);
+        };
+        let now_s = now_ms.div_euclid(1000);
+        if found.secret.sha256 != digest {
+            // The old secret of a rerolled key: valid only inside its overlap window.
+            let in_window =
+                found.previous_secret.as_ref().is_some_and(|p| p.secret.sha256 == digest && now_s < p.valid_until.0);
+            if !in_window {
+                return self.end(decision(ReasonCode::UnknownKey, "the API key is not valid"), t, c);
+            }
+        }
+        if !found.enabled {
+            return self.end(decision(ReasonCode::DisabledKey, "the API key is disabled"), t, c);
+        }
+        if found.expires_at.is_some_and(|e| now_s >= e.0) {
+            return self.end(decision(ReasonCode::ExpiredKey, "the API key has expired"), t, c);
+        }
+        Step::Continue(found)
+    }
+
+    /// Step 5. Authorization: resource and principal policies together.
+    fn authorize(&self, model: &Model, t: &Target<'_>, caller: &Caller<'_>, c: &ValidRequest<'_>) -> Step<()> {
+        let (reason, why) = match policy::evaluate(model, &t.api.id, &facts(t, c, Some(caller))) {
+            Verdict::Allow | Verdict::NotGoverned => return Step::Continue(()),
+            Verdict::Deny { resource_policy: true } | Verdict::ImplicitDeny { resource_policy: true } => {
+                (ReasonCode::ResourcePolicyDenied, "denied by the API's resource policy")
+            }
+            Verdict::Deny { resource_policy: false } => (ReasonCode::PolicyDenied, "denied by a policy"),
+            Verdict::ImplicitDeny { .. } => (ReasonCode::ImplicitDeny, "no policy allows this request"),
+        };
+        self.end(decision(reason, why), t, c)
+    }
+
+    /// Step 6. The key's usage plan for this API stage (none without a key).
+    fn plan_of<'a>(
+        &self,
+        model: &'a Model,
+        t: &Target<'_>,
+        caller: &Caller<'_>,
+        c: &ValidRequest<'_>,
+    ) -> Step<Option<&'a UsagePlan>> {
+        let Some(key) = caller.key else { return Step::Continue(None) };
+        match plan_for(model, key, &t.api.id, &t.stage.name) {
+            Some(plan) => Step::Continue(Some(plan)),
+            None => {
+                let d = decision(ReasonCode::KeyNotInPlan, "the API key has no usage plan for this API stage");
+                self.end(d, t, c)
+            }
+        }
+    }
+
+    /// Steps 6 and 7. Throttles and quota: taken from every limit, or from none.
+    async fn take_limits(
+        &self,
+        published: &Published,
+        t: &Target<'_>,
+        key: Option<&ApiKey>,
+        plan: Option<&UsagePlan>,
+        c: &ValidRequest<'_>,
+        now_ms: i64,
+    ) -> Step<Option<LimitState>> {
+        let limits = limits_for(t.api, t.stage, key, plan, c.method, &c.path, now_ms);
+        let epoch = limits.quota.as_ref().map(|q| published.limits.of(&q.period.plan_id)).unwrap_or(0);
+        match self.metering.admit(&limits, now_ms, epoch).await {
+            Ok(state) => Step::Continue(state),
+            Err(Refusal { reason, state }) => {
                 let mut d = decision(reason, "rate or quota limit reached");
                 d.limit = Some(state);
-                return self.finish(d, api, c);
+                self.end(d, t, c)
             }
-        };
+        }
+    }
 
-        // 8. Allow.
+    /// Step 8. Allow: the principal and context for the backend, rate-limit
+    /// headers, and the signed identity token.
+    #[allow(clippy::too_many_arguments)]
+    fn allow(
+        &self,
+        model: &Model,
+        t: &Target<'_>,
+        caller: Caller<'_>,
+        plan: Option<&UsagePlan>,
+        limit: Option<LimitState>,
+        c: &ValidRequest<'_>,
+        now_ms: i64,
+    ) -> Decision {
+        let Caller { id: principal_id, mut context, key, .. } = caller;
         let mut d = decision(ReasonCode::Allowed, "allowed");
         d.limit = limit;
         if let Some(k) = key {
@@ -566,8 +739,8 @@ impl Gateway {
         }
         let identity = IdentityClaims {
             sub: d.principal.as_ref().map(|p| p.id.as_str()),
-            aud: &api.id,
-            stage: &stage.name,
+            aud: &t.api.id,
+            stage: &t.stage.name,
             key_id: d.principal.as_ref().and_then(|p| p.key_id.as_deref()),
             plan_id: d.principal.as_ref().and_then(|p| p.plan_id.as_deref()),
             customer_id: d.principal.as_ref().and_then(|p| p.customer_id.as_deref()),
@@ -576,58 +749,12 @@ impl Gateway {
         if let Some(token) = self.identity.sign(model.identity.version, now_ms.div_euclid(1000), &identity) {
             d.upstream_headers.push(("x-tollgate-identity".into(), token.to_string()));
         }
-        self.finish(d, api, c)
-    }
-
-    /// Which limits apply: the stage's, the key's plan throttle (or the method
-    /// override that matches), and the plan's quota for the current period.
-    #[allow(clippy::too_many_arguments)]
-    fn limits_for(
-        &self,
-        api: &Api,
-        stage: &Stage,
-        key: Option<&ApiKey>,
-        plan: Option<&UsagePlan>,
-        method: &str,
-        path: &str,
-        now_ms: i64,
-    ) -> Limits {
-        let mut limits = Limits::default();
-        if let Some(t) = stage.throttle {
-            limits.stage = Some((BucketId::Stage { api: api.id.clone(), stage: stage.name.clone() }, t));
-        }
-        if let (Some(key), Some(plan)) = (key, plan) {
-            let overrides = plan
-                .api_stages
-                .iter()
-                .find(|s| s.api_id == api.id && s.stage == stage.name)
-                .map(|s| s.method_throttles.as_slice())
-                .unwrap_or(&[]);
-            let method_override = overrides
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| (m.method == method || m.method == "*") && pattern::path_matches(&m.path, path))
-                .max_by_key(|(_, m)| (pattern::specificity(&m.path), m.method != "*"));
-            let throttle = match method_override {
-                Some((i, m)) => Some((Some(i), m.throttle)),
-                None => plan.throttle.map(|t| (None, t)),
-            };
-            if let Some((method_override, t)) = throttle {
-                let id = BucketId::Key { key: key.id.clone(), plan: plan.id.clone(), method_override };
-                limits.key = Some((id, t));
-            }
-            if let Some(q) = plan.quota {
-                let (start, end) = limits::period_bounds(now_ms, q.period, q.offset);
-                let period = QuotaPeriod { key_id: key.id.clone(), plan_id: plan.id.clone(), start_ms: start };
-                limits.quota = Some((period, q, end));
-            }
-        }
-        limits
+        self.finish(d, t.api, c)
     }
 
     /// Adds what every decision carries: CORS headers for an allowed origin,
     /// rate-limit headers, `Retry-After` on 429.
-    fn finish(&self, mut d: Decision, api: &Api, c: &Checked<'_>) -> Decision {
+    fn finish(&self, mut d: Decision, api: &Api, c: &ValidRequest<'_>) -> Decision {
         if let Some(cors) = &api.cors {
             d.response_headers.extend(cors::response_headers(cors, c.headers.get("origin").map(String::as_str)));
         }

@@ -38,6 +38,30 @@ pub fn specificity(pattern: &str) -> usize {
     pattern.split('/').filter(|s| !s.is_empty() && *s != "*").count()
 }
 
+/// The one rule for matching a request to a route or a method throttle:
+/// among `candidates` whose method is `method` or `*` and whose path pattern
+/// matches `path`, the most literal path wins, then an exact method over `*`
+/// (on a tie, the last listed). `rule` gives a candidate's method and path
+/// pattern. Answers the winner and its index.
+pub fn best_match<'a, T>(
+    candidates: &'a [T],
+    method: &str,
+    path: &str,
+    rule: impl Fn(&T) -> (&str, &str),
+) -> Option<(usize, &'a T)> {
+    candidates
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| {
+            let (m, pattern) = rule(c);
+            (m == method || m == "*") && path_matches(pattern, path)
+        })
+        .max_by_key(|(_, c)| {
+            let (m, pattern) = rule(c);
+            (specificity(pattern), m != "*")
+        })
+}
+
 /// IAM-style glob: `*` any run of characters, `?` exactly one. Iterative with
 /// backtracking to the last `*`: linear in practice, no recursion.
 pub fn glob_matches(pattern: &str, text: &str) -> bool {

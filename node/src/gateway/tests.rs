@@ -9,8 +9,8 @@ use serde_json::json;
 use tollgate_proto::check::{CheckRequest, Decision, ReasonCode};
 use tollgate_proto::model::*;
 
-use super::limits::ManualClock;
 use super::Gateway;
+use crate::clock::ManualClock;
 use crate::secret::sha256;
 use crate::state::published::{LimitsEpochs, Published};
 use crate::state::Model;

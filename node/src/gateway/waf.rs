@@ -3,7 +3,7 @@
 //! per-source-address rate rules. The first blocking rule that matches ends
 //! the check; `count` rules only count.
 //!
-//! Rules see only the canonical facts of [`Checked`]: the canonical path and
+//! Rules see only the canonical facts of [`ValidRequest`]: the canonical path and
 //! client address (so `/%61dmin` meets a rule on `^/admin`, and
 //! `::ffff:198.51.100.7` an IP set on 198.51.100.0/24 and the same per-IP
 //! counter as 198.51.100.7). IP set entries are read with
@@ -22,7 +22,7 @@ use tollgate_proto::model::{Throttle, WafAction, WafCondition, WafRule};
 use tollgate_proto::validate::waf_regex;
 
 use super::limits::{BucketId, Limiter};
-use super::Checked;
+use super::ValidRequest;
 
 #[derive(Default)]
 pub struct Waf {
@@ -51,7 +51,7 @@ impl Waf {
         &self,
         api: &str,
         rules: &[WafRule],
-        c: &Checked<'_>,
+        c: &ValidRequest<'_>,
         limiter: &Limiter,
         now_ms: i64,
         counted: &mut dyn FnMut(&str),

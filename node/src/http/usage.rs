@@ -27,14 +27,14 @@ use axum::Json;
 use time::{Date, OffsetDateTime};
 use tollgate_proto::command::{Applied, QuotaPeriod};
 use tollgate_proto::metering::{holder_node, QuotaLedger, DAY_MS};
-use tollgate_proto::model::{Entity, EntityKind, Quota, UsagePlan};
+use tollgate_proto::model::{EntityKind, Quota, UsagePlan};
 use tollgate_proto::usage::{DayUsage, KeyUsage, PeriodUsage, UsageReport, UsageUpdate};
 use tollgate_proto::{Command, Rejection};
 
 use super::admin::{parse_body, request_id, ReadOptions};
 use super::error::ApiError;
 use crate::app::App;
-use crate::metering::limits::period_bounds;
+use crate::clock::period_bounds;
 
 /// The longest date range one usage request may cover.
 pub const MAX_DAYS: i64 = 366;
@@ -62,8 +62,8 @@ fn rfc3339(ms: i64) -> String {
 }
 
 fn plan_with_quota(app: &App, plan_id: &str) -> Result<(UsagePlan, Quota), ApiError> {
-    match app.published().model.get(EntityKind::Plan, plan_id) {
-        Some(Entity::Plan(p)) => match p.quota {
+    match app.published().model.plan(plan_id) {
+        Some(p) => match p.quota {
             Some(q) => Ok((p.clone(), q)),
             None => Err(ApiError::field("plan_id", format!("plan {plan_id:?} has no quota"))),
         },
@@ -123,8 +123,8 @@ pub async fn get_usage(
 
     // The keys to report: the one asked for, or every key with a ledger for this plan.
     let key_ids: Vec<String> = match query.get("key_id") {
-        Some(key_id) => match model.get(EntityKind::Key, key_id) {
-            Some(Entity::Key(k)) if k.plan_ids.contains(&plan.id) => vec![key_id.clone()],
+        Some(key_id) => match model.key(key_id) {
+            Some(k) if k.plan_ids.contains(&plan.id) => vec![key_id.clone()],
             Some(_) => return Err(ApiError::field("key_id", format!("key {key_id:?} is not in plan {plan_id:?}"))),
             None => return Err(Rejection::not_found(EntityKind::Key, key_id).into()),
         },

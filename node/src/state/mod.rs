@@ -111,10 +111,7 @@ impl Model {
     }
 
     pub fn key_by_digest(&self, digest: &[u8; 32]) -> Option<&ApiKey> {
-        match self.get(EntityKind::Key, self.key_by_digest.get(digest)?)? {
-            Entity::Key(k) => Some(k),
-            _ => None,
-        }
+        self.key(self.key_by_digest.get(digest)?)
     }
 
     pub fn token_by_digest(&self, digest: &[u8; 32]) -> Option<&tollgate_proto::model::AdminToken> {
@@ -124,9 +121,34 @@ impl Model {
         }
     }
 
-    fn plan(&self, id: &str) -> Option<&UsagePlan> {
+    /// The API `id`, if the model has one.
+    pub fn api(&self, id: &str) -> Option<&tollgate_proto::model::Api> {
+        match self.get(EntityKind::Api, id)? {
+            Entity::Api(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The usage plan `id`, if the model has one.
+    pub fn plan(&self, id: &str) -> Option<&UsagePlan> {
         match self.get(EntityKind::Plan, id)? {
             Entity::Plan(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The API key `id` (by id, not by secret: see [`Self::key_by_digest`]).
+    pub fn key(&self, id: &str) -> Option<&ApiKey> {
+        match self.get(EntityKind::Key, id)? {
+            Entity::Key(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// The authorizer `id`, if the model has one.
+    pub fn authorizer(&self, id: &str) -> Option<&tollgate_proto::model::Authorizer> {
+        match self.get(EntityKind::Authorizer, id)? {
+            Entity::Authorizer(a) => Some(a),
             _ => None,
         }
     }

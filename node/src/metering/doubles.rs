@@ -1,0 +1,100 @@
+//! Test doubles: authorities that misbehave on purpose, to prove what
+//! metering does when the authority is slow or gone.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tollgate_proto::command::{QuotaPeriod, QuotaUsage};
+use tollgate_proto::metering::QuotaLedger;
+
+use super::{Authority, BoxFuture, LendRequest, Lent, Unavailable};
+
+/// An authority whose grants wait until the test lets them through
+/// ([`Gated::open`]); reports and loans go straight to the inner one.
+pub struct Gated {
+    inner: Arc<dyn Authority>,
+    gate: tokio::sync::Semaphore,
+}
+
+impl Gated {
+    /// `inner`, with its grants held back until opened.
+    pub fn new(inner: Arc<dyn Authority>) -> Self {
+        Gated { inner, gate: tokio::sync::Semaphore::new(0) }
+    }
+
+    /// Lets `grants` more grants through.
+    pub fn open(&self, grants: usize) {
+        self.gate.add_permits(grants);
+    }
+}
+
+impl Authority for Gated {
+    fn grant(
+        &self,
+        period: QuotaPeriod,
+        holder: u64,
+        want: u64,
+        lease_until_ms: i64,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(u64, QuotaLedger), Unavailable>> {
+        Box::pin(async move {
+            let _pass = self.gate.acquire().await.map_err(|e| Unavailable(e.to_string()))?;
+            self.inner.grant(period, holder, want, lease_until_ms, now_ms).await
+        })
+    }
+    fn report(&self, id: u128, usage: Vec<QuotaUsage>, now_ms: i64) -> BoxFuture<'_, Result<(), Unavailable>> {
+        self.inner.report(id, usage, now_ms)
+    }
+    fn lend(&self, request: LendRequest, now_ms: i64) -> BoxFuture<'_, Result<Lent, Unavailable>> {
+        self.inner.lend(request, now_ms)
+    }
+    fn members(&self) -> u32 {
+        self.inner.members()
+    }
+    fn node_id(&self) -> u64 {
+        self.inner.node_id()
+    }
+}
+
+/// An authority that is never reachable, counting how often it is asked
+/// for grants and tokens. It claims three members, so throttles fall back
+/// to a third of their rate.
+#[derive(Default)]
+pub struct Unreachable {
+    /// Grant and loan requests so far.
+    pub asked: AtomicUsize,
+}
+
+impl Unreachable {
+    /// Grant and loan requests so far.
+    pub fn asked(&self) -> usize {
+        self.asked.load(Ordering::SeqCst)
+    }
+}
+
+impl Authority for Unreachable {
+    fn grant(
+        &self,
+        _: QuotaPeriod,
+        _: u64,
+        _: u64,
+        _: i64,
+        _: i64,
+    ) -> BoxFuture<'_, Result<(u64, QuotaLedger), Unavailable>> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Err(Unavailable("no leader".into())) })
+    }
+    fn report(&self, _: u128, _: Vec<QuotaUsage>, _: i64) -> BoxFuture<'_, Result<(), Unavailable>> {
+        Box::pin(async { Err(Unavailable("no leader".into())) })
+    }
+    fn lend(&self, _: LendRequest, _: i64) -> BoxFuture<'_, Result<Lent, Unavailable>> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Err(Unavailable("no leader".into())) })
+    }
+    fn members(&self) -> u32 {
+        3
+    }
+    fn node_id(&self) -> u64 {
+        1
+    }
+}

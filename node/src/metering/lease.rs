@@ -1,0 +1,402 @@
+//! Quota leases: the grants this node holds, admitting from them, and
+//! asking the ledger for the next one.
+//!
+//! A lease admits from its grant (a decrement under the metering lock), asks
+//! for the next grant before the current one runs out (below half of the
+//! last, or near the lease's end), and is retired — handed back under its
+//! holder id and replaced by a new holder — when its plan's limits change or
+//! it outlives its grant. What it used is reported by `Metering::flush`.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tollgate_proto::check::{LimitState, ReasonCode};
+use tollgate_proto::command::{QuotaPeriod, QuotaUsage};
+
+use super::authority::Grant;
+use super::limits::{Limits, QuotaLimit};
+use super::{lock, Local, Metering, Need, Refusal, Take, EXHAUSTED_RETRY_MS, FLUSH_EVERY, UNAVAILABLE_MS};
+use crate::state::published::Published;
+
+/// A grant is enough for this long at the key's recent rate.
+const GRANT_FOR_MS: i64 = 1_000;
+/// A lease unused this long is handed back.
+const IDLE_MS: i64 = 2_000;
+/// ...and this long, near the end of its quota.
+const SHORT_IDLE_MS: i64 = FLUSH_EVERY.as_millis() as i64;
+
+/// A quota lease on this node.
+pub(super) struct Lease {
+    holder: u64,
+    /// Units this node may still admit.
+    units: u64,
+    /// Admit only before this (the ledger's lease end, less a margin for clock skew).
+    valid_until_ms: i64,
+    /// Admitted and not yet reported.
+    unreported: u64,
+    /// The plan's limits epoch when the lease was made: a later one drops the lease.
+    epoch: u64,
+    /// Admissions since `window_start_ms`: the key's recent rate on this node.
+    admitted: u64,
+    window_start_ms: i64,
+    last_used_ms: i64,
+    /// Checks waiting for the grant in flight.
+    waiting: u64,
+    /// The ledger's number for the grant this lease admits from (and its
+    /// unreported use came from); 0 before the first.
+    generation: u64,
+    /// The last grant's size; the next is asked for below half of it.
+    last_grant: u64,
+    /// Whether any grant brought units (the ledger may hold some for us).
+    granted: bool,
+    /// The last grant brought less than asked: the quota is nearly spent,
+    /// so units are fetched when needed, never ahead (a unit fetched ahead
+    /// could sit here while another node refuses for lack of it).
+    short: bool,
+    fetching: bool,
+    /// Bumped when a fetch ends; waiters watch it.
+    fetched: watch::Sender<u64>,
+    exhausted_until_ms: i64,
+    /// At the last grant, other holders had units: the quota is not spent,
+    /// only held elsewhere, and they hand back what they do not use.
+    held_elsewhere: bool,
+    unavailable_until_ms: i64,
+    /// For headers: the period's limit, and what is surely left of it (this
+    /// node's units and the ledger's free ones at the last grant, less what
+    /// was admitted here since).
+    limit: u64,
+    remaining: u64,
+}
+
+/// A grant to ask for, decided under the lock and sent after it.
+pub(super) struct GrantWanted {
+    /// The lease's holder id.
+    pub holder: u64,
+    /// Units wanted (0: only extend the lease).
+    pub want: u64,
+}
+
+impl Lease {
+    fn new(holder: u64, epoch: u64, now_ms: i64, limit: u64) -> Self {
+        Lease {
+            holder,
+            units: 0,
+            valid_until_ms: now_ms,
+            unreported: 0,
+            epoch,
+            admitted: 0,
+            window_start_ms: now_ms,
+            last_used_ms: now_ms,
+            waiting: 0,
+            generation: 0,
+            last_grant: 0,
+            granted: false,
+            short: false,
+            fetching: false,
+            fetched: watch::channel(0).0,
+            exhausted_until_ms: 0,
+            held_elsewhere: false,
+            unavailable_until_ms: 0,
+            limit,
+            remaining: limit,
+        }
+    }
+
+    /// Units to ask for: about [`GRANT_FOR_MS`] at the recent rate, and at
+    /// least enough for the checks waiting now.
+    fn want(&mut self, now_ms: i64, max: u64) -> u64 {
+        let elapsed = (now_ms - self.window_start_ms).max(100) as u64;
+        let rate_based = self.admitted.saturating_mul(GRANT_FOR_MS as u64) / elapsed;
+        if elapsed > GRANT_FOR_MS as u64 {
+            self.admitted = 0;
+            self.window_start_ms = now_ms;
+        }
+        rate_based.max(self.waiting + 1).clamp(1, max)
+    }
+
+    /// The lease's quota as rate-limit headers show it.
+    fn state(&self, now_ms: i64, ends_ms: i64) -> LimitState {
+        LimitState {
+            limit: self.limit,
+            remaining: self.remaining,
+            reset_secs: ((ends_ms - now_ms).max(0) as u64).div_ceil(1000),
+            retry_after_secs: None,
+        }
+    }
+}
+
+impl Metering {
+    /// A new holder id: this node's id in the high bits, random low bits.
+    pub(super) fn holder(&self) -> u64 {
+        (self.authority.node_id() << 32) | rand::random::<u32>() as u64
+    }
+
+    /// A quota known to be spent refuses before any throttle token is
+    /// fetched: a refusal takes nothing from any limit.
+    pub(super) fn quota_known_spent(local: &Local, limits: &Limits, now_ms: i64, epoch: u64) -> Option<Refusal> {
+        let q = limits.quota.as_ref()?;
+        let lease = local.leases.get(&q.period)?;
+        let spent = lease.epoch >= epoch && lease.units == 0 && !lease.held_elsewhere;
+        (spent && now_ms < lease.exhausted_until_ms).then(|| quota_exceeded(lease, now_ms, q.ends_ms))
+    }
+
+    /// Whether a unit of a grant this node holds is here (`Ok`), or what to
+    /// do first: refuse, fetch a grant, wait for one.
+    pub(super) fn find_quota_unit(
+        self: &Arc<Self>,
+        local: &mut Local,
+        q: &QuotaLimit,
+        now_ms: i64,
+        epoch: u64,
+    ) -> Result<(), Take> {
+        loop {
+            let lease = match local.leases.get_mut(&q.period) {
+                Some(lease) => lease,
+                None => {
+                    let holder = self.holder();
+                    local
+                        .leases
+                        .entry(q.period.clone())
+                        .or_insert_with(|| Lease::new(holder, epoch, now_ms, q.quota.limit))
+                }
+            };
+            if epoch > lease.epoch {
+                // The plan's limits changed: hand this grant back (now, so
+                // the new lease can have its units), start a new lease.
+                self.retire(lease, &mut local.retired, &q.period, epoch, now_ms, q.quota.limit, "returned");
+                self.flush_soon();
+                continue;
+            }
+            if now_ms >= lease.valid_until_ms && lease.units > 0 {
+                if lease.fetching {
+                    // A renewal is on its way: wait for it rather than use units past their end.
+                    lease.waiting += 1;
+                    return Err(Take::Wait(Need::Wait(lease.fetched.subscribe())));
+                }
+                // The lease ran out before it was renewed: hand back what is
+                // left under this holder (if the ledger has not expired it
+                // yet) and go on with a new one, so no unit of the old grant
+                // is mixed with a new grant.
+                let lease_epoch = lease.epoch;
+                self.retire(lease, &mut local.retired, &q.period, lease_epoch, now_ms, q.quota.limit, "expired");
+                self.flush_soon();
+                continue;
+            }
+            if lease.units > 0 {
+                return Ok(());
+            }
+            if now_ms < lease.exhausted_until_ms {
+                let refusal = quota_exceeded(lease, now_ms, q.ends_ms);
+                if lease.held_elsewhere {
+                    // Not spent: wait for the holders to hand units back.
+                    return Err(Take::Wait(Need::Until { at_ms: lease.exhausted_until_ms, otherwise: refusal }));
+                }
+                return Err(Take::Refused(refusal));
+            }
+            if now_ms < lease.unavailable_until_ms {
+                return Err(Take::Refused(Refusal::unavailable()));
+            }
+            lease.waiting += 1;
+            if lease.fetching {
+                return Err(Take::Wait(Need::Wait(lease.fetched.subscribe())));
+            }
+            lease.fetching = true;
+            let want = lease.want(now_ms, self.config.max_grant);
+            let wanted = GrantWanted { holder: lease.holder, want };
+            return Err(Take::Wait(Need::Quota { wanted, fetched: lease.fetched.subscribe() }));
+        }
+    }
+
+    /// Takes the unit [`Self::find_quota_unit`] found; answers the quota's
+    /// state for headers, and the next grant to ask for if this one runs low
+    /// or its lease nears its end.
+    pub(super) fn take_quota_unit(
+        &self,
+        local: &mut Local,
+        q: &QuotaLimit,
+        now_ms: i64,
+    ) -> Option<(LimitState, Option<GrantWanted>)> {
+        let lease = local.leases.get_mut(&q.period)?;
+        lease.units -= 1;
+        lease.unreported += 1;
+        lease.admitted += 1;
+        lease.last_used_ms = now_ms;
+        lease.remaining = lease.remaining.saturating_sub(1);
+        let state = lease.state(now_ms, q.ends_ms);
+        // Ask for the next grant before this one runs out, or ends.
+        // Near the end of the quota (`short`), only extend the lease.
+        let low = lease.units <= lease.last_grant / 2 && !lease.short;
+        let ending = lease.valid_until_ms - now_ms < self.config.lease_ms / 2;
+        let mut next = None;
+        if (low || ending) && !lease.fetching && now_ms >= lease.unavailable_until_ms {
+            lease.fetching = true;
+            let want = if lease.short { 0 } else { lease.want(now_ms, self.config.max_grant) };
+            next = Some(GrantWanted { holder: lease.holder, want });
+        }
+        Some((state, next))
+    }
+
+    /// Replaces `lease` with a new one (a new holder), and queues the old
+    /// holder's use with the release of what it still holds. `units_were`:
+    /// how the units it had left are counted (`returned`, `expired`).
+    #[allow(clippy::too_many_arguments)]
+    fn retire(
+        &self,
+        lease: &mut Lease,
+        retired: &mut Vec<QuotaUsage>,
+        period: &QuotaPeriod,
+        epoch: u64,
+        now_ms: i64,
+        limit: u64,
+        units_were: &str,
+    ) {
+        let old = std::mem::replace(lease, Lease::new(self.holder(), epoch, now_ms, limit));
+        self.stats.units.with_label_values(&[units_were]).inc_by(old.units);
+        if old.granted || old.unreported > 0 {
+            retired.push(QuotaUsage {
+                period: period.clone(),
+                holder: old.holder,
+                generation: old.generation,
+                used: old.unreported,
+                release: true,
+            });
+        }
+    }
+
+    /// Asks the ledger for a grant and records the answer; wakes the waiters.
+    pub(super) async fn fetch_grant(self: Arc<Self>, q: QuotaLimit, wanted: GrantWanted) {
+        let GrantWanted { holder, want } = wanted;
+        let QuotaLimit { period, quota, ends_ms } = q;
+        let asked_ms = self.clock.now_ms();
+        let lease_until_ms = asked_ms + self.config.lease_ms;
+        let answer =
+            self.authority.grant(period.clone(), holder, want, lease_until_ms, asked_ms).await.map(Grant::from);
+        let now_ms = self.clock.now_ms().max(asked_ms);
+        let mut local = lock(&self.local);
+        let local = &mut *local;
+        let Some(lease) = local.leases.get_mut(&period).filter(|l| l.holder == holder) else {
+            // The lease was dropped meanwhile: hand back what came (or may
+            // have: a grant that timed out here may still have been made).
+            match answer {
+                Ok(Grant { units: 0, .. }) => {}
+                Ok(Grant { units, ledger }) => {
+                    self.stats.units.with_label_values(&["returned"]).inc_by(units);
+                    let generation = ledger.grants.get(&holder).map_or(0, |g| g.generation);
+                    local.retired.push(QuotaUsage { period, holder, generation, used: 0, release: true });
+                }
+                Err(_) => local.retired.push(QuotaUsage { period, holder, generation: 0, release: true, used: 0 }),
+            }
+            return;
+        };
+        match answer {
+            Ok(Grant { units: granted, ledger }) => {
+                let limit = ledger.limit(quota.limit);
+                lease.limit = limit;
+                let generation = ledger.grants.get(&holder).map_or(0, |g| g.generation);
+                if lease.generation != 0 && generation != 0 && generation != lease.generation {
+                    // The grant this lease held expired at the ledger (counted
+                    // whole) and this is a new one: nothing more is admitted
+                    // from the old one, so its use is closed with a release,
+                    // which turns the ledger's whole-grant charge into that use.
+                    self.stats.units.with_label_values(&["expired"]).inc_by(lease.units);
+                    local.retired.push(QuotaUsage {
+                        period: period.clone(),
+                        holder,
+                        generation: lease.generation,
+                        used: lease.unreported,
+                        release: true,
+                    });
+                    lease.units = 0;
+                    lease.unreported = 0;
+                }
+                if generation != 0 {
+                    lease.generation = generation;
+                }
+                lease.units += granted;
+                // What this node can promise: its own units and the ledger's
+                // free ones. Units other nodes hold may be spent already, so
+                // they are not counted (RateLimit-Remaining never says more
+                // than is left).
+                lease.remaining = ledger.available(quota.limit).saturating_add(lease.units);
+                lease.last_grant = granted;
+                lease.granted |= granted > 0;
+                if want > 0 {
+                    lease.short = granted < want;
+                }
+                if let Some(g) = ledger.grants.get(&holder) {
+                    // Stop a little before the ledger does: clocks differ.
+                    let margin = (self.config.lease_ms / 10).min(1_000);
+                    lease.valid_until_ms = g.expires_at_ms - margin;
+                }
+                let result = if granted > 0 { "granted" } else { "empty" };
+                self.stats.grants.with_label_values(&[result]).inc();
+                self.stats.units.with_label_values(&["granted"]).inc_by(granted);
+                if lease.units == 0 {
+                    // Spent. Others may still hand units back; if none hold
+                    // any, nothing changes before the period ends or a limit
+                    // changes (which starts a new lease).
+                    let others = ledger.grants.iter().any(|(h, g)| *h != holder && g.units > 0);
+                    lease.held_elsewhere = others;
+                    lease.exhausted_until_ms = if others { now_ms + EXHAUSTED_RETRY_MS } else { ends_ms };
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "quota grant failed; deciding from held grants only");
+                self.stats.grants.with_label_values(&["unavailable"]).inc();
+                lease.unavailable_until_ms = now_ms + UNAVAILABLE_MS;
+                // The grant may have been made all the same (the answer was
+                // lost): make sure this holder's release is sent.
+                lease.granted = true;
+            }
+        }
+        lease.fetching = false;
+        lease.waiting = 0;
+        lease.fetched.send_modify(|n| *n += 1);
+    }
+
+    /// Moves into `usage` what each lease used since the last report, and
+    /// drops (with a release) leases idle for a while, made stale by a limit
+    /// change in `published`, or all of them with `release_all`.
+    pub(super) fn collect_usage(
+        &self,
+        local: &mut Local,
+        usage: &mut Vec<QuotaUsage>,
+        published: Option<&Published>,
+        now_ms: i64,
+        release_all: bool,
+    ) {
+        usage.append(&mut local.retired);
+        local.leases.retain(|period, lease| {
+            // Near the end of a quota (the last grant came short) other
+            // nodes may be waiting for the units this one holds.
+            let idle_after = if lease.short { SHORT_IDLE_MS } else { IDLE_MS };
+            let idle = lease.waiting == 0 && !lease.fetching && now_ms - lease.last_used_ms >= idle_after;
+            let stale = !lease.fetching && published.is_some_and(|p| p.limits.of(&period.plan_id) > lease.epoch);
+            let release = release_all || idle || stale;
+            if lease.unreported > 0 || (release && lease.granted) {
+                usage.push(QuotaUsage {
+                    period: period.clone(),
+                    holder: lease.holder,
+                    generation: lease.generation,
+                    used: lease.unreported,
+                    release,
+                });
+                lease.unreported = 0;
+            }
+            if release {
+                self.stats.units.with_label_values(&["returned"]).inc_by(lease.units);
+            }
+            !release
+        });
+    }
+}
+
+/// The refusal of a spent quota: `Retry-After` when units may come back
+/// (other holders hand back what they do not use: soon), else the period's
+/// end, when the count starts again.
+fn quota_exceeded(lease: &Lease, now_ms: i64, ends_ms: i64) -> Refusal {
+    let reset = ((ends_ms - now_ms).max(0) as u64).div_ceil(1000).max(1);
+    let retry = if lease.held_elsewhere { 1 } else { reset };
+    let state = LimitState { limit: lease.limit, remaining: 0, reset_secs: reset, retry_after_secs: Some(retry) };
+    Refusal { reason: ReasonCode::QuotaExceeded, state }
+}
