@@ -20,6 +20,7 @@
 //! least as up to date (`last_log_id`, compared as openraft compares it).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::storage::RaftLogStorage;
@@ -145,28 +146,24 @@ impl Elections {
         Elections { id, raft, log, peers, timing }
     }
 
-    /// What this node knows now, or `None` once its Raft has stopped.
-    async fn view(&self) -> Option<(VoterView, Vec<BTreeSet<NodeId>>, Vec<(NodeId, String)>)> {
+    /// What this node knows now, and its membership, or `None` once its
+    /// Raft has stopped. The last log id (a storage read) is read only
+    /// `with_log`: the election timer and `/readyz` do not need it.
+    async fn view(&self, with_log: bool) -> Option<(VoterView, Arc<typ::StoredMembership>)> {
         let metrics = self.raft.metrics().borrow().clone();
         metrics.running_state.as_ref().ok()?;
         let (vote_committed, touched) =
             self.raft.with_raft_state(|st| (st.vote_ref().is_committed(), st.vote_last_modified())).await.ok()?;
-        let last_log_id = self.log.clone().get_log_state().await.ok()?.last_log_id;
-        let membership = metrics.membership_config.membership();
+        let last_log_id = if with_log { self.log.clone().get_log_state().await.ok()?.last_log_id } else { None };
         let view = VoterView {
-            voters: membership.voter_ids().collect(),
+            voters: metrics.membership_config.membership().voter_ids().collect(),
             leading: metrics.state == ServerState::Leader,
             since_quorum_ack: metrics.millis_since_quorum_ack.map(Duration::from_millis),
             vote_committed,
             since_vote_touched: touched.map(|t| t.elapsed()),
             last_log_id,
         };
-        let peers = membership
-            .voter_ids()
-            .filter(|id| *id != self.id)
-            .filter_map(|id| membership.get_node(&id).map(|n| (id, n.peer.clone())))
-            .collect();
-        Some((view, membership.get_joint_config().clone(), peers))
+        Some((view, metrics.membership_config))
     }
 
     /// Why this node is out of touch, if it is: a voter that leads but no
@@ -174,7 +171,7 @@ impl Elections {
     /// twice the leader lease (its view of the cluster may be stale; a
     /// partition cut it off). `None` when in touch, or the only voter.
     pub async fn out_of_touch(&self) -> Option<String> {
-        let (view, _, _) = self.view().await?;
+        let (view, _) = self.view(false).await?;
         let limit = self.timing.lease() * 2;
         if view.voters.len() <= 1 || !view.voters.contains(&self.id) {
             return None;
@@ -196,7 +193,7 @@ impl Elections {
 
     /// Answers a pre-vote from another voter.
     pub async fn answer(&self, request: &PreVoteRequest) -> PreVoteResponse {
-        let Some((view, _, _)) = self.view().await else {
+        let Some((view, _)) = self.view(true).await else {
             return PreVoteResponse::Refused(Refusal::Stopped);
         };
         let answer = decide(&view, request, self.timing.lease());
@@ -214,7 +211,7 @@ impl Elections {
         let mut last_attempt: Option<tokio::time::Instant> = None;
         loop {
             tokio::time::sleep(tick).await;
-            let Some((view, joint, peers)) = self.view().await else {
+            let Some((view, membership)) = self.view(false).await else {
                 return;
             };
             if view.leading || !view.voters.contains(&self.id) {
@@ -229,9 +226,19 @@ impl Elections {
             }
             last_attempt = Some(tokio::time::Instant::now());
             timeout = self.timing.random_timeout();
-            let request = PreVoteRequest { candidate: self.id, last_log_id: view.last_log_id };
-            let granted = self.canvass(&request, &joint, peers).await;
-            if is_quorum(&joint, &granted) {
+            let Ok(log) = self.log.clone().get_log_state().await else {
+                continue;
+            };
+            let request = PreVoteRequest { candidate: self.id, last_log_id: log.last_log_id };
+            let membership = membership.membership();
+            let joint = membership.get_joint_config();
+            let peers = membership
+                .voter_ids()
+                .filter(|id| *id != self.id)
+                .filter_map(|id| membership.get_node(&id).map(|n| (id, n.peer.clone())))
+                .collect();
+            let granted = self.canvass(&request, joint, peers).await;
+            if is_quorum(joint, &granted) {
                 tracing::info!(granted = ?granted, "pre-vote won; starting an election");
                 if self.raft.trigger().elect().await.is_err() {
                     return;
