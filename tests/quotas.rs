@@ -82,27 +82,7 @@ impl Tally {
 
 /// Sends `total` checks, request i to `urls[i % len]`, `concurrency` at a time.
 async fn round_robin(urls: Vec<String>, secret: String, total: u64, concurrency: u64, tally: Arc<Tally>) {
-    let next = Arc::new(AtomicU64::new(0));
-    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
-    let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (urls, next, tally, http, secret) =
-                (urls.clone(), next.clone(), tally.clone(), http.clone(), secret.clone());
-            tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= total {
-                        return;
-                    }
-                    let url = &urls[(i % urls.len() as u64) as usize];
-                    tally.record(check(&http, url, &secret).await);
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.await.expect("worker");
-    }
+    round_robin_while(urls, secret, concurrency, tally, move |i| i < total).await;
 }
 
 /// Like [`round_robin`], but until `stop` is set rather than for a count:
@@ -114,15 +94,30 @@ async fn round_robin_until(
     concurrency: u64,
     tally: Arc<Tally>,
 ) {
+    round_robin_while(urls, secret, concurrency, tally, move |_| !stop.load(Ordering::SeqCst)).await;
+}
+
+/// Sends check i to `urls[i % len]`, `concurrency` at a time, while
+/// `go(i)` says so; records every answer in `tally`.
+async fn round_robin_while(
+    urls: Vec<String>,
+    secret: String,
+    concurrency: u64,
+    tally: Arc<Tally>,
+    go: impl Fn(u64) -> bool + Clone + Send + 'static,
+) {
     let next = Arc::new(AtomicU64::new(0));
     let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (urls, next, tally, http, secret, stop) =
-                (urls.clone(), next.clone(), tally.clone(), http.clone(), secret.clone(), stop.clone());
+            let (urls, next, tally, http, secret, go) =
+                (urls.clone(), next.clone(), tally.clone(), http.clone(), secret.clone(), go.clone());
             tokio::spawn(async move {
-                while !stop.load(Ordering::SeqCst) {
+                loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
+                    if !go(i) {
+                        return;
+                    }
                     let url = &urls[(i % urls.len() as u64) as usize];
                     tally.record(check(&http, url, &secret).await);
                 }
