@@ -254,13 +254,9 @@ mod tests {
 
     /// A small deterministic generator: the same histories on every run.
     fn generator(seed: u64) -> impl FnMut(u64) -> u64 {
-        let mut state = seed;
-        move |bound: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % bound.max(1)
-        }
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        move |bound: u64| rng.gen_range(0..bound.max(1))
     }
 
     /// Random histories of grants, admissions, batched reports, releases and

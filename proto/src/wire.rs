@@ -251,16 +251,11 @@ mod tests {
         frame.extend([0xff, 0, 0, 0, 0, 0, 0, 0, 0x10]);
         assert!(decode::<ClientMessage>(&frame).is_err());
         // Pseudo-random garbage of many lengths never panics.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
+        use rand::{RngCore as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x2545_f491_4f6c_dd1d);
         for len in 0..2000 {
-            let bytes: Vec<u8> = (0..len % 300)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect();
+            let mut bytes = vec![0u8; len % 300];
+            rng.fill_bytes(&mut bytes);
             let _ = decode_stream::<ClientMessage>(&bytes);
             let _ = decode::<ServerMessage>(&bytes);
         }

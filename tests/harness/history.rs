@@ -139,22 +139,18 @@ pub struct PlannedFault {
 /// meanwhile: the run keeps node clocks near noon).
 pub const MAX_CLOCK_SHIFT_MS: i64 = 3_000;
 
-/// A small deterministic generator (xorshift, as in `quotas.rs`): the same
-/// seed, the same numbers.
-pub struct Rng(u64);
+/// A seeded generator for fault plans and client histories: the same seed,
+/// the same numbers (rand's `StdRng`, fixed by Cargo.lock).
+pub struct Rng(rand::rngs::StdRng);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        // xorshift never leaves zero.
-        Rng(seed.max(1))
+        Rng(rand::SeedableRng::seed_from_u64(seed))
     }
 
     /// A number in `0..bound` (0 when `bound` is 0).
     pub fn below(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % bound.max(1)
+        rand::Rng::gen_range(&mut self.0, 0..bound.max(1))
     }
 
     /// A number in `lo..=hi`.

@@ -256,13 +256,9 @@ pub async fn a_booked_token_the_client_never_came_back_for_goes_back_to_the_buck
 
 /// A small deterministic generator.
 fn generator(seed: u64) -> impl FnMut(u64) -> u64 {
-    let mut state = seed;
-    move |bound: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % bound.max(1)
-    }
+    use rand::{Rng as _, SeedableRng as _};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    move |bound: u64| rng.gen_range(0..bound.max(1))
 }
 
 /// Random clients against random buckets: one that waits what
