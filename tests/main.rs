@@ -22,7 +22,10 @@
 //! tollgate-client and the binary protocol. `proxies`: nginx and Caddy in
 //! front of a real upstream, configured from `deploy/`. `tls`: TLS on every
 //! listener, mutual TLS between peers, and `tollgate dev --tls`. `openapi`:
-//! the OpenAPI document a node serves, against its router.
+//! the OpenAPI document a node serves, against its router. `metering`: the
+//! metering scenarios against a real cluster's authority, on nodes run in
+//! this process (the one module that does not start node processes: it
+//! needs a node's own handles).
 //!
 //! # One process
 //!
@@ -44,6 +47,7 @@ mod cluster;
 mod harness;
 #[path = "harness/history.rs"]
 mod history;
+mod metering;
 mod openapi;
 mod proxies;
 mod quotas;

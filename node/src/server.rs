@@ -52,14 +52,18 @@ const RAFT_STOP: Duration = Duration::from_secs(3);
 /// How long the last storage flush may take.
 const FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
-/// Why a node stopped serving.
-enum Stop {
+/// Why a node stopped serving (what [`Node::serve`] answers).
+#[derive(Debug)]
+pub enum Stop {
     /// Asked to (SIGTERM, Ctrl-C): exit 0.
     Asked,
     /// Raft stopped on its own (a storage error such as a full disk): exit
     /// non-zero so the supervisor (systemd, `tollgate dev`) starts the node
     /// again, which then opens its storage afresh and catches up.
     RaftStopped(String),
+    /// The node could not initialise the cluster or write `node.json`: exit
+    /// non-zero with the reason.
+    Failed(String),
 }
 
 /// Runs a node until `shutdown` completes (`Ok`), or until Raft stops on an
@@ -67,6 +71,41 @@ enum Stop {
 /// it: sled keeps failing after an I/O error, so Raft cannot be restarted in
 /// this process). Either way the stop is bounded by [`STOP_LIMIT`].
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let node = start(config).await?;
+    let stop = node.serve(shutdown).await;
+    arm_stop_limit();
+    node.stop(stop).await
+}
+
+/// A node started in this process by [`start`]: the handles its listeners
+/// share, where it listens, and what it needs to stop. [`run`] serves one
+/// for the process; tests run several in one process to reach a real node's
+/// own handles (its metering authority, its model).
+pub struct Node {
+    /// The handles the listeners share.
+    pub app: Arc<App>,
+    /// The node's quota and throttle authority: quota grants and usage
+    /// reports as Raft writes (forwarded to the leader), throttle tokens lent
+    /// by the leader.
+    pub authority: Arc<ClusterAuthority>,
+    /// The addresses the listeners bound (also in `DATA_DIR/node.json`).
+    pub endpoints: Endpoints,
+    config: NodeConfig,
+    /// What the other members are told to dial.
+    addr: NodeAddr,
+    kv: Arc<SledKv>,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    elections_task: tokio::task::JoinHandle<()>,
+    listener_tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Opens the node's storage, binds its listeners, starts Raft and serves
+/// every listener; the cluster is initialised (if asked) and `node.json`
+/// written by [`Node::serve`].
+///
+/// Errors: the data dir cannot be made or opened, a listener cannot bind,
+/// the TLS files cannot be read, or Raft does not start.
+pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let kv = Arc::new(SledKv::open(&config.data_dir.join("db"), &SledOptions { cache_bytes: config.cache_mb << 20 })?);
@@ -188,7 +227,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         raft: raft.clone(),
         elections: elections.clone(),
         leader: leader.clone(),
-        authority,
+        authority: authority.clone(),
         disk: disk.clone(),
         removal,
         cluster_token: config.cluster_token.as_deref().map(Digest::of),
@@ -197,65 +236,93 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     let elections_task = tokio::spawn(elections.run());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let http_task = serve(http_listener, tls.http.clone(), crate::http::router(http.clone()), stop_rx.clone())?;
-    let peer_task = serve(peer_listener, tls.peer, crate::cluster::peer::router(peer_state), stop_rx.clone())?;
+    let mut listener_tasks = vec![
+        ended(serve(http_listener, tls.http.clone(), crate::http::router(http.clone()), stop_rx.clone())?),
+        ended(serve(peer_listener, tls.peer, crate::cluster::peer::router(peer_state), stop_rx.clone())?),
+    ];
+    if let Some(listener) = metrics_listener {
+        tracing::info!(addr = %listener.local_addr()?, "metrics on their own listener");
+        let router = crate::http::ops::metrics_router(http);
+        listener_tasks.push(ended(serve(listener, tls.http.clone(), router, stop_rx.clone())?));
+    }
     let wire_tls = tls.wire.map(tokio_rustls::TlsAcceptor::from);
-    let metrics_task = match metrics_listener {
-        Some(listener) => {
-            tracing::info!(addr = %listener.local_addr()?, "metrics on their own listener");
-            Some(serve(listener, tls.http.clone(), crate::http::ops::metrics_router(http), stop_rx.clone())?)
-        }
-        None => None,
-    };
-    let wire_task = tokio::spawn(crate::wire::serve(wire_listener, wire_tls, app.clone(), stop_rx.clone()));
-    let disk_task = tokio::spawn(crate::cluster::disk::watch(disk, leader, config.data_dir.clone(), gauges, stop_rx));
+    listener_tasks.push(tokio::spawn(crate::wire::serve(wire_listener, wire_tls, app.clone(), stop_rx.clone())));
+    let data_dir = config.data_dir.clone();
+    listener_tasks.push(tokio::spawn(crate::cluster::disk::watch(disk, leader, data_dir, gauges, stop_rx)));
+    Ok(Node { app, authority, endpoints, config, addr, kv, stop_tx, elections_task, listener_tasks })
+}
 
-    let stopped = raft_stopped(raft.clone());
-    tokio::pin!(stopped);
-    let stop = tokio::select! {
-        reason = &mut stopped => Stop::RaftStopped(reason),
-        started = start(&raft, &config, &addr, &endpoints) => {
-            started?;
-            tokio::select! {
-                _ = shutdown => Stop::Asked,
-                reason = &mut stopped => Stop::RaftStopped(reason),
+/// A listener's task, its result dropped: a listener that fails has said why
+/// in the log, and the node stops the same way whatever each one answered.
+fn ended(task: tokio::task::JoinHandle<std::io::Result<()>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let _ = task.await;
+    })
+}
+
+impl Node {
+    /// Initialises the cluster if asked, writes `node.json`, then serves
+    /// until `shutdown` completes ([`Stop::Asked`]) or Raft stops on its own
+    /// ([`Stop::RaftStopped`]); [`Stop::Failed`] if it cannot start.
+    pub async fn serve(&self, shutdown: impl Future<Output = ()>) -> Stop {
+        let raft = &self.app.raft;
+        let stopped = raft_stopped(raft.clone());
+        tokio::pin!(stopped);
+        tokio::select! {
+            reason = &mut stopped => Stop::RaftStopped(reason),
+            started = announce(raft, &self.config, &self.addr, &self.endpoints) => {
+                if let Err(e) = started {
+                    return Stop::Failed(format!("{e:#}"));
+                }
+                tokio::select! {
+                    _ = shutdown => Stop::Asked,
+                    reason = &mut stopped => Stop::RaftStopped(reason),
+                }
             }
         }
-    };
-    arm_stop_limit();
-    match &stop {
-        Stop::Asked => tracing::info!("shutting down"),
-        Stop::RaftStopped(reason) => {
-            tracing::error!(%reason, "raft stopped; exiting so that the node is started again from its storage")
+    }
+
+    /// Stops the node for `stop`: hands back the quota it holds (when asked
+    /// to stop), stops Raft, lets each listener's connections finish (at most
+    /// 5 s) and flushes storage. Errs for [`Stop::RaftStopped`], or when
+    /// storage does not flush in time, or for [`Stop::Failed`].
+    pub async fn stop(self, stop: Stop) -> anyhow::Result<()> {
+        match &stop {
+            Stop::Asked => tracing::info!("shutting down"),
+            Stop::RaftStopped(reason) => {
+                tracing::error!(%reason, "raft stopped; exiting so that the node is started again from its storage")
+            }
+            Stop::Failed(reason) => tracing::error!(%reason, "the node could not start"),
         }
-    }
-    // Hand back the quota this node holds, so other nodes can use it now.
-    if matches!(stop, Stop::Asked) {
-        let flush = app.gateway.metering.flush(clock.now_ms(), true);
-        let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
-    }
-    let _ = stop_tx.send(true);
-    if tokio::time::timeout(RAFT_STOP, raft.shutdown()).await.is_err() {
-        tracing::warn!("raft did not stop in {} s; going on", RAFT_STOP.as_secs());
-    }
-    elections_task.abort();
-    // Each listener lets its connections finish for at most 5 s.
-    let _ = tokio::join!(http_task, peer_task, wire_task, disk_task);
-    if let Some(task) = metrics_task {
-        let _ = task.await;
-    }
-    let flushed = tokio::time::timeout(FLUSH_LIMIT, kv.flush()).await;
-    match stop {
-        Stop::RaftStopped(reason) => anyhow::bail!("raft stopped: {reason}"),
-        Stop::Asked => match flushed {
-            Ok(result) => Ok(result?),
-            Err(_) => anyhow::bail!("storage did not flush in {} s", FLUSH_LIMIT.as_secs()),
-        },
+        let app = &self.app;
+        // Hand back the quota this node holds, so other nodes can use it now.
+        if matches!(stop, Stop::Asked) {
+            let flush = app.gateway.metering.flush(app.clock.now_ms(), true);
+            let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+        }
+        let _ = self.stop_tx.send(true);
+        if tokio::time::timeout(RAFT_STOP, app.raft.shutdown()).await.is_err() {
+            tracing::warn!("raft did not stop in {} s; going on", RAFT_STOP.as_secs());
+        }
+        self.elections_task.abort();
+        // Each listener lets its connections finish for at most 5 s.
+        for task in self.listener_tasks {
+            let _ = task.await;
+        }
+        let flushed = tokio::time::timeout(FLUSH_LIMIT, self.kv.flush()).await;
+        match stop {
+            Stop::RaftStopped(reason) => anyhow::bail!("raft stopped: {reason}"),
+            Stop::Failed(reason) => anyhow::bail!("{reason}"),
+            Stop::Asked => match flushed {
+                Ok(result) => Ok(result?),
+                Err(_) => anyhow::bail!("storage did not flush in {} s", FLUSH_LIMIT.as_secs()),
+            },
+        }
     }
 }
 
 /// Initialises the cluster if asked, then says where the node listens.
-async fn start(raft: &typ::Raft, config: &NodeConfig, addr: &NodeAddr, endpoints: &Endpoints) -> anyhow::Result<()> {
+async fn announce(raft: &typ::Raft, config: &NodeConfig, addr: &NodeAddr, endpoints: &Endpoints) -> anyhow::Result<()> {
     initialise(raft, config, addr).await?;
     write_endpoints(config, endpoints)?;
     tracing::info!(id = config.id, http = %endpoints.http, peer = %endpoints.peer, wire = %endpoints.wire, "node started");
