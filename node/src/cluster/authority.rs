@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tollgate_proto::command::{Applied, QuotaPeriod, QuotaUsage};
-use tollgate_proto::metering::QuotaLedger;
+
 use tollgate_proto::Command;
 
 use super::leader::{ClusterError, Leader};
 use super::peer;
 use crate::clock::Clock;
-use crate::metering::{Authority, BoxFuture, LendRequest, Lent, TokenLender, Unavailable, FETCH_WAIT};
+use crate::metering::{Authority, BoxFuture, Grant, LendRequest, Lent, TokenLender, Unavailable, FETCH_WAIT};
 
 /// How long a throttle lend may wait for the leader.
 const LEND_WAIT: Duration = Duration::from_millis(500);
@@ -68,12 +68,12 @@ impl Authority for ClusterAuthority {
         want: u64,
         lease_until_ms: i64,
         now_ms: i64,
-    ) -> BoxFuture<'_, Result<(u64, QuotaLedger), Unavailable>> {
+    ) -> BoxFuture<'_, Result<Grant, Unavailable>> {
         Box::pin(async move {
             let command = Command::QuotaGrant { period, holder, want, lease_until_ms, now_ms };
             let deadline = tokio::time::Instant::now() + FETCH_WAIT;
             match self.leader.write_by(rand::random(), command, deadline).await.map_err(unavailable)? {
-                Ok(Applied::Quota { granted, ledger }) => Ok((granted, ledger)),
+                Ok(Applied::Quota { granted, ledger }) => Ok(Grant { units: granted, ledger }),
                 Ok(other) => Err(Unavailable(format!("unexpected answer to a grant: {other:?}"))),
                 Err(rejection) => Err(Unavailable(format!("grant refused: {rejection}"))),
             }

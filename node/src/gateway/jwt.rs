@@ -152,6 +152,16 @@ impl Default for JwtVerifier {
     }
 }
 
+/// The keys held for a JWKS URL, as one check sees them.
+struct Held {
+    /// The usable keys (none once older than `max_stale`).
+    keys: Arc<Vec<UsableKey>>,
+    /// Whether a fetch may start now (the back-off has passed).
+    may_fetch: bool,
+    /// The fetch generation the keys come from.
+    generation: u64,
+}
+
 impl JwtVerifier {
     /// Fetches keys over HTTPS trusting the public web roots and `roots`.
     pub fn trusting(roots: &[reqwest::Certificate]) -> Self {
@@ -313,7 +323,7 @@ impl JwtVerifier {
             return Ok(UsableKey { jwk: jwk.clone(), key });
         };
         let source = self.source(url);
-        let (held, may_fetch, generation) = self.held(&source, Instant::now());
+        let Held { keys: held, may_fetch, generation } = self.held(&source, Instant::now());
         let found = pick(&held, kid, |k| &k.jwk).cloned();
         let fresh = lock(&source.state).fetched_at.is_some_and(|at| at.elapsed() < self.timing.ttl);
         if (found.is_some() && fresh) || !may_fetch {
@@ -348,19 +358,18 @@ impl JwtVerifier {
             }
         }
         // This check's fetch, or the one it waited for, is done: answer from it.
-        let (held, _, _) = self.held(&source, Instant::now());
+        let held = self.held(&source, Instant::now()).keys;
         let found = pick(&held, kid, |k| &k.jwk).cloned();
         self.answer(&source, found, held.is_empty(), unknown)
     }
 
-    /// The usable keys of a URL (none once older than `max_stale`), whether
-    /// a fetch may start now, and the fetch generation they come from.
-    fn held(&self, source: &JwksSource, now: Instant) -> (Arc<Vec<UsableKey>>, bool, u64) {
+    /// What is held for a URL now.
+    fn held(&self, source: &JwksSource, now: Instant) -> Held {
         let state = lock(&source.state);
         let usable = state.fetched_at.is_some_and(|at| now.saturating_duration_since(at) < self.timing.max_stale);
         let keys = if usable { state.keys.clone() } else { Arc::new(Vec::new()) };
         let may_fetch = state.next_fetch_at.is_none_or(|t| now >= t);
-        (keys, may_fetch, state.generation)
+        Held { keys, may_fetch, generation: state.generation }
     }
 
     /// The key found, or why not: no keys held at all means the keys are

@@ -36,12 +36,6 @@ pub struct Grant {
     pub ledger: QuotaLedger,
 }
 
-impl From<(u64, QuotaLedger)> for Grant {
-    fn from((units, ledger): (u64, QuotaLedger)) -> Self {
-        Grant { units, ledger }
-    }
-}
-
 /// Where grants, reports and tokens come from: the cluster (through Raft and
 /// the leader), or, in tests of the check pipeline, memory.
 ///
@@ -50,8 +44,7 @@ impl From<(u64, QuotaLedger)> for Grant {
 /// than waiting without bound.
 pub trait Authority: Send + Sync + 'static {
     /// Proposes a grant of `want` units of `period` to `holder`, valid until
-    /// `lease_until_ms`; answers `(units granted, ledger after it)` (see
-    /// [`Grant`], which metering turns it into).
+    /// `lease_until_ms`; answers the units granted and the ledger after it.
     fn grant(
         &self,
         period: QuotaPeriod,
@@ -59,7 +52,7 @@ pub trait Authority: Send + Sync + 'static {
         want: u64,
         lease_until_ms: i64,
         now_ms: i64,
-    ) -> BoxFuture<'_, Result<(u64, QuotaLedger), Unavailable>>;
+    ) -> BoxFuture<'_, Result<Grant, Unavailable>>;
     /// Records used units. A retry with the same `request_id` counts once.
     fn report(&self, request_id: u128, usage: Vec<QuotaUsage>, now_ms: i64) -> BoxFuture<'_, Result<(), Unavailable>>;
     /// Lends throttle tokens from the authority's bucket (and takes back
@@ -113,14 +106,14 @@ impl Authority for LocalAuthority {
         want: u64,
         lease_until_ms: i64,
         now_ms: i64,
-    ) -> BoxFuture<'_, Result<(u64, QuotaLedger), Unavailable>> {
+    ) -> BoxFuture<'_, Result<Grant, Unavailable>> {
         let answer = match self.plan_limit(&period) {
             None => Err(Unavailable(format!("plan {:?} has no quota", period.plan_id))),
             Some(limit) => {
                 let mut ledgers = lock(&self.ledgers);
                 let ledger = ledgers.entry(period).or_default();
-                let (granted, _) = ledger.grant(limit, holder, want, lease_until_ms, now_ms);
-                Ok((granted, ledger.clone()))
+                let (units, _) = ledger.grant(limit, holder, want, lease_until_ms, now_ms);
+                Ok(Grant { units, ledger: ledger.clone() })
             }
         };
         Box::pin(async move { answer })

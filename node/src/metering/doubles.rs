@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::Grant;
 use tollgate_proto::command::{QuotaPeriod, QuotaUsage};
-use tollgate_proto::metering::QuotaLedger;
 
 use super::{Authority, BoxFuture, LendRequest, Lent, Unavailable};
 
@@ -36,7 +36,7 @@ impl Authority for Gated {
         want: u64,
         lease_until_ms: i64,
         now_ms: i64,
-    ) -> BoxFuture<'_, Result<(u64, QuotaLedger), Unavailable>> {
+    ) -> BoxFuture<'_, Result<Grant, Unavailable>> {
         Box::pin(async move {
             let _pass = self.gate.acquire().await.map_err(|e| Unavailable(e.to_string()))?;
             self.inner.grant(period, holder, want, lease_until_ms, now_ms).await
@@ -73,14 +73,7 @@ impl Unreachable {
 }
 
 impl Authority for Unreachable {
-    fn grant(
-        &self,
-        _: QuotaPeriod,
-        _: u64,
-        _: u64,
-        _: i64,
-        _: i64,
-    ) -> BoxFuture<'_, Result<(u64, QuotaLedger), Unavailable>> {
+    fn grant(&self, _: QuotaPeriod, _: u64, _: u64, _: i64, _: i64) -> BoxFuture<'_, Result<Grant, Unavailable>> {
         self.asked.fetch_add(1, Ordering::SeqCst);
         Box::pin(async { Err(Unavailable("no leader".into())) })
     }

@@ -68,6 +68,14 @@ pub(super) struct Lease {
     remaining: u64,
 }
 
+/// A quota unit taken from a lease.
+pub(super) struct TakenUnit {
+    /// The quota's state after it, for the rate-limit headers.
+    pub(super) state: LimitState,
+    /// The next grant to ask for, if this one runs low or its lease nears its end.
+    pub(super) next_grant: Option<GrantWanted>,
+}
+
 /// A grant to ask for, decided under the lock and sent after it.
 pub(super) struct GrantWanted {
     /// The lease's holder id.
@@ -207,15 +215,8 @@ impl Metering {
         }
     }
 
-    /// Takes the unit [`Self::find_quota_unit`] found; answers the quota's
-    /// state for headers, and the next grant to ask for if this one runs low
-    /// or its lease nears its end.
-    pub(super) fn take_quota_unit(
-        &self,
-        local: &mut Local,
-        q: &QuotaLimit,
-        now_ms: i64,
-    ) -> Option<(LimitState, Option<GrantWanted>)> {
+    /// Takes the unit [`Self::find_quota_unit`] found.
+    pub(super) fn take_quota_unit(&self, local: &mut Local, q: &QuotaLimit, now_ms: i64) -> Option<TakenUnit> {
         let lease = local.leases.get_mut(&q.period)?;
         lease.units -= 1;
         lease.unreported += 1;
@@ -233,7 +234,7 @@ impl Metering {
             let want = if lease.short { 0 } else { lease.want(now_ms, self.config.max_grant) };
             next = Some(GrantWanted { holder: lease.holder, want });
         }
-        Some((state, next))
+        Some(TakenUnit { state, next_grant: next })
     }
 
     /// Replaces `lease` with a new one (a new holder), and queues the old
@@ -269,8 +270,7 @@ impl Metering {
         let QuotaLimit { period, quota, ends_ms } = q;
         let asked_ms = self.clock.now_ms();
         let lease_until_ms = asked_ms + self.config.lease_ms;
-        let answer =
-            self.authority.grant(period.clone(), holder, want, lease_until_ms, asked_ms).await.map(Grant::from);
+        let answer = self.authority.grant(period.clone(), holder, want, lease_until_ms, asked_ms).await;
         let now_ms = self.clock.now_ms().max(asked_ms);
         let mut local = lock(&self.local);
         let local = &mut *local;

@@ -378,9 +378,9 @@ impl Metering {
         };
         Self::take_tokens(local, limits, sources, now_ms).for_each(&mut consider);
         if let Some(q) = &limits.quota {
-            if let Some((state, next)) = self.take_quota_unit(local, q, now_ms) {
+            if let Some(lease::TakenUnit { state, next_grant }) = self.take_quota_unit(local, q, now_ms) {
                 consider(state);
-                if let Some(wanted) = next {
+                if let Some(wanted) = next_grant {
                     tokio::spawn(self.clone().fetch_grant(q.clone(), wanted));
                 }
             }
