@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the check path's steps in one process: the binary
 //! protocol's codec, and the gateway's decision for an API-key request —
 //! on a plan without limits, and on one with a throttle and a quota (held
-//! here, as a node holds them between grants).
+//! here, as a node holds them between grants); and signed identity for one
+//! key against 100k keys asked at random (signing must not scale with keys).
 //!
 //! `cargo bench -p tollgate-bench --bench check_path`
 
@@ -36,7 +37,22 @@ fn key(id: &str, secret: &str, plan: &str) -> Entity {
 /// and a quota too large to run out, and a key in each. With a cluster
 /// token, allowed checks carry a signed identity for the backend.
 fn gateway(cluster_token: Option<&str>) -> Gateway {
+    gateway_with_keys(cluster_token, 0)
+}
+
+/// Keys `key_0` … on the plan without limits, secret `tgk_many-N-…`.
+const MANY_KEYS: usize = 100_000;
+
+fn many_secret(n: usize) -> String {
+    format!("tgk_many-{n:06}-0123456789abcdef")
+}
+
+/// [`gateway`] with `extra` more keys on the plan without limits.
+fn gateway_with_keys(cluster_token: Option<&str>, extra: usize) -> Gateway {
     let mut model = Model::default();
+    for n in 0..extra {
+        model.load(key(&format!("key_{n}"), &many_secret(n), "free"));
+    }
     for api in ["free", "metered"] {
         model.load(Entity::Api(entity(json!({"id": api, "name": api, "stages": [{"name": "prod"}],
             "routes": [{"method": "GET", "path": "/items/*", "api_key_required": true}]}))));
@@ -115,6 +131,24 @@ fn decide(c: &mut Criterion) {
         assert_eq!(signed, name.contains("signed"), "{name}: identity header");
         c.bench_function(name, |b| b.iter(|| runtime.block_on(gateway.check(black_box(&req)))));
     }
+    // The same signed check over 100k keys in a random order: each key's
+    // identity token is signed for it (reused only for the same claims).
+    let many = gateway_with_keys(Some("bench-cluster-token"), MANY_KEYS);
+    let mut order: Vec<usize> = (0..MANY_KEYS).collect();
+    rand::seq::SliceRandom::shuffle(
+        order.as_mut_slice(),
+        &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7),
+    );
+    let requests: Vec<CheckRequest> = order.iter().map(|n| request("free", &many_secret(*n))).collect();
+    let first = runtime.block_on(many.check(&requests[0])).expect("check");
+    assert_eq!(first.reason, ReasonCode::Allowed, "{}", first.message);
+    let mut next = 0;
+    c.bench_function("gateway/check, key, signed identity, 100k keys at random", |b| {
+        b.iter(|| {
+            next = (next + 1) % requests.len();
+            runtime.block_on(many.check(black_box(&requests[next])))
+        })
+    });
 }
 
 criterion_group!(benches, codec, decide);

@@ -747,7 +747,7 @@ impl Gateway {
             ctx: &d.context,
         };
         if let Some(token) = self.identity.sign(model.identity.version, now_ms.div_euclid(1000), &identity) {
-            d.upstream_headers.push(("x-tollgate-identity".into(), token.to_string()));
+            d.upstream_headers.push(("x-tollgate-identity".into(), token));
         }
         self.finish(d, t.api, c)
     }
