@@ -48,6 +48,7 @@
 //! Dependencies point one way: `Client` → `pool` → `connection`.
 //! The client holds no global state: every [`Client`] is independent.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 #[cfg(feature = "admin")]
 pub mod admin;
@@ -72,8 +73,8 @@ use pool::Pool;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The request is malformed; the node names the field. Not retried: every
-    /// node would refuse it. Also returned by
-    /// [`ClientTls::new`](crate::tls::ClientTls::new) for unusable PEM input.
+    /// node would refuse it. Also returned by `tls::ClientTls::new` (feature
+    /// `tls`) for unusable PEM input.
     #[error("{field}: {message}")]
     Refused {
         /// The field at fault, as a path into the request (`path`,
