@@ -82,8 +82,9 @@ impl<'de> Deserialize<'de> for Timestamp {
 /// SHA-256. The secret itself is shown once, at creation, and never stored.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretDigest {
-    /// The secret's first characters (such as `tgk_ab12`), shown in lists and
-    /// logs to recognise it; too short to guess the rest from.
+    /// The secret's first 12 characters (such as `tgk_Ab3dE9xQ`), shown in
+    /// lists and logs to recognise it; the rest of the 32 random bytes stays
+    /// unguessable.
     pub prefix: String,
     /// SHA-256 of the whole secret; a presented secret is hashed and compared
     /// in constant time.
@@ -417,7 +418,7 @@ pub struct ApiKey {
     pub customer_id: Option<String>,
     /// Labels (at most 50) that policy conditions can test (`tag:NAME`).
     pub tags: BTreeMap<String, String>,
-    /// A disabled key is refused (`disabled_key`) but kept, with its usage.
+    /// A disabled key is refused (`disabled_key`) but not deleted.
     pub enabled: bool,
     /// When the key stops working (`expired_key`); `None`: never.
     pub expires_at: Option<Timestamp>,
@@ -728,8 +729,9 @@ pub struct Jwk {
     /// Key id, 1 to 256 characters, matched with a token's `kid` header.
     #[serde(default)]
     pub kid: Option<String>,
-    /// The one algorithm this key may verify, from
-    /// [`JWT_ALGORITHMS`](crate::validate::JWT_ALGORITHMS).
+    /// The one algorithm this key may verify (RFC 7517 §4.4), from
+    /// [`JWT_ALGORITHMS`](crate::validate::JWT_ALGORITHMS); `None`: any the
+    /// authorizer accepts for its key type.
     #[serde(default)]
     pub alg: Option<String>,
     /// RSA modulus (RFC 7518 §6.3.1.1): 2048 to 8192 bits.
