@@ -18,12 +18,26 @@ use serde_json::{json, Value};
 pub use tollgate_proto::model::{ApiKeySpec, ApiKeyView, UsagePlan};
 pub use tollgate_proto::usage::{PeriodUsage, UsageReport};
 
+/// Why an admin call failed: the cluster said no, or no node answered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AdminError {
     /// The cluster answered with an error: the status, its code, the field
     /// at fault if there is one, and the message.
     #[error("{status} {code}: {}{message}", field.as_ref().map(|f| format!("{f}: ")).unwrap_or_default())]
-    Api { status: u16, code: String, field: Option<String>, message: String },
+    Api {
+        /// The HTTP status (400, 401, 403, 404, 409, ...); 0 when the call
+        /// was refused before it was sent (a body that cannot be encoded).
+        status: u16,
+        /// The stable error code from the body's `error.code`
+        /// (`invalid_field`, `not_found`, `conflict`, `already_created`,
+        /// ...); `error` when the body has none, `undecodable` when a 2xx
+        /// answer was not the expected JSON.
+        code: String,
+        /// The field at fault, `error.field` (`limit`, `id`, `throttle.rate_per_sec`).
+        field: Option<String>,
+        /// What went wrong and how to fix it (`error.message`, else the body).
+        message: String,
+    },
     /// No node answered.
     #[error("no Tollgate node answered: {0}")]
     Unavailable(String),
@@ -32,14 +46,18 @@ pub enum AdminError {
 /// A key just made (or rerolled), with its secret: shown this once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreatedKey {
+    /// The key as the admin API shows it (no secret, its visible prefix).
     #[serde(flatten)]
     pub key: ApiKeyView,
+    /// The key's secret, for the caller to hand over now: the cluster
+    /// stores only its SHA-256 hash and can never show it again.
     pub secret: String,
 }
 
 /// One page of a list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Page<T> {
+    /// The items of this page, in id order; at most the `limit` asked for.
     pub items: Vec<T>,
     /// Pass as `after` for the next page; None on the last.
     pub next_after: Option<String>,
@@ -48,11 +66,17 @@ pub struct Page<T> {
 /// Which days a usage report covers (UTC, `YYYY-MM-DD`; default today).
 #[derive(Debug, Clone, Default)]
 pub struct UsageQuery {
+    /// Only this key's usage; `None`: every key of the plan.
     pub key_id: Option<String>,
+    /// The first day reported, inclusive (`YYYY-MM-DD`, UTC); `None`: today.
     pub start_date: Option<String>,
+    /// The last day reported, inclusive (`YYYY-MM-DD`, UTC); `None`: today.
     pub end_date: Option<String>,
 }
 
+/// Typed calls to the admin API of a cluster, tried on each node in turn
+/// (see the module docs). Holds one HTTP connection pool; build one and
+/// share it.
 pub struct AdminClient {
     nodes: Vec<String>,
     token: String,
@@ -149,14 +173,21 @@ impl AdminClient {
         Err(AdminError::Unavailable(last))
     }
 
+    /// Creates a key (`POST /v1/admin/keys`); the answer carries its secret,
+    /// shown this once. A retry with the same idempotency key after the key
+    /// was made is a 409 `already_created`.
     pub async fn create_key(&self, spec: &ApiKeySpec) -> Result<CreatedKey, AdminError> {
         self.call(reqwest::Method::POST, "/v1/admin/keys", Some(&to_value(spec)?)).await
     }
 
+    /// The key `id` (`GET /v1/admin/keys/{id}`); 404 when there is none.
     pub async fn get_key(&self, id: &str) -> Result<ApiKeyView, AdminError> {
         self.call(reqwest::Method::GET, &format!("/v1/admin/keys/{}", segment(id)?), None).await
     }
 
+    /// One page of keys in id order (`GET /v1/admin/keys`): those after the
+    /// id `after` (`None`: from the first), at most `limit` (1 to 1000, else
+    /// a 400 naming `limit`).
     pub async fn list_keys(&self, after: Option<&str>, limit: usize) -> Result<Page<ApiKeyView>, AdminError> {
         let mut path = format!("/v1/admin/keys?limit={limit}");
         if let Some(after) = after {
@@ -165,10 +196,14 @@ impl AdminClient {
         self.call(reqwest::Method::GET, &path, None).await
     }
 
+    /// Replaces the key `id`'s settings with `spec` (`PUT
+    /// /v1/admin/keys/{id}`); its secret is kept. 404 when there is none.
     pub async fn update_key(&self, id: &str, spec: &ApiKeySpec) -> Result<ApiKeyView, AdminError> {
         self.call(reqwest::Method::PUT, &format!("/v1/admin/keys/{}", segment(id)?), Some(&to_value(spec)?)).await
     }
 
+    /// Deletes the key `id` (`DELETE /v1/admin/keys/{id}`); checks stop
+    /// accepting its secret once the deletion is applied.
     pub async fn delete_key(&self, id: &str) -> Result<(), AdminError> {
         let _: Value = self.call(reqwest::Method::DELETE, &format!("/v1/admin/keys/{}", segment(id)?), None).await?;
         Ok(())
@@ -180,19 +215,26 @@ impl AdminClient {
         self.call(reqwest::Method::POST, &path, Some(&json!({"overlap_secs": overlap_secs}))).await
     }
 
+    /// Creates a usage plan (`POST /v1/admin/plans`) under `plan.id`, or a
+    /// new id when it is empty; returns the plan as stored. 409 `conflict`
+    /// when the id is taken.
     pub async fn create_plan(&self, plan: &UsagePlan) -> Result<UsagePlan, AdminError> {
         self.call(reqwest::Method::POST, "/v1/admin/plans", Some(&to_value(plan)?)).await
     }
 
+    /// The usage plan `id` (`GET /v1/admin/plans/{id}`); 404 when there is none.
     pub async fn get_plan(&self, id: &str) -> Result<UsagePlan, AdminError> {
         self.call(reqwest::Method::GET, &format!("/v1/admin/plans/{}", segment(id)?), None).await
     }
 
+    /// Replaces the usage plan named by `plan.id` (`PUT
+    /// /v1/admin/plans/{id}`); returns it as stored. 404 when there is none.
     pub async fn update_plan(&self, plan: &UsagePlan) -> Result<UsagePlan, AdminError> {
         let path = format!("/v1/admin/plans/{}", segment(&plan.id)?);
         self.call(reqwest::Method::PUT, &path, Some(&to_value(plan)?)).await
     }
 
+    /// Deletes the usage plan `id` (`DELETE /v1/admin/plans/{id}`).
     pub async fn delete_plan(&self, id: &str) -> Result<(), AdminError> {
         let _: Value = self.call(reqwest::Method::DELETE, &format!("/v1/admin/plans/{}", segment(id)?), None).await?;
         Ok(())

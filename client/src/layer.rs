@@ -32,15 +32,21 @@ use tollgate_proto::check::{add_header_line, add_query_param, header_text};
 
 use crate::{CheckRequest, Client, Decision, Error};
 
-/// Checks requests for one API stage.
+/// Checks requests for one API stage. Cheap to clone (clones share the
+/// client's connections).
 #[derive(Clone)]
 pub struct TollgateLayer {
+    /// The client that asks the cluster.
     client: Client,
+    /// The API id every request is checked against (`CheckRequest::api`).
     api: Arc<str>,
+    /// The stage of that API (`CheckRequest::stage`), such as `prod`.
     stage: Arc<str>,
 }
 
 impl TollgateLayer {
+    /// A layer checking every request as one of `api`'s `stage` (the ids an
+    /// operator gave them in the admin API) through `client`.
     pub fn new(client: Client, api: &str, stage: &str) -> Self {
         TollgateLayer { client, api: api.into(), stage: stage.into() }
     }
@@ -54,9 +60,15 @@ impl<S> tower_layer::Layer<S> for TollgateLayer {
     }
 }
 
+/// The service [`TollgateLayer`] wraps around `S`: checks each request,
+/// then calls `S` with it if allowed, else answers it itself (see the module
+/// docs for each answer). Its errors are `S`'s: a check that fails is an
+/// HTTP answer (400 or 503), never an error.
 #[derive(Clone)]
 pub struct TollgateService<S> {
+    /// The wrapped service, called only for allowed requests.
     inner: S,
+    /// The client, API and stage to check with.
     layer: TollgateLayer,
 }
 

@@ -22,44 +22,63 @@ pub const MAX_PATH_BYTES: usize = 8192;
 /// Why a path has no safe canonical form. Each message says what to send instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
+    /// The path does not begin with `/` (an absolute-form or empty path).
     #[error("must start with '/'")]
     NotAbsolute,
+    /// The path is longer than [`MAX_PATH_BYTES`] bytes.
     #[error("must be at most {MAX_PATH_BYTES} bytes")]
     TooLong,
+    /// The path carries a query string (`?`); the query travels separately.
     #[error("must not contain '?': send the path without the query string, and the parameters in `query`")]
     QueryString,
+    /// The path carries a fragment (`#`), which no client sends (RFC 3986 §3.5).
     #[error("must not contain '#': a fragment is never part of a request")]
     Fragment,
+    /// A `%` at this byte offset is not followed by two hex digits
+    /// (RFC 3986 §2.1).
     #[error("'%' at byte {0} does not start a percent-escape of two hex digits")]
     MalformedEscape(usize),
+    /// `%2F`: an encoded slash, which backends split on or not.
     #[error("an encoded '/' (%2F) is refused: backends disagree on whether it separates segments")]
     EncodedSlash,
+    /// A backslash, raw or `%5C`, which some backends read as `/`.
     #[error("a backslash ('\\' or %5C) is refused: some backends read it as '/'")]
     Backslash,
+    /// A control character (U+0000–U+001F, U+007F), raw or percent-encoded.
     #[error("control characters (NUL, CR, LF, ...), raw or percent-encoded, are refused")]
     ControlCharacter,
+    /// A `;`, raw or `%3B`: a path parameter some backends strip.
     #[error("';' (raw or %3B) is refused: some backends strip ';' path parameters from segments, others do not")]
     PathParameter,
     #[error(
         "a double-encoded escape (%25 and two hex digits) is refused: a backend that decodes twice sees another path"
     )]
+    /// `%25` followed by two hex digits: an escape that decodes to another escape.
     DoubleEncoded,
+    /// A `..` segment would climb above `/` (RFC 3986 §5.2.4 would drop it;
+    /// some backends do not).
     #[error("'..' climbs above the root")]
     AboveRoot,
     #[error(
         "an empty segment ('//') together with '..' is refused: backends that merge slashes first and those \
          that do not (RFC 3986) resolve it to different paths"
     )]
+    /// An empty segment (`//`) in a path that also has `..`: resolved to
+    /// different paths with and without slash merging.
     EmptySegmentWithDotDot,
 }
 
 /// Why a client address is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddressError {
+    /// An IPv6 zone id (`fe80::1%eth0`, RFC 6874), which means nothing off the host.
     #[error("has a zone id ('%'): send the address alone, such as fe80::1")]
     ZoneId,
+    /// An IPv4-compatible IPv6 address (`::a.b.c.d`, deprecated by RFC 4291
+    /// §2.5.5.1), ambiguous with the IPv4 address.
     #[error("is an IPv4-compatible IPv6 address (::a.b.c.d), deprecated by RFC 4291 §2.5.5.1: send the IPv4 address")]
     Ipv4Compatible,
+    /// Not an IPv4 or IPv6 address (a port, brackets or a host name included).
     #[error("is not an IP address: send an IPv4 or IPv6 address alone, without port or brackets")]
     NotAnAddress,
 }
@@ -269,6 +288,15 @@ pub fn unmapped(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The canonical form of a client address as a proxy reports it: the text
+/// trimmed, parsed as an IPv4 or IPv6 address, IPv4-mapped IPv6
+/// (`::ffff:a.b.c.d`) as the IPv4 address ([`unmapped`]).
+///
+/// # Errors
+///
+/// [`AddressError::ZoneId`] for a zone id (`%`), [`AddressError::NotAnAddress`]
+/// for anything that is not an address alone, and
+/// [`AddressError::Ipv4Compatible`] for `::a.b.c.d` (but `::` and `::1` pass).
 pub fn address(raw: &str) -> Result<IpAddr, AddressError> {
     let text = raw.trim();
     if text.contains('%') {

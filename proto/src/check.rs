@@ -120,10 +120,13 @@ pub fn add_query_param(query: &mut BTreeMap<String, String>, name: String, value
 /// Whether the request may pass, and what to tell the client and the backend.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Decision {
+    /// Whether the request may go on to the backend. A CORS preflight is `false`
+    /// with status 204: the proxy answers it itself.
     pub allowed: bool,
     /// The status the proxy should answer with when not allowed (the one API
     /// Gateway uses), or 200 when allowed. A CORS preflight is answered 204.
     pub status: u16,
+    /// Why: the step of the check that decided (`Allowed` when none refused).
     pub reason: ReasonCode,
     /// A short human explanation; never contains a secret.
     pub message: String,
@@ -149,13 +152,18 @@ pub struct Principal {
     pub key_id: Option<String>,
     /// The usage plan that applied, if any.
     pub plan_id: Option<String>,
+    /// The key's customer id (an operator's label, AWS API Gateway's
+    /// `customerId`), if the key has one.
     pub customer_id: Option<String>,
 }
 
 /// One limit's state after this request, as `RateLimit-*` headers show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LimitState {
+    /// The limit's size, sent as `RateLimit-Limit` (the IETF httpapi
+    /// draft's header): a quota's units per period, or a throttle's burst.
     pub limit: u64,
+    /// Requests still allowed now under this limit (`RateLimit-Remaining`).
     pub remaining: u64,
     /// Seconds until the limit resets (quota period end, or a full bucket).
     pub reset_secs: u64,
@@ -167,32 +175,73 @@ pub struct LimitState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReasonCode {
+    /// Every step passed: the request may go on (200).
     Allowed,
+    /// A CORS preflight (`OPTIONS` with `Access-Control-Request-Method`),
+    /// answered by the gateway with the CORS headers (204).
     CorsPreflight,
+    /// No API with the request's `api` id (404).
     UnknownApi,
+    /// The API has no stage named by the request's `stage` (404).
     UnknownStage,
+    /// No route of the API matches the method and canonical path (404).
     NoRoute,
+    /// The request itself is malformed (400): the forward-auth endpoint's reason
+    /// through nginx, whose `auth_request` passes only 401 and 403 on. The binary
+    /// protocol and `POST /v1/check` refuse such a request naming the field
+    /// instead of deciding it.
     InvalidRequest,
+    /// A WAF rule blocked it: an IP set, a size limit or a header, path or query
+    /// match (403).
     WafBlocked,
+    /// A WAF per-address rate rule: this client address sent too many requests
+    /// (429).
     WafRateLimited,
+    /// The API's resource policy denies this source address or proxy identity
+    /// (403).
     ResourcePolicyDenied,
+    /// The `Origin` is not one the API's CORS settings allow (403).
     CorsOriginDenied,
+    /// The route's authorizer needs a credential the request lacks: the bearer
+    /// token of a JWT authorizer, an identity source of an HTTP one (401).
     MissingToken,
+    /// The JWT is malformed, badly signed, or has the wrong issuer or audience
+    /// (401).
     InvalidToken,
+    /// The JWT's `exp` has passed, beyond the authorizer's leeway (401).
     TokenExpired,
+    /// The JWT lacks a scope the route requires (403).
     InsufficientScope,
+    /// The custom HTTP authorizer denied the request (403).
     AuthorizerDenied,
+    /// The custom HTTP authorizer did not answer within its time-out (503).
     AuthorizerTimeout,
+    /// The authorizer could not be used: its answer was unusable, its JWKS could
+    /// not be fetched, or it does not exist (503).
     AuthorizerError,
+    /// The route requires an API key and the request carries none (403, as AWS
+    /// API Gateway answers).
     MissingKey,
+    /// No key has this secret (403).
     UnknownKey,
+    /// The key exists but is disabled (403).
     DisabledKey,
+    /// The key's `expires_at` has passed (403).
     ExpiredKey,
+    /// The key is in no usage plan for this API stage (403).
     KeyNotInPlan,
+    /// An IAM-style policy statement explicitly denies the request (403); an
+    /// explicit deny wins over any allow.
     PolicyDenied,
+    /// Policies apply to the principal and none allows the request (403).
     ImplicitDeny,
+    /// The key's throttle (rate and burst of its plan, or a per-method override)
+    /// is exhausted (429, with `Retry-After`).
     Throttled,
+    /// The stage's own throttle, shared by every caller, is exhausted (429).
     StageThrottled,
+    /// The key's quota for the current period is used up (429, with
+    /// `Retry-After` until the period ends).
     QuotaExceeded,
     /// The key's quota could not be checked: this node holds no grant for
     /// it and cannot reach the leader for one.
@@ -228,6 +277,9 @@ impl ReasonCode {
         }
     }
 
+    /// The stable snake_case name (`quota_exceeded`), the same as its JSON form:
+    /// the `reason` proxies and dashboards match on and the
+    /// `X-Tollgate-Reason` header value.
     pub fn as_str(self) -> &'static str {
         match self {
             ReasonCode::Allowed => "allowed",

@@ -17,16 +17,29 @@ fn config() -> impl bincode::config::Config {
 /// Why a value could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
+    /// bincode cannot write the value: it uses a serde feature bincode does
+    /// not support (such as a sequence or map of unknown length).
     #[error("encode: {0}")]
     Encode(#[from] bincode::error::EncodeError),
+    /// The bytes are not an encoding of the expected type: truncated, corrupt,
+    /// from another version, or claiming more than [`MAX_DECODE_BYTES`].
     #[error("decode: {0}")]
     Decode(#[from] bincode::error::DecodeError),
 }
 
+/// Encodes `value` as bincode 2 (standard configuration, serde mode,
+/// variable-length integers).
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     Ok(bincode::serde::encode_to_vec(value, config())?)
 }
 
+/// Decodes a value of type `T` from the start of `bytes` (trailing bytes are
+/// ignored).
+///
+/// # Errors
+///
+/// [`CodecError::Decode`] when `bytes` is not a valid encoding of `T` or
+/// claims more than [`MAX_DECODE_BYTES`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (value, _read) = bincode::serde::decode_from_slice(bytes, config())?;
     Ok(value)

@@ -15,7 +15,12 @@ use crate::model::{Entity, EntityKind, IdentityKeyState, SecretDigest, Timestamp
 /// `Idempotency-Key`) takes effect at most once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Proposal {
+    /// The id of the admin request (the first 128 bits of the SHA-256 of its
+    /// `Idempotency-Key`, else random)
+    /// or of the node's own metering request: the key the state machine
+    /// remembers answers by.
     pub request_id: u128,
+    /// The change to apply.
     pub command: Command,
 }
 
@@ -28,31 +33,84 @@ pub enum Command {
     /// Create an object (refused if the id exists) or replace one (refused if it
     /// does not). On replace the state machine keeps `created_at` and, for keys
     /// and tokens, the secret digest of the stored object.
-    Put { entity: Entity, mode: PutMode, now: Timestamp },
+    Put {
+        /// The object, whole, as the admin API validated it.
+        entity: Entity,
+        /// Create or replace.
+        mode: PutMode,
+        /// The proposer's clock: `created_at` (on create) and `updated_at`.
+        now: Timestamp,
+    },
     /// Remove an object; refused while other objects refer to it.
-    Delete { kind: EntityKind, id: String },
+    Delete {
+        /// Which kind of object.
+        kind: EntityKind,
+        /// Its id.
+        id: String,
+    },
     /// Give a key a new secret; the current one keeps working until
     /// `overlap_until` (not at all if that is not after `now`).
-    RerollKey { id: String, secret: SecretDigest, overlap_until: Timestamp, now: Timestamp },
+    RerollKey {
+        /// The key's id.
+        id: String,
+        /// The SHA-256 digest of the new secret (the secret itself is never
+        /// in the log).
+        secret: SecretDigest,
+        /// Until when the current secret keeps working.
+        overlap_until: Timestamp,
+        /// The proposer's clock: the key's `updated_at`.
+        now: Timestamp,
+    },
     /// Move identity signing to the next key version (the previous one stays
     /// in the JWKS so tokens already issued still verify).
-    RotateIdentityKey { now: Timestamp },
+    RotateIdentityKey {
+        /// The proposer's clock: the new key's `rotated_at`.
+        now: Timestamp,
+    },
     /// Metering (see `QuotaLedger`): a lease holder (a node process) asks
     /// for up to `want` units of a key's quota for a period, held until
     /// `lease_until_ms`. Times are the proposer's clock, in ms.
-    QuotaGrant { period: QuotaPeriod, holder: u64, want: u64, lease_until_ms: i64, now_ms: i64 },
+    QuotaGrant {
+        /// Whose quota, in which period.
+        period: QuotaPeriod,
+        /// The lease holder asking ([`crate::metering::holder_node`]).
+        holder: u64,
+        /// Units asked for; fewer (or none) are granted near the limit.
+        want: u64,
+        /// When the grant lapses unless renewed, ms since the Unix epoch.
+        lease_until_ms: i64,
+        /// The proposer's clock, ms since the Unix epoch: grants that ran
+        /// out by then are expired first.
+        now_ms: i64,
+    },
     /// A node reports what its lease holders used, in one batch for many
     /// keys; with `release` a holder hands the rest of its grant back.
-    QuotaReport { usage: Vec<QuotaUsage>, now_ms: i64 },
+    QuotaReport {
+        /// One entry per (key, plan, period, holder) with use to report.
+        usage: Vec<QuotaUsage>,
+        /// The proposer's clock, ms since the Unix epoch: the day the use
+        /// counts in.
+        now_ms: i64,
+    },
     /// An operator adds to (positive) or takes from (negative) what the key may
     /// still use this period (UpdateUsage).
-    QuotaAdjust { period: QuotaPeriod, delta: i64, now_ms: i64 },
+    QuotaAdjust {
+        /// Whose quota, in which period.
+        period: QuotaPeriod,
+        /// Units added to the period's limit (negative: taken away); not 0,
+        /// at most [`crate::metering::MAX_ADJUST_DELTA`] either way.
+        delta: i64,
+        /// The proposer's clock, ms since the Unix epoch.
+        now_ms: i64,
+    },
 }
 
 /// One key's quota in one plan for one period.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct QuotaPeriod {
+    /// The API key's id.
     pub key_id: String,
+    /// The usage plan whose quota this is.
     pub plan_id: String,
     /// Start of the period, ms since the epoch (UTC).
     pub start_ms: i64,
@@ -61,33 +119,49 @@ pub struct QuotaPeriod {
 /// One entry of a [`Command::QuotaReport`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuotaUsage {
+    /// Whose quota, in which period.
     pub period: QuotaPeriod,
+    /// The lease holder that used it ([`crate::metering::holder_node`]).
     pub holder: u64,
     /// The grant the use came from ([`crate::metering::Grant::generation`];
     /// 0: whichever the holder has now).
     pub generation: u64,
+    /// Units admitted from that grant since the holder's last report.
     pub used: u64,
+    /// The holder's closing report on that grant: it hands back the units it
+    /// did not use and admits no more from it.
     pub release: bool,
 }
 
+/// Whether a [`Command::Put`] creates an object or replaces one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PutMode {
+    /// Create: refused with a conflict if the id is taken.
     Create,
+    /// Replace: refused as not found if there is no object with the id.
     Replace,
 }
 
 /// What applying a command gave: the stored object, or a business rejection.
 pub type CommandResult = Result<Applied, Rejection>;
 
+/// What a command did, when the state machine accepted it.
 #[allow(clippy::large_enum_variant)] // see `Command`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Applied {
+    /// The object as stored (with its timestamps and, for keys and tokens, the
+    /// stored secret digest).
     Put(Entity),
+    /// The object was removed.
     Deleted,
+    /// The identity signing key after a rotation.
     IdentityKey(IdentityKeyState),
     /// The ledger after a metering command, and the units granted by it.
     Quota {
+        /// Units granted by a [`Command::QuotaGrant`] (0 when none are left,
+        /// and for other commands).
         granted: u64,
+        /// The ledger of the command's (key, plan, period) afterwards.
         ledger: crate::metering::QuotaLedger,
     },
     /// Entries that carry no command (blank entries, membership changes).
@@ -99,12 +173,16 @@ pub enum Applied {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message}")]
 pub struct Rejection {
+    /// Which kind of refusal: sets the admin API's status.
     pub kind: RejectionKind,
     /// The request field at fault, when there is one.
     pub field: Option<String>,
+    /// What is wrong and how to fix it, for the operator.
     pub message: String,
 }
 
+/// The kind of a [`Rejection`], each mapped to one HTTP status by the admin
+/// API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RejectionKind {
     /// Unknown id: the admin API answers 404.
@@ -116,14 +194,18 @@ pub enum RejectionKind {
 }
 
 impl Rejection {
+    /// `no {kind} with id {id}`: no object of `kind` has this id (404).
     pub fn not_found(kind: EntityKind, id: &str) -> Self {
         Rejection { kind: RejectionKind::NotFound, field: None, message: format!("no {} with id {id:?}", kind.noun()) }
     }
 
+    /// A clash with the current state (409), naming `field` when one is at fault.
     pub fn conflict(field: Option<&str>, message: impl Into<String>) -> Self {
         Rejection { kind: RejectionKind::Conflict, field: field.map(str::to_string), message: message.into() }
     }
 
+    /// A bad value or a reference to something that does not exist (400),
+    /// naming `field`.
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
         Rejection { kind: RejectionKind::Invalid, field: Some(field.to_string()), message: message.into() }
     }

@@ -19,9 +19,19 @@ use crate::model::Jwk;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyMaterial {
     /// `kty` RSA: modulus and public exponent, big-endian, no leading zeros.
-    Rsa { n: Vec<u8>, e: Vec<u8> },
+    Rsa {
+        /// The modulus (`n`), [`RSA_MIN_BITS`] to [`RSA_MAX_BITS`] bits.
+        n: Vec<u8>,
+        /// The public exponent (`e`): odd, 3 to 2^33 - 1.
+        e: Vec<u8>,
+    },
     /// `kty` EC: the uncompressed point `0x04 || x || y` on `curve`.
-    Ec { curve: Curve, point: Vec<u8> },
+    Ec {
+        /// The curve named by `crv`.
+        curve: Curve,
+        /// `0x04`, then `x` and `y`, each [`Curve::coordinate_len`] bytes.
+        point: Vec<u8>,
+    },
     /// `kty` OKP, `crv` Ed25519: the 32-byte public key.
     Ed25519(Vec<u8>),
     /// `kty` oct: the HMAC secret.
@@ -31,7 +41,9 @@ pub enum KeyMaterial {
 /// The elliptic curves Tollgate verifies with (ES256 and ES384).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Curve {
+    /// NIST P-256 (`crv` `P-256`, RFC 7518 §6.2.1.1), for ES256.
     P256,
+    /// NIST P-384 (`crv` `P-384`, RFC 7518 §6.2.1.1), for ES384.
     P384,
 }
 
@@ -45,9 +57,10 @@ impl Curve {
     }
 }
 
-/// RSA moduli Tollgate accepts, in bits: what the signature library verifies
-/// with (RS*/PS* with 2048 to 8192-bit keys).
+/// The smallest RSA modulus Tollgate accepts, in bits: what the signature
+/// library verifies RS*/PS* signatures with (2048 to 8192-bit keys).
 pub const RSA_MIN_BITS: usize = 2048;
+/// The largest RSA modulus Tollgate accepts, in bits (see [`RSA_MIN_BITS`]).
 pub const RSA_MAX_BITS: usize = 8192;
 /// The largest encoded member read: an 8192-bit modulus is 1366 characters.
 pub const MAX_MEMBER_CHARS: usize = 4096;
@@ -72,7 +85,10 @@ pub fn hmac_min_len(alg: &str) -> Option<usize> {
 /// `x`, `y`, `k` or `kty`) and what would be accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadMember {
+    /// The JWK member at fault, as named in RFC 7518 §6 (`n`, `e`, `crv`, `x`,
+    /// `y`, `k`) or `kty`.
     pub member: &'static str,
+    /// What is wrong with it and what would be accepted.
     pub message: String,
 }
 

@@ -21,7 +21,11 @@ pub const DAY_MS: i64 = 86_400_000;
 /// Units a lease holder has, until when (ms since the epoch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
+    /// Units (requests) the holder may still admit from this grant.
     pub units: u64,
+    /// When the grant lapses unless renewed, in ms since the Unix epoch (the
+    /// time of the command that granted it plus the lease): then its units
+    /// count as consumed.
     pub expires_at_ms: i64,
     /// Which grant this is, for its holder: a new number each time the
     /// ledger opens a grant (renewals keep it). A report names the grant its
@@ -38,6 +42,9 @@ pub fn holder_node(holder: u64) -> u64 {
     holder >> 32
 }
 
+/// What one key has used and what nodes hold, for one usage plan and one
+/// quota period: the replicated record that keeps the quota exact (see the
+/// module docs for the invariant it keeps).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuotaLedger {
     /// Units used: reported by holders, or held by a grant that expired.
@@ -64,7 +71,9 @@ pub struct QuotaLedger {
 /// that died never reports: its grant stays counted whole (invariant U).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExpiredGrant {
+    /// The lease holder it was granted to (see [`holder_node`]).
     pub holder: u64,
+    /// Which of that holder's grants it was ([`Grant::generation`]).
     pub generation: u64,
     /// Units counted as consumed at expiry.
     pub charged: u64,
@@ -79,6 +88,8 @@ pub struct ExpiredGrant {
 pub const MAX_EXPIRED_KEPT: usize = 8;
 
 impl QuotaLedger {
+    /// Units granted to holders and not yet reported or expired: the sum of
+    /// every grant (saturating at `u64::MAX`).
     pub fn outstanding(&self) -> u64 {
         self.grants.values().fold(0u64, |sum, g| sum.saturating_add(g.units))
     }

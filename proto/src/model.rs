@@ -21,10 +21,17 @@ use time::OffsetDateTime;
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
+    /// The current time from the system clock, truncated to whole seconds.
     pub fn now() -> Self {
         Timestamp(OffsetDateTime::now_utc().unix_timestamp())
     }
 
+    /// Parses an RFC 3339 time (`2026-01-31T00:00:00Z`, any offset), to whole
+    /// seconds.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the expected form when `text` is not RFC 3339.
     pub fn parse(text: &str) -> Result<Self, String> {
         OffsetDateTime::parse(text, &Rfc3339)
             .map(|t| Timestamp(t.unix_timestamp()))
@@ -75,7 +82,12 @@ impl<'de> Deserialize<'de> for Timestamp {
 /// SHA-256. The secret itself is shown once, at creation, and never stored.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretDigest {
+    /// The secret's first 12 characters (such as `tgk_Ab3dE9xQ`), shown in
+    /// lists and logs to recognise it; the rest of the 32 random bytes stays
+    /// unguessable.
     pub prefix: String,
+    /// SHA-256 of the whole secret; a presented secret is hashed and compared
+    /// in constant time.
     pub sha256: [u8; 32],
 }
 
@@ -91,16 +103,24 @@ impl fmt::Debug for SecretDigest {
 /// An API: the unit an edge proxy names in a check, with its stages and routes.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Api {
+    /// 1 to 64 of `A-Z a-z 0-9 _ -`: the `api` a check names. Empty on create:
+    /// the node makes one (`api_…`).
     #[serde(default)]
     pub id: String,
+    /// A label for people: 1 to 128 characters, not blank, no control
+    /// characters.
     pub name: String,
+    /// Free text for people, at most 1024 characters.
     #[serde(default)]
     pub description: String,
     /// Where the check looks for the API key of a request.
     #[serde(default)]
     pub key_source: KeySource,
+    /// Its deployment stages (at most 256, names unique); a check names one.
     #[serde(default)]
     pub stages: Vec<Stage>,
+    /// Its routes (at most 256, unique by method and path); a request that
+    /// matches none is denied `no_route`.
     #[serde(default)]
     pub routes: Vec<Route>,
     /// Cross-origin settings; without them no CORS headers are added.
@@ -109,8 +129,10 @@ pub struct Api {
     /// WAF-style rules, checked in order before anything else.
     #[serde(default)]
     pub waf: Vec<WafRule>,
+    /// When it was created; set by the node, ignored on input.
     #[serde(default)]
     pub created_at: Timestamp,
+    /// When it was last changed; set by the node, ignored on input.
     #[serde(default)]
     pub updated_at: Timestamp,
 }
@@ -118,12 +140,16 @@ pub struct Api {
 /// A WAF-style rule: a condition on the request and what to do on a match.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WafRule {
+    /// A label for the rule in metrics and decisions: 1 to 128 characters.
     pub name: String,
+    /// What a match does; default `block`.
     #[serde(default)]
     pub action: WafAction,
+    /// What the rule matches.
     pub condition: WafCondition,
 }
 
+/// What a WAF rule does when its condition matches (AWS WAF's rule action).
 #[derive(utoipa::ToSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WafAction {
@@ -134,6 +160,10 @@ pub enum WafAction {
     Count,
 }
 
+/// What a WAF rule matches on; serialized in snake_case (`ip_set`,
+/// `max_body_bytes`, ...). Regular expressions are at most
+/// [`MAX_REGEX_LEN`](crate::validate::MAX_REGEX_LEN) bytes and run on the
+/// canonical request.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WafCondition {
@@ -149,10 +179,21 @@ pub enum WafCondition {
     /// The raw query (`a=1&b=2`, keys sorted) matches this regular expression.
     QueryMatches(String),
     /// A header is present and its value matches the regular expression.
-    HeaderMatches { name: String, regex: String },
+    HeaderMatches {
+        /// The header's name, lower case.
+        name: String,
+        /// The regular expression its value must match (`regex` crate
+        /// syntax, unanchored).
+        regex: String,
+    },
     /// More than `limit` requests (1 to 10^9) from one source address in
     /// `window_secs` (1 to 86400).
-    RatePerIp { limit: u32, window_secs: u32 },
+    RatePerIp {
+        /// Requests allowed per window from one address, 1 to 10^9.
+        limit: u32,
+        /// The window's length in seconds, 1 to 86400.
+        window_secs: u32,
+    },
 }
 
 /// CORS settings of an API: preflights are answered by the check, and every
@@ -161,16 +202,22 @@ pub enum WafCondition {
 pub struct Cors {
     /// Exact origins (`https://app.example.com`), `https://*.example.com`, or `*`.
     pub allow_origins: Vec<String>,
+    /// Methods a preflight may ask for (`Access-Control-Allow-Methods`), in
+    /// capitals; default `GET`, `HEAD`, `POST`.
     #[serde(default = "default_cors_methods")]
     pub allow_methods: Vec<String>,
     /// Request headers a preflight may ask for (lower case); `*` for any.
     #[serde(default)]
     pub allow_headers: Vec<String>,
+    /// Response headers a browser lets scripts read
+    /// (`Access-Control-Expose-Headers`), lower case; `*` for any.
     #[serde(default)]
     pub expose_headers: Vec<String>,
     /// How long a browser may cache a preflight answer: 0 to 86400 s (default 600).
     #[serde(default = "default_cors_max_age")]
     pub max_age_secs: u32,
+    /// Allow cookies and credentials (`Access-Control-Allow-Credentials: true`);
+    /// refused together with the origin `*`, as browsers refuse it.
     #[serde(default)]
     pub allow_credentials: bool,
 }
@@ -187,8 +234,12 @@ fn default_cors_max_age() -> u32 {
 /// a query parameter; or the answer of the route's HTTP authorizer.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeySource {
+    /// The header the key is read from, lower case; default `x-api-key` (as in
+    /// AWS API Gateway).
     #[serde(default = "default_key_header")]
     pub header: String,
+    /// A query parameter the key is also read from when the header is absent
+    /// (`None`: none); 1 to 64 of `A-Z a-z 0-9 _ -`.
     #[serde(default)]
     pub query_param: Option<String>,
     /// `request` (default): the key is the one the request carries in
@@ -224,10 +275,14 @@ impl Default for KeySource {
 /// A deployment stage of an API (`prod`, `beta`), with its own limits.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stage {
+    /// 1 to 64 of `A-Z a-z 0-9 _ -`, unique in the API: the `stage` a check
+    /// names.
     pub name: String,
     /// Stage-wide throttle, applied to all keys together.
     #[serde(default)]
     pub throttle: Option<Throttle>,
+    /// Name/value pairs kept with the stage (AWS API Gateway's stage variables),
+    /// stored and shown; the check does not read them.
     #[serde(default)]
     pub variables: BTreeMap<String, String>,
 }
@@ -239,6 +294,8 @@ pub struct Route {
     pub method: String,
     /// A path starting with `/`; `*` matches one segment, a trailing `/*` any rest.
     pub path: String,
+    /// Whether a request must carry a valid API key (and so is metered under
+    /// that key's plan); default false.
     #[serde(default)]
     pub api_key_required: bool,
     /// A JWT or HTTP authorizer that must allow the request.
@@ -265,19 +322,32 @@ pub struct Throttle {
 /// stages it covers.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsagePlan {
+    /// 1 to 64 of `A-Z a-z 0-9 _ -`. Empty on create: the node makes one
+    /// (`plan_…`).
     #[serde(default)]
     pub id: String,
+    /// A label for people: 1 to 128 characters, not blank, no control
+    /// characters.
     pub name: String,
+    /// Free text for people, at most 1024 characters.
     #[serde(default)]
     pub description: String,
+    /// The rate and burst each key of the plan gets (per key, cluster-wide);
+    /// `None`: no per-key throttle.
     #[serde(default)]
     pub throttle: Option<Throttle>,
+    /// The requests each key of the plan may make per period, exact across the
+    /// cluster; `None`: no quota.
     #[serde(default)]
     pub quota: Option<Quota>,
+    /// The API stages the plan covers (unique, at most 256); a key is metered
+    /// under the plan only on these.
     #[serde(default)]
     pub api_stages: Vec<PlanStage>,
+    /// When it was created; set by the node, ignored on input.
     #[serde(default)]
     pub created_at: Timestamp,
+    /// When it was last changed; set by the node, ignored on input.
     #[serde(default)]
     pub updated_at: Timestamp,
 }
@@ -285,8 +355,11 @@ pub struct UsagePlan {
 /// One API stage a plan covers, with per-method throttle overrides.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanStage {
+    /// The API's id.
     pub api_id: String,
+    /// The stage's name in that API.
     pub stage: String,
+    /// Throttles that replace the plan's for some routes (at most 256).
     #[serde(default)]
     pub method_throttles: Vec<MethodThrottle>,
 }
@@ -294,8 +367,11 @@ pub struct PlanStage {
 /// A throttle that replaces the plan's for one method and path pattern.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MethodThrottle {
+    /// An HTTP method in capitals, or `*` for any.
     pub method: String,
+    /// A route path pattern, as in [`Route::path`].
     pub path: String,
+    /// The rate and burst for requests to that method and path, per key.
     pub throttle: Throttle,
 }
 
@@ -304,6 +380,7 @@ pub struct MethodThrottle {
 pub struct Quota {
     /// Requests per period, 1 to 2^53 - 1.
     pub limit: u64,
+    /// The length of a period; see `offset` for where it starts.
     pub period: Period,
     /// Where a period starts, as in API Gateway: for `week` the weekday
     /// (0 = Sunday … 6), for `month` the day of the month minus one (0 … 27);
@@ -312,11 +389,16 @@ pub struct Quota {
     pub offset: u32,
 }
 
+/// The length of a quota period (AWS API Gateway's `QuotaSettings.period`),
+/// in UTC.
 #[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Period {
+    /// A UTC day, from midnight.
     Day,
+    /// A week, starting on the weekday `offset` names.
     Week,
+    /// A calendar month, starting on day `offset + 1`.
     Month,
 }
 
@@ -326,45 +408,66 @@ pub enum Period {
 /// An API key as stored: its identity, its plans and the digest of its secret.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiKey {
+    /// 1 to 64 of `A-Z a-z 0-9 _ -`, made by the node (`key_…`); not the secret.
     pub id: String,
+    /// A label for people: 1 to 128 characters.
     pub name: String,
+    /// Free text for people, at most 1024 characters.
     pub description: String,
     /// The customer or owner the key was issued to (billing reads it).
     pub customer_id: Option<String>,
+    /// Labels (at most 50) that policy conditions can test (`tag:NAME`).
     pub tags: BTreeMap<String, String>,
+    /// A disabled key is refused (`disabled_key`) but not deleted.
     pub enabled: bool,
+    /// When the key stops working (`expired_key`); `None`: never.
     pub expires_at: Option<Timestamp>,
     /// At most one plan per API stage.
     pub plan_ids: Vec<String>,
+    /// The current secret's prefix and SHA-256.
     pub secret: SecretDigest,
     /// The secret before the last reroll, accepted until `valid_until`.
     pub previous_secret: Option<PreviousSecret>,
+    /// When it was created.
     pub created_at: Timestamp,
+    /// When it was last changed (a reroll included).
     pub updated_at: Timestamp,
 }
 
 /// A rerolled key's old secret and the end of its overlap window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PreviousSecret {
+    /// The old secret's prefix and SHA-256.
     pub secret: SecretDigest,
+    /// The end of the overlap: from then the old secret is refused.
     pub valid_until: Timestamp,
 }
 
 /// What an operator sets on a key, on create and on update.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiKeySpec {
+    /// A label for people: 1 to 128 characters, not blank, no control
+    /// characters.
     pub name: String,
+    /// Free text for people, at most 1024 characters.
     #[serde(default)]
     pub description: String,
+    /// The customer or owner the key is issued to (AWS API Gateway's
+    /// `customerId`): 1 to 128 characters; billing reads it.
     #[serde(default)]
     pub customer_id: Option<String>,
+    /// At most 50 labels: names 1 to 128, values at most 256 printable
+    /// characters; policy conditions test them as `tag:NAME`.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Whether the key works; default true.
     #[serde(default = "yes")]
     pub enabled: bool,
     /// When the key stops working; from 1970 to 9999-12-31T23:59:59Z.
     #[serde(default)]
     pub expires_at: Option<Timestamp>,
+    /// The usage plans the key is in, unique; at most one per API stage (the
+    /// state machine checks that and that they exist).
     #[serde(default)]
     pub plan_ids: Vec<String>,
 }
@@ -374,6 +477,8 @@ fn yes() -> bool {
 }
 
 impl ApiKey {
+    /// A new key from what the operator set, its id and secret digest made by
+    /// the node; created and updated at `now`.
     pub fn from_spec(id: String, spec: ApiKeySpec, secret: SecretDigest, now: Timestamp) -> Self {
         ApiKey {
             id,
@@ -391,6 +496,7 @@ impl ApiKey {
         }
     }
 
+    /// What an operator set on the key: the input that would recreate it.
     pub fn spec(&self) -> ApiKeySpec {
         ApiKeySpec {
             name: self.name.clone(),
@@ -403,6 +509,7 @@ impl ApiKey {
         }
     }
 
+    /// The key as the admin API shows it: no digest, its secrets' prefixes.
     pub fn view(&self) -> ApiKeyView {
         ApiKeyView {
             id: self.id.clone(),
@@ -425,20 +532,31 @@ impl ApiKey {
 /// A key as the admin API shows it: everything but the secret's digest.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiKeyView {
+    /// The key's id (not its secret).
     pub id: String,
+    /// A label for people.
     pub name: String,
+    /// Free text for people.
     pub description: String,
+    /// The customer or owner the key was issued to.
     pub customer_id: Option<String>,
+    /// Labels policy conditions can test (`tag:NAME`).
     pub tags: BTreeMap<String, String>,
+    /// Whether the key works.
     pub enabled: bool,
+    /// When the key stops working; `None`: never.
     pub expires_at: Option<Timestamp>,
+    /// The usage plans the key is in.
     pub plan_ids: Vec<String>,
     /// The visible start of the secret, to recognise the key.
     pub prefix: String,
     /// After a reroll: the old secret's prefix, and until when it still works.
     pub previous_prefix: Option<String>,
+    /// After a reroll: until when the old secret still works.
     pub previous_valid_until: Option<Timestamp>,
+    /// When it was created.
     pub created_at: Timestamp,
+    /// When it was last changed (a reroll included).
     pub updated_at: Timestamp,
 }
 
@@ -449,24 +567,38 @@ pub struct ApiKeyView {
 /// without, it applies to the principals its statements name.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
+    /// 1 to 64 of `A-Z a-z 0-9 _ -`. Empty on create: the node makes one
+    /// (`pol_…`).
     #[serde(default)]
     pub id: String,
+    /// A label for people: 1 to 128 characters, not blank, no control
+    /// characters.
     pub name: String,
+    /// Free text for people, at most 1024 characters.
     #[serde(default)]
     pub description: String,
+    /// The API whose resource policy this is; `None`: an identity policy.
     #[serde(default)]
     pub api_id: Option<String>,
+    /// At least one statement. Across all policies that apply: an explicit
+    /// deny wins, then any allow, else the request is denied implicitly.
     pub statements: Vec<Statement>,
+    /// When it was created; set by the node, ignored on input.
     #[serde(default)]
     pub created_at: Timestamp,
+    /// When it was last changed; set by the node, ignored on input.
     #[serde(default)]
     pub updated_at: Timestamp,
 }
 
+/// One IAM-style statement: the effect on requests whose principal, action
+/// and resource match and whose conditions all hold.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Statement {
+    /// An optional statement id for people (IAM's `Sid`); not matched on.
     #[serde(default)]
     pub sid: String,
+    /// Allow or deny what the statement matches.
     pub effect: Effect,
     /// Key ids (`key:ID`), JWT subjects (`sub:…`), groups (`group:…`) or `*`.
     pub principals: Vec<String>,
@@ -474,52 +606,81 @@ pub struct Statement {
     pub actions: Vec<String>,
     /// `api/stage/METHOD/path`, each part may use `*`.
     pub resources: Vec<String>,
+    /// Conditions that must all hold for the statement to apply; none: always.
     #[serde(default)]
     pub conditions: Vec<Condition>,
 }
 
+/// What a matching statement does (IAM's `Effect`).
 #[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Effect {
+    /// Allows the request, unless another statement denies it.
     Allow,
+    /// Denies the request, whatever else allows it.
     Deny,
 }
 
 /// A condition on the request: `operator(key, values)`.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Condition {
+    /// How the request's value for `key` is compared with `values`.
     pub operator: ConditionOperator,
     /// `source_ip`, `proxy_id`, `claim:NAME`, `header:NAME` or `tag:NAME`.
     pub key: String,
+    /// What to compare with: CIDR blocks or addresses for the IP operators,
+    /// strings (globs for the `Like` operators) for the others.
     pub values: Vec<String>,
 }
 
+/// The comparison of a [`Condition`], with IAM's names and semantics: a key
+/// missing from the request matches no positive operator and satisfies
+/// every negated one.
 #[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConditionOperator {
+    /// `source_ip` is in one of the networks (canonical form, as
+    /// [`crate::canonical::address`]).
     IpAddress,
+    /// `source_ip` is in none of the networks (or the request has none).
     NotIpAddress,
+    /// The value equals one of `values` exactly (case-sensitive).
     StringEquals,
+    /// The value equals none of `values`.
     StringNotEquals,
+    /// The value matches one of the globs (`*` any run of characters, `?` one).
     StringLike,
+    /// The value matches none of the globs.
     StringNotLike,
 }
 
 // ---------------------------------------------------------------------------
 // Authorizers
 
+/// An authorizer a route can name: a JWT validator or a custom HTTP
+/// endpoint (AWS API Gateway's Cognito and Lambda authorizers).
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Authorizer {
+    /// 1 to 64 of `A-Z a-z 0-9 _ -`. Empty on create: the node makes one
+    /// (`auth_…`).
     #[serde(default)]
     pub id: String,
+    /// A label for people: 1 to 128 characters, not blank, no control
+    /// characters.
     pub name: String,
+    /// Free text for people, at most 1024 characters.
     #[serde(default)]
     pub description: String,
+    /// What kind of authorizer, with its settings.
     pub kind: AuthorizerKind,
+    /// When it was created; set by the node, ignored on input.
     #[serde(default)]
     pub created_at: Timestamp,
+    /// When it was last changed; set by the node, ignored on input.
     #[serde(default)]
     pub updated_at: Timestamp,
 }
 
+/// The kind of an [`Authorizer`]: `{"jwt": {...}}` or `{"http": {...}}` in
+/// JSON.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthorizerKind {
@@ -529,17 +690,24 @@ pub enum AuthorizerKind {
     Http(HttpAuthorizer),
 }
 
+/// Validates a bearer JWT (RFC 7519) from `Authorization`: signature with
+/// a pinned algorithm, `iss`, `aud`, `exp`/`nbf` with leeway, and scopes.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JwtAuthorizer {
+    /// The `iss` a token must carry, exactly; not empty.
     pub issuer: String,
+    /// A token's `aud` must name at least one of these; at least one.
     pub audiences: Vec<String>,
     /// Where to fetch the signing keys; or give them inline in `jwks`.
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// Signing keys given inline; HMAC (`oct`) keys can only be given so.
     #[serde(default)]
     pub jwks: Vec<Jwk>,
     /// Algorithms accepted, pinned: `none` never, HMAC never beside public-key ones.
     pub algorithms: Vec<String>,
+    /// Scopes every token must carry (from `scope` or `scp`), on every route;
+    /// routes may require more.
     #[serde(default)]
     pub required_scopes: Vec<String>,
     /// Clock skew allowed on `exp` and `nbf`: 0 to 300 s (default 30).
@@ -556,19 +724,30 @@ fn default_leeway() -> u32 {
 /// §6); see [`crate::jwk`] for the sizes accepted.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Jwk {
+    /// Key type: `RSA`, `EC`, `OKP` or `oct` (RFC 7518 §6.1, RFC 8037).
     pub kty: String,
+    /// Key id, 1 to 256 characters, matched with a token's `kid` header.
     #[serde(default)]
     pub kid: Option<String>,
+    /// The one algorithm this key may verify (RFC 7517 §4.4), from
+    /// [`JWT_ALGORITHMS`](crate::validate::JWT_ALGORITHMS); `None`: any the
+    /// authorizer accepts for its key type.
     #[serde(default)]
     pub alg: Option<String>,
+    /// RSA modulus (RFC 7518 §6.3.1.1): 2048 to 8192 bits.
     #[serde(default)]
     pub n: Option<String>,
+    /// RSA public exponent (RFC 7518 §6.3.1.2): odd, 3 to 2^33 - 1.
     #[serde(default)]
     pub e: Option<String>,
+    /// Curve: `P-256` or `P-384` for `EC` (RFC 7518 §6.2.1.1), `Ed25519` for
+    /// `OKP` (RFC 8037).
     #[serde(default)]
     pub crv: Option<String>,
+    /// x coordinate (`EC`, RFC 7518 §6.2.1.2) or public key (`OKP`, RFC 8037).
     #[serde(default)]
     pub x: Option<String>,
+    /// y coordinate (`EC`, RFC 7518 §6.2.1.3).
     #[serde(default)]
     pub y: Option<String>,
     /// Symmetric key material (kty `oct`).
@@ -576,9 +755,14 @@ pub struct Jwk {
     pub k: Option<String>,
 }
 
+/// A custom HTTP authorizer: the node POSTs the request's identity to `url`
+/// and reads allow or deny, a principal and context from the answer;
+/// answers are cached by identity source for `cache_ttl_secs`.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HttpAuthorizer {
+    /// An `http://` or `https://` URL the node POSTs JSON to.
     pub url: String,
+    /// What the node sends; default `token`.
     #[serde(default)]
     pub mode: HttpAuthorizerMode,
     /// `header:NAME` or `query:NAME`; together they key the result cache.
@@ -599,6 +783,8 @@ fn default_authorizer_timeout() -> u32 {
     1000
 }
 
+/// What an HTTP authorizer is sent (AWS API Gateway's TOKEN and REQUEST
+/// authorizer types).
 #[derive(utoipa::ToSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HttpAuthorizerMode {
@@ -615,31 +801,49 @@ pub enum HttpAuthorizerMode {
 /// A bearer token for the admin API, stored as a digest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdminToken {
+    /// Made by the node (`tok_…`); not the secret.
     pub id: String,
+    /// A label for people: 1 to 128 characters.
     pub name: String,
+    /// What the token may do; at least one.
     pub scopes: Vec<Scope>,
+    /// The token's prefix and SHA-256; the token itself is never stored.
     pub secret: SecretDigest,
+    /// When it was created.
     pub created_at: Timestamp,
+    /// When it was last changed.
     pub updated_at: Timestamp,
 }
 
+/// What an operator sets on an admin token when creating one.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdminTokenSpec {
+    /// A label for people: 1 to 128 characters, not blank, no control
+    /// characters.
     pub name: String,
+    /// What the token may do; at least one.
     pub scopes: Vec<Scope>,
 }
 
+/// An admin token as the admin API shows it: no digest, the prefix only.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdminTokenView {
+    /// The token's id (not the token).
     pub id: String,
+    /// A label for people.
     pub name: String,
+    /// What the token may do.
     pub scopes: Vec<Scope>,
+    /// The token's first characters, to recognise it.
     pub prefix: String,
+    /// When it was created.
     pub created_at: Timestamp,
+    /// When it was last changed.
     pub updated_at: Timestamp,
 }
 
 impl AdminToken {
+    /// The token as the admin API shows it.
     pub fn view(&self) -> AdminTokenView {
         AdminTokenView {
             id: self.id.clone(),
@@ -652,10 +856,13 @@ impl AdminToken {
     }
 }
 
+/// What an admin token may do.
 #[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
+    /// Admin API reads (`GET`, `HEAD`).
     Read,
+    /// Every admin API call, reads included.
     Write,
     /// Only the check path (the binary protocol's hello): for edge proxies.
     Check,
@@ -668,7 +875,9 @@ pub enum Scope {
 /// node derives the key itself from the cluster token and this version.
 #[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityKeyState {
+    /// The signing key's version, from 1; each rotation adds one.
     pub version: u64,
+    /// When the key was last rotated (the epoch before any rotation).
     pub rotated_at: Timestamp,
 }
 
@@ -684,26 +893,39 @@ impl Default for IdentityKeyState {
 /// Any stored object; what a `Put` command carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Entity {
+    /// An API.
     Api(Api),
+    /// A usage plan.
     Plan(UsagePlan),
+    /// An API key (with its secret's digest).
     Key(ApiKey),
+    /// An IAM-style policy.
     Policy(Policy),
+    /// A JWT or HTTP authorizer.
     Authorizer(Authorizer),
+    /// An admin token (with its digest).
     Token(AdminToken),
 }
 
 /// The kinds of stored object, with the names the admin API uses for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum EntityKind {
+    /// APIs, `/v1/admin/apis`.
     Api,
+    /// Usage plans, `/v1/admin/plans`.
     Plan,
+    /// API keys, `/v1/admin/keys`.
     Key,
+    /// Policies, `/v1/admin/policies`.
     Policy,
+    /// Authorizers, `/v1/admin/authorizers`.
     Authorizer,
+    /// Admin tokens, `/v1/admin/tokens`.
     Token,
 }
 
 impl EntityKind {
+    /// Every kind, in declaration order.
     pub const ALL: [EntityKind; 6] = [
         EntityKind::Api,
         EntityKind::Plan,
@@ -739,6 +961,7 @@ impl EntityKind {
 }
 
 impl Entity {
+    /// Which kind of object it is.
     pub fn kind(&self) -> EntityKind {
         match self {
             Entity::Api(_) => EntityKind::Api,
@@ -750,6 +973,7 @@ impl Entity {
         }
     }
 
+    /// Its id, unique within its kind.
     pub fn id(&self) -> &str {
         match self {
             Entity::Api(x) => &x.id,
@@ -781,6 +1005,7 @@ impl Entity {
         }
     }
 
+    /// When it was created.
     pub fn created_at(&self) -> Timestamp {
         match self {
             Entity::Api(x) => x.created_at,

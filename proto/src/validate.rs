@@ -15,20 +15,33 @@ use crate::model::*;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{field}: {message}")]
 pub struct FieldError {
+    /// The field at fault, as a JSON path into the request body (`name`,
+    /// `stages[2].throttle.rate_per_sec`, `kind.jwt.jwks[0].k`).
     pub field: String,
+    /// What is wrong and what would be accepted, for a person to read.
     pub message: String,
 }
 
+/// The outcome of a rule: `Ok` when the value passes, else the first field
+/// that fails.
 pub type Checked = Result<(), FieldError>;
 
 fn fail(field: impl Into<String>, message: impl Into<String>) -> Checked {
     Err(FieldError { field: field.into(), message: message.into() })
 }
 
+/// The longest `name` (and `customer_id`), in characters (Unicode scalar
+/// values); a name must also not be blank nor hold control characters.
 pub const MAX_NAME: usize = 128;
+/// The longest `description`, in characters (Unicode scalar values).
 pub const MAX_DESCRIPTION: usize = 1024;
+/// The most entries in a list (stages, routes, WAF rules, plan ids, ...).
 pub const MAX_LIST: usize = 256;
+/// The methods a route, a method throttle or a policy may name, in capitals
+/// (RFC 9110 §9); `*` means every method in a pattern, never in a request.
 pub const HTTP_METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"];
+/// The JWS algorithms a JWT authorizer may accept (RFC 7518 §3.1, and
+/// `EdDSA` from RFC 8037); `none` never is.
 pub const JWT_ALGORITHMS: [&str; 12] =
     ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
 
@@ -39,9 +52,10 @@ pub const JWT_ALGORITHMS: [&str; 12] =
 /// The largest count or size without a natural bound (quota limits, WAF
 /// sizes): 2^53 - 1, the largest whole number every JSON client reads exactly.
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
-/// Throttle rates, requests per second: about one request in 11.6 days at
-/// the slowest (slower limits are a quota's job), a billion at the fastest.
+/// The slowest throttle rate, requests per second: about one request in
+/// 11.6 days (slower limits are a quota's job).
 pub const MIN_RATE_PER_SEC: f64 = 1e-6;
+/// The fastest throttle rate, requests per second: a billion.
 pub const MAX_RATE_PER_SEC: f64 = 1e9;
 /// The largest throttle burst and WAF per-address limit.
 pub const MAX_BURST: u32 = 1_000_000_000;
@@ -177,6 +191,14 @@ fn url(field: &str, value: &str) -> Checked {
     }
 }
 
+/// The rules an [`Api`] must satisfy on its own: its id, name and
+/// description, key source, stages (unique names, valid throttles), routes
+/// (valid method and path pattern, unique per method and path), CORS and WAF
+/// rules.
+///
+/// # Errors
+///
+/// The first field that fails, such as `stages[1].name` or `routes[0].path`.
 pub fn api(a: &Api) -> Checked {
     id("id", &a.id)?;
     name("name", &a.name)?;
@@ -229,8 +251,10 @@ pub fn api(a: &Api) -> Checked {
     Ok(())
 }
 
-/// Longest WAF regular expression, and the most memory one may compile to.
+/// The longest WAF regular expression, in bytes as written.
 pub const MAX_REGEX_LEN: usize = 1024;
+/// The most memory one WAF regular expression may compile to, in bytes
+/// (1 MiB), for its program and for its lazy DFA each.
 pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// Compiles a WAF regular expression within the size limits.
@@ -321,6 +345,12 @@ fn cors(c: &Cors) -> Checked {
     Ok(())
 }
 
+/// The rules a [`UsagePlan`] must satisfy on its own: id, name, throttle and
+/// quota bounds, and its API stages (unique, valid method throttles).
+///
+/// # Errors
+///
+/// The first field that fails, such as `api_stages[0].method_throttles[1].path`.
 pub fn plan(p: &UsagePlan) -> Checked {
     id("id", &p.id)?;
     name("name", &p.name)?;
@@ -350,6 +380,14 @@ pub fn plan(p: &UsagePlan) -> Checked {
     Ok(())
 }
 
+/// The rules an [`ApiKeySpec`] must satisfy on its own: name, description,
+/// customer id, expiry, at most 50 tags (names 1 to 128, values at most 256
+/// printable characters) and unique plan ids. Whether the plans exist is the
+/// state machine's check.
+///
+/// # Errors
+///
+/// The first field that fails, such as `tags.team` or `plan_ids[1]`.
 pub fn key_spec(k: &ApiKeySpec) -> Checked {
     name("name", &k.name)?;
     description("description", &k.description)?;
@@ -381,6 +419,13 @@ pub fn key_spec(k: &ApiKeySpec) -> Checked {
     Ok(())
 }
 
+/// The rules a [`Policy`] must satisfy on its own: id, name, and non-empty
+/// statements whose actions are `invoke` or `*` and whose conditions are
+/// well-formed (IP values parse as addresses or CIDR blocks).
+///
+/// # Errors
+///
+/// The first field that fails, such as `statements[0].actions[1]`.
 pub fn policy(p: &Policy) -> Checked {
     id("id", &p.id)?;
     name("name", &p.name)?;
@@ -440,6 +485,16 @@ fn condition(at: &str, c: &Condition) -> Checked {
     Ok(())
 }
 
+/// The rules an [`Authorizer`] must satisfy on its own. JWT: an issuer,
+/// audiences, algorithms from [`JWT_ALGORITHMS`] (HMAC never mixed with
+/// public keys), signing keys inline or a `jwks_url` (HMAC keys inline only,
+/// long enough for RFC 7518 §3.2), leeway at most 300 s. HTTP: an http(s)
+/// URL, identity sources `header:NAME` or `query:NAME`, cache TTL at most
+/// 3600 s, time-out 1 to 30000 ms.
+///
+/// # Errors
+///
+/// The first field that fails, such as `kind.jwt.jwks[0].k`.
 pub fn authorizer(a: &Authorizer) -> Checked {
     id("id", &a.id)?;
     name("name", &a.name)?;
@@ -537,6 +592,12 @@ pub fn timestamp(field: &str, t: Timestamp) -> Checked {
     Ok(())
 }
 
+/// The rules an [`AdminTokenSpec`] must satisfy on its own: a name and at
+/// least one scope.
+///
+/// # Errors
+///
+/// `name` or `scopes`.
 pub fn token_spec(t: &AdminTokenSpec) -> Checked {
     name("name", &t.name)?;
     non_empty("scopes", &t.scopes)

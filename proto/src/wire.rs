@@ -21,6 +21,9 @@ pub const VERSION: u8 = 1;
 /// The largest frame accepted, length prefix excluded.
 pub const MAX_FRAME: usize = 1 << 20;
 
+/// What a client sends: [`ClientMessage::Hello`] once, first; then any number
+/// of checks and pings, each with an id the client chooses (unique among its
+/// requests in flight on the connection).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ClientMessage {
     /// First message on a connection.
@@ -32,38 +35,62 @@ pub enum ClientMessage {
         /// Free text naming the client, for logs.
         client: String,
     },
+    /// One request to decide; answered by [`ServerMessage::Decision`] or
+    /// [`ServerMessage::Refused`] with the same id.
     Check {
+        /// Chosen by the client; the answer carries it back.
         id: u64,
+        /// The request, as for `POST /v1/check`.
         request: CheckRequest,
     },
+    /// A liveness probe; answered by [`ServerMessage::Pong`] with the same id.
     Ping {
+        /// Chosen by the client; the pong carries it back.
         id: u64,
     },
 }
 
+/// What a node sends: [`ServerMessage::Welcome`] or [`ServerMessage::Error`]
+/// to a hello; then one answer per check or ping, in any order;
+/// [`ServerMessage::Error`] before it closes the connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ServerMessage {
+    /// The hello is accepted: checks may follow.
     Welcome {
+        /// The protocol version the connection speaks from now on.
         version: u8,
+        /// The Raft node id of the node answering.
         node_id: u64,
+        /// Every member of the cluster (voters and learners), for discovery.
         members: Vec<Member>,
     },
+    /// The decision on a check.
     Decision {
+        /// The id of the check decided.
         id: u64,
+        /// The decision, as `POST /v1/check` returns it.
         decision: Decision,
     },
     /// A check the node could not decide (a malformed request: the field is named).
     Refused {
+        /// The id of the check refused.
         id: u64,
+        /// The field at fault, as a path into the request (`path`,
+        /// `headers.x-api-key`, `query._method`).
         field: String,
+        /// What is wrong and what would be accepted.
         message: String,
     },
+    /// The answer to [`ClientMessage::Ping`].
     Pong {
+        /// The id of the ping.
         id: u64,
     },
     /// The connection is being closed for this reason.
     Error {
+        /// The kind of error, for a program to act on.
         code: ErrorCode,
+        /// What went wrong, for logs.
         message: String,
     },
 }
@@ -71,16 +98,24 @@ pub enum ServerMessage {
 /// A member as clients need it: where its wire listener is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
+    /// The member's Raft node id.
     pub id: u64,
+    /// `host:port` of its binary check listener (this protocol); empty if it
+    /// has none.
     pub wire: String,
+    /// `host:port` of its HTTP listener (check, forward-auth, admin API).
     pub http: String,
 }
 
+/// Why a node refuses a hello or closes a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorCode {
     /// Not a frame of this protocol, or not the message expected.
     Protocol,
+    /// The hello offered no version this node speaks ([`VERSION`]).
     UnsupportedVersion,
+    /// The hello's token is not valid for checks (no `check` scope, and not the
+    /// bootstrap admin token), and no client certificate authenticated the proxy.
     Unauthorized,
     /// The node is shutting down or overloaded; try another.
     Unavailable,
@@ -89,12 +124,18 @@ pub enum ErrorCode {
 /// Why bytes are not a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
+    /// A length prefix (or an encoded message) over [`MAX_FRAME`] bytes; the
+    /// length claimed.
     #[error("frame of {0} bytes is over the {MAX_FRAME}-byte limit")]
     TooLarge(usize),
+    /// A frame of zero bytes, without even its version byte.
     #[error("empty frame")]
     Empty,
+    /// A frame of another protocol version than [`VERSION`]; the version it has.
     #[error("protocol version {0} is not spoken here")]
     Version(u8),
+    /// The payload is not a bincode 2 encoding of the expected message (or has
+    /// bytes after it); also an encoding failure. The cause, for logs.
     #[error("undecodable frame: {0}")]
     Decode(String),
 }
