@@ -30,6 +30,9 @@ pub const DEFAULT_QUOTA_MAX_GRANT: u64 = crate::metering::DEFAULT_MAX_GRANT;
 /// refused with 507 (see `disk`). Room for the metering ledger, snapshots and
 /// sled's own segment rewriting while an operator frees space.
 pub const DEFAULT_MIN_FREE_DISK_MB: u64 = 256;
+/// Failed admin authentications a source address may make in a row, and per
+/// minute after that (see `http::auth_failures`).
+pub const DEFAULT_ADMIN_AUTH_FAILURES_PER_MINUTE: u32 = 10;
 
 /// The flags of `tollgate serve`. Unset ones fall back to the file, then defaults.
 #[derive(Debug, Clone, Default, Args, Deserialize)]
@@ -360,7 +363,7 @@ impl ServeArgs {
             admin_auth_failures_per_minute: self
                 .admin_auth_failures_per_minute
                 .or(file.admin_auth_failures_per_minute)
-                .unwrap_or(crate::http::auth_failures::DEFAULT_PER_MINUTE),
+                .unwrap_or(DEFAULT_ADMIN_AUTH_FAILURES_PER_MINUTE),
             min_free_disk_mb: self.min_free_disk_mb.or(file.min_free_disk_mb).unwrap_or(DEFAULT_MIN_FREE_DISK_MB),
             metrics_token: env("TOLLGATE_METRICS_TOKEN").filter(|t| !t.is_empty()),
             admin_token: env("TOLLGATE_ADMIN_TOKEN").filter(|t| !t.is_empty()),

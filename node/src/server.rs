@@ -1,34 +1,20 @@
-//! Starting and stopping one node: open storage, bind the listeners, start
-//! Raft, initialise the cluster if asked, serve until shut down.
+//! Starting and stopping one node: bind the listeners, open its storage and
+//! handles ([`App::open`]), start the background tasks, initialise the
+//! cluster if asked, serve until shut down.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
-use openraft::{Config, SnapshotPolicy};
 use tokio::net::TcpListener;
 
-use crate::app::App;
-use crate::cluster::authority::ClusterAuthority;
-use crate::cluster::disk::{DiskGauges, DiskGuard};
-use crate::cluster::leader::{Leader, Removal};
-use crate::cluster::log_store::LogStore;
-use crate::cluster::network::{PeerClient, PeerNetwork};
-use crate::cluster::peer::PeerState;
-use crate::cluster::state_machine::StateMachine;
+use crate::app::{App, Node};
 use crate::cluster::{typ, NodeAddr};
 use crate::config::NodeConfig;
-use crate::http::auth_failures::AuthFailures;
-use crate::http::forwarded::TrustedProxies;
 use crate::http::{HttpState, Settings};
-use crate::metering::{Metering, MeteringConfig};
-use crate::metrics::Metrics;
-use crate::secret::Digest;
-use crate::store::{Kv, SledKv, SledOptions};
+use crate::store::Kv;
 
 /// What a started node reports about itself (also written to
 /// `DATA_DIR/node.json` so tools and tests find the bound ports).
@@ -67,10 +53,6 @@ enum Stop {
 /// it: sled keeps failing after an I/O error, so Raft cannot be restarted in
 /// this process). Either way the stop is bounded by [`STOP_LIMIT`].
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let kv = Arc::new(SledKv::open(&config.data_dir.join("db"), &SledOptions { cache_bytes: config.cache_mb << 20 })?);
-
     let outbound_roots = match &config.outbound_ca {
         Some(path) => crate::tls::outbound_roots(path)?,
         None => Vec::new(),
@@ -104,95 +86,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         wire: config.advertise_wire.clone().unwrap_or_else(|| endpoints.wire.to_string()),
     };
 
-    let raft_config = Config {
-        cluster_name: "tollgate".into(),
-        heartbeat_interval: config.heartbeat_ms,
-        election_timeout_min: config.election_min_ms,
-        election_timeout_max: config.election_max_ms,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
-        max_in_snapshot_log_to_keep: config.keep_logs,
-        // Elections start only after a pre-vote (see `cluster::pre_vote`).
-        enable_elect: false,
-        ..Default::default()
-    }
-    .validate()
-    .context("raft configuration")?;
-
-    let published = Arc::new(ArcSwap::from_pointee(Default::default()));
-    let committed = Arc::new(AtomicU64::new(0));
-    let started = std::time::Instant::now();
-    let state_machine = StateMachine::open(kv.clone(), published.clone())?;
-    let objects = published.load().model.all().count();
-    tracing::info!(objects, elapsed_ms = started.elapsed().as_millis() as u64, "state loaded");
-    let log_store = LogStore::new(kv.clone(), committed.clone());
-    let peers = PeerClient::new(config.cluster_token.clone(), config.peer_via.clone(), tls.peer_client.clone())
-        .context("peer client")?;
-    let network = PeerNetwork { client: peers.clone() };
-    let raft = typ::Raft::new(config.id, Arc::new(raft_config), network, log_store.clone(), state_machine)
-        .await
-        .context("starting raft")?;
-    let timing = crate::cluster::pre_vote::Timing {
-        heartbeat_ms: config.heartbeat_ms,
-        election_min_ms: config.election_min_ms,
-        election_max_ms: config.election_max_ms,
-    };
-    let elections = crate::cluster::pre_vote::Elections::new(config.id, raft.clone(), log_store, peers.clone(), timing);
-
-    let metrics = Metrics::new();
-    let clock: Arc<dyn crate::clock::Clock> = match config.clock_offset_ms {
-        0 => Arc::new(crate::clock::SystemClock),
-        offset => Arc::new(crate::clock::OffsetClock(offset)),
-    };
-    let metering_config = MeteringConfig { lease_ms: config.quota_lease_ms as i64, max_grant: config.quota_max_grant };
-    let disk = Arc::new(DiskGuard::new(config.id, config.min_free_disk_mb));
-    let removal = Arc::new(Removal::open(&config.data_dir));
-    let leader = Leader::new(config.id, raft.clone(), peers, disk.clone(), metrics.forwarded.clone());
-    let authority = Arc::new(ClusterAuthority::new(leader.clone(), clock.clone()));
-    let metering = Metering::new(authority.clone(), clock.clone(), metering_config, metrics.metering.clone());
-    metering.watch_limits(published.clone());
-    let gateway = crate::gateway::Gateway::with_metering(
-        published.clone(),
-        clock.clone(),
-        metrics.gateway.clone(),
-        config.cluster_token.as_deref(),
-        metering,
-    )
-    .trusting(&outbound_roots);
-    let gauges =
-        DiskGauges { available_bytes: metrics.disk_available_bytes.clone(), guard: metrics.disk_guard.clone() };
-    let app = Arc::new(App {
-        id: config.id,
-        addr: addr.clone(),
-        raft: raft.clone(),
-        leader: leader.clone(),
-        elections: elections.clone(),
-        model: published,
-        bootstrap_token: config.admin_token.as_deref().map(Digest::of),
-        gateway,
-        committed,
-        metrics,
-        clock: clock.clone(),
-        removal: removal.clone(),
-        disk: disk.clone(),
-    });
-    let http = HttpState {
-        app: app.clone(),
-        settings: Arc::new(Settings {
-            trusted_proxies: TrustedProxies(config.trusted_proxies.clone()),
-            metrics_token: config.metrics_token.as_deref().map(Digest::of),
-            metrics_on_http: config.metrics_addr.is_none(),
-            admin_auth_failures: AuthFailures::per_minute(config.admin_auth_failures_per_minute),
-        }),
-    };
-    let peer_state = Arc::new(PeerState {
-        raft: raft.clone(),
-        elections: elections.clone(),
-        leader: leader.clone(),
-        authority,
-        disk: disk.clone(),
-        removal,
-        cluster_token: config.cluster_token.as_deref().map(Digest::of),
-    });
+    let Node { app, peer: peer_state, kv, disk_gauges: gauges } =
+        App::open(&config, addr.clone(), tls.peer_client.clone(), &outbound_roots).await?;
+    let (raft, elections, leader, disk, clock) =
+        (app.raft.clone(), app.elections.clone(), app.leader.clone(), app.disk.clone(), app.clock.clone());
+    let http = HttpState { app: app.clone(), settings: Arc::new(Settings::of(&config)) };
     app.gateway.metering.start_reporting();
     let elections_task = tokio::spawn(elections.run());
 

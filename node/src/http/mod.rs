@@ -21,6 +21,8 @@ pub mod openapi;
 pub mod ops;
 pub mod usage;
 
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +35,7 @@ use axum::Router;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::app::App;
+use crate::config::NodeConfig;
 use crate::secret::{self, Digest};
 use auth::AdminCaller;
 use auth_failures::AuthFailures;
@@ -55,6 +58,18 @@ pub struct Settings {
     pub metrics_on_http: bool,
     /// Failed admin authentications by source address.
     pub admin_auth_failures: AuthFailures,
+}
+
+impl Settings {
+    /// The listener's settings in a node's configuration.
+    pub fn of(config: &NodeConfig) -> Self {
+        Settings {
+            trusted_proxies: TrustedProxies(config.trusted_proxies.clone()),
+            metrics_token: config.metrics_token.as_deref().map(Digest::of),
+            metrics_on_http: config.metrics_addr.is_none(),
+            admin_auth_failures: AuthFailures::per_minute(config.admin_auth_failures_per_minute),
+        }
+    }
 }
 
 /// The HTTP listener's state: a handler takes `State<Arc<App>>`, or
