@@ -88,17 +88,19 @@ impl App {
         peer_tls: Option<crate::tls::PeerTls>,
         outbound_roots: &[reqwest::Certificate],
     ) -> anyhow::Result<Node> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-        let kv =
-            Arc::new(SledKv::open(&config.data_dir.join("db"), &SledOptions { cache_bytes: config.cache_mb << 20 })?);
+        std::fs::create_dir_all(&config.storage.data_dir)
+            .with_context(|| format!("cannot create data dir {}", config.storage.data_dir.display()))?;
+        let kv = Arc::new(SledKv::open(
+            &config.storage.data_dir.join("db"),
+            &SledOptions { cache_bytes: config.storage.cache_mb << 20 },
+        )?);
         let raft_config = Config {
             cluster_name: "tollgate".into(),
-            heartbeat_interval: config.heartbeat_ms,
-            election_timeout_min: config.election_min_ms,
-            election_timeout_max: config.election_max_ms,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
-            max_in_snapshot_log_to_keep: config.keep_logs,
+            heartbeat_interval: config.raft.heartbeat_ms,
+            election_timeout_min: config.raft.election_min_ms,
+            election_timeout_max: config.raft.election_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.raft.snapshot_logs),
+            max_in_snapshot_log_to_keep: config.raft.keep_logs,
             // Elections start only after a pre-vote (see `cluster::pre_vote`).
             enable_elect: false,
             ..Default::default()
@@ -113,28 +115,28 @@ impl App {
         let objects = published.load().model.all().count();
         tracing::info!(objects, elapsed_ms = started.elapsed().as_millis() as u64, "state loaded");
         let log_store = LogStore::new(kv.clone(), committed.clone());
-        let peers =
-            PeerClient::new(config.cluster_token.clone(), config.peer_via.clone(), peer_tls).context("peer client")?;
+        let peers = PeerClient::new(config.cluster.token.clone(), config.cluster.peer_via.clone(), peer_tls)
+            .context("peer client")?;
         let network = PeerNetwork { client: peers.clone() };
         let raft = typ::Raft::new(config.id, Arc::new(raft_config), network, log_store.clone(), state_machine)
             .await
             .context("starting raft")?;
         let timing = Timing {
-            heartbeat_ms: config.heartbeat_ms,
-            election_min_ms: config.election_min_ms,
-            election_max_ms: config.election_max_ms,
+            heartbeat_ms: config.raft.heartbeat_ms,
+            election_min_ms: config.raft.election_min_ms,
+            election_max_ms: config.raft.election_max_ms,
         };
         let elections = Elections::new(config.id, raft.clone(), log_store, peers.clone(), timing);
 
         let metrics = Metrics::new();
-        let clock: Arc<dyn Clock> = match config.clock_offset_ms {
+        let clock: Arc<dyn Clock> = match config.quota.clock_offset_ms {
             0 => Arc::new(crate::clock::SystemClock),
             offset => Arc::new(crate::clock::OffsetClock(offset)),
         };
         let metering_config =
-            MeteringConfig { lease_ms: config.quota_lease_ms as i64, max_grant: config.quota_max_grant };
-        let disk = Arc::new(DiskGuard::new(config.id, config.min_free_disk_mb));
-        let removal = Arc::new(Removal::open(&config.data_dir));
+            MeteringConfig { lease_ms: config.quota.lease_ms as i64, max_grant: config.quota.max_grant };
+        let disk = Arc::new(DiskGuard::new(config.id, config.storage.min_free_disk_mb));
+        let removal = Arc::new(Removal::open(&config.storage.data_dir));
         let leader = Leader::new(config.id, raft.clone(), peers, disk.clone(), metrics.forwarded.clone());
         let authority = Arc::new(ClusterAuthority::new(leader.clone(), clock.clone()));
         let metering = Metering::new(authority.clone(), clock.clone(), metering_config, metrics.metering.clone());
@@ -143,7 +145,7 @@ impl App {
             published.clone(),
             clock.clone(),
             metrics.gateway.clone(),
-            config.cluster_token.as_deref(),
+            config.cluster.token.as_deref(),
             metering,
         )
         .trusting(outbound_roots);
@@ -156,7 +158,7 @@ impl App {
             authority,
             disk: disk.clone(),
             removal: removal.clone(),
-            cluster_token: config.cluster_token.as_deref().map(Digest::of),
+            cluster_token: config.cluster.token.as_deref().map(Digest::of),
         });
         let app = Arc::new(App {
             id: config.id,
@@ -165,7 +167,7 @@ impl App {
             leader,
             elections,
             model: published,
-            bootstrap_token: config.admin_token.as_deref().map(Digest::of),
+            bootstrap_token: config.admin.token.as_deref().map(Digest::of),
             gateway,
             committed,
             metrics,

@@ -53,24 +53,27 @@ enum Stop {
 /// it: sled keeps failing after an I/O error, so Raft cannot be restarted in
 /// this process). Either way the stop is bounded by [`STOP_LIMIT`].
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let outbound_roots = match &config.outbound_ca {
+    let outbound_roots = match &config.tls.outbound_ca {
         Some(path) => crate::tls::outbound_roots(path)?,
         None => Vec::new(),
     };
     let tls = Tls::of(&config, &outbound_roots)?;
-    let http_listener =
-        TcpListener::bind(&config.http).await.with_context(|| format!("cannot listen on --http {}", config.http))?;
-    let peer_listener =
-        TcpListener::bind(&config.peer).await.with_context(|| format!("cannot listen on --peer {}", config.peer))?;
-    let wire_listener =
-        TcpListener::bind(&config.wire).await.with_context(|| format!("cannot listen on --wire {}", config.wire))?;
-    let metrics_listener = match &config.metrics_addr {
+    let http_listener = TcpListener::bind(&config.listen.http)
+        .await
+        .with_context(|| format!("cannot listen on --http {}", config.listen.http))?;
+    let peer_listener = TcpListener::bind(&config.listen.peer)
+        .await
+        .with_context(|| format!("cannot listen on --peer {}", config.listen.peer))?;
+    let wire_listener = TcpListener::bind(&config.listen.wire)
+        .await
+        .with_context(|| format!("cannot listen on --wire {}", config.listen.wire))?;
+    let metrics_listener = match &config.metrics.addr {
         Some(addr) => {
             Some(TcpListener::bind(addr).await.with_context(|| format!("cannot listen on --metrics-addr {addr}"))?)
         }
         None => None,
     };
-    if config.cluster_token.is_none() {
+    if config.cluster.token.is_none() {
         tracing::warn!("--insecure-peer-auth-off: the peer port accepts anyone; never run a cluster like this");
     }
     let endpoints = Endpoints {
@@ -81,9 +84,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         metrics: metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?,
     };
     let addr = NodeAddr {
-        http: config.advertise_http.clone().unwrap_or_else(|| endpoints.http.to_string()),
-        peer: config.advertise_peer.clone().unwrap_or_else(|| endpoints.peer.to_string()),
-        wire: config.advertise_wire.clone().unwrap_or_else(|| endpoints.wire.to_string()),
+        http: config.listen.advertise_http.clone().unwrap_or_else(|| endpoints.http.to_string()),
+        peer: config.listen.advertise_peer.clone().unwrap_or_else(|| endpoints.peer.to_string()),
+        wire: config.listen.advertise_wire.clone().unwrap_or_else(|| endpoints.wire.to_string()),
     };
 
     let Node { app, peer: peer_state, kv, disk_gauges: gauges } =
@@ -106,7 +109,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         None => None,
     };
     let wire_task = tokio::spawn(crate::wire::serve(wire_listener, wire_tls, app.clone(), stop_rx.clone()));
-    let disk_task = tokio::spawn(crate::cluster::disk::watch(disk, leader, config.data_dir.clone(), gauges, stop_rx));
+    let disk_task =
+        tokio::spawn(crate::cluster::disk::watch(disk, leader, config.storage.data_dir.clone(), gauges, stop_rx));
 
     let stopped = raft_stopped(raft.clone());
     tokio::pin!(stopped);
@@ -198,10 +202,10 @@ struct Tls {
 impl Tls {
     fn of(config: &NodeConfig, outbound_roots: &[reqwest::Certificate]) -> anyhow::Result<Tls> {
         use crate::tls::{server_config, ClientAuth, PeerTls};
-        let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
             return Ok(Tls { http: None, peer: None, wire: None, peer_client: None });
         };
-        let ca = config.tls_client_ca.as_deref();
+        let ca = config.tls.client_ca.as_deref();
         if ca.is_none() {
             tracing::warn!(
                 "TLS without --tls-client-ca: peers show no certificate, and verify each other's against the \
@@ -280,10 +284,10 @@ async fn initialise(raft: &typ::Raft, config: &NodeConfig, addr: &NodeAddr) -> a
     if raft.is_initialized().await? {
         return Ok(());
     }
-    let members: std::collections::BTreeMap<_, _> = if config.init {
+    let members: std::collections::BTreeMap<_, _> = if config.cluster.init {
         [(config.id, addr.clone())].into()
-    } else if config.peers.iter().map(|(id, _)| *id).min() == Some(config.id) {
-        config.peers.iter().cloned().collect()
+    } else if config.cluster.peers.iter().map(|(id, _)| *id).min() == Some(config.id) {
+        config.cluster.peers.iter().cloned().collect()
     } else {
         return Ok(());
     };
@@ -293,8 +297,8 @@ async fn initialise(raft: &typ::Raft, config: &NodeConfig, addr: &NodeAddr) -> a
 }
 
 fn write_endpoints(config: &NodeConfig, endpoints: &Endpoints) -> anyhow::Result<()> {
-    let path = config.data_dir.join("node.json");
-    let tmp = config.data_dir.join("node.json.tmp");
+    let path = config.storage.data_dir.join("node.json");
+    let tmp = config.storage.data_dir.join("node.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(endpoints)?)?;
     std::fs::rename(&tmp, &path)?;
     Ok(())

@@ -64,10 +64,10 @@ impl Settings {
     /// The listener's settings in a node's configuration.
     pub fn of(config: &NodeConfig) -> Self {
         Settings {
-            trusted_proxies: TrustedProxies(config.trusted_proxies.clone()),
-            metrics_token: config.metrics_token.as_deref().map(Digest::of),
-            metrics_on_http: config.metrics_addr.is_none(),
-            admin_auth_failures: AuthFailures::per_minute(config.admin_auth_failures_per_minute),
+            trusted_proxies: TrustedProxies(config.trust.trusted_proxies.clone()),
+            metrics_token: config.metrics.token.as_deref().map(Digest::of),
+            metrics_on_http: config.metrics.addr.is_none(),
+            admin_auth_failures: AuthFailures::per_minute(config.admin.failures_per_minute),
         }
     }
 }

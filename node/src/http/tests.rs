@@ -23,7 +23,7 @@ use tower::ServiceExt;
 use super::{HttpState, Settings, MAX_BODY};
 use crate::app::{App, Node};
 use crate::cluster::NodeAddr;
-use crate::config::ServeArgs;
+use crate::config::{ServeArgs, StorageArgs};
 
 const ADMIN_TOKEN: &str = "tga_in-process-admin-token-0123456789";
 const CLUSTER_TOKEN: &str = "in-process-cluster-token";
@@ -41,7 +41,8 @@ struct TestNode {
 
 async fn node() -> TestNode {
     let dir = tempfile::tempdir().expect("temp dir");
-    let args = ServeArgs { id: Some(1), data_dir: Some(dir.path().to_path_buf()), ..Default::default() };
+    let storage = StorageArgs { data_dir: Some(dir.path().to_path_buf()), ..Default::default() };
+    let args = ServeArgs { id: Some(1), storage, ..Default::default() };
     let config = args
         .resolve_with(&|name| match name {
             "TOLLGATE_ADMIN_TOKEN" => Some(ADMIN_TOKEN.into()),
