@@ -56,15 +56,12 @@ impl InProcess {
         let dirs = tempfile::tempdir().expect("a temp dir");
         let mut members = Vec::new();
         for id in 1..=3u64 {
-            let args = ServeArgs {
-                id: Some(id),
-                http: Some("127.0.0.1:0".into()),
-                peer: Some("127.0.0.1:0".into()),
-                wire: Some("127.0.0.1:0".into()),
-                data_dir: Some(dirs.path().join(format!("node{id}"))),
-                init: Some(id == 1),
-                ..Default::default()
-            };
+            let mut args = ServeArgs { id: Some(id), ..Default::default() };
+            args.listen.http = Some("127.0.0.1:0".into());
+            args.listen.peer = Some("127.0.0.1:0".into());
+            args.listen.wire = Some("127.0.0.1:0".into());
+            args.storage.data_dir = Some(dirs.path().join(format!("node{id}")));
+            args.cluster.init = Some(id == 1);
             let env = |name: &str| match name {
                 "TOLLGATE_ADMIN_TOKEN" => Some(ADMIN_TOKEN.to_string()),
                 "TOLLGATE_CLUSTER_TOKEN" => Some(CLUSTER_TOKEN.to_string()),

@@ -3,6 +3,11 @@
 //! its own layer — the way to the leader in [`crate::cluster::leader`], the
 //! check pipeline in [`crate::gateway`] — and nothing here is called back
 //! from below.
+//!
+//! [`App::open`] makes them from a node's configuration: storage, Raft, the
+//! metering and the gateway, wired together, but no listener bound and no
+//! background task started (that is `crate::server`'s). So a test gets a
+//! real node in-process from a temp dir.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,14 +15,27 @@ use std::sync::Arc;
 use tollgate_proto::check::{CheckRequest, Decision};
 use tollgate_proto::FieldError;
 
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use openraft::{Config, SnapshotPolicy};
+
 use crate::clock::Clock;
-use crate::cluster::disk::DiskGuard;
+use crate::cluster::authority::ClusterAuthority;
+use crate::cluster::disk::{DiskGauges, DiskGuard};
 use crate::cluster::leader::{Leader, Removal};
+use crate::cluster::log_store::LogStore;
+use crate::cluster::network::{PeerClient, PeerNetwork};
+use crate::cluster::peer::PeerState;
+use crate::cluster::pre_vote::{Elections, Timing};
+use crate::cluster::state_machine::StateMachine;
 use crate::cluster::{typ, NodeAddr, NodeId};
+use crate::config::NodeConfig;
 use crate::gateway::Gateway;
+use crate::metering::{Metering, MeteringConfig};
 use crate::metrics::Metrics;
 use crate::secret::Digest;
 use crate::state::published::{Published, SharedModel};
+use crate::store::{SledKv, SledOptions};
 
 pub struct App {
     pub id: NodeId,
@@ -46,7 +64,120 @@ pub struct App {
     pub disk: Arc<DiskGuard>,
 }
 
+/// What [`App::open`] makes: the node's handles, and the parts its
+/// listeners and background tasks need besides.
+pub struct Node {
+    pub app: Arc<App>,
+    /// What the peer listener serves from.
+    pub peer: Arc<PeerState>,
+    /// The storage, flushed last when the node stops.
+    pub kv: Arc<SledKv>,
+    /// The gauges the disk watcher sets.
+    pub disk_gauges: DiskGauges,
+}
+
 impl App {
+    /// Opens a node's storage in `config`'s data dir and makes its handles:
+    /// Raft (not initialised, its elections not running), the way to the
+    /// leader, the metering (not reporting) and the gateway. `addr` is how
+    /// other members reach this node; `peer_tls` how it calls them;
+    /// `outbound_roots` the extra CAs of its outbound HTTPS calls.
+    pub async fn open(
+        config: &NodeConfig,
+        addr: NodeAddr,
+        peer_tls: Option<crate::tls::PeerTls>,
+        outbound_roots: &[reqwest::Certificate],
+    ) -> anyhow::Result<Node> {
+        std::fs::create_dir_all(&config.storage.data_dir)
+            .with_context(|| format!("cannot create data dir {}", config.storage.data_dir.display()))?;
+        let kv = Arc::new(SledKv::open(
+            &config.storage.data_dir.join("db"),
+            &SledOptions { cache_bytes: config.storage.cache_mb << 20 },
+        )?);
+        let raft_config = Config {
+            cluster_name: "tollgate".into(),
+            heartbeat_interval: config.raft.heartbeat_ms,
+            election_timeout_min: config.raft.election_min_ms,
+            election_timeout_max: config.raft.election_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.raft.snapshot_logs),
+            max_in_snapshot_log_to_keep: config.raft.keep_logs,
+            // Elections start only after a pre-vote (see `cluster::pre_vote`).
+            enable_elect: false,
+            ..Default::default()
+        }
+        .validate()
+        .context("raft configuration")?;
+
+        let published = Arc::new(ArcSwap::from_pointee(Default::default()));
+        let committed = Arc::new(AtomicU64::new(0));
+        let started = std::time::Instant::now();
+        let state_machine = StateMachine::open(kv.clone(), published.clone())?;
+        let objects = published.load().model.all().count();
+        tracing::info!(objects, elapsed_ms = started.elapsed().as_millis() as u64, "state loaded");
+        let log_store = LogStore::new(kv.clone(), committed.clone());
+        let peers = PeerClient::new(config.cluster.token.clone(), config.cluster.peer_via.clone(), peer_tls)
+            .context("peer client")?;
+        let network = PeerNetwork { client: peers.clone() };
+        let raft = typ::Raft::new(config.id, Arc::new(raft_config), network, log_store.clone(), state_machine)
+            .await
+            .context("starting raft")?;
+        let timing = Timing {
+            heartbeat_ms: config.raft.heartbeat_ms,
+            election_min_ms: config.raft.election_min_ms,
+            election_max_ms: config.raft.election_max_ms,
+        };
+        let elections = Elections::new(config.id, raft.clone(), log_store, peers.clone(), timing);
+
+        let metrics = Metrics::new();
+        let clock: Arc<dyn Clock> = match config.quota.clock_offset_ms {
+            0 => Arc::new(crate::clock::SystemClock),
+            offset => Arc::new(crate::clock::OffsetClock(offset)),
+        };
+        let metering_config =
+            MeteringConfig { lease_ms: config.quota.lease_ms as i64, max_grant: config.quota.max_grant };
+        let disk = Arc::new(DiskGuard::new(config.id, config.storage.min_free_disk_mb));
+        let removal = Arc::new(Removal::open(&config.storage.data_dir));
+        let leader = Leader::new(config.id, raft.clone(), peers, disk.clone(), metrics.forwarded.clone());
+        let authority = Arc::new(ClusterAuthority::new(leader.clone(), clock.clone()));
+        let metering = Metering::new(authority.clone(), clock.clone(), metering_config, metrics.metering.clone());
+        metering.watch_limits(published.clone());
+        let gateway = Gateway::with_metering(
+            published.clone(),
+            clock.clone(),
+            metrics.gateway.clone(),
+            config.cluster.token.as_deref(),
+            metering,
+        )
+        .trusting(outbound_roots);
+        let disk_gauges =
+            DiskGauges { available_bytes: metrics.disk_available_bytes.clone(), guard: metrics.disk_guard.clone() };
+        let peer = Arc::new(PeerState {
+            raft: raft.clone(),
+            elections: elections.clone(),
+            leader: leader.clone(),
+            authority,
+            disk: disk.clone(),
+            removal: removal.clone(),
+            cluster_token: config.cluster.token.as_deref().map(Digest::of),
+        });
+        let app = Arc::new(App {
+            id: config.id,
+            addr,
+            raft,
+            leader,
+            elections,
+            model: published,
+            bootstrap_token: config.admin.token.as_deref().map(Digest::of),
+            gateway,
+            committed,
+            metrics,
+            clock,
+            removal,
+            disk,
+        });
+        Ok(Node { app, peer, kv, disk_gauges })
+    }
+
     pub fn published(&self) -> Arc<Published> {
         self.model.load_full()
     }

@@ -1,8 +1,15 @@
 //! `tollgate serve` configuration: every option is a flag, an environment
 //! variable (`TOLLGATE_*`) and a key in the TOML file given by `--config`.
 //! Precedence: flag, then environment, then file, then the default here.
+//!
+//! One part per subsystem, each in three pieces side by side: its defaults
+//! (`DEFAULT_*`), its flags (`*Args`, flattened into [`ServeArgs`]: the
+//! flags, environment variables and file keys stay flat, the `--help`
+//! groups them under the subsystem's heading) and its resolved settings
+//! (`*Config`, a part of [`NodeConfig`]). Secrets come only from the
+//! environment, never from flags or the file.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -10,30 +17,8 @@ use serde::Deserialize;
 
 use crate::cluster::{NodeAddr, NodeId};
 
-pub const DEFAULT_HTTP: &str = "127.0.0.1:8081";
-pub const DEFAULT_PEER: &str = "127.0.0.1:9081";
-pub const DEFAULT_WIRE: &str = "127.0.0.1:10081";
-pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
-pub const DEFAULT_ELECTION_MIN_MS: u64 = 400;
-pub const DEFAULT_ELECTION_MAX_MS: u64 = 800;
-/// Build a snapshot after this many entries since the last one.
-pub const DEFAULT_SNAPSHOT_LOGS: u64 = 10_000;
-/// Entries kept in the log behind a snapshot (lets a briefly absent follower
-/// catch up without a snapshot transfer).
-pub const DEFAULT_KEEP_LOGS: u64 = 1_000;
-pub const DEFAULT_CACHE_MB: u64 = 64;
-/// How long a quota grant held by a node stays valid (see `metering`).
-pub const DEFAULT_QUOTA_LEASE_MS: u64 = crate::metering::DEFAULT_LEASE_MS;
-/// The most quota units one grant may hand a node.
-pub const DEFAULT_QUOTA_MAX_GRANT: u64 = crate::metering::DEFAULT_MAX_GRANT;
-/// Free space (MiB) the data dir's filesystem must keep: below it, writes are
-/// refused with 507 (see `disk`). Room for the metering ledger, snapshots and
-/// sled's own segment rewriting while an operator frees space.
-pub const DEFAULT_MIN_FREE_DISK_MB: u64 = 256;
-
 /// The flags of `tollgate serve`. Unset ones fall back to the file, then defaults.
 #[derive(Debug, Clone, Default, Args, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ServeArgs {
     /// TOML file with any of these options (keys as the long flag, with `_`).
     #[arg(long, env = "TOLLGATE_CONFIG")]
@@ -42,6 +27,65 @@ pub struct ServeArgs {
     /// This node's id: a whole number above 0, unique in the cluster.
     #[arg(long, env = "TOLLGATE_NODE_ID")]
     pub id: Option<NodeId>,
+    #[command(flatten, next_help_heading = "Listeners")]
+    #[serde(flatten)]
+    pub listen: ListenArgs,
+    #[command(flatten, next_help_heading = "Cluster")]
+    #[serde(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten, next_help_heading = "Raft")]
+    #[serde(flatten)]
+    pub raft: RaftArgs,
+    #[command(flatten, next_help_heading = "Storage")]
+    #[serde(flatten)]
+    pub storage: StorageArgs,
+    #[command(flatten, next_help_heading = "Quota leases")]
+    #[serde(flatten)]
+    pub quota: QuotaArgs,
+    #[command(flatten, next_help_heading = "TLS")]
+    #[serde(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten, next_help_heading = "Trust")]
+    #[serde(flatten)]
+    pub trust: TrustArgs,
+    #[command(flatten, next_help_heading = "Admin authentication")]
+    #[serde(flatten)]
+    pub admin: AdminAuthArgs,
+    #[command(flatten, next_help_heading = "Metrics")]
+    #[serde(flatten)]
+    pub metrics: MetricsArgs,
+    /// Keys of the file that are no option: refused (serde's
+    /// `deny_unknown_fields` does not work with `flatten`). Last: it gets
+    /// what the parts above left.
+    #[arg(skip)]
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, toml::Value>,
+}
+
+/// A fully resolved node configuration, one part per subsystem.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id: above 0, unique in the cluster. Required (`--id`).
+    pub id: NodeId,
+    pub listen: Listeners,
+    pub cluster: ClusterConfig,
+    pub raft: RaftConfig,
+    pub storage: StorageConfig,
+    pub quota: QuotaConfig,
+    pub tls: TlsConfig,
+    pub trust: TrustConfig,
+    pub admin: AdminAuthConfig,
+    pub metrics: MetricsConfig,
+}
+
+// --- Listeners -------------------------------------------------------------
+
+pub const DEFAULT_HTTP: &str = "127.0.0.1:8081";
+pub const DEFAULT_PEER: &str = "127.0.0.1:9081";
+pub const DEFAULT_WIRE: &str = "127.0.0.1:10081";
+
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+pub struct ListenArgs {
     /// Address of the HTTP listener (check, admin, metrics).
     #[arg(long, env = "TOLLGATE_HTTP_ADDR")]
     pub http: Option<String>,
@@ -60,9 +104,45 @@ pub struct ServeArgs {
     /// Address other nodes use to reach this one's peer listener (default: --peer).
     #[arg(long, env = "TOLLGATE_ADVERTISE_PEER")]
     pub advertise_peer: Option<String>,
-    /// Directory for this node's data.
-    #[arg(long, env = "TOLLGATE_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+}
+
+/// Where the node listens, and the addresses others reach it at.
+#[derive(Debug, Clone)]
+pub struct Listeners {
+    /// HTTP listener: check, forward-auth, admin, health, metrics. Default [`DEFAULT_HTTP`].
+    pub http: String,
+    /// Peer listener: Raft and the requests followers forward. Default [`DEFAULT_PEER`].
+    pub peer: String,
+    /// Binary check listener (tollgate-client). Default [`DEFAULT_WIRE`].
+    pub wire: String,
+    /// Address other nodes use for the HTTP listener. Optional: the bound one.
+    pub advertise_http: Option<String>,
+    /// Address other nodes use for the peer listener. Optional: the bound one.
+    pub advertise_peer: Option<String>,
+    /// Address clients use for the wire listener. Optional: the bound one.
+    pub advertise_wire: Option<String>,
+}
+
+impl ListenArgs {
+    fn resolve(self, file: ListenArgs) -> Listeners {
+        Listeners {
+            http: self.http.or(file.http).unwrap_or_else(|| DEFAULT_HTTP.into()),
+            peer: self.peer.or(file.peer).unwrap_or_else(|| DEFAULT_PEER.into()),
+            wire: self.wire.or(file.wire).unwrap_or_else(|| DEFAULT_WIRE.into()),
+            advertise_http: self.advertise_http.or(file.advertise_http),
+            advertise_peer: self.advertise_peer.or(file.advertise_peer),
+            advertise_wire: self.advertise_wire.or(file.advertise_wire),
+        }
+    }
+}
+
+// --- Cluster membership and peer authentication ----------------------------
+
+/// Shortest cluster token accepted (`TOLLGATE_CLUSTER_TOKEN`).
+pub const MIN_CLUSTER_TOKEN_CHARS: usize = 16;
+
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+pub struct ClusterArgs {
     /// Initialise a new single-node cluster with this node (once; ignored later).
     #[arg(long, env = "TOLLGATE_INIT")]
     pub init: Option<bool>,
@@ -71,6 +151,68 @@ pub struct ServeArgs {
     /// member with the lowest id initialises the cluster on first start.
     #[arg(long, env = "TOLLGATE_PEERS")]
     pub peers: Option<String>,
+    /// Where to dial peers whose advertised peer address is not reachable as
+    /// is (behind NAT, or through a proxy): `ADVERTISED=DIAL` pairs separated
+    /// by commas, e.g. `10.0.0.2:9081=192.168.1.2:19081`.
+    #[arg(long, env = "TOLLGATE_PEER_VIA")]
+    pub peer_via: Option<String>,
+    /// Run with no peer authentication at all (no `TOLLGATE_CLUSTER_TOKEN`):
+    /// anyone who can reach the peer port can then append to the log. Only
+    /// for a throwaway node on a machine of your own.
+    #[arg(long, env = "TOLLGATE_INSECURE_PEER_AUTH_OFF")]
+    #[serde(default)]
+    pub insecure_peer_auth_off: bool,
+}
+
+/// Which cluster the node starts or joins, how it reaches its peers, and
+/// how peers prove they are members.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Initialise a new single-node cluster (`--init`). Default false.
+    pub init: bool,
+    /// The initial members (`--peers`); the lowest id initialises. Default none.
+    pub peers: Vec<(NodeId, NodeAddr)>,
+    /// Advertised peer address -> the address this node dials instead. Default none.
+    pub peer_via: HashMap<String, String>,
+    /// Token every peer must present (`TOLLGATE_CLUSTER_TOKEN`, at least
+    /// [`MIN_CLUSTER_TOKEN_CHARS`]). Required unless `insecure_peer_auth_off`.
+    pub token: Option<String>,
+    /// No peer authentication (`--insecure-peer-auth-off`). Default false.
+    pub insecure_peer_auth_off: bool,
+}
+
+impl ClusterArgs {
+    fn resolve(self, file: ClusterArgs, token: Option<String>) -> Result<ClusterConfig, ConfigError> {
+        let peers = match self.peers.or(file.peers) {
+            Some(text) => parse_peers(&text)?,
+            None => Vec::new(),
+        };
+        Ok(ClusterConfig {
+            init: self.init.or(file.init).unwrap_or(false),
+            peers,
+            peer_via: match self.peer_via.or(file.peer_via) {
+                Some(text) => parse_peer_via(&text)?,
+                None => HashMap::new(),
+            },
+            token,
+            insecure_peer_auth_off: self.insecure_peer_auth_off || file.insecure_peer_auth_off,
+        })
+    }
+}
+
+// --- Raft timing and snapshots ---------------------------------------------
+
+pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
+pub const DEFAULT_ELECTION_MIN_MS: u64 = 400;
+pub const DEFAULT_ELECTION_MAX_MS: u64 = 800;
+/// Build a snapshot after this many entries since the last one.
+pub const DEFAULT_SNAPSHOT_LOGS: u64 = 10_000;
+/// Entries kept in the log behind a snapshot (lets a briefly absent follower
+/// catch up without a snapshot transfer).
+pub const DEFAULT_KEEP_LOGS: u64 = 1_000;
+
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+pub struct RaftArgs {
     #[arg(long, env = "TOLLGATE_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
     #[arg(long, env = "TOLLGATE_ELECTION_MIN_MS")]
@@ -83,9 +225,91 @@ pub struct ServeArgs {
     /// Entries kept behind a snapshot.
     #[arg(long, env = "TOLLGATE_KEEP_LOGS")]
     pub keep_logs: Option<u64>,
+}
+
+/// Raft's timing and log compaction. Must hold
+/// `heartbeat_ms * 2 < election_min_ms < election_max_ms`.
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    /// Leader heartbeat, ms. Default [`DEFAULT_HEARTBEAT_MS`].
+    pub heartbeat_ms: u64,
+    /// Shortest election timeout, ms. Default [`DEFAULT_ELECTION_MIN_MS`].
+    pub election_min_ms: u64,
+    /// Longest election timeout, ms. Default [`DEFAULT_ELECTION_MAX_MS`].
+    pub election_max_ms: u64,
+    /// Entries between snapshots. Default [`DEFAULT_SNAPSHOT_LOGS`].
+    pub snapshot_logs: u64,
+    /// Entries kept behind a snapshot. Default [`DEFAULT_KEEP_LOGS`].
+    pub keep_logs: u64,
+}
+
+impl RaftArgs {
+    fn resolve(self, file: RaftArgs) -> RaftConfig {
+        RaftConfig {
+            heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(DEFAULT_HEARTBEAT_MS),
+            election_min_ms: self.election_min_ms.or(file.election_min_ms).unwrap_or(DEFAULT_ELECTION_MIN_MS),
+            election_max_ms: self.election_max_ms.or(file.election_max_ms).unwrap_or(DEFAULT_ELECTION_MAX_MS),
+            snapshot_logs: self.snapshot_logs.or(file.snapshot_logs).unwrap_or(DEFAULT_SNAPSHOT_LOGS),
+            keep_logs: self.keep_logs.or(file.keep_logs).unwrap_or(DEFAULT_KEEP_LOGS),
+        }
+    }
+}
+
+// --- Storage and the disk guard --------------------------------------------
+
+pub const DEFAULT_CACHE_MB: u64 = 64;
+/// Free space (MiB) the data dir's filesystem must keep: below it, writes are
+/// refused with 507 (see `disk`). Room for the metering ledger, snapshots and
+/// sled's own segment rewriting while an operator frees space.
+pub const DEFAULT_MIN_FREE_DISK_MB: u64 = 256;
+
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+pub struct StorageArgs {
+    /// Directory for this node's data.
+    #[arg(long, env = "TOLLGATE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
     /// sled page cache in MiB.
     #[arg(long, env = "TOLLGATE_CACHE_MB")]
     pub cache_mb: Option<u64>,
+    /// MiB that must stay free on the data dir's filesystem: below it, the
+    /// whole cluster refuses admin writes with 507 Insufficient Storage (checks
+    /// are still answered), until a tenth more is free again. 0 turns the
+    /// guard off. Default 256.
+    #[arg(long, env = "TOLLGATE_MIN_FREE_DISK_MB")]
+    pub min_free_disk_mb: Option<u64>,
+}
+
+/// Where the node keeps its data, and the free space it guards.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// The node's data (sled, `node.json`). Default `tollgate-data-ID`.
+    pub data_dir: PathBuf,
+    /// sled page cache, MiB. Default [`DEFAULT_CACHE_MB`].
+    pub cache_mb: u64,
+    /// MiB that must stay free for the data dir, below 2^44; 0: no guard.
+    /// Default [`DEFAULT_MIN_FREE_DISK_MB`].
+    pub min_free_disk_mb: u64,
+}
+
+impl StorageArgs {
+    fn resolve(self, file: StorageArgs, id: NodeId) -> StorageConfig {
+        StorageConfig {
+            data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(format!("tollgate-data-{id}"))),
+            cache_mb: self.cache_mb.or(file.cache_mb).unwrap_or(DEFAULT_CACHE_MB),
+            min_free_disk_mb: self.min_free_disk_mb.or(file.min_free_disk_mb).unwrap_or(DEFAULT_MIN_FREE_DISK_MB),
+        }
+    }
+}
+
+// --- Quota leases and the clock --------------------------------------------
+
+/// How long a quota grant held by a node stays valid (see `metering`).
+pub const DEFAULT_QUOTA_LEASE_MS: u64 = crate::metering::DEFAULT_LEASE_MS;
+/// The most quota units one grant may hand a node.
+pub const DEFAULT_QUOTA_MAX_GRANT: u64 = crate::metering::DEFAULT_MAX_GRANT;
+
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+pub struct QuotaArgs {
     /// How long a quota grant stays valid on the node that holds it, in ms.
     /// A node that dies holding a grant over-counts usage by at most that
     /// grant, once the lease ends.
@@ -99,11 +323,34 @@ pub struct ServeArgs {
     /// ms. For tests of period rollover; leave unset in production.
     #[arg(long, env = "TOLLGATE_CLOCK_OFFSET_MS", allow_hyphen_values = true)]
     pub clock_offset_ms: Option<i64>,
-    /// Where to dial peers whose advertised peer address is not reachable as
-    /// is (behind NAT, or through a proxy): `ADVERTISED=DIAL` pairs separated
-    /// by commas, e.g. `10.0.0.2:9081=192.168.1.2:19081`.
-    #[arg(long, env = "TOLLGATE_PEER_VIA")]
-    pub peer_via: Option<String>,
+}
+
+/// Quota leases, and the clock quota periods are counted in.
+#[derive(Debug, Clone)]
+pub struct QuotaConfig {
+    /// Lifetime of a grant on the node holding it, ms, 1000 to 600000.
+    /// Default [`DEFAULT_QUOTA_LEASE_MS`].
+    pub lease_ms: u64,
+    /// Most units in one grant, at least 1. Default [`DEFAULT_QUOTA_MAX_GRANT`].
+    pub max_grant: u64,
+    /// Shift of this node's wall clock, ms (tests of period rollover). Default 0.
+    pub clock_offset_ms: i64,
+}
+
+impl QuotaArgs {
+    fn resolve(self, file: QuotaArgs) -> QuotaConfig {
+        QuotaConfig {
+            lease_ms: self.quota_lease_ms.or(file.quota_lease_ms).unwrap_or(DEFAULT_QUOTA_LEASE_MS),
+            max_grant: self.quota_max_grant.or(file.quota_max_grant).unwrap_or(DEFAULT_QUOTA_MAX_GRANT),
+            clock_offset_ms: self.clock_offset_ms.or(file.clock_offset_ms).unwrap_or(0),
+        }
+    }
+}
+
+// --- TLS -------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+pub struct TlsArgs {
     /// PEM certificate chain: every listener (HTTP, peer, wire) speaks TLS only.
     #[arg(long, env = "TOLLGATE_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -120,6 +367,38 @@ pub struct ServeArgs {
     /// for services behind a private CA.
     #[arg(long, env = "TOLLGATE_OUTBOUND_CA")]
     pub outbound_ca: Option<PathBuf>,
+}
+
+/// TLS on the listeners, between the nodes and on outbound calls. All
+/// optional, none by default.
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    /// PEM certificate chain of every listener; only with `key`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// CAs that peers' (and, optionally, proxies') client certificates chain
+    /// to; needs `cert` and a cluster token.
+    pub client_ca: Option<PathBuf>,
+    /// Extra CAs for outbound HTTPS (JWKS, HTTP authorizers).
+    pub outbound_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn resolve(self, file: TlsArgs) -> TlsConfig {
+        TlsConfig {
+            cert: self.tls_cert.or(file.tls_cert),
+            key: self.tls_key.or(file.tls_key),
+            client_ca: self.tls_client_ca.or(file.tls_client_ca),
+            outbound_ca: self.outbound_ca.or(file.outbound_ca),
+        }
+    }
+}
+
+// --- Trust -----------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+pub struct TrustArgs {
     /// Networks of proxies in front of the forward-auth proxy (a CDN, a load
     /// balancer), CIDRs separated by commas: their entries in
     /// `X-Forwarded-For` are skipped when looking for the client address,
@@ -127,69 +406,91 @@ pub struct ServeArgs {
     /// client's.
     #[arg(long, env = "TOLLGATE_TRUSTED_PROXIES")]
     pub trusted_proxies: Option<String>,
-    /// Run with no peer authentication at all (no `TOLLGATE_CLUSTER_TOKEN`):
-    /// anyone who can reach the peer port can then append to the log. Only
-    /// for a throwaway node on a machine of your own.
-    #[arg(long, env = "TOLLGATE_INSECURE_PEER_AUTH_OFF")]
-    #[serde(default)]
-    pub insecure_peer_auth_off: bool,
+}
+
+/// Whom the node believes about a request's client address.
+#[derive(Debug, Clone, Default)]
+pub struct TrustConfig {
+    /// Proxies in front of the forward-auth proxy, skipped in
+    /// `X-Forwarded-For` from the right. Default none.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl TrustArgs {
+    fn resolve(self, file: TrustArgs) -> Result<TrustConfig, ConfigError> {
+        let trusted_proxies = match self.trusted_proxies.or(file.trusted_proxies) {
+            Some(text) => parse_trusted_proxies(&text)?,
+            None => Vec::new(),
+        };
+        Ok(TrustConfig { trusted_proxies })
+    }
+}
+
+// --- Admin authentication --------------------------------------------------
+
+/// Shortest bootstrap admin token accepted (`TOLLGATE_ADMIN_TOKEN`).
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+/// Failed admin authentications a source address may make in a row, and per
+/// minute after that (see `http::auth_failures`).
+pub const DEFAULT_ADMIN_AUTH_FAILURES_PER_MINUTE: u32 = 10;
+
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+pub struct AdminAuthArgs {
     /// Failed admin authentications (wrong tokens) allowed per source address:
     /// this many in a row, then this many a minute; past that, 429.
     #[arg(long, env = "TOLLGATE_ADMIN_AUTH_FAILURES_PER_MINUTE")]
     pub admin_auth_failures_per_minute: Option<u32>,
+}
+
+/// How admin callers authenticate.
+#[derive(Debug, Clone)]
+pub struct AdminAuthConfig {
+    /// Bootstrap admin token (`TOLLGATE_ADMIN_TOKEN`, at least
+    /// [`MIN_ADMIN_TOKEN_CHARS`]); held only as a digest. Optional.
+    pub token: Option<String>,
+    /// Failed authentications a source may make, in a row and per minute.
+    /// Default [`DEFAULT_ADMIN_AUTH_FAILURES_PER_MINUTE`].
+    pub failures_per_minute: u32,
+}
+
+impl AdminAuthArgs {
+    fn resolve(self, file: AdminAuthArgs, token: Option<String>) -> AdminAuthConfig {
+        AdminAuthConfig {
+            token,
+            failures_per_minute: self
+                .admin_auth_failures_per_minute
+                .or(file.admin_auth_failures_per_minute)
+                .unwrap_or(DEFAULT_ADMIN_AUTH_FAILURES_PER_MINUTE),
+        }
+    }
+}
+
+// --- Metrics ---------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+pub struct MetricsArgs {
     /// Serve `/metrics` on this address only (not on `--http`).
     #[arg(long, env = "TOLLGATE_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
-    /// MiB that must stay free on the data dir's filesystem: below it, the
-    /// whole cluster refuses admin writes with 507 Insufficient Storage (checks
-    /// are still answered), until a tenth more is free again. 0 turns the
-    /// guard off. Default 256.
-    #[arg(long, env = "TOLLGATE_MIN_FREE_DISK_MB")]
-    pub min_free_disk_mb: Option<u64>,
 }
 
-/// A fully resolved node configuration.
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    pub id: NodeId,
-    pub http: String,
-    pub peer: String,
-    pub wire: String,
-    pub advertise_wire: Option<String>,
-    pub advertise_http: Option<String>,
-    pub advertise_peer: Option<String>,
-    pub data_dir: PathBuf,
-    pub init: bool,
-    pub peers: Vec<(NodeId, NodeAddr)>,
-    pub heartbeat_ms: u64,
-    pub election_min_ms: u64,
-    pub election_max_ms: u64,
-    pub snapshot_logs: u64,
-    pub keep_logs: u64,
-    pub cache_mb: u64,
-    pub quota_lease_ms: u64,
-    pub quota_max_grant: u64,
-    pub clock_offset_ms: i64,
-    /// Advertised peer address -> the address this node dials instead.
-    pub peer_via: HashMap<String, String>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub tls_client_ca: Option<PathBuf>,
-    pub outbound_ca: Option<PathBuf>,
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// No peer authentication (`--insecure-peer-auth-off`).
-    pub insecure_peer_auth_off: bool,
-    pub metrics_addr: Option<String>,
-    pub admin_auth_failures_per_minute: u32,
-    /// MiB that must stay free for the data dir (`--min-free-disk-mb`); 0: no guard.
-    pub min_free_disk_mb: u64,
-    /// Bearer token `/metrics` requires (from `TOLLGATE_METRICS_TOKEN`), if any.
-    pub metrics_token: Option<String>,
-    /// Bootstrap admin token (from `TOLLGATE_ADMIN_TOKEN`); held only as a digest.
-    pub admin_token: Option<String>,
-    /// Token every peer must present (from `TOLLGATE_CLUSTER_TOKEN`).
-    pub cluster_token: Option<String>,
+/// Where `/metrics` is served and who may read it.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    /// A listener of its own for `/metrics`. Optional: on the HTTP listener.
+    pub addr: Option<String>,
+    /// Bearer token `/metrics` requires (`TOLLGATE_METRICS_TOKEN`, at least
+    /// [`MIN_CLUSTER_TOKEN_CHARS`]). Optional: none.
+    pub token: Option<String>,
 }
+
+impl MetricsArgs {
+    fn resolve(self, file: MetricsArgs, token: Option<String>) -> MetricsConfig {
+        MetricsConfig { addr: self.metrics_addr.or(file.metrics_addr), token }
+    }
+}
+
+// --- Resolving -------------------------------------------------------------
 
 #[derive(Debug, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -256,16 +557,11 @@ pub fn parse_trusted_proxies(text: &str) -> Result<Vec<ipnet::IpNet>, ConfigErro
         .collect()
 }
 
-/// Shortest bootstrap admin token accepted (`TOLLGATE_ADMIN_TOKEN`).
-pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
-/// Shortest cluster token accepted (`TOLLGATE_CLUSTER_TOKEN`).
-pub const MIN_CLUSTER_TOKEN_CHARS: usize = 16;
-
 impl NodeConfig {
     /// Secrets strong enough, and peers that must authenticate: a node never
     /// opens its peer port to anyone unless told so in as many words.
     fn check_secrets(&self) -> Result<(), ConfigError> {
-        if self.cluster_token.is_none() && !self.insecure_peer_auth_off {
+        if self.cluster.token.is_none() && !self.cluster.insecure_peer_auth_off {
             return Err(bad(
                 "cluster_token",
                 "set TOLLGATE_CLUSTER_TOKEN (the same secret on every node, e.g. `openssl rand -base64 32`) so \
@@ -274,9 +570,9 @@ impl NodeConfig {
             ));
         }
         for (field, env, token, min) in [
-            ("cluster_token", "TOLLGATE_CLUSTER_TOKEN", &self.cluster_token, MIN_CLUSTER_TOKEN_CHARS),
-            ("admin_token", "TOLLGATE_ADMIN_TOKEN", &self.admin_token, MIN_ADMIN_TOKEN_CHARS),
-            ("metrics_token", "TOLLGATE_METRICS_TOKEN", &self.metrics_token, MIN_CLUSTER_TOKEN_CHARS),
+            ("cluster_token", "TOLLGATE_CLUSTER_TOKEN", &self.cluster.token, MIN_CLUSTER_TOKEN_CHARS),
+            ("admin_token", "TOLLGATE_ADMIN_TOKEN", &self.admin.token, MIN_ADMIN_TOKEN_CHARS),
+            ("metrics_token", "TOLLGATE_METRICS_TOKEN", &self.metrics.token, MIN_CLUSTER_TOKEN_CHARS),
         ] {
             if let Some(t) = token {
                 // A bearer token travels in a header: no spaces or controls
@@ -298,8 +594,25 @@ impl NodeConfig {
 
 impl ServeArgs {
     fn from_file(path: &Path) -> Result<ServeArgs, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| bad("config", format!("{}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| bad("config", format!("{}: {e}", path.display())))
+        let in_file = |message: String| bad("config", format!("{}: {message}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| in_file(e.to_string()))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| in_file(e.to_string()))?;
+        let file = toml::Value::Table(table.clone()).try_into::<ServeArgs>().map_err(|e| {
+            // Through `flatten` serde's error no longer names the key: the
+            // first key that fails on its own is the one.
+            let alone = |(key, value): (&String, &toml::Value)| {
+                let one = toml::Table::from_iter([(key.clone(), value.clone())]);
+                toml::Value::Table(one).try_into::<ServeArgs>().is_err()
+            };
+            match table.iter().find(|entry| alone(*entry)) {
+                Some((key, _)) => in_file(format!("`{key}`: {}", e.message())),
+                None => in_file(e.to_string()),
+            }
+        })?;
+        if let Some(key) = file.unknown.keys().next() {
+            return Err(in_file(format!("unknown option `{key}`")));
+        }
+        Ok(file)
     }
 
     /// Resolves flags over the file over defaults; secrets from the process
@@ -319,66 +632,34 @@ impl ServeArgs {
         if id == 0 {
             return Err(bad("id", "must be above 0"));
         }
-        let peers = match self.peers.or(file.peers) {
-            Some(text) => parse_peers(&text)?,
-            None => Vec::new(),
-        };
+        let secret = |name: &str| env(name).filter(|t| !t.is_empty());
         let config = NodeConfig {
             id,
-            http: self.http.or(file.http).unwrap_or_else(|| DEFAULT_HTTP.into()),
-            peer: self.peer.or(file.peer).unwrap_or_else(|| DEFAULT_PEER.into()),
-            wire: self.wire.or(file.wire).unwrap_or_else(|| DEFAULT_WIRE.into()),
-            advertise_wire: self.advertise_wire.or(file.advertise_wire),
-            advertise_http: self.advertise_http.or(file.advertise_http),
-            advertise_peer: self.advertise_peer.or(file.advertise_peer),
-            data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(format!("tollgate-data-{id}"))),
-            init: self.init.or(file.init).unwrap_or(false),
-            peers,
-            heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(DEFAULT_HEARTBEAT_MS),
-            election_min_ms: self.election_min_ms.or(file.election_min_ms).unwrap_or(DEFAULT_ELECTION_MIN_MS),
-            election_max_ms: self.election_max_ms.or(file.election_max_ms).unwrap_or(DEFAULT_ELECTION_MAX_MS),
-            snapshot_logs: self.snapshot_logs.or(file.snapshot_logs).unwrap_or(DEFAULT_SNAPSHOT_LOGS),
-            keep_logs: self.keep_logs.or(file.keep_logs).unwrap_or(DEFAULT_KEEP_LOGS),
-            cache_mb: self.cache_mb.or(file.cache_mb).unwrap_or(DEFAULT_CACHE_MB),
-            quota_lease_ms: self.quota_lease_ms.or(file.quota_lease_ms).unwrap_or(DEFAULT_QUOTA_LEASE_MS),
-            quota_max_grant: self.quota_max_grant.or(file.quota_max_grant).unwrap_or(DEFAULT_QUOTA_MAX_GRANT),
-            clock_offset_ms: self.clock_offset_ms.or(file.clock_offset_ms).unwrap_or(0),
-            peer_via: match self.peer_via.or(file.peer_via) {
-                Some(text) => parse_peer_via(&text)?,
-                None => HashMap::new(),
-            },
-            tls_cert: self.tls_cert.or(file.tls_cert),
-            tls_key: self.tls_key.or(file.tls_key),
-            tls_client_ca: self.tls_client_ca.or(file.tls_client_ca),
-            outbound_ca: self.outbound_ca.or(file.outbound_ca),
-            trusted_proxies: match self.trusted_proxies.or(file.trusted_proxies) {
-                Some(text) => parse_trusted_proxies(&text)?,
-                None => Vec::new(),
-            },
-            insecure_peer_auth_off: self.insecure_peer_auth_off || file.insecure_peer_auth_off,
-            metrics_addr: self.metrics_addr.or(file.metrics_addr),
-            admin_auth_failures_per_minute: self
-                .admin_auth_failures_per_minute
-                .or(file.admin_auth_failures_per_minute)
-                .unwrap_or(crate::http::auth_failures::DEFAULT_PER_MINUTE),
-            min_free_disk_mb: self.min_free_disk_mb.or(file.min_free_disk_mb).unwrap_or(DEFAULT_MIN_FREE_DISK_MB),
-            metrics_token: env("TOLLGATE_METRICS_TOKEN").filter(|t| !t.is_empty()),
-            admin_token: env("TOLLGATE_ADMIN_TOKEN").filter(|t| !t.is_empty()),
-            cluster_token: env("TOLLGATE_CLUSTER_TOKEN").filter(|t| !t.is_empty()),
+            listen: self.listen.resolve(file.listen),
+            cluster: self.cluster.resolve(file.cluster, secret("TOLLGATE_CLUSTER_TOKEN"))?,
+            raft: self.raft.resolve(file.raft),
+            storage: self.storage.resolve(file.storage, id),
+            quota: self.quota.resolve(file.quota),
+            tls: self.tls.resolve(file.tls),
+            trust: self.trust.resolve(file.trust)?,
+            admin: self.admin.resolve(file.admin, secret("TOLLGATE_ADMIN_TOKEN")),
+            metrics: self.metrics.resolve(file.metrics, secret("TOLLGATE_METRICS_TOKEN")),
         };
-        if config.election_min_ms <= config.heartbeat_ms * 2 || config.election_max_ms <= config.election_min_ms {
+        let raft = &config.raft;
+        if raft.election_min_ms <= raft.heartbeat_ms * 2 || raft.election_max_ms <= raft.election_min_ms {
             return Err(bad("election_min_ms", "need heartbeat_ms * 2 < election_min_ms < election_max_ms"));
         }
-        if config.quota_lease_ms < 1_000 || config.quota_lease_ms > 600_000 {
+        if config.quota.lease_ms < 1_000 || config.quota.lease_ms > 600_000 {
             return Err(bad("quota_lease_ms", "must be between 1000 and 600000"));
         }
-        if config.tls_cert.is_some() != config.tls_key.is_some() {
+        let tls = &config.tls;
+        if tls.cert.is_some() != tls.key.is_some() {
             return Err(bad("tls_key", "give tls_cert and tls_key together"));
         }
-        if config.tls_client_ca.is_some() && config.tls_cert.is_none() {
+        if tls.client_ca.is_some() && tls.cert.is_none() {
             return Err(bad("tls_client_ca", "client certificates need TLS: set tls_cert and tls_key too"));
         }
-        if config.tls_client_ca.is_some() && config.cluster_token.is_none() {
+        if tls.client_ca.is_some() && config.cluster.token.is_none() {
             // Proxies' certificates come from the same CA as the nodes': the
             // certificate alone does not tell a peer from a proxy.
             return Err(bad(
@@ -387,16 +668,17 @@ impl ServeArgs {
             ));
         }
         config.check_secrets()?;
-        if config.min_free_disk_mb.checked_mul(1 << 20).is_none() {
+        if config.storage.min_free_disk_mb.checked_mul(1 << 20).is_none() {
             return Err(bad("min_free_disk_mb", "must be a number of MiB below 2^44 (0 turns the guard off)"));
         }
-        if config.quota_max_grant == 0 {
+        if config.quota.max_grant == 0 {
             return Err(bad("quota_max_grant", "must be at least 1"));
         }
-        if config.init && !config.peers.is_empty() {
+        let cluster = &config.cluster;
+        if cluster.init && !cluster.peers.is_empty() {
             return Err(bad("init", "use either --init (single-node start) or --peers, not both"));
         }
-        if !config.peers.is_empty() && !config.peers.iter().any(|(p, _)| *p == id) {
+        if !cluster.peers.is_empty() && !cluster.peers.iter().any(|(p, _)| *p == id) {
             return Err(bad("peers", format!("must include this node ({id})")));
         }
         Ok(config)
@@ -426,7 +708,8 @@ mod tests {
         let err = args().resolve_with(&env(&[])).unwrap_err();
         assert_eq!(err.field, "cluster_token", "no cluster token and no explicit opt-out");
         assert!(err.message.contains("--insecure-peer-auth-off"), "{err}");
-        let insecure = ServeArgs { insecure_peer_auth_off: true, ..args() };
+        let insecure =
+            ServeArgs { cluster: ClusterArgs { insecure_peer_auth_off: true, ..Default::default() }, ..args() };
         assert!(insecure.resolve_with(&env(&[])).is_ok());
         let short = env(&[("TOLLGATE_CLUSTER_TOKEN", "short")]);
         assert_eq!(args().resolve_with(&short).unwrap_err().field, "cluster_token");
@@ -478,7 +761,7 @@ mod tests {
         std::fs::write(&path, "id = 1\npeer_via = \"a:1=b:2\"\n").unwrap();
         let config =
             ServeArgs { config: Some(path.clone()), ..Default::default() }.resolve_with(&with_secrets).unwrap();
-        assert_eq!(config.peer_via["a:1"], "b:2");
+        assert_eq!(config.cluster.peer_via["a:1"], "b:2");
         std::fs::write(&path, "id = 1\npeer_via = \"a:1\"\n").unwrap();
         let err = ServeArgs { config: Some(path), ..Default::default() }.resolve_with(&with_secrets).unwrap_err();
         assert_eq!(err.field, "peer_via");
@@ -499,20 +782,97 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
         std::fs::write(&path, "id = 7\nhttp = \"0.0.0.0:1\"\nheartbeat_ms = 50\n").unwrap();
-        let args = ServeArgs { config: Some(path.clone()), http: Some("127.0.0.1:2".into()), ..Default::default() };
+        let listen = ListenArgs { http: Some("127.0.0.1:2".into()), ..Default::default() };
+        let args = ServeArgs { config: Some(path.clone()), listen, ..Default::default() };
         let config = args.resolve_with(&with_secrets).unwrap();
-        assert_eq!((config.id, config.http.as_str(), config.heartbeat_ms), (7, "127.0.0.1:2", 50));
-        assert_eq!(config.min_free_disk_mb, DEFAULT_MIN_FREE_DISK_MB);
+        assert_eq!((config.id, config.listen.http.as_str(), config.raft.heartbeat_ms), (7, "127.0.0.1:2", 50));
+        assert_eq!(config.storage.min_free_disk_mb, DEFAULT_MIN_FREE_DISK_MB);
         std::fs::write(&path, "id = 7\nmin_free_disk_mb = 64\n").unwrap();
         let from_file = ServeArgs { config: Some(path.clone()), ..Default::default() };
-        assert_eq!(from_file.clone().resolve_with(&with_secrets).unwrap().min_free_disk_mb, 64);
-        let flag = ServeArgs { min_free_disk_mb: Some(0), ..from_file };
-        assert_eq!(flag.resolve_with(&with_secrets).unwrap().min_free_disk_mb, 0, "the flag wins; 0 is no guard");
-        let huge = ServeArgs { id: Some(1), min_free_disk_mb: Some(u64::MAX), ..Default::default() };
+        assert_eq!(from_file.clone().resolve_with(&with_secrets).unwrap().storage.min_free_disk_mb, 64);
+        let flag = ServeArgs { storage: StorageArgs { min_free_disk_mb: Some(0), ..Default::default() }, ..from_file };
+        assert_eq!(
+            flag.resolve_with(&with_secrets).unwrap().storage.min_free_disk_mb,
+            0,
+            "the flag wins; 0 is no guard"
+        );
+        let storage = StorageArgs { min_free_disk_mb: Some(u64::MAX), ..Default::default() };
+        let huge = ServeArgs { id: Some(1), storage, ..Default::default() };
         assert_eq!(huge.resolve_with(&with_secrets).unwrap_err().field, "min_free_disk_mb");
         std::fs::write(&path, "idd = 7\n").unwrap();
+        let err =
+            ServeArgs { config: Some(path.clone()), ..Default::default() }.resolve_with(&with_secrets).unwrap_err();
+        assert_eq!(err.field, "config");
+        assert!(err.message.ends_with("unknown option `idd`"), "{err}");
+        // A key of any subsystem, of the wrong type, is named.
+        std::fs::write(&path, "id = 7\ncache_mb = 1\nheartbeat_ms = \"fast\"\n").unwrap();
         let err = ServeArgs { config: Some(path), ..Default::default() }.resolve_with(&with_secrets).unwrap_err();
         assert_eq!(err.field, "config");
+        assert!(err.message.contains("`heartbeat_ms`: invalid type: string \"fast\""), "{err}");
+    }
+
+    #[test]
+    fn every_file_key_lands_in_its_subsystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let text = r#"
+            id = 4
+            http = "h:1"
+            peer = "h:2"
+            wire = "h:3"
+            advertise_http = "a:1"
+            advertise_peer = "a:2"
+            advertise_wire = "a:3"
+            init = true
+            peer_via = "a:2=b:2"
+            insecure_peer_auth_off = true
+            heartbeat_ms = 50
+            election_min_ms = 300
+            election_max_ms = 600
+            snapshot_logs = 5
+            keep_logs = 6
+            data_dir = "/srv/tollgate"
+            cache_mb = 7
+            min_free_disk_mb = 8
+            quota_lease_ms = 2000
+            quota_max_grant = 9
+            clock_offset_ms = -10
+            tls_cert = "c.pem"
+            tls_key = "k.pem"
+            tls_client_ca = "ca.pem"
+            outbound_ca = "o.pem"
+            trusted_proxies = "10.0.0.0/8"
+            admin_auth_failures_per_minute = 11
+            metrics_addr = "m:1"
+        "#;
+        std::fs::write(&path, text).unwrap();
+        let c = ServeArgs { config: Some(path), ..Default::default() }.resolve_with(&with_secrets).unwrap();
+        let l = &c.listen;
+        assert_eq!((c.id, l.http.as_str(), l.peer.as_str(), l.wire.as_str()), (4, "h:1", "h:2", "h:3"));
+        assert_eq!(
+            (l.advertise_http.as_deref(), l.advertise_peer.as_deref(), l.advertise_wire.as_deref()),
+            (Some("a:1"), Some("a:2"), Some("a:3"))
+        );
+        assert!(c.cluster.init && c.cluster.insecure_peer_auth_off && c.cluster.peers.is_empty());
+        assert_eq!(c.cluster.peer_via["a:2"], "b:2");
+        assert_eq!(c.cluster.token.as_deref(), Some("a-test-cluster-token"));
+        let r = &c.raft;
+        assert_eq!(
+            (r.heartbeat_ms, r.election_min_ms, r.election_max_ms, r.snapshot_logs, r.keep_logs),
+            (50, 300, 600, 5, 6)
+        );
+        assert_eq!(c.storage.data_dir, PathBuf::from("/srv/tollgate"));
+        assert_eq!((c.storage.cache_mb, c.storage.min_free_disk_mb), (7, 8));
+        assert_eq!((c.quota.lease_ms, c.quota.max_grant, c.quota.clock_offset_ms), (2000, 9, -10));
+        let t = &c.tls;
+        assert_eq!(
+            [&t.cert, &t.key, &t.client_ca, &t.outbound_ca].map(|p| p.as_ref().unwrap().display().to_string()),
+            ["c.pem", "k.pem", "ca.pem", "o.pem"]
+        );
+        assert_eq!(c.trust.trusted_proxies[0].to_string(), "10.0.0.0/8");
+        assert_eq!(c.admin.failures_per_minute, 11);
+        assert!(c.admin.token.is_some());
+        assert_eq!((c.metrics.addr.as_deref(), c.metrics.token.as_deref()), (Some("m:1"), None));
     }
 }
 
@@ -530,8 +890,8 @@ mod deploy_examples {
                 .resolve_with(&with_secrets)
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             assert_eq!(config.id, id);
-            assert_eq!(config.peers.len(), 3);
-            assert_eq!(config.advertise_peer.as_deref(), Some(format!("10.0.0.{id}:9081").as_str()));
+            assert_eq!(config.cluster.peers.len(), 3);
+            assert_eq!(config.listen.advertise_peer.as_deref(), Some(format!("10.0.0.{id}:9081").as_str()));
         }
     }
 }

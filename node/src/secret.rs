@@ -33,9 +33,23 @@ pub fn new_id(kind: EntityKind) -> String {
     format!("{}{}", kind.id_prefix(), hex::encode(bytes))
 }
 
-/// The token of an `Authorization: Bearer …` header, if there is one.
+/// The token of an `Authorization` header value that carries a bearer
+/// token, the one parser of it for every listener and the gateway.
+///
+/// RFC 9110 §11.1: the scheme is case-insensitive (`Bearer`, `bearer`,
+/// `BEARER`), and one or more spaces part it from its credentials; the token
+/// (a token68) is trimmed. `None` when the scheme is another one, or the
+/// token is empty (an empty token is no token: there is nothing to check).
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, rest) = authorization.split_once(' ')?;
+    let token = rest.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The bearer token of a request's `Authorization` header (see
+/// [`bearer_token`]); `None` if absent, not visible ASCII, or not a bearer one.
 pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+    headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token)
 }
 
 /// A configured token (bootstrap admin token, cluster token) held only as its
@@ -50,6 +64,12 @@ impl Digest {
 
     pub fn matches(&self, candidate: &str) -> bool {
         self.0.ct_eq(&sha256(candidate)).into()
+    }
+
+    /// Whether `headers` present this token as their bearer token (the
+    /// `/metrics` token, the cluster token on peer routes).
+    pub fn presented_in(&self, headers: &axum::http::HeaderMap) -> bool {
+        bearer(headers).is_some_and(|token| self.matches(token))
     }
 }
 
@@ -71,5 +91,25 @@ mod tests {
         assert_eq!(digest.sha256, sha256(&secret));
         assert!(Digest::of(&secret).matches(&secret));
         assert!(!Digest::of(&secret).matches("tgk_other"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case_with_any_spacing() {
+        for value in
+            ["Bearer tok", "bearer tok", "BEARER tok", "bEaReR tok", "Bearer   tok", "Bearer tok  ", "Bearer \ttok"]
+        {
+            assert_eq!(bearer_token(value), Some("tok"), "{value:?}");
+        }
+        for value in
+            ["", "Bearer", "Bearer ", "Bearer    ", "Bearertok", "Basic tok", "Bearer\ttok", " Bearer tok", "Bear tok"]
+        {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
+        let mut headers = axum::http::HeaderMap::new();
+        assert_eq!(bearer(&headers), None);
+        headers.insert(axum::http::header::AUTHORIZATION, "bearer  tga_x ".parse().unwrap());
+        assert_eq!(bearer(&headers), Some("tga_x"));
+        assert!(Digest::of("tga_x").presented_in(&headers));
+        assert!(!Digest::of("tga_y").presented_in(&headers));
     }
 }

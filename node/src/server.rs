@@ -1,34 +1,21 @@
-//! Starting and stopping one node: open storage, bind the listeners, start
-//! Raft, initialise the cluster if asked, serve until shut down.
+//! Starting and stopping one node: bind the listeners, open its storage and
+//! handles ([`App::open`]), start the background tasks, initialise the
+//! cluster if asked, serve until shut down.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
-use openraft::{Config, SnapshotPolicy};
 use tokio::net::TcpListener;
 
-use crate::app::App;
+use crate::app::{App, Node};
 use crate::cluster::authority::ClusterAuthority;
-use crate::cluster::disk::{DiskGauges, DiskGuard};
-use crate::cluster::leader::{Leader, Removal};
-use crate::cluster::log_store::LogStore;
-use crate::cluster::network::{PeerClient, PeerNetwork};
-use crate::cluster::peer::PeerState;
-use crate::cluster::state_machine::StateMachine;
 use crate::cluster::{typ, NodeAddr};
 use crate::config::NodeConfig;
-use crate::http::auth_failures::AuthFailures;
-use crate::http::forwarded::TrustedProxies;
 use crate::http::{HttpState, Settings};
-use crate::metering::{Metering, MeteringConfig};
-use crate::metrics::Metrics;
-use crate::secret::Digest;
-use crate::store::{Kv, SledKv, SledOptions};
+use crate::store::{Kv, SledKv};
 
 /// What a started node reports about itself (also written to
 /// `DATA_DIR/node.json` so tools and tests find the bound ports).
@@ -52,7 +39,7 @@ const RAFT_STOP: Duration = Duration::from_secs(3);
 /// How long the last storage flush may take.
 const FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
-/// Why a node stopped serving (what [`Node::serve`] answers).
+/// Why a node stopped serving (what [`Started::serve`] answers).
 #[derive(Debug)]
 pub enum Stop {
     /// Asked to (SIGTERM, Ctrl-C): exit 0.
@@ -81,7 +68,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
 /// share, where it listens, and what it needs to stop. [`run`] serves one
 /// for the process; tests run several in one process to reach a real node's
 /// own handles (its metering authority, its model).
-pub struct Node {
+pub struct Started {
     /// The handles the listeners share.
     pub app: Arc<App>,
     /// The node's quota and throttle authority: quota grants and usage
@@ -99,35 +86,35 @@ pub struct Node {
     listener_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Opens the node's storage, binds its listeners, starts Raft and serves
-/// every listener; the cluster is initialised (if asked) and `node.json`
-/// written by [`Node::serve`].
+/// Binds the node's listeners, opens its storage and handles
+/// ([`App::open`]), starts Raft's elections and the metering's reports, and
+/// serves every listener; the cluster is initialised (if asked) and
+/// `node.json` written by [`Started::serve`].
 ///
-/// Errors: the data dir cannot be made or opened, a listener cannot bind,
-/// the TLS files cannot be read, or Raft does not start.
-pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let kv = Arc::new(SledKv::open(&config.data_dir.join("db"), &SledOptions { cache_bytes: config.cache_mb << 20 })?);
-
-    let outbound_roots = match &config.outbound_ca {
+/// Errors: a listener cannot bind, the TLS files cannot be read, the data
+/// dir cannot be made or opened, or Raft does not start.
+pub async fn start(config: NodeConfig) -> anyhow::Result<Started> {
+    let outbound_roots = match &config.tls.outbound_ca {
         Some(path) => crate::tls::outbound_roots(path)?,
         None => Vec::new(),
     };
     let tls = Tls::of(&config, &outbound_roots)?;
-    let http_listener =
-        TcpListener::bind(&config.http).await.with_context(|| format!("cannot listen on --http {}", config.http))?;
-    let peer_listener =
-        TcpListener::bind(&config.peer).await.with_context(|| format!("cannot listen on --peer {}", config.peer))?;
-    let wire_listener =
-        TcpListener::bind(&config.wire).await.with_context(|| format!("cannot listen on --wire {}", config.wire))?;
-    let metrics_listener = match &config.metrics_addr {
+    let http_listener = TcpListener::bind(&config.listen.http)
+        .await
+        .with_context(|| format!("cannot listen on --http {}", config.listen.http))?;
+    let peer_listener = TcpListener::bind(&config.listen.peer)
+        .await
+        .with_context(|| format!("cannot listen on --peer {}", config.listen.peer))?;
+    let wire_listener = TcpListener::bind(&config.listen.wire)
+        .await
+        .with_context(|| format!("cannot listen on --wire {}", config.listen.wire))?;
+    let metrics_listener = match &config.metrics.addr {
         Some(addr) => {
             Some(TcpListener::bind(addr).await.with_context(|| format!("cannot listen on --metrics-addr {addr}"))?)
         }
         None => None,
     };
-    if config.cluster_token.is_none() {
+    if config.cluster.token.is_none() {
         tracing::warn!("--insecure-peer-auth-off: the peer port accepts anyone; never run a cluster like this");
     }
     let endpoints = Endpoints {
@@ -138,102 +125,17 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
         metrics: metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?,
     };
     let addr = NodeAddr {
-        http: config.advertise_http.clone().unwrap_or_else(|| endpoints.http.to_string()),
-        peer: config.advertise_peer.clone().unwrap_or_else(|| endpoints.peer.to_string()),
-        wire: config.advertise_wire.clone().unwrap_or_else(|| endpoints.wire.to_string()),
+        http: config.listen.advertise_http.clone().unwrap_or_else(|| endpoints.http.to_string()),
+        peer: config.listen.advertise_peer.clone().unwrap_or_else(|| endpoints.peer.to_string()),
+        wire: config.listen.advertise_wire.clone().unwrap_or_else(|| endpoints.wire.to_string()),
     };
 
-    let raft_config = Config {
-        cluster_name: "tollgate".into(),
-        heartbeat_interval: config.heartbeat_ms,
-        election_timeout_min: config.election_min_ms,
-        election_timeout_max: config.election_max_ms,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
-        max_in_snapshot_log_to_keep: config.keep_logs,
-        // Elections start only after a pre-vote (see `cluster::pre_vote`).
-        enable_elect: false,
-        ..Default::default()
-    }
-    .validate()
-    .context("raft configuration")?;
-
-    let published = Arc::new(ArcSwap::from_pointee(Default::default()));
-    let committed = Arc::new(AtomicU64::new(0));
-    let started = std::time::Instant::now();
-    let state_machine = StateMachine::open(kv.clone(), published.clone())?;
-    let objects = published.load().model.all().count();
-    tracing::info!(objects, elapsed_ms = started.elapsed().as_millis() as u64, "state loaded");
-    let log_store = LogStore::new(kv.clone(), committed.clone());
-    let peers = PeerClient::new(config.cluster_token.clone(), config.peer_via.clone(), tls.peer_client.clone())
-        .context("peer client")?;
-    let network = PeerNetwork { client: peers.clone() };
-    let raft = typ::Raft::new(config.id, Arc::new(raft_config), network, log_store.clone(), state_machine)
-        .await
-        .context("starting raft")?;
-    let timing = crate::cluster::pre_vote::Timing {
-        heartbeat_ms: config.heartbeat_ms,
-        election_min_ms: config.election_min_ms,
-        election_max_ms: config.election_max_ms,
-    };
-    let elections = crate::cluster::pre_vote::Elections::new(config.id, raft.clone(), log_store, peers.clone(), timing);
-
-    let metrics = Metrics::new();
-    let clock: Arc<dyn crate::clock::Clock> = match config.clock_offset_ms {
-        0 => Arc::new(crate::clock::SystemClock),
-        offset => Arc::new(crate::clock::OffsetClock(offset)),
-    };
-    let metering_config = MeteringConfig { lease_ms: config.quota_lease_ms as i64, max_grant: config.quota_max_grant };
-    let disk = Arc::new(DiskGuard::new(config.id, config.min_free_disk_mb));
-    let removal = Arc::new(Removal::open(&config.data_dir));
-    let leader = Leader::new(config.id, raft.clone(), peers, disk.clone(), metrics.forwarded.clone());
-    let authority = Arc::new(ClusterAuthority::new(leader.clone(), clock.clone()));
-    let metering = Metering::new(authority.clone(), clock.clone(), metering_config, metrics.metering.clone());
-    metering.watch_limits(published.clone());
-    let gateway = crate::gateway::Gateway::with_metering(
-        published.clone(),
-        clock.clone(),
-        metrics.gateway.clone(),
-        config.cluster_token.as_deref(),
-        metering,
-    )
-    .trusting(&outbound_roots);
-    let gauges =
-        DiskGauges { available_bytes: metrics.disk_available_bytes.clone(), guard: metrics.disk_guard.clone() };
-    let app = Arc::new(App {
-        id: config.id,
-        addr: addr.clone(),
-        raft: raft.clone(),
-        leader: leader.clone(),
-        elections: elections.clone(),
-        model: published,
-        bootstrap_token: config.admin_token.as_deref().map(Digest::of),
-        gateway,
-        committed,
-        metrics,
-        clock: clock.clone(),
-        removal: removal.clone(),
-        disk: disk.clone(),
-    });
-    let http = HttpState {
-        app: app.clone(),
-        settings: Arc::new(Settings {
-            trusted_proxies: TrustedProxies(config.trusted_proxies.clone()),
-            metrics_token: config.metrics_token.as_deref().map(Digest::of),
-            metrics_on_http: config.metrics_addr.is_none(),
-            admin_auth_failures: AuthFailures::per_minute(config.admin_auth_failures_per_minute),
-        }),
-    };
-    let peer_state = Arc::new(PeerState {
-        raft: raft.clone(),
-        elections: elections.clone(),
-        leader: leader.clone(),
-        authority: authority.clone(),
-        disk: disk.clone(),
-        removal,
-        cluster_token: config.cluster_token.as_deref().map(Digest::of),
-    });
+    let Node { app, peer: peer_state, kv, disk_gauges: gauges } =
+        App::open(&config, addr.clone(), tls.peer_client.clone(), &outbound_roots).await?;
+    let authority = peer_state.authority.clone();
+    let http = HttpState { app: app.clone(), settings: Arc::new(Settings::of(&config)) };
     app.gateway.metering.start_reporting();
-    let elections_task = tokio::spawn(elections.run());
+    let elections_task = tokio::spawn(app.elections.clone().run());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut listener_tasks = vec![
@@ -247,9 +149,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
     }
     let wire_tls = tls.wire.map(tokio_rustls::TlsAcceptor::from);
     listener_tasks.push(tokio::spawn(crate::wire::serve(wire_listener, wire_tls, app.clone(), stop_rx.clone())));
-    let data_dir = config.data_dir.clone();
+    let (disk, leader, data_dir) = (app.disk.clone(), app.leader.clone(), config.storage.data_dir.clone());
     listener_tasks.push(tokio::spawn(crate::cluster::disk::watch(disk, leader, data_dir, gauges, stop_rx)));
-    Ok(Node { app, authority, endpoints, config, addr, kv, stop_tx, elections_task, listener_tasks })
+    Ok(Started { app, authority, endpoints, config, addr, kv, stop_tx, elections_task, listener_tasks })
 }
 
 /// A listener's task, its result dropped: a listener that fails has said why
@@ -260,7 +162,7 @@ fn ended(task: tokio::task::JoinHandle<std::io::Result<()>>) -> tokio::task::Joi
     })
 }
 
-impl Node {
+impl Started {
     /// Initialises the cluster if asked, writes `node.json`, then serves
     /// until `shutdown` completes ([`Stop::Asked`]) or Raft stops on its own
     /// ([`Stop::RaftStopped`]); [`Stop::Failed`] if it cannot start.
@@ -284,8 +186,8 @@ impl Node {
 
     /// Stops the node for `stop`: hands back the quota it holds (when asked
     /// to stop), stops Raft, lets each listener's connections finish (at most
-    /// 5 s) and flushes storage. Errs for [`Stop::RaftStopped`], or when
-    /// storage does not flush in time, or for [`Stop::Failed`].
+    /// 5 s) and flushes storage. Errs for [`Stop::RaftStopped`] and
+    /// [`Stop::Failed`], or when storage does not flush in time.
     pub async fn stop(self, stop: Stop) -> anyhow::Result<()> {
         match &stop {
             Stop::Asked => tracing::info!("shutting down"),
@@ -367,10 +269,10 @@ struct Tls {
 impl Tls {
     fn of(config: &NodeConfig, outbound_roots: &[reqwest::Certificate]) -> anyhow::Result<Tls> {
         use crate::tls::{server_config, ClientAuth, PeerTls};
-        let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
             return Ok(Tls { http: None, peer: None, wire: None, peer_client: None });
         };
-        let ca = config.tls_client_ca.as_deref();
+        let ca = config.tls.client_ca.as_deref();
         if ca.is_none() {
             tracing::warn!(
                 "TLS without --tls-client-ca: peers show no certificate, and verify each other's against the \
@@ -449,10 +351,10 @@ async fn initialise(raft: &typ::Raft, config: &NodeConfig, addr: &NodeAddr) -> a
     if raft.is_initialized().await? {
         return Ok(());
     }
-    let members: std::collections::BTreeMap<_, _> = if config.init {
+    let members: std::collections::BTreeMap<_, _> = if config.cluster.init {
         [(config.id, addr.clone())].into()
-    } else if config.peers.iter().map(|(id, _)| *id).min() == Some(config.id) {
-        config.peers.iter().cloned().collect()
+    } else if config.cluster.peers.iter().map(|(id, _)| *id).min() == Some(config.id) {
+        config.cluster.peers.iter().cloned().collect()
     } else {
         return Ok(());
     };
@@ -462,8 +364,8 @@ async fn initialise(raft: &typ::Raft, config: &NodeConfig, addr: &NodeAddr) -> a
 }
 
 fn write_endpoints(config: &NodeConfig, endpoints: &Endpoints) -> anyhow::Result<()> {
-    let path = config.data_dir.join("node.json");
-    let tmp = config.data_dir.join("node.json.tmp");
+    let path = config.storage.data_dir.join("node.json");
+    let tmp = config.storage.data_dir.join("node.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(endpoints)?)?;
     std::fs::rename(&tmp, &path)?;
     Ok(())

@@ -46,7 +46,7 @@ pub fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
 }
 
 /// The CA certificates in `path`, for outbound HTTPS calls (see
-/// `NodeConfig::outbound_ca`).
+/// `config::TlsConfig::outbound_ca`).
 pub fn outbound_roots(path: &Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
     read_certs(path)?
         .iter()

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -81,15 +81,28 @@ pub fn router(state: Arc<PeerState>) -> Router {
         .with_state(state)
 }
 
-/// Decodes a peer request after checking the cluster token.
-fn accept<T: DeserializeOwned>(node: &PeerState, headers: &HeaderMap, body: &[u8]) -> Result<T, Response> {
-    if let Some(expected) = &node.cluster_token {
-        let given = crate::secret::bearer(headers);
-        if !given.is_some_and(|g| expected.matches(g)) {
+/// A request from a peer: the cluster token checked (when the cluster has
+/// one), then the body decoded. The one guard of every peer route.
+///
+/// Refused with 401 `cluster token missing or wrong` (the token is read as
+/// every bearer token is, [`crate::secret::bearer`]), or 400 naming why the
+/// body does not decode. The body is read first, as a `Bytes` argument was
+/// (its size limit answers 413 before the token is looked at).
+pub struct PeerRequest<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Arc<PeerState>> for PeerRequest<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, node: &Arc<PeerState>) -> Result<Self, Response> {
+        let admitted = node.cluster_token.as_ref().is_none_or(|expected| expected.presented_in(request.headers()));
+        let body = Bytes::from_request(request, node).await.map_err(IntoResponse::into_response)?;
+        if !admitted {
             return Err((StatusCode::UNAUTHORIZED, "cluster token missing or wrong").into_response());
         }
+        codec::decode(&body)
+            .map(PeerRequest)
+            .map_err(|e| (StatusCode::BAD_REQUEST, format!("undecodable peer request: {e}")).into_response())
     }
-    codec::decode(body).map_err(|e| (StatusCode::BAD_REQUEST, format!("undecodable peer request: {e}")).into_response())
 }
 
 fn reply<T: Serialize>(value: &T) -> Response {
@@ -99,85 +112,52 @@ fn reply<T: Serialize>(value: &T) -> Response {
     }
 }
 
-async fn append(State(node): State<Arc<PeerState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let req: AppendEntriesRequest<TypeConfig> = match accept(&node, &headers, &body) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+async fn append(
+    State(node): State<Arc<PeerState>>,
+    PeerRequest(req): PeerRequest<AppendEntriesRequest<TypeConfig>>,
+) -> Response {
     reply(&node.raft.append_entries(req).await)
 }
 
-async fn vote(State(node): State<Arc<PeerState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let req: VoteRequest<NodeId> = match accept(&node, &headers, &body) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+async fn vote(State(node): State<Arc<PeerState>>, PeerRequest(req): PeerRequest<VoteRequest<NodeId>>) -> Response {
     reply(&node.raft.vote(req).await)
 }
 
-async fn pre_vote(State(node): State<Arc<PeerState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let req: PreVoteRequest = match accept(&node, &headers, &body) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+async fn pre_vote(State(node): State<Arc<PeerState>>, PeerRequest(req): PeerRequest<PreVoteRequest>) -> Response {
     reply(&node.elections.answer(&req).await)
 }
 
-async fn snapshot(State(node): State<Arc<PeerState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let req: InstallSnapshotRequest<TypeConfig> = match accept(&node, &headers, &body) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+async fn snapshot(
+    State(node): State<Arc<PeerState>>,
+    PeerRequest(req): PeerRequest<InstallSnapshotRequest<TypeConfig>>,
+) -> Response {
     reply(&node.raft.install_snapshot(req).await)
 }
 
-async fn write(State(node): State<Arc<PeerState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let proposal: Proposal = match accept(&node, &headers, &body) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+async fn write(State(node): State<Arc<PeerState>>, PeerRequest(proposal): PeerRequest<Proposal>) -> Response {
     reply(&node.leader.write_here(proposal).await.map_err(ClusterError::for_peer))
 }
 
-async fn read_index(State(node): State<Arc<PeerState>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(resp) = accept::<()>(&node, &headers, &body) {
-        return resp;
-    }
+async fn read_index(State(node): State<Arc<PeerState>>, PeerRequest(()): PeerRequest<()>) -> Response {
     reply(&node.leader.read_index_here().await.map_err(ClusterError::for_peer))
 }
 
 /// Throttle tokens from this node's buckets, if it leads (see `metering`).
-async fn lend(State(node): State<Arc<PeerState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let request: LendRequest = match accept(&node, &headers, &body) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+async fn lend(State(node): State<Arc<PeerState>>, PeerRequest(request): PeerRequest<LendRequest>) -> Response {
     reply(&node.authority.lend_here(&request).map_err(ClusterError::for_peer))
 }
 
-async fn removed(State(node): State<Arc<PeerState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let removed: bool = match accept(&node, &headers, &body) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+async fn removed(State(node): State<Arc<PeerState>>, PeerRequest(removed): PeerRequest<bool>) -> Response {
     reply(&node.removal.set(removed).map_err(|e| e.to_string()))
 }
 
 /// A member's free-space guard state, kept by the leader for its writes.
-async fn disk(State(node): State<Arc<PeerState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let report: DiskReport = match accept(&node, &headers, &body) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+async fn disk(State(node): State<Arc<PeerState>>, PeerRequest(report): PeerRequest<DiskReport>) -> Response {
     node.disk.record(report, std::time::Instant::now());
     reply(&())
 }
 
-async fn membership(State(node): State<Arc<PeerState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let op: MembershipOp = match accept(&node, &headers, &body) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+async fn membership(State(node): State<Arc<PeerState>>, PeerRequest(op): PeerRequest<MembershipOp>) -> Response {
     reply(&node.leader.change_membership_here(op).await.map_err(ClusterError::for_peer))
 }
 

@@ -288,8 +288,7 @@ mod tests {
 
     /// The claims and times a token carries, read back without checking `exp`.
     fn read(signer: &IdentitySigner, version: u64, token: &str) -> Value {
-        let jwk: jsonwebtoken::jwk::Jwk =
-            serde_json::from_value(signer.jwks(version)["keys"][0].clone()).expect("jwk");
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(signer.jwks(version)["keys"][0].clone()).expect("jwk");
         let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).expect("key");
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
         validation.set_issuer(&[ISSUER]);

@@ -343,13 +343,10 @@ fn facts<'a>(t: &'a Target<'_>, c: &'a ValidRequest<'_>, caller: Option<&'a Call
     }
 }
 
-/// The bearer token of the `Authorization` header (`Bearer` or `bearer`), trimmed; `None` if absent or empty.
+/// The bearer token of the `Authorization` header, read as every listener
+/// reads one ([`secret::bearer_token`]); `None` if absent or empty.
 fn bearer_token(headers: &BTreeMap<String, String>) -> Option<&str> {
-    headers
-        .get("authorization")
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+    headers.get("authorization").map(String::as_str).and_then(secret::bearer_token)
 }
 
 /// Which limits apply: the stage's, the key's plan throttle (or the method

@@ -6,12 +6,10 @@
 //! (field-level rules) and again by the state machine (rules that need the rest
 //! of the model); either way a failure names the field and changes nothing.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -22,6 +20,7 @@ use tollgate_proto::model::*;
 use tollgate_proto::{validate, Command, FieldError, Rejection};
 
 use super::error::ApiError;
+use super::extract::{JsonBody, ReadOptions, RequestId};
 use super::HttpState;
 use crate::app::App;
 use crate::secret;
@@ -138,103 +137,6 @@ pub fn routes<R: Resource>(router: Router<HttpState>) -> Router<HttpState> {
         .route(&format!("/v1/admin/{}/{{id}}", R::PATH), get(read::<R>).put(replace::<R>).delete(delete::<R>))
 }
 
-/// Parses a JSON body; a failure names the field (as a path) that was wrong.
-///
-/// A whole number may be written with a zero fraction (`5.0`): JSON has one
-/// number type, and JSON Schema (so the OpenAPI document) counts `5.0` as an
-/// integer.
-pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::field("body", "expected a JSON object"));
-    }
-    let field_error = |path: &serde_path_to_error::Path, message: String| {
-        let path = path.to_string();
-        let field = if path == "." { "body".to_string() } else { path };
-        ApiError::field(field, message)
-    };
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let first = serde_path_to_error::deserialize(&mut de)
-        .map_err(|e| field_error(e.path(), e.inner().to_string()))
-        .and_then(|value| de.end().map(|()| value).map_err(|e| ApiError::field("body", e.to_string())));
-    match first {
-        Ok(value) => Ok(value),
-        Err(error) => {
-            // Only a body with a whole number spelled as a float is read again.
-            let Ok(mut json) = serde_json::from_slice::<Value>(body) else { return Err(error) };
-            if !whole_numbers(&mut json) {
-                return Err(error);
-            }
-            serde_path_to_error::deserialize(json).map_err(|e| field_error(e.path(), e.inner().to_string()))
-        }
-    }
-}
-
-/// Rewrites every float with no fraction that fits an integer as that
-/// integer; true if any was.
-fn whole_numbers(value: &mut Value) -> bool {
-    match value {
-        Value::Number(n) if n.is_f64() => {
-            let f = n.as_f64().unwrap_or(f64::NAN);
-            // Every u64 and i64 in range; 2^64 itself is a float only.
-            let whole = if f.fract() != 0.0 || !f.is_finite() {
-                None
-            } else if (0.0..18_446_744_073_709_551_616.0).contains(&f) {
-                Some(Value::from(f as u64))
-            } else if (-9_223_372_036_854_775_808.0..0.0).contains(&f) {
-                Some(Value::from(f as i64))
-            } else {
-                None
-            };
-            match whole {
-                Some(w) => {
-                    *value = w;
-                    true
-                }
-                None => false,
-            }
-        }
-        // Every number is rewritten: no short circuit.
-        Value::Array(items) => items.iter_mut().map(whole_numbers).fold(false, std::ops::BitOr::bitor),
-        Value::Object(map) => map.values_mut().map(whole_numbers).fold(false, std::ops::BitOr::bitor),
-        _ => false,
-    }
-}
-
-/// `?stale`, `?limit`, `?after`, parsed with errors that name the parameter.
-pub struct ReadOptions {
-    pub stale: bool,
-    pub limit: usize,
-    pub after: Option<String>,
-}
-
-pub const DEFAULT_PAGE: usize = 100;
-pub const MAX_PAGE: usize = 1000;
-
-impl ReadOptions {
-    pub fn parse(query: &HashMap<String, String>) -> Result<Self, ApiError> {
-        let stale = match query.get("stale").map(String::as_str) {
-            None | Some("false") | Some("0") => false,
-            Some("true") | Some("1") | Some("") => true,
-            Some(_) => return Err(ApiError::field("stale", "must be true or false")),
-        };
-        let limit = match query.get("limit") {
-            None => DEFAULT_PAGE,
-            Some(v) => match v.parse::<usize>() {
-                Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-                _ => return Err(ApiError::field("limit", format!("must be a whole number from 1 to {MAX_PAGE}"))),
-            },
-        };
-        Ok(ReadOptions { stale, limit, after: query.get("after").cloned() })
-    }
-}
-
-type QueryParams = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
-
-fn query_params(q: QueryParams) -> Result<ReadOptions, ApiError> {
-    let Query(map) = q.map_err(|e| ApiError::field("query", e.body_text()))?;
-    ReadOptions::parse(&map)
-}
-
 async fn barrier(app: &App, options: &ReadOptions) -> Result<(), ApiError> {
     if !options.stale {
         app.leader.read_barrier().await?;
@@ -250,31 +152,11 @@ fn shown(entity: &Entity, secret: Option<String>) -> Value {
     view
 }
 
-/// The request id of a write: from the `Idempotency-Key` header, so a client
-/// retry takes effect once, or fresh.
-pub fn request_id(headers: &HeaderMap) -> Result<u128, ApiError> {
-    match headers.get("idempotency-key") {
-        None => Ok(rand::random()),
-        Some(value) => {
-            let text = value.to_str().map_err(|_| ApiError::field("Idempotency-Key", "must be visible ASCII"))?;
-            if text.is_empty() || text.len() > 255 {
-                return Err(ApiError::field("Idempotency-Key", "must be 1 to 255 characters"));
-            }
-            let digest = secret::sha256(text);
-            let mut id = [0u8; 16];
-            id.copy_from_slice(&digest[..16]);
-            Ok(u128::from_be_bytes(id))
-        }
-    }
-}
-
 async fn create<R: Resource>(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    body: Bytes,
+    RequestId(request): RequestId,
+    JsonBody(input): JsonBody<R::Input>,
 ) -> Result<Response, ApiError> {
-    let request = request_id(&headers)?;
-    let input: R::Input = parse_body(&body)?;
     let (entity, secret) = R::create(input)?;
     let proposed_digest = secret_digest(&entity);
     let command = Command::Put { entity, mode: PutMode::Create, now: Timestamp::now() };
@@ -300,11 +182,9 @@ async fn create<R: Resource>(
 async fn replace<R: Resource>(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    RequestId(request): RequestId,
+    JsonBody(input): JsonBody<R::Input>,
 ) -> Result<Response, ApiError> {
-    let request = request_id(&headers)?;
-    let input: R::Input = parse_body(&body)?;
     let entity = R::replace(&id, input)?;
     let command = Command::Put { entity, mode: PutMode::Replace, now: Timestamp::now() };
     match app.leader.write(request, command).await?? {
@@ -316,9 +196,8 @@ async fn replace<R: Resource>(
 async fn delete<R: Resource>(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    RequestId(request): RequestId,
 ) -> Result<Response, ApiError> {
-    let request = request_id(&headers)?;
     app.leader.write(request, Command::Delete { kind: R::KIND, id }).await??;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -326,9 +205,8 @@ async fn delete<R: Resource>(
 async fn read<R: Resource>(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-    query: QueryParams,
+    options: ReadOptions,
 ) -> Result<Response, ApiError> {
-    let options = query_params(query)?;
     barrier(&app, &options).await?;
     let published = app.published();
     match published.model.get(R::KIND, &id) {
@@ -337,8 +215,7 @@ async fn read<R: Resource>(
     }
 }
 
-async fn list<R: Resource>(State(app): State<Arc<App>>, query: QueryParams) -> Result<Response, ApiError> {
-    let options = query_params(query)?;
+async fn list<R: Resource>(State(app): State<Arc<App>>, options: ReadOptions) -> Result<Response, ApiError> {
     barrier(&app, &options).await?;
     let published = app.published();
     let mut page = published.model.page(R::KIND, options.after.as_deref(), options.limit + 1);
@@ -364,8 +241,9 @@ fn unexpected(applied: Applied) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected answer {applied:?}"))
 }
 
+/// The body of a reroll (optional).
 #[derive(serde::Deserialize)]
-struct RerollRequest {
+pub struct RerollRequest {
     /// How long the old secret keeps working: 0 (default) to
     /// [`MAX_OVERLAP_SECS`] seconds; more is a 400 naming `overlap_secs`.
     #[serde(default)]
@@ -380,12 +258,11 @@ pub const MAX_OVERLAP_SECS: u64 = 30 * 86_400;
 pub async fn reroll(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    RequestId(request): RequestId,
+    body: Option<JsonBody<RerollRequest>>,
 ) -> Result<Response, ApiError> {
-    let request = request_id(&headers)?;
-    let input: RerollRequest =
-        if body.iter().all(u8::is_ascii_whitespace) { RerollRequest { overlap_secs: 0 } } else { parse_body(&body)? };
+    // No body: no overlap.
+    let input = body.map_or(RerollRequest { overlap_secs: 0 }, |JsonBody(input)| input);
     if input.overlap_secs > MAX_OVERLAP_SECS {
         return Err(ApiError::field("overlap_secs", format!("must be at most {MAX_OVERLAP_SECS} (30 days)")));
     }
@@ -408,8 +285,7 @@ pub async fn reroll(
 }
 
 /// `GET /v1/admin/identity-key`: the version that signs identity tokens.
-pub async fn identity_key(State(app): State<Arc<App>>, query: QueryParams) -> Result<Response, ApiError> {
-    let options = query_params(query)?;
+pub async fn identity_key(State(app): State<Arc<App>>, options: ReadOptions) -> Result<Response, ApiError> {
     barrier(&app, &options).await?;
     let state = app.published().model.identity;
     Ok(Json(json!({"version": state.version, "kid": crate::gateway::identity::kid(state.version),
@@ -418,8 +294,10 @@ pub async fn identity_key(State(app): State<Arc<App>>, query: QueryParams) -> Re
 }
 
 /// `POST /v1/admin/identity-key/rotate`: sign with the next key version.
-pub async fn rotate_identity_key(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let request = request_id(&headers)?;
+pub async fn rotate_identity_key(
+    State(app): State<Arc<App>>,
+    RequestId(request): RequestId,
+) -> Result<Response, ApiError> {
     match app.leader.write(request, Command::RotateIdentityKey { now: Timestamp::now() }).await?? {
         Applied::IdentityKey(state) => Ok(Json(json!({"version": state.version,
             "kid": crate::gateway::identity::kid(state.version), "rotated_at": state.rotated_at}))

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 /// Failures a source may make in a row, and per minute after that.
-pub const DEFAULT_PER_MINUTE: u32 = 10;
+pub const DEFAULT_PER_MINUTE: u32 = crate::config::DEFAULT_ADMIN_AUTH_FAILURES_PER_MINUTE;
 /// Sources remembered at most; past this, the ones whose buckets are full
 /// again are forgotten first.
 const MAX_SOURCES: usize = 10_000;

@@ -4,15 +4,14 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use tollgate_proto::check::{CheckRequest, Decision};
 
-use super::admin::parse_body;
 use super::error::ApiError;
+use super::extract::JsonBody;
 use super::HttpState;
 use crate::app::App;
 
@@ -30,7 +29,6 @@ async fn jwks(State(app): State<Arc<App>>) -> Response {
     ([(axum::http::header::CACHE_CONTROL, "max-age=60")], Json(app.gateway.identity.jwks(version))).into_response()
 }
 
-async fn check(State(app): State<Arc<App>>, body: Bytes) -> Result<Json<Decision>, ApiError> {
-    let req: CheckRequest = parse_body(&body)?;
+async fn check(State(app): State<Arc<App>>, JsonBody(req): JsonBody<CheckRequest>) -> Result<Json<Decision>, ApiError> {
     Ok(Json(decide(&app, &req).await?))
 }

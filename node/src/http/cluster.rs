@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -12,8 +11,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::admin::parse_body;
 use super::error::ApiError;
+use super::extract::JsonBody;
 use super::HttpState;
 use crate::app::App;
 use crate::cluster::leader::MembershipOp;
@@ -83,8 +82,7 @@ fn node_id(raw: &str) -> Result<NodeId, ApiError> {
     }
 }
 
-async fn add_node(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
-    let req: AddNode = parse_body(&body)?;
+async fn add_node(State(app): State<Arc<App>>, JsonBody(req): JsonBody<AddNode>) -> Result<Response, ApiError> {
     if req.id == 0 {
         return Err(ApiError::field("id", "must be a whole number above 0"));
     }

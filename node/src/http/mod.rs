@@ -2,35 +2,42 @@
 //!
 //! Every admin route requires a bearer admin token: the bootstrap token from
 //! `TOLLGATE_ADMIN_TOKEN`, or one created through `/v1/admin/tokens`. Tokens
-//! with the `read` scope may only GET. Request bodies are capped and every
+//! with the `read` scope may only GET. Who may call what is decided in
+//! [`auth`], one extractor per kind of caller; the request parts handlers
+//! take (JSON bodies, query strings, request ids) are read in [`extract`],
+//! each refusal a 400 naming the field. Request bodies are capped and every
 //! request has a time limit. Nothing here logs a header or a body.
 
 pub mod admin;
+pub mod auth;
 pub mod auth_failures;
 pub mod check;
 pub mod cluster;
 pub mod error;
+pub mod extract;
 pub mod forward_auth;
 pub mod forwarded;
 pub mod openapi;
 pub mod ops;
 pub mod usage;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRef, MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method};
+use axum::extract::{DefaultBodyLimit, FromRef, MatchedPath, Request, State};
+use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
-use tollgate_proto::model::Scope;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::app::App;
+use crate::config::NodeConfig;
 use crate::secret::{self, Digest};
+use auth::AdminCaller;
 use auth_failures::AuthFailures;
 use error::ApiError;
 use forwarded::TrustedProxies;
@@ -51,6 +58,18 @@ pub struct Settings {
     pub metrics_on_http: bool,
     /// Failed admin authentications by source address.
     pub admin_auth_failures: AuthFailures,
+}
+
+impl Settings {
+    /// The listener's settings in a node's configuration.
+    pub fn of(config: &NodeConfig) -> Self {
+        Settings {
+            trusted_proxies: TrustedProxies(config.trust.trusted_proxies.clone()),
+            metrics_token: config.metrics.token.as_deref().map(Digest::of),
+            metrics_on_http: config.metrics.addr.is_none(),
+            admin_auth_failures: AuthFailures::per_minute(config.admin.failures_per_minute),
+        }
+    }
 }
 
 /// The HTTP listener's state: a handler takes `State<Arc<App>>`, or
@@ -88,7 +107,7 @@ pub fn router(state: HttpState) -> Router {
     admin = admin.route("/v1/admin/identity-key/rotate", axum::routing::post(admin::rotate_identity_key));
     let admin = cluster::routes(admin)
         .route_layer(middleware::from_fn(scope_idempotency_key))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
+        .route_layer(middleware::from_extractor_with_state::<AdminCaller, _>(state.clone()))
         .route_layer(middleware::from_fn_with_state(state.clone(), count_admin_request));
     Router::new()
         .merge(admin)
@@ -101,52 +120,6 @@ pub fn router(state: HttpState) -> Router {
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
         .with_state(state)
-}
-
-/// Checks the bearer admin token and its scope. A source that keeps
-/// presenting bad tokens is logged and slowed down (see [`auth_failures`]).
-async fn require_admin(
-    State(app): State<Arc<App>>,
-    State(settings): State<Arc<Settings>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let source = tollgate_proto::canonical::unmapped(peer.ip());
-    let now = std::time::Instant::now();
-    if let Err(retry) = settings.admin_auth_failures.check(source, now) {
-        let mut e = ApiError::new(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "too_many_failures",
-            format!("too many failed admin authentications from {source}; retry in {retry} s"),
-        );
-        e.retry_after = Some(retry);
-        return Err(e);
-    }
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
-    let Some(token) = secret::bearer(request.headers()).map(str::trim) else {
-        // No guess was made: logged, not counted against the source.
-        tracing::info!(%source, %route, "admin request without a token");
-        return Err(ApiError::unauthorized("an admin token is required: Authorization: Bearer <token>"));
-    };
-    let failed = |why: &'static str| {
-        tracing::warn!(%source, %route, why, "admin authentication failed");
-        settings.admin_auth_failures.fail(source, now);
-        ApiError::unauthorized(why)
-    };
-    let bootstrap = app.bootstrap_token.as_ref().is_some_and(|d| d.matches(token));
-    if !bootstrap {
-        let published = app.published();
-        let Some(stored) = published.model.token_by_digest(&secret::sha256(token)) else {
-            return Err(failed("the admin token is not valid"));
-        };
-        let reading = matches!(*request.method(), Method::GET | Method::HEAD);
-        let allowed = stored.scopes.contains(&Scope::Write) || (reading && stored.scopes.contains(&Scope::Read));
-        if !allowed {
-            return Err(ApiError::forbidden("this admin token may only read"));
-        }
-    }
-    Ok(next.run(request).await)
 }
 
 /// An `Idempotency-Key` names one request: the same key sent with another

@@ -25,7 +25,8 @@ use serde_json::{json, Map, Value};
 use tollgate_proto::validate::{HTTP_METHODS, JWT_ALGORITHMS, MAX_DESCRIPTION, MAX_LIST, MAX_NAME, MAX_REGEX_LEN};
 use utoipa::OpenApi as _;
 
-use super::admin::{MAX_OVERLAP_SECS, MAX_PAGE};
+use super::admin::MAX_OVERLAP_SECS;
+use super::extract::MAX_PAGE;
 use super::usage::{MAX_DAYS, MAX_DELTA};
 use crate::gateway::{MAX_FIELDS, MAX_HEADER_BYTES};
 

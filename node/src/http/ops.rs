@@ -12,7 +12,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::{HttpState, Settings};
+use super::auth::MetricsCaller;
+use super::HttpState;
 use crate::app::App;
 
 /// The public operational routes, with `/metrics` unless it has a listener
@@ -59,18 +60,8 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn metrics(
-    State(app): State<Arc<App>>,
-    State(settings): State<Arc<Settings>>,
-    headers: axum::http::HeaderMap,
-) -> Response {
-    if let Some(expected) = &settings.metrics_token {
-        if !crate::secret::bearer(&headers).is_some_and(|t| expected.matches(t.trim())) {
-            let challenge = [(header::WWW_AUTHENTICATE, "Bearer")];
-            return (StatusCode::UNAUTHORIZED, challenge, "metrics need the metrics token: Authorization: Bearer ...")
-                .into_response();
-        }
-    }
+/// Prometheus text, for a caller with the metrics token if one is set.
+async fn metrics(State(app): State<Arc<App>>, _: MetricsCaller) -> Response {
     let raft = app.raft.metrics().borrow().clone();
     let text = app.metrics.render(&raft, app.committed_index());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()

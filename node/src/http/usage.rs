@@ -16,12 +16,10 @@
 //! `tollgate_proto::metering`): exact when no node crashed; after a crash it
 //! may count up to one lease more than was admitted, never less.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use time::{Date, OffsetDateTime};
@@ -31,8 +29,8 @@ use tollgate_proto::model::{EntityKind, Quota, UsagePlan};
 use tollgate_proto::usage::{DayUsage, KeyUsage, PeriodUsage, UsageReport, UsageUpdate};
 use tollgate_proto::{Command, Rejection};
 
-use super::admin::{parse_body, request_id, ReadOptions};
 use super::error::ApiError;
+use super::extract::{JsonBody, QueryMap, ReadOptions, RequestId};
 use crate::app::App;
 use crate::clock::period_bounds;
 
@@ -98,9 +96,8 @@ fn period_usage(ledger: &QuotaLedger, quota: &Quota, start_ms: i64, end_ms: i64)
 pub async fn get_usage(
     State(app): State<Arc<App>>,
     Path(plan_id): Path<String>,
-    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    QueryMap(query): QueryMap,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::field("query", e.body_text()))?;
     let options = ReadOptions::parse(&query)?;
     let now_ms = app.clock.now_ms();
     let today = day_of(now_ms);
@@ -177,11 +174,9 @@ pub async fn get_usage(
 pub async fn update_usage(
     State(app): State<Arc<App>>,
     Path((plan_id, key_id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    RequestId(request): RequestId,
+    JsonBody(update): JsonBody<UsageUpdate>,
 ) -> Result<Response, ApiError> {
-    let request = request_id(&headers)?;
-    let update: UsageUpdate = parse_body(&body)?;
     // `unsigned_abs`: `abs` of i64::MIN overflows (it once wrapped to a
     // negative number and slipped through).
     if update.delta == 0 || update.delta.unsigned_abs() > MAX_DELTA.unsigned_abs() {

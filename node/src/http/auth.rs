@@ -1,0 +1,140 @@
+//! Who may call what on the HTTP listener: one extractor per kind of caller,
+//! and the one place a token presented over HTTP is checked.
+//!
+//! - [`AdminCaller`]: every admin route. A bearer admin token (the bootstrap
+//!   token, or a stored one) whose scope covers the request: `read` may only
+//!   `GET`/`HEAD`, `write` may do anything. Failed authentications are
+//!   counted per source address and answered 429 once too many
+//!   ([`super::auth_failures`]).
+//! - [`MetricsCaller`]: `/metrics`, when `TOLLGATE_METRICS_TOKEN` is set.
+//!
+//! Tokens are read from `Authorization` by [`crate::secret::bearer`] (the
+//! scheme in any case, RFC 9110 §11.1) — as the gateway and the peer routes
+//! read theirs — and never logged. The check path (`/v1/check`,
+//! forward-auth) has no caller here: its callers are the gateway's business.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts, MatchedPath};
+use axum::http::request::Parts;
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tollgate_proto::model::Scope;
+
+use super::error::ApiError;
+use super::{HttpState, Settings};
+use crate::app::App;
+use crate::secret;
+
+/// The scope an admin request needs: `read` for `GET` and `HEAD`, `write`
+/// for everything else.
+pub fn required_scope(method: &Method) -> Scope {
+    if matches!(*method, Method::GET | Method::HEAD) {
+        Scope::Read
+    } else {
+        Scope::Write
+    }
+}
+
+/// An admin caller whose token covers this request. Extracting it is the
+/// admin guard: `http::router` puts it in front of every admin route as a
+/// layer, and a handler may take it as an argument to know the scope.
+///
+/// Refusals, in the order they are checked:
+/// - 429 `too_many_failures` with `Retry-After`: the source address used up
+///   its failed authentications (its token is not even looked at);
+/// - 401 `unauthorized`, "an admin token is required…": no bearer token
+///   (logged, not counted against the source: no guess was made);
+/// - 401 `unauthorized`, "the admin token is not valid": neither the
+///   bootstrap token nor a stored one (logged and counted);
+/// - 403 `forbidden`, "this admin token may only read": a `read` token on a
+///   route that needs `write`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminCaller {
+    /// The scope this request needed ([`required_scope`]), which the token holds.
+    pub scope: Scope,
+}
+
+impl<S> FromRequestParts<S> for AdminCaller
+where
+    S: Send + Sync,
+    HttpState: FromRef<S>,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let state = HttpState::from_ref(state);
+        let ConnectInfo(peer) =
+            ConnectInfo::<SocketAddr>::from_request_parts(parts, &state).await.map_err(IntoResponse::into_response)?;
+        let route = parts.extensions.get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
+        admit_admin(&state.app, &state.settings, peer, &route, parts).map_err(IntoResponse::into_response)
+    }
+}
+
+fn admit_admin(
+    app: &App,
+    settings: &Settings,
+    peer: SocketAddr,
+    route: &str,
+    parts: &Parts,
+) -> Result<AdminCaller, ApiError> {
+    let source = tollgate_proto::canonical::unmapped(peer.ip());
+    let now = std::time::Instant::now();
+    if let Err(retry) = settings.admin_auth_failures.check(source, now) {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_failures",
+            format!("too many failed admin authentications from {source}; retry in {retry} s"),
+        );
+        e.retry_after = Some(retry);
+        return Err(e);
+    }
+    let Some(token) = secret::bearer(&parts.headers) else {
+        tracing::info!(%source, %route, "admin request without a token");
+        return Err(ApiError::unauthorized("an admin token is required: Authorization: Bearer <token>"));
+    };
+    let scope = required_scope(&parts.method);
+    if app.bootstrap_token.as_ref().is_some_and(|d| d.matches(token)) {
+        return Ok(AdminCaller { scope });
+    }
+    let published = app.published();
+    let Some(stored) = published.model.token_by_digest(&secret::sha256(token)) else {
+        let why = "the admin token is not valid";
+        tracing::warn!(%source, %route, why, "admin authentication failed");
+        settings.admin_auth_failures.fail(source, now);
+        return Err(ApiError::unauthorized(why));
+    };
+    // `write` covers reading too.
+    if stored.scopes.contains(&Scope::Write) || stored.scopes.contains(&scope) {
+        Ok(AdminCaller { scope })
+    } else {
+        Err(ApiError::forbidden("this admin token may only read"))
+    }
+}
+
+/// A caller of `/metrics`: anyone when no metrics token is configured, else
+/// one presenting it as a bearer token. Refused with 401, a
+/// `WWW-Authenticate: Bearer` challenge and a plain-text body (Prometheus
+/// shows it as the scrape error).
+pub struct MetricsCaller;
+
+impl<S> FromRequestParts<S> for MetricsCaller
+where
+    S: Send + Sync,
+    Arc<Settings>: FromRef<S>,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let settings = Arc::<Settings>::from_ref(state);
+        match &settings.metrics_token {
+            Some(expected) if !expected.presented_in(&parts.headers) => {
+                let challenge = [(header::WWW_AUTHENTICATE, "Bearer")];
+                Err((StatusCode::UNAUTHORIZED, challenge, "metrics need the metrics token: Authorization: Bearer ...")
+                    .into_response())
+            }
+            _ => Ok(MetricsCaller),
+        }
+    }
+}

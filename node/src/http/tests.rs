@@ -1,0 +1,344 @@
+//! The HTTP listener in-process: its router called with
+//! `tower::ServiceExt::oneshot`, no socket, for the rules that need no
+//! cluster — who may call the admin API, how a bad body or query is refused,
+//! the shape of 404 and 405, the `/metrics` token, the OpenAPI document and
+//! the size limit — and the cluster token on the peer routes.
+//!
+//! The node behind the router is a real one: [`App::open`] on a temp dir,
+//! its Raft initialised with itself as the only voter, so it leads at once
+//! and admin writes commit locally. No listener, no peer, no second process.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use super::{HttpState, Settings, MAX_BODY};
+use crate::app::{App, Node};
+use crate::cluster::NodeAddr;
+use crate::config::{ServeArgs, StorageArgs};
+
+const ADMIN_TOKEN: &str = "tga_in-process-admin-token-0123456789";
+const CLUSTER_TOKEN: &str = "in-process-cluster-token";
+const METRICS_TOKEN: &str = "in-process-metrics-token";
+/// Where test requests come from, unless a test says otherwise.
+const SOURCE: ([u8; 4], u16) = ([192, 0, 2, 1], 40_000);
+
+/// A single-node node, leading, and the routers of its HTTP and peer listeners.
+struct TestNode {
+    http: Router,
+    peer: Router,
+    app: Arc<App>,
+    _dir: tempfile::TempDir,
+}
+
+async fn node() -> TestNode {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let storage = StorageArgs { data_dir: Some(dir.path().to_path_buf()), ..Default::default() };
+    let args = ServeArgs { id: Some(1), storage, ..Default::default() };
+    let config = args
+        .resolve_with(&|name| match name {
+            "TOLLGATE_ADMIN_TOKEN" => Some(ADMIN_TOKEN.into()),
+            "TOLLGATE_CLUSTER_TOKEN" => Some(CLUSTER_TOKEN.into()),
+            "TOLLGATE_METRICS_TOKEN" => Some(METRICS_TOKEN.into()),
+            _ => None,
+        })
+        .expect("config");
+    let addr = NodeAddr { http: "127.0.0.1:1".into(), peer: "127.0.0.1:2".into(), wire: "127.0.0.1:3".into() };
+    let Node { app, peer, .. } = App::open(&config, addr.clone(), None, &[]).await.expect("open the node");
+    app.raft.initialize(BTreeMap::from([(1, addr)])).await.expect("initialise");
+    app.raft.wait(Some(Duration::from_secs(10))).current_leader(1, "leads alone").await.expect("a leader");
+    let state = HttpState { app: app.clone(), settings: Arc::new(Settings::of(&config)) };
+    TestNode { http: super::router(state), peer: crate::cluster::peer::router(peer), app, _dir: dir }
+}
+
+/// What came back: status, headers, and the body as JSON (`Value::String`
+/// if it is not JSON).
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Answer {
+    /// The `{"error": …}` body's code, field and message.
+    fn error(&self) -> (&str, Option<&str>, &str) {
+        let e = &self.body["error"];
+        (e["code"].as_str().unwrap_or("-"), e["field"].as_str(), e["message"].as_str().unwrap_or("-"))
+    }
+}
+
+async fn call(router: &Router, mut request: Request<Body>) -> Answer {
+    if request.extensions().get::<ConnectInfo<SocketAddr>>().is_none() {
+        request.extensions_mut().insert(ConnectInfo(SocketAddr::from(SOURCE)));
+    }
+    let response = router.clone().oneshot(request).await.expect("the router answers");
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.expect("body");
+    let body =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    Answer { status: parts.status, headers: parts.headers, body }
+}
+
+fn request(method: Method, uri: &str, authorization: Option<&str>, body: &str) -> Request<Body> {
+    let mut builder = Request::builder().method(method).uri(uri);
+    if let Some(value) = authorization {
+        builder = builder.header(header::AUTHORIZATION, value);
+    }
+    if !body.is_empty() {
+        builder = builder.header(header::CONTENT_TYPE, "application/json");
+    }
+    builder.body(Body::from(body.to_string())).expect("request")
+}
+
+fn admin(method: Method, uri: &str, body: &str) -> Request<Body> {
+    request(method, uri, Some(&format!("Bearer {ADMIN_TOKEN}")), body)
+}
+
+fn from(source: [u8; 4], mut request: Request<Body>) -> Request<Body> {
+    request.extensions_mut().insert(ConnectInfo(SocketAddr::from((source, 50_000))));
+    request
+}
+
+#[tokio::test]
+async fn an_admin_route_without_a_bearer_token_is_401_and_not_counted_as_a_guess() {
+    let node = node().await;
+    let required = "an admin token is required: Authorization: Bearer <token>";
+    for authorization in [None, Some(""), Some("Bearer"), Some("Bearer "), Some("Bearer   "), Some("Basic dXNlcjpw")] {
+        // More than the failures a source may make: none of them is one.
+        for _ in 0..crate::http::auth_failures::DEFAULT_PER_MINUTE + 1 {
+            let answer = call(&node.http, request(Method::GET, "/v1/admin/plans", authorization, "")).await;
+            assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{authorization:?}");
+            assert_eq!(answer.error(), ("unauthorized", None, required), "{authorization:?}");
+            assert_eq!(answer.body["error"]["field"], Value::Null);
+            assert!(answer.headers.get(header::WWW_AUTHENTICATE).is_none(), "no challenge on the admin API");
+        }
+    }
+}
+
+#[tokio::test]
+async fn wrong_admin_tokens_are_401_then_the_source_is_slowed_down_with_429() {
+    let node = node().await;
+    let wrong = Some("Bearer tga_a-guess-that-is-not-a-token-at-all");
+    for _ in 0..crate::http::auth_failures::DEFAULT_PER_MINUTE {
+        let answer = call(&node.http, request(Method::GET, "/v1/admin/plans", wrong, "")).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(answer.error(), ("unauthorized", None, "the admin token is not valid"));
+    }
+    // Out of failures: refused before the token is looked at, the right one too.
+    for authorization in [wrong, Some(&format!("Bearer {ADMIN_TOKEN}"))] {
+        let answer = call(&node.http, request(Method::GET, "/v1/admin/plans", authorization, "")).await;
+        assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
+        let (code, field, message) = answer.error();
+        assert_eq!((code, field), ("too_many_failures", None));
+        assert!(message.starts_with("too many failed admin authentications from 192.0.2.1; retry in "), "{message}");
+        assert_eq!(answer.headers[header::RETRY_AFTER], "6");
+    }
+    // Another source is not affected.
+    let answer = call(&node.http, from([192, 0, 2, 2], admin(Method::GET, "/v1/admin/plans", ""))).await;
+    assert_eq!(answer.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_read_in_any_case_with_any_spacing() {
+    let node = node().await;
+    for scheme in ["Bearer ", "bearer ", "BEARER ", "bEaReR   "] {
+        let authorization = format!("{scheme}{ADMIN_TOKEN} ");
+        let answer = call(&node.http, request(Method::GET, "/v1/admin/plans", Some(&authorization), "")).await;
+        assert_eq!(answer.status, StatusCode::OK, "{authorization:?}: {}", answer.body);
+        assert_eq!(answer.body, json!({"items": [], "next_after": null}));
+    }
+}
+
+#[tokio::test]
+async fn a_read_token_may_read_but_not_write() {
+    let node = node().await;
+    let created =
+        call(&node.http, admin(Method::POST, "/v1/admin/tokens", r#"{"name": "dashboards", "scopes": ["read"]}"#))
+            .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let reader = format!("Bearer {}", created.body["secret"].as_str().expect("the secret, shown once"));
+    let read = call(&node.http, request(Method::GET, "/v1/admin/tokens", Some(&reader), "")).await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.body["items"][0]["name"], "dashboards");
+    for (method, uri, body) in [
+        (Method::POST, "/v1/admin/plans", r#"{"name": "p"}"#),
+        (Method::PUT, "/v1/admin/plans/plan_1", r#"{"name": "p"}"#),
+        (Method::DELETE, "/v1/admin/tokens/tok_1", ""),
+        (Method::POST, "/v1/admin/identity-key/rotate", ""),
+    ] {
+        let answer = call(&node.http, request(method.clone(), uri, Some(&reader), body)).await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{method} {uri}");
+        assert_eq!(answer.error(), ("forbidden", None, "this admin token may only read"), "{method} {uri}");
+    }
+    let plans = call(&node.http, admin(Method::GET, "/v1/admin/plans", "")).await;
+    assert_eq!(plans.body["items"], json!([]), "nothing was written");
+    // The bootstrap token writes.
+    let plan = call(&node.http, admin(Method::POST, "/v1/admin/plans", r#"{"name": "p"}"#)).await;
+    assert_eq!(plan.status, StatusCode::CREATED, "{}", plan.body);
+}
+
+#[tokio::test]
+async fn a_bad_json_body_is_400_naming_the_field() {
+    let node = node().await;
+    let cases = [
+        ("/v1/admin/plans", "", "body"),
+        ("/v1/admin/plans", "  \n", "body"),
+        // Cut off inside the object: serde_path_to_error names no field but `?`.
+        ("/v1/admin/plans", "{", "?"),
+        ("/v1/admin/plans", r#""a plan""#, "body"),
+        ("/v1/admin/plans", r#"{"name": "p"} {}"#, "body"),
+        (
+            "/v1/admin/plans",
+            r#"{"name": "p", "throttle": {"rate_per_sec": "fast", "burst": 1}}"#,
+            "throttle.rate_per_sec",
+        ),
+        ("/v1/admin/plans", r#"{"name": "p", "api_stages": [{"api_id": "a", "stage": 5}]}"#, "api_stages[0].stage"),
+        ("/v1/admin/tokens", r#"{"name": "t", "scopes": ["root"]}"#, "scopes[0]"),
+        ("/v1/admin/keys/key_1/reroll", r#"{"overlap_secs": -1}"#, "overlap_secs"),
+        ("/v1/admin/plans/plan_1/usage/key_1", r#"{"delta": "1"}"#, "delta"),
+        ("/v1/admin/cluster/nodes", r#"{"id": 2}"#, "body"),
+        ("/v1/check", r#"{"api": "a", "stage": "s", "method": "GET", "path": 1}"#, "path"),
+    ];
+    for (uri, body, field) in cases {
+        let answer = call(&node.http, admin(Method::POST, uri, body)).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{uri} {body:?}: {}", answer.body);
+        let (code, named, message) = answer.error();
+        assert_eq!((code, named), ("invalid_field", Some(field)), "{uri} {body:?}: {message}");
+    }
+    // A whole number may be written with a zero fraction.
+    let plan = r#"{"name": "p", "throttle": {"rate_per_sec": 5, "burst": 10.0}}"#;
+    assert_eq!(call(&node.http, admin(Method::POST, "/v1/admin/plans", plan)).await.status, StatusCode::CREATED);
+    // A reroll's body may be left out: it is the key that is missing here.
+    let reroll = call(&node.http, admin(Method::POST, "/v1/admin/keys/key_1/reroll", "")).await;
+    assert_eq!(reroll.status, StatusCode::NOT_FOUND, "{}", reroll.body);
+}
+
+#[tokio::test]
+async fn a_bad_query_or_request_id_is_400_naming_the_parameter() {
+    let node = node().await;
+    let cases = [
+        (Method::GET, "/v1/admin/plans?limit=0", "limit"),
+        (Method::GET, "/v1/admin/plans?limit=1001", "limit"),
+        (Method::GET, "/v1/admin/keys/key_1?stale=maybe", "stale"),
+        (Method::GET, "/v1/admin/identity-key?stale=2", "stale"),
+        (Method::GET, "/v1/admin/plans/plan_1/usage?start_date=yesterday", "start_date"),
+        (Method::GET, "/v1/admin/plans/plan_1/usage?start_date=2026-01-02&end_date=2026-01-01", "end_date"),
+    ];
+    for (method, uri, field) in cases {
+        let answer = call(&node.http, admin(method, uri, "")).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{uri}: {}", answer.body);
+        assert_eq!((answer.error().0, answer.error().1), ("invalid_field", Some(field)), "{uri}");
+    }
+    let mut long_key = admin(Method::DELETE, "/v1/admin/plans/plan_1", "");
+    long_key.headers_mut().insert("idempotency-key", "k".repeat(256).parse().unwrap());
+    let answer = call(&node.http, long_key).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.error(), ("invalid_field", Some("Idempotency-Key"), "must be 1 to 255 characters"));
+}
+
+#[tokio::test]
+async fn unknown_routes_are_404_and_unknown_methods_405() {
+    let node = node().await;
+    for uri in ["/nope", "/v1/admin", "/v1/admin/widgets"] {
+        let answer = call(&node.http, admin(Method::GET, uri, "")).await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{uri}");
+        assert_eq!(answer.body, json!({"error": {"code": "not_found", "field": null, "message": "no such route"}}));
+    }
+    let missing = call(&node.http, admin(Method::GET, "/v1/admin/plans/plan_nope", "")).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.error().0, "not_found");
+    for (method, uri) in [(Method::PATCH, "/v1/admin/plans"), (Method::GET, "/v1/check"), (Method::PUT, "/healthz")] {
+        let answer = call(&node.http, admin(method.clone(), uri, "")).await;
+        assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+        assert_eq!(answer.body, Value::String(String::new()), "{method} {uri}");
+        assert!(answer.headers.contains_key(header::ALLOW), "{method} {uri}");
+    }
+}
+
+#[tokio::test]
+async fn metrics_need_the_metrics_token() {
+    let node = node().await;
+    for authorization in
+        [None, Some("Bearer wrong-metrics-token"), Some("Basic x"), Some(&format!("Bearer {ADMIN_TOKEN}"))]
+    {
+        let answer = call(&node.http, request(Method::GET, "/metrics", authorization, "")).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{authorization:?}");
+        assert_eq!(answer.headers[header::WWW_AUTHENTICATE], "Bearer");
+        assert_eq!(answer.body, "metrics need the metrics token: Authorization: Bearer ...");
+    }
+    for authorization in [format!("Bearer {METRICS_TOKEN}"), format!("bearer  {METRICS_TOKEN}")] {
+        let answer = call(&node.http, request(Method::GET, "/metrics", Some(&authorization), "")).await;
+        assert_eq!(answer.status, StatusCode::OK, "{authorization:?}");
+        assert_eq!(answer.headers[header::CONTENT_TYPE], "text/plain; version=0.0.4");
+        assert!(answer.body.as_str().is_some_and(|text| text.contains("tollgate_")), "Prometheus text");
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_public_and_describes_the_api() {
+    let node = node().await;
+    let answer = call(&node.http, request(Method::GET, "/openapi.json", None, "")).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(&answer.body, super::openapi::document());
+    assert!(answer.body["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    assert!(answer.body["paths"]["/v1/admin/plans"]["post"].is_object());
+    assert_eq!(call(&node.http, request(Method::GET, "/healthz", None, "")).await.body, "ok");
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_whether_announced_or_not() {
+    let node = node().await;
+    let big = format!("{{\"name\": \"{}\"}}", "x".repeat(MAX_BODY));
+    let announced = call(&node.http, admin(Method::POST, "/v1/admin/plans", &big)).await;
+    assert_eq!(announced.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Sent in chunks, with no length: cut off while it is read.
+    let chunks = futures_util::stream::iter(
+        big.into_bytes().chunks(64 << 10).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>(),
+    );
+    let mut streamed = admin(Method::POST, "/v1/admin/plans", "");
+    *streamed.body_mut() = Body::from_stream(chunks);
+    let answer = call(&node.http, streamed).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", answer.body);
+    // Just under it is read (and then judged on its content).
+    let under = format!("{{\"name\": \"{}\"}}", "x".repeat(MAX_BODY - 100));
+    let answer = call(&node.http, admin(Method::POST, "/v1/admin/plans", &under)).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
+    assert_eq!(answer.error().1, Some("name"));
+}
+
+#[tokio::test]
+async fn peer_routes_need_the_cluster_token() {
+    let node = node().await;
+    let empty = tollgate_proto::codec::encode(&()).expect("encode");
+    let peer = |authorization: Option<&str>| {
+        let mut builder = Request::builder().method(Method::POST).uri(crate::cluster::peer::READ_INDEX);
+        if let Some(value) = authorization {
+            builder = builder.header(header::AUTHORIZATION, value);
+        }
+        builder.body(Body::from(empty.clone())).expect("request")
+    };
+    for authorization in [None, Some("Bearer wrong-cluster-token"), Some(&format!("Bearer {ADMIN_TOKEN}"))] {
+        let answer = call(&node.peer, peer(authorization)).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{authorization:?}");
+        assert_eq!(answer.body, "cluster token missing or wrong");
+    }
+    for authorization in [format!("Bearer {CLUSTER_TOKEN}"), format!("bearer {CLUSTER_TOKEN}")] {
+        let answer = call(&node.peer, peer(Some(&authorization))).await;
+        assert_eq!(answer.status, StatusCode::OK, "{authorization:?}: {}", answer.body);
+    }
+    let mut garbled = peer(Some(&format!("Bearer {CLUSTER_TOKEN}")));
+    *garbled.body_mut() = Body::from(vec![0xff; 3]);
+    *garbled.uri_mut() = crate::cluster::peer::WRITE.parse().unwrap();
+    let answer = call(&node.peer, garbled).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert!(answer.body.as_str().is_some_and(|b| b.starts_with("undecodable peer request: ")), "{}", answer.body);
+    assert!(node.app.leader.members().0.contains_key(&1), "the node is still itself");
+}
