@@ -11,6 +11,7 @@
 //! This module never does I/O: the state machine writes what it returns.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use imbl::{HashMap, OrdMap};
 use tollgate_proto::command::{Applied, PutMode, QuotaPeriod};
@@ -26,11 +27,15 @@ use crate::store::Op;
 /// The applied model as of some log index.
 #[derive(Clone, Default)]
 pub struct Model {
-    tables: [OrdMap<String, Entity>; 6],
-    /// API keys by SHA-256 of their secret: the check path's lookup.
-    key_by_digest: HashMap<[u8; 32], String>,
+    /// Objects by id, one table per kind. Each object sits behind an `Arc`:
+    /// a write copies the path of tree nodes it changes, and with it up to
+    /// 64 objects per node, which should be pointers, not deep copies.
+    tables: [OrdMap<String, Arc<Entity>>; 6],
+    /// API keys by SHA-256 of their secret (the current and, during a
+    /// reroll's overlap, the previous one): the check path's one lookup.
+    key_by_digest: HashMap<[u8; 32], Arc<Entity>>,
     /// Admin tokens by SHA-256 of their secret.
-    token_by_digest: HashMap<[u8; 32], String>,
+    token_by_digest: HashMap<[u8; 32], Arc<Entity>>,
     /// The identity signing key version.
     pub identity: IdentityKeyState,
     /// Quota ledgers by key, plan and period (see `tollgate_proto::metering`).
@@ -81,7 +86,7 @@ pub const OBJECT_PREFIX: &[u8] = b"o/";
 
 impl Model {
     pub fn get(&self, kind: EntityKind, id: &str) -> Option<&Entity> {
-        self.tables[slot(kind)].get(id)
+        self.tables[slot(kind)].get(id).map(|e| &**e)
     }
 
     pub fn len(&self, kind: EntityKind) -> usize {
@@ -94,28 +99,31 @@ impl Model {
         match after {
             Some(after) => table
                 .range::<_, str>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
-                .map(|(_, v)| v)
+                .map(|(_, v)| &**v)
                 .take(limit)
                 .collect(),
-            None => table.values().take(limit).collect(),
+            None => table.values().map(|v| &**v).take(limit).collect(),
         }
     }
 
     /// Every object of one kind, in id order.
     pub fn iter(&self, kind: EntityKind) -> impl Iterator<Item = &Entity> {
-        self.tables[slot(kind)].values()
+        self.tables[slot(kind)].values().map(|v| &**v)
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Entity> {
-        self.tables.iter().flat_map(|t| t.values())
+        self.tables.iter().flat_map(|t| t.values().map(|v| &**v))
     }
 
     pub fn key_by_digest(&self, digest: &[u8; 32]) -> Option<&ApiKey> {
-        self.key(self.key_by_digest.get(digest)?)
+        match &**self.key_by_digest.get(digest)? {
+            Entity::Key(k) => Some(k),
+            _ => None,
+        }
     }
 
     pub fn token_by_digest(&self, digest: &[u8; 32]) -> Option<&tollgate_proto::model::AdminToken> {
-        match self.get(EntityKind::Token, self.token_by_digest.get(digest)?)? {
+        match &**self.token_by_digest.get(digest)? {
             Entity::Token(t) => Some(t),
             _ => None,
         }
@@ -155,23 +163,34 @@ impl Model {
 
     /// Inserts an object without any checks: loading from storage or a snapshot.
     pub fn load(&mut self, entity: Entity) {
-        self.index(&entity, true);
+        let entity = Arc::new(entity);
+        self.index(&entity);
         self.tables[slot(entity.kind())].insert(entity.id().to_string(), entity);
     }
 
-    fn index(&mut self, entity: &Entity, present: bool) {
-        let (map, digests, id) = match entity {
+    /// The secret digests `entity` is found by, and the index that holds them.
+    fn digests(&mut self, entity: &Entity) -> Option<(&mut HashMap<[u8; 32], Arc<Entity>>, [Option<[u8; 32]>; 2])> {
+        match entity {
             Entity::Key(k) => {
                 let previous = k.previous_secret.as_ref().map(|p| p.secret.sha256);
-                (&mut self.key_by_digest, [Some(k.secret.sha256), previous], &k.id)
+                Some((&mut self.key_by_digest, [Some(k.secret.sha256), previous]))
             }
-            Entity::Token(t) => (&mut self.token_by_digest, [Some(t.secret.sha256), None], &t.id),
-            _ => return,
-        };
-        for digest in digests.into_iter().flatten() {
-            if present {
-                map.insert(digest, id.clone());
-            } else {
+            Entity::Token(t) => Some((&mut self.token_by_digest, [Some(t.secret.sha256), None])),
+            _ => None,
+        }
+    }
+
+    fn index(&mut self, entity: &Arc<Entity>) {
+        if let Some((map, digests)) = self.digests(entity) {
+            for digest in digests.into_iter().flatten() {
+                map.insert(digest, entity.clone());
+            }
+        }
+    }
+
+    fn unindex(&mut self, entity: &Entity) {
+        if let Some((map, digests)) = self.digests(entity) {
+            for digest in digests.into_iter().flatten() {
                 map.remove(&digest);
             }
         }
@@ -249,7 +268,7 @@ impl Model {
         }
         let bytes = codec::encode(&entity).map_err(|e| Rejection::invalid("body", e.to_string()))?;
         if let Some(old) = &existing {
-            self.index(old, false);
+            self.unindex(old);
         }
         self.load(entity.clone());
         Ok((Applied::Put(entity), vec![Op::Put(object_key(kind, &id), bytes)]))
@@ -322,7 +341,7 @@ impl Model {
         key.updated_at = now;
         let entity = Entity::Key(key);
         let bytes = codec::encode(&entity).map_err(|e| Rejection::invalid("body", e.to_string()))?;
-        self.index(&Entity::Key(old), false);
+        self.unindex(&Entity::Key(old));
         self.load(entity.clone());
         Ok((Applied::Put(entity), vec![Op::Put(object_key(EntityKind::Key, id), bytes)]))
     }
@@ -337,7 +356,7 @@ impl Model {
                 format!("{} {id:?} is still used by {user}; remove that reference first", kind.noun()),
             ));
         }
-        self.index(&existing, false);
+        self.unindex(&existing);
         self.tables[slot(kind)].remove(id);
         Ok((Applied::Deleted, vec![Op::Delete(object_key(kind, id))]))
     }
@@ -353,7 +372,7 @@ impl Model {
         };
         let mut users = Vec::new();
         for entity in referrers.iter().flat_map(|k| self.tables[slot(*k)].values()) {
-            let uses = match entity {
+            let uses = match &**entity {
                 Entity::Plan(p) => p.api_stages.iter().any(|s| s.api_id == id),
                 Entity::Policy(p) => p.api_id.as_deref() == Some(id),
                 Entity::Key(k) => k.plan_ids.iter().any(|p| p == id),
@@ -392,7 +411,7 @@ impl Model {
                 if existing.is_some() {
                     // A stage that plans still cover cannot disappear.
                     for entity in self.tables[slot(EntityKind::Plan)].values() {
-                        let Entity::Plan(plan) = entity else { continue };
+                        let Entity::Plan(plan) = &**entity else { continue };
                         for s in plan.api_stages.iter().filter(|s| s.api_id == api.id) {
                             if !api.stages.iter().any(|st| st.name == s.stage) {
                                 return Err(Rejection::conflict(
@@ -423,7 +442,7 @@ impl Model {
                 if existing.is_some() {
                     // Keys in this plan must still have at most one plan per stage.
                     for entity in self.tables[slot(EntityKind::Key)].values() {
-                        let Entity::Key(key) = entity else { continue };
+                        let Entity::Key(key) = &**entity else { continue };
                         if key.plan_ids.contains(&plan.id) {
                             self.check_one_plan_per_stage(key, Some(plan))?;
                         }
