@@ -24,6 +24,9 @@ use tollgate_proto::{codec, Command, CommandResult, Rejection};
 
 use crate::store::Op;
 
+/// Objects by the SHA-256 of a secret they hold.
+type DigestIndex = HashMap<[u8; 32], Arc<Entity>>;
+
 /// The applied model as of some log index.
 #[derive(Clone, Default)]
 pub struct Model {
@@ -33,9 +36,9 @@ pub struct Model {
     tables: [OrdMap<String, Arc<Entity>>; 6],
     /// API keys by SHA-256 of their secret (the current and, during a
     /// reroll's overlap, the previous one): the check path's one lookup.
-    key_by_digest: HashMap<[u8; 32], Arc<Entity>>,
+    key_by_digest: DigestIndex,
     /// Admin tokens by SHA-256 of their secret.
-    token_by_digest: HashMap<[u8; 32], Arc<Entity>>,
+    token_by_digest: DigestIndex,
     /// The identity signing key version.
     pub identity: IdentityKeyState,
     /// Quota ledgers by key, plan and period (see `tollgate_proto::metering`).
@@ -169,7 +172,7 @@ impl Model {
     }
 
     /// The secret digests `entity` is found by, and the index that holds them.
-    fn digests(&mut self, entity: &Entity) -> Option<(&mut HashMap<[u8; 32], Arc<Entity>>, [Option<[u8; 32]>; 2])> {
+    fn digests(&mut self, entity: &Entity) -> Option<(&mut DigestIndex, [Option<[u8; 32]>; 2])> {
         match entity {
             Entity::Key(k) => {
                 let previous = k.previous_secret.as_ref().map(|p| p.secret.sha256);
