@@ -34,9 +34,7 @@ mod harness;
 mod history;
 
 use std::collections::BTreeMap;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,6 +43,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
+use tollgate_node::launch::{Listen, NodeCommand, NodeProcess};
 
 const TOKEN: &str = "tga_bench-token-0123456789abcdefghij";
 
@@ -165,22 +164,18 @@ impl Workdir {
     }
 }
 
+/// Three nodes on fixed ports (base P: HTTP P.., peer P+1000.., wire
+/// P+2000..), all named in `--peers` from the start, with the Raft timings
+/// the node flags give (not the test harness's), so failover figures are
+/// the real ones.
 struct Cluster {
     bin: PathBuf,
     flags: Vec<String>,
     base: u16,
     dir: Workdir,
-    children: Vec<Option<Child>>,
+    /// Node id - 1 -> its process while it runs; killed when dropped.
+    nodes: Vec<Option<NodeProcess>>,
     http: reqwest::Client,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in self.children.iter_mut().flatten() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 impl Cluster {
@@ -193,7 +188,7 @@ impl Cluster {
                 Some(p) => Workdir::Kept(p),
                 None => Workdir::Temp(tempfile::tempdir()?),
             },
-            children: vec![None, None, None],
+            nodes: vec![None, None, None],
             http: reqwest::Client::builder().timeout(Duration::from_secs(30)).pool_max_idle_per_host(256).build()?,
         };
         for id in 1..=3 {
@@ -209,65 +204,45 @@ impl Cluster {
         format!("http://127.0.0.1:{}", self.base + id as u16 - 1)
     }
 
+    /// Node `id`'s fixed ports.
+    fn listen(&self, id: u64) -> Listen {
+        let at = self.base + id as u16 - 1;
+        Listen::loopback(at, at + 1000, at + 2000)
+    }
+
     fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
-        let peers: Vec<String> = (1..=3u16)
+        let peers: Vec<String> = (1..=3u64)
             .map(|i| {
-                let (http, peer, wire) = (self.base + i - 1, self.base + 1000 + i - 1, self.base + 2000 + i - 1);
-                format!("{i}=127.0.0.1:{http}/127.0.0.1:{peer}/127.0.0.1:{wire}")
+                let at = self.listen(i);
+                format!("{i}={}/{}/{}", at.http, at.peer, at.wire)
             })
             .collect();
-        let dir = self.dir.path().join(format!("node{id}"));
-        std::fs::create_dir_all(&dir)?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("node.log"))?;
-        let mut command = Command::new(&self.bin);
-        command
-            .arg("serve")
-            .args(["--id", &id.to_string()])
-            .args(["--http", &format!("127.0.0.1:{}", self.base + id as u16 - 1)])
-            .args(["--peer", &format!("127.0.0.1:{}", self.base + 1000 + id as u16 - 1)])
-            .args(["--wire", &format!("127.0.0.1:{}", self.base + 2000 + id as u16 - 1)])
-            .args(["--peers", &peers.join(",")])
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(&self.flags)
-            .env("TOLLGATE_ADMIN_TOKEN", TOKEN)
-            // As in production: peers authenticate, and identity tokens are signed.
-            .env("TOLLGATE_CLUSTER_TOKEN", "bench-cluster-token")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill
-        // the node if the thread that started it goes away, so a bench stopped
-        // by a signal leaves no nodes behind on its ports.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = command.spawn().with_context(|| format!("cannot run {}", self.bin.display()))?;
-        self.children[id as usize - 1] = Some(child);
+        let mut command = NodeCommand::new(&self.bin, self.dir.path().join(format!("node{id}"))).id(id);
+        command.listen = Some(self.listen(id));
+        command.peers = Some(peers.join(","));
+        command.flags = self.flags.iter().map(Into::into).collect();
+        command.admin_token = Some(TOKEN.into());
+        // As in production: peers authenticate, and identity tokens are signed.
+        command.cluster_token = Some("bench-cluster-token".into());
+        // A bench stopped by a signal leaves no nodes behind on its ports.
+        self.nodes[id as usize - 1] = Some(command.spawn_with(harness::die_with_parent)?);
         Ok(())
     }
 
     fn kill(&mut self, id: u64) {
-        if let Some(mut child) = self.children[id as usize - 1].take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // Dropping the process kills it.
+        self.nodes[id as usize - 1] = None;
     }
 
-    async fn wait_ready(&self, id: u64) -> anyhow::Result<Duration> {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(120) {
-            if let Ok(r) = self.http.get(format!("{}/readyz", self.url(id))).send().await {
-                if r.status().is_success() {
-                    return Ok(start.elapsed());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        bail!("node {id} not ready after 120 s")
+    fn is_running(&self, id: u64) -> bool {
+        self.nodes[id as usize - 1].is_some()
+    }
+
+    /// Waits (at most 120 s) until node `id` is ready; how long that took.
+    async fn wait_ready(&mut self, id: u64) -> anyhow::Result<Duration> {
+        let url = self.url(id);
+        let node = self.nodes[id as usize - 1].as_mut().with_context(|| format!("node {id} is not running"))?;
+        Ok(node.wait_ready(&self.http, &url, Instant::now() + Duration::from_secs(120)).await?)
     }
 
     async fn status(&self, id: u64) -> Option<Value> {
@@ -281,12 +256,12 @@ impl Cluster {
         while start.elapsed() < Duration::from_secs(60) {
             let mut seen = vec![];
             for id in 1..=3u64 {
-                if self.children[id as usize - 1].is_some() {
+                if self.is_running(id) {
                     seen.push(self.status(id).await.and_then(|s| s["leader_id"].as_u64()));
                 }
             }
             if let Some(Some(l)) = seen.first() {
-                if seen.iter().all(|s| *s == Some(*l)) && self.children[*l as usize - 1].is_some() {
+                if seen.iter().all(|s| *s == Some(*l)) && self.is_running(*l) {
                     return Ok(*l);
                 }
             }
