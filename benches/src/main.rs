@@ -43,6 +43,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
+use tollgate_client::admin::{AdminClient, ApiKeySpec, ClusterStatus, Method, UsageQuery};
 use tollgate_node::launch::{Listen, NodeCommand, NodeProcess};
 
 const TOKEN: &str = "tga_bench-token-0123456789abcdefghij";
@@ -245,9 +246,14 @@ impl Cluster {
         Ok(node.wait_ready(&self.http, &url, Instant::now() + Duration::from_secs(120)).await?)
     }
 
-    async fn status(&self, id: u64) -> Option<Value> {
-        let r = self.http.get(format!("{}/v1/admin/cluster", self.url(id))).bearer_auth(TOKEN).send().await.ok()?;
-        r.json().await.ok()
+    /// The admin client of node `id` alone, on the bench's HTTP client (its
+    /// pool and timeout).
+    fn admin(&self, id: u64) -> anyhow::Result<AdminClient> {
+        Ok(AdminClient::with_http([self.url(id)], TOKEN, self.http.clone())?)
+    }
+
+    async fn status(&self, id: u64) -> Option<ClusterStatus> {
+        self.admin(id).ok()?.cluster_status().await.ok()
     }
 
     /// The leader all live nodes agree on.
@@ -257,7 +263,7 @@ impl Cluster {
             let mut seen = vec![];
             for id in 1..=3u64 {
                 if self.is_running(id) {
-                    seen.push(self.status(id).await.and_then(|s| s["leader_id"].as_u64()));
+                    seen.push(self.status(id).await.and_then(|s| s.leader_id));
                 }
             }
             if let Some(Some(l)) = seen.first() {
@@ -271,16 +277,16 @@ impl Cluster {
     }
 
     async fn create_key(&self, id: u64, n: usize) -> anyhow::Result<()> {
-        let r = self
-            .http
-            .post(format!("{}/v1/admin/keys", self.url(id)))
-            .bearer_auth(TOKEN)
-            .json(&json!({"name": format!("bench key {n}"), "tags": {"n": n.to_string()}}))
-            .send()
-            .await?;
-        if r.status().as_u16() != 201 {
-            bail!("create key: {} {}", r.status(), r.text().await.unwrap_or_default());
-        }
+        let spec = ApiKeySpec {
+            name: format!("bench key {n}"),
+            description: String::new(),
+            customer_id: None,
+            tags: [("n".to_string(), n.to_string())].into(),
+            enabled: true,
+            expires_at: None,
+            plan_ids: Vec::new(),
+        };
+        self.admin(id)?.create_key(&spec).await.context("create key")?;
         Ok(())
     }
 }
@@ -295,12 +301,16 @@ async fn check_fixture(cluster: &Cluster, node: u64) -> anyhow::Result<String> {
 /// it) and a key in that plan, created through node `node`; returns the
 /// key's id and secret.
 async fn plan_fixture(cluster: &Cluster, node: u64, mut plan: Value) -> anyhow::Result<(String, String)> {
-    let post = |path: &'static str, body: Value| async move {
-        let r = cluster.http.post(format!("{}{path}", cluster.url(node))).bearer_auth(TOKEN).json(&body).send().await?;
-        if !r.status().is_success() {
-            bail!("POST {path}: {} {}", r.status(), r.text().await.unwrap_or_default());
+    let admin = cluster.admin(node)?;
+    let post = |path: &'static str, body: Value| {
+        let admin = admin.clone();
+        async move {
+            let (status, answer) = admin.request(Method::POST, path, Some(&body)).await?;
+            if !(200..300).contains(&status) {
+                bail!("POST {path}: {status} {answer}");
+            }
+            anyhow::Ok(answer)
         }
-        anyhow::Ok(r.json::<Value>().await?)
     };
     post(
         "/v1/admin/apis",
@@ -657,19 +667,13 @@ async fn quota_run(
     println!("  decisions: {} (warm-up: {:?})", reasons.join(" "), warm.reasons);
     // Nodes report use every 200 ms.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let usage: Value = cluster
-        .http
-        .get(format!("{}/v1/admin/plans/metered/usage?key_id={key_id}", cluster.url(leader)))
-        .bearer_auth(TOKEN)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let current = &usage["items"][0]["current_period"];
+    let query = UsageQuery { key_id: Some(key_id.clone()), ..UsageQuery::default() };
+    let usage = cluster.admin(leader)?.get_usage("metered", &query).await?;
+    let current = &usage.items.first().with_context(|| format!("no usage of key {key_id}"))?.current_period;
     println!(
         "  usage 1 s later: used={} held={} (allowed in warm-up and run: {}, plus 3 checks before)",
-        current["used"],
-        current["held"],
+        current.used,
+        current.held,
         warm.reasons.get("allowed").unwrap_or(&0) + run.reasons.get("allowed").unwrap_or(&0)
     );
     Ok((run.all, run.elapsed))

@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
+use tollgate_client::admin::{AdminClient, ClusterMember};
 use tollgate_node::launch::{self, Listen, NodeCommand, NodeProcess};
 
 pub const TOKEN: &str = "tga_test-bootstrap-token-0123456789abcdef";
@@ -377,15 +378,14 @@ impl Cluster {
     /// at the peer address the others dial it by.
     pub async fn join(&self, id: u64, voter: bool) {
         let node = self.node(id);
-        let body = serde_json::json!({
-            "id": id,
-            "http_addr": format!("127.0.0.1:{}", node.http_port),
-            "peer_addr": self.links.advertised(id).unwrap_or_else(|| format!("127.0.0.1:{}", node.peer_port)),
-            "wire_addr": node.wire_addr(),
-            "voter": voter,
-        });
-        let (status, answer) = self.post(1, "/v1/admin/cluster/nodes", body).await;
-        assert_eq!(status, 201, "adding node {id}: {answer}");
+        let member = ClusterMember {
+            id,
+            http_addr: format!("127.0.0.1:{}", node.http_port),
+            peer_addr: self.links.advertised(id).unwrap_or_else(|| format!("127.0.0.1:{}", node.peer_port)),
+            wire_addr: node.wire_addr(),
+            voter,
+        };
+        self.admin(1).add_node(&member).await.unwrap_or_else(|e| panic!("adding node {id}: {e}"));
     }
 
     /// Adds a node process that is not yet a member (it waits to be added).
@@ -522,18 +522,18 @@ impl Cluster {
         self.nodes.iter().find(|n| n.id != not && n.is_running()).expect("another running node").id
     }
 
-    /// One admin call: status and JSON body (Null when empty).
+    /// The admin client of node `id` alone (the one admin client of
+    /// `tollgate_client::admin`), through the harness's HTTP client: its CA
+    /// and its 20 s timeout.
+    pub fn admin(&self, id: u64) -> AdminClient {
+        AdminClient::with_http([self.url(id)], TOKEN, self.http.clone()).expect("a node URL")
+    }
+
+    /// One admin call: status and JSON body (Null when empty); status 0 and
+    /// the reason as a JSON string when the node could not be reached.
     pub async fn call(&self, id: u64, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.url(id))).bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        match req.send().await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let text = resp.text().await.unwrap_or_default();
-                (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-            }
+        match self.admin(id).request(method, path, body.as_ref()).await {
+            Ok(answer) => answer,
             Err(e) => (0, Value::String(e.to_string())),
         }
     }
@@ -548,21 +548,10 @@ impl Cluster {
 
     /// Every object of a collection, following pages.
     pub async fn list_all(&self, id: u64, collection: &str, stale: bool) -> Vec<Value> {
-        let mut items = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let mut path = format!("/v1/admin/{collection}?limit=1000&stale={stale}");
-            if let Some(a) = &after {
-                path.push_str(&format!("&after={a}"));
-            }
-            let (status, page) = self.get(id, &path).await;
-            assert_eq!(status, 200, "listing {collection} on node {id}: {page}");
-            items.extend(page["items"].as_array().cloned().unwrap_or_default());
-            match page["next_after"].as_str() {
-                Some(next) => after = Some(next.to_string()),
-                None => return items,
-            }
-        }
+        self.admin(id)
+            .list_all(collection, stale)
+            .await
+            .unwrap_or_else(|e| panic!("listing {collection} on node {id}: {e}"))
     }
 
     /// The ids of every object of a collection on a node.
