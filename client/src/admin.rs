@@ -286,3 +286,238 @@ fn segment(id: &str) -> Result<&str, AdminError> {
         })
     }
 }
+
+/// The HTTP method of an [`AdminClient::request`] (reqwest's, re-exported so
+/// callers need no reqwest of their own).
+pub use reqwest::Method;
+
+/// A node's view of the cluster (`GET /v1/admin/cluster`), the fields
+/// tooling waits on; the answer has more (log indexes), which are skipped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The node that answered.
+    pub node_id: u64,
+    /// Its Raft role: `Leader`, `Follower`, `Candidate`, `Learner`, or
+    /// `Removed` once it was taken out of the cluster.
+    pub state: String,
+    /// The leader it follows; None while there is none (an election) or
+    /// after it was removed.
+    pub leader_id: Option<u64>,
+    /// The Raft term it is in.
+    pub term: u64,
+    /// The members it knows of, voters and learners.
+    pub members: Vec<ClusterMember>,
+}
+
+/// One member of the cluster, as [`ClusterStatus`] lists it and as
+/// [`AdminClient::add_node`] adds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMember {
+    /// Its node id (above 0).
+    pub id: u64,
+    /// `host:port` of its HTTP listener (check and admin API).
+    pub http_addr: String,
+    /// `host:port` the other nodes reach its peer listener at.
+    pub peer_addr: String,
+    /// `host:port` of its binary check listener, for client discovery;
+    /// empty if it has none.
+    #[serde(default)]
+    pub wire_addr: String,
+    /// A voter (true) or a learner, which serves checks but does not vote.
+    pub voter: bool,
+}
+
+impl Clone for AdminClient {
+    /// The same nodes and token; the connection pool is shared.
+    fn clone(&self) -> Self {
+        AdminClient { nodes: self.nodes.clone(), token: self.token.clone(), http: self.http.clone() }
+    }
+}
+
+impl AdminClient {
+    /// Like [`AdminClient::new`], but sends through `http` as it is
+    /// configured (timeouts, trusted CAs, pool size), for a caller that
+    /// already has a client it wants every call to share; cheap (nothing is
+    /// built), so a client per node or per call costs nothing. Fails as
+    /// `new` does when `nodes` is empty.
+    pub fn with_http<I, S>(nodes: I, token: impl Into<String>, http: reqwest::Client) -> Result<Self, AdminError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        // Not through `new`, which would build (and drop) a client of its own.
+        let nodes: Vec<String> = nodes.into_iter().map(|n| n.into().trim_end_matches('/').to_string()).collect();
+        if nodes.is_empty() {
+            return Err(AdminError::Unavailable("no node addresses given".into()));
+        }
+        Ok(AdminClient { nodes, token: token.into(), http })
+    }
+
+    /// Any admin route, untyped, for routes without a method here and for
+    /// callers that must see the status as it is (tests, a CLI that prints
+    /// what it gets).
+    ///
+    /// `path` starts with `/` and may carry a query (`/v1/admin/keys?limit=5`);
+    /// it is sent as given. `body` is sent as JSON. Writes carry an
+    /// `Idempotency-Key`, as in the typed methods.
+    ///
+    /// Returns the status and the body: parsed JSON, `Null` when empty, a
+    /// JSON string holding the text when it is not JSON. Every status is an
+    /// `Ok` here, 4xx and 5xx included; nodes are tried in turn while a node
+    /// cannot be reached or answers 503, and if every node that answered
+    /// said 503 the last 503 is returned. Errors: [`AdminError::Unavailable`]
+    /// when no node answered at all (its message has each cause in turn).
+    pub async fn request(&self, method: Method, path: &str, body: Option<&Value>) -> Result<(u16, Value), AdminError> {
+        let idempotency_key = format!("{:032x}", rand::random::<u128>());
+        let mut unavailable: Option<(u16, Value)> = None;
+        let mut last = String::new();
+        for node in &self.nodes {
+            let mut request = self.http.request(method.clone(), format!("{node}{path}")).bearer_auth(&self.token);
+            if method != Method::GET && method != Method::HEAD {
+                request = request.header("idempotency-key", &idempotency_key);
+            }
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let answer = match request.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    response.text().await.map(|text| (status, text))
+                }
+                Err(e) => Err(e),
+            };
+            let (status, text) = match answer {
+                Ok(answer) => answer,
+                Err(e) => {
+                    last = format!("{node}: {}", error_chain(&e));
+                    continue;
+                }
+            };
+            let value =
+                if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+            if status == 503 {
+                unavailable = Some((status, value));
+                continue;
+            }
+            return Ok((status, value));
+        }
+        unavailable.ok_or(AdminError::Unavailable(last))
+    }
+
+    /// The answering node's view of the cluster: its role, the leader it
+    /// follows and the members. Read on the first node that answers, so
+    /// for "who leads?" ask each node (one client per node) and compare.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, AdminError> {
+        self.call(reqwest::Method::GET, "/v1/admin/cluster", None).await
+    }
+
+    /// Adds `member` to the cluster (as a voter if `member.voter`, after it
+    /// caught up as a learner). The node must be running and not yet a
+    /// member. Errors: 400 naming a bad address, 409 if the id is taken.
+    pub async fn add_node(&self, member: &ClusterMember) -> Result<(), AdminError> {
+        let _: Value = self.call(reqwest::Method::POST, "/v1/admin/cluster/nodes", Some(&to_value(member)?)).await?;
+        Ok(())
+    }
+
+    /// Every item of a collection (`keys`, `plans`, `apis`, `policies`,
+    /// `authorizers`, `tokens`), following pages of up to 1000, as JSON.
+    /// `stale`: read the answering node's local copy instead of a
+    /// linearizable read. Errors as for the typed methods, per page.
+    pub async fn list_all(&self, collection: &str, stale: bool) -> Result<Vec<Value>, AdminError> {
+        let collection = segment(collection)?;
+        let mut items = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut path = format!("/v1/admin/{collection}?limit=1000&stale={stale}");
+            if let Some(after) = &after {
+                path.push_str(&format!("&after={}", query_value(after)));
+            }
+            let page: Page<Value> = self.call(reqwest::Method::GET, &path, None).await?;
+            items.extend(page.items);
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => return Ok(items),
+            }
+        }
+    }
+}
+
+/// `value` percent-encoded for a query string: every byte but the
+/// unreserved ones (RFC 3986) encoded, so an id never splits the query.
+fn query_value(value: &str) -> String {
+    let mut encoded = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+/// An error with its causes, `a: b: c`, so "cannot connect" says why.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod request_tests {
+    use super::*;
+
+    /// A fake node answering every request with `status` and a JSON body
+    /// naming the node; its base URL.
+    async fn node(name: &'static str, status: u16) -> String {
+        use axum::http::StatusCode;
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| async move {
+            let idempotent = request.headers().contains_key("idempotency-key");
+            let status = StatusCode::from_u16(status).expect("status");
+            (status, axum::Json(json!({"node": name, "idempotency_key": idempotent})))
+        });
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    /// A base URL where nothing listens (a port bound, then let go).
+    fn nobody() -> String {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+        format!("http://{}", listener.local_addr().expect("address"))
+    }
+
+    #[tokio::test]
+    async fn a_request_returns_any_status_and_skips_nodes_that_are_down_or_electing() {
+        let (electing, refusing) = (node("electing", 503).await, node("refusing", 404).await);
+        let client = AdminClient::new([nobody(), electing, refusing], "t").expect("client");
+        let (status, body) = client.request(Method::POST, "/v1/admin/x", Some(&json!({}))).await.expect("answer");
+        assert_eq!((status, body["node"].as_str()), (404, Some("refusing")));
+        assert_eq!(body["idempotency_key"], true, "a write carries an Idempotency-Key");
+        let (_, body) = client.request(Method::GET, "/v1/admin/x", None).await.expect("answer");
+        assert_eq!(body["idempotency_key"], false, "a read does not");
+    }
+
+    #[tokio::test]
+    async fn a_request_returns_the_last_503_and_is_unavailable_only_when_nobody_answers() {
+        let client = AdminClient::new([node("electing", 503).await, nobody()], "t").expect("client");
+        let (status, body) = client.request(Method::GET, "/readyz", None).await.expect("answer");
+        assert_eq!((status, body["node"].as_str()), (503, Some("electing")));
+        let client = AdminClient::new([nobody()], "t").expect("client");
+        match client.request(Method::GET, "/readyz", None).await {
+            Err(AdminError::Unavailable(why)) => assert!(why.contains("127.0.0.1"), "{why}"),
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(query_value("plan-1_a.b~"), "plan-1_a.b~");
+        assert_eq!(query_value("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+    }
+}

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
+use tollgate_client::admin::{AdminClient, AdminError, Method};
 
 use crate::config::ServeArgs;
 use crate::dev::DevArgs;
@@ -299,7 +300,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             None => Vec::new(),
         };
         let http = crate::tls::http_trusting(&roots).build()?;
-        Ok(Admin { base: cli.url.trim_end_matches('/').to_string(), token: cli.token.clone(), http })
+        let base = cli.url.trim_end_matches('/').to_string();
+        // Without a token only a call fails (and says how to give one).
+        let client = cli.token.as_ref().map(|token| AdminClient::with_http([base.clone()], token, http)).transpose()?;
+        Ok(Admin { base, client })
     };
     match cli.command {
         Top::Serve(args) => {
@@ -324,26 +328,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// A small admin API client that prints what it gets.
+/// The admin subcommands' view of the API: the one admin client
+/// (`tollgate_client::admin`, on the one node `--url` names), with errors
+/// and answers printed for a person.
 struct Admin {
     base: String,
-    token: Option<String>,
-    http: reqwest::Client,
+    /// None without `--token`: only a call needs one, and fails without it.
+    client: Option<AdminClient>,
 }
 
 impl Admin {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let token = self.token.as_deref().ok_or_else(|| anyhow!("set --token or TOLLGATE_ADMIN_TOKEN"))?;
-        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.with_context(|| format!("cannot reach {}", self.base))?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        let value: Value =
-            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-        if !status.is_success() {
+    /// One call; the answer's JSON (Null when empty), or an error that gives
+    /// the status and the field and message the node named.
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let client = self.client.as_ref().ok_or_else(|| anyhow!("set --token or TOLLGATE_ADMIN_TOKEN"))?;
+        let (status, value) = match client.request(method, path, body.as_ref()).await {
+            Ok(answer) => answer,
+            Err(AdminError::Unavailable(why)) => {
+                // One node: its cause alone, after the URL said once.
+                let why = why.strip_prefix(&format!("{}: ", self.base)).unwrap_or(&why);
+                bail!("cannot reach {}: {why}", self.base)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !(200..300).contains(&status) {
+            let status = reqwest::StatusCode::from_u16(status).map(|s| s.to_string()).unwrap_or(status.to_string());
             let err = &value["error"];
             match err["field"].as_str() {
                 Some(field) => bail!("{status}: {field}: {}", err["message"].as_str().unwrap_or_default()),
@@ -356,7 +365,7 @@ impl Admin {
         Ok(value)
     }
 
-    async fn print(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<()> {
+    async fn print(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<()> {
         let value = self.call(method, path, body).await?;
         if !value.is_null() {
             println!("{}", serde_json::to_string_pretty(&value)?);
@@ -376,11 +385,9 @@ impl Admin {
             query.push("stale=true".into());
         }
         let path = format!("/v1/admin/{collection}?{}", query.join("&"));
-        self.print(reqwest::Method::GET, &path, None).await
+        self.print(Method::GET, &path, None).await
     }
 }
-
-use reqwest::Method;
 
 async fn keys(admin: &Admin, cmd: KeyCmd) -> anyhow::Result<()> {
     match cmd {

@@ -5,11 +5,12 @@
 //! Running it again on the same folder brings the same cluster back.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
+
+use crate::launch::{NodeCommand, NodeProcess};
 
 #[derive(Debug, Clone, Args)]
 pub struct DevArgs {
@@ -26,32 +27,23 @@ pub struct DevArgs {
     pub tls: bool,
 }
 
-/// The three processes; killed when dropped, so an early error leaves none behind.
-struct Nodes(Vec<Child>);
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+/// The three processes; each is killed when dropped, so an early error leaves
+/// none behind.
+struct Nodes(Vec<NodeProcess>);
 
 impl Nodes {
-    /// Asks each node to stop (SIGTERM), then waits a while before killing.
-    fn stop(&mut self) {
-        for child in &self.0 {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    /// Asks each node to stop (SIGTERM), then waits a while (10 s in all)
+    /// before they are killed.
+    async fn stop(&mut self) {
+        for node in &mut self.0 {
+            if let Err(e) = node.terminate() {
+                eprintln!("{e}");
+            }
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        for child in &mut self.0 {
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        for node in &mut self.0 {
+            // Past the deadline the node is killed when `Nodes` is dropped.
+            let _ = node.wait_exit(deadline).await;
         }
     }
 }
@@ -98,7 +90,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // Each node's whole configuration, but for its two secrets, is kept in
     // its data dir (`tollgate serve --config DIR/tollgate.toml` with the
     // tokens in the environment starts it again), and every start uses it.
-    let spawn = |i: u16| -> anyhow::Result<Child> {
+    let spawn = |i: u16| -> anyhow::Result<NodeProcess> {
         let dir = std::path::absolute(args.data_dir.join(format!("node{}", i + 1)))?;
         std::fs::create_dir_all(&dir)?;
         let (http, peer) = addr(i);
@@ -123,18 +115,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             toml::to_string(&config)?
         );
         std::fs::write(&path, text)?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("node.log"))?;
-        Command::new(&exe)
-            .arg("serve")
-            .arg("--config")
-            .arg(&path)
-            .env("TOLLGATE_ADMIN_TOKEN", &token)
-            .env("TOLLGATE_CLUSTER_TOKEN", &cluster_token)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("cannot start a node")
+        let mut command = NodeCommand::new(&exe, dir);
+        command.name = format!("node {}", i + 1);
+        command.config = Some(path);
+        command.admin_token = Some(token.clone());
+        command.cluster_token = Some(cluster_token.clone());
+        command.spawn().context("cannot start a node")
     };
     let mut nodes = Nodes(Vec::new());
     for i in 0..3u16 {
@@ -143,27 +129,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let http = crate::tls::http_trusting(&roots).build()?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    for i in 0..3u16 {
-        let url = format!("{scheme}://{}/readyz", addr(i).0);
-        loop {
-            if let Some(status) = nodes.0[i as usize].try_wait()? {
-                bail!(
-                    "node {} exited ({status}); see {}",
-                    i + 1,
-                    args.data_dir.join(format!("node{}/node.log", i + 1)).display()
-                );
+    for (i, node) in nodes.0.iter_mut().enumerate() {
+        let url = format!("{scheme}://{}", addr(i as u16).0);
+        tokio::select! {
+            ready = node.wait_ready(&http, &url, deadline) => {
+                ready?;
             }
-            if http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("node {} did not become ready in 30 s; see its node.log", i + 1);
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                _ = term.recv() => bail!("stopped while the nodes were starting"),
-                _ = interrupt.recv() => bail!("stopped while the nodes were starting"),
-            }
+            _ = term.recv() => bail!("stopped while the nodes were starting"),
+            _ = interrupt.recv() => bail!("stopped while the nodes were starting"),
         }
     }
 
@@ -227,7 +200,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                         }
                         continue;
                     }
-                    if let Some(status) = nodes.0[i].try_wait()? {
+                    if let Some(status) = nodes.0[i].try_wait() {
                         if started[i].elapsed() > Duration::from_secs(60) {
                             backoff[i] = Duration::from_secs(1);
                         }
@@ -246,6 +219,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     }
     println!("stopping…");
-    nodes.stop();
+    nodes.stop().await;
     Ok(())
 }

@@ -43,8 +43,10 @@
 //! (rustls listeners and `tollgate certs`), [`secret`] (generated secrets and
 //! ids, digests, constant-time comparison), [`clock`] (where time comes from,
 //! and quota periods), [`logging`] (log output whose
-//! failures are counted, never fatal), and [`cli`] and [`dev`] (the
-//! `tollgate` command line and `tollgate dev`).
+//! failures are counted, never fatal), [`cli`] and [`dev`] (the
+//! `tollgate` command line and `tollgate dev`), and [`launch`] (the one way
+//! node processes are started and stopped: by `tollgate dev`, the test
+//! harness and the bench).
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -55,6 +57,7 @@ pub mod config;
 pub mod dev;
 pub mod gateway;
 pub mod http;
+pub mod launch;
 #[cfg(test)]
 mod layers;
 pub mod logging;

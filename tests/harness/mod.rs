@@ -11,9 +11,12 @@
 //! `--init` and the harness adds the others through the admin API, as an
 //! operator grows a cluster.
 //!
-//! Each node has its own temporary data directory and a log file. Every child
-//! is killed when its [`Node`] is dropped — also when a test panics — and,
-//! through `PR_SET_PDEATHSIG`, when the test process itself dies.
+//! Each node has its own temporary data directory and a log file. Nodes are
+//! started, waited for and stopped through the node crate's launcher
+//! (`tollgate_node::launch`, shared with `tollgate dev` and the bench): every
+//! child is killed when its [`Node`] is dropped — also when a test panics —
+//! and, through `PR_SET_PDEATHSIG` ([`die_with_parent`]), when the test
+//! process itself dies.
 //!
 //! A cluster started with [`Options::partitionable`] sends each peer link
 //! through a TCP proxy of its own inside the test process, so a test can cut a
@@ -38,6 +41,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
+use tollgate_client::admin::{AdminClient, ClusterMember};
+use tollgate_node::launch::{self, Listen, NodeCommand, NodeProcess};
 
 pub const TOKEN: &str = "tga_test-bootstrap-token-0123456789abcdef";
 
@@ -146,20 +151,21 @@ pub struct Node {
     pub dir: PathBuf,
     /// Its HTTP listener speaks TLS.
     pub https: bool,
-    /// Flags of this node alone (`--init`, its `--advertise-peer` and
-    /// `--peer-via` in a partitionable cluster), kept so a restart gets them
-    /// again.
+    /// It starts a new cluster (`--init`): node 1 of every cluster.
+    init: bool,
+    /// Flags of this node alone (its `--advertise-peer` and `--peer-via` in
+    /// a partitionable cluster), kept so a restart gets them again.
     args: Vec<String>,
     /// Its own `--clock-offset-ms`, set by [`Cluster::restart_with_clock`];
     /// otherwise [`Options::clock_offset_ms`].
     clock_offset_ms: Option<i64>,
-    child: Option<Child>,
+    child: Option<NodeProcess>,
     /// While the node is down: its ports, bound and not listening.
     held: Vec<socket2::Socket>,
 }
 
 impl Node {
-    fn new(id: u64, dir: PathBuf, https: bool, args: Vec<String>) -> Node {
+    fn new(id: u64, dir: PathBuf, https: bool, init: bool, args: Vec<String>) -> Node {
         Node {
             id,
             http_port: 0,
@@ -167,6 +173,7 @@ impl Node {
             wire_port: 0,
             dir,
             https,
+            init,
             args,
             clock_offset_ms: None,
             child: None,
@@ -189,18 +196,19 @@ impl Node {
 
     /// How the process ended, if it has (without waiting).
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child.as_mut().and_then(NodeProcess::try_wait)
+    }
+
+    fn process(&mut self) -> &mut NodeProcess {
+        let id = self.id;
+        self.child.as_mut().unwrap_or_else(|| panic!("node {id} is not running"))
     }
 
     /// Sends SIGTERM and waits for the process to end; returns how long that
     /// took and how it ended. Its ports stay reserved for its restart.
     pub async fn terminate(&mut self) -> (Duration, std::process::ExitStatus) {
-        let pid = self.child.as_ref().map(Child::id).unwrap_or_else(|| panic!("node {} is not running", self.id));
         let started = Instant::now();
-        let pid = i32::try_from(pid).expect("pid");
-        // SAFETY: kill(2) on our own child's pid, which is not yet reaped.
-        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(sent, 0, "cannot send SIGTERM to node {}", self.id);
+        self.process().terminate().unwrap_or_else(|e| panic!("{e}"));
         let status = self.wait_exit().await;
         (started.elapsed(), status)
     }
@@ -208,100 +216,58 @@ impl Node {
     /// Waits (at most [`PATIENCE`]) for the process to end by itself and
     /// returns how it ended. Its ports stay reserved for its restart.
     pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.exited() {
-                self.kill();
-                return status;
-            }
-            assert!(Instant::now() < deadline, "node {} did not exit; see {}", self.id, self.log());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let status = self.process().wait_exit(Instant::now() + PATIENCE).await.unwrap_or_else(|e| panic!("{e}"));
+        self.kill();
+        status
     }
 
     /// kill -9. Its ports stay reserved for its restart.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            // Dropping the process kills and reaps it.
+            drop(child);
             self.held = [self.http_port, self.peer_port, self.wire_port].into_iter().map(hold).collect();
         }
+    }
+
+    /// The node's `serve` command: on the ports it had if it ran before,
+    /// else on port 0, with Raft timings fit for tests.
+    fn command(&self, options: &Options) -> NodeCommand {
+        let mut command = NodeCommand::new(&options.bin, &self.dir).id(self.id);
+        command.listen = Some(Listen::loopback(self.http_port, self.peer_port, self.wire_port));
+        command.init = self.init;
+        command.admin_token = Some(TOKEN.into());
+        command.cluster_token = Some("test-cluster-token".into());
+        command.env.push(("TOLLGATE_LOG".into(), options.log_level.into()));
+        command.env.extend(options.metrics_token.iter().map(|t| ("TOLLGATE_METRICS_TOKEN".into(), t.clone())));
+        command.log = options.log_to.clone();
+        let flags = ["--heartbeat-ms", "50", "--election-min-ms", "300", "--election-max-ms", "600"].map(String::from);
+        command.flags.extend(flags.into_iter().map(Into::into));
+        command.flags.extend(["--snapshot-logs".into(), options.snapshot_logs.to_string().into()]);
+        command.flags.extend(["--keep-logs".into(), options.keep_logs.to_string().into()]);
+        command.flags.extend(options.extra_args.iter().chain(&self.args).map(Into::into));
+        let clock_offset_ms = self.clock_offset_ms.unwrap_or(options.clock_offset_ms);
+        if clock_offset_ms != 0 {
+            command.flags.push(format!("--clock-offset-ms={clock_offset_ms}").into());
+        }
+        command
     }
 
     /// Starts the process: on the ports it had if it ran before, else on
     /// port 0. Then [`Node::wait_bound`] reads what it bound.
     fn spawn(&mut self, options: &Options) {
         assert!(self.child.is_none(), "node {} is already running", self.id);
-        std::fs::create_dir_all(&self.dir).expect("data dir");
-        match std::fs::remove_file(self.dir.join("node.json")) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => panic!("cannot remove the old node.json of node {}: {e}", self.id),
-        }
-        let log_path = options.log_to.clone().unwrap_or_else(|| self.dir.join("node.log"));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log file");
-        let mut cmd = Command::new(&options.bin);
-        cmd.arg("serve")
-            .args(["--id", &self.id.to_string()])
-            .args(["--http", &format!("127.0.0.1:{}", self.http_port)])
-            .args(["--peer", &format!("127.0.0.1:{}", self.peer_port)])
-            .args(["--wire", &format!("127.0.0.1:{}", self.wire_port)])
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(["--heartbeat-ms", "50", "--election-min-ms", "300", "--election-max-ms", "600"])
-            .args(["--snapshot-logs", &options.snapshot_logs.to_string()])
-            .args(["--keep-logs", &options.keep_logs.to_string()])
-            .args(&options.extra_args)
-            .args(&self.args);
-        let clock_offset_ms = self.clock_offset_ms.unwrap_or(options.clock_offset_ms);
-        if clock_offset_ms != 0 {
-            cmd.arg(format!("--clock-offset-ms={clock_offset_ms}"));
-        }
-        cmd.env("TOLLGATE_ADMIN_TOKEN", TOKEN)
-            .env("TOLLGATE_CLUSTER_TOKEN", "test-cluster-token")
-            .env("TOLLGATE_LOG", options.log_level)
-            .envs(options.metrics_token.iter().map(|t| ("TOLLGATE_METRICS_TOKEN", t.as_str())))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log);
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill
-        // this child if the thread that spawned it (the test) goes away.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        let command = self.command(options);
         // Let the ports go only now, as the node is about to bind them.
         self.held.clear();
-        self.child = Some(cmd.spawn().expect("spawn tollgate"));
+        self.child = Some(command.spawn_with(die_with_parent).unwrap_or_else(|e| panic!("{e}")));
     }
 
     /// Waits for the `node.json` the node writes once its listeners are bound
     /// and takes its ports from it.
     async fn wait_bound(&mut self) {
-        let path = self.dir.join("node.json");
-        let deadline = Instant::now() + PATIENCE;
-        let endpoints: Value = loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("node {} exited ({status}) before it bound its ports; see {}", self.id, self.log());
-                }
-            }
-            if let Ok(text) = std::fs::read_to_string(&path) {
-                break serde_json::from_str(&text).expect("node.json is JSON");
-            }
-            assert!(Instant::now() < deadline, "node {} never wrote {}", self.id, path.display());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let port = |name: &str| -> u16 {
-            let addr: std::net::SocketAddr = endpoints[name]
-                .as_str()
-                .and_then(|a| a.parse().ok())
-                .unwrap_or_else(|| panic!("node.json of node {} has no {name} address: {endpoints}", self.id));
-            addr.port()
-        };
-        let (http, peer, wire) = (port("http"), port("peer"), port("wire"));
+        let bound = self.process().wait_bound(Instant::now() + PATIENCE).await.unwrap_or_else(|e| panic!("{e}"));
+        let (http, peer, wire) = (bound.http.port(), bound.peer.port(), bound.wire.port());
         if self.http_port != 0 {
             assert_eq!((http, peer, wire), (self.http_port, self.peer_port, self.wire_port), "ports changed");
         }
@@ -329,6 +295,20 @@ fn hold(port: u16) -> socket2::Socket {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Has the kernel kill the child (SIGKILL) when the thread that started it
+/// ends — with the test, or with the whole test process when it dies without
+/// unwinding (no `Drop` runs then) — so no child outlives its test.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill
+    // this child if the thread that spawned it goes away.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
     }
 }
 
@@ -369,13 +349,7 @@ impl Cluster {
         let links = if options.partitionable { PeerLinks::start(&ids).await } else { PeerLinks::default() };
         let mut nodes: Vec<Node> = ids
             .iter()
-            .map(|&id| {
-                let mut args = links.args_of(id);
-                if id == 1 {
-                    args.extend(["--init".to_string(), "true".to_string()]);
-                }
-                Node::new(id, dir.path().join(format!("node{id}")), options.tls, args)
-            })
+            .map(|&id| Node::new(id, dir.path().join(format!("node{id}")), options.tls, id == 1, links.args_of(id)))
             .collect();
         let mut mounts = Vec::new();
         if let Some(mib) = options.tmpfs_mib {
@@ -404,21 +378,20 @@ impl Cluster {
     /// at the peer address the others dial it by.
     pub async fn join(&self, id: u64, voter: bool) {
         let node = self.node(id);
-        let body = serde_json::json!({
-            "id": id,
-            "http_addr": format!("127.0.0.1:{}", node.http_port),
-            "peer_addr": self.links.advertised(id).unwrap_or_else(|| format!("127.0.0.1:{}", node.peer_port)),
-            "wire_addr": node.wire_addr(),
-            "voter": voter,
-        });
-        let (status, answer) = self.post(1, "/v1/admin/cluster/nodes", body).await;
-        assert_eq!(status, 201, "adding node {id}: {answer}");
+        let member = ClusterMember {
+            id,
+            http_addr: format!("127.0.0.1:{}", node.http_port),
+            peer_addr: self.links.advertised(id).unwrap_or_else(|| format!("127.0.0.1:{}", node.peer_port)),
+            wire_addr: node.wire_addr(),
+            voter,
+        };
+        self.admin(1).add_node(&member).await.unwrap_or_else(|e| panic!("adding node {id}: {e}"));
     }
 
     /// Adds a node process that is not yet a member (it waits to be added).
     /// Its peer links are direct, also in a partitionable cluster.
     pub async fn spawn_extra(&mut self, id: u64) -> &Node {
-        let mut node = Node::new(id, self._dir.path().join(format!("node{id}")), self.options.tls, Vec::new());
+        let mut node = Node::new(id, self._dir.path().join(format!("node{id}")), self.options.tls, false, Vec::new());
         node.spawn(&self.options);
         node.wait_bound().await;
         self.nodes.push(node);
@@ -492,11 +465,8 @@ impl Cluster {
 
     /// Waits until the node answers `/readyz` with 200.
     pub async fn wait_ready(&self, id: u64) {
-        let url = format!("{}/readyz", self.url(id));
-        wait_until(&format!("node {id} ready"), || async {
-            self.http.get(&url).send().await.is_ok_and(|r| r.status().is_success())
-        })
-        .await;
+        let url = self.url(id);
+        wait_until(&format!("node {id} ready"), || launch::is_ready(&self.http, &url)).await;
     }
 
     /// The leader that every running node agrees on.
@@ -552,18 +522,18 @@ impl Cluster {
         self.nodes.iter().find(|n| n.id != not && n.is_running()).expect("another running node").id
     }
 
-    /// One admin call: status and JSON body (Null when empty).
+    /// The admin client of node `id` alone (the one admin client of
+    /// `tollgate_client::admin`), through the harness's HTTP client: its CA
+    /// and its 20 s timeout.
+    pub fn admin(&self, id: u64) -> AdminClient {
+        AdminClient::with_http([self.url(id)], TOKEN, self.http.clone()).expect("a node URL")
+    }
+
+    /// One admin call: status and JSON body (Null when empty); status 0 and
+    /// the reason as a JSON string when the node could not be reached.
     pub async fn call(&self, id: u64, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.url(id))).bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        match req.send().await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let text = resp.text().await.unwrap_or_default();
-                (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-            }
+        match self.admin(id).request(method, path, body.as_ref()).await {
+            Ok(answer) => answer,
             Err(e) => (0, Value::String(e.to_string())),
         }
     }
@@ -578,21 +548,10 @@ impl Cluster {
 
     /// Every object of a collection, following pages.
     pub async fn list_all(&self, id: u64, collection: &str, stale: bool) -> Vec<Value> {
-        let mut items = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let mut path = format!("/v1/admin/{collection}?limit=1000&stale={stale}");
-            if let Some(a) = &after {
-                path.push_str(&format!("&after={a}"));
-            }
-            let (status, page) = self.get(id, &path).await;
-            assert_eq!(status, 200, "listing {collection} on node {id}: {page}");
-            items.extend(page["items"].as_array().cloned().unwrap_or_default());
-            match page["next_after"].as_str() {
-                Some(next) => after = Some(next.to_string()),
-                None => return items,
-            }
-        }
+        self.admin(id)
+            .list_all(collection, stale)
+            .await
+            .unwrap_or_else(|e| panic!("listing {collection} on node {id}: {e}"))
     }
 
     /// The ids of every object of a collection on a node.
@@ -912,13 +871,7 @@ impl Process {
     pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Process {
         let log = std::fs::File::create(log).expect("log file");
         cmd.stdin(Stdio::null()).stdout(log.try_clone().expect("log file")).stderr(log);
-        // SAFETY: see `Node::spawn`.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {name} ({e}); .ci/run installs it"));
         Process { child: Some(child), name: name.to_string() }
     }

@@ -1,0 +1,92 @@
+//! What the check, throttle and quota runs check against: the API `bench`,
+//! a plan, a key, and one `POST /v1/check`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use serde_json::{json, Value};
+use tollgate_client::admin::Method;
+
+use crate::cluster::Cluster;
+
+/// An API, a plan without limits and a key; returns the key's secret.
+pub async fn check_fixture(cluster: &Cluster, node: u64) -> anyhow::Result<String> {
+    let (_, secret) = plan_fixture(cluster, node, json!({"id": "free", "name": "free"})).await?;
+    Ok(secret)
+}
+
+/// The API `bench` (`GET /items/*` needs a key), the plan given (covering
+/// it) and a key in that plan, created through node `node`; returns the
+/// key's id and secret.
+pub async fn plan_fixture(cluster: &Cluster, node: u64, mut plan: Value) -> anyhow::Result<(String, String)> {
+    let admin = cluster.admin(node)?;
+    let post = |path: &'static str, body: Value| {
+        let admin = admin.clone();
+        async move {
+            let (status, answer) = admin.request(Method::POST, path, Some(&body)).await?;
+            if !(200..300).contains(&status) {
+                bail!("POST {path}: {status} {answer}");
+            }
+            anyhow::Ok(answer)
+        }
+    };
+    post(
+        "/v1/admin/apis",
+        json!({"id": "bench", "name": "bench", "stages": [{"name": "prod"}],
+        "routes": [{"method": "GET", "path": "/items/*", "api_key_required": true}]}),
+    )
+    .await?;
+    plan["api_stages"] = json!([{"api_id": "bench", "stage": "prod"}]);
+    let plan_id = plan["id"].clone();
+    post("/v1/admin/plans", plan).await?;
+    let key = post("/v1/admin/keys", json!({"name": "bench", "plan_ids": [plan_id]})).await?;
+    match (key["id"].as_str(), key["secret"].as_str()) {
+        (Some(id), Some(secret)) => Ok((id.to_string(), secret.to_string())),
+        _ => bail!("no key id or secret in {key}"),
+    }
+}
+
+/// The body of a `POST /v1/check` for `GET /items/1` with the key given.
+pub fn check_body(secret: &str) -> anyhow::Result<Arc<Vec<u8>>> {
+    Ok(Arc::new(serde_json::to_vec(&json!({"api": "bench", "stage": "prod", "method": "GET",
+        "path": "/items/1", "source_ip": "192.0.2.1", "headers": {"x-api-key": secret}}))?))
+}
+
+/// One `POST /v1/check` to node `node`; the decision.
+pub async fn check(cluster: &Cluster, node: u64, body: &[u8]) -> anyhow::Result<Value> {
+    let resp = cluster
+        .http
+        .post(format!("{}/v1/check", cluster.url(node)))
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await?;
+    Ok(resp.json().await?)
+}
+
+/// A decision's `reason` (`allowed`, `throttled`, ...).
+pub fn reason(decision: &Value) -> String {
+    decision["reason"].as_str().unwrap_or("no reason").to_string()
+}
+
+/// Waits until every node knows the key (answers something other than a
+/// lookup failure for it): a new key reaches followers a little after the
+/// leader.
+pub async fn wait_key_known(cluster: &Cluster, body: &[u8]) -> anyhow::Result<()> {
+    const NOT_YET: [&str; 5] = ["unknown_api", "unknown_stage", "no_route", "unknown_key", "key_not_in_plan"];
+    for node in 1..=3 {
+        let start = Instant::now();
+        loop {
+            let decision = check(cluster, node, body).await?;
+            if !NOT_YET.contains(&reason(&decision).as_str()) {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("node {node} still answers {decision} after 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    Ok(())
+}
