@@ -17,11 +17,12 @@
 //!
 //! - [`http`], [`wire`]: the listeners — the axum router (check,
 //!   forward-auth, admin API, health, metrics, OpenAPI) and the binary check
-//!   protocol for `tollgate-client`. [`server`] starts a node from its
-//!   [`config`], wires the handles together (the one composition root) and
-//!   stops it.
+//!   protocol for `tollgate-client`. [`server`] binds the listeners of a
+//!   node's [`config`] (grouped by subsystem), starts its tasks and stops it
+//!   within a bound; `server::start` also runs nodes inside a test process.
 //! - [`app`]: a running node's handles, shared by the listeners — a plain
-//!   bag (the leader handle, the gateway, the published model, metrics).
+//!   bag (the leader handle, the gateway, the published model, metrics) —
+//!   and `App::open`, the one place they are made and wired together.
 //! - [`gateway`]: the check pipeline, step by step in the order a request
 //!   meets them; reads the published model, never writes to the log.
 //! - [`cluster`]: consensus — openraft's type configuration, the log store
