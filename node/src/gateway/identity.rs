@@ -22,15 +22,16 @@ use serde_json::{json, Value};
 pub const TOKEN_LIFETIME_SECS: i64 = 60;
 /// A token is handed out again, for the same claims, until it is this old
 /// (so it always has 30 s left): signing is the costly part (about 18 µs of
-/// Ed25519 against about 1 µs to assemble a reused token).
+/// Ed25519 per token).
 pub const REUSE_SECS: i64 = 30;
 /// Tokens are kept for reuse in windows of this many seconds: the current
 /// window's and the previous one's, so a token is kept 15 to 30 s.
 const WINDOW_SECS: i64 = REUSE_SECS / 2;
-/// Most tokens one window keeps (about 300 bytes each); a window that fills
-/// up starts the next early. 100k keys asked at random within a window all
-/// fit; a million keep the cache near 120 MB at most.
-const MAX_PER_WINDOW: usize = 200_000;
+/// Most tokens one window keeps (about 600 bytes each, with their claims); a
+/// window that fills up starts the next early, so 100k keys asked at random
+/// still find their tokens, and any number of keys keeps the cache under
+/// about 120 MB.
+const MAX_PER_WINDOW: usize = 100_000;
 pub const ISSUER: &str = "tollgate";
 
 /// A derived key, ready to sign: the key pair is expanded once (jsonwebtoken
@@ -49,7 +50,7 @@ pub struct IdentitySigner {
     /// The cluster token (held in memory only), or none: signing is off.
     root: Option<Vec<u8>>,
     derived: Mutex<HashMap<u64, Arc<Derived>>>,
-    /// Signatures made lately, for reuse.
+    /// Tokens issued lately, for reuse.
     reuse: Mutex<Reuse>,
 }
 
@@ -72,18 +73,18 @@ fn push_signature(token: &mut String, signature: &[u8]) {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(signature, token);
 }
 
-/// A signature made at `iat` with key `version`.
-#[derive(Clone, Copy)]
+/// A token issued at `iat` with key `version`.
+#[derive(Clone)]
 struct Signed {
     version: u64,
     /// Seconds since the Unix epoch.
     iat: i64,
-    signature: [u8; 64],
+    token: Arc<str>,
 }
 
-/// Signatures made lately, by the claims they signed (JSON, without times),
-/// in two windows of [`WINDOW_SECS`]: a lookup reads both, a new signature
-/// goes into the current one, and the previous one is dropped whole when a
+/// Tokens issued lately, by the claims they carry (JSON, without times), in
+/// two windows of [`WINDOW_SECS`]: a lookup reads both, a new token goes
+/// into the current one, and the previous one is dropped whole when a
 /// window ends or fills. Memory stays within two windows whatever the number
 /// of keys, with no sweep and no per-entry timer; a key asked at least once
 /// a window is signed about once every [`REUSE_SECS`].
@@ -97,7 +98,7 @@ struct Reuse {
 }
 
 impl Reuse {
-    /// A signature of `claims` by key `version` young enough to hand out at
+    /// A token for `claims` signed with key `version`, young enough to hand out at
     /// `now_s`. Answers too a window that ended, to be dropped outside the lock.
     fn find(&mut self, version: u64, claims: &str, now_s: i64) -> (Option<Signed>, Option<HashMap<Box<str>, Signed>>) {
         let ended = self.roll(now_s, false);
@@ -105,11 +106,11 @@ impl Reuse {
             .into_iter()
             .filter_map(|window| window.get(claims))
             .find(|s| s.version == version && (0..REUSE_SECS).contains(&(now_s - s.iat)))
-            .copied();
+            .cloned();
         (found, ended)
     }
 
-    /// Keeps a new signature; answers a window that ended, as [`Self::find`].
+    /// Keeps a new token; answers a window that ended, as [`Self::find`].
     fn keep(&mut self, claims: String, signed: Signed) -> Option<HashMap<Box<str>, Signed>> {
         let ended = self.roll(signed.iat, self.current.len() >= self.cap);
         self.current.insert(claims.into_boxed_str(), signed);
@@ -215,14 +216,13 @@ impl IdentitySigner {
         let (found, ended) = lock(&self.reuse).find(version, &claims, now_s);
         drop_later(ended);
         if let Some(signed) = found {
-            let mut token = signing_input(&key, signed.iat, &claims)?;
-            push_signature(&mut token, &signed.signature);
-            return Some(token);
+            return Some(signed.token.to_string());
         }
         let mut token = signing_input(&key, now_s, &claims)?;
-        let signature: [u8; 64] = key.pair.sign(token.as_bytes()).as_ref().try_into().ok()?;
-        push_signature(&mut token, &signature);
-        let ended = lock(&self.reuse).keep(claims, Signed { version, iat: now_s, signature });
+        let signature = key.pair.sign(token.as_bytes());
+        push_signature(&mut token, signature.as_ref());
+        let signed = Signed { version, iat: now_s, token: token.as_str().into() };
+        let ended = lock(&self.reuse).keep(claims, signed);
         drop_later(ended);
         Some(token)
     }
