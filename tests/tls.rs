@@ -304,3 +304,30 @@ async fn tollgate_dev_starts_a_killed_node_again() {
     })
     .await;
 }
+
+/// However `tollgate dev` is told to stop — Ctrl-C (SIGINT), SIGTERM, or its
+/// terminal closing (SIGHUP) — it stops its three nodes: none is left running.
+#[tokio::test(flavor = "multi_thread")]
+async fn tollgate_dev_stops_its_nodes_on_every_stop_signal() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let signals = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+    let mut devs = Vec::new();
+    for dir in &dirs {
+        devs.push(start_dev(dir.path(), &[]).await.0);
+    }
+    for ((dev, signal), dir) in devs.iter_mut().zip(signals).zip(&dirs) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(dev.0.id() as libc::pid_t, signal);
+        }
+        let status = dev.0.wait().expect("dev exits");
+        assert!(status.code().is_some(), "signal {signal}: dev died of it instead of stopping its nodes: {status}");
+        let data = dir.path().join("dev").display().to_string();
+        let left = Command::new("pgrep").args(["-f", &data]).output().expect("pgrep");
+        assert!(
+            left.stdout.is_empty(),
+            "signal {signal}: nodes left running: {}",
+            String::from_utf8_lossy(&left.stdout)
+        );
+    }
+}

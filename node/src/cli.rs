@@ -277,18 +277,26 @@ fn init_logging() {
     crate::logging::init();
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Listens for SIGTERM and SIGINT from now on (a signal that arrives while
+/// the node is still starting is kept, not fatal) and completes on the first.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+    })
+}
+
+/// Writes one line of a command's output. A reader that went away (`| head`)
+/// ends the output quietly, as for any Unix tool; println! would panic.
+fn output(line: &str) -> std::io::Result<()> {
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
     }
 }
 
@@ -307,14 +315,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Top::Serve(args) => {
+            let shutdown = shutdown_signal()?;
             init_logging();
             let config = args.resolve()?;
-            crate::server::run(config, shutdown_signal()).await
+            crate::server::run(config, shutdown).await
         }
         Top::Dev(args) => crate::dev::run(args).await,
         Top::Certs { out, hosts } => {
             for file in crate::tls::generate(&out, &hosts)? {
-                println!("{file}");
+                output(&file)?;
             }
             Ok(())
         }
@@ -368,7 +377,7 @@ impl Admin {
     async fn print(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<()> {
         let value = self.call(method, path, body).await?;
         if !value.is_null() {
-            println!("{}", serde_json::to_string_pretty(&value)?);
+            output(&serde_json::to_string_pretty(&value)?)?;
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! `tollgate dev`: three real node processes on loopback, one folder of data,
-//! the endpoints and a fresh admin token printed; Ctrl-C or SIGTERM stops all
+//! the endpoints and a fresh admin token printed; Ctrl-C, SIGTERM or SIGHUP stops all
 //! three. A node that exits is started again (with back-off). Each node's
 //! configuration, but for its secrets, is in `DIR/nodeN/tollgate.toml`.
 //! Running it again on the same folder brings the same cluster back.
@@ -59,6 +59,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    // The terminal dev runs in was closed: stop the nodes too.
+    let mut hangup = signal(SignalKind::hangup())?;
     let exe = std::env::current_exe().context("cannot find the tollgate binary")?;
     let token = match std::env::var("TOLLGATE_ADMIN_TOKEN") {
         Ok(t) if !t.is_empty() => t,
@@ -137,6 +139,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             }
             _ = term.recv() => bail!("stopped while the nodes were starting"),
             _ = interrupt.recv() => bail!("stopped while the nodes were starting"),
+            _ = hangup.recv() => bail!("stopped while the nodes were starting"),
         }
     }
 
@@ -181,6 +184,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         tokio::select! {
             _ = interrupt.recv() => break,
             _ = term.recv() => break,
+            _ = hangup.recv() => break,
             _ = watch.tick() => {
                 for i in 0..3 {
                     if let Some(at) = restart_at[i] {

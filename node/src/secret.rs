@@ -47,9 +47,15 @@ pub fn bearer_token(authorization: &str) -> Option<&str> {
 }
 
 /// The bearer token of a request's `Authorization` header (see
-/// [`bearer_token`]); `None` if absent, not visible ASCII, or not a bearer one.
+/// [`bearer_token`]); `None` if absent, sent more than once, not visible
+/// ASCII, or not a bearer one.
 pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token)
+    let mut all = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+    match (all.next(), all.next()) {
+        (Some(one), None) => one.to_str().ok().and_then(bearer_token),
+        // None, or several: which would count is ambiguous, so none does.
+        _ => None,
+    }
 }
 
 /// A configured token (bootstrap admin token, cluster token) held only as its

@@ -85,9 +85,10 @@ pub fn router(state: Arc<PeerState>) -> Router {
 /// one), then the body decoded. The one guard of every peer route.
 ///
 /// Refused with 401 `cluster token missing or wrong` (the token is read as
-/// every bearer token is, [`crate::secret::bearer`]), or 400 naming why the
-/// body does not decode. The body is read first, as a `Bytes` argument was
-/// (its size limit answers 413 before the token is looked at).
+/// every bearer token is, [`crate::secret::bearer`]) from the headers alone,
+/// before a byte of the body is read: a caller without the token cannot make
+/// a node buffer up to [`MAX_PEER_BODY`]. Then 413 over that size, or 400
+/// naming why the body does not decode.
 pub struct PeerRequest<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<Arc<PeerState>> for PeerRequest<T> {
@@ -95,10 +96,10 @@ impl<T: DeserializeOwned> FromRequest<Arc<PeerState>> for PeerRequest<T> {
 
     async fn from_request(request: Request, node: &Arc<PeerState>) -> Result<Self, Response> {
         let admitted = node.cluster_token.as_ref().is_none_or(|expected| expected.presented_in(request.headers()));
-        let body = Bytes::from_request(request, node).await.map_err(IntoResponse::into_response)?;
         if !admitted {
             return Err((StatusCode::UNAUTHORIZED, "cluster token missing or wrong").into_response());
         }
+        let body = Bytes::from_request(request, node).await.map_err(IntoResponse::into_response)?;
         codec::decode(&body)
             .map(PeerRequest)
             .map_err(|e| (StatusCode::BAD_REQUEST, format!("undecodable peer request: {e}")).into_response())

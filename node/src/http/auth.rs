@@ -2,8 +2,9 @@
 //! and the one place a token presented over HTTP is checked.
 //!
 //! - [`AdminCaller`]: every admin route. A bearer admin token (the bootstrap
-//!   token, or a stored one) whose scope covers the request: `read` may only
-//!   `GET`/`HEAD`, `write` may do anything. Failed authentications are
+//!   token, or a stored one) whose scope covers the request: `read` may not
+//!   `POST`/`PUT`/`PATCH`/`DELETE`, `write` may do anything. Every 401 carries
+//!   `WWW-Authenticate: Bearer` (RFC 9110 §11.6.1). Failed authentications are
 //!   counted per source address and answered 429 once too many
 //!   ([`super::auth_failures`]).
 //! - [`MetricsCaller`]: `/metrics`, when `TOLLGATE_METRICS_TOKEN` is set.
@@ -27,13 +28,15 @@ use super::{HttpState, Settings};
 use crate::app::App;
 use crate::secret;
 
-/// The scope an admin request needs: `read` for `GET` and `HEAD`, `write`
-/// for everything else.
+/// The scope an admin request needs: `write` for the methods that change
+/// something (`POST`, `PUT`, `PATCH`, `DELETE`), `read` for the rest (`GET`,
+/// `HEAD`, and methods no admin route has, which then get 405 whatever the
+/// token's scope).
 pub fn required_scope(method: &Method) -> Scope {
-    if matches!(*method, Method::GET | Method::HEAD) {
-        Scope::Read
-    } else {
+    if matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
         Scope::Write
+    } else {
+        Scope::Read
     }
 }
 
@@ -44,6 +47,8 @@ pub fn required_scope(method: &Method) -> Scope {
 /// Refusals, in the order they are checked:
 /// - 429 `too_many_failures` with `Retry-After`: the source address used up
 ///   its failed authentications (its token is not even looked at);
+/// - 401 `unauthorized`, "send one Authorization header…": several (which
+///   one would count is ambiguous; not counted);
 /// - 401 `unauthorized`, "an admin token is required…": no bearer token
 ///   (logged, not counted against the source: no guess was made);
 /// - 401 `unauthorized`, "the admin token is not valid": neither the
@@ -89,6 +94,10 @@ fn admit_admin(
         );
         e.retry_after = Some(retry);
         return Err(e);
+    }
+    if parts.headers.get_all(header::AUTHORIZATION).iter().nth(1).is_some() {
+        tracing::info!(%source, %route, "admin request with more than one Authorization header");
+        return Err(ApiError::unauthorized("send one Authorization header, not several"));
     }
     let Some(token) = secret::bearer(&parts.headers) else {
         tracing::info!(%source, %route, "admin request without a token");

@@ -81,6 +81,10 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             return (self.status, [(header::RETRY_AFTER, "1")], body).into_response();
         }
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 9110 §11.6.1: a 401 says how to authenticate.
+            return (self.status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
+        }
         (self.status, body).into_response()
     }
 }

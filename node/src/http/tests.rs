@@ -118,9 +118,34 @@ async fn an_admin_route_without_a_bearer_token_is_401_and_not_counted_as_a_guess
             assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{authorization:?}");
             assert_eq!(answer.error(), ("unauthorized", None, required), "{authorization:?}");
             assert_eq!(answer.body["error"]["field"], Value::Null);
-            assert!(answer.headers.get(header::WWW_AUTHENTICATE).is_none(), "no challenge on the admin API");
+            let challenge = answer.headers.get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
+            assert_eq!(challenge, Some("Bearer"), "RFC 9110 §11.6.1: a 401 says how to authenticate");
         }
     }
+}
+
+/// Two `Authorization` headers: which one would count is ambiguous, so
+/// neither does, in either order (the first used to win).
+#[tokio::test]
+async fn two_authorization_headers_are_refused_in_either_order() {
+    let node = node().await;
+    let good = format!("Bearer {ADMIN_TOKEN}");
+    for pair in [[good.as_str(), "Bearer wrong"], ["Bearer wrong", good.as_str()], [good.as_str(), good.as_str()]] {
+        let mut req = request(Method::GET, "/v1/admin/plans", None, "");
+        for value in pair {
+            req.headers_mut().append(header::AUTHORIZATION, value.parse().expect("header"));
+        }
+        let answer = call(&node.http, req).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{pair:?}");
+        assert_eq!(answer.error(), ("unauthorized", None, "send one Authorization header, not several"));
+    }
+    let mut peer = Request::builder().method(Method::POST).uri(crate::cluster::peer::READ_INDEX);
+    for value in [format!("Bearer {CLUSTER_TOKEN}"), "Bearer wrong".to_string()] {
+        peer = peer.header(header::AUTHORIZATION, value);
+    }
+    let empty = tollgate_proto::codec::encode(&()).expect("encode");
+    let answer = call(&node.peer, peer.body(Body::from(empty)).expect("request")).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "peer routes too");
 }
 
 #[tokio::test]
@@ -173,10 +198,20 @@ async fn a_read_token_may_read_but_not_write() {
         (Method::PUT, "/v1/admin/plans/plan_1", r#"{"name": "p"}"#),
         (Method::DELETE, "/v1/admin/tokens/tok_1", ""),
         (Method::POST, "/v1/admin/identity-key/rotate", ""),
+        (Method::PATCH, "/v1/admin/plans/plan_1", r#"{"name": "p"}"#),
     ] {
         let answer = call(&node.http, request(method.clone(), uri, Some(&reader), body)).await;
         assert_eq!(answer.status, StatusCode::FORBIDDEN, "{method} {uri}");
         assert_eq!(answer.error(), ("forbidden", None, "this admin token may only read"), "{method} {uri}");
+    }
+    // A method no admin route has is 405 for any token: the scope does not
+    // pretend it could be allowed.
+    let bootstrap = format!("Bearer {ADMIN_TOKEN}");
+    for method in [Method::OPTIONS, Method::TRACE, Method::from_bytes(b"PROPFIND").expect("method")] {
+        for token in [&reader, &bootstrap] {
+            let answer = call(&node.http, request(method.clone(), "/v1/admin/plans", Some(token), "")).await;
+            assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        }
     }
     let plans = call(&node.http, admin(Method::GET, "/v1/admin/plans", "")).await;
     assert_eq!(plans.body["items"], json!([]), "nothing was written");
@@ -341,4 +376,19 @@ async fn peer_routes_need_the_cluster_token() {
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
     assert!(answer.body.as_str().is_some_and(|b| b.starts_with("undecodable peer request: ")), "{}", answer.body);
     assert!(node.app.leader.members().0.contains_key(&1), "the node is still itself");
+    // Without the token the answer comes from the headers alone: a body
+    // announced as 60 MB that never arrives is not waited for, nor buffered.
+    for path in [crate::cluster::peer::APPEND, crate::cluster::peer::WRITE, crate::cluster::peer::SNAPSHOT] {
+        let never = futures_util::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(header::CONTENT_LENGTH, "60000000")
+            .body(Body::from_stream(never))
+            .expect("request");
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(5), call(&node.peer, request)).await;
+        let answer =
+            answer.unwrap_or_else(|_| panic!("{path}: the node waited for the body of an unauthenticated peer"));
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{path}");
+    }
 }
