@@ -102,6 +102,7 @@ impl fmt::Debug for SecretDigest {
 
 /// An API: the unit an edge proxy names in a check, with its stages and routes.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Api {
     /// 1 to 64 of `A-Z a-z 0-9 _ -`: the `api` a check names. Empty on create:
     /// the node makes one (`api_…`).
@@ -139,6 +140,7 @@ pub struct Api {
 
 /// A WAF-style rule: a condition on the request and what to do on a match.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WafRule {
     /// A label for the rule in metrics and decisions: 1 to 128 characters.
     pub name: String,
@@ -166,6 +168,7 @@ pub enum WafAction {
 /// canonical request.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[serde(deny_unknown_fields)]
 pub enum WafCondition {
     /// The source address is in one of these networks (v4 or v6).
     IpSet(Vec<String>),
@@ -199,6 +202,7 @@ pub enum WafCondition {
 /// CORS settings of an API: preflights are answered by the check, and every
 /// decision for an allowed origin carries the CORS response headers.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Cors {
     /// Exact origins (`https://app.example.com`), `https://*.example.com`, or `*`.
     pub allow_origins: Vec<String>,
@@ -233,6 +237,7 @@ fn default_cors_max_age() -> u32 {
 /// Where an API key is read from: by default a header (always) and optionally
 /// a query parameter; or the answer of the route's HTTP authorizer.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KeySource {
     /// The header the key is read from, lower case; default `x-api-key` (as in
     /// AWS API Gateway).
@@ -274,6 +279,7 @@ impl Default for KeySource {
 
 /// A deployment stage of an API (`prod`, `beta`), with its own limits.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Stage {
     /// 1 to 64 of `A-Z a-z 0-9 _ -`, unique in the API: the `stage` a check
     /// names.
@@ -289,6 +295,7 @@ pub struct Stage {
 
 /// A method and path pattern of an API, and how requests to it authenticate.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Route {
     /// An HTTP method in capitals, or `*` for any.
     pub method: String,
@@ -308,6 +315,7 @@ pub struct Route {
 
 /// A token bucket: a steady rate and the burst it may save up.
 #[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Throttle {
     /// Requests per second, 10^-6 to 10^9 (slower limits are a quota's job).
     pub rate_per_sec: f64,
@@ -321,6 +329,7 @@ pub struct Throttle {
 /// A usage plan: throttle and quota that apply to every key in it, on the API
 /// stages it covers.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UsagePlan {
     /// 1 to 64 of `A-Z a-z 0-9 _ -`. Empty on create: the node makes one
     /// (`plan_…`).
@@ -354,6 +363,7 @@ pub struct UsagePlan {
 
 /// One API stage a plan covers, with per-method throttle overrides.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PlanStage {
     /// The API's id.
     pub api_id: String,
@@ -366,6 +376,7 @@ pub struct PlanStage {
 
 /// A throttle that replaces the plan's for one method and path pattern.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MethodThrottle {
     /// An HTTP method in capitals, or `*` for any.
     pub method: String,
@@ -377,6 +388,7 @@ pub struct MethodThrottle {
 
 /// How many requests a key may make per period.
 #[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Quota {
     /// Requests per period, 1 to 2^53 - 1.
     pub limit: u64,
@@ -445,6 +457,7 @@ pub struct PreviousSecret {
 
 /// What an operator sets on a key, on create and on update.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ApiKeySpec {
     /// A label for people: 1 to 128 characters, not blank, no control
     /// characters.
@@ -566,6 +579,7 @@ pub struct ApiKeyView {
 /// An IAM-style policy. With `api_id` set it is that API's resource policy;
 /// without, it applies to the principals its statements name.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Policy {
     /// 1 to 64 of `A-Z a-z 0-9 _ -`. Empty on create: the node makes one
     /// (`pol_…`).
@@ -594,6 +608,7 @@ pub struct Policy {
 /// One IAM-style statement: the effect on requests whose principal, action
 /// and resource match and whose conditions all hold.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Statement {
     /// An optional statement id for people (IAM's `Sid`); not matched on.
     #[serde(default)]
@@ -622,6 +637,7 @@ pub enum Effect {
 
 /// A condition on the request: `operator(key, values)`.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Condition {
     /// How the request's value for `key` is compared with `values`.
     pub operator: ConditionOperator,
@@ -658,6 +674,7 @@ pub enum ConditionOperator {
 /// An authorizer a route can name: a JWT validator or a custom HTTP
 /// endpoint (AWS API Gateway's Cognito and Lambda authorizers).
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Authorizer {
     /// 1 to 64 of `A-Z a-z 0-9 _ -`. Empty on create: the node makes one
     /// (`auth_…`).
@@ -683,6 +700,7 @@ pub struct Authorizer {
 /// JSON.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[serde(deny_unknown_fields)]
 pub enum AuthorizerKind {
     /// Validates bearer JWTs (the Cognito user-pool role).
     Jwt(JwtAuthorizer),
@@ -693,6 +711,7 @@ pub enum AuthorizerKind {
 /// Validates a bearer JWT (RFC 7519) from `Authorization`: signature with
 /// a pinned algorithm, `iss`, `aud`, `exp`/`nbf` with leeway, and scopes.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct JwtAuthorizer {
     /// The `iss` a token must carry, exactly; not empty.
     pub issuer: String,
@@ -723,6 +742,7 @@ fn default_leeway() -> u32 {
 /// members (`n`, `e`, `x`, `y`, `k`) are base64url without padding (RFC 7518
 /// §6); see [`crate::jwk`] for the sizes accepted.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Jwk {
     /// Key type: `RSA`, `EC`, `OKP` or `oct` (RFC 7518 §6.1, RFC 8037).
     pub kty: String,
@@ -759,6 +779,7 @@ pub struct Jwk {
 /// and reads allow or deny, a principal and context from the answer;
 /// answers are cached by identity source for `cache_ttl_secs`.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HttpAuthorizer {
     /// An `http://` or `https://` URL the node POSTs JSON to.
     pub url: String,
@@ -817,6 +838,7 @@ pub struct AdminToken {
 
 /// What an operator sets on an admin token when creating one.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AdminTokenSpec {
     /// A label for people: 1 to 128 characters, not blank, no control
     /// characters.

@@ -243,6 +243,7 @@ fn unexpected(applied: Applied) -> ApiError {
 
 /// The body of a reroll (optional).
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RerollRequest {
     /// How long the old secret keeps working: 0 (default) to
     /// [`MAX_OVERLAP_SECS`] seconds; more is a 400 naming `overlap_secs`.

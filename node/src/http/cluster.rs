@@ -53,6 +53,7 @@ async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AddNode {
     id: NodeId,
     http_addr: String,

@@ -392,3 +392,64 @@ async fn peer_routes_need_the_cluster_token() {
         assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{path}");
     }
 }
+
+/// A misspelt or unknown field in any admin body, at any depth, is a 400
+/// naming it, and nothing changes: a typo must never be taken as "not set"
+/// (`overlap_sec` for `overlap_secs` used to revoke a live key at once).
+#[tokio::test]
+async fn an_unknown_field_in_any_admin_body_is_400_and_changes_nothing() {
+    let node = node().await;
+    let plan = call(&node.http, admin(Method::POST, "/v1/admin/plans", r#"{"id": "gold", "name": "Gold"}"#)).await;
+    assert_eq!(plan.status, StatusCode::CREATED, "{}", plan.body);
+    let key = call(&node.http, admin(Method::POST, "/v1/admin/keys", r#"{"name": "k", "plan_ids": ["gold"]}"#)).await;
+    assert_eq!(key.status, StatusCode::CREATED, "{}", key.body);
+    let key_id = key.body["id"].as_str().expect("id").to_string();
+    let reroll = format!("/v1/admin/keys/{key_id}/reroll");
+    let cases: &[(Method, &str, &str, &str)] = &[
+        (Method::POST, "/v1/admin/keys", r#"{"plan_id": ["gold"], "name": "k2"}"#, "plan_id"),
+        (Method::POST, "/v1/admin/keys", r#"{"nmae": "k2"}"#, "nmae"),
+        (Method::PUT, &format!("/v1/admin/keys/{key_id}"), r#"{"enabeld": false, "name": "k"}"#, "enabeld"),
+        (Method::POST, &reroll, r#"{"overlap_sec": 3600}"#, "overlap_sec"),
+        (
+            Method::POST,
+            "/v1/admin/plans",
+            r#"{"throttle": {"rate_per_second": 5, "burst": 1}, "name": "p"}"#,
+            "rate_per_second",
+        ),
+        (
+            Method::POST,
+            "/v1/admin/plans",
+            r#"{"quota": {"offest": 1, "limit": 5, "period": "day"}, "name": "p"}"#,
+            "offest",
+        ),
+        (Method::PUT, "/v1/admin/plans/gold", r#"{"quotas": {"limit": 1, "period": "day"}, "name": "Gold"}"#, "quotas"),
+        (Method::POST, "/v1/admin/apis", r#"{"stages": [{"nam": "prod"}], "name": "a"}"#, "nam"),
+        (Method::POST, "/v1/admin/apis", r#"{"routes": [{"methd": "GET", "path": "/x"}], "name": "a"}"#, "methd"),
+        (Method::POST, "/v1/admin/policies", r#"{"statement": [], "name": "p"}"#, "statement"),
+        (Method::POST, "/v1/admin/authorizers", r#"{"kindd": {}, "name": "a"}"#, "kindd"),
+        (Method::POST, "/v1/admin/tokens", r#"{"scope": ["read"], "name": "t"}"#, "scope"),
+        (Method::POST, "/v1/admin/cluster/nodes", r#"{"http": "127.0.0.1:1", "id": 9}"#, "http"),
+    ];
+    let before: Vec<Answer> = futures_util::future::join_all(
+        ["/v1/admin/keys", "/v1/admin/plans", "/v1/admin/apis", "/v1/admin/policies", "/v1/admin/authorizers"]
+            .map(|uri| call(&node.http, admin(Method::GET, uri, ""))),
+    )
+    .await;
+    for (method, uri, body, field) in cases {
+        let answer = call(&node.http, admin(method.clone(), uri, body)).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{method} {uri} {body}: {}", answer.body);
+        let (_, _, message) = answer.error();
+        assert!(message.contains(&format!("unknown field `{field}`")), "{method} {uri} {body}: {message}");
+    }
+    let after: Vec<Answer> = futures_util::future::join_all(
+        ["/v1/admin/keys", "/v1/admin/plans", "/v1/admin/apis", "/v1/admin/policies", "/v1/admin/authorizers"]
+            .map(|uri| call(&node.http, admin(Method::GET, uri, ""))),
+    )
+    .await;
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(b.body, a.body, "nothing changed");
+    }
+    let key_now = call(&node.http, admin(Method::GET, &format!("/v1/admin/keys/{key_id}"), "")).await;
+    assert_eq!(key_now.body["previous_valid_until"], Value::Null, "no reroll happened: {}", key_now.body);
+    assert_eq!(key_now.body["prefix"], key.body["prefix"], "the secret is the same");
+}
