@@ -1,4 +1,6 @@
-//! The admin API for tooling (feature `admin`): keys, plans and usage, typed.
+//! The admin API for tooling (feature `admin`): keys, plans, usage and the
+//! cluster, typed; any other route untyped ([`AdminClient::request`], which
+//! the typed calls are built on).
 //!
 //! [`AdminClient`] is built from the HTTP addresses of some nodes and an
 //! admin token. Any node serves any call (writes are forwarded to the
@@ -123,54 +125,30 @@ impl AdminClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<T, AdminError> {
-        let idempotency_key = format!("{:032x}", rand::random::<u128>());
-        let mut last = String::new();
-        for node in &self.nodes {
-            let mut request = self.http.request(method.clone(), format!("{node}{path}")).bearer_auth(&self.token);
-            if method != reqwest::Method::GET {
-                request = request.header("idempotency-key", &idempotency_key);
-            }
-            if let Some(body) = body {
-                request = request.json(body);
-            }
-            let response = match request.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    last = format!("{node}: {e}");
-                    continue;
-                }
-            };
-            let status = response.status().as_u16();
-            let bytes = match response.bytes().await {
-                Ok(b) => b,
-                Err(e) => {
-                    last = format!("{node}: {e}");
-                    continue;
-                }
-            };
-            if status == 503 {
-                last = format!("{node}: {}", String::from_utf8_lossy(&bytes));
-                continue;
-            }
-            if !(200..300).contains(&status) {
-                let error: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                let text = |name: &str| error["error"][name].as_str().map(str::to_string);
-                return Err(AdminError::Api {
-                    status,
-                    code: text("code").unwrap_or_else(|| "error".into()),
-                    field: text("field"),
-                    message: text("message").unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
-                });
-            }
-            let bytes = if bytes.is_empty() { &b"null"[..] } else { &bytes[..] };
-            return serde_json::from_slice(bytes).map_err(|e| AdminError::Api {
+        let (status, value) = self.request(method, path, body).await?;
+        if status == 503 {
+            // Every node that answered was electing a leader (or out of space).
+            return Err(AdminError::Unavailable(value.to_string()));
+        }
+        if !(200..300).contains(&status) {
+            let text = |name: &str| value["error"][name].as_str().map(str::to_string);
+            let message = text("message").unwrap_or_else(|| match &value {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            });
+            return Err(AdminError::Api {
                 status,
-                code: "undecodable".into(),
-                field: None,
-                message: e.to_string(),
+                code: text("code").unwrap_or_else(|| "error".into()),
+                field: text("field"),
+                message,
             });
         }
-        Err(AdminError::Unavailable(last))
+        serde_json::from_value(value).map_err(|e| AdminError::Api {
+            status,
+            code: "undecodable".into(),
+            field: None,
+            message: e.to_string(),
+        })
     }
 
     /// Creates a key (`POST /v1/admin/keys`); the answer carries its secret,

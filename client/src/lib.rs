@@ -42,8 +42,10 @@
 //!   an HTTP service and answers denials itself.
 //! - `tls` (feature `tls`): TLS to the nodes, optionally with a client
 //!   certificate that authenticates the proxy instead of a token.
-//! - `admin` (feature `admin`): typed admin API calls for tooling — keys,
-//!   plans, usage (GetUsage/UpdateUsage) — with failover between nodes.
+//! - `admin` (feature `admin`): the one admin API client (the CLI, the test
+//!   harness and the bench use it) — typed calls for keys, plans, usage
+//!   (GetUsage/UpdateUsage) and the cluster, and `request` for any route —
+//!   with failover between nodes.
 //!
 //! Dependencies point one way: `Client` → `pool` → `connection`.
 //! The client holds no global state: every [`Client`] is independent.

@@ -65,7 +65,7 @@ pub trait Authority: Send + Sync + 'static {
 }
 
 /// An authority in memory, over a model: for tests of the check pipeline
-/// and of metering (the cluster's is `crate::app::ClusterAuthority`).
+/// and of metering (the cluster's is `crate::cluster::authority::ClusterAuthority`).
 pub struct LocalAuthority {
     model: SharedModel,
     ledgers: Mutex<HashMap<QuotaPeriod, QuotaLedger>>,
