@@ -92,11 +92,7 @@ impl AdminClient {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let nodes: Vec<String> = nodes.into_iter().map(|n| n.into().trim_end_matches('/').to_string()).collect();
-        if nodes.is_empty() {
-            return Err(AdminError::Unavailable("no node addresses given".into()));
-        }
-        Ok(AdminClient { nodes, token: token.into(), http: Self::http(None)? })
+        Self::with_http(nodes, token, Self::http(None)?)
     }
 
     /// Also trusts the PEM CA certificate `ca_pem` for `https://` nodes (a
@@ -323,7 +319,6 @@ impl AdminClient {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        // Not through `new`, which would build (and drop) a client of its own.
         let nodes: Vec<String> = nodes.into_iter().map(|n| n.into().trim_end_matches('/').to_string()).collect();
         if nodes.is_empty() {
             return Err(AdminError::Unavailable("no node addresses given".into()));
