@@ -143,8 +143,9 @@ pub const MIN_CLUSTER_TOKEN_CHARS: usize = 16;
 
 #[derive(Debug, Clone, Default, Args, Deserialize)]
 pub struct ClusterArgs {
-    /// Initialise a new single-node cluster with this node (once; ignored later).
-    #[arg(long, env = "TOLLGATE_INIT")]
+    /// Initialise a new single-node cluster with this node (once; ignored
+    /// later). `--init` alone means `--init true`.
+    #[arg(long, env = "TOLLGATE_INIT", num_args = 0..=1, default_missing_value = "true")]
     pub init: Option<bool>,
     /// The initial members, `ID=HTTP_ADDR/PEER_ADDR[/WIRE_ADDR]` separated by
     /// commas (the wire address lets tollgate-client find the binary port); the
@@ -698,6 +699,28 @@ fn with_secrets(name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--init` alone initialises, as the docs and errors spell it; an
+    /// explicit value still works, and no flag leaves it to the file.
+    #[test]
+    fn init_may_be_given_without_a_value() {
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let parse = |argv: &[&str]| {
+            <Serve as clap::Parser>::try_parse_from(std::iter::once("serve").chain(argv.iter().copied()))
+                .map(|s| s.args.cluster.init)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(parse(&["--init", "--id", "1"]), Ok(Some(true)));
+        assert_eq!(parse(&["--id", "1", "--init"]), Ok(Some(true)));
+        assert_eq!(parse(&["--init", "false"]), Ok(Some(false)));
+        assert_eq!(parse(&["--init", "true"]), Ok(Some(true)));
+        assert_eq!(parse(&["--id", "1"]), Ok(None));
+        assert!(parse(&["--init", "maybe"]).is_err());
+    }
 
     #[test]
     fn peers_must_authenticate_and_secrets_be_long_enough() {
