@@ -170,6 +170,26 @@ impl Kv for SledKv {
     }
 }
 
+/// Opens `dir` again in this process once the previous [`SledKv`] on it has
+/// let go. Dropping a sled database returns at once, but its background
+/// threads hold the directory's lock a moment longer, so an open right after
+/// can fail with "could not acquire lock" (a restarted process never sees
+/// this: the old one is gone). Waits for that event only, at most 10 s; any
+/// other error panics. For tests of restarts.
+#[cfg(test)]
+pub async fn reopen(dir: &Path) -> SledKv {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledKv::open(dir, &SledOptions::default()) {
+            Ok(kv) => return kv,
+            Err(e) if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("reopening {}: {e}", dir.display()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,7 +203,7 @@ mod tests {
             kv.batch(Space::Log, vec![Op::Delete(vec![1])]).unwrap();
             kv.flush().await.unwrap();
         }
-        let kv = SledKv::open(dir.path(), &SledOptions::default()).unwrap();
+        let kv = reopen(dir.path()).await;
         assert_eq!(kv.scan(Space::Log, ..).unwrap(), vec![(vec![2], vec![20])]);
         assert_eq!(kv.get(Space::Meta, &[2]).unwrap(), None, "spaces are separate");
     }

@@ -190,7 +190,7 @@ mod ledger_tests {
         }
         // Reopened from storage: the ledger is there.
         let shared = Arc::new(ArcSwap::from_pointee(Default::default()));
-        let kv = Arc::new(SledKv::open(dir.path(), &SledOptions::default()).expect("kv"));
+        let kv = Arc::new(crate::store::reopen(dir.path()).await);
         let mut sm = StateMachine::open(kv, shared.clone()).expect("sm");
         let mut builder = sm.get_snapshot_builder().await;
         let snapshot = builder.build_snapshot().await.expect("snapshot");
