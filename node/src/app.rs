@@ -133,12 +133,15 @@ impl App {
             0 => Arc::new(crate::clock::SystemClock),
             offset => Arc::new(crate::clock::OffsetClock(offset)),
         };
-        let metering_config =
-            MeteringConfig { lease_ms: config.quota.lease_ms as i64, max_grant: config.quota.max_grant };
+        let metering_config = MeteringConfig {
+            lease_ms: config.quota.lease_ms as i64,
+            max_grant: config.quota.max_grant,
+            quiet_ms: config.quota.quiet_ms as i64,
+        };
         let disk = Arc::new(DiskGuard::new(config.id, config.storage.min_free_disk_mb));
         let removal = Arc::new(Removal::open(&config.storage.data_dir));
         let leader = Leader::new(config.id, raft.clone(), peers, disk.clone(), metrics.forwarded.clone());
-        let authority = Arc::new(ClusterAuthority::new(leader.clone(), clock.clone()));
+        let authority = Arc::new(ClusterAuthority::new(leader.clone(), clock.clone(), published.clone()));
         let metering = Metering::new(authority.clone(), clock.clone(), metering_config, metrics.metering.clone());
         metering.watch_limits(published.clone());
         let gateway = Gateway::with_metering(

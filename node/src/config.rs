@@ -308,6 +308,8 @@ impl StorageArgs {
 pub const DEFAULT_QUOTA_LEASE_MS: u64 = crate::metering::DEFAULT_LEASE_MS;
 /// The most quota units one grant may hand a node.
 pub const DEFAULT_QUOTA_MAX_GRANT: u64 = crate::metering::DEFAULT_MAX_GRANT;
+/// How long a node keeps an unused grant.
+pub const DEFAULT_QUOTA_QUIET_MS: u64 = crate::metering::DEFAULT_QUIET_MS as u64;
 
 #[derive(Debug, Clone, Default, Args, Deserialize)]
 pub struct QuotaArgs {
@@ -320,6 +322,12 @@ pub struct QuotaArgs {
     /// through the leader (a baseline for benchmarks).
     #[arg(long, env = "TOLLGATE_QUOTA_MAX_GRANT")]
     pub quota_max_grant: Option<u64>,
+    /// How long a node keeps a key's quota grant unused before handing it
+    /// back, in ms. A grant kept costs the cluster no writes (the node's
+    /// lease session keeps all of them); this bounds the node's memory and
+    /// what a crash of it over-counts.
+    #[arg(long, env = "TOLLGATE_QUOTA_QUIET_MS")]
+    pub quota_quiet_ms: Option<u64>,
     /// Shifts this node's wall clock (quota periods, key expiry) by this many
     /// ms. For tests of period rollover; leave unset in production.
     #[arg(long, env = "TOLLGATE_CLOCK_OFFSET_MS", allow_hyphen_values = true)]
@@ -334,6 +342,9 @@ pub struct QuotaConfig {
     pub lease_ms: u64,
     /// Most units in one grant, at least 1. Default [`DEFAULT_QUOTA_MAX_GRANT`].
     pub max_grant: u64,
+    /// How long an unused grant is kept, ms, 200 to 3600000. Default
+    /// [`DEFAULT_QUOTA_QUIET_MS`].
+    pub quiet_ms: u64,
     /// Shift of this node's wall clock, ms (tests of period rollover). Default 0.
     pub clock_offset_ms: i64,
 }
@@ -343,6 +354,7 @@ impl QuotaArgs {
         QuotaConfig {
             lease_ms: self.quota_lease_ms.or(file.quota_lease_ms).unwrap_or(DEFAULT_QUOTA_LEASE_MS),
             max_grant: self.quota_max_grant.or(file.quota_max_grant).unwrap_or(DEFAULT_QUOTA_MAX_GRANT),
+            quiet_ms: self.quota_quiet_ms.or(file.quota_quiet_ms).unwrap_or(DEFAULT_QUOTA_QUIET_MS),
             clock_offset_ms: self.clock_offset_ms.or(file.clock_offset_ms).unwrap_or(0),
         }
     }
@@ -672,6 +684,9 @@ impl ServeArgs {
         if config.storage.min_free_disk_mb.checked_mul(1 << 20).is_none() {
             return Err(bad("min_free_disk_mb", "must be a number of MiB below 2^44 (0 turns the guard off)"));
         }
+        if config.quota.quiet_ms < 200 || config.quota.quiet_ms > 3_600_000 {
+            return Err(bad("quota_quiet_ms", "must be between 200 and 3600000"));
+        }
         if config.quota.max_grant == 0 {
             return Err(bad("quota_max_grant", "must be at least 1"));
         }
@@ -859,6 +874,7 @@ mod tests {
             min_free_disk_mb = 8
             quota_lease_ms = 2000
             quota_max_grant = 9
+            quota_quiet_ms = 12000
             clock_offset_ms = -10
             tls_cert = "c.pem"
             tls_key = "k.pem"
@@ -887,6 +903,7 @@ mod tests {
         assert_eq!(c.storage.data_dir, PathBuf::from("/srv/tollgate"));
         assert_eq!((c.storage.cache_mb, c.storage.min_free_disk_mb), (7, 8));
         assert_eq!((c.quota.lease_ms, c.quota.max_grant, c.quota.clock_offset_ms), (2000, 9, -10));
+        assert_eq!(c.quota.quiet_ms, 12_000);
         let t = &c.tls;
         assert_eq!(
             [&t.cert, &t.key, &t.client_ca, &t.outbound_ca].map(|p| p.as_ref().unwrap().display().to_string()),

@@ -83,6 +83,25 @@ pub enum Command {
         /// out by then are expired first.
         now_ms: i64,
     },
+    /// Metering, many keys at once: a node renews (or opens) its lease
+    /// session until `until_ms` and asks for grants under it, in one entry.
+    /// Every grant made under a session lives as long as the session does
+    /// (`tollgate_proto::metering::Sessions`), so a node renews what it
+    /// holds for any number of keys with one command, even with no asks.
+    /// A session that ended is never renewed: the whole command is refused
+    /// and the node opens a new session.
+    QuotaLease {
+        /// The node's session id: its node id in the high 32 bits, random
+        /// low bits, drawn anew whenever a session ends.
+        session: u64,
+        /// The session's new end, ms since the Unix epoch.
+        until_ms: i64,
+        /// Grants wanted, each for one (key, plan, period) and lease holder;
+        /// at most [`MAX_LEASE_ASKS`].
+        asks: Vec<LeaseAsk>,
+        /// The proposer's clock, ms since the Unix epoch.
+        now_ms: i64,
+    },
     /// A node reports what its lease holders used, in one batch for many
     /// keys; with `release` a holder hands the rest of its grant back.
     QuotaReport {
@@ -114,6 +133,20 @@ pub struct QuotaPeriod {
     pub plan_id: String,
     /// Start of the period, ms since the epoch (UTC).
     pub start_ms: i64,
+}
+
+/// The most asks one [`Command::QuotaLease`] carries.
+pub const MAX_LEASE_ASKS: usize = 4096;
+
+/// One grant asked for in a [`Command::QuotaLease`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseAsk {
+    /// Whose quota, in which period.
+    pub period: QuotaPeriod,
+    /// The lease holder asking ([`crate::metering::holder_node`]).
+    pub holder: u64,
+    /// Units asked for; fewer (or none) are granted near the limit.
+    pub want: u64,
 }
 
 /// One entry of a [`Command::QuotaReport`].
@@ -163,6 +196,15 @@ pub enum Applied {
         granted: u64,
         /// The ledger of the command's (key, plan, period) afterwards.
         ledger: crate::metering::QuotaLedger,
+    },
+    /// A [`Command::QuotaLease`] applied: the session's end and, per ask in
+    /// order, its answer (an [`Applied::Quota`], or why it was refused: a key
+    /// deleted, a plan without a quota).
+    Lease {
+        /// When the session now ends, ms since the Unix epoch.
+        until_ms: i64,
+        /// One answer per ask, in the order asked.
+        grants: Vec<CommandResult>,
     },
     /// Entries that carry no command (blank entries, membership changes).
     Nothing,

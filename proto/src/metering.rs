@@ -32,6 +32,85 @@ pub struct Grant {
     /// use came from, so use held back while that grant expired (and was
     /// counted whole) is never charged again to the holder's next grant.
     pub generation: u64,
+    /// The lease session the grant was made under (0: none). While the
+    /// session is known, the grant lapses when the session does, whatever
+    /// `expires_at_ms` says: one renewal of the session keeps every grant of
+    /// its node, however many keys it holds (see [`Sessions`]).
+    pub session: u64,
+}
+
+impl Grant {
+    /// When the grant lapses: its session's end while the session is
+    /// known, else its own `expires_at_ms`.
+    pub fn ends_ms(&self, sessions: &dyn Sessions) -> i64 {
+        match self.session {
+            0 => self.expires_at_ms,
+            s => sessions.session_ends_ms(s).unwrap_or(self.expires_at_ms),
+        }
+    }
+}
+
+/// Lease sessions: a node process holds one at a time, renews it in one
+/// command, and every grant made under it lives as long as it does. A
+/// session that ended is never renewed again ([`renew_session`]): its
+/// grants were counted whole as they lapsed, and its node starts a new one.
+pub trait Sessions {
+    /// When `session` ends (ms since the epoch), if it is known.
+    fn session_ends_ms(&self, session: u64) -> Option<i64>;
+}
+
+/// No sessions at all: every grant lapses at its own `expires_at_ms`.
+pub struct NoSessions;
+
+impl Sessions for NoSessions {
+    fn session_ends_ms(&self, _: u64) -> Option<i64> {
+        None
+    }
+}
+
+impl<S: std::hash::BuildHasher> Sessions for std::collections::HashMap<u64, i64, S> {
+    fn session_ends_ms(&self, session: u64) -> Option<i64> {
+        self.get(&session).copied()
+    }
+}
+
+impl Sessions for BTreeMap<u64, i64> {
+    fn session_ends_ms(&self, session: u64) -> Option<i64> {
+        self.get(&session).copied()
+    }
+}
+
+/// The end of a session after a renewal to `until_ms` at `now_ms`, from its
+/// end before (`None`: a session never seen, opened now). Deterministic.
+///
+/// # Errors
+/// The session ended at or before `now_ms` (its grants may have been counted
+/// whole since: the holder must open a new session), or `until_ms` is not
+/// after `now_ms`.
+pub fn renew_session(ends_ms: Option<i64>, until_ms: i64, now_ms: i64) -> Result<i64, String> {
+    if until_ms <= now_ms {
+        return Err(format!("until_ms {until_ms} is not after now_ms {now_ms}"));
+    }
+    match ends_ms {
+        None => Ok(until_ms),
+        Some(end) if end > now_ms => Ok(end.max(until_ms)),
+        Some(end) => Err(format!("the session ended at {end} ms; open a new one")),
+    }
+}
+
+/// What a holder asks the ledger for: up to `want` more units, under its
+/// node's `session` (0: none), held until `lease_until_ms` (the session's
+/// end, or the grant's own without a session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrantAsk {
+    /// The lease holder asking ([`holder_node`]).
+    pub holder: u64,
+    /// Its node's lease session, or 0.
+    pub session: u64,
+    /// Units wanted (0: only extend the lease).
+    pub want: u64,
+    /// When the grant lapses unless renewed, ms since the epoch.
+    pub lease_until_ms: i64,
 }
 
 /// A lease holder: one node process. The node id is in the high 32 bits (so
@@ -134,10 +213,11 @@ impl QuotaLedger {
     /// Grants that ran out count as consumed: a holder that stopped reporting
     /// may have used them all (over-count at most one lease, never
     /// under-count), until its closing report says what it did use.
-    pub fn expire(&mut self, now_ms: i64) {
-        while let Some((&holder, &g)) = self.grants.iter().find(|(_, g)| g.expires_at_ms <= now_ms) {
+    pub fn expire(&mut self, now_ms: i64, sessions: &dyn Sessions) {
+        while let Some((&holder, &g)) = self.grants.iter().find(|(_, g)| g.ends_ms(sessions) <= now_ms) {
+            let ended_ms = g.ends_ms(sessions);
             self.grants.remove(&holder);
-            self.consume(g.units, g.expires_at_ms);
+            self.consume(g.units, ended_ms);
             if g.units > 0 {
                 if self.expired.len() >= MAX_EXPIRED_KEPT {
                     self.expired.remove(0);
@@ -147,16 +227,16 @@ impl QuotaLedger {
                     generation: g.generation,
                     charged: g.units,
                     reported: 0,
-                    expired_at_ms: g.expires_at_ms,
+                    expired_at_ms: ended_ms,
                 });
             }
         }
     }
 
-    /// Gives `holder` up to `want` more units and extends its lease to
-    /// `lease_until_ms`. Returns the units granted now (0 when nothing is
-    /// left) and the holder's whole grant afterwards: it may admit from it
-    /// only until that grant's `expires_at_ms`.
+    /// Gives `ask.holder` up to `ask.want` more units and extends its lease
+    /// to `ask.lease_until_ms`. Returns the units granted now (0 when nothing
+    /// is left) and the holder's whole grant afterwards: it may admit from it
+    /// only until that grant's [`Grant::ends_ms`].
     ///
     /// Near the limit grants shrink: no grant takes more than a quarter of
     /// what is left (at least one unit), so the last units go out one by one
@@ -164,12 +244,12 @@ impl QuotaLedger {
     pub fn grant(
         &mut self,
         plan_limit: u64,
-        holder: u64,
-        want: u64,
-        lease_until_ms: i64,
+        ask: GrantAsk,
         now_ms: i64,
+        sessions: &dyn Sessions,
     ) -> (u64, Option<Grant>) {
-        self.expire(now_ms);
+        let GrantAsk { holder, session, want, lease_until_ms } = ask;
+        self.expire(now_ms, sessions);
         let available = self.available(plan_limit);
         let units = want.min(available.div_ceil(4)).min(available);
         if units > 0 {
@@ -178,6 +258,7 @@ impl QuotaLedger {
                 units: 0,
                 expires_at_ms: lease_until_ms,
                 generation: next,
+                session,
             });
             if g.generation == next {
                 self.generations = next;
@@ -199,7 +280,15 @@ impl QuotaLedger {
     /// was only cut off leaves usage exact. A report for any other grant
     /// changes nothing, and no release touches the holder's newer grant.
     /// Generation 0 stands for the current one.
-    pub fn report(&mut self, holder: u64, generation: u64, used: u64, release: bool, now_ms: i64) {
+    pub fn report(
+        &mut self,
+        holder: u64,
+        generation: u64,
+        used: u64,
+        release: bool,
+        now_ms: i64,
+        sessions: &dyn Sessions,
+    ) {
         let current = self.grants.get(&holder).is_some_and(|g| generation == 0 || g.generation == generation);
         if !current {
             let late =
@@ -212,7 +301,7 @@ impl QuotaLedger {
                     self.unconsume(e.charged - e.reported, e.expired_at_ms);
                 }
             }
-            self.expire(now_ms);
+            self.expire(now_ms, sessions);
             return;
         }
         let held = self.grants.get(&holder).map(|g| g.units).unwrap_or(0);
@@ -224,7 +313,7 @@ impl QuotaLedger {
                 self.grants.remove(&holder);
             }
         }
-        self.expire(now_ms);
+        self.expire(now_ms, sessions);
     }
 
     /// An operator adjustment (UpdateUsage): the key may use `delta` units
@@ -263,6 +352,11 @@ pub const MAX_ADJUST_DELTA: i64 = 1_000_000_000_000;
 mod tests {
     use super::*;
 
+    /// An ask without a session.
+    fn ask(holder: u64, want: u64, lease_until_ms: i64) -> GrantAsk {
+        GrantAsk { holder, session: 0, want, lease_until_ms }
+    }
+
     /// A small deterministic generator: the same histories on every run.
     fn generator(seed: u64) -> impl FnMut(u64) -> u64 {
         use rand::{Rng as _, SeedableRng as _};
@@ -295,7 +389,7 @@ mod tests {
                 }
                 match next(5) {
                     0 | 1 => {
-                        let (got, whole) = ledger.grant(limit, node, 1 + next(20), now + 10, now);
+                        let (got, whole) = ledger.grant(limit, ask(node, 1 + next(20), now + 10), now, &NoSessions);
                         h.0 += got;
                         // The lease end is the ledger's, not the one asked for.
                         h.1 = whole.map(|g| g.expires_at_ms).unwrap_or(now);
@@ -308,20 +402,20 @@ mod tests {
                     }
                     3 => {
                         let release = next(2) == 0;
-                        ledger.report(node, 0, h.2, release, now);
+                        ledger.report(node, 0, h.2, release, now, &NoSessions);
                         h.2 = 0;
                         if release {
                             h.0 = 0;
                         }
                     }
-                    _ => ledger.expire(now),
+                    _ => ledger.expire(now, &NoSessions),
                 }
                 let total = ledger.consumed + ledger.outstanding();
                 assert!(total <= limit, "invariant Q broken: {ledger:?} limit {limit}");
                 assert!(admitted <= total, "admitted {admitted} beyond what the ledger knows: {ledger:?}");
             }
             for (node, h) in held.iter_mut() {
-                ledger.report(*node, 0, h.2, true, now);
+                ledger.report(*node, 0, h.2, true, now, &NoSessions);
             }
             assert!(admitted <= ledger.consumed, "usage under-counted: admitted {admitted}, ledger {ledger:?}");
             assert_eq!(ledger.outstanding(), 0);
@@ -343,11 +437,11 @@ mod tests {
     fn without_expiries_usage_is_exact() {
         let mut l = QuotaLedger::default();
         let (a, b) = (1 << 32 | 7, 2 << 32 | 9);
-        assert_eq!(l.grant(100, a, 10, 1_000, 0).0, 10);
-        assert_eq!(l.grant(100, b, 10, 1_000, 0).0, 10);
-        l.report(a, 0, 4, false, 10);
-        l.report(a, 0, 3, true, 20);
-        l.report(b, 0, 10, false, 30);
+        assert_eq!(l.grant(100, ask(a, 10, 1_000), 0, &NoSessions).0, 10);
+        assert_eq!(l.grant(100, ask(b, 10, 1_000), 0, &NoSessions).0, 10);
+        l.report(a, 0, 4, false, 10, &NoSessions);
+        l.report(a, 0, 3, true, 20, &NoSessions);
+        l.report(b, 0, 10, false, 30, &NoSessions);
         assert_eq!((l.consumed, l.outstanding(), l.remaining(100)), (17, 0, 83));
         assert_eq!(holder_node(b), 2);
     }
@@ -355,39 +449,39 @@ mod tests {
     #[test]
     fn near_the_limit_grants_shrink_to_single_units() {
         let mut l = QuotaLedger::default();
-        assert_eq!(l.grant(40, 1, 100, 100, 0).0, 10, "a quarter of 40");
-        assert_eq!(l.grant(40, 2, 100, 100, 0).0, 8, "a quarter of 30, rounded up");
+        assert_eq!(l.grant(40, ask(1, 100, 100), 0, &NoSessions).0, 10, "a quarter of 40");
+        assert_eq!(l.grant(40, ask(2, 100, 100), 0, &NoSessions).0, 8, "a quarter of 30, rounded up");
         let mut sizes = Vec::new();
-        while let (units @ 1.., _) = l.grant(40, 3, 100, 100, 0) {
+        while let (units @ 1.., _) = l.grant(40, ask(3, 100, 100), 0, &NoSessions) {
             sizes.push(units);
         }
         assert_eq!(sizes, [6, 4, 3, 3, 2, 1, 1, 1, 1]);
         assert_eq!(l.available(40), 0);
-        l.report(2, 0, 1, true, 1);
+        l.report(2, 0, 1, true, 1, &NoSessions);
         assert_eq!((l.consumed, l.outstanding()), (1, 10 + 22));
-        assert_eq!(l.grant(40, 3, 5, 100, 1).0, 2, "from what node 2 handed back");
+        assert_eq!(l.grant(40, ask(3, 5, 100), 1, &NoSessions).0, 2, "from what node 2 handed back");
         // Nodes 1 and 3 stop reporting: at expiry their whole grants count as used.
-        l.expire(100);
+        l.expire(100, &NoSessions);
         assert_eq!((l.consumed, l.outstanding()), (1 + 10 + 24, 0));
         // An operator gives 8 more for this period.
         l.adjust(40, 8).expect("adjust");
         assert_eq!(l.remaining(40), 13);
-        assert_eq!(l.grant(40, 3, 9, 200, 100).0, 4);
+        assert_eq!(l.grant(40, ask(3, 9, 200), 100, &NoSessions).0, 4);
     }
 
     #[test]
     fn a_grant_extends_the_lease_even_when_nothing_is_left() {
         let mut l = QuotaLedger::default();
-        l.grant(4, 1, 4, 100, 0);
-        l.grant(4, 2, 4, 100, 0);
-        assert_eq!(l.grant(4, 1, 4, 500, 50).1.map(|g| g.expires_at_ms), Some(500));
+        l.grant(4, ask(1, 4, 100), 0, &NoSessions);
+        l.grant(4, ask(2, 4, 100), 0, &NoSessions);
+        assert_eq!(l.grant(4, ask(1, 4, 500), 50, &NoSessions).1.map(|g| g.expires_at_ms), Some(500));
     }
 
     #[test]
     fn taking_away_more_than_is_left_leaves_nothing_and_never_pins_the_limit() {
         let mut l = QuotaLedger::default();
-        assert_eq!(l.grant(100, 1, 30, 1_000, 0).0, 25);
-        l.report(1, 0, 25, true, 10);
+        assert_eq!(l.grant(100, ask(1, 30, 1_000), 0, &NoSessions).0, 25);
+        l.report(1, 0, 25, true, 10, &NoSessions);
         assert_eq!(l.remaining(100), 75);
         // i64::MIN once slipped past a bound check; it is refused here too.
         for delta in [i64::MIN, i64::MAX, 0, MAX_ADJUST_DELTA + 1, -MAX_ADJUST_DELTA - 1] {
@@ -417,26 +511,26 @@ mod tests {
     fn use_held_back_past_its_grants_expiry_is_never_charged_twice() {
         let mut l = QuotaLedger::default();
         let holder = 1 << 32 | 5;
-        let (got, first) = l.grant(100, holder, 10, 1_000, 0);
+        let (got, first) = l.grant(100, ask(holder, 10, 1_000), 0, &NoSessions);
         assert_eq!(got, 10);
         let first = first.map(|g| g.generation).unwrap_or(0);
         // 7 admitted, the report held back; the grant expires: counted whole.
-        l.expire(1_000);
+        l.expire(1_000, &NoSessions);
         assert_eq!(l.consumed, 10);
-        let (got, second) = l.grant(100, holder, 10, 2_000, 1_000);
+        let (got, second) = l.grant(100, ask(holder, 10, 2_000), 1_000, &NoSessions);
         assert_eq!(got, 10);
         let second = second.map(|g| g.generation).unwrap_or(0);
         assert_ne!(first, second);
         // The held-back report of the first grant, closing it: its 7 are
         // charged once (the 3 unused come back), the new grant untouched.
-        l.report(holder, first, 7, true, 1_100);
+        l.report(holder, first, 7, true, 1_100, &NoSessions);
         assert_eq!((l.consumed, l.outstanding()), (7, 10), "charged once, the new grant untouched");
         // The new grant's own use counts.
-        l.report(holder, second, 4, true, 1_200);
+        l.report(holder, second, 4, true, 1_200, &NoSessions);
         assert_eq!((l.consumed, l.outstanding()), (11, 0));
         // A renewal keeps the generation.
-        let (_, a) = l.grant(100, holder, 5, 3_000, 1_300);
-        let (_, b) = l.grant(100, holder, 5, 3_000, 1_300);
+        let (_, a) = l.grant(100, ask(holder, 5, 3_000), 1_300, &NoSessions);
+        let (_, b) = l.grant(100, ask(holder, 5, 3_000), 1_300, &NoSessions);
         assert_eq!(a.map(|g| g.generation), b.map(|g| g.generation));
     }
 
@@ -491,7 +585,7 @@ mod tests {
                 }
                 match next(9) {
                     0 | 1 if !n.cut && n.outbox.is_empty() => {
-                        let (got, whole) = ledger.grant(limit, id, 1 + next(20), now + 10, now);
+                        let (got, whole) = ledger.grant(limit, ask(id, 1 + next(20), now + 10), now, &NoSessions);
                         if let Some(g) = whole {
                             if n.generation != 0 && g.generation != n.generation {
                                 // The old grant expired at the ledger: close it.
@@ -533,7 +627,7 @@ mod tests {
                         n.outbox.clear();
                         nodes.insert(nodes.len() as u64, Node::default());
                     }
-                    7 => ledger.expire(now),
+                    7 => ledger.expire(now, &NoSessions),
                     _ => {}
                 }
                 // Deliver the oldest report of a connected node.
@@ -544,7 +638,7 @@ mod tests {
                         if release && ledger.grants.get(&id).is_none_or(|g| g.generation != generation) {
                             with_late_closes += 1;
                         }
-                        ledger.report(id, generation, used, release, now);
+                        ledger.report(id, generation, used, release, now, &NoSessions);
                         if release {
                             n.closed.insert(generation);
                         }
@@ -559,7 +653,7 @@ mod tests {
                 let used = std::mem::take(&mut n.unreported);
                 n.outbox.push_back((n.generation, used, true));
                 while let Some((generation, used, release)) = n.outbox.pop_front() {
-                    ledger.report(*id, generation, used, release, now);
+                    ledger.report(*id, generation, used, release, now, &NoSessions);
                 }
             }
             // What crashed holders were granted and never admitted, in
@@ -573,7 +667,7 @@ mod tests {
                     }
                 }
             }
-            ledger.expire(now + 1_000);
+            ledger.expire(now + 1_000, &NoSessions);
             assert!(admitted <= ledger.consumed, "history {history}: under-counted: admitted {admitted}, {ledger:?}");
             assert!(
                 ledger.consumed <= admitted + allowance,
@@ -594,24 +688,24 @@ mod tests {
     fn a_late_closing_report_takes_back_what_was_charged_and_unused() {
         let mut l = QuotaLedger::default();
         let holder = 1 << 32 | 5;
-        let (_, first) = l.grant(100, holder, 20, 1_000, 0);
+        let (_, first) = l.grant(100, ask(holder, 20, 1_000), 0, &NoSessions);
         let first = first.map(|g| g.generation).unwrap_or(0);
-        l.report(holder, first, 5, false, 100);
-        l.expire(1_000);
+        l.report(holder, first, 5, false, 100, &NoSessions);
+        l.expire(1_000, &NoSessions);
         assert_eq!(l.consumed, 20, "counted whole at expiry");
-        l.report(holder, first, 3, false, 1_100);
+        l.report(holder, first, 3, false, 1_100, &NoSessions);
         assert_eq!(l.consumed, 20, "a late report that does not close changes nothing yet");
-        l.report(holder, first, 4, true, 1_200);
+        l.report(holder, first, 4, true, 1_200, &NoSessions);
         assert_eq!(l.consumed, 12, "5 reported in time, 7 late");
         assert!(l.expired.is_empty());
-        l.report(holder, first, 4, true, 1_300);
+        l.report(holder, first, 4, true, 1_300, &NoSessions);
         assert_eq!(l.consumed, 12, "a second close changes nothing");
         // A holder that never closes (it crashed) stays counted whole, and
         // only the last few expired grants are remembered.
         for h in 0..MAX_EXPIRED_KEPT as u64 + 2 {
-            l.grant(100, h, 1, 2_000, 1_500);
+            l.grant(100, ask(h, 1, 2_000), 1_500, &NoSessions);
         }
-        l.expire(2_000);
+        l.expire(2_000, &NoSessions);
         assert_eq!(l.expired.len(), MAX_EXPIRED_KEPT);
         assert_eq!(l.consumed, 12 + MAX_EXPIRED_KEPT as u64 + 2);
     }

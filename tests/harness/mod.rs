@@ -245,6 +245,9 @@ impl Node {
         command.flags.extend(flags.into_iter().map(Into::into));
         command.flags.extend(["--snapshot-logs".into(), options.snapshot_logs.to_string().into()]);
         command.flags.extend(["--keep-logs".into(), options.keep_logs.to_string().into()]);
+        // Unused grants go back after a second (30 s by default), so tests
+        // that wait for usage to settle (nothing held) do not wait long.
+        command.flags.extend(["--quota-quiet-ms".into(), "1000".into()]);
         command.flags.extend(options.extra_args.iter().chain(&self.args).map(Into::into));
         let clock_offset_ms = self.clock_offset_ms.unwrap_or(options.clock_offset_ms);
         if clock_offset_ms != 0 {

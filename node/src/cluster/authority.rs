@@ -11,13 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tollgate_proto::command::{Applied, QuotaPeriod, QuotaUsage};
-
-use tollgate_proto::Command;
+use tollgate_proto::{Command, RejectionKind};
 
 use super::leader::{ClusterError, Leader};
 use super::peer;
 use crate::clock::Clock;
-use crate::metering::{Authority, BoxFuture, Grant, LendRequest, Lent, TokenLender, Unavailable, FETCH_WAIT};
+use crate::metering::{
+    Authority, BoxFuture, Grant, LeaseAnswer, LeaseRequest, LendRequest, Lent, TokenLender, Unavailable, FETCH_WAIT,
+};
+use crate::state::published::SharedModel;
 
 /// How long a throttle lend may wait for the leader.
 const LEND_WAIT: Duration = Duration::from_millis(500);
@@ -29,11 +31,13 @@ pub struct ClusterAuthority {
     lender: TokenLender,
     /// The clock the buckets run on (this node's, so the leader's when lending).
     clock: Arc<dyn Clock>,
+    /// This node's applied model: the ledger's recalls are read from it.
+    published: SharedModel,
 }
 
 impl ClusterAuthority {
-    pub fn new(leader: Leader, clock: Arc<dyn Clock>) -> Self {
-        ClusterAuthority { leader, lender: TokenLender::default(), clock }
+    pub fn new(leader: Leader, clock: Arc<dyn Clock>, published: SharedModel) -> Self {
+        ClusterAuthority { leader, lender: TokenLender::default(), clock, published }
     }
 
     /// Lends tokens if this node is the leader (the peer route `/cluster/lend`).
@@ -61,23 +65,34 @@ fn unavailable(e: ClusterError) -> Unavailable {
 }
 
 impl Authority for ClusterAuthority {
-    fn grant(
-        &self,
-        period: QuotaPeriod,
-        holder: u64,
-        want: u64,
-        lease_until_ms: i64,
-        now_ms: i64,
-    ) -> BoxFuture<'_, Result<Grant, Unavailable>> {
+    fn lease(&self, request: LeaseRequest) -> BoxFuture<'_, Result<LeaseAnswer, Unavailable>> {
         Box::pin(async move {
-            let command = Command::QuotaGrant { period, holder, want, lease_until_ms, now_ms };
+            let LeaseRequest { session, until_ms, asks, now_ms } = request;
+            let command = Command::QuotaLease { session, until_ms, asks, now_ms };
             let deadline = tokio::time::Instant::now() + FETCH_WAIT;
             match self.leader.write_by(rand::random(), command, deadline).await.map_err(unavailable)? {
-                Ok(Applied::Quota { granted, ledger }) => Ok(Grant { units: granted, ledger }),
-                Ok(other) => Err(Unavailable(format!("unexpected answer to a grant: {other:?}"))),
-                Err(rejection) => Err(Unavailable(format!("grant refused: {rejection}"))),
+                Ok(Applied::Lease { until_ms, grants }) => {
+                    let grants = grants
+                        .into_iter()
+                        .map(|answer| match answer {
+                            Ok(Applied::Quota { granted, ledger }) => Ok(Grant { units: granted, ledger }),
+                            Ok(other) => Err(Unavailable(format!("unexpected answer to an ask: {other:?}"))),
+                            Err(rejection) => Err(Unavailable(format!("grant refused: {rejection}"))),
+                        })
+                        .collect();
+                    Ok(LeaseAnswer::Renewed { until_ms, grants })
+                }
+                Ok(other) => Err(Unavailable(format!("unexpected answer to a lease: {other:?}"))),
+                Err(rejection) if rejection.kind == RejectionKind::Conflict => Ok(LeaseAnswer::Ended),
+                Err(rejection) => Err(Unavailable(format!("lease refused: {rejection}"))),
             }
         })
+    }
+
+    fn recalls(&self, since: u64) -> (u64, Vec<(u64, QuotaPeriod)>) {
+        let published = self.published.load();
+        let recalls = &published.model.recalls;
+        (recalls.next(), recalls.since(since).map(|(holder, period)| (holder, period.clone())).collect())
     }
 
     fn report(&self, request_id: u128, usage: Vec<QuotaUsage>, now_ms: i64) -> BoxFuture<'_, Result<(), Unavailable>> {

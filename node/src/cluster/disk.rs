@@ -79,7 +79,7 @@ pub fn next_low(was_low: bool, free_mb: u64, min_free_mb: u64) -> bool {
 /// docs): only the metering ledger's own entries.
 pub fn passes_guard(command: &Command) -> bool {
     match command {
-        Command::QuotaGrant { .. } | Command::QuotaReport { .. } => true,
+        Command::QuotaGrant { .. } | Command::QuotaLease { .. } | Command::QuotaReport { .. } => true,
         Command::Put { .. }
         | Command::Delete { .. }
         | Command::RerollKey { .. }

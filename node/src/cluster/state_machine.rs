@@ -24,7 +24,9 @@ use super::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembe
 use super::{storage_err, TypeConfig};
 use crate::state::published::{LimitsEpochs, Published, SharedModel};
 use crate::state::requests::{self, RecentRequests, Remembered};
-use crate::state::{ledger_key, object_key, Model, IDENTITY_KEY, LEDGER_PREFIX, OBJECT_PREFIX};
+use crate::state::{
+    ledger_key, object_key, session_key, Model, IDENTITY_KEY, LEDGER_PREFIX, OBJECT_PREFIX, SESSION_PREFIX,
+};
 use crate::store::{Kv, Op, Space};
 
 const APPLIED: &[u8] = b"m/applied";
@@ -37,6 +39,7 @@ struct SnapshotImage {
     requests: Vec<Remembered>,
     identity: IdentityKeyState,
     ledgers: Vec<(QuotaPeriod, QuotaLedger)>,
+    sessions: Vec<(u64, i64)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -80,6 +83,13 @@ impl<K: Kv> StateMachine<K> {
             let (period, ledger): (QuotaPeriod, QuotaLedger) =
                 codec::decode(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?;
             model.ledgers.insert(period, ledger);
+        }
+        for (key, bytes) in scan_pairs(&*kv, SESSION_PREFIX)? {
+            let id = key.strip_prefix(SESSION_PREFIX).unwrap_or_default();
+            let id: [u8; 8] = id.try_into().map_err(|_| sm_err(ErrorVerb::Read, "a session key is not 8 bytes"))?;
+            model
+                .sessions
+                .insert(u64::from_be_bytes(id), codec::decode(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?);
         }
         if let Some(bytes) = kv.get(Space::State, IDENTITY_KEY).map_err(|e| sm_err(ErrorVerb::Read, e))? {
             model.identity = codec::decode(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?;
@@ -211,6 +221,10 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
             ops.push(Op::Put(ledger_key(&period), bytes));
             model.ledgers.insert(period, ledger);
         }
+        for (session, ends) in image.sessions {
+            ops.push(Op::Put(session_key(session), codec::encode(&ends).map_err(|e| snap_err(ErrorVerb::Write, e))?));
+            model.sessions.insert(session, ends);
+        }
         ops.push(Op::Put(
             IDENTITY_KEY.to_vec(),
             codec::encode(&image.identity).map_err(|e| snap_err(ErrorVerb::Write, e))?,
@@ -243,11 +257,22 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
 }
 
 /// The values stored under `prefix` in the state space.
+/// A stored key and its value.
+type Pair = (Vec<u8>, Vec<u8>);
+
 fn scan_prefix<K: Kv>(kv: &K, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StorageError> {
+    Ok(scan_pairs(kv, prefix)?.into_iter().map(|(_, v)| v).collect())
+}
+
+/// Every pair whose key starts with `prefix` (which ends below 0xff, as
+/// every prefix here ends in `/`): keys from the prefix up to the prefix
+/// with its last byte one higher.
+fn scan_pairs<K: Kv>(kv: &K, prefix: &[u8]) -> Result<Vec<Pair>, StorageError> {
     let mut end = prefix.to_vec();
-    end.push(0xff);
-    let pairs = kv.scan(Space::State, prefix.to_vec()..end).map_err(|e| sm_err(ErrorVerb::Read, e))?;
-    Ok(pairs.into_iter().map(|(_, v)| v).collect())
+    if let Some(last) = end.last_mut() {
+        *last = last.saturating_add(1);
+    }
+    kv.scan(Space::State, prefix.to_vec()..end).map_err(|e| sm_err(ErrorVerb::Read, e))
 }
 
 /// A snapshot in the making: a point-in-time clone of the model.
@@ -266,6 +291,7 @@ impl<K: Kv> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<K> {
             requests: self.requests.clone(),
             identity: self.model.identity,
             ledgers: self.model.ledgers.iter().map(|(p, l)| (p.clone(), l.clone())).collect(),
+            sessions: self.model.sessions.iter().map(|(s, end)| (*s, *end)).collect(),
         };
         let data = codec::encode(&image).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let unique = std::time::SystemTime::now()

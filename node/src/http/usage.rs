@@ -33,6 +33,7 @@ use super::error::ApiError;
 use super::extract::{JsonBody, QueryMap, ReadOptions, RequestId};
 use crate::app::App;
 use crate::clock::period_bounds;
+use crate::state::SessionView;
 
 /// The longest date range one usage request may cover.
 pub const MAX_DAYS: i64 = 366;
@@ -69,10 +70,11 @@ fn plan_with_quota(app: &App, plan_id: &str) -> Result<(UsagePlan, Quota), ApiEr
     }
 }
 
-/// A ledger as of `now_ms`: grants that ran out count as used.
-fn as_of(ledger: Option<&QuotaLedger>, now_ms: i64) -> QuotaLedger {
+/// A ledger as of `now_ms`: grants that ran out (by themselves or with
+/// their lease session in `sessions`) count as used.
+fn as_of(ledger: Option<&QuotaLedger>, now_ms: i64, sessions: &imbl::OrdMap<u64, i64>) -> QuotaLedger {
     let mut view = ledger.cloned().unwrap_or_default();
-    view.expire(now_ms);
+    view.expire(now_ms, &SessionView(sessions));
     view
 }
 
@@ -155,7 +157,7 @@ pub async fn get_usage(
             if period.key_id != key_id || period.plan_id != plan.id {
                 break;
             }
-            for (day, used) in as_of(Some(ledger), now_ms).daily.range(first_day..=last_day) {
+            for (day, used) in as_of(Some(ledger), now_ms, &model.sessions).daily.range(first_day..=last_day) {
                 *per_day.entry(*day).or_insert(0) += used;
             }
         }
@@ -163,7 +165,7 @@ pub async fn get_usage(
             .map(|d| DayUsage { date: day_of(d * DAY_MS).to_string(), used: per_day.get(&d).copied().unwrap_or(0) })
             .collect();
         let current = QuotaPeriod { key_id: key_id.clone(), plan_id: plan.id.clone(), start_ms: period_start };
-        let ledger = as_of(model.ledgers.get(&current), now_ms);
+        let ledger = as_of(model.ledgers.get(&current), now_ms, &model.sessions);
         items.push(KeyUsage { key_id, days, current_period: period_usage(&ledger, &quota, period_start, period_end) });
     }
     let report = UsageReport { plan_id, start_date: start.to_string(), end_date: end.to_string(), items, next_after };
@@ -191,7 +193,8 @@ pub async fn update_usage(
     let period = QuotaPeriod { key_id, plan_id, start_ms };
     match app.leader.write(request, Command::QuotaAdjust { period, delta: update.delta, now_ms }).await?? {
         Applied::Quota { ledger, .. } => {
-            Ok(Json(period_usage(&as_of(Some(&ledger), now_ms), &quota, start_ms, end_ms)).into_response())
+            let sessions = app.published().model.sessions.clone();
+            Ok(Json(period_usage(&as_of(Some(&ledger), now_ms, &sessions), &quota, start_ms, end_ms)).into_response())
         }
         other => Err(ApiError::new(
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,

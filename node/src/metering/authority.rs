@@ -10,8 +10,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 
-use tollgate_proto::command::{QuotaPeriod, QuotaUsage};
-use tollgate_proto::metering::QuotaLedger;
+use tollgate_proto::command::{LeaseAsk, QuotaPeriod, QuotaUsage};
+use tollgate_proto::metering::{renew_session, GrantAsk, QuotaLedger};
 
 use super::lender::{LendRequest, Lent, TokenLender};
 use super::lock;
@@ -36,6 +36,38 @@ pub struct Grant {
     pub ledger: QuotaLedger,
 }
 
+/// One lease command: renew (or open) this node's lease `session` until
+/// `until_ms`, and ask for the grants in `asks` under it (see
+/// `tollgate_proto::command::Command::QuotaLease`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseRequest {
+    /// The node's session id (its node id in the high 32 bits).
+    pub session: u64,
+    /// The session's new end, ms since the epoch.
+    pub until_ms: i64,
+    /// Grants wanted, at most `tollgate_proto::command::MAX_LEASE_ASKS`.
+    pub asks: Vec<LeaseAsk>,
+    /// The asking node's clock, ms since the epoch.
+    pub now_ms: i64,
+}
+
+/// The authority's answer to a [`LeaseRequest`].
+#[derive(Debug, Clone)]
+pub enum LeaseAnswer {
+    /// The session now ends at `until_ms` (every grant made under it lives
+    /// as long); one answer per ask, in the order asked.
+    Renewed {
+        /// The session's end, ms since the epoch.
+        until_ms: i64,
+        /// Per ask: the grant, or why it was refused (a key or plan gone).
+        grants: Vec<Result<Grant, Unavailable>>,
+    },
+    /// The session had already ended (its grants lapse, counted whole until
+    /// their holders' closing reports): nothing was granted; the node must
+    /// open a new session.
+    Ended,
+}
+
 /// Where grants, reports and tokens come from: the cluster (through Raft and
 /// the leader), or, in tests of the check pipeline, memory.
 ///
@@ -43,16 +75,13 @@ pub struct Grant {
 /// a call that cannot reach the authority answers [`Unavailable`] rather
 /// than waiting without bound.
 pub trait Authority: Send + Sync + 'static {
-    /// Proposes a grant of `want` units of `period` to `holder`, valid until
-    /// `lease_until_ms`; answers the units granted and the ledger after it.
-    fn grant(
-        &self,
-        period: QuotaPeriod,
-        holder: u64,
-        want: u64,
-        lease_until_ms: i64,
-        now_ms: i64,
-    ) -> BoxFuture<'_, Result<Grant, Unavailable>>;
+    /// Renews the node's lease session and makes the grants asked under it,
+    /// in one step (one Raft entry for a cluster).
+    fn lease(&self, request: LeaseRequest) -> BoxFuture<'_, Result<LeaseAnswer, Unavailable>>;
+    /// Grants the ledger wants back (see `crate::state::Recalls`), numbered
+    /// from `since`: the number to ask from next time, and `(holder, period)`
+    /// of each recall still remembered.
+    fn recalls(&self, since: u64) -> (u64, Vec<(u64, QuotaPeriod)>);
     /// Records used units. A retry with the same `request_id` counts once.
     fn report(&self, request_id: u128, usage: Vec<QuotaUsage>, now_ms: i64) -> BoxFuture<'_, Result<(), Unavailable>>;
     /// Lends throttle tokens from the authority's bucket (and takes back
@@ -68,7 +97,11 @@ pub trait Authority: Send + Sync + 'static {
 /// and of metering (the cluster's is `crate::cluster::authority::ClusterAuthority`).
 pub struct LocalAuthority {
     model: SharedModel,
+    /// Lease sessions by id: when each ends. Locked before `ledgers`.
+    sessions: Mutex<HashMap<u64, i64>>,
     ledgers: Mutex<HashMap<QuotaPeriod, QuotaLedger>>,
+    /// Recalls, as the cluster's model keeps them: `(holder, period)` by number.
+    recalls: Mutex<Vec<(u64, QuotaPeriod)>>,
     lender: TokenLender,
     reported: Mutex<HashSet<u128>>,
 }
@@ -76,7 +109,14 @@ pub struct LocalAuthority {
 impl LocalAuthority {
     /// An authority whose quota limits are the plans of `model`.
     pub fn new(model: SharedModel) -> Self {
-        LocalAuthority { model, ledgers: Mutex::default(), lender: TokenLender::default(), reported: Mutex::default() }
+        LocalAuthority {
+            model,
+            sessions: Mutex::default(),
+            ledgers: Mutex::default(),
+            recalls: Mutex::default(),
+            lender: TokenLender::default(),
+            reported: Mutex::default(),
+        }
     }
 
     /// The ledger of `period` (empty if never granted from).
@@ -99,31 +139,51 @@ impl LocalAuthority {
 }
 
 impl Authority for LocalAuthority {
-    fn grant(
-        &self,
-        period: QuotaPeriod,
-        holder: u64,
-        want: u64,
-        lease_until_ms: i64,
-        now_ms: i64,
-    ) -> BoxFuture<'_, Result<Grant, Unavailable>> {
-        let answer = match self.plan_limit(&period) {
-            None => Err(Unavailable(format!("plan {:?} has no quota", period.plan_id))),
-            Some(limit) => {
+    /// The same rules as the cluster's state machine (`Model::lease`).
+    fn lease(&self, request: LeaseRequest) -> BoxFuture<'_, Result<LeaseAnswer, Unavailable>> {
+        let LeaseRequest { session, until_ms, asks, now_ms } = request;
+        let mut sessions = lock(&self.sessions);
+        let answer = match renew_session(sessions.get(&session).copied(), until_ms, now_ms) {
+            Err(_) => LeaseAnswer::Ended,
+            Ok(ends) => {
+                sessions.insert(session, ends);
                 let mut ledgers = lock(&self.ledgers);
-                let ledger = ledgers.entry(period).or_default();
-                let (units, _) = ledger.grant(limit, holder, want, lease_until_ms, now_ms);
-                Ok(Grant { units, ledger: ledger.clone() })
+                let mut grants = Vec::with_capacity(asks.len());
+                for LeaseAsk { period, holder, want } in asks {
+                    let Some(limit) = self.plan_limit(&period) else {
+                        grants.push(Err(Unavailable(format!("plan {:?} has no quota", period.plan_id))));
+                        continue;
+                    };
+                    let ledger = ledgers.entry(period.clone()).or_default();
+                    let ask = GrantAsk { holder, session, want, lease_until_ms: ends };
+                    let (units, _) = ledger.grant(limit, ask, now_ms, &*sessions);
+                    if units < want {
+                        let mut recalls = lock(&self.recalls);
+                        for (other, _) in ledger.grants.iter().filter(|(h, g)| **h != holder && g.units > 0) {
+                            recalls.push((*other, period.clone()));
+                        }
+                    }
+                    grants.push(Ok(Grant { units, ledger: ledger.clone() }));
+                }
+                LeaseAnswer::Renewed { until_ms: ends, grants }
             }
         };
-        Box::pin(async move { answer })
+        Box::pin(async move { Ok(answer) })
+    }
+
+    fn recalls(&self, since: u64) -> (u64, Vec<(u64, QuotaPeriod)>) {
+        let recalls = lock(&self.recalls);
+        let from = usize::try_from(since).unwrap_or(usize::MAX).min(recalls.len());
+        (recalls.len() as u64, recalls[from..].to_vec())
     }
 
     fn report(&self, request_id: u128, usage: Vec<QuotaUsage>, now_ms: i64) -> BoxFuture<'_, Result<(), Unavailable>> {
         if lock(&self.reported).insert(request_id) {
+            let sessions = lock(&self.sessions);
             let mut ledgers = lock(&self.ledgers);
             for u in usage {
-                ledgers.entry(u.period).or_default().report(u.holder, u.generation, u.used, u.release, now_ms);
+                let ledger = ledgers.entry(u.period).or_default();
+                ledger.report(u.holder, u.generation, u.used, u.release, now_ms, &*sessions);
             }
         }
         Box::pin(async { Ok(()) })

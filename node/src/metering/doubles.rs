@@ -4,13 +4,13 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::Grant;
 use tollgate_proto::command::{QuotaPeriod, QuotaUsage};
 
-use super::{Authority, BoxFuture, LendRequest, Lent, Unavailable};
+use super::{Authority, BoxFuture, LeaseAnswer, LeaseRequest, LendRequest, Lent, Unavailable};
 
-/// An authority whose grants wait until the test lets them through
-/// ([`Gated::open`]); reports and loans go straight to the inner one.
+/// An authority whose lease commands with asks wait until the test lets
+/// them through ([`Gated::open`]); renewals without asks, reports and loans
+/// go straight to the inner one.
 pub struct Gated {
     inner: Arc<dyn Authority>,
     gate: tokio::sync::Semaphore,
@@ -22,25 +22,23 @@ impl Gated {
         Gated { inner, gate: tokio::sync::Semaphore::new(0) }
     }
 
-    /// Lets `grants` more grants through.
+    /// Lets `grants` more lease commands with asks through.
     pub fn open(&self, grants: usize) {
         self.gate.add_permits(grants);
     }
 }
 
 impl Authority for Gated {
-    fn grant(
-        &self,
-        period: QuotaPeriod,
-        holder: u64,
-        want: u64,
-        lease_until_ms: i64,
-        now_ms: i64,
-    ) -> BoxFuture<'_, Result<Grant, Unavailable>> {
+    fn lease(&self, request: LeaseRequest) -> BoxFuture<'_, Result<LeaseAnswer, Unavailable>> {
         Box::pin(async move {
-            let _pass = self.gate.acquire().await.map_err(|e| Unavailable(e.to_string()))?;
-            self.inner.grant(period, holder, want, lease_until_ms, now_ms).await
+            if !request.asks.is_empty() {
+                let _pass = self.gate.acquire().await.map_err(|e| Unavailable(e.to_string()))?;
+            }
+            self.inner.lease(request).await
         })
+    }
+    fn recalls(&self, since: u64) -> (u64, Vec<(u64, QuotaPeriod)>) {
+        self.inner.recalls(since)
     }
     fn report(&self, id: u128, usage: Vec<QuotaUsage>, now_ms: i64) -> BoxFuture<'_, Result<(), Unavailable>> {
         self.inner.report(id, usage, now_ms)
@@ -73,9 +71,12 @@ impl Unreachable {
 }
 
 impl Authority for Unreachable {
-    fn grant(&self, _: QuotaPeriod, _: u64, _: u64, _: i64, _: i64) -> BoxFuture<'_, Result<Grant, Unavailable>> {
+    fn lease(&self, _: LeaseRequest) -> BoxFuture<'_, Result<LeaseAnswer, Unavailable>> {
         self.asked.fetch_add(1, Ordering::SeqCst);
         Box::pin(async { Err(Unavailable("no leader".into())) })
+    }
+    fn recalls(&self, since: u64) -> (u64, Vec<(u64, QuotaPeriod)>) {
+        (since, Vec::new())
     }
     fn report(&self, _: u128, _: Vec<QuotaUsage>, _: i64) -> BoxFuture<'_, Result<(), Unavailable>> {
         Box::pin(async { Err(Unavailable("no leader".into())) })

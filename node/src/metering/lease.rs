@@ -1,37 +1,68 @@
 //! Quota leases: the grants this node holds, admitting from them, and
-//! asking the ledger for the next one.
+//! asking the ledger for more.
+//!
+//! Every grant a node holds is made under its **lease session**: one session
+//! per node at a time, renewed with one command for all the keys the node
+//! holds (`Command::QuotaLease`), so a quiet key's grant stays without any
+//! write of its own. Grants wanted are queued and sent together, one lease
+//! command per round trip to the leader, whatever the number of keys.
 //!
 //! A lease admits from its grant (a decrement under the metering lock), asks
-//! for the next grant before the current one runs out (below half of the
-//! last, or near the lease's end), and is retired — handed back under its
-//! holder id and replaced by a new holder — when its plan's limits change or
-//! it outlives its grant. What it used is reported by `Metering::flush`.
+//! for more before the grant runs out (below half of the last), and is
+//! retired — handed back under its holder id and replaced by a new holder —
+//! when its plan's limits change or its session ends. A key far from its
+//! limit gets a standing share ([`STANDING_SHARE_DIVISOR`]), so a quiet key
+//! is still admitted from memory; the ledger's grants shrink near the limit,
+//! and a quiet node holding units that a busy one needs is recalled.
+//! What a lease used is reported by `Metering::flush`.
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
 use tollgate_proto::check::{LimitState, ReasonCode};
-use tollgate_proto::command::{QuotaPeriod, QuotaUsage};
+use tollgate_proto::command::{LeaseAsk, QuotaPeriod, QuotaUsage, MAX_LEASE_ASKS};
+use tollgate_proto::metering::holder_node;
 
-use super::authority::Grant;
+use super::authority::{Grant, LeaseAnswer, LeaseRequest, Unavailable};
 use super::limits::{Limits, QuotaLimit};
 use super::{lock, Local, Metering, Need, Refusal, Take, EXHAUSTED_RETRY_MS, FLUSH_EVERY, UNAVAILABLE_MS};
 use crate::state::published::Published;
 
 /// A grant is enough for this long at the key's recent rate.
 const GRANT_FOR_MS: i64 = 1_000;
-/// A lease unused this long is handed back.
-const IDLE_MS: i64 = 2_000;
-/// ...and this long, near the end of its quota.
+/// A key far from its limit is granted at least its quota over this (and at
+/// most `max_grant`): its standing share, so a key checked now and then is
+/// admitted from memory. Near the limit the ledger grants less.
+pub const STANDING_SHARE_DIVISOR: u64 = 1_000;
+/// ...and this long, near the end of its quota or when recalled.
 const SHORT_IDLE_MS: i64 = FLUSH_EVERY.as_millis() as i64;
+
+/// This node's lease session (see the module docs).
+pub(super) struct Session {
+    /// Its id: the node id in the high 32 bits, random low bits.
+    pub(super) id: u64,
+    /// When the ledger ends it (0: not opened yet), ms.
+    ends_ms: i64,
+    /// Admit from its grants only before this: its end less a margin for
+    /// clock skew.
+    valid_until_ms: i64,
+    /// After a failed renewal, do not try again before this.
+    retry_at_ms: i64,
+}
+
+impl Session {
+    pub(super) fn new(node_id: u64) -> Self {
+        Session { id: (node_id << 32) | rand::random::<u32>() as u64, ends_ms: 0, valid_until_ms: 0, retry_at_ms: 0 }
+    }
+}
 
 /// A quota lease on this node.
 pub(super) struct Lease {
     holder: u64,
     /// Units this node may still admit.
     units: u64,
-    /// Admit only before this (the ledger's lease end, less a margin for clock skew).
-    valid_until_ms: i64,
+    /// The session its units were granted under (0: none yet).
+    session: u64,
     /// Admitted and not yet reported.
     unreported: u64,
     /// The plan's limits epoch when the lease was made: a later one drops the lease.
@@ -49,10 +80,13 @@ pub(super) struct Lease {
     last_grant: u64,
     /// Whether any grant brought units (the ledger may hold some for us).
     granted: bool,
-    /// The last grant brought less than asked: the quota is nearly spent,
-    /// so units are fetched when needed, never ahead (a unit fetched ahead
+    /// The last grant brought less than asked, or the ledger recalled the
+    /// units: the quota is nearly spent, so units are fetched when needed,
+    /// never ahead, and handed back soon when unused (a unit fetched ahead
     /// could sit here while another node refuses for lack of it).
     short: bool,
+    /// Recalled while unused: handed back at the next flush.
+    recalled: bool,
     fetching: bool,
     /// Bumped when a fetch ends; waiters watch it.
     fetched: watch::Sender<u64>,
@@ -72,16 +106,16 @@ pub(super) struct Lease {
 pub(super) struct TakenUnit {
     /// The quota's state after it, for the rate-limit headers.
     pub(super) state: LimitState,
-    /// The next grant to ask for, if this one runs low or its lease nears its end.
-    pub(super) next_grant: Option<GrantWanted>,
+    /// Whether a lease command must be started for the grant this unit's
+    /// lease now asks for (none is under way).
+    pub(super) start_asking: bool,
 }
 
-/// A grant to ask for, decided under the lock and sent after it.
-pub(super) struct GrantWanted {
-    /// The lease's holder id.
-    pub holder: u64,
-    /// Units wanted (0: only extend the lease).
-    pub want: u64,
+/// A grant waiting for the next lease command.
+pub(super) struct Queued {
+    limit: QuotaLimit,
+    holder: u64,
+    want: u64,
 }
 
 impl Lease {
@@ -89,7 +123,7 @@ impl Lease {
         Lease {
             holder,
             units: 0,
-            valid_until_ms: now_ms,
+            session: 0,
             unreported: 0,
             epoch,
             admitted: 0,
@@ -100,6 +134,7 @@ impl Lease {
             last_grant: 0,
             granted: false,
             short: false,
+            recalled: false,
             fetching: false,
             fetched: watch::channel(0).0,
             exhausted_until_ms: 0,
@@ -110,16 +145,18 @@ impl Lease {
         }
     }
 
-    /// Units to ask for: about [`GRANT_FOR_MS`] at the recent rate, and at
-    /// least enough for the checks waiting now.
-    fn want(&mut self, now_ms: i64, max: u64) -> u64 {
+    /// Units to ask for: about [`GRANT_FOR_MS`] at the recent rate, at least
+    /// enough for the checks waiting now, and, far from the limit, at least
+    /// the standing share of `quota_limit`.
+    fn want(&mut self, now_ms: i64, max: u64, quota_limit: u64) -> u64 {
         let elapsed = (now_ms - self.window_start_ms).max(100) as u64;
         let rate_based = self.admitted.saturating_mul(GRANT_FOR_MS as u64) / elapsed;
         if elapsed > GRANT_FOR_MS as u64 {
             self.admitted = 0;
             self.window_start_ms = now_ms;
         }
-        rate_based.max(self.waiting + 1).clamp(1, max)
+        let standing = if self.short { 0 } else { quota_limit / STANDING_SHARE_DIVISOR };
+        rate_based.max(self.waiting + 1).max(standing).clamp(1, max)
     }
 
     /// The lease's quota as rate-limit headers show it.
@@ -149,7 +186,7 @@ impl Metering {
     }
 
     /// Whether a unit of a grant this node holds is here (`Ok`), or what to
-    /// do first: refuse, fetch a grant, wait for one.
+    /// do first: refuse, ask for a grant, wait for one.
     pub(super) fn find_quota_unit(
         self: &Arc<Self>,
         local: &mut Local,
@@ -175,20 +212,23 @@ impl Metering {
                 self.flush_soon();
                 continue;
             }
-            if now_ms >= lease.valid_until_ms && lease.units > 0 {
-                if lease.fetching {
-                    // A renewal is on its way: wait for it rather than use units past their end.
-                    lease.waiting += 1;
-                    return Err(Take::Wait(Need::Wait(lease.fetched.subscribe())));
-                }
-                // The lease ran out before it was renewed: hand back what is
-                // left under this holder (if the ledger has not expired it
-                // yet) and go on with a new one, so no unit of the old grant
-                // is mixed with a new grant.
+            if lease.units > 0 && lease.session != local.session.id {
+                // Granted under a session that ended: hand back what is left
+                // under this holder and go on with a new one, so no unit of
+                // the old grant is mixed with a new grant.
                 let lease_epoch = lease.epoch;
                 self.retire(lease, &mut local.retired, &q.period, lease_epoch, now_ms, q.quota.limit, "expired");
                 self.flush_soon();
                 continue;
+            }
+            if lease.units > 0 && now_ms >= local.session.valid_until_ms {
+                // The session was not renewed in time: wait for the renewal
+                // (with a lease command of its own if none is under way).
+                if now_ms < local.session.retry_at_ms {
+                    return Err(Take::Refused(Refusal::unavailable()));
+                }
+                let start = !std::mem::replace(&mut local.asking, true);
+                return Err(Take::Wait(Need::Ask { start, fetched: local.leased.subscribe() }));
             }
             if lease.units > 0 {
                 return Ok(());
@@ -208,11 +248,21 @@ impl Metering {
             if lease.fetching {
                 return Err(Take::Wait(Need::Wait(lease.fetched.subscribe())));
             }
-            lease.fetching = true;
-            let want = lease.want(now_ms, self.config.max_grant);
-            let wanted = GrantWanted { holder: lease.holder, want };
-            return Err(Take::Wait(Need::Quota { wanted, fetched: lease.fetched.subscribe() }));
+            let fetched = lease.fetched.subscribe();
+            let start = self.queue_ask(local, q, now_ms);
+            return Err(Take::Wait(Need::Ask { start, fetched }));
         }
+    }
+
+    /// Queues the next grant of `q`'s lease for the next lease command and
+    /// marks the lease fetching; whether a lease command must be started
+    /// (none is under way to pick the ask up).
+    fn queue_ask(&self, local: &mut Local, q: &QuotaLimit, now_ms: i64) -> bool {
+        let Some(lease) = local.leases.get_mut(&q.period) else { return false };
+        lease.fetching = true;
+        let want = lease.want(now_ms, self.config.max_grant, q.quota.limit);
+        local.asks.push(Queued { limit: q.clone(), holder: lease.holder, want });
+        !std::mem::replace(&mut local.asking, true)
     }
 
     /// Takes the unit [`Self::find_quota_unit`] found.
@@ -222,19 +272,17 @@ impl Metering {
         lease.unreported += 1;
         lease.admitted += 1;
         lease.last_used_ms = now_ms;
+        lease.recalled = false;
         lease.remaining = lease.remaining.saturating_sub(1);
         let state = lease.state(now_ms, q.ends_ms);
-        // Ask for the next grant before this one runs out, or ends.
-        // Near the end of the quota (`short`), only extend the lease.
+        // Ask for the next grant before this one runs out; near the end of
+        // the quota (`short`), only when it has run out.
         let low = lease.units <= lease.last_grant / 2 && !lease.short;
-        let ending = lease.valid_until_ms - now_ms < self.config.lease_ms / 2;
-        let mut next = None;
-        if (low || ending) && !lease.fetching && now_ms >= lease.unavailable_until_ms {
-            lease.fetching = true;
-            let want = if lease.short { 0 } else { lease.want(now_ms, self.config.max_grant) };
-            next = Some(GrantWanted { holder: lease.holder, want });
+        let mut start_asking = false;
+        if low && !lease.fetching && now_ms >= lease.unavailable_until_ms {
+            start_asking = self.queue_ask(local, q, now_ms);
         }
-        Some(TakenUnit { state, next_grant: next })
+        Some(TakenUnit { state, start_asking })
     }
 
     /// Replaces `lease` with a new one (a new holder), and queues the old
@@ -262,18 +310,113 @@ impl Metering {
                 release: true,
             });
         }
+        // Checks waiting for the old lease's fetch look again.
+        old.fetched.send_modify(|n| *n += 1);
     }
 
-    /// Asks the ledger for a grant and records the answer; wakes the waiters.
-    pub(super) async fn fetch_grant(self: Arc<Self>, q: QuotaLimit, wanted: GrantWanted) {
-        let GrantWanted { holder, want } = wanted;
-        let QuotaLimit { period, quota, ends_ms } = q;
-        let asked_ms = self.clock.now_ms();
-        let lease_until_ms = asked_ms + self.config.lease_ms;
-        let answer = self.authority.grant(period.clone(), holder, want, lease_until_ms, asked_ms).await;
-        let now_ms = self.clock.now_ms().max(asked_ms);
-        let mut local = lock(&self.local);
-        let local = &mut *local;
+    /// Whether the session should be renewed now: some lease holds units
+    /// under it and half of the lease time is gone.
+    pub(super) fn renewal_due(&self, local: &Local, now_ms: i64) -> bool {
+        let half = self.config.lease_ms / 2;
+        now_ms >= local.session.retry_at_ms
+            && now_ms >= local.session.ends_ms.saturating_sub(half)
+            && local.leases.values().any(|l| l.units > 0 && l.session == local.session.id)
+    }
+
+    /// Starts a lease command if the session is due for renewal and none is
+    /// under way (every [`FLUSH_EVERY`]).
+    pub(super) fn renew_if_due(self: &Arc<Self>, now_ms: i64) {
+        let start = {
+            let mut local = lock(&self.local);
+            self.renewal_due(&local, now_ms) && !std::mem::replace(&mut local.asking, true)
+        };
+        if start {
+            tokio::spawn(self.clone().send_leases());
+        }
+    }
+
+    /// Sends lease commands — the queued asks, at most
+    /// [`MAX_LEASE_ASKS`] at a time, and the session's renewal — until
+    /// nothing is queued or due; one runs at a time (`Local::asking`), and
+    /// asks queued while one is on its way go with the next.
+    pub(super) async fn send_leases(self: Arc<Self>) {
+        loop {
+            let (request, queued) = {
+                let mut local = lock(&self.local);
+                let now_ms = self.clock.now_ms();
+                if local.asks.is_empty() && !self.renewal_due(&local, now_ms) {
+                    local.asking = false;
+                    return;
+                }
+                let n = local.asks.len().min(MAX_LEASE_ASKS);
+                let queued: Vec<Queued> = local.asks.drain(..n).collect();
+                let asks = queued
+                    .iter()
+                    .map(|a| LeaseAsk { period: a.limit.period.clone(), holder: a.holder, want: a.want })
+                    .collect();
+                let until_ms = now_ms.saturating_add(self.config.lease_ms);
+                (LeaseRequest { session: local.session.id, until_ms, asks, now_ms }, queued)
+            };
+            let session = request.session;
+            let asked_ms = request.now_ms;
+            let answer = self.authority.lease(request).await;
+            let now_ms = self.clock.now_ms().max(asked_ms);
+            let mut local = lock(&self.local);
+            let local = &mut *local;
+            match answer {
+                Ok(LeaseAnswer::Renewed { until_ms, grants }) => {
+                    if session == local.session.id {
+                        // Stop a little before the ledger does: clocks differ.
+                        let margin = (self.config.lease_ms / 10).min(1_000);
+                        local.session.ends_ms = until_ms;
+                        local.session.valid_until_ms = until_ms - margin;
+                    }
+                    let mut grants = grants.into_iter();
+                    for q in queued {
+                        let answer = grants.next().unwrap_or_else(|| Err(Unavailable("no answer to an ask".into())));
+                        self.record_grant(local, q, session, answer, now_ms);
+                    }
+                }
+                Ok(LeaseAnswer::Ended) => {
+                    // The ledger ended the session (this node was cut off
+                    // for longer than a lease): open a new one. Leases of the
+                    // old one are retired when next used or flushed; the
+                    // asks are made again by the checks that wait for them.
+                    tracing::warn!(session, "quota lease session ended; opening a new one");
+                    if session == local.session.id {
+                        local.session = Session::new(self.authority.node_id());
+                        // No holder crosses sessions: every lease starts
+                        // again under a new holder (the old ones' use is
+                        // reported with their release).
+                        for (period, lease) in local.leases.iter_mut() {
+                            let (epoch, limit) = (lease.epoch, lease.limit);
+                            self.retire(lease, &mut local.retired, period, epoch, now_ms, limit, "expired");
+                        }
+                    }
+                    drop(queued);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "quota lease failed; deciding from held grants only");
+                    local.session.retry_at_ms = now_ms + UNAVAILABLE_MS;
+                    for q in queued {
+                        self.record_grant(local, q, session, Err(e.clone()), now_ms);
+                    }
+                }
+            }
+            local.leased.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Records the ledger's answer to one ask; wakes the checks waiting for it.
+    fn record_grant(
+        &self,
+        local: &mut Local,
+        q: Queued,
+        session: u64,
+        answer: Result<Grant, Unavailable>,
+        now_ms: i64,
+    ) {
+        let Queued { limit: QuotaLimit { period, quota, ends_ms }, holder, want } = q;
         let Some(lease) = local.leases.get_mut(&period).filter(|l| l.holder == holder) else {
             // The lease was dropped meanwhile: hand back what came (or may
             // have: a grant that timed out here may still have been made).
@@ -312,6 +455,9 @@ impl Metering {
                 if generation != 0 {
                     lease.generation = generation;
                 }
+                if granted > 0 {
+                    lease.session = session;
+                }
                 lease.units += granted;
                 // What this node can promise: its own units and the ledger's
                 // free ones. Units other nodes hold may be spent already, so
@@ -322,11 +468,6 @@ impl Metering {
                 lease.granted |= granted > 0;
                 if want > 0 {
                     lease.short = granted < want;
-                }
-                if let Some(g) = ledger.grants.get(&holder) {
-                    // Stop a little before the ledger does: clocks differ.
-                    let margin = (self.config.lease_ms / 10).min(1_000);
-                    lease.valid_until_ms = g.expires_at_ms - margin;
                 }
                 let result = if granted > 0 { "granted" } else { "empty" };
                 self.stats.grants.with_label_values(&[result]).inc();
@@ -341,7 +482,7 @@ impl Metering {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "quota grant failed; deciding from held grants only");
+                tracing::debug!(error = %e, "quota grant failed");
                 self.stats.grants.with_label_values(&["unavailable"]).inc();
                 lease.unavailable_until_ms = now_ms + UNAVAILABLE_MS;
                 // The grant may have been made all the same (the answer was
@@ -352,6 +493,21 @@ impl Metering {
         lease.fetching = false;
         lease.waiting = 0;
         lease.fetched.send_modify(|n| *n += 1);
+    }
+
+    /// Marks the leases the ledger recalled (their units are wanted by
+    /// another node): handed back at this flush if unused since the last
+    /// one, else made short (handed back soon after their use stops).
+    pub(super) fn apply_recalls(&self, local: &mut Local, now_ms: i64) {
+        let (next, recalls) = self.authority.recalls(local.recall_seq);
+        local.recall_seq = next;
+        let me = self.authority.node_id();
+        for (holder, period) in recalls.into_iter().filter(|(h, _)| holder_node(*h) == me) {
+            if let Some(lease) = local.leases.get_mut(&period).filter(|l| l.holder == holder) {
+                lease.short = true;
+                lease.recalled = now_ms - lease.last_used_ms >= SHORT_IDLE_MS;
+            }
+        }
     }
 
     /// Moves into `usage` what each lease used since the last report, and
@@ -366,13 +522,17 @@ impl Metering {
         release_all: bool,
     ) {
         usage.append(&mut local.retired);
+        let session = local.session.id;
         local.leases.retain(|period, lease| {
+            // Granted under a session that ended: those units are gone.
+            let ended = lease.units > 0 && lease.session != session;
             // Near the end of a quota (the last grant came short) other
             // nodes may be waiting for the units this one holds.
-            let idle_after = if lease.short { SHORT_IDLE_MS } else { IDLE_MS };
-            let idle = lease.waiting == 0 && !lease.fetching && now_ms - lease.last_used_ms >= idle_after;
+            let idle_after = if lease.short { SHORT_IDLE_MS } else { self.config.quiet_ms };
+            let quiet = lease.waiting == 0 && !lease.fetching;
+            let idle = quiet && (lease.recalled || now_ms - lease.last_used_ms >= idle_after);
             let stale = !lease.fetching && published.is_some_and(|p| p.limits.of(&period.plan_id) > lease.epoch);
-            let release = release_all || idle || stale;
+            let release = release_all || idle || stale || ended;
             if lease.unreported > 0 || (release && lease.granted) {
                 usage.push(QuotaUsage {
                     period: period.clone(),

@@ -63,14 +63,14 @@ use tokio::sync::watch;
 use tollgate_proto::check::{LimitState, ReasonCode};
 use tollgate_proto::command::{QuotaPeriod, QuotaUsage};
 
-pub use authority::{Authority, BoxFuture, Grant, LocalAuthority, Unavailable};
+pub use authority::{Authority, BoxFuture, Grant, LeaseAnswer, LeaseRequest, LocalAuthority, Unavailable};
 pub use lender::{LendRequest, Lent, TokenLender};
 pub use limits::{Bucket, BucketId, Limits, QuotaLimit, ThrottleLimit};
 
 use crate::clock::Clock;
 use crate::state::published::SharedModel;
 use borrow::Borrowed;
-use lease::{GrantWanted, Lease};
+use lease::{Lease, Queued, Session};
 
 /// Tuning, from the node's configuration.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +79,10 @@ pub struct MeteringConfig {
     pub lease_ms: i64,
     /// The most units one grant may bring.
     pub max_grant: u64,
+    /// A lease unused this long is handed back, in ms. While its session
+    /// lives a quiet lease costs the ledger nothing: this bounds what a node
+    /// keeps, not what it writes.
+    pub quiet_ms: i64,
 }
 
 /// How long a quota grant held by a node stays valid, unless configured.
@@ -88,9 +92,12 @@ pub const DEFAULT_MAX_GRANT: u64 = 10_000;
 
 impl Default for MeteringConfig {
     fn default() -> Self {
-        MeteringConfig { lease_ms: DEFAULT_LEASE_MS as i64, max_grant: DEFAULT_MAX_GRANT }
+        MeteringConfig { lease_ms: DEFAULT_LEASE_MS as i64, max_grant: DEFAULT_MAX_GRANT, quiet_ms: DEFAULT_QUIET_MS }
     }
 }
+
+/// How long a lease may go unused before it is handed back, unless configured.
+pub const DEFAULT_QUIET_MS: i64 = 30_000;
 
 /// Used units are reported this often.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
@@ -156,9 +163,19 @@ impl Refusal {
 }
 
 /// What this node holds, under one lock never held across an `.await`.
-#[derive(Default)]
 struct Local {
+    /// The lease session every grant held here was made under.
+    session: Session,
     leases: HashMap<QuotaPeriod, Lease>,
+    /// Grants wanted, for the next lease command.
+    asks: Vec<Queued>,
+    /// A lease command is under way (it takes the asks queued meanwhile).
+    asking: bool,
+    /// Bumped when a lease command ends: checks waiting for the session's
+    /// renewal watch it.
+    leased: watch::Sender<u64>,
+    /// The number of the next recall to look at.
+    recall_seq: u64,
     borrowed: HashMap<BucketId, Borrowed>,
     /// Buckets with this node's share of the rate, while the authority is away.
     fallback: HashMap<BucketId, Bucket>,
@@ -180,23 +197,16 @@ enum Take {
 /// What a check must wait for before it can take.
 enum Need {
     /// Start the fetch (this check marked it started), then wait for it...
-    Tokens {
-        slot: usize,
-        fetched: watch::Receiver<u64>,
-    },
-    Quota {
-        wanted: GrantWanted,
-        fetched: watch::Receiver<u64>,
-    },
+    Tokens { slot: usize, fetched: watch::Receiver<u64> },
+    /// A grant is queued for the next lease command (which this check
+    /// starts, with `start`); wait for it.
+    Ask { start: bool, fetched: watch::Receiver<u64> },
     /// ...or wait for the fetch another check started.
     Wait(watch::Receiver<u64>),
     /// Ask again at this time (the quota's last units are held by other
     /// nodes, which hand back what they do not use); past the check's
     /// deadline, answer `otherwise`.
-    Until {
-        at_ms: i64,
-        otherwise: Refusal,
-    },
+    Until { at_ms: i64, otherwise: Refusal },
 }
 
 /// A usage report being sent, kept until the ledger has it.
@@ -236,8 +246,20 @@ impl Metering {
         config: MeteringConfig,
         stats: MeteringStats,
     ) -> Arc<Self> {
+        let local = Local {
+            session: Session::new(authority.node_id()),
+            leases: HashMap::new(),
+            asks: Vec::new(),
+            asking: false,
+            leased: watch::channel(0).0,
+            recall_seq: 0,
+            borrowed: HashMap::new(),
+            fallback: HashMap::new(),
+            retired: Vec::new(),
+            last_sweep_ms: 0,
+        };
         Arc::new(Metering {
-            local: Mutex::new(Local::default()),
+            local: Mutex::new(local),
             authority,
             clock,
             lender: TokenLender::default(),
@@ -263,6 +285,7 @@ impl Metering {
             loop {
                 tick.tick().await;
                 let Some(metering) = weak.upgrade() else { return };
+                metering.renew_if_due(metering.clock.now_ms());
                 metering.give_back_unused(metering.clock.now_ms()).await;
                 metering.flush(metering.clock.now_ms(), false).await;
             }
@@ -317,13 +340,13 @@ impl Metering {
                     }
                     fetched
                 }
-                Need::Quota { wanted, fetched } => {
+                Need::Ask { start, fetched } => {
                     if !waited_for_quota {
                         self.stats.round_trips.with_label_values(&["quota"]).inc();
                         waited_for_quota = true;
                     }
-                    if let Some(q) = &limits.quota {
-                        tokio::spawn(self.clone().fetch_grant(q.clone(), wanted));
+                    if start {
+                        tokio::spawn(self.clone().send_leases());
                     }
                     fetched
                 }
@@ -378,10 +401,10 @@ impl Metering {
         };
         Self::take_tokens(local, limits, sources, now_ms).for_each(&mut consider);
         if let Some(q) = &limits.quota {
-            if let Some(lease::TakenUnit { state, next_grant }) = self.take_quota_unit(local, q, now_ms) {
+            if let Some(lease::TakenUnit { state, start_asking }) = self.take_quota_unit(local, q, now_ms) {
                 consider(state);
-                if let Some(wanted) = next_grant {
-                    tokio::spawn(self.clone().fetch_grant(q.clone(), wanted));
+                if start_asking {
+                    tokio::spawn(self.clone().send_leases());
                 }
             }
         }
@@ -403,7 +426,10 @@ impl Metering {
         if pending.is_none() {
             let mut usage = Vec::new();
             let published = self.limits_model.get().map(|m| m.load_full());
-            self.collect_usage(&mut lock(&self.local), &mut usage, published.as_deref(), now_ms, release_all);
+            let mut local = lock(&self.local);
+            self.apply_recalls(&mut local, now_ms);
+            self.collect_usage(&mut local, &mut usage, published.as_deref(), now_ms, release_all);
+            drop(local);
             if !usage.is_empty() {
                 *pending = Some(PendingReport { request_id: rand::random(), usage, at_ms: now_ms });
             }

@@ -72,6 +72,7 @@ macro_rules! scenarios {
 
 scenarios! {
     use_is_reported_exactly_and_an_idle_grant_handed_back: false,
+    a_quiet_nodes_standing_share_is_recalled_for_a_busy_one: false,
     a_spent_quota_says_to_come_back_when_the_period_ends: false,
     a_check_given_up_while_it_fetches_does_not_wedge_the_lease: false,
     a_booked_token_the_client_never_came_back_for_goes_back_to_the_bucket: true,
@@ -180,13 +181,16 @@ fn now(backend: &dyn Backend) -> i64 {
     backend.clock().now_ms()
 }
 
-/// Admitted units are reported exactly; a grant idle for a while goes back.
+/// Admitted units are reported exactly; a grant merely quiet stays (its
+/// session keeps it), one unused for `quiet_ms` goes back.
 pub async fn use_is_reported_exactly_and_an_idle_grant_handed_back(backend: &dyn Backend) {
     let plan = "scenario-reported-exactly";
     let subject = backend.subject(plan, 1_000).await;
     let limits = quota_limits(backend, &subject, plan, 1_000);
     let Some(QuotaLimit { period, .. }) = &limits.quota else { unreachable!("a quota") };
-    let m = metering(backend, &subject);
+    let quiet_ms = 3_000;
+    let config = MeteringConfig { quiet_ms, ..Default::default() };
+    let m = Metering::new(subject.authority.clone(), backend.clock(), config, Default::default());
     for _ in 0..7 {
         assert!(m.admit(&limits, now(backend), 0).await.is_ok());
     }
@@ -196,10 +200,49 @@ pub async fn use_is_reported_exactly_and_an_idle_grant_handed_back(backend: &dyn
     let ledger = backend.ledger(&subject, period).await;
     assert_eq!(ledger.consumed, 7, "{ledger:?}");
     assert!(ledger.outstanding() > 0, "the node still holds the rest of its grant");
-    backend.pass(2_000).await; // the idle time after which a lease goes back
+    backend.pass(quiet_ms / 2).await;
     m.flush(now(backend), false).await;
     let ledger = backend.ledger(&subject, period).await;
-    assert_eq!((ledger.consumed, ledger.outstanding()), (7, 0), "idle: the rest went back");
+    assert!(ledger.outstanding() > 0, "quiet for a while, the grant stays: {ledger:?}");
+    backend.pass(quiet_ms / 2).await;
+    m.flush(now(backend), false).await;
+    let ledger = backend.ledger(&subject, period).await;
+    assert_eq!((ledger.consumed, ledger.outstanding()), (7, 0), "unused for quiet_ms: the rest went back");
+}
+
+/// A node that took a standing share of a key's quota and went quiet
+/// hands it back when the ledger recalls it: another node using the key up
+/// to its limit gets every unit, exactly (the quota is not cut short by a
+/// share sitting unused elsewhere).
+pub async fn a_quiet_nodes_standing_share_is_recalled_for_a_busy_one(backend: &dyn Backend) {
+    let plan = "scenario-recalled";
+    let limit = 4_000; // a standing share of 4 units
+    let subject = backend.subject(plan, limit).await;
+    let limits = quota_limits(backend, &subject, plan, limit);
+    let Some(QuotaLimit { period, .. }) = &limits.quota else { unreachable!("a quota") };
+    let quiet = metering(backend, &subject);
+    let busy = metering(backend, &subject);
+    assert!(quiet.admit(&limits, now(backend), 0).await.is_ok());
+    quiet.flush(now(backend), false).await;
+    let held = backend.ledger(&subject, period).await.outstanding();
+    assert!(held >= 3, "the quiet node holds its standing share: {held}");
+    let mut admitted = 0u64;
+    let mut refusals = 0;
+    while admitted < limit && refusals < 50 {
+        match busy.admit(&limits, now(backend), 0).await {
+            Ok(_) => admitted += 1,
+            Err(_) => {
+                // Held elsewhere: the quiet node sees the recall at its next flush.
+                refusals += 1;
+                backend.pass(250).await;
+                quiet.flush(now(backend), false).await;
+            }
+        }
+    }
+    busy.flush(now(backend), false).await;
+    assert_eq!(admitted, limit - 1, "every unit but the quiet node's one use went to the busy node");
+    let ledger = backend.ledger(&subject, period).await;
+    assert_eq!(ledger.consumed + ledger.outstanding(), limit, "{ledger:?}");
 }
 
 /// A spent quota answers 429 with `Retry-After` at the period's end.

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use imbl::{HashMap, OrdMap};
-use tollgate_proto::command::{Applied, PutMode, QuotaPeriod};
-use tollgate_proto::metering::QuotaLedger;
+use tollgate_proto::command::{Applied, LeaseAsk, PutMode, QuotaPeriod, MAX_LEASE_ASKS};
+use tollgate_proto::metering::{renew_session, GrantAsk, QuotaLedger, Sessions};
 use tollgate_proto::model::{
     ApiKey, AuthorizerKind, Entity, EntityKind, IdentityKeyState, KeyFrom, PreviousSecret, SecretDigest, Timestamp,
     UsagePlan,
@@ -43,6 +43,64 @@ pub struct Model {
     pub identity: IdentityKeyState,
     /// Quota ledgers by key, plan and period (see `tollgate_proto::metering`).
     pub ledgers: OrdMap<QuotaPeriod, QuotaLedger>,
+    /// Lease sessions by id: when each ends, ms since the epoch (see
+    /// `tollgate_proto::metering::Sessions`).
+    pub sessions: OrdMap<u64, i64>,
+    /// Grants the ledger wants back, newest last (see [`Recalls`]).
+    pub recalls: Recalls,
+}
+
+/// The sessions of a model, as the ledger reads them.
+pub struct SessionView<'a>(pub &'a OrdMap<u64, i64>);
+
+impl Sessions for SessionView<'_> {
+    fn session_ends_ms(&self, session: u64) -> Option<i64> {
+        self.0.get(&session).copied()
+    }
+}
+
+/// Grants the ledger wants back: when a grant came short and other holders
+/// hold units of the same quota, each of those holders is asked to hand its
+/// units back if it is not using them (a quiet node may hold a standing
+/// share that a busy one needs near the limit). Every node applies the same
+/// entries, so each sees the recalls of its own holders in its own model.
+///
+/// A hint, not state: derived from the log deterministically, kept for the
+/// last [`MAX_RECALLS`] only, and not stored (after a restart the node's
+/// leases are new anyway). A recall missed is a grant handed back when it
+/// goes quiet instead of at once.
+#[derive(Clone, Default)]
+pub struct Recalls {
+    /// The sequence number of the next recall.
+    next: u64,
+    /// `(sequence, holder, period)`, oldest first.
+    recent: imbl::Vector<(u64, u64, QuotaPeriod)>,
+}
+
+/// Recalls a model remembers.
+pub const MAX_RECALLS: usize = 4096;
+
+impl Recalls {
+    fn push(&mut self, holder: u64, period: QuotaPeriod) {
+        if self.recent.len() >= MAX_RECALLS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((self.next, holder, period));
+        self.next += 1;
+    }
+
+    /// The sequence number the next recall will have: read recalls up to
+    /// here, ask [`Self::since`] it next time.
+    pub fn next(&self) -> u64 {
+        self.next
+    }
+
+    /// The recalls numbered `seq` or later that are still remembered, as
+    /// `(holder, period)`.
+    pub fn since(&self, seq: u64) -> impl Iterator<Item = (u64, &QuotaPeriod)> {
+        let skip = self.recent.len().saturating_sub((self.next.saturating_sub(seq)) as usize);
+        self.recent.iter().skip(skip).map(|(_, holder, period)| (*holder, period))
+    }
 }
 
 /// How long a key's usage is kept: ledgers of periods that began this long
@@ -59,6 +117,20 @@ pub fn ledger_key(period: &QuotaPeriod) -> Vec<u8> {
     key.extend(codec::encode(period).unwrap_or_default());
     key
 }
+
+/// Prefix under which lease sessions are stored: the id, big-endian.
+pub const SESSION_PREFIX: &[u8] = b"t/";
+
+/// Storage key of a lease session.
+pub fn session_key(session: u64) -> Vec<u8> {
+    let mut key = SESSION_PREFIX.to_vec();
+    key.extend(session.to_be_bytes());
+    key
+}
+
+/// Sessions that ended this long ago are forgotten. Any grant still naming
+/// one then lapses at its own `expires_at_ms`, long past.
+pub const SESSION_RETENTION_MS: i64 = 7 * tollgate_proto::metering::DAY_MS;
 
 /// Storage key of the identity key state in the state space.
 pub const IDENTITY_KEY: &[u8] = b"s/identity";
@@ -207,15 +279,21 @@ impl Model {
             Command::Delete { kind, id } => self.delete(kind, &id),
             Command::RerollKey { id, secret, overlap_until, now } => self.reroll(&id, secret, overlap_until, now),
             Command::QuotaGrant { period, holder, want, lease_until_ms, now_ms } => {
-                self.meter(period, |ledger, limit| Ok(ledger.grant(limit, holder, want, lease_until_ms, now_ms).0))
+                // Nodes ask with `QuotaLease` now; older log entries still apply.
+                let sessions = self.sessions.clone();
+                let ask = GrantAsk { holder, session: 0, want, lease_until_ms };
+                self.meter(period, |ledger, limit| Ok(ledger.grant(limit, ask, now_ms, &SessionView(&sessions)).0))
             }
+            Command::QuotaLease { session, until_ms, asks, now_ms } => self.lease(session, until_ms, asks, now_ms),
             Command::QuotaReport { usage, now_ms } => {
                 // Each entry stands alone: a key deleted meanwhile drops its
                 // entry, not the batch.
+                let sessions = self.sessions.clone();
+                let sessions = SessionView(&sessions);
                 let mut ops = Vec::new();
                 for u in usage {
                     if let Ok((_, writes)) = self.meter(u.period, |ledger, _| {
-                        ledger.report(u.holder, u.generation, u.used, u.release, now_ms);
+                        ledger.report(u.holder, u.generation, u.used, u.release, now_ms, &sessions);
                         Ok(0)
                     }) {
                         ops.extend(writes);
@@ -223,11 +301,14 @@ impl Model {
                 }
                 Ok((Applied::Nothing, ops))
             }
-            Command::QuotaAdjust { period, delta, now_ms } => self.meter(period, |ledger, limit| {
-                ledger.adjust(limit, delta).map_err(|message| Rejection::invalid("delta", message))?;
-                ledger.expire(now_ms);
-                Ok(0)
-            }),
+            Command::QuotaAdjust { period, delta, now_ms } => {
+                let sessions = self.sessions.clone();
+                self.meter(period, |ledger, limit| {
+                    ledger.adjust(limit, delta).map_err(|message| Rejection::invalid("delta", message))?;
+                    ledger.expire(now_ms, &SessionView(&sessions));
+                    Ok(0)
+                })
+            }
             Command::RotateIdentityKey { now } => {
                 let version = self.identity.version.saturating_add(1);
                 self.identity = IdentityKeyState { version, rotated_at: now };
@@ -328,6 +409,51 @@ impl Model {
         ops.push(Op::Put(ledger_key(&period), bytes));
         self.ledgers.insert(period, ledger.clone());
         Ok((Applied::Quota { granted, ledger }, ops))
+    }
+
+    /// Renews (or opens) `session` until `until_ms`, then makes each grant
+    /// asked under it. Refused whole, with nothing changed, when the session
+    /// already ended or there are too many asks; an ask for a key or plan
+    /// that is gone is refused alone.
+    fn lease(&mut self, session: u64, until_ms: i64, asks: Vec<LeaseAsk>, now_ms: i64) -> Outcome {
+        if asks.len() > MAX_LEASE_ASKS {
+            return Err(Rejection::invalid("asks", format!("at most {MAX_LEASE_ASKS} asks per lease command")));
+        }
+        let ends = renew_session(self.sessions.get(&session).copied(), until_ms, now_ms)
+            .map_err(|message| Rejection::conflict(Some("session"), message))?;
+        let mut ops = Vec::new();
+        let cutoff = now_ms.saturating_sub(SESSION_RETENTION_MS);
+        let forgotten: Vec<u64> = self.sessions.iter().filter(|(_, end)| **end < cutoff).map(|(id, _)| *id).collect();
+        for id in forgotten {
+            self.sessions.remove(&id);
+            ops.push(Op::Delete(session_key(id)));
+        }
+        self.sessions.insert(session, ends);
+        let bytes = codec::encode(&ends).map_err(|e| Rejection::invalid("until_ms", e.to_string()))?;
+        ops.push(Op::Put(session_key(session), bytes));
+        let sessions = self.sessions.clone();
+        let mut grants = Vec::with_capacity(asks.len());
+        for LeaseAsk { period, holder, want } in asks {
+            let ask = GrantAsk { holder, session, want, lease_until_ms: ends };
+            let answer = self
+                .meter(period.clone(), |ledger, limit| Ok(ledger.grant(limit, ask, now_ms, &SessionView(&sessions)).0));
+            match answer {
+                Ok((applied, writes)) => {
+                    if let Applied::Quota { granted, ledger } = &applied {
+                        if *granted < want {
+                            // Short: whoever else holds units is asked for them back.
+                            for (other, _) in ledger.grants.iter().filter(|(h, g)| **h != holder && g.units > 0) {
+                                self.recalls.push(*other, period.clone());
+                            }
+                        }
+                    }
+                    ops.extend(writes);
+                    grants.push(Ok(applied));
+                }
+                Err(rejection) => grants.push(Err(rejection)),
+            }
+        }
+        Ok((Applied::Lease { until_ms: ends, grants }, ops))
     }
 
     fn reroll(&mut self, id: &str, secret: SecretDigest, overlap_until: Timestamp, now: Timestamp) -> Outcome {
