@@ -24,7 +24,7 @@ pub enum Space {
 }
 
 /// One write in a batch.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Op {
     Put(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>),

@@ -433,6 +433,146 @@ mod tests {
         histories(8, 0x2545_f491_4f6c_dd1d);
     }
 
+    /// One node in [`session_histories`]: its session, the holder of its
+    /// one lease, what it may admit and until when (by its own clock), and
+    /// what it admitted and has not reported.
+    struct SessionNode {
+        session: u64,
+        holder: u64,
+        units: u64,
+        valid_until: i64,
+        unreported: u64,
+        /// The grant its units came from.
+        generation: u64,
+    }
+
+    impl SessionNode {
+        /// Node `n`'s `drawn`-th session, with a holder of the same number.
+        fn new(n: u64, drawn: u64) -> Self {
+            let id = n << 32 | drawn;
+            SessionNode { session: id, holder: id, units: 0, valid_until: 0, unreported: 0, generation: 0 }
+        }
+    }
+
+    /// Random histories of grants under lease sessions: sessions renewed
+    /// (with or without asks), lapsing while a node is quiet or cut off,
+    /// refused once ended (the node then opens a new session with a new
+    /// holder and closes the old holder's grant with a late report), and
+    /// node clocks up to `skew` ms late. Checked at every step: Q (nothing
+    /// admitted beyond what the ledger counts or holds, and the ledger within
+    /// the limit); at the end, once every node has reported: usage never
+    /// under-counted, and exact when no clock ran late.
+    fn session_histories(skew: u64, seed: u64) {
+        let mut next = generator(seed);
+        for _history in 0..400 {
+            let limit = 1 + next(300);
+            let mut ledger = QuotaLedger::default();
+            let mut sessions: BTreeMap<u64, i64> = BTreeMap::new();
+            let mut drawn = 3u64;
+            let mut nodes: Vec<SessionNode> = (1..=3u64).map(|n| SessionNode::new(n, n)).collect();
+            let mut admitted = 0u64;
+            let mut now = 1_000i64;
+            for _step in 0..250 {
+                now += next(6) as i64;
+                let i = next(3) as usize;
+                let late = next(skew + 1) as i64;
+                let node = &mut nodes[i];
+                if now - late >= node.valid_until {
+                    node.units = 0; // the session ran out, by the node's own clock
+                }
+                match next(6) {
+                    0..=2 => {
+                        let want = if next(2) == 0 { 0 } else { 1 + next(40) };
+                        match renew_session(sessions.get(&node.session).copied(), now + 15, now) {
+                            Err(_) => {
+                                // Ended: close the old holder's grant, open anew.
+                                ledger.report(node.holder, node.generation, node.unreported, true, now, &sessions);
+                                drawn += 1;
+                                *node = SessionNode::new(holder_node(node.holder), drawn);
+                            }
+                            Ok(ends) => {
+                                sessions.insert(node.session, ends);
+                                let ask =
+                                    GrantAsk { holder: node.holder, session: node.session, want, lease_until_ms: ends };
+                                let (got, whole) = ledger.grant(limit, ask, now, &sessions);
+                                if let Some(g) = whole {
+                                    if node.generation != 0 && g.generation != node.generation {
+                                        // The old grant lapsed at the ledger: close it.
+                                        let old = node.generation;
+                                        ledger.report(node.holder, old, node.unreported, true, now, &sessions);
+                                        node.units = 0;
+                                        node.unreported = 0;
+                                    }
+                                    node.generation = g.generation;
+                                }
+                                node.units += got;
+                                node.valid_until = ends - 1;
+                            }
+                        }
+                    }
+                    3 => {
+                        let used = next(node.units + 1);
+                        node.units -= used;
+                        node.unreported += used;
+                        admitted += used;
+                    }
+                    4 => {
+                        let release = next(3) == 0;
+                        ledger.report(node.holder, node.generation, node.unreported, release, now, &sessions);
+                        node.unreported = 0;
+                        if release {
+                            node.units = 0;
+                            node.generation = 0;
+                        }
+                    }
+                    _ => ledger.expire(now, &sessions),
+                }
+                let total = ledger.consumed + ledger.outstanding();
+                assert!(total <= limit, "invariant Q broken: {ledger:?} limit {limit}");
+                assert!(admitted <= total, "admitted {admitted} beyond what the ledger knows: {ledger:?}");
+            }
+            for node in &nodes {
+                ledger.report(node.holder, node.generation, node.unreported, true, now, &sessions);
+            }
+            assert!(admitted <= ledger.consumed, "usage under-counted: admitted {admitted}, ledger {ledger:?}");
+            if skew == 0 {
+                assert_eq!(admitted, ledger.consumed, "usage exact without crashes or late clocks: {ledger:?}");
+            }
+            assert_eq!(ledger.outstanding(), 0);
+            assert_eq!(ledger.daily.values().sum::<u64>(), ledger.consumed, "days add up to the period");
+        }
+    }
+
+    #[test]
+    fn grants_under_sessions_never_admit_past_the_limit_and_count_exactly() {
+        session_histories(0, 0x5eed_0001);
+    }
+
+    #[test]
+    fn grants_under_sessions_with_late_clocks_never_admit_past_the_limit() {
+        session_histories(10, 0x5eed_0002);
+    }
+
+    #[test]
+    fn a_session_that_ended_is_never_renewed_and_its_grants_lapse_with_it() {
+        assert_eq!(renew_session(None, 100, 50), Ok(100), "opened");
+        assert_eq!(renew_session(Some(100), 120, 60), Ok(120), "renewed");
+        assert_eq!(renew_session(Some(100), 90, 60), Ok(100), "never shortened");
+        assert!(renew_session(Some(100), 200, 100).is_err(), "ended at 100");
+        assert!(renew_session(None, 50, 50).is_err(), "an end not after now");
+        let sessions: BTreeMap<u64, i64> = [(7, 1_000)].into();
+        let mut l = QuotaLedger::default();
+        let under = |want| GrantAsk { holder: 1, session: 7, want, lease_until_ms: 100 };
+        assert_eq!(l.grant(100, under(8), 0, &sessions).0, 8);
+        l.expire(500, &sessions);
+        assert_eq!(l.outstanding(), 8, "past its own expires_at_ms, the session keeps it");
+        l.expire(1_000, &sessions);
+        assert_eq!((l.outstanding(), l.consumed), (0, 8), "lapsed with its session, counted whole");
+        assert_eq!(l.expired[0].expired_at_ms, 1_000);
+        l.report(1, 1, 3, true, 1_100, &sessions);
+        assert_eq!(l.consumed, 3, "the closing report turns the whole-grant charge into use");
+    }
+
     #[test]
     fn without_expiries_usage_is_exact() {
         let mut l = QuotaLedger::default();

@@ -133,7 +133,7 @@ mod ledger_tests {
     use arc_swap::ArcSwap;
     use openraft::storage::RaftStateMachine;
     use openraft::{CommittedLeaderId, EntryPayload, LogId, RaftSnapshotBuilder};
-    use tollgate_proto::command::{PutMode, QuotaPeriod, QuotaUsage};
+    use tollgate_proto::command::{LeaseAsk, PutMode, QuotaPeriod, QuotaUsage};
     use tollgate_proto::model::{Entity, Timestamp};
     use tollgate_proto::{Command, Proposal};
 
@@ -149,6 +149,9 @@ mod ledger_tests {
     fn entity(value: serde_json::Value) -> Entity {
         serde_json::from_value(value).expect("fixture")
     }
+
+    /// The lease session of the test's grant.
+    const SESSION: u64 = 2 << 32 | 77;
 
     #[tokio::test]
     async fn quota_ledgers_survive_a_restart_and_travel_in_snapshots() {
@@ -176,11 +179,10 @@ mod ledger_tests {
                 entry(2, put(Entity::Key(key))),
                 entry(
                     3,
-                    Command::QuotaGrant {
-                        period: period.clone(),
-                        holder: 2,
-                        want: 30,
-                        lease_until_ms: 50_000,
+                    Command::QuotaLease {
+                        session: SESSION,
+                        until_ms: 50_000,
+                        asks: vec![LeaseAsk { period: period.clone(), holder: 2, want: 30 }],
                         now_ms: 1_000,
                     },
                 ),
@@ -197,6 +199,10 @@ mod ledger_tests {
         let published = |sm_model: &Arc<ArcSwap<crate::state::published::Published>>| {
             sm_model.load().model.ledgers.get(&period).map(|l| (l.consumed, l.outstanding()))
         };
+        let session_end = |sm_model: &Arc<ArcSwap<crate::state::published::Published>>| {
+            sm_model.load().model.sessions.get(&SESSION).copied()
+        };
+        assert_eq!(session_end(&shared), Some(50_000), "the lease session was loaded from storage");
         let reopened = Arc::new(ArcSwap::from_pointee(Default::default()));
         let kv = Arc::new(SledKv::open(&dir.path().join("other"), &SledOptions::default()).expect("kv"));
         let mut fresh = StateMachine::open(kv, reopened.clone()).expect("sm");
@@ -206,6 +212,7 @@ mod ledger_tests {
             Some((0, 25)),
             "the ledger travelled in the snapshot (a grant takes at most a quarter)"
         );
+        assert_eq!(session_end(&reopened), Some(50_000), "and the lease session with it");
         let again = sm
             .apply(vec![entry(
                 4,

@@ -741,6 +741,80 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_command_renews_its_session_grants_under_it_and_recalls_idle_shares() {
+        let mut m = Model::default();
+        put(&mut m, api("pets", &["prod"]), PutMode::Create, 1).unwrap();
+        let mut gold = plan("gold", &[("pets", "prod")]);
+        if let Entity::Plan(p) = &mut gold {
+            p.quota = Some(Quota { limit: 40, period: Period::Day, offset: 0 });
+        }
+        put(&mut m, gold, PutMode::Create, 1).unwrap();
+        put(&mut m, key("k1", &["gold"], 1), PutMode::Create, 1).unwrap();
+        let period = QuotaPeriod { key_id: "k1".into(), plan_id: "gold".into(), start_ms: 0 };
+        let (a, b) = (1 << 32 | 5, 2 << 32 | 6);
+        let ask = |holder, want| LeaseAsk { period: period.clone(), holder, want };
+        let gone = LeaseAsk { period: QuotaPeriod { key_id: "nobody".into(), ..period.clone() }, holder: a, want: 1 };
+        let lease = |m: &mut Model, session, until_ms, asks, now_ms| {
+            m.apply(Command::QuotaLease { session, until_ms, asks, now_ms })
+        };
+        // Opened with two asks, one for a key that does not exist: refused alone.
+        let (answer, ops) = lease(&mut m, a, 1_000, vec![ask(a, 10), gone], 10);
+        let Ok(Applied::Lease { until_ms: 1_000, grants }) = answer else { panic!("{answer:?}") };
+        assert!(matches!(grants[0], Ok(Applied::Quota { granted: 10, .. })), "{grants:?}");
+        assert_eq!(grants[1].clone().expect_err("no such key").kind, RejectionKind::NotFound);
+        assert!(ops.contains(&Op::Put(session_key(a), codec::encode(&1_000i64).unwrap())), "the session is stored");
+        assert_eq!(m.sessions.get(&a), Some(&1_000));
+        // Renewed without asks, the grant lives past its first end.
+        assert!(lease(&mut m, a, 2_000, vec![], 900).0.is_ok());
+        let ledger = |m: &Model| m.ledgers.get(&period).cloned().unwrap_or_default();
+        let mut view = ledger(&m);
+        view.expire(1_500, &SessionView(&m.sessions));
+        assert_eq!(view.outstanding(), 10, "the renewal kept the grant");
+        // Node 2 takes what is left; its last ask comes short while node 1
+        // holds units: node 1's holder is recalled, once per short ask.
+        let recalled_before = m.recalls.next();
+        for _ in 0..20 {
+            let _ = lease(&mut m, b, 2_000, vec![ask(b, 30)], 1_000);
+        }
+        assert!(ledger(&m).available(40) == 0);
+        let recalls: Vec<_> = m.recalls.since(recalled_before).collect();
+        assert!(!recalls.is_empty() && recalls.iter().all(|(h, p)| *h == a && **p == period), "{recalls:?}");
+        // Ended, the session is never renewed: refused whole, nothing written.
+        let before = ledger(&m);
+        let (answer, ops) = lease(&mut m, a, 9_000, vec![ask(a, 1)], 2_000);
+        assert_eq!(answer.expect_err("ended").field.as_deref(), Some("session"));
+        assert!(ops.is_empty());
+        assert_eq!(ledger(&m), before);
+        // Too many asks: refused whole.
+        let many = vec![ask(b, 1); MAX_LEASE_ASKS + 1];
+        let (answer, ops) = lease(&mut m, b, 3_000, many, 1_500);
+        assert_eq!(answer.expect_err("too many").field.as_deref(), Some("asks"));
+        assert!(ops.is_empty());
+        // Sessions long ended are forgotten by the next lease command.
+        let later = 2_000 + SESSION_RETENTION_MS + 1;
+        let (answer, ops) = lease(&mut m, 3 << 32, later + 10, vec![], later);
+        assert!(answer.is_ok());
+        assert!(ops.contains(&Op::Delete(session_key(a))) && !m.sessions.contains_key(&a));
+    }
+
+    #[test]
+    fn recalls_are_read_from_where_the_reader_left_off_and_stay_bounded() {
+        let mut r = Recalls::default();
+        let p = QuotaPeriod { key_id: "k".into(), plan_id: "p".into(), start_ms: 0 };
+        for holder in 0..3 {
+            r.push(holder, p.clone());
+        }
+        assert_eq!(r.since(1).map(|(h, _)| h).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(r.since(r.next()).count(), 0);
+        for holder in 3..(MAX_RECALLS as u64 + 10) {
+            r.push(holder, p.clone());
+        }
+        assert_eq!(r.since(0).count(), MAX_RECALLS, "only the last ones are remembered");
+        assert_eq!(r.since(0).next().map(|(h, _)| h), Some(10));
+        assert_eq!(r.since(r.next() - 1).map(|(h, _)| h).collect::<Vec<_>>(), vec![MAX_RECALLS as u64 + 9]);
+    }
+
+    #[test]
     fn quota_grants_are_bounded_by_the_plan_and_need_the_key_in_it() {
         let mut m = Model::default();
         put(&mut m, api("pets", &["prod"]), PutMode::Create, 1).unwrap();
