@@ -16,6 +16,7 @@ use tollgate_proto::{Command, RejectionKind};
 use super::leader::{ClusterError, Leader};
 use super::peer;
 use crate::clock::Clock;
+use crate::metering::lender::MAX_LENDS;
 use crate::metering::{
     Authority, BoxFuture, Grant, LeaseAnswer, LeaseRequest, LendRequest, Lent, TokenLender, Unavailable, FETCH_WAIT,
 };
@@ -40,19 +41,27 @@ impl ClusterAuthority {
         ClusterAuthority { leader, lender: TokenLender::default(), clock, published }
     }
 
-    /// Lends tokens if this node is the leader (the peer route `/cluster/lend`).
-    pub fn lend_here(&self, request: &LendRequest) -> Result<Lent, ClusterError> {
+    /// Lends tokens if this node is the leader (the peer route `/cluster/lend`):
+    /// one answer per request, in order.
+    pub fn lend_here(&self, requests: &[LendRequest]) -> Result<Vec<Lent>, ClusterError> {
+        if requests.len() > MAX_LENDS {
+            return Err(ClusterError::Unavailable(format!("at most {MAX_LENDS} lend requests at once")));
+        }
         if self.leader.is_here() {
-            Ok(self.lender.lend(request, self.clock.now_ms()))
+            Ok(self.lender.lend_all(requests, self.clock.now_ms()))
         } else {
             Err(self.leader.leader_hint())
         }
     }
 
     /// Lends throttle tokens from the leader's buckets, by the leader's clock.
-    async fn lend_at_leader(&self, request: LendRequest, deadline: tokio::time::Instant) -> Result<Lent, ClusterError> {
-        let here = || async { self.lend_here(&request) };
-        let lend = self.leader.at_leader(deadline, peer::LEND, &request, here);
+    async fn lend_at_leader(
+        &self,
+        requests: Vec<LendRequest>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<Lent>, ClusterError> {
+        let here = || async { self.lend_here(&requests) };
+        let lend = self.leader.at_leader(deadline, peer::LEND, &requests, here);
         match tokio::time::timeout_at(deadline, lend).await {
             Ok(answer) => answer,
             Err(_) => Err(ClusterError::Unavailable("no answer from the leader in time".into())),
@@ -109,10 +118,10 @@ impl Authority for ClusterAuthority {
     }
 
     /// Tokens by the leader's clock (`_now_ms` is this node's).
-    fn lend(&self, request: LendRequest, _now_ms: i64) -> BoxFuture<'_, Result<Lent, Unavailable>> {
+    fn lend(&self, requests: Vec<LendRequest>, _now_ms: i64) -> BoxFuture<'_, Result<Vec<Lent>, Unavailable>> {
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + LEND_WAIT;
-            self.lend_at_leader(request, deadline).await.map_err(unavailable)
+            self.lend_at_leader(requests, deadline).await.map_err(unavailable)
         })
     }
 

@@ -144,8 +144,8 @@ async fn read_index(State(node): State<Arc<PeerState>>, PeerRequest(()): PeerReq
 }
 
 /// Throttle tokens from this node's buckets, if it leads (see `metering`).
-async fn lend(State(node): State<Arc<PeerState>>, PeerRequest(request): PeerRequest<LendRequest>) -> Response {
-    reply(&node.authority.lend_here(&request).map_err(ClusterError::for_peer))
+async fn lend(State(node): State<Arc<PeerState>>, PeerRequest(requests): PeerRequest<Vec<LendRequest>>) -> Response {
+    reply(&node.authority.lend_here(&requests).map_err(ClusterError::for_peer))
 }
 
 async fn removed(State(node): State<Arc<PeerState>>, PeerRequest(removed): PeerRequest<bool>) -> Response {

@@ -84,9 +84,10 @@ pub trait Authority: Send + Sync + 'static {
     fn recalls(&self, since: u64) -> (u64, Vec<(u64, QuotaPeriod)>);
     /// Records used units. A retry with the same `request_id` counts once.
     fn report(&self, request_id: u128, usage: Vec<QuotaUsage>, now_ms: i64) -> BoxFuture<'_, Result<(), Unavailable>>;
-    /// Lends throttle tokens from the authority's bucket (and takes back
-    /// `request.returned` unused ones).
-    fn lend(&self, request: LendRequest, now_ms: i64) -> BoxFuture<'_, Result<Lent, Unavailable>>;
+    /// Lends throttle tokens from the authority's buckets (and takes back
+    /// each request's `returned` unused ones): one answer per request, in
+    /// order, in one round trip.
+    fn lend(&self, requests: Vec<LendRequest>, now_ms: i64) -> BoxFuture<'_, Result<Vec<Lent>, Unavailable>>;
     /// Nodes that share a throttle's rate when the authority is unreachable.
     fn members(&self) -> u32;
     /// This node's id (the high bits of its holder ids).
@@ -189,8 +190,8 @@ impl Authority for LocalAuthority {
         Box::pin(async { Ok(()) })
     }
 
-    fn lend(&self, request: LendRequest, now_ms: i64) -> BoxFuture<'_, Result<Lent, Unavailable>> {
-        let lent = self.lender.lend(&request, now_ms);
+    fn lend(&self, requests: Vec<LendRequest>, now_ms: i64) -> BoxFuture<'_, Result<Vec<Lent>, Unavailable>> {
+        let lent = self.lender.lend_all(&requests, now_ms);
         Box::pin(async move { Ok(lent) })
     }
 

@@ -2,9 +2,14 @@
 //! this node's share of a throttle while the authority cannot be reached.
 //!
 //! A node borrows a few tokens at a time (about [`BORROW_FOR_MS`] of the
-//! bucket's rate) and admits from them; when the authority has none it says
-//! how long to wait, and the node refuses locally until then. Tokens whose
-//! time runs out unused are given back, so no capacity is destroyed.
+//! bucket's rate, and at least its standing share of the burst, so a quiet
+//! key is admitted without asking) and admits from them, asking for more in
+//! the background when they run low. Tokens unused for [`LOAN_MS`] lapse and
+//! go back. Loans wanted are queued and sent together, one round trip
+//! to the authority for any number of buckets. When the authority has none
+//! it says how long to wait, and the node refuses locally until then.
+//! Tokens whose time runs out unused are given back, so no capacity is
+//! destroyed.
 
 use std::sync::Arc;
 
@@ -12,15 +17,15 @@ use tokio::sync::watch;
 use tollgate_proto::check::{LimitState, ReasonCode};
 use tollgate_proto::model::Throttle;
 
-use super::lender::LendRequest;
+use super::lender::{LendRequest, LOAN_MS, MAX_LENDS};
 use super::limits::{Bucket, BucketId, Limits};
 use super::{lock, Local, Metering, Need, Refusal, Take, UNAVAILABLE_MS};
 
 /// Borrowed tokens cover this long at the bucket's rate.
 const BORROW_FOR_MS: f64 = 50.0;
-/// Borrowed tokens not used within this are forgotten (the authority's
-/// bucket has long refilled them).
-const BORROWED_VALID_MS: i64 = 1_000;
+/// A node's standing share of a throttle's burst is the burst over this
+/// times the members: all of them together hold at most a quarter of it.
+pub const STANDING_BURST_DIVISOR: u32 = 4;
 /// How long to wait for tokens from the authority before falling back.
 const LEND_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 /// Borrowed tokens and fallback buckets unused this long are forgotten.
@@ -39,6 +44,8 @@ pub(super) struct Borrowed {
     left: u64,
     /// The bucket's throttle at the last loan (to give tokens back).
     throttle: Option<Throttle>,
+    /// Tokens the last loan brought: more are asked for below half of it.
+    last_loan: u32,
     fetching: bool,
     fetched: watch::Sender<u64>,
     last_used_ms: i64,
@@ -54,6 +61,7 @@ impl Borrowed {
             unavailable_until_ms: 0,
             left: 0,
             throttle: None,
+            last_loan: 0,
             fetching: false,
             fetched: watch::channel(0).0,
             last_used_ms: now_ms,
@@ -123,20 +131,26 @@ impl Metering {
                 return Err(Take::Wait(Need::Wait(b.fetched.subscribe())));
             }
             b.fetching = true;
-            return Err(Take::Wait(Need::Tokens { slot, fetched: b.fetched.subscribe() }));
+            let fetched = b.fetched.subscribe();
+            local.lends.push((id.clone(), *t));
+            let start = !std::mem::replace(&mut local.lending, true);
+            return Err(Take::Wait(Need::Tokens { start, fetched }));
         }
         Ok(sources)
     }
 
     /// Takes the tokens [`Self::find_tokens`] found; answers each
-    /// throttle's state for headers, in slot order.
+    /// throttle's state for headers, in slot order, and whether a lend
+    /// round trip must be started for tokens now running low (none is under
+    /// way to take them).
     pub(super) fn take_tokens(
         local: &mut Local,
         limits: &Limits,
         sources: Sources,
         now_ms: i64,
-    ) -> impl Iterator<Item = LimitState> {
+    ) -> ([Option<LimitState>; 2], bool) {
         let mut states = [None, None];
+        let mut start_lending = false;
         for (slot, source) in sources.into_iter().enumerate() {
             let (Some(source), Some(limit)) = (source, limits.throttle(slot)) else {
                 continue;
@@ -147,6 +161,21 @@ impl Metering {
                     let Some(b) = local.borrowed.get_mut(id) else { continue };
                     b.tokens -= 1;
                     b.last_used_ms = now_ms;
+                    // Tokens in use stay usable: they lapse only unused.
+                    b.valid_until_ms = now_ms.saturating_add(LOAN_MS);
+                    // Ask for more before these run out, while some are
+                    // left: a node that has spent its last token borrows
+                    // when a request needs one, never ahead (a token
+                    // borrowed ahead could sit here while another node
+                    // refuses for lack of it).
+                    let low = b.tokens > 0 && b.tokens <= b.last_loan / 2;
+                    let may = now_ms >= b.denied_until_ms && now_ms >= b.unavailable_until_ms;
+                    if low && may && !b.fetching {
+                        b.fetching = true;
+                        local.lends.push((id.clone(), *t));
+                        start_lending |= !std::mem::replace(&mut local.lending, true);
+                    }
+                    let Some(b) = local.borrowed.get(id) else { continue };
                     b.left.saturating_add(b.tokens as u64).min(t.burst as u64)
                 }
                 Source::Fallback => {
@@ -157,42 +186,77 @@ impl Metering {
             };
             states[slot] = Some(bucket_state(t, remaining));
         }
-        states.into_iter().flatten()
+        (states, start_lending)
     }
 
-    /// Borrows tokens for bucket `id` (giving back its unused ones); wakes
-    /// the checks waiting for them.
-    pub(super) async fn borrow_tokens(self: Arc<Self>, id: BucketId, t: Throttle) {
-        let asked_ms = self.clock.now_ms();
-        let want = (t.rate_per_sec * BORROW_FOR_MS / 1000.0).ceil().clamp(1.0, (t.burst.max(1)) as f64) as u32;
-        let returned = lock(&self.local).borrowed.get_mut(&id).map(|b| std::mem::take(&mut b.unused)).unwrap_or(0);
-        let request = LendRequest { bucket: id.clone(), throttle: t, want, returned };
-        let answer = tokio::time::timeout(LEND_WAIT, self.authority.lend(request, asked_ms)).await;
-        let now_ms = self.clock.now_ms().max(asked_ms);
-        let mut local = lock(&self.local);
-        let Some(b) = local.borrowed.get_mut(&id) else { return };
-        b.throttle = Some(t);
-        match answer {
-            Ok(Ok(lent)) => {
-                // Times count from the asking: the answer's round trip is not
-                // added to the wait.
-                b.left = lent.left;
-                // The wait comes from the throttle's rate: bounded by
-                // validation, and saturating here all the same.
-                let after_ms = |ms: u64| asked_ms.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX));
-                if lent.granted > 0 {
-                    // Lent tokens are usable at once (the authority books
-                    // nothing ahead).
-                    b.tokens = b.tokens.saturating_add(lent.granted);
-                    b.valid_until_ms = now_ms.saturating_add(BORROWED_VALID_MS);
-                } else {
-                    b.denied_until_ms = after_ms(lent.after_ms.max(1));
+    /// Sends the queued loans (giving back each bucket's unused tokens), at
+    /// most [`MAX_LENDS`] per round trip, until none is queued; one runs at
+    /// a time (`Local::lending`). Wakes the checks waiting for each.
+    pub(super) async fn send_lends(self: Arc<Self>) {
+        let members = self.authority.members().max(1);
+        loop {
+            let (requests, asked_ms) = {
+                let mut local = lock(&self.local);
+                if local.lends.is_empty() {
+                    local.lending = false;
+                    return;
                 }
+                let n = local.lends.len().min(MAX_LENDS);
+                let queued: Vec<(BucketId, Throttle)> = local.lends.drain(..n).collect();
+                let requests: Vec<LendRequest> = queued
+                    .into_iter()
+                    .map(|(bucket, throttle)| {
+                        // Topped up to the loan's size: what a node holds
+                        // stays within it, however often it renews.
+                        let (returned, held) = match local.borrowed.get_mut(&bucket) {
+                            Some(b) => (std::mem::take(&mut b.unused), b.tokens),
+                            None => (0, 0),
+                        };
+                        let want = loan_size(&throttle, members).saturating_sub(held).max(1);
+                        LendRequest { bucket, throttle, want, returned }
+                    })
+                    .collect();
+                (requests, self.clock.now_ms())
+            };
+            let answer = tokio::time::timeout(LEND_WAIT, self.authority.lend(requests.clone(), asked_ms)).await;
+            let now_ms = self.clock.now_ms().max(asked_ms);
+            let mut local = lock(&self.local);
+            let answers = match answer {
+                Ok(Ok(lent)) if lent.len() == requests.len() => lent.into_iter().map(Some).collect(),
+                _ => vec![None; requests.len()],
+            };
+            for (request, lent) in requests.into_iter().zip(answers) {
+                let Some(b) = local.borrowed.get_mut(&request.bucket) else { continue };
+                b.throttle = Some(request.throttle);
+                match lent {
+                    Some(lent) => {
+                        // Times count from the asking: the answer's round trip
+                        // is not added to the wait.
+                        b.left = lent.left;
+                        // The wait comes from the throttle's rate: bounded by
+                        // validation, and saturating here all the same.
+                        let after_ms = |ms: u64| asked_ms.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX));
+                        if lent.granted > 0 {
+                            // Lent tokens are usable at once (the authority
+                            // books nothing ahead); those held are renewed.
+                            if now_ms >= b.valid_until_ms {
+                                b.unused = b.unused.saturating_add(std::mem::take(&mut b.tokens));
+                            }
+                            b.tokens = b.tokens.saturating_add(lent.granted);
+                            b.last_loan = lent.granted;
+                            b.valid_until_ms = now_ms.saturating_add(LOAN_MS);
+                        } else {
+                            // None left now: what is held is spent first,
+                            // then the node refuses until the next is due.
+                            b.denied_until_ms = after_ms(lent.after_ms.max(1));
+                        }
+                    }
+                    None => b.unavailable_until_ms = now_ms + UNAVAILABLE_MS,
+                }
+                b.fetching = false;
+                b.fetched.send_modify(|n| *n += 1);
             }
-            Ok(Err(_)) | Err(_) => b.unavailable_until_ms = now_ms + UNAVAILABLE_MS,
         }
-        b.fetching = false;
-        b.fetched.send_modify(|n| *n += 1);
     }
 
     /// Gives the authority back every borrowed token whose time ran out
@@ -216,10 +280,19 @@ impl Metering {
                 })
                 .collect()
         };
-        for request in returns {
-            let _ = tokio::time::timeout(LEND_WAIT, self.authority.lend(request, now_ms)).await;
+        for batch in returns.chunks(MAX_LENDS) {
+            let _ = tokio::time::timeout(LEND_WAIT, self.authority.lend(batch.to_vec(), now_ms)).await;
         }
     }
+}
+
+/// Tokens to ask for: about [`BORROW_FOR_MS`] at the rate, and at least this
+/// node's standing share of the burst, so a quiet key is admitted from
+/// memory for a while; within 1 and the burst.
+fn loan_size(t: &Throttle, members: u32) -> u32 {
+    let rate_based = (t.rate_per_sec * BORROW_FOR_MS / 1000.0).ceil();
+    let standing = f64::from(t.burst / STANDING_BURST_DIVISOR.saturating_mul(members));
+    rate_based.max(standing).clamp(1.0, f64::from(t.burst.max(1))) as u32
 }
 
 /// A bucket with `remaining` whole tokens: it resets (is full again) when the

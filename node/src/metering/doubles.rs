@@ -43,8 +43,8 @@ impl Authority for Gated {
     fn report(&self, id: u128, usage: Vec<QuotaUsage>, now_ms: i64) -> BoxFuture<'_, Result<(), Unavailable>> {
         self.inner.report(id, usage, now_ms)
     }
-    fn lend(&self, request: LendRequest, now_ms: i64) -> BoxFuture<'_, Result<Lent, Unavailable>> {
-        self.inner.lend(request, now_ms)
+    fn lend(&self, requests: Vec<LendRequest>, now_ms: i64) -> BoxFuture<'_, Result<Vec<Lent>, Unavailable>> {
+        self.inner.lend(requests, now_ms)
     }
     fn members(&self) -> u32 {
         self.inner.members()
@@ -81,7 +81,7 @@ impl Authority for Unreachable {
     fn report(&self, _: u128, _: Vec<QuotaUsage>, _: i64) -> BoxFuture<'_, Result<(), Unavailable>> {
         Box::pin(async { Err(Unavailable("no leader".into())) })
     }
-    fn lend(&self, _: LendRequest, _: i64) -> BoxFuture<'_, Result<Lent, Unavailable>> {
+    fn lend(&self, _: Vec<LendRequest>, _: i64) -> BoxFuture<'_, Result<Vec<Lent>, Unavailable>> {
         self.asked.fetch_add(1, Ordering::SeqCst);
         Box::pin(async { Err(Unavailable("no leader".into())) })
     }
@@ -90,5 +90,45 @@ impl Authority for Unreachable {
     }
     fn node_id(&self) -> u64 {
         1
+    }
+}
+
+/// An authority that counts what it is asked for (grants in lease
+/// commands, loans of throttle tokens) and passes everything on.
+pub struct Counting {
+    inner: Arc<dyn Authority>,
+    /// Grants asked for so far (asks in lease commands).
+    pub asks: AtomicUsize,
+    /// Loans of throttle tokens asked for so far (give-backs included).
+    pub lends: AtomicUsize,
+}
+
+impl Counting {
+    /// `inner`, counted.
+    pub fn new(inner: Arc<dyn Authority>) -> Self {
+        Counting { inner, asks: AtomicUsize::new(0), lends: AtomicUsize::new(0) }
+    }
+}
+
+impl Authority for Counting {
+    fn lease(&self, request: LeaseRequest) -> BoxFuture<'_, Result<LeaseAnswer, Unavailable>> {
+        self.asks.fetch_add(request.asks.len(), Ordering::SeqCst);
+        self.inner.lease(request)
+    }
+    fn recalls(&self, since: u64) -> (u64, Vec<(u64, QuotaPeriod)>) {
+        self.inner.recalls(since)
+    }
+    fn report(&self, id: u128, usage: Vec<QuotaUsage>, now_ms: i64) -> BoxFuture<'_, Result<(), Unavailable>> {
+        self.inner.report(id, usage, now_ms)
+    }
+    fn lend(&self, requests: Vec<LendRequest>, now_ms: i64) -> BoxFuture<'_, Result<Vec<Lent>, Unavailable>> {
+        self.lends.fetch_add(requests.len(), Ordering::SeqCst);
+        self.inner.lend(requests, now_ms)
+    }
+    fn members(&self) -> u32 {
+        self.inner.members()
+    }
+    fn node_id(&self) -> u64 {
+        self.inner.node_id()
     }
 }

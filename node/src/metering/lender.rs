@@ -3,6 +3,13 @@
 //!
 //! Only whole tokens the bucket has now are lent; nothing is booked ahead.
 //! A new leader starts with full buckets: at most one extra burst.
+//!
+//! Every token admitted was taken from the bucket, so over any stretch of
+//! time the cluster admits at most one burst plus the rate: the sustained
+//! rate is exact. Tokens a node holds may be spent later than they were
+//! lent (they lapse after [`LOAN_MS`] unused), so a short burst may pass
+//! the burst by what nodes hold then: their standing shares (at most a
+//! quarter of the burst in all) and about 50 ms of the rate each.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -40,6 +47,12 @@ pub struct Lent {
     pub left: u64,
 }
 
+/// How long lent tokens stay with a node unused, in ms from the loan or
+/// their last use; then the node gives back what it did not spend.
+pub const LOAN_MS: i64 = 10_000;
+/// The most lend requests one round trip to the lender carries.
+pub const MAX_LENDS: usize = 4096;
+
 /// Buckets idle this long are full again: forgetting them changes nothing.
 const FORGET_IDLE_MS: i64 = 60_000;
 /// How often idle buckets are looked for.
@@ -58,6 +71,11 @@ struct Buckets {
 }
 
 impl TokenLender {
+    /// Answers each request in order, by [`Self::lend`].
+    pub fn lend_all(&self, requests: &[LendRequest], now_ms: i64) -> Vec<Lent> {
+        requests.iter().map(|r| self.lend(r, now_ms)).collect()
+    }
+
     /// Takes back `request.returned`, then lends up to `request.want` whole
     /// tokens from the bucket as it is at `now_ms` (the lender's clock).
     pub fn lend(&self, request: &LendRequest, now_ms: i64) -> Lent {

@@ -2,25 +2,31 @@
 //!
 //! **Quotas** are leases on the replicated ledger (`tollgate_proto::metering`).
 //! A node admits a request from a grant it holds — a decrement under a short
-//! lock, no network — and asks the ledger (a Raft write on the leader) for
-//! the next grant before the current one runs out, sized from the key's recent
-//! rate. Near the limit the ledger hands out ever smaller grants, down to
-//! single units, so the last requests of a quota are decided one by one. Used
-//! units are reported in batches ([`Metering::flush`]); a grant idle for a
-//! while is handed back. A node that cannot reach the leader admits only from
-//! what it holds, and only until its lease ends.
+//! lock, no network — and asks the ledger for more before the grant runs
+//! out: about a second's worth at the key's recent rate, and at least the
+//! key's standing share, so a key checked now and then is admitted from
+//! memory too. Near the limit the ledger hands out ever smaller grants, down
+//! to single units, and recalls units a quiet node holds, so the last
+//! requests of a quota are decided one by one. Every grant lives as long as
+//! the node's lease session, renewed for all keys in one Raft entry that also
+//! carries the grants asked for since the last one (`lease`). Used units are
+//! reported in batches ([`Metering::flush`]); a grant unused for a while is
+//! handed back. A node that cannot reach the leader admits only from what it
+//! holds, and only until its session ends.
 //!
 //! Each lease has a holder id of its own: the node id in the high bits, a
-//! random number in the low ones. A restarted node, or a lease dropped after a
-//! limit changed, never shares a grant with its predecessor, whose unreported
-//! use the ledger counts when that grant expires.
+//! random number in the low ones. A restarted node, a new session, or a lease
+//! dropped after a limit changed, never shares a grant with its predecessor,
+//! whose unreported use the ledger counts when that grant expires.
 //!
 //! **Throttles** are token buckets kept by one authority, the Raft leader
-//! ([`TokenLender`]). A node borrows a few tokens at a time (about 50 ms of the
-//! bucket's rate) and admits from them; when the authority has none it says
-//! how long to wait, and the node refuses locally until then. If the leader
-//! cannot be reached the node falls back to a local bucket with its share of
-//! the rate. A new leader starts with full buckets: at most one extra burst.
+//! ([`TokenLender`]). A node borrows a few tokens at a time (about 50 ms of
+//! the bucket's rate, and at least its standing share of the burst), in one
+//! round trip for all the buckets it needs, and admits from them; when the
+//! authority has none it says how long to wait, and the node refuses locally
+//! until then. If the leader cannot be reached the node falls back to a
+//! local bucket with its share of the rate. A new leader starts with full
+//! buckets: at most one extra burst.
 //!
 //! A request takes from every limit that applies, or from none: what it needs
 //! is fetched first (without the lock), then taken in one step under the lock,
@@ -32,14 +38,16 @@
 //!   bucket arithmetic.
 //! - [`authority`]: the [`Authority`] trait (grants, reports, tokens) and
 //!   the in-memory [`LocalAuthority`].
-//! - `lease`: quota leases — admitting from a grant, asking for the next.
-//! - `borrow`: throttle tokens borrowed from the authority, and the
-//!   fallback share while it is away.
+//! - `lease`: quota leases — the node's lease session, admitting from a
+//!   grant, asking for more (queued, sent in one lease command), recalls.
+//! - `borrow`: throttle tokens borrowed from the authority (queued, sent in
+//!   one round trip), and the fallback share while it is away.
 //! - [`lender`]: the leader's token buckets ([`TokenLender`]).
 //! - [`scenarios`]: metering scenarios any authority must pass, with the
 //!   in-memory backend; `tests` runs each on it, an integration test can
 //!   run them all on a cluster ([`scenarios::run_all`]).
-//! - [`doubles`]: authorities that hold grants back or are never reachable.
+//! - [`doubles`]: authorities that hold grants back, are never reachable, or
+//!   count what they are asked for.
 //!
 //! This module never imports the gateway: the gateway builds [`Limits`] and
 //! calls [`Metering::admit`].
@@ -177,6 +185,10 @@ struct Local {
     /// The number of the next recall to look at.
     recall_seq: u64,
     borrowed: HashMap<BucketId, Borrowed>,
+    /// Loans wanted, for the next round trip to the lender.
+    lends: Vec<(BucketId, tollgate_proto::model::Throttle)>,
+    /// A lend round trip is under way (it takes the loans queued meanwhile).
+    lending: bool,
     /// Buckets with this node's share of the rate, while the authority is away.
     fallback: HashMap<BucketId, Bucket>,
     /// Usage of leases dropped (limit changed): reported with their release.
@@ -196,10 +208,11 @@ enum Take {
 
 /// What a check must wait for before it can take.
 enum Need {
-    /// Start the fetch (this check marked it started), then wait for it...
-    Tokens { slot: usize, fetched: watch::Receiver<u64> },
+    /// Tokens are queued for the next lend round trip (which this check
+    /// starts, with `start`); wait for them...
+    Tokens { start: bool, fetched: watch::Receiver<u64> },
     /// A grant is queued for the next lease command (which this check
-    /// starts, with `start`); wait for it.
+    /// starts, with `start`); wait for it...
     Ask { start: bool, fetched: watch::Receiver<u64> },
     /// ...or wait for the fetch another check started.
     Wait(watch::Receiver<u64>),
@@ -254,6 +267,8 @@ impl Metering {
             leased: watch::channel(0).0,
             recall_seq: 0,
             borrowed: HashMap::new(),
+            lends: Vec::new(),
+            lending: false,
             fallback: HashMap::new(),
             retired: Vec::new(),
             last_sweep_ms: 0,
@@ -333,10 +348,10 @@ impl Metering {
                     continue;
                 }
                 Need::Wait(fetched) => fetched,
-                Need::Tokens { slot, fetched } => {
+                Need::Tokens { start, fetched } => {
                     self.stats.round_trips.with_label_values(&["throttle"]).inc();
-                    if let Some(limit) = limits.throttle(slot) {
-                        tokio::spawn(self.clone().borrow_tokens(limit.bucket.clone(), limit.throttle));
+                    if start {
+                        tokio::spawn(self.clone().send_lends());
                     }
                     fetched
                 }
@@ -399,7 +414,11 @@ impl Metering {
                 tightest = Some(state);
             }
         };
-        Self::take_tokens(local, limits, sources, now_ms).for_each(&mut consider);
+        let (states, start_lending) = Self::take_tokens(local, limits, sources, now_ms);
+        states.into_iter().flatten().for_each(&mut consider);
+        if start_lending {
+            tokio::spawn(self.clone().send_lends());
+        }
         if let Some(q) = &limits.quota {
             if let Some(lease::TakenUnit { state, start_asking }) = self.take_quota_unit(local, q, now_ms) {
                 consider(state);

@@ -73,6 +73,7 @@ macro_rules! scenarios {
 scenarios! {
     use_is_reported_exactly_and_an_idle_grant_handed_back: false,
     a_quiet_nodes_standing_share_is_recalled_for_a_busy_one: false,
+    a_quiet_key_is_decided_from_memory_after_its_first_check: false,
     a_spent_quota_says_to_come_back_when_the_period_ends: false,
     a_check_given_up_while_it_fetches_does_not_wedge_the_lease: false,
     a_booked_token_the_client_never_came_back_for_goes_back_to_the_bucket: true,
@@ -243,6 +244,27 @@ pub async fn a_quiet_nodes_standing_share_is_recalled_for_a_busy_one(backend: &d
     assert_eq!(admitted, limit - 1, "every unit but the quiet node's one use went to the busy node");
     let ledger = backend.ledger(&subject, period).await;
     assert_eq!(ledger.consumed + ledger.outstanding(), limit, "{ledger:?}");
+}
+
+/// A key checked now and then, with a quota and a throttle far from their
+/// limits, is decided from the standing shares the node holds: one grant
+/// and one loan for eight checks, where a grant or loan sized by the key's
+/// rate alone would take one per check.
+pub async fn a_quiet_key_is_decided_from_memory_after_its_first_check(backend: &dyn Backend) {
+    let plan = "scenario-quiet-key";
+    let subject = backend.subject(plan, 100_000).await;
+    let counting = Arc::new(super::doubles::Counting::new(subject.authority.clone()));
+    let m = metering(backend, &Subject { authority: counting.clone(), key_id: subject.key_id.clone() });
+    let mut limits = quota_limits(backend, &subject, plan, 100_000);
+    limits.key = throttle_limits(&subject, plan, 10.0, 240).key;
+    for i in 0..8 {
+        assert!(m.admit(&limits, now(backend), 0).await.is_ok(), "check {i}");
+        // Background fetches, if any, land before the next check comes.
+        tokio::task::yield_now().await;
+        backend.pass(300).await;
+    }
+    let count = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!((count(&counting.asks), count(&counting.lends)), (1, 1), "one grant and one loan for eight checks");
 }
 
 /// A spent quota answers 429 with `Retry-After` at the period's end.
