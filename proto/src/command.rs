@@ -41,6 +41,15 @@ pub enum Command {
         /// The proposer's clock: `created_at` (on create) and `updated_at`.
         now: Timestamp,
     },
+    /// Create many objects at once (a bulk import), all or none: refused
+    /// whole, naming the item (`items[3].plan_ids`), if any one would be
+    /// refused as a [`Command::Put`] create. At most [`MAX_CREATE_MANY`].
+    CreateMany {
+        /// The objects, whole, as the admin API validated them.
+        entities: Vec<Entity>,
+        /// The proposer's clock: every object's `created_at` and `updated_at`.
+        now: Timestamp,
+    },
     /// Remove an object; refused while other objects refer to it.
     Delete {
         /// Which kind of object.
@@ -135,6 +144,9 @@ pub struct QuotaPeriod {
     pub start_ms: i64,
 }
 
+/// The most objects one [`Command::CreateMany`] creates.
+pub const MAX_CREATE_MANY: usize = 1000;
+
 /// The most asks one [`Command::QuotaLease`] carries.
 pub const MAX_LEASE_ASKS: usize = 4096;
 
@@ -185,6 +197,16 @@ pub enum Applied {
     /// The object as stored (with its timestamps and, for keys and tokens, the
     /// stored secret digest).
     Put(Entity),
+    /// A [`Command::CreateMany`] created its objects, as proposed (stamped
+    /// with the command's `now`). Only their number and the first id are
+    /// kept, so the answer remembered for retries stays small; the first id
+    /// tells a retry of this very request from another one.
+    CreatedMany {
+        /// Objects created.
+        count: u64,
+        /// The id of the first, if any.
+        first_id: Option<String>,
+    },
     /// The object was removed.
     Deleted,
     /// The identity signing key after a rotation.

@@ -81,6 +81,7 @@ pub fn passes_guard(command: &Command) -> bool {
     match command {
         Command::QuotaGrant { .. } | Command::QuotaLease { .. } | Command::QuotaReport { .. } => true,
         Command::Put { .. }
+        | Command::CreateMany { .. }
         | Command::Delete { .. }
         | Command::RerollKey { .. }
         | Command::RotateIdentityKey { .. }

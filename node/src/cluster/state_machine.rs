@@ -163,6 +163,11 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
                     if let Some(plan_id) = limits_changed(&proposal.command) {
                         self.limits.bump(Some(plan_id));
                     }
+                    if let Command::CreateMany { entities, .. } = &proposal.command {
+                        for plan in entities.iter().filter(|e| e.kind() == EntityKind::Plan) {
+                            self.limits.bump(Some(plan.id()));
+                        }
+                    }
                     let (answer, writes) = self.model.apply(proposal.command);
                     ops.extend(writes);
                     let remembered = self.requests.remember(proposal.request_id, entry.log_id.index, &answer);

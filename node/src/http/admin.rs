@@ -15,7 +15,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
-use tollgate_proto::command::{Applied, PutMode};
+use tollgate_proto::command::{Applied, PutMode, MAX_CREATE_MANY};
 use tollgate_proto::model::*;
 use tollgate_proto::{validate, Command, FieldError, Rejection};
 
@@ -239,6 +239,61 @@ fn secret_digest(entity: &Entity) -> Option<[u8; 32]> {
 
 fn unexpected(applied: Applied) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected answer {applied:?}"))
+}
+
+/// The body of a bulk key import: the keys to create, as for one create.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyImport {
+    /// 1 to [`MAX_CREATE_MANY`] key specs.
+    items: Vec<ApiKeySpec>,
+}
+
+/// `POST /v1/admin/keys/import`: creates up to [`MAX_CREATE_MANY`] keys in
+/// one Raft entry, all or none (AWS API Gateway's `ImportApiKeys`, with
+/// secrets made here). The answer lists each key with its secret, shown
+/// only here, in the order given. A bad item is a 400 naming it
+/// (`items[3].plan_ids`) and creates nothing.
+pub async fn import_keys(
+    State(app): State<Arc<App>>,
+    RequestId(request): RequestId,
+    JsonBody(import): JsonBody<KeyImport>,
+) -> Result<Response, ApiError> {
+    let n = import.items.len();
+    if n == 0 || n > MAX_CREATE_MANY {
+        return Err(ApiError::field("items", format!("must hold 1 to {MAX_CREATE_MANY} keys; got {n}")));
+    }
+    let mut entities = Vec::with_capacity(n);
+    let mut secrets = Vec::with_capacity(n);
+    for (i, spec) in import.items.into_iter().enumerate() {
+        let (entity, secret) = Keys::create(spec)
+            .map_err(|e| FieldError { field: format!("items[{i}].{}", e.field), message: e.message })?;
+        entities.push(entity);
+        secrets.push(secret);
+    }
+    let now = Timestamp::now();
+    let first_id = entities.first().map(|e| e.id().to_string());
+    let command = Command::CreateMany { entities: entities.clone(), now };
+    match app.leader.write(request, command).await?? {
+        Applied::CreatedMany { first_id: created, .. } if created != first_id => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_created",
+            "this Idempotency-Key already imported keys; their secrets were shown once and cannot be shown again",
+        )),
+        Applied::CreatedMany { .. } => {
+            // Stored as proposed, stamped with the command's time.
+            let items: Vec<Value> = entities
+                .into_iter()
+                .zip(secrets)
+                .map(|(mut entity, secret)| {
+                    entity.stamp(Some(now), now);
+                    shown(&entity, secret)
+                })
+                .collect();
+            Ok((StatusCode::CREATED, Json(json!({ "items": items }))).into_response())
+        }
+        other => Err(unexpected(other)),
+    }
 }
 
 /// The body of a reroll (optional).

@@ -29,6 +29,7 @@ use super::admin::MAX_OVERLAP_SECS;
 use super::extract::MAX_PAGE;
 use super::usage::{MAX_DAYS, MAX_DELTA};
 use crate::gateway::{MAX_FIELDS, MAX_HEADER_BYTES};
+use tollgate_proto::command::MAX_CREATE_MANY;
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -419,6 +420,19 @@ fn handwritten_schemas() -> Vec<(&'static str, Value)> {
                 "description": "The token, shown only in this answer."}}}]}),
         ),
         (
+            "KeyImport",
+            json!({"type": "object", "required": ["items"], "additionalProperties": false, "properties": {
+                "items": {"type": "array", "minItems": 1, "maxItems": MAX_CREATE_MANY,
+                    "items": {"$ref": "#/components/schemas/ApiKeySpec"},
+                    "description": "The keys to create, as for one create; all are created or none."}}}),
+        ),
+        (
+            "KeysImported",
+            json!({"type": "object", "required": ["items"], "properties": {
+                "items": {"type": "array", "items": {"$ref": "#/components/schemas/ApiKeyCreated"},
+                    "description": "Each key with its secret (shown only here), in the order given."}}}),
+        ),
+        (
             "Reroll",
             json!({"type": "object", "properties": {"overlap_secs": {"type": "integer", "format": "uint64",
                 "minimum": 0, "maximum": MAX_OVERLAP_SECS, "default": 0,
@@ -711,6 +725,18 @@ pub fn routes() -> Vec<RouteDoc> {
         ],
     );
     routes.push(route("post", "/v1/admin/keys/{id}/reroll", Access::Admin, guarded(admin(reroll, true))));
+    let import = operation(
+        "keys",
+        "Create many keys at once (at most 1000), all or none, in one replicated write",
+        vec![idempotency_key()],
+        Some((schema_ref("KeyImport"), true)),
+        vec![
+            ("201", response("The keys with their secrets, shown only here", Some(json_body(schema_ref("KeysImported"))))),
+            ("400", bad()),
+            ("409", error("An id or secret is taken, or this Idempotency-Key already imported keys whose secrets cannot be shown again")),
+        ],
+    );
+    routes.push(route("post", "/v1/admin/keys/import", Access::Admin, guarded(admin(import, true))));
     let identity = operation(
         "identity",
         "The key version that signs identity tokens for backends",
@@ -1122,6 +1148,7 @@ mod tests {
         ("put", "/v1/admin/{kind}/{id}"),
         ("delete", "/v1/admin/{kind}/{id}"),
         ("post", "/v1/admin/keys/{id}/reroll"),
+        ("post", "/v1/admin/keys/import"),
         ("get", "/v1/admin/identity-key"),
         ("get", "/v1/admin/plans/{id}/usage"),
         ("post", "/v1/admin/plans/{id}/usage/{key_id}"),

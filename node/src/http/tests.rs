@@ -453,3 +453,74 @@ async fn an_unknown_field_in_any_admin_body_is_400_and_changes_nothing() {
     assert_eq!(key_now.body["previous_valid_until"], Value::Null, "no reroll happened: {}", key_now.body);
     assert_eq!(key_now.body["prefix"], key.body["prefix"], "the secret is the same");
 }
+
+#[tokio::test]
+async fn a_key_import_creates_every_key_or_none_and_shows_each_secret_once() {
+    let node = node().await;
+    for (uri, body) in [
+        (
+            "/v1/admin/apis",
+            r#"{"id": "pets", "name": "Pets", "stages": [{"name": "prod"}], "routes": [{"method": "GET", "path": "/pets"}]}"#,
+        ),
+        ("/v1/admin/plans", r#"{"id": "gold", "name": "Gold", "api_stages": [{"api_id": "pets", "stage": "prod"}]}"#),
+    ] {
+        let answer = call(&node.http, admin(Method::POST, uri, body)).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    }
+    let keys = |n: usize| {
+        let items: Vec<Value> = (0..n).map(|i| json!({"name": format!("k{i}"), "plan_ids": ["gold"]})).collect();
+        json!({ "items": items }).to_string()
+    };
+    let count = || async {
+        call(&node.http, admin(Method::GET, "/v1/admin/keys?limit=1000", "")).await.body["items"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    // A bad item anywhere: 400 naming it, nothing created.
+    let mut bad: Value = serde_json::from_str(&keys(5)).expect("json");
+    bad["items"][3]["plan_ids"] = json!(["nope"]);
+    let cases = [
+        (bad.to_string(), "items[3].plan_ids"),
+        (r#"{"items": [{"name": "ok"}, {"name": ""}]}"#.to_string(), "items[1].name"),
+        (r#"{"items": []}"#.to_string(), "items"),
+        (keys(1001), "items"),
+        (r#"{"items": [{"name": "ok", "plan_id": "gold"}]}"#.to_string(), "items[0]"),
+    ];
+    for (body, field) in cases {
+        let answer = call(&node.http, admin(Method::POST, "/v1/admin/keys/import", &body)).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{field}: {}", answer.body);
+        let (_, named, message) = answer.error();
+        assert!(named.is_some_and(|n| n.starts_with(field)) || message.contains("plan_id"), "{field}: {}", answer.body);
+    }
+    assert_eq!(count().await, 0, "a refused import creates nothing");
+    // 300 keys: created, in order, each with its own secret that passes a check.
+    let answer = call(&node.http, admin(Method::POST, "/v1/admin/keys/import", &keys(300))).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    let items = answer.body["items"].as_array().expect("items");
+    assert_eq!(items.len(), 300);
+    let secrets: std::collections::HashSet<&str> = items.iter().filter_map(|k| k["secret"].as_str()).collect();
+    assert_eq!(secrets.len(), 300, "a secret per key, none twice");
+    assert!(items.iter().enumerate().all(|(i, k)| k["name"] == format!("k{i}").as_str()), "in the order given");
+    assert_eq!(count().await, 300);
+    for k in [&items[0], &items[299]] {
+        let check = json!({"api": "pets", "stage": "prod", "method": "GET", "path": "/pets",
+            "headers": {"x-api-key": k["secret"]}});
+        let decision = call(&node.http, request(Method::POST, "/v1/check", None, &check.to_string())).await;
+        assert_eq!(decision.body["allowed"], true, "{}", decision.body);
+        let stored =
+            call(&node.http, admin(Method::GET, &format!("/v1/admin/keys/{}", k["id"].as_str().unwrap_or("")), ""))
+                .await;
+        assert!(stored.body.get("secret").is_none(), "never shown again: {}", stored.body);
+        assert_eq!(stored.body["created_at"], k["created_at"], "the answer shows the key as stored");
+    }
+    // The same Idempotency-Key again: the keys are not made twice, nor their secrets shown.
+    let with_key = |body: String| {
+        let mut r = admin(Method::POST, "/v1/admin/keys/import", &body);
+        r.headers_mut().insert("idempotency-key", "import-1".parse().expect("header"));
+        r
+    };
+    assert_eq!(call(&node.http, with_key(keys(2))).await.status, StatusCode::CREATED);
+    let again = call(&node.http, with_key(keys(2))).await;
+    assert_eq!((again.status, again.error().0), (StatusCode::CONFLICT, "already_created"), "{}", again.body);
+    assert_eq!(count().await, 302);
+}

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use imbl::{HashMap, OrdMap};
-use tollgate_proto::command::{Applied, LeaseAsk, PutMode, QuotaPeriod, MAX_LEASE_ASKS};
+use tollgate_proto::command::{Applied, LeaseAsk, PutMode, QuotaPeriod, MAX_CREATE_MANY, MAX_LEASE_ASKS};
 use tollgate_proto::metering::{renew_session, GrantAsk, QuotaLedger, Sessions};
 use tollgate_proto::model::{
     ApiKey, AuthorizerKind, Entity, EntityKind, IdentityKeyState, KeyFrom, PreviousSecret, SecretDigest, Timestamp,
@@ -276,6 +276,7 @@ impl Model {
     pub fn apply(&mut self, command: Command) -> (CommandResult, Vec<Op>) {
         let outcome = match command {
             Command::Put { entity, mode, now } => self.put(entity, mode, now),
+            Command::CreateMany { entities, now } => self.create_many(entities, now),
             Command::Delete { kind, id } => self.delete(kind, &id),
             Command::RerollKey { id, secret, overlap_until, now } => self.reroll(&id, secret, overlap_until, now),
             Command::QuotaGrant { period, holder, want, lease_until_ms, now_ms } => {
@@ -356,6 +357,37 @@ impl Model {
         }
         self.load(entity.clone());
         Ok((Applied::Put(entity), vec![Op::Put(object_key(kind, &id), bytes)]))
+    }
+
+    /// Creates every object or none (a bulk import): each is checked as a
+    /// single create against the model with the ones before it, on a copy
+    /// (a persistent map: O(1)) that replaces the model only if all pass.
+    fn create_many(&mut self, entities: Vec<Entity>, now: Timestamp) -> Outcome {
+        if entities.len() > MAX_CREATE_MANY {
+            return Err(Rejection::invalid("items", format!("at most {MAX_CREATE_MANY} objects at once")));
+        }
+        let count = entities.len() as u64;
+        let first_id = entities.first().map(|e| e.id().to_string());
+        let mut next = self.clone();
+        let mut ops = Vec::with_capacity(entities.len());
+        for (i, entity) in entities.into_iter().enumerate() {
+            match next.put(entity, PutMode::Create, now) {
+                Ok((Applied::Put(_), writes)) => ops.extend(writes),
+                Ok((other, _)) => {
+                    return Err(Rejection::invalid(&format!("items[{i}]"), format!("unexpected answer {other:?}")))
+                }
+                Err(mut rejection) => {
+                    let field = rejection.field.take();
+                    rejection.field = Some(match field {
+                        Some(f) => format!("items[{i}].{f}"),
+                        None => format!("items[{i}]"),
+                    });
+                    return Err(rejection);
+                }
+            }
+        }
+        *self = next;
+        Ok((Applied::CreatedMany { count, first_id }, ops))
     }
 
     /// Applies a metering change to the ledger of `period`. The key must be in
