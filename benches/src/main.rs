@@ -1,5 +1,7 @@
 //! `tollgate-bench`: measurements against a real three-node cluster that this
-//! tool starts itself (from the `tollgate` binary given) on loopback.
+//! tool starts itself (from the `tollgate` binary given) on loopback. Every
+//! node binds port 0 and reports what it bound, so a run never collides
+//! with another process over a port; a restarted node comes back on its own.
 //!
 //! - `writes`: admin write latency (p50/p99) and throughput, creating keys.
 //! - `failover`: time from `kill -9` of the leader until the survivors agree on
@@ -23,7 +25,7 @@
 //!
 //! Layout: `main` parses the arguments and hands each tool its run —
 //! `writes` (writes, failover, cold start), `check`, `throttle`, `quota`,
-//! `chaos_run` — over `cluster` (the bench's fixed-port cluster on the
+//! `chaos_run` — over `cluster` (the bench's cluster on port 0, on the
 //! node crate's launcher), `fixture` (the API, plan and key checked
 //! against, one check) and `load` (workers and the report line).
 //!
@@ -68,9 +70,6 @@ struct Args {
     /// Keep the nodes' data and logs in this folder (default: a temporary one).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// First port; the cluster uses P..P+2 (HTTP) and P+1000..P+1002 (peer).
-    #[arg(long, default_value_t = 38081)]
-    base_port: u16,
     #[command(subcommand)]
     what: What,
 }
@@ -176,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
         };
         return chaos_run::run(&config).await;
     }
-    let cluster = Cluster::start(args.bin.clone(), &args.node_flags, args.base_port, args.data_dir.clone()).await?;
+    let cluster = Cluster::start(args.bin.clone(), &args.node_flags, args.data_dir.clone()).await?;
     match args.what {
         What::Writes { count, concurrency, via_follower } => {
             writes::writes(cluster, count, concurrency, via_follower).await
