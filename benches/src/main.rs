@@ -21,7 +21,8 @@
 //!   offline (invariants Q and U, no acknowledged write lost, reads see
 //!   acknowledged writes); exits non-zero on any violation. It runs its
 //!   cluster through the test harness (`tests/harness`, for its partitioning
-//!   proxies), so only `--bin` applies to it.
+//!   proxies), which sets the nodes' flags and data folder itself: only
+//!   `--bin` applies, and `--node-flags` or `--data-dir` is refused.
 //!
 //! Layout: `main` parses the arguments and hands each tool its run —
 //! `writes` (writes, failover, cold start), `check`, `throttle`, `quota`,
@@ -55,6 +56,7 @@ mod writes;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::bail;
 use clap::{Parser, Subcommand};
 
 use crate::cluster::Cluster;
@@ -64,10 +66,12 @@ struct Args {
     /// The tollgate binary to run (build with --release for real figures).
     #[arg(long, default_value = "target/release/tollgate")]
     bin: PathBuf,
-    /// Extra flags for every node (e.g. "--election-min-ms 150 --election-max-ms 300").
+    /// Extra flags for every node (e.g. "--election-min-ms 150 --election-max-ms 300");
+    /// not with `chaos`.
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     node_flags: String,
-    /// Keep the nodes' data and logs in this folder (default: a temporary one).
+    /// Keep the nodes' data and logs in this folder, new or empty (default: a
+    /// temporary one); not with `chaos`.
     #[arg(long)]
     data_dir: Option<PathBuf>,
     #[command(subcommand)]
@@ -162,6 +166,21 @@ enum What {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let What::Chaos { secs, seed, quota, max_grant, check_workers, admin_workers } = args.what {
+        // The harness decides both for the nodes it starts; say so rather
+        // than run without what was asked for.
+        if !args.node_flags.trim().is_empty() {
+            bail!(
+                "--node-flags does not apply to chaos: its cluster is the test harness's (tests/harness), which \
+                 sets the nodes' flags itself; use chaos's own --max-grant, or run another tool"
+            );
+        }
+        if let Some(dir) = &args.data_dir {
+            bail!(
+                "--data-dir {} does not apply to chaos: the test harness keeps its nodes' data in a temporary \
+                 folder of its own, removed when the run ends",
+                dir.display()
+            );
+        }
         let config = chaos::ChaosConfig {
             seed,
             run: Duration::from_secs(secs),
