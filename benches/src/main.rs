@@ -10,6 +10,13 @@
 //!   become ready after a restart.
 //! - `check`: latency and throughput of `POST /v1/check` and of the binary
 //!   protocol, against one node.
+//! - `keys`: checks of keys chosen at random from many (100k by default,
+//!   each with a throttle and a quota, or `--keys-plan none`) against checks
+//!   of one key, on one follower, in interleaved rounds over HTTP and the
+//!   binary protocol: throughput, p50, p99, their ratios (the goal: many
+//!   keys at 0.8x the one-key rate or better, p99 within 2x), a first pass
+//!   over every key (a cold node), and the node's counters of checks that
+//!   waited for the leader around each phase.
 //! - `throttle`: how close the cluster-wide admitted rate of one key stays to
 //!   its throttle under demand well above it, spread over the three nodes and
 //!   then on one node only.
@@ -25,9 +32,9 @@
 //!   `--bin` applies, and `--node-flags` or `--data-dir` is refused.
 //!
 //! Layout: `main` parses the arguments and hands each tool its run —
-//! `writes` (writes, failover, cold start), `check`, `throttle`, `quota`,
-//! `chaos_run` — over `cluster` (the bench's cluster on port 0, on the
-//! node crate's launcher), `fixture` (the API, plan and key checked
+//! `writes` (writes, failover, cold start), `check`, `keys`, `throttle`,
+//! `quota`, `chaos_run` — over `cluster` (the bench's cluster on port 0,
+//! on the node crate's launcher), `fixture` (the API, plan and key checked
 //! against, one check) and `load` (workers and the report line).
 //!
 //! Speed figures belong here, never in tests. Example:
@@ -48,6 +55,7 @@ mod chaos_run;
 mod check;
 mod cluster;
 mod fixture;
+mod keys;
 mod load;
 mod quota;
 mod throttle;
@@ -103,6 +111,40 @@ enum What {
         #[arg(long)]
         only: Option<String>,
         /// The client's connections to the node (its default is 2).
+        #[arg(long, default_value_t = 2)]
+        connections: usize,
+    },
+    /// Checks over many keys at random against checks of one key, on one
+    /// follower, interleaved in rounds: throughput, p50, p99, the ratios,
+    /// and how many checks waited for the leader.
+    Keys {
+        /// How many keys to create (the one key is one of them).
+        #[arg(long, default_value_t = 100_000)]
+        keys: usize,
+        /// The keys' plan: `limits` (a throttle and a quota that never
+        /// refuse) or `none` (the key lookup alone).
+        #[arg(long, value_enum, default_value_t = keys::KeysPlan::Limits)]
+        keys_plan: keys::KeysPlan,
+        /// Seconds of each phase.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// End each phase after this many checks, if that comes first.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Callers checking at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Keys created at once (admin writes through the leader).
+        #[arg(long, default_value_t = 64)]
+        create_concurrency: usize,
+        /// Phases of each kind (one key, many keys) per path; the summary
+        /// takes their medians.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Run only one path: `http` or `wire` (default: both).
+        #[arg(long)]
+        only: Option<String>,
+        /// The binary client's connections to the node.
         #[arg(long, default_value_t = 2)]
         connections: usize,
     },
@@ -203,6 +245,20 @@ async fn main() -> anyhow::Result<()> {
         What::ColdStart { keys, concurrency } => writes::cold_start(cluster, keys, concurrency).await,
         What::Check { count, concurrency, only, connections } => {
             check::run(cluster, count, concurrency, only, connections).await
+        }
+        What::Keys { keys, keys_plan, secs, count, concurrency, create_concurrency, rounds, only, connections } => {
+            let run = keys::KeysRun {
+                keys,
+                plan: keys_plan,
+                secs,
+                count,
+                concurrency,
+                create_concurrency,
+                rounds,
+                only,
+                connections,
+            };
+            keys::run(cluster, run).await
         }
         What::Throttle { rate, burst, demand, secs, concurrency } => {
             throttle::run(cluster, rate, burst, demand, secs, concurrency).await
