@@ -9,7 +9,7 @@
 //! refuses, or no limits at all) and N keys in it, created through the
 //! leader many at a time. Then against one follower only: a first pass that
 //! checks every key once (what a node that has never seen the keys meets,
-//! reported as such), and rounds of one-key and many-key phases interleaved
+//! reported as such; `--no-first-pass` skips it), and rounds of one-key and many-key phases interleaved
 //! (one, many, one, many, ...), over HTTP and then over the binary
 //! protocol; the medians of the rounds and their ratios. Around each phase
 //! the node's `/metrics` counters of checks that waited for the leader and
@@ -61,6 +61,8 @@ pub struct KeysRun {
     pub only: Option<String>,
     /// The binary client's connections to the node.
     pub connections: usize,
+    /// Check every key once before the rounds (and report that pass).
+    pub first_pass: bool,
 }
 
 /// The `keys` run on `cluster`.
@@ -134,11 +136,15 @@ pub async fn run(cluster: Cluster, run: KeysRun) -> anyhow::Result<()> {
 
     // Every key once, in order: the node meets each for the first time.
     let first = &targets[0];
-    let before = metrics.read().await;
-    let pass = phase(first, Pick::Each, run.keys, None, run.concurrency).await?;
-    println!("first pass (warm-up), every key checked once, {}:", first.name());
-    pass.report("  cold keys");
-    metrics.report(&before, &metrics.read().await, pass.checks());
+    if run.first_pass {
+        let before = metrics.read().await;
+        let pass = phase(first, Pick::Each, run.keys, None, run.concurrency).await?;
+        println!("first pass (warm-up), every key checked once, {}:", first.name());
+        pass.report("  cold keys");
+        metrics.report(&before, &metrics.read().await, pass.checks());
+    } else {
+        println!("no first pass (--no-first-pass): the node has not checked any key before the rounds");
+    }
 
     for target in &targets {
         // Connections opened, and key 0's state on the node warm.

@@ -147,6 +147,10 @@ enum What {
         /// The binary client's connections to the node.
         #[arg(long, default_value_t = 2)]
         connections: usize,
+        /// Skip the first pass over every key (minutes at 100k keys while
+        /// each key's first check waits for the leader).
+        #[arg(long)]
+        no_first_pass: bool,
     },
     ColdStart {
         #[arg(long, default_value_t = 100_000)]
@@ -246,7 +250,18 @@ async fn main() -> anyhow::Result<()> {
         What::Check { count, concurrency, only, connections } => {
             check::run(cluster, count, concurrency, only, connections).await
         }
-        What::Keys { keys, keys_plan, secs, count, concurrency, create_concurrency, rounds, only, connections } => {
+        What::Keys {
+            keys,
+            keys_plan,
+            secs,
+            count,
+            concurrency,
+            create_concurrency,
+            rounds,
+            only,
+            connections,
+            no_first_pass,
+        } => {
             let run = keys::KeysRun {
                 keys,
                 plan: keys_plan,
@@ -257,6 +272,7 @@ async fn main() -> anyhow::Result<()> {
                 rounds,
                 only,
                 connections,
+                first_pass: !no_first_pass,
             };
             keys::run(cluster, run).await
         }
