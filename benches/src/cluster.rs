@@ -1,18 +1,31 @@
-//! The bench's own three-node cluster: fixed ports (base P: HTTP P..,
-//! peer P+1000.., wire P+2000..), all nodes named in `--peers` from the
-//! start, the node flags as given. Started and stopped through the node
-//! crate's launcher (`tollgate_node::launch`); spoken to through the one
-//! admin client (`tollgate_client::admin`).
+//! The bench's own three-node cluster on loopback, every listener on port
+//! 0: no port is ever checked free and bound later, where another process
+//! could take it in between. Node 1 starts a new cluster (`--init`); nodes 2
+//! and 3 start empty and are added through node 1's admin API, as an
+//! operator grows a cluster (and as the test harness, `tests/harness`,
+//! does). Each node's ports are read from the `node.json` it writes once
+//! bound. A killed node's ports stay held (bound, not listening) until it
+//! is started again on those same ports, which it must get back: the other
+//! members know it by them.
+//!
+//! The nodes get the node flags as given and no Raft timings of the bench's
+//! own (unlike the harness's), so failover figures are the real ones. They
+//! are started and stopped through the node crate's launcher
+//! (`tollgate_node::launch`) and spoken to through the one admin client
+//! (`tollgate_client::admin`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use tollgate_client::admin::{AdminClient, ApiKeySpec, ClusterStatus};
-use tollgate_node::launch::{Listen, NodeCommand, NodeProcess};
+use tollgate_client::admin::{AdminClient, ApiKeySpec, ClusterMember, ClusterStatus};
+use tollgate_node::launch::{Bound, Listen, NodeCommand, NodeProcess};
 
 /// The bootstrap admin token of every bench cluster.
 pub const TOKEN: &str = "tga_bench-token-0123456789abcdefghij";
+
+/// How long a node may take to bind its ports, and to become ready.
+const START_PATIENCE: Duration = Duration::from_secs(120);
 
 /// Where the nodes keep data: a temporary folder, or one the user keeps.
 enum Workdir {
@@ -21,7 +34,7 @@ enum Workdir {
 }
 
 impl Workdir {
-    fn path(&self) -> &std::path::Path {
+    fn path(&self) -> &Path {
         match self {
             Workdir::Temp(t) => t.path(),
             Workdir::Kept(p) => p,
@@ -29,50 +42,94 @@ impl Workdir {
     }
 }
 
-/// Three nodes on fixed ports (base P: HTTP P.., peer P+1000.., wire
-/// P+2000..), all named in `--peers` from the start, with the Raft timings
-/// the node flags give (not the test harness's), so failover figures are
-/// the real ones.
+/// One member of the bench cluster.
+struct Member {
+    /// The ports it bound at its first start, which every later start asks
+    /// for again (the other members dial it there).
+    ports: Bound,
+    /// Its process while it runs; killed when dropped.
+    process: Option<NodeProcess>,
+    /// While it is down: its ports, bound and not listening, so that no
+    /// other process takes them before it starts again (connections to
+    /// them are refused meanwhile, as for any dead process).
+    held: Vec<socket2::Socket>,
+}
+
+/// Three nodes that form one cluster, on ports the kernel chose.
 pub struct Cluster {
     bin: PathBuf,
     flags: Vec<String>,
-    base: u16,
     dir: Workdir,
-    /// Node id - 1 -> its process while it runs; killed when dropped.
-    nodes: Vec<Option<NodeProcess>>,
+    /// Node id - 1 -> the member.
+    nodes: Vec<Member>,
     /// Every HTTP call of the bench: a pool big enough for its workers.
     pub http: reqwest::Client,
 }
 
 impl Cluster {
-    pub async fn start(bin: PathBuf, flags: &str, base: u16, keep: Option<PathBuf>) -> anyhow::Result<Cluster> {
-        let mut c = Cluster {
-            bin,
-            flags: flags.split_whitespace().map(str::to_string).collect(),
-            base,
-            dir: match keep {
-                Some(p) => Workdir::Kept(p),
-                None => Workdir::Temp(tempfile::tempdir()?),
-            },
-            nodes: vec![None, None, None],
-            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).pool_max_idle_per_host(256).build()?,
+    /// Starts the three nodes, node 1 with `--init`, and adds nodes 2 and 3
+    /// as voters; returns once all three are ready. `keep`: the nodes' data
+    /// and logs go there (it must not hold an earlier run's cluster), else
+    /// in a temporary folder.
+    pub async fn start(bin: PathBuf, flags: &str, keep: Option<PathBuf>) -> anyhow::Result<Cluster> {
+        let dir = match keep {
+            Some(p) => {
+                if p.join("node1").exists() {
+                    bail!(
+                        "--data-dir {}: holds the nodes of an earlier run (node1/); each run starts a new \
+                         cluster, so give a new or empty folder",
+                        p.display()
+                    );
+                }
+                Workdir::Kept(p)
+            }
+            None => Workdir::Temp(tempfile::tempdir()?),
         };
+        let flags: Vec<String> = flags.split_whitespace().map(str::to_string).collect();
+        // All three at once: nodes 2 and 3 wait, unready, to be added.
+        let mut processes = Vec::new();
         for id in 1..=3 {
-            c.spawn(id)?;
+            let listen = Listen::loopback(0, 0, 0);
+            processes.push(spawn_node(&bin, &flags, dir.path(), id, listen)?);
         }
-        for id in 1..=3 {
-            c.wait_ready(id).await?;
+        let mut nodes = Vec::new();
+        for mut process in processes {
+            let ports = process.wait_bound(Instant::now() + START_PATIENCE).await?;
+            nodes.push(Member { ports, process: Some(process), held: Vec::new() });
         }
-        Ok(c)
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).pool_max_idle_per_host(256).build()?;
+        let mut cluster = Cluster { bin, flags, dir, nodes, http };
+        cluster.wait_ready(1).await?;
+        for id in 2..=3 {
+            let ports = cluster.nodes[id as usize - 1].ports;
+            let member = ClusterMember {
+                id,
+                http_addr: ports.http.to_string(),
+                peer_addr: ports.peer.to_string(),
+                wire_addr: ports.wire.to_string(),
+                voter: true,
+            };
+            cluster.admin(1)?.add_node(&member).await.with_context(|| format!("adding node {id}"))?;
+            cluster.wait_ready(id).await?;
+        }
+        Ok(cluster)
+    }
+
+    fn member(&self, id: u64) -> &Member {
+        &self.nodes[id as usize - 1]
+    }
+
+    fn member_mut(&mut self, id: u64) -> &mut Member {
+        &mut self.nodes[id as usize - 1]
     }
 
     pub fn url(&self, id: u64) -> String {
-        format!("http://127.0.0.1:{}", self.base + id as u16 - 1)
+        format!("http://{}", self.member(id).ports.http)
     }
 
     /// Node `id`'s binary check listener, `127.0.0.1:PORT`.
     pub fn wire_addr(&self, id: u64) -> String {
-        self.listen(id).wire
+        self.member(id).ports.wire.to_string()
     }
 
     /// Node `id`'s log file.
@@ -80,45 +137,52 @@ impl Cluster {
         self.dir.path().join(format!("node{id}/node.log"))
     }
 
-    /// Node `id`'s fixed ports.
-    fn listen(&self, id: u64) -> Listen {
-        let at = self.base + id as u16 - 1;
-        Listen::loopback(at, at + 1000, at + 2000)
-    }
-
+    /// Starts node `id` again (after [`Cluster::kill`]) on the ports it had;
+    /// [`Cluster::wait_ready`] then waits for it.
     pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
-        let peers: Vec<String> = (1..=3u64)
-            .map(|i| {
-                let at = self.listen(i);
-                format!("{i}={}/{}/{}", at.http, at.peer, at.wire)
-            })
-            .collect();
-        let mut command = NodeCommand::new(&self.bin, self.dir.path().join(format!("node{id}"))).id(id);
-        command.listen = Some(self.listen(id));
-        command.peers = Some(peers.join(","));
-        command.flags = self.flags.iter().map(Into::into).collect();
-        command.admin_token = Some(TOKEN.into());
-        // As in production: peers authenticate, and identity tokens are signed.
-        command.cluster_token = Some("bench-cluster-token".into());
-        // A bench stopped by a signal leaves no nodes behind on its ports.
-        self.nodes[id as usize - 1] = Some(command.spawn_with(crate::harness::die_with_parent)?);
+        if self.is_running(id) {
+            bail!("node {id} is already running");
+        }
+        let ports = self.member(id).ports;
+        let listen = Listen::loopback(ports.http.port(), ports.peer.port(), ports.wire.port());
+        // Let the ports go only now, as the node is about to bind them.
+        self.member_mut(id).held.clear();
+        let process = spawn_node(&self.bin, &self.flags, self.dir.path(), id, listen)?;
+        self.member_mut(id).process = Some(process);
         Ok(())
     }
 
+    /// kill -9. Its ports stay held for its restart.
     pub fn kill(&mut self, id: u64) {
-        // Dropping the process kills it.
-        self.nodes[id as usize - 1] = None;
+        let member = self.member_mut(id);
+        if let Some(process) = member.process.take() {
+            // Dropping the process kills and reaps it.
+            drop(process);
+            // A port another process took in the instant since is not held;
+            // the restart then fails naming it, in the node's log.
+            let ports = [member.ports.http, member.ports.peer, member.ports.wire];
+            member.held = ports.iter().filter_map(|addr| hold(*addr).ok()).collect();
+        }
     }
 
     fn is_running(&self, id: u64) -> bool {
-        self.nodes[id as usize - 1].is_some()
+        self.member(id).process.is_some()
     }
 
-    /// Waits (at most 120 s) until node `id` is ready; how long that took.
+    /// Waits (at most 120 s each) until node `id` has bound its ports (the
+    /// ones it had, or it fails) and is ready; how long that took.
     pub async fn wait_ready(&mut self, id: u64) -> anyhow::Result<Duration> {
-        let url = self.url(id);
-        let node = self.nodes[id as usize - 1].as_mut().with_context(|| format!("node {id} is not running"))?;
-        Ok(node.wait_ready(&self.http, &url, Instant::now() + Duration::from_secs(120)).await?)
+        let started = Instant::now();
+        let (url, http) = (self.url(id), self.http.clone());
+        let member = self.member_mut(id);
+        let want = member.ports;
+        let process = member.process.as_mut().with_context(|| format!("node {id} is not running"))?;
+        let bound = process.wait_bound(started + START_PATIENCE).await?;
+        if bound != want {
+            bail!("node {id} bound {bound:?} instead of its ports {want:?}");
+        }
+        process.wait_ready(&http, &url, Instant::now() + START_PATIENCE).await?;
+        Ok(started.elapsed())
     }
 
     /// The admin client of node `id` alone, on the bench's HTTP client (its
@@ -164,4 +228,30 @@ impl Cluster {
         self.admin(id)?.create_key(&spec).await.context("create key")?;
         Ok(())
     }
+}
+
+/// Starts node `id` of `bin` in `DIR/nodeID` on `listen` (port 0: any),
+/// with `--init` for node 1 (ignored once its cluster exists) and `flags`.
+fn spawn_node(bin: &Path, flags: &[String], dir: &Path, id: u64, listen: Listen) -> anyhow::Result<NodeProcess> {
+    let mut command = NodeCommand::new(bin, dir.join(format!("node{id}"))).id(id);
+    command.listen = Some(listen);
+    command.init = id == 1;
+    command.flags = flags.iter().map(Into::into).collect();
+    command.admin_token = Some(TOKEN.into());
+    // As in production: peers authenticate, and identity tokens are signed.
+    command.cluster_token = Some("bench-cluster-token".into());
+    // A bench stopped by a signal leaves no nodes behind.
+    Ok(command.spawn_with(crate::harness::die_with_parent)?)
+}
+
+/// Keeps `addr` taken without listening on it: connections to it are
+/// refused, and no other socket can bind it. With `SO_REUSEADDR`, as the
+/// node's own listeners, so it binds over the killed node's TIME_WAIT
+/// connections, and the node binds again once this is dropped.
+fn hold(addr: std::net::SocketAddr) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
 }

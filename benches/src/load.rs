@@ -13,6 +13,21 @@ where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
 {
+    run_load_until(count, None, concurrency, op).await
+}
+
+/// As [`run_load`], but no operation starts once `until` (if given) has
+/// passed: a run of a fixed time, or a fixed count, whichever ends first.
+pub async fn run_load_until<F, Fut>(
+    count: usize,
+    until: Option<Instant>,
+    concurrency: usize,
+    op: F,
+) -> anyhow::Result<(Histogram<u64>, Duration)>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = vec![];
@@ -21,6 +36,9 @@ where
         tasks.push(tokio::spawn(async move {
             let mut h = Histogram::<u64>::new(3)?;
             loop {
+                if until.is_some_and(|until| Instant::now() >= until) {
+                    return anyhow::Ok(h);
+                }
                 let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if n >= count {
                     return anyhow::Ok(h);

@@ -1,5 +1,7 @@
 //! `tollgate-bench`: measurements against a real three-node cluster that this
-//! tool starts itself (from the `tollgate` binary given) on loopback.
+//! tool starts itself (from the `tollgate` binary given) on loopback. Every
+//! node binds port 0 and reports what it bound, so a run never collides
+//! with another process over a port; a restarted node comes back on its own.
 //!
 //! - `writes`: admin write latency (p50/p99) and throughput, creating keys.
 //! - `failover`: time from `kill -9` of the leader until the survivors agree on
@@ -8,6 +10,13 @@
 //!   become ready after a restart.
 //! - `check`: latency and throughput of `POST /v1/check` and of the binary
 //!   protocol, against one node.
+//! - `keys`: checks of keys chosen at random from many (100k by default,
+//!   each with a throttle and a quota, or `--keys-plan none`) against checks
+//!   of one key, on one follower, in interleaved rounds over HTTP and the
+//!   binary protocol: throughput, p50, p99, their ratios (the goal: many
+//!   keys at 0.8x the one-key rate or better, p99 within 2x), a first pass
+//!   over every key (a cold node), and the node's counters of checks that
+//!   waited for the leader around each phase.
 //! - `throttle`: how close the cluster-wide admitted rate of one key stays to
 //!   its throttle under demand well above it, spread over the three nodes and
 //!   then on one node only.
@@ -19,12 +28,13 @@
 //!   offline (invariants Q and U, no acknowledged write lost, reads see
 //!   acknowledged writes); exits non-zero on any violation. It runs its
 //!   cluster through the test harness (`tests/harness`, for its partitioning
-//!   proxies), so only `--bin` applies to it.
+//!   proxies), which sets the nodes' flags and data folder itself: only
+//!   `--bin` applies, and `--node-flags` or `--data-dir` is refused.
 //!
 //! Layout: `main` parses the arguments and hands each tool its run —
-//! `writes` (writes, failover, cold start), `check`, `throttle`, `quota`,
-//! `chaos_run` — over `cluster` (the bench's fixed-port cluster on the
-//! node crate's launcher), `fixture` (the API, plan and key checked
+//! `writes` (writes, failover, cold start), `check`, `keys`, `throttle`,
+//! `quota`, `chaos_run` — over `cluster` (the bench's cluster on port 0,
+//! on the node crate's launcher), `fixture` (the API, plan and key checked
 //! against, one check) and `load` (workers and the report line).
 //!
 //! Speed figures belong here, never in tests. Example:
@@ -45,6 +55,7 @@ mod chaos_run;
 mod check;
 mod cluster;
 mod fixture;
+mod keys;
 mod load;
 mod quota;
 mod throttle;
@@ -53,6 +64,7 @@ mod writes;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::bail;
 use clap::{Parser, Subcommand};
 
 use crate::cluster::Cluster;
@@ -62,15 +74,14 @@ struct Args {
     /// The tollgate binary to run (build with --release for real figures).
     #[arg(long, default_value = "target/release/tollgate")]
     bin: PathBuf,
-    /// Extra flags for every node (e.g. "--election-min-ms 150 --election-max-ms 300").
+    /// Extra flags for every node (e.g. "--election-min-ms 150 --election-max-ms 300");
+    /// not with `chaos`.
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     node_flags: String,
-    /// Keep the nodes' data and logs in this folder (default: a temporary one).
+    /// Keep the nodes' data and logs in this folder, new or empty (default: a
+    /// temporary one); not with `chaos`.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// First port; the cluster uses P..P+2 (HTTP) and P+1000..P+1002 (peer).
-    #[arg(long, default_value_t = 38081)]
-    base_port: u16,
     #[command(subcommand)]
     what: What,
 }
@@ -102,6 +113,44 @@ enum What {
         /// The client's connections to the node (its default is 2).
         #[arg(long, default_value_t = 2)]
         connections: usize,
+    },
+    /// Checks over many keys at random against checks of one key, on one
+    /// follower, interleaved in rounds: throughput, p50, p99, the ratios,
+    /// and how many checks waited for the leader.
+    Keys {
+        /// How many keys to create (the one key is one of them).
+        #[arg(long, default_value_t = 100_000)]
+        keys: usize,
+        /// The keys' plan: `limits` (a throttle and a quota that never
+        /// refuse) or `none` (the key lookup alone).
+        #[arg(long, value_enum, default_value_t = keys::KeysPlan::Limits)]
+        keys_plan: keys::KeysPlan,
+        /// Seconds of each phase.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// End each phase after this many checks, if that comes first.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Callers checking at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Keys created at once (admin writes through the leader).
+        #[arg(long, default_value_t = 64)]
+        create_concurrency: usize,
+        /// Phases of each kind (one key, many keys) per path; the summary
+        /// takes their medians.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Run only one path: `http` or `wire` (default: both).
+        #[arg(long)]
+        only: Option<String>,
+        /// The binary client's connections to the node.
+        #[arg(long, default_value_t = 2)]
+        connections: usize,
+        /// Skip the first pass over every key (minutes at 100k keys while
+        /// each key's first check waits for the leader).
+        #[arg(long)]
+        no_first_pass: bool,
     },
     ColdStart {
         #[arg(long, default_value_t = 100_000)]
@@ -163,6 +212,21 @@ enum What {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let What::Chaos { secs, seed, quota, max_grant, check_workers, admin_workers } = args.what {
+        // The harness decides both for the nodes it starts; say so rather
+        // than run without what was asked for.
+        if !args.node_flags.trim().is_empty() {
+            bail!(
+                "--node-flags does not apply to chaos: its cluster is the test harness's (tests/harness), which \
+                 sets the nodes' flags itself; use chaos's own --max-grant, or run another tool"
+            );
+        }
+        if let Some(dir) = &args.data_dir {
+            bail!(
+                "--data-dir {} does not apply to chaos: the test harness keeps its nodes' data in a temporary \
+                 folder of its own, removed when the run ends",
+                dir.display()
+            );
+        }
         let config = chaos::ChaosConfig {
             seed,
             run: Duration::from_secs(secs),
@@ -176,7 +240,7 @@ async fn main() -> anyhow::Result<()> {
         };
         return chaos_run::run(&config).await;
     }
-    let cluster = Cluster::start(args.bin.clone(), &args.node_flags, args.base_port, args.data_dir.clone()).await?;
+    let cluster = Cluster::start(args.bin.clone(), &args.node_flags, args.data_dir.clone()).await?;
     match args.what {
         What::Writes { count, concurrency, via_follower } => {
             writes::writes(cluster, count, concurrency, via_follower).await
@@ -185,6 +249,32 @@ async fn main() -> anyhow::Result<()> {
         What::ColdStart { keys, concurrency } => writes::cold_start(cluster, keys, concurrency).await,
         What::Check { count, concurrency, only, connections } => {
             check::run(cluster, count, concurrency, only, connections).await
+        }
+        What::Keys {
+            keys,
+            keys_plan,
+            secs,
+            count,
+            concurrency,
+            create_concurrency,
+            rounds,
+            only,
+            connections,
+            no_first_pass,
+        } => {
+            let run = keys::KeysRun {
+                keys,
+                plan: keys_plan,
+                secs,
+                count,
+                concurrency,
+                create_concurrency,
+                rounds,
+                only,
+                connections,
+                first_pass: !no_first_pass,
+            };
+            keys::run(cluster, run).await
         }
         What::Throttle { rate, burst, demand, secs, concurrency } => {
             throttle::run(cluster, rate, burst, demand, secs, concurrency).await

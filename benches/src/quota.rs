@@ -20,10 +20,10 @@ use crate::load::{report, run_load};
 /// `data_dir/max-grant-1` if kept).
 pub async fn run(cluster: Cluster, args: &crate::Args, count: usize, concurrency: usize) -> anyhow::Result<()> {
     let (lease, lease_elapsed) = quota_run(cluster, "quota with leases", count, concurrency).await?;
-    // A fresh cluster, on ports of its own (the first one's may linger).
+    // A fresh cluster, on ports of its own.
     let flags = format!("{} --quota-max-grant 1", args.node_flags);
     let keep = args.data_dir.as_ref().map(|d| d.join("max-grant-1"));
-    let baseline = Cluster::start(args.bin.clone(), &flags, args.base_port + 10, keep).await?;
+    let baseline = Cluster::start(args.bin.clone(), &flags, keep).await?;
     let what = "quota via the leader (--quota-max-grant 1)";
     let (base, base_elapsed) = quota_run(baseline, what, count, concurrency).await?;
     let rate = |h: &Histogram<u64>, elapsed: Duration| h.len() as f64 / elapsed.as_secs_f64();
