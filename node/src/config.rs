@@ -322,10 +322,11 @@ pub struct QuotaArgs {
     /// through the leader (a baseline for benchmarks).
     #[arg(long, env = "TOLLGATE_QUOTA_MAX_GRANT")]
     pub quota_max_grant: Option<u64>,
-    /// How long a node keeps a key's quota grant unused before handing it
-    /// back, in ms. A grant kept costs the cluster no writes (the node's
-    /// lease session keeps all of them); this bounds the node's memory and
-    /// what a crash of it over-counts.
+    /// How long a node keeps a key's quota grant, or throttle tokens,
+    /// unused before handing them back, in ms (default 120000). A grant kept
+    /// costs the cluster no writes (the node's lease session keeps all of
+    /// them); this bounds the node's memory and what a crash of it
+    /// over-counts.
     #[arg(long, env = "TOLLGATE_QUOTA_QUIET_MS")]
     pub quota_quiet_ms: Option<u64>,
     /// Shifts this node's wall clock (quota periods, key expiry) by this many

@@ -4,8 +4,8 @@
 //! A node borrows a few tokens at a time (about [`BORROW_FOR_MS`] of the
 //! bucket's rate, and at least its standing share of the burst, so a quiet
 //! key is admitted without asking) and admits from them, asking for more in
-//! the background when they run low. Tokens unused for [`LOAN_MS`] lapse and
-//! go back. Loans wanted are queued and sent together, one round trip
+//! the background when they run low. Tokens unused for the metering's
+//! `quiet_ms` (as quota grants) lapse and go back. Loans wanted are queued and sent together, one round trip
 //! to the authority for any number of buckets. When the authority has none
 //! it says how long to wait, and the node refuses locally until then.
 //! Tokens whose time runs out unused are given back, so no capacity is
@@ -17,9 +17,9 @@ use tokio::sync::watch;
 use tollgate_proto::check::{LimitState, ReasonCode};
 use tollgate_proto::model::Throttle;
 
-use super::lender::{LendRequest, LOAN_MS, MAX_LENDS};
+use super::lender::{LendRequest, MAX_LENDS};
 use super::limits::{Bucket, BucketId, Limits};
-use super::{lock, Local, Metering, Need, Refusal, Take, UNAVAILABLE_MS};
+use super::{lock, one_more, Local, Metering, Need, Refusal, Take, UNAVAILABLE_MS};
 
 /// Borrowed tokens cover this long at the bucket's rate.
 const BORROW_FOR_MS: f64 = 50.0;
@@ -80,9 +80,11 @@ pub(super) enum Source {
 pub(super) type Sources = [Option<Source>; 2];
 
 impl Metering {
-    /// Forgets borrowed tokens and fallback buckets idle for a minute.
-    pub(super) fn forget_idle_buckets(local: &mut Local, now_ms: i64) {
-        local.borrowed.retain(|_, b| b.fetching || now_ms - b.last_used_ms < FORGET_IDLE_MS);
+    /// Forgets borrowed tokens idle for `quiet_ms` (their time ran out, and
+    /// they were given back), and fallback buckets idle for a minute.
+    pub(super) fn forget_idle_buckets(&self, local: &mut Local, now_ms: i64) {
+        let quiet_ms = self.config.quiet_ms.max(FORGET_IDLE_MS);
+        local.borrowed.retain(|_, b| b.fetching || b.unused > 0 || now_ms - b.last_used_ms < quiet_ms);
         local.fallback.retain(|_, b| b.idle_ms(now_ms) < FORGET_IDLE_MS);
     }
 
@@ -133,8 +135,8 @@ impl Metering {
             b.fetching = true;
             let fetched = b.fetched.subscribe();
             local.lends.push((id.clone(), *t));
-            let start = !std::mem::replace(&mut local.lending, true);
-            return Err(Take::Wait(Need::Tokens { start, fetched }));
+            let start = one_more(&mut local.lending);
+            return Err(Take::Wait(Need::Tokens { start, start_asking: false, fetched }));
         }
         Ok(sources)
     }
@@ -144,6 +146,7 @@ impl Metering {
     /// round trip must be started for tokens now running low (none is under
     /// way to take them).
     pub(super) fn take_tokens(
+        &self,
         local: &mut Local,
         limits: &Limits,
         sources: Sources,
@@ -162,7 +165,7 @@ impl Metering {
                     b.tokens -= 1;
                     b.last_used_ms = now_ms;
                     // Tokens in use stay usable: they lapse only unused.
-                    b.valid_until_ms = now_ms.saturating_add(LOAN_MS);
+                    b.valid_until_ms = now_ms.saturating_add(self.config.quiet_ms);
                     // Ask for more before these run out, while some are
                     // left: a node that has spent its last token borrows
                     // when a request needs one, never ahead (a token
@@ -173,7 +176,7 @@ impl Metering {
                     if low && may && !b.fetching {
                         b.fetching = true;
                         local.lends.push((id.clone(), *t));
-                        start_lending |= !std::mem::replace(&mut local.lending, true);
+                        start_lending |= one_more(&mut local.lending);
                     }
                     let Some(b) = local.borrowed.get(id) else { continue };
                     b.left.saturating_add(b.tokens as u64).min(t.burst as u64)
@@ -190,15 +193,15 @@ impl Metering {
     }
 
     /// Sends the queued loans (giving back each bucket's unused tokens), at
-    /// most [`MAX_LENDS`] per round trip, until none is queued; one runs at
-    /// a time (`Local::lending`). Wakes the checks waiting for each.
+    /// most [`MAX_LENDS`] per round trip, until none is queued; a few run
+    /// at once (`Local::lending`). Wakes the checks waiting for each.
     pub(super) async fn send_lends(self: Arc<Self>) {
         let members = self.authority.members().max(1);
         loop {
             let (requests, asked_ms) = {
                 let mut local = lock(&self.local);
                 if local.lends.is_empty() {
-                    local.lending = false;
+                    local.lending -= 1;
                     return;
                 }
                 let n = local.lends.len().min(MAX_LENDS);
@@ -244,7 +247,7 @@ impl Metering {
                             }
                             b.tokens = b.tokens.saturating_add(lent.granted);
                             b.last_loan = lent.granted;
-                            b.valid_until_ms = now_ms.saturating_add(LOAN_MS);
+                            b.valid_until_ms = now_ms.saturating_add(self.config.quiet_ms);
                         } else {
                             // None left now: what is held is spent first,
                             // then the node refuses until the next is due.

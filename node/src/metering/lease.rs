@@ -25,7 +25,7 @@ use tollgate_proto::metering::holder_node;
 
 use super::authority::{Grant, LeaseAnswer, LeaseRequest, Unavailable};
 use super::limits::{Limits, QuotaLimit};
-use super::{lock, Local, Metering, Need, Refusal, Take, EXHAUSTED_RETRY_MS, FLUSH_EVERY, UNAVAILABLE_MS};
+use super::{lock, one_more, Local, Metering, Need, Refusal, Take, EXHAUSTED_RETRY_MS, FLUSH_EVERY, UNAVAILABLE_MS};
 use crate::state::published::Published;
 
 /// A grant is enough for this long at the key's recent rate.
@@ -227,7 +227,7 @@ impl Metering {
                 if now_ms < local.session.retry_at_ms {
                     return Err(Take::Refused(Refusal::unavailable()));
                 }
-                let start = !std::mem::replace(&mut local.asking, true);
+                let start = local.asking == 0 && one_more(&mut local.asking);
                 return Err(Take::Wait(Need::Ask { start, fetched: local.leased.subscribe() }));
             }
             if lease.units > 0 {
@@ -254,6 +254,31 @@ impl Metering {
         }
     }
 
+    /// Asks for a grant of `q` ahead, while the check waits for something
+    /// else (throttle tokens), if its lease has none and none is on its way:
+    /// the two round trips then overlap. Whether a lease command must be
+    /// started. Takes nothing.
+    pub(super) fn prefetch_quota(&self, local: &mut Local, q: &QuotaLimit, now_ms: i64, epoch: u64) -> bool {
+        let wanted = match local.leases.get(&q.period) {
+            None => true,
+            Some(l) => {
+                l.epoch >= epoch
+                    && l.units == 0
+                    && !l.fetching
+                    && now_ms >= l.exhausted_until_ms
+                    && now_ms >= l.unavailable_until_ms
+            }
+        };
+        if !wanted {
+            return false;
+        }
+        if !local.leases.contains_key(&q.period) {
+            let lease = Lease::new(self.holder(), epoch, now_ms, q.quota.limit);
+            local.leases.insert(q.period.clone(), lease);
+        }
+        self.queue_ask(local, q, now_ms)
+    }
+
     /// Queues the next grant of `q`'s lease for the next lease command and
     /// marks the lease fetching; whether a lease command must be started
     /// (none is under way to pick the ask up).
@@ -262,7 +287,7 @@ impl Metering {
         lease.fetching = true;
         let want = lease.want(now_ms, self.config.max_grant, q.quota.limit);
         local.asks.push(Queued { limit: q.clone(), holder: lease.holder, want });
-        !std::mem::replace(&mut local.asking, true)
+        one_more(&mut local.asking)
     }
 
     /// Takes the unit [`Self::find_quota_unit`] found.
@@ -328,7 +353,7 @@ impl Metering {
     pub(super) fn renew_if_due(self: &Arc<Self>, now_ms: i64) {
         let start = {
             let mut local = lock(&self.local);
-            self.renewal_due(&local, now_ms) && !std::mem::replace(&mut local.asking, true)
+            self.renewal_due(&local, now_ms) && local.asking == 0 && one_more(&mut local.asking)
         };
         if start {
             tokio::spawn(self.clone().send_leases());
@@ -337,15 +362,17 @@ impl Metering {
 
     /// Sends lease commands — the queued asks, at most
     /// [`MAX_LEASE_ASKS`] at a time, and the session's renewal — until
-    /// nothing is queued or due; one runs at a time (`Local::asking`), and
-    /// asks queued while one is on its way go with the next.
+    /// nothing is queued or due; a few run at once (`Local::asking`), and
+    /// asks queued while they are on their way go with the next.
     pub(super) async fn send_leases(self: Arc<Self>) {
         loop {
             let (request, queued) = {
                 let mut local = lock(&self.local);
                 let now_ms = self.clock.now_ms();
-                if local.asks.is_empty() && !self.renewal_due(&local, now_ms) {
-                    local.asking = false;
+                // One sender renews; the others only carry asks.
+                let renew = local.asking == 1 && self.renewal_due(&local, now_ms);
+                if local.asks.is_empty() && !renew {
+                    local.asking -= 1;
                     return;
                 }
                 let n = local.asks.len().min(MAX_LEASE_ASKS);

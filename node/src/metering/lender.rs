@@ -7,7 +7,7 @@
 //! Every token admitted was taken from the bucket, so over any stretch of
 //! time the cluster admits at most one burst plus the rate: the sustained
 //! rate is exact. Tokens a node holds may be spent later than they were
-//! lent (they lapse after [`LOAN_MS`] unused), so a short burst may pass
+//! lent (they lapse after a while unused), so a short burst may pass
 //! the burst by what nodes hold then: their standing shares (at most a
 //! quarter of the burst in all) and about 50 ms of the rate each.
 
@@ -47,9 +47,6 @@ pub struct Lent {
     pub left: u64,
 }
 
-/// How long lent tokens stay with a node unused, in ms from the loan or
-/// their last use; then the node gives back what it did not spend.
-pub const LOAN_MS: i64 = 10_000;
 /// The most lend requests one round trip to the lender carries.
 pub const MAX_LENDS: usize = 4096;
 

@@ -87,9 +87,9 @@ pub struct MeteringConfig {
     pub lease_ms: i64,
     /// The most units one grant may bring.
     pub max_grant: u64,
-    /// A lease unused this long is handed back, in ms. While its session
-    /// lives a quiet lease costs the ledger nothing: this bounds what a node
-    /// keeps, not what it writes.
+    /// A lease, or borrowed throttle tokens, unused this long are handed
+    /// back, in ms. While its session lives a quiet lease costs the ledger
+    /// nothing: this bounds what a node keeps, not what it writes.
     pub quiet_ms: i64,
 }
 
@@ -105,12 +105,27 @@ impl Default for MeteringConfig {
 }
 
 /// How long a lease may go unused before it is handed back, unless configured.
-pub const DEFAULT_QUIET_MS: i64 = 30_000;
+pub const DEFAULT_QUIET_MS: i64 = 120_000;
 
 /// Used units are reported this often.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// After the authority could not be reached, how long to decide without it.
 const UNAVAILABLE_MS: i64 = 1_000;
+/// Lease commands (and, apart, lend round trips) a node keeps on their way
+/// at once: while one waits for its Raft entry, the next carries what was
+/// asked meanwhile, and the leader writes them in one batch.
+const IN_FLIGHT: usize = 4;
+
+/// Counts one more sender in `running` if fewer than [`IN_FLIGHT`] run:
+/// whether to start it.
+fn one_more(running: &mut usize) -> bool {
+    let start = *running < IN_FLIGHT;
+    if start {
+        *running += 1;
+    }
+    start
+}
+
 /// How long a check may wait for a grant or tokens.
 pub const FETCH_WAIT: Duration = Duration::from_secs(2);
 /// When the quota is spent but other nodes hold grants, ask again after this.
@@ -177,8 +192,9 @@ struct Local {
     leases: HashMap<QuotaPeriod, Lease>,
     /// Grants wanted, for the next lease command.
     asks: Vec<Queued>,
-    /// A lease command is under way (it takes the asks queued meanwhile).
-    asking: bool,
+    /// Lease commands under way (each takes the asks queued by its turn),
+    /// at most [`IN_FLIGHT`].
+    asking: usize,
     /// Bumped when a lease command ends: checks waiting for the session's
     /// renewal watch it.
     leased: watch::Sender<u64>,
@@ -187,8 +203,8 @@ struct Local {
     borrowed: HashMap<BucketId, Borrowed>,
     /// Loans wanted, for the next round trip to the lender.
     lends: Vec<(BucketId, tollgate_proto::model::Throttle)>,
-    /// A lend round trip is under way (it takes the loans queued meanwhile).
-    lending: bool,
+    /// Lend round trips under way, at most [`IN_FLIGHT`].
+    lending: usize,
     /// Buckets with this node's share of the rate, while the authority is away.
     fallback: HashMap<BucketId, Bucket>,
     /// Usage of leases dropped (limit changed): reported with their release.
@@ -210,7 +226,9 @@ enum Take {
 enum Need {
     /// Tokens are queued for the next lend round trip (which this check
     /// starts, with `start`); wait for them...
-    Tokens { start: bool, fetched: watch::Receiver<u64> },
+    /// (`start_asking`: a lease command must be started too, for a grant
+    /// asked ahead meanwhile.)
+    Tokens { start: bool, start_asking: bool, fetched: watch::Receiver<u64> },
     /// A grant is queued for the next lease command (which this check
     /// starts, with `start`); wait for it...
     Ask { start: bool, fetched: watch::Receiver<u64> },
@@ -263,12 +281,12 @@ impl Metering {
             session: Session::new(authority.node_id()),
             leases: HashMap::new(),
             asks: Vec::new(),
-            asking: false,
+            asking: 0,
             leased: watch::channel(0).0,
             recall_seq: 0,
             borrowed: HashMap::new(),
             lends: Vec::new(),
-            lending: false,
+            lending: 0,
             fallback: HashMap::new(),
             retired: Vec::new(),
             last_sweep_ms: 0,
@@ -348,10 +366,13 @@ impl Metering {
                     continue;
                 }
                 Need::Wait(fetched) => fetched,
-                Need::Tokens { start, fetched } => {
+                Need::Tokens { start, start_asking, fetched } => {
                     self.stats.round_trips.with_label_values(&["throttle"]).inc();
                     if start {
                         tokio::spawn(self.clone().send_lends());
+                    }
+                    if start_asking {
+                        tokio::spawn(self.clone().send_leases());
                     }
                     fetched
                 }
@@ -380,7 +401,7 @@ impl Metering {
     fn try_take(self: &Arc<Self>, local: &mut Local, limits: &Limits, now_ms: i64, epoch: u64) -> Take {
         if now_ms - local.last_sweep_ms > SWEEP_EVERY_MS {
             local.last_sweep_ms = now_ms;
-            Self::forget_idle_buckets(local, now_ms);
+            self.forget_idle_buckets(local, now_ms);
         }
         // 0. A quota known to be spent refuses before any token is fetched.
         if let Some(refusal) = Self::quota_known_spent(local, limits, now_ms, epoch) {
@@ -389,6 +410,14 @@ impl Metering {
         // 1. Throttles: a token for each, borrowed or this node's share.
         let sources = match self.find_tokens(local, limits, now_ms) {
             Ok(sources) => sources,
+            Err(Take::Wait(Need::Tokens { start, fetched, .. })) => {
+                // While the tokens come, so does the quota's grant.
+                let start_asking = match &limits.quota {
+                    Some(q) => self.prefetch_quota(local, q, now_ms, epoch),
+                    None => false,
+                };
+                return Take::Wait(Need::Tokens { start, start_asking, fetched });
+            }
             Err(take) => return take,
         };
         // 2. The quota: a unit of a grant this node holds.
@@ -414,7 +443,7 @@ impl Metering {
                 tightest = Some(state);
             }
         };
-        let (states, start_lending) = Self::take_tokens(local, limits, sources, now_ms);
+        let (states, start_lending) = self.take_tokens(local, limits, sources, now_ms);
         states.into_iter().flatten().for_each(&mut consider);
         if start_lending {
             tokio::spawn(self.clone().send_lends());
