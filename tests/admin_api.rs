@@ -613,3 +613,78 @@ async fn a_key_source_from_the_authorizer_needs_an_http_authorizer_on_keyed_rout
         cluster.post(1, "/v1/admin/apis", json!({"name": "b", "key_source": {"from": "cookie"}})).await;
     assert_named("unknown source", status, &answer, "key_source.from");
 }
+
+/// `tollgate keys import` on a three-node cluster, through a follower: a CSV
+/// file of 2,500 keys in three batches, each secret written once to a new
+/// file and passing a check; a file with a bad line stops at that batch,
+/// names the line, exits non-zero and creates nothing of that batch.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_imports_keys_from_a_file_in_batches_and_names_a_bad_line() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap_or(1);
+    for (path, body) in [
+        (
+            "/v1/admin/apis",
+            json!({"id": "pets", "name": "Pets", "stages": [{"name": "prod"}],
+            "routes": [{"method": "GET", "path": "/pets"}]}),
+        ),
+        ("/v1/admin/plans", json!({"id": "gold", "name": "Gold", "api_stages": [{"api_id": "pets", "stage": "prod"}]})),
+    ] {
+        let (status, body) = cluster.post(leader, path, body).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["--url", &cluster.url(follower), "--token", harness::TOKEN, "keys", "import"])
+            .args(args)
+            .output()
+            .expect("tollgate keys import")
+    };
+    let mut csv = String::from("name,plan_ids,tags\n");
+    for i in 0..2_500 {
+        csv.push_str(&format!("customer {i},gold,tier={}\n", i % 3));
+    }
+    let file = dir.path().join("keys.csv");
+    std::fs::write(&file, &csv).expect("write");
+    let secrets = dir.path().join("secrets.jsonl");
+    let out = cli(&[file.to_str().unwrap_or_default(), "--secrets-out", secrets.to_str().unwrap_or_default()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let written: Vec<Value> = std::fs::read_to_string(&secrets)
+        .expect("secrets")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(written.len(), 2_500);
+    assert_eq!((written[0]["line"].as_u64(), written[2_499]["line"].as_u64()), (Some(2), Some(2_501)));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secrets).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the secrets file is its owner's only");
+    }
+    // A secrets file is never overwritten.
+    let again = cli(&[file.to_str().unwrap_or_default(), "--secrets-out", secrets.to_str().unwrap_or_default()]);
+    assert!(!again.status.success());
+    let all = cluster.admin(leader).list_all("keys", false).await.expect("keys");
+    assert_eq!(all.len(), 2_500, "the refused run created nothing");
+    for w in [&written[0], &written[1_700]] {
+        let check = json!({"api": "pets", "stage": "prod", "method": "GET", "path": "/pets",
+            "headers": {"x-api-key": w["secret"]}});
+        let (status, decision) = cluster.post(follower, "/v1/check", check).await;
+        assert_eq!((status, decision["allowed"].as_bool()), (200, Some(true)), "{decision}");
+    }
+    // JSON lines with a bad plan on line 4 (the second batch of two): the
+    // first batch is created, the error names line 4, the exit is non-zero.
+    let jsonl = "{\"name\": \"a\", \"plan_ids\": [\"gold\"]}\n{\"name\": \"b\"}\n\n{\"name\": \"c\", \"plan_ids\": [\"nope\"]}\n{\"name\": \"d\"}\n";
+    let bad = dir.path().join("keys.jsonl");
+    std::fs::write(&bad, jsonl).expect("write");
+    let out = cli(&[bad.to_str().unwrap_or_default(), "--batch", "2"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 4: plan_ids") && stderr.contains("2 keys were created"), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2, "the first batch's secrets, once");
+    let all = cluster.admin(leader).list_all("keys", false).await.expect("keys");
+    assert_eq!(all.len(), 2_502);
+}

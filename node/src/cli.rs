@@ -3,7 +3,7 @@
 //! `tokens`, `cluster`).
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,6 +14,8 @@ use tollgate_client::admin::{AdminClient, AdminError, Method};
 
 use crate::config::ServeArgs;
 use crate::dev::DevArgs;
+
+mod import;
 
 #[derive(Parser)]
 #[command(name = "tollgate", version, about = "Distributed rate-limit and API-key metering cluster")]
@@ -88,6 +90,25 @@ enum KeyCmd {
         /// RFC 3339 expiry time.
         #[arg(long)]
         expires: Option<String>,
+    },
+    /// Create many keys from a JSON-lines or CSV file (`-`: standard
+    /// input), up to 1000 per request; each secret is written once, as a JSON
+    /// line, to standard output or `--secrets-out`.
+    Import {
+        /// The file: JSON lines (one key spec per line) or CSV (a header row
+        /// naming some of name, plan_ids, customer_id, description, enabled,
+        /// expires_at, tags).
+        file: String,
+        /// The file's format (default: CSV for a `.csv` name, else JSON lines).
+        #[arg(long, value_enum)]
+        format: Option<import::Format>,
+        /// Write the secrets here (a new file, readable by its owner only)
+        /// instead of to standard output.
+        #[arg(long)]
+        secrets_out: Option<std::path::PathBuf>,
+        /// Keys per request, 1 to 1000 (each request is one replicated write).
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
     },
     List(ListArgs),
     Get {
@@ -409,12 +430,67 @@ async fn keys(admin: &Admin, cmd: KeyCmd) -> anyhow::Result<()> {
             let body = json!({"name": name, "plan_ids": plans, "tags": tag_map, "customer_id": customer, "expires_at": expires});
             admin.print(Method::POST, "/v1/admin/keys", Some(body)).await
         }
+        KeyCmd::Import { file, format, secrets_out, batch } => {
+            import_keys(admin, &file, format, secrets_out.as_deref(), batch).await
+        }
         KeyCmd::List(args) => admin.list("keys", &args).await,
         KeyCmd::Get { id } => admin.print(Method::GET, &format!("/v1/admin/keys/{id}"), None).await,
         KeyCmd::Disable { id } => set_enabled(admin, &id, false).await,
         KeyCmd::Enable { id } => set_enabled(admin, &id, true).await,
         KeyCmd::Delete { id } => admin.print(Method::DELETE, &format!("/v1/admin/keys/{id}"), None).await,
     }
+}
+
+async fn import_keys(
+    admin: &Admin,
+    file: &str,
+    format: Option<import::Format>,
+    secrets_out: Option<&std::path::Path>,
+    batch: usize,
+) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Read};
+    if !(1..=tollgate_client::admin::MAX_IMPORT).contains(&batch) {
+        bail!("--batch: must be 1 to {}", tollgate_client::admin::MAX_IMPORT);
+    }
+    let text = if file == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).context("reading standard input")?;
+        text
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
+    };
+    let rows =
+        import::read(&text, format.unwrap_or_else(|| import::Format::of(file))).with_context(|| file.to_string())?;
+    let client = admin.client.as_ref().ok_or_else(|| anyhow!("set --token or TOLLGATE_ADMIN_TOKEN"))?;
+    let mut out: Box<dyn Write> = match secrets_out {
+        Some(path) => {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            Box::new(std::io::BufWriter::new(
+                options.open(path).with_context(|| format!("--secrets-out {}", path.display()))?,
+            ))
+        }
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let progress = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(rows.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} keys, {per_sec}, {eta} left")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let started = std::time::Instant::now();
+    let created = import::import(client, &rows, batch, &mut *out, &progress).await;
+    progress.finish_and_clear();
+    let created = created?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("created {created} keys in {secs:.1} s ({:.0} keys/s)", created as f64 / secs.max(0.001));
+    Ok(())
 }
 
 async fn set_enabled(admin: &Admin, id: &str, enabled: bool) -> anyhow::Result<()> {
