@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequest, Query, Request};
+use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequest, Request};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -57,10 +57,18 @@ pub struct QueryMap(pub HashMap<String, String>);
 impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Query(map) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::field("query", e.body_text()))?;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let mut map = HashMap::new();
+        for (name, value) in form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes()) {
+            if name.is_empty() && value.is_empty() {
+                continue; // `?&limit=5`: an empty pair
+            }
+            // One parameter, one value: a second one would be read by one
+            // component and not another (HTTP parameter pollution).
+            if map.insert(name.to_string(), value.into_owned()).is_some() {
+                return Err(ApiError::field(name.as_ref(), "is given more than once; give it once"));
+            }
+        }
         Ok(QueryMap(map))
     }
 }
@@ -82,7 +90,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ReadOptions {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let QueryMap(query) = QueryMap::from_request_parts(parts, state).await?;
-        ReadOptions::parse(&query)
+        ReadOptions::parse_with(&query, &[])
     }
 }
 
@@ -159,8 +167,27 @@ pub struct ReadOptions {
 pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
 
+/// The query parameters every read takes.
+const READ_PARAMETERS: [&str; 3] = ["stale", "limit", "after"];
+
 impl ReadOptions {
-    pub fn parse(query: &HashMap<String, String>) -> Result<Self, ApiError> {
+    /// The read options in `query`, which may hold only them and `also`.
+    ///
+    /// # Errors
+    /// A 400 naming the parameter: unknown (a typo such as `limt` would
+    /// otherwise be read as "not given"), or a bad `stale` or `limit`.
+    pub fn parse_with(query: &HashMap<String, String>, also: &[&str]) -> Result<Self, ApiError> {
+        if let Some(unknown) =
+            query.keys().find(|k| !READ_PARAMETERS.contains(&k.as_str()) && !also.contains(&k.as_str()))
+        {
+            let mut known: Vec<&str> = READ_PARAMETERS.iter().chain(also).copied().collect();
+            known.sort_unstable();
+            return Err(ApiError::field(unknown, format!("is not a parameter here; these are: {}", known.join(", "))));
+        }
+        Self::parse(query)
+    }
+
+    fn parse(query: &HashMap<String, String>) -> Result<Self, ApiError> {
         let stale = match query.get("stale").map(String::as_str) {
             None | Some("false") | Some("0") => false,
             Some("true") | Some("1") | Some("") => true,

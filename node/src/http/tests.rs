@@ -266,6 +266,15 @@ async fn a_bad_query_or_request_id_is_400_naming_the_parameter() {
         (Method::GET, "/v1/admin/identity-key?stale=2", "stale"),
         (Method::GET, "/v1/admin/plans/plan_1/usage?start_date=yesterday", "start_date"),
         (Method::GET, "/v1/admin/plans/plan_1/usage?start_date=2026-01-02&end_date=2026-01-01", "end_date"),
+        // A parameter given twice, in any spelling of the second one.
+        (Method::GET, "/v1/admin/plans?limit=5&limit=1000", "limit"),
+        (Method::GET, "/v1/admin/plans?limit=5&%6cimit=1000", "limit"),
+        (Method::GET, "/v1/admin/keys?after=a&stale=true&after=b", "after"),
+        (Method::GET, "/v1/admin/plans/plan_1/usage?key_id=a&key_id=b", "key_id"),
+        // A parameter the route does not take (a typo is not "not given").
+        (Method::GET, "/v1/admin/plans?limt=5", "limt"),
+        (Method::GET, "/v1/admin/keys/key_1?stael=true", "stael"),
+        (Method::GET, "/v1/admin/plans/plan_1/usage?keyid=a", "keyid"),
     ];
     for (method, uri, field) in cases {
         let answer = call(&node.http, admin(method, uri, "")).await;

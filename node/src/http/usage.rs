@@ -100,7 +100,7 @@ pub async fn get_usage(
     Path(plan_id): Path<String>,
     QueryMap(query): QueryMap,
 ) -> Result<Response, ApiError> {
-    let options = ReadOptions::parse(&query)?;
+    let options = ReadOptions::parse_with(&query, &["start_date", "end_date", "key_id"])?;
     let now_ms = app.clock.now_ms();
     let today = day_of(now_ms);
     let start = query.get("start_date").map(|s| date(s, "start_date")).transpose()?.unwrap_or(today);
