@@ -307,6 +307,22 @@ async fn a_write_retried_with_the_same_idempotency_key_takes_effect_once() {
     let body: Value = retry.json().await.unwrap_or(Value::Null);
     assert_eq!(body["error"]["code"], "already_created", "{body}");
     assert_eq!(cluster.list_all(leader, "keys", false).await.len(), 1);
+
+    // The same key with another body (to the same route) is refused with
+    // 422, on any node, and changes nothing: never answered with the first
+    // body's result.
+    let (status, answer) = post(leader, "create-gold-1", harness::plan("silver")).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (422, Some("idempotency_key_reused")), "{answer}");
+    assert_eq!(cluster.get(follower, "/v1/admin/plans/silver").await.0, 404, "nothing was created");
+    // A write the state machine refused (a stage that does not exist) is not
+    // remembered: the same key with the body fixed takes effect.
+    let missing_stage = json!({"id": "bronze", "name": "Bronze", "api_stages": [{"api_id": "nope", "stage": "x"}]});
+    let (status, answer) = post(follower, "fix-then-retry", missing_stage).await;
+    assert_eq!((status, answer["error"]["field"].as_str()), (400, Some("api_stages[0].api_id")), "{answer}");
+    let (status, answer) = post(leader, "fix-then-retry", json!({"id": "bronze", "name": "Bronze"})).await;
+    assert_eq!(status, 201, "the fixed body with the same key: {answer}");
+    let (status, answer) = post(leader, "fix-then-retry", json!({"id": "bronze", "name": "Bronze"})).await;
+    assert_eq!((status, &answer["name"]), (201, &json!("Bronze")), "and a retry of it is answered as before");
 }
 
 /// The edges every number is tried at: both ends of i64 and u64, around

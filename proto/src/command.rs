@@ -15,8 +15,9 @@ use crate::model::{Entity, EntityKind, IdentityKeyState, SecretDigest, Timestamp
 /// `Idempotency-Key`) takes effect at most once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Proposal {
-    /// The id of the admin request (the first 128 bits of the SHA-256 of its
-    /// `Idempotency-Key`, else random)
+    /// The id of the admin request (with an `Idempotency-Key`: made from the
+    /// SHA-256 of the key, its method and path, and that of its body; else
+    /// random)
     /// or of the node's own metering request: the key the state machine
     /// remembers answers by.
     pub request_id: u128,
@@ -255,6 +256,9 @@ pub enum RejectionKind {
     Conflict,
     /// A reference to something that does not exist, or a bad value: 400.
     Invalid,
+    /// An `Idempotency-Key` already used for another request (another
+    /// body to the same route): 422, and nothing is done.
+    IdempotencyKeyReused,
 }
 
 impl Rejection {

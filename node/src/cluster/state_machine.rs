@@ -18,12 +18,12 @@ use tollgate_proto::command::Applied;
 use tollgate_proto::command::QuotaPeriod;
 use tollgate_proto::metering::QuotaLedger;
 use tollgate_proto::model::{Entity, EntityKind, IdentityKeyState};
-use tollgate_proto::{codec, Command, CommandResult};
+use tollgate_proto::{codec, Command, CommandResult, Rejection, RejectionKind};
 
 use super::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
 use super::{storage_err, TypeConfig};
 use crate::state::published::{LimitsEpochs, Published, SharedModel};
-use crate::state::requests::{self, RecentRequests, Remembered};
+use crate::state::requests::{self, RecentRequests, Remembered, Seen};
 use crate::state::{
     ledger_key, object_key, session_key, Model, IDENTITY_KEY, LEDGER_PREFIX, OBJECT_PREFIX, SESSION_PREFIX,
 };
@@ -155,10 +155,23 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
             match entry.payload {
                 EntryPayload::Blank => answers.push(Ok(Applied::Nothing)),
                 EntryPayload::Normal(proposal) => {
-                    if let Some(answer) = self.requests.answer(proposal.request_id) {
-                        // A retry of a request already applied: same answer, no effect.
-                        answers.push(answer.clone());
-                        continue;
+                    match self.requests.seen(proposal.request_id) {
+                        Seen::New => {}
+                        Seen::Answered(answer) => {
+                            // A retry of a request already applied: same answer, no effect.
+                            answers.push(answer.clone());
+                            continue;
+                        }
+                        Seen::OtherBody => {
+                            answers.push(Err(Rejection {
+                                kind: RejectionKind::IdempotencyKeyReused,
+                                field: Some("Idempotency-Key".into()),
+                                message: "this key was already used for this route with another body; \
+                                          send the same body to retry, or use a new key"
+                                    .into(),
+                            }));
+                            continue;
+                        }
                     }
                     if let Some(plan_id) = limits_changed(&proposal.command) {
                         self.limits.bump(Some(plan_id));
@@ -170,8 +183,14 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
                     }
                     let (answer, writes) = self.model.apply(proposal.command);
                     ops.extend(writes);
-                    let remembered = self.requests.remember(proposal.request_id, entry.log_id.index, &answer);
-                    ops.extend(remembered.map_err(|e| sm_err(ErrorVerb::Write, e))?);
+                    // Only what took effect is remembered: a refused write
+                    // changed nothing, so its retry (a body fixed after the
+                    // 4xx, with the same Idempotency-Key) is applied afresh,
+                    // as Stripe does for requests that fail validation.
+                    if answer.is_ok() {
+                        let remembered = self.requests.remember(proposal.request_id, entry.log_id.index, &answer);
+                        ops.extend(remembered.map_err(|e| sm_err(ErrorVerb::Write, e))?);
+                    }
                     answers.push(answer);
                 }
                 EntryPayload::Membership(m) => {

@@ -55,6 +55,7 @@ impl From<Rejection> for ApiError {
             RejectionKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             RejectionKind::Conflict => (StatusCode::CONFLICT, "conflict"),
             RejectionKind::Invalid => (StatusCode::BAD_REQUEST, "invalid_field"),
+            RejectionKind::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
         };
         ApiError { status, code, field: r.field, message: r.message, retry_after: None }
     }

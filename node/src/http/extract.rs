@@ -77,11 +77,17 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
 /// [`request_id`]).
 pub struct RequestId(pub u128);
 
+/// The request id the admin router made from a valid `Idempotency-Key`, the
+/// route and the body (`super::scope_idempotency_key`).
+#[derive(Clone, Copy)]
+pub struct ScopedRequestId(pub u128);
+
 impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        request_id(&parts.headers).map(RequestId)
+        let id = request_id(&parts.headers)?;
+        Ok(RequestId(parts.extensions.get::<ScopedRequestId>().map_or(id, |s| s.0)))
     }
 }
 

@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, FromRef, MatchedPath, Request, State};
-use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
@@ -119,6 +118,7 @@ pub fn router(state: HttpState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         // Refuses a body announced too large before reading any of it.
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(middleware::from_fn(json_too_large))
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
         .with_state(state)
 }
@@ -126,18 +126,53 @@ pub fn router(state: HttpState) -> Router {
 /// An `Idempotency-Key` names one request: the same key sent with another
 /// method or path is another request, never answered with the first one's
 /// result (a key reused from a create once made a delete of a missing id
-/// answer 204, and a create answer a rotation's result with a 500). The key is
-/// scoped here, once for every admin write, before the handler hashes it into
-/// the request id. A malformed key is left for the handler to refuse.
-async fn scope_idempotency_key(mut request: Request, next: Next) -> Response {
+/// answer 204, and a create answer a rotation's result with a 500); and the
+/// same key sent to the same route with another body is refused (422), as
+/// Stripe does, never answered with the first body's result. The request id
+/// is made here, once for every admin write, from the SHA-256 of the
+/// method, path and key and that of the body
+/// ([`crate::state::requests::idempotent_id`]). A malformed key is left for the handler to refuse.
+async fn scope_idempotency_key(request: Request, next: Next) -> Response {
     let key = request.headers().get("idempotency-key").and_then(|v| v.to_str().ok());
-    if let Some(key) = key.filter(|k| !k.is_empty() && k.len() <= 255) {
-        let scoped = hex::encode(secret::sha256(&format!("{} {} {key}", request.method(), request.uri().path())));
-        if let Ok(value) = HeaderValue::from_str(&scoped) {
-            request.headers_mut().insert("idempotency-key", value);
-        }
-    }
+    let Some(key) = key.filter(|k| !k.is_empty() && k.len() <= 255) else {
+        return next.run(request).await;
+    };
+    let scope = secret::sha256(&format!("{} {} {key}", request.method(), request.uri().path()));
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(bytes) => bytes,
+        Err(_) => return too_large(),
+    };
+    let body_digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&bytes).into();
+    let id = crate::state::requests::idempotent_id(&scope, &body_digest);
+    let mut request = Request::from_parts(parts, axum::body::Body::from(bytes));
+    request.extensions_mut().insert(extract::ScopedRequestId(id));
     next.run(request).await
+}
+
+/// The 413 of a body over [`MAX_BODY`], in the API's error shape.
+fn too_large() -> Response {
+    use axum::response::IntoResponse;
+    error::ApiError::new(
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("the body is over {} KiB", MAX_BODY / 1024),
+    )
+    .into_response()
+}
+
+/// Gives a 413 from the body limit layers the API's error shape (they answer
+/// in plain text).
+async fn json_too_large(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let plain = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_none_or(|v| !v.as_bytes().starts_with(b"application/json"));
+    if response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE && plain {
+        return too_large();
+    }
+    response
 }
 
 /// Counts admin requests by route template (bounded), method and status.

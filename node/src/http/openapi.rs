@@ -580,12 +580,7 @@ fn unavailable() -> Value {
 }
 
 fn too_large() -> Value {
-    response(
-        "The body is larger than 1 MiB",
-        Some(
-            json!({"text/plain": {"schema": {"type": "string"}}, "application/json": {"schema": schema_ref("Error")}}),
-        ),
-    )
+    response("The body is larger than 1 MiB", Some(json!({"application/json": {"schema": schema_ref("Error")}})))
 }
 
 /// An operation: summary, parameters, optional body, and its responses. Every
@@ -618,6 +613,11 @@ fn admin(mut op: Value, writes: bool) -> Value {
     op["responses"]["503"] = unavailable();
     if writes {
         op["responses"]["413"] = too_large();
+    }
+    let takes_key = op["parameters"].as_array().is_some_and(|ps| ps.iter().any(|p| p["name"] == "Idempotency-Key"));
+    if takes_key {
+        op["responses"]["422"] =
+            error("This Idempotency-Key was already used for this route with another body: nothing was done");
     }
     op
 }
