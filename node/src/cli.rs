@@ -452,15 +452,15 @@ async fn import_keys(
     if !(1..=tollgate_client::admin::MAX_IMPORT).contains(&batch) {
         bail!("--batch: must be 1 to {}", tollgate_client::admin::MAX_IMPORT);
     }
-    let text = if file == "-" {
-        let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text).context("reading standard input")?;
-        text
+    let bytes = if file == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin().read_to_end(&mut bytes).context("reading standard input")?;
+        bytes
     } else {
-        std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
+        std::fs::read(file).with_context(|| format!("reading {file}"))?
     };
     let rows =
-        import::read(&text, format.unwrap_or_else(|| import::Format::of(file))).with_context(|| file.to_string())?;
+        import::read(&bytes, format.unwrap_or_else(|| import::Format::of(file))).with_context(|| file.to_string())?;
     let client = admin.client.as_ref().ok_or_else(|| anyhow!("set --token or TOLLGATE_ADMIN_TOKEN"))?;
     let mut out: Box<dyn Write> = match secrets_out {
         Some(path) => {
@@ -487,6 +487,13 @@ async fn import_keys(
     let started = std::time::Instant::now();
     let created = import::import(client, &rows, batch, &mut *out, &progress).await;
     progress.finish_and_clear();
+    drop(out);
+    if let (Err(_), Some(path)) = (&created, secrets_out) {
+        // Nothing written: the file goes, so the same command can run again.
+        if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
     let created = created?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!("created {created} keys in {secs:.1} s ({:.0} keys/s)", created as f64 / secs.max(0.001));

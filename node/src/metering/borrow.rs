@@ -105,6 +105,14 @@ impl Metering {
                 b.unused = b.unused.saturating_add(b.tokens);
                 b.tokens = 0;
             }
+            if b.tokens > 0 && b.throttle.is_some_and(|lent| lent != *t) {
+                // The throttle changed since these were lent: they are not
+                // spent under the new one (an operator tightening a
+                // throttle must not see the old burst pass first); they go
+                // back, and the next loan is under the new rate and burst.
+                b.unused = b.unused.saturating_add(std::mem::take(&mut b.tokens));
+                b.denied_until_ms = 0;
+            }
             if b.tokens > 0 {
                 sources[slot] = Some(Source::Borrowed);
                 continue;

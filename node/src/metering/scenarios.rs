@@ -74,6 +74,7 @@ scenarios! {
     use_is_reported_exactly_and_an_idle_grant_handed_back: false,
     a_quiet_nodes_standing_share_is_recalled_for_a_busy_one: false,
     a_quiet_key_is_decided_from_memory_after_its_first_check: false,
+    a_tightened_throttle_spends_nothing_lent_under_the_old_one: false,
     a_spent_quota_says_to_come_back_when_the_period_ends: false,
     a_check_given_up_while_it_fetches_does_not_wedge_the_lease: false,
     a_booked_token_the_client_never_came_back_for_goes_back_to_the_bucket: true,
@@ -265,6 +266,24 @@ pub async fn a_quiet_key_is_decided_from_memory_after_its_first_check(backend: &
     }
     let count = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!((count(&counting.asks), count(&counting.lends)), (1, 1), "one grant and one loan for eight checks");
+}
+
+/// Tokens a node holds under a throttle (its standing share) are not spent
+/// once the throttle is tightened: the new burst is all that passes.
+pub async fn a_tightened_throttle_spends_nothing_lent_under_the_old_one(backend: &dyn Backend) {
+    let plan = "scenario-tightened";
+    let subject = backend.subject(plan, 1_000_000).await;
+    let m = metering(backend, &subject);
+    let loose = throttle_limits(&subject, plan, 1.0, 40);
+    assert!(m.admit(&loose, now(backend), 0).await.is_ok(), "a token under the old throttle");
+    let tight = throttle_limits(&subject, plan, 0.01, 2);
+    let mut admitted = 0;
+    for _ in 0..10 {
+        if m.admit(&tight, now(backend), 0).await.is_ok() {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 2, "the new burst, and nothing lent under the old one");
 }
 
 /// A spent quota answers 429 with `Retry-After` at the period's end.

@@ -34,6 +34,7 @@ in_memory! {
     use_is_reported_exactly_and_an_idle_grant_handed_back,
     a_quiet_nodes_standing_share_is_recalled_for_a_busy_one,
     a_quiet_key_is_decided_from_memory_after_its_first_check,
+    a_tightened_throttle_spends_nothing_lent_under_the_old_one,
     a_spent_quota_says_to_come_back_when_the_period_ends,
     a_check_given_up_while_it_fetches_does_not_wedge_the_lease,
     a_booked_token_the_client_never_came_back_for_goes_back_to_the_bucket,
