@@ -394,7 +394,7 @@ fn handwritten_schemas() -> Vec<(&'static str, Value)> {
                 "type": "object", "required": ["code", "field", "message"], "properties": {
                     "code": {"type": "string", "enum": ["invalid_field", "not_found", "conflict", "refused",
                         "unavailable", "unauthorized", "forbidden", "already_created", "internal",
-                        "insufficient_storage"]},
+                        "insufficient_storage", "too_large", "idempotency_key_reused"]},
                     "field": {"type": ["string", "null"], "description": "The request field at fault, as a \
                         JSON path into the body (`routes[0].method`), a parameter or `headers.NAME`."},
                     "message": {"type": "string", "description": "What is wrong and what would be accepted."}
