@@ -8,7 +8,7 @@ use anyhow::bail;
 use hdrhistogram::Histogram;
 
 use crate::cluster::{Cluster, TOKEN};
-use crate::fixture::{check, check_body, check_fixture};
+use crate::fixture::{check, check_body, check_fixture, check_request};
 use crate::load::{report, run_load};
 
 /// The `check` run; `only`: `http` or `wire` (default both).
@@ -82,15 +82,7 @@ async fn load_wire(
     count: usize,
     concurrency: usize,
 ) -> anyhow::Result<(Histogram<u64>, Duration)> {
-    let request = tollgate_client::CheckRequest {
-        api: "bench".into(),
-        stage: "prod".into(),
-        method: "GET".into(),
-        path: "/items/1".into(),
-        source_ip: Some("192.0.2.1".into()),
-        headers: [("x-api-key".to_string(), secret.to_string())].into(),
-        ..Default::default()
-    };
+    let request = check_request(secret);
     let client = client.clone();
     run_load(count, concurrency, move |_| {
         let (client, request) = (client.clone(), request.clone());

@@ -90,3 +90,17 @@ pub async fn wait_key_known(cluster: &Cluster, body: &[u8]) -> anyhow::Result<()
     }
     Ok(())
 }
+
+/// `GET /items/1` of the API `bench` with the key given, for the binary
+/// protocol: the check [`check_body`] sends over HTTP.
+pub fn check_request(secret: &str) -> tollgate_client::CheckRequest {
+    tollgate_client::CheckRequest {
+        api: "bench".into(),
+        stage: "prod".into(),
+        method: "GET".into(),
+        path: "/items/1".into(),
+        source_ip: Some("192.0.2.1".into()),
+        headers: [("x-api-key".to_string(), secret.to_string())].into(),
+        ..Default::default()
+    }
+}

@@ -26,7 +26,7 @@ use serde_json::json;
 use tollgate_client::admin::ApiKeySpec;
 
 use crate::cluster::{Cluster, TOKEN};
-use crate::fixture::{check, check_body, plan_fixture, reason, wait_key_known};
+use crate::fixture::{check, check_body, check_request, plan_fixture, reason, wait_key_known};
 use crate::load::{run_load, run_load_until};
 
 /// The counters read from `/metrics` around each phase (every series of each).
@@ -244,19 +244,6 @@ async fn create_keys(
     let secrets = std::mem::take(&mut *secrets.lock().unwrap_or_else(|p| p.into_inner()));
     let last_id = last_id.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok((secrets, last_id))
-}
-
-/// `GET /items/1` of the API `bench` with the key given, for the binary protocol.
-fn check_request(secret: &str) -> tollgate_client::CheckRequest {
-    tollgate_client::CheckRequest {
-        api: "bench".into(),
-        stage: "prod".into(),
-        method: "GET".into(),
-        path: "/items/1".into(),
-        source_ip: Some("192.0.2.1".into()),
-        headers: [("x-api-key".to_string(), secret.to_string())].into(),
-        ..Default::default()
-    }
 }
 
 /// Where a phase sends its checks: one node, over one path, with the check

@@ -406,9 +406,9 @@ impl Metering {
                 }
                 Ok(LeaseAnswer::Ended) => {
                     // The ledger ended the session (this node was cut off
-                    // for longer than a lease): open a new one. Leases of the
-                    // old one are retired when next used or flushed; the
-                    // asks are made again by the checks that wait for them.
+                    // for longer than a lease): open a new one and retire
+                    // every lease of the old one; the asks it carried are
+                    // made again by the checks that wait for them.
                     tracing::warn!(session, "quota lease session ended; opening a new one");
                     if session == local.session.id {
                         local.session = Session::new(self.authority.node_id());
