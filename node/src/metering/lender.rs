@@ -11,7 +11,6 @@
 //! the burst by what nodes hold then: their standing shares (at most a
 //! quarter of the burst in all) and about 50 ms of the rate each.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -63,7 +62,7 @@ pub struct TokenLender {
 
 #[derive(Default)]
 struct Buckets {
-    by_id: HashMap<BucketId, Bucket>,
+    by_id: super::FastMap<BucketId, Bucket>,
     last_sweep_ms: i64,
 }
 

@@ -185,11 +185,16 @@ impl Refusal {
     }
 }
 
+/// The maps a check looks up per key: hashed with aHash, keyed at random per
+/// process (SipHash over their string keys was a tenth of a decision's
+/// instructions).
+pub(crate) type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
+
 /// What this node holds, under one lock never held across an `.await`.
 struct Local {
     /// The lease session every grant held here was made under.
     session: Session,
-    leases: HashMap<QuotaPeriod, Lease>,
+    leases: FastMap<QuotaPeriod, Lease>,
     /// Grants wanted, for the next lease command.
     asks: Vec<Queued>,
     /// Lease commands under way (each takes the asks queued by its turn),
@@ -200,13 +205,13 @@ struct Local {
     leased: watch::Sender<u64>,
     /// The number of the next recall to look at.
     recall_seq: u64,
-    borrowed: HashMap<BucketId, Borrowed>,
+    borrowed: FastMap<BucketId, Borrowed>,
     /// Loans wanted, for the next round trip to the lender.
     lends: Vec<(BucketId, tollgate_proto::model::Throttle)>,
     /// Lend round trips under way, at most [`IN_FLIGHT`].
     lending: usize,
     /// Buckets with this node's share of the rate, while the authority is away.
-    fallback: HashMap<BucketId, Bucket>,
+    fallback: FastMap<BucketId, Bucket>,
     /// Usage of leases dropped (limit changed): reported with their release.
     retired: Vec<QuotaUsage>,
     last_sweep_ms: i64,
@@ -279,15 +284,15 @@ impl Metering {
     ) -> Arc<Self> {
         let local = Local {
             session: Session::new(authority.node_id()),
-            leases: HashMap::new(),
+            leases: FastMap::default(),
             asks: Vec::new(),
             asking: 0,
             leased: watch::channel(0).0,
             recall_seq: 0,
-            borrowed: HashMap::new(),
+            borrowed: FastMap::default(),
             lends: Vec::new(),
             lending: 0,
-            fallback: HashMap::new(),
+            fallback: FastMap::default(),
             retired: Vec::new(),
             last_sweep_ms: 0,
         };
