@@ -18,19 +18,22 @@ use ring::hkdf;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{json, Value};
 
-/// How long an identity token is valid: long enough for one request to reach its backend.
-pub const TOKEN_LIFETIME_SECS: i64 = 60;
+/// How long an identity token is valid (s): long enough for one request to
+/// reach its backend, and for a token to be handed out again for a few
+/// minutes, as Google IAP's signed headers are valid for 10 minutes. Reuse is
+/// what keeps signing (about 18 µs of Ed25519 a token) off the check path for
+/// every key asked at least every few minutes, however many keys there are.
+pub const TOKEN_LIFETIME_SECS: i64 = 300;
 /// A token is handed out again, for the same claims, until it is this old
-/// (so it always has 30 s left): signing is the costly part (about 18 µs of
-/// Ed25519 per token).
-pub const REUSE_SECS: i64 = 30;
+/// (s), so a backend always gets one with at least a minute left.
+pub const REUSE_SECS: i64 = 240;
 /// Tokens are kept for reuse in windows of this many seconds: the current
-/// window's and the previous one's, so a token is kept 15 to 30 s.
+/// window's and the previous one's, so a token is kept 120 to 240 s.
 const WINDOW_SECS: i64 = REUSE_SECS / 2;
 /// Most tokens one window keeps (about 600 bytes each, with their claims); a
-/// window that fills up starts the next early, so 100k keys asked at random
-/// still find their tokens, and any number of keys keeps the cache under
-/// about 120 MB.
+/// window that fills up starts the next early, so the cache stays under
+/// about 120 MB with any number of keys (past 100k keys asked in one window,
+/// tokens are kept for less than a window and signed more often).
 const MAX_PER_WINDOW: usize = 100_000;
 pub const ISSUER: &str = "tollgate";
 
@@ -312,7 +315,7 @@ mod tests {
         for _ in 0..3_000 {
             // Mostly the same second or the next; now and then a window's
             // length, two, or a long pause.
-            now += [0, 0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 3, 5, 14, 15, 16, 29, 30, 31, 100][rng.gen_range(0..20)];
+            now += [0, 0, 0, 0, 0, 1, 1, 1, 2, 3, 5, 30, 119, 120, 121, 239, 240, 241, 500, 1000][rng.gen_range(0..20)];
             let version = 1 + rng.gen_range(0..2u64);
             let who = rng.gen_range(0..5u64);
             let claims = json!({"sub": format!("key:{who}"), "ctx": {"n": who}});

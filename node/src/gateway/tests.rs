@@ -772,7 +772,7 @@ async fn an_allowed_request_carries_a_signed_identity_for_the_backend() {
     .claims;
     assert_eq!((claims["sub"].as_str(), claims["plan_id"].as_str()), (Some("key:alice"), Some("gold")));
     assert_eq!(claims["ctx"]["tag.team"], "mobile");
-    assert_eq!(claims["exp"].as_i64(), Some(NOW_MS / 1000 + 60));
+    assert_eq!(claims["exp"].as_i64(), Some(NOW_MS / 1000 + super::identity::TOKEN_LIFETIME_SECS));
     // A denial carries none.
     let d = decide(&g, &request("GET", "/pets/1", Some("tgk_nobody"))).await;
     assert!(d.upstream_headers.is_empty());
