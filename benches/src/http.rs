@@ -254,7 +254,7 @@ pub async fn run(cluster: Cluster, run: HttpRun) -> anyhow::Result<()> {
 /// reversed in even ones.
 fn in_round_order(targets: &[Arc<Target>], round: usize) -> Vec<&Arc<Target>> {
     let mut order: Vec<_> = targets.iter().collect();
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         order.reverse();
     }
     order
