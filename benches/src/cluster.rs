@@ -1,7 +1,8 @@
-//! The bench's own three-node cluster on loopback, every listener on port
+//! The bench's own cluster on loopback (three nodes, or one for the `http`
+//! run when asked), every listener on port
 //! 0: no port is ever checked free and bound later, where another process
-//! could take it in between. Node 1 starts a new cluster (`--init`); nodes 2
-//! and 3 start empty and are added through node 1's admin API, as an
+//! could take it in between. Node 1 starts a new cluster (`--init`); the
+//! others start empty and are added through node 1's admin API, as an
 //! operator grows a cluster (and as the test harness, `tests/harness`,
 //! does). Each node's ports are read from the `node.json` it writes once
 //! bound. A killed node's ports stay held (bound, not listening) until it
@@ -55,7 +56,8 @@ struct Member {
     held: Vec<socket2::Socket>,
 }
 
-/// Three nodes that form one cluster, on ports the kernel chose.
+/// Nodes that form one cluster (three, unless started with fewer), on
+/// ports the kernel chose.
 pub struct Cluster {
     bin: PathBuf,
     flags: Vec<String>,
@@ -72,6 +74,15 @@ impl Cluster {
     /// and logs go there (it must not hold an earlier run's cluster), else
     /// in a temporary folder.
     pub async fn start(bin: PathBuf, flags: &str, keep: Option<PathBuf>) -> anyhow::Result<Cluster> {
+        Cluster::start_nodes(bin, flags, keep, 3).await
+    }
+
+    /// As [`Cluster::start`], with `count` nodes (1 to 3; node 1 alone is
+    /// its own leader).
+    pub async fn start_nodes(bin: PathBuf, flags: &str, keep: Option<PathBuf>, count: u64) -> anyhow::Result<Cluster> {
+        if !(1..=3).contains(&count) {
+            bail!("--nodes {count}: a bench cluster has 1 to 3 nodes");
+        }
         let dir = match keep {
             Some(p) => {
                 if p.join("node1").exists() {
@@ -86,9 +97,9 @@ impl Cluster {
             None => Workdir::Temp(tempfile::tempdir()?),
         };
         let flags: Vec<String> = flags.split_whitespace().map(str::to_string).collect();
-        // All three at once: nodes 2 and 3 wait, unready, to be added.
+        // All at once: nodes 2 and 3 wait, unready, to be added.
         let mut processes = Vec::new();
-        for id in 1..=3 {
+        for id in 1..=count {
             let listen = Listen::loopback(0, 0, 0);
             processes.push(spawn_node(&bin, &flags, dir.path(), id, listen)?);
         }
@@ -100,7 +111,7 @@ impl Cluster {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).pool_max_idle_per_host(256).build()?;
         let mut cluster = Cluster { bin, flags, dir, nodes, http };
         cluster.wait_ready(1).await?;
-        for id in 2..=3 {
+        for id in 2..=count {
             let ports = cluster.nodes[id as usize - 1].ports;
             let member = ClusterMember {
                 id,
@@ -113,6 +124,16 @@ impl Cluster {
             cluster.wait_ready(id).await?;
         }
         Ok(cluster)
+    }
+
+    /// The ids of the members, `1..=3` (or fewer).
+    pub fn ids(&self) -> std::ops::RangeInclusive<u64> {
+        1..=self.nodes.len() as u64
+    }
+
+    /// The process ids of the nodes running now.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().filter_map(|m| m.process.as_ref().map(NodeProcess::pid)).collect()
     }
 
     fn member(&self, id: u64) -> &Member {
@@ -200,7 +221,7 @@ impl Cluster {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(60) {
             let mut seen = vec![];
-            for id in 1..=3u64 {
+            for id in self.ids() {
                 if self.is_running(id) {
                     seen.push(self.status(id).await.and_then(|s| s.leader_id));
                 }

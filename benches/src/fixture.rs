@@ -75,7 +75,7 @@ pub fn reason(decision: &Value) -> String {
 /// leader.
 pub async fn wait_key_known(cluster: &Cluster, body: &[u8]) -> anyhow::Result<()> {
     const NOT_YET: [&str; 5] = ["unknown_api", "unknown_stage", "no_route", "unknown_key", "key_not_in_plan"];
-    for node in 1..=3 {
+    for node in cluster.ids() {
         let start = Instant::now();
         loop {
             let decision = check(cluster, node, body).await?;

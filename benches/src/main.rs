@@ -23,6 +23,12 @@
 //! - `quota`: checks of a key with a quota, through leases (the nodes' flags
 //!   as given) and through the leader on every request (`--quota-max-grant 1`),
 //!   each on a fresh cluster.
+//! - `http`: `POST /v1/check` and forward-auth against a bare axum server
+//!   (`baseline`, a process of its own started by this tool) in the same
+//!   run: closed-loop throughput and the ratios (the goal: 0.7x bare axum
+//!   or better), then an open loop at a fixed rate (10k/s) with latency
+//!   from each request's intended send time, and the p99 ratios (the goal:
+//!   within 1.3x).
 //! - `chaos`: a history of checks and admin writes recorded while a seeded
 //!   injector kills -9, partitions and clock-shifts nodes, then checked
 //!   offline (invariants Q and U, no acknowledged write lost, reads see
@@ -32,10 +38,18 @@
 //!   `--bin` applies, and `--node-flags` or `--data-dir` is refused.
 //!
 //! Layout: `main` parses the arguments and hands each tool its run —
-//! `writes` (writes, failover, cold start), `check`, `keys`, `throttle`,
-//! `quota`, `chaos_run` — over `cluster` (the bench's cluster on port 0,
-//! on the node crate's launcher), `fixture` (the API, plan and key checked
-//! against, one check) and `load` (workers and the report line).
+//! `writes` (writes, failover, cold start), `check`, `keys`, `http`,
+//! `throttle`, `quota`, `chaos_run` — over `cluster` (the bench's cluster
+//! on port 0, on the node crate's launcher), `fixture` (the API, plan and
+//! key checked against, one check), `load` (closed-loop workers, the
+//! open-loop schedule, the report line) and `baseline` (the bare axum
+//! server, run as `tollgate-bench baseline-server`).
+//!
+//! The binary holds the node too (it links `tollgate-node`): `tollgate-bench
+//! serve ...` is `tollgate serve ...`, so `--bin` may name `tollgate-bench`
+//! itself. The smoke test (`benches/tests/http.rs`) does, since `cargo test
+//! -p tollgate-bench` builds no `tollgate` binary; real figures come from
+//! `target/release/tollgate`, the default.
 //!
 //! Speed figures belong here, never in tests. Example:
 //! `cargo run --release -p tollgate-bench -- --bin target/release/tollgate writes --count 5000`
@@ -51,17 +65,21 @@ mod history;
 
 // The bench's own parts: its cluster, what its runs share, then one module
 // per tool.
+mod baseline;
 mod chaos_run;
 mod check;
 mod cluster;
 mod fixture;
+mod http;
 mod keys;
 mod load;
 mod quota;
 mod throttle;
 mod writes;
 
+use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -158,6 +176,40 @@ enum What {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// `POST /v1/check` and forward-auth against a bare axum server started
+    /// beside the cluster: closed-loop throughput, open-loop latency at a
+    /// fixed rate, in interleaved rounds; the ratios against their goals.
+    Http {
+        /// Nodes in the cluster: 3, or 1 (then the checks go to the leader).
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Seconds of each phase (closed and open loop alike).
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Phases of each target in each loop; the summary takes their medians.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Closed loop: callers sending at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Open loop: requests per second (0: no open loop).
+        #[arg(long, default_value_t = 10_000.0)]
+        rate: f64,
+        /// Open loop: at most this many requests in flight (connections).
+        #[arg(long, default_value_t = 256)]
+        connections: usize,
+        /// The servers on core 0 and the load on core 1 (`taskset`).
+        #[arg(long)]
+        pin: bool,
+    },
+    /// The bare axum server of `http`, which starts it: binds
+    /// 127.0.0.1:0, prints the address, serves until killed.
+    #[command(hide = true)]
+    BaselineServer {
+        /// About how long the answer to a check is (the node's).
+        #[arg(long, default_value_t = 600)]
+        answer_bytes: usize,
+    },
     /// Admitted rate of one throttled key under demand above its rate: over
     /// the three nodes round-robin, then all on one follower.
     Throttle {
@@ -208,9 +260,39 @@ enum What {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    // `tollgate-bench serve ...` is the node (see the crate docs).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "serve") {
+        return tollgate_node::cli::main();
+    }
     let args = Args::parse();
+    // The node's runtime (`tollgate_node::cli`): a worker per core, which
+    // the baseline server gets too.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "Error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "Error: {e:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    if let What::BaselineServer { answer_bytes } = args.what {
+        return baseline::serve(answer_bytes).await;
+    }
+    if let What::Http { nodes, secs, rounds, concurrency, rate, connections, pin } = args.what {
+        let cluster = Cluster::start_nodes(args.bin.clone(), &args.node_flags, args.data_dir.clone(), nodes).await?;
+        let run = http::HttpRun { secs, rounds, concurrency, rate, connections, pin };
+        return http::run(cluster, run).await;
+    }
     if let What::Chaos { secs, seed, quota, max_grant, check_workers, admin_workers } = args.what {
         // The harness decides both for the nodes it starts; say so rather
         // than run without what was asked for.
@@ -280,6 +362,8 @@ async fn main() -> anyhow::Result<()> {
             throttle::run(cluster, rate, burst, demand, secs, concurrency).await
         }
         What::Quota { count, concurrency } => quota::run(cluster, &args, count, concurrency).await,
-        What::Chaos { .. } => unreachable!("handled before the cluster starts"),
+        What::Chaos { .. } | What::Http { .. } | What::BaselineServer { .. } => {
+            unreachable!("handled before the cluster starts")
+        }
     }
 }
