@@ -412,7 +412,8 @@ mod tests {
         }
         assert!(refused(&missing_stage, &none).starts_with("attributes.context_extensions.tollgate_stage:"));
         assert!(refused(&pb::CheckRequest { attributes: None }, &none).starts_with("attributes:"));
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             ("/a", &[(":path", "/b")], "attributes.request.http.headers.:path:"),
             ("/a", &[("x-original-url", "/admin")], "attributes.request.http.headers.x-original-url:"),
             ("/a", &[("x-http-method-override", "DELETE")], "x-http-method-override"),
