@@ -79,11 +79,13 @@ class Cluster:
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"null")
 
-    def grpc_stub(self, node):
+    def grpc_channel(self, node):
         credentials = grpc.ssl_channel_credentials(root_certificates=self.ca)
-        channel = grpc.secure_channel(f"127.0.0.1:{self.base + 3000 + node}", credentials,
-                                      options=[("grpc.ssl_target_name_override", "localhost")])
-        return external_auth_pb2_grpc.AuthorizationStub(channel)
+        return grpc.secure_channel(f"127.0.0.1:{self.base + 3000 + node}", credentials,
+                                   options=[("grpc.ssl_target_name_override", "localhost")])
+
+    def grpc_stub(self, node):
+        return external_auth_pb2_grpc.AuthorizationStub(self.grpc_channel(node))
 
 
 def configure(cluster):
@@ -234,6 +236,24 @@ def main(binary):
                  lambda: invalid(check_request("/open/1", stage=None), "tollgate_stage"))
             case("bad source: INVALID_ARGUMENT naming it",
                  lambda: invalid(check_request("/open/1", source="nope"), "attributes.source.address"))
+            def not_utf8():
+                # A CheckRequest whose context_extensions key is the bytes ff fe:
+                # protobuf strings must be UTF-8, so no stub would build it.
+                entry = b"\x0a\x02\xff\xfe" + b"\x12\x01a"
+                attributes = b"\x52" + bytes([len(entry)]) + entry
+                raw = b"\x0a" + bytes([len(attributes)]) + attributes
+                check = cluster.grpc_channel(1).unary_unary(
+                    "/envoy.service.auth.v3.Authorization/Check",
+                    request_serializer=lambda b: b, response_deserializer=lambda b: b)
+                try:
+                    check(raw, metadata=auth, timeout=10)
+                except grpc.RpcError as e:
+                    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+                    assert "UTF-8" in e.details(), e.details()
+                    return
+                raise AssertionError("a non-UTF-8 string was decided")
+
+            case("non-UTF-8 string: INVALID_ARGUMENT", not_utf8)
         finally:
             cluster.stop()
 

@@ -201,6 +201,33 @@ fn authenticate(app: &App, request: &tonic::Request<()>) -> Result<(), tonic::St
     }
 }
 
+/// tonic answers a request message that does not decode (a string field
+/// that is not UTF-8, or no protobuf at all) with `INTERNAL`, as gRPC's
+/// status guide has it for a server's own parse failures. Here the message
+/// is the caller's input, so it is `INVALID_ARGUMENT`, saying which rule it
+/// broke. Only that error is rewritten: such an answer carries its status
+/// in its headers (trailers-only), before any message.
+fn undecodable_is_invalid_argument<B>(mut response: axum::http::Response<B>) -> axum::http::Response<B> {
+    use axum::http::HeaderValue;
+    let headers = response.headers_mut();
+    let internal = headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"13");
+    // The message is percent-encoded (gRPC over HTTP/2: spaces as `%20`).
+    let why = headers.get("grpc-message").filter(|v| {
+        let text = v.as_bytes();
+        text.starts_with(b"failed%20to%20decode%20Protobuf") || text.starts_with(b"failed to decode Protobuf")
+    });
+    if let (true, Some(why)) = (internal, why.cloned()) {
+        let mut message =
+            b"request:%20not%20a%20valid%20CheckRequest%20(every%20string%20field%20must%20be%20UTF-8):%20".to_vec();
+        message.extend_from_slice(why.as_bytes());
+        headers.insert("grpc-status", HeaderValue::from_static("3"));
+        if let Ok(message) = HeaderValue::from_bytes(&message) {
+            headers.insert("grpc-message", message);
+        }
+    }
+    response
+}
+
 /// Serves the gRPC services on `listener` (over TLS when `tls` is given)
 /// until `stop`; then accepts no more and gives the calls in flight
 /// [`STOP_GRACE`] to finish. `trusted` are the operator's trusted proxies
@@ -235,6 +262,7 @@ pub async fn serve(
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .concurrency_limit_per_connection(MAX_CONCURRENT_STREAMS as usize)
         .timeout(CALL_TIMEOUT)
+        .layer(tower::util::MapResponseLayer::new(undecodable_is_invalid_argument::<tonic::body::Body>))
         .add_service(service)
         .serve_with_incoming_shutdown(connections, stopped);
     tokio::pin!(serving);
@@ -250,5 +278,34 @@ pub async fn serve(
             }
         }
         _ = grace_over => tracing::warn!("gRPC calls still open {} s after the stop; dropped", STOP_GRACE.as_secs()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_undecodable_message_is_invalid_argument_and_nothing_else_changes() {
+        let answer = |status: &'static str, message: &'static str| {
+            let mut response = axum::http::Response::new(());
+            response.headers_mut().insert("grpc-status", axum::http::HeaderValue::from_static(status));
+            response.headers_mut().insert("grpc-message", axum::http::HeaderValue::from_static(message));
+            let response = undecodable_is_invalid_argument(response);
+            let text = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+            (text("grpc-status"), text("grpc-message"))
+        };
+        // As tonic sends it (percent-encoded) and as the gRPC spec allows it (plain).
+        for why in [
+            "failed%20to%20decode%20Protobuf%20message:%20invalid%20string%20value:%20data%20is%20not%20UTF-8",
+            "failed to decode Protobuf message: invalid string value: data is not UTF-8",
+        ] {
+            let (status, message) = answer("13", why);
+            assert_eq!(status.as_deref(), Some("3"), "{why}");
+            let message = message.unwrap_or_default();
+            assert!(message.starts_with("request:%20not%20a%20valid%20CheckRequest") && message.ends_with("UTF-8"));
+        }
+        assert_eq!(answer("13", "something else").0.as_deref(), Some("13"));
+        assert_eq!(answer("16", "failed to decode Protobuf message").0.as_deref(), Some("16"));
     }
 }
