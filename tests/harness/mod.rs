@@ -1,7 +1,7 @@
 //! A harness that runs real `tollgate` node processes on loopback.
 //!
 //! No port is ever checked free and bound later (another process could take
-//! it in between): each node binds port 0 for its HTTP, peer and wire
+//! it in between): each node binds port 0 for its HTTP, peer, wire and gRPC
 //! listeners and reports what it bound in `DATA_DIR/node.json`, and every
 //! listener of the harness itself binds port 0 and keeps its socket. While a
 //! killed node is down the harness holds its ports with sockets that are
