@@ -29,6 +29,11 @@
 //! decided on one request and served another, or a proxy configured to pass
 //! such headers on, which the operator must hear about.
 //!
+//! The rules after the facts are read ([`check_request`]) and the headers a
+//! decision is answered with ([`decision_headers`]) are shared with Envoy's
+//! ext_authz over gRPC (the `grpc` listener), so a request decides the same
+//! whichever way Envoy asks.
+//!
 //! nginx treats any status of an auth subrequest but 2xx, 401 and 403 as an
 //! error, so in nginx mode every other answer (404, 429, 503, a 400 for a
 //! malformed request, a preflight's 204) is sent as 403 with the real status
