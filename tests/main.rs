@@ -20,7 +20,8 @@
 //! secrets, tokens and scopes. `check_api`: the check endpoints' malformed
 //! requests and spellings that try to walk around routes. `client`:
 //! tollgate-client and the binary protocol. `proxies`: nginx and Caddy in
-//! front of a real upstream, configured from `deploy/`. `tls`: TLS on every
+//! front of a real upstream, configured from `deploy/`. `grpc`: Envoy's ext_authz over gRPC (a tonic client
+//! built from envoy-types) against forward-auth's decisions. `tls`: TLS on every
 //! listener, mutual TLS between peers, and `tollgate dev --tls`. `openapi`:
 //! the OpenAPI document a node serves, against its router. `metering`: the
 //! metering scenarios against a real cluster's authority, on nodes run in
@@ -44,6 +45,7 @@ mod chaos;
 mod check_api;
 mod client;
 mod cluster;
+mod grpc;
 mod harness;
 #[path = "harness/history.rs"]
 mod history;

@@ -60,6 +60,7 @@ impl InProcess {
             args.listen.http = Some("127.0.0.1:0".into());
             args.listen.peer = Some("127.0.0.1:0".into());
             args.listen.wire = Some("127.0.0.1:0".into());
+            args.listen.grpc = Some("127.0.0.1:0".into());
             args.storage.data_dir = Some(dirs.path().join(format!("node{id}")));
             args.cluster.init = Some(id == 1);
             let env = |name: &str| match name {

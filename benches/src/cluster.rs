@@ -100,7 +100,7 @@ impl Cluster {
         // All at once: nodes 2 and 3 wait, unready, to be added.
         let mut processes = Vec::new();
         for id in 1..=count {
-            let listen = Listen::loopback(0, 0, 0);
+            let listen = Listen::loopback(0, 0, 0, 0);
             processes.push(spawn_node(&bin, &flags, dir.path(), id, listen)?);
         }
         let mut nodes = Vec::new();
@@ -165,7 +165,7 @@ impl Cluster {
             bail!("node {id} is already running");
         }
         let ports = self.member(id).ports;
-        let listen = Listen::loopback(ports.http.port(), ports.peer.port(), ports.wire.port());
+        let listen = Listen::loopback(ports.http.port(), ports.peer.port(), ports.wire.port(), ports.grpc.port());
         // Let the ports go only now, as the node is about to bind them.
         self.member_mut(id).held.clear();
         let process = spawn_node(&self.bin, &self.flags, self.dir.path(), id, listen)?;
@@ -181,7 +181,7 @@ impl Cluster {
             drop(process);
             // A port another process took in the instant since is not held;
             // the restart then fails naming it, in the node's log.
-            let ports = [member.ports.http, member.ports.peer, member.ports.wire];
+            let ports = [member.ports.http, member.ports.peer, member.ports.wire, member.ports.grpc];
             member.held = ports.iter().filter_map(|addr| hold(*addr).ok()).collect();
         }
     }

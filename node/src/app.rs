@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tollgate_proto::check::{CheckRequest, Decision};
+use tollgate_proto::model::Scope;
 use tollgate_proto::FieldError;
 
 use anyhow::Context;
@@ -200,6 +201,19 @@ impl App {
             .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
         decision.response_headers.push(("x-request-id".into(), request_id));
         Ok(decision)
+    }
+
+    /// Whether `token` lets a proxy ask for checks on the wire and gRPC
+    /// listeners: the bootstrap admin token (compared in constant time), or a
+    /// stored token with the `check` or `write` scope (looked up by its
+    /// SHA-256 digest). One rule for every listener that asks for a token.
+    pub fn may_check(&self, token: &str) -> bool {
+        if self.bootstrap_token.as_ref().is_some_and(|d| d.matches(token)) {
+            return true;
+        }
+        let published = self.published();
+        let stored = published.model.token_by_digest(&crate::secret::sha256(token));
+        stored.is_some_and(|t| t.scopes.iter().any(|s| matches!(s, Scope::Check | Scope::Write)))
     }
 
     /// Whether the leader said this node was removed.

@@ -83,6 +83,7 @@ pub struct NodeConfig {
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8081";
 pub const DEFAULT_PEER: &str = "127.0.0.1:9081";
 pub const DEFAULT_WIRE: &str = "127.0.0.1:10081";
+pub const DEFAULT_GRPC: &str = "127.0.0.1:11081";
 
 #[derive(Debug, Clone, Default, Args, Deserialize)]
 pub struct ListenArgs {
@@ -95,6 +96,9 @@ pub struct ListenArgs {
     /// Address of the binary check listener (tollgate-client).
     #[arg(long, env = "TOLLGATE_WIRE_ADDR")]
     pub wire: Option<String>,
+    /// Address of the gRPC listener (Envoy's ext_authz v3).
+    #[arg(long, env = "TOLLGATE_GRPC")]
+    pub grpc: Option<String>,
     /// Address clients use to reach the wire listener (default: --wire).
     #[arg(long, env = "TOLLGATE_ADVERTISE_WIRE")]
     pub advertise_wire: Option<String>,
@@ -115,6 +119,9 @@ pub struct Listeners {
     pub peer: String,
     /// Binary check listener (tollgate-client). Default [`DEFAULT_WIRE`].
     pub wire: String,
+    /// gRPC listener: Envoy's `envoy.service.auth.v3.Authorization` (ext_authz).
+    /// Default [`DEFAULT_GRPC`].
+    pub grpc: String,
     /// Address other nodes use for the HTTP listener. Optional: the bound one.
     pub advertise_http: Option<String>,
     /// Address other nodes use for the peer listener. Optional: the bound one.
@@ -129,6 +136,7 @@ impl ListenArgs {
             http: self.http.or(file.http).unwrap_or_else(|| DEFAULT_HTTP.into()),
             peer: self.peer.or(file.peer).unwrap_or_else(|| DEFAULT_PEER.into()),
             wire: self.wire.or(file.wire).unwrap_or_else(|| DEFAULT_WIRE.into()),
+            grpc: self.grpc.or(file.grpc).unwrap_or_else(|| DEFAULT_GRPC.into()),
             advertise_http: self.advertise_http.or(file.advertise_http),
             advertise_peer: self.advertise_peer.or(file.advertise_peer),
             advertise_wire: self.advertise_wire.or(file.advertise_wire),
@@ -365,7 +373,7 @@ impl QuotaArgs {
 
 #[derive(Debug, Clone, Default, Args, Deserialize)]
 pub struct TlsArgs {
-    /// PEM certificate chain: every listener (HTTP, peer, wire) speaks TLS only.
+    /// PEM certificate chain: every listener (HTTP, peer, wire, gRPC) speaks TLS only.
     #[arg(long, env = "TOLLGATE_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
@@ -373,7 +381,7 @@ pub struct TlsArgs {
     pub tls_key: Option<PathBuf>,
     /// The cluster's PEM CA certificates: peers must show a certificate one
     /// of them signed (mutual TLS between nodes), and proxies may
-    /// authenticate on the wire listener with one instead of a token.
+    /// authenticate on the wire and gRPC listeners with one instead of a token.
     #[arg(long, env = "TOLLGATE_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
     /// PEM CA certificates trusted for this node's outbound HTTPS calls (JWKS
@@ -859,6 +867,7 @@ mod tests {
             http = "h:1"
             peer = "h:2"
             wire = "h:3"
+            grpc = "h:4"
             advertise_http = "a:1"
             advertise_peer = "a:2"
             advertise_wire = "a:3"
@@ -889,6 +898,7 @@ mod tests {
         let c = ServeArgs { config: Some(path), ..Default::default() }.resolve_with(&with_secrets).unwrap();
         let l = &c.listen;
         assert_eq!((c.id, l.http.as_str(), l.peer.as_str(), l.wire.as_str()), (4, "h:1", "h:2", "h:3"));
+        assert_eq!(l.grpc, "h:4");
         assert_eq!(
             (l.advertise_http.as_deref(), l.advertise_peer.as_deref(), l.advertise_wire.as_deref()),
             (Some("a:1"), Some("a:2"), Some("a:3"))

@@ -18,7 +18,7 @@ pub struct DevArgs {
     #[arg(long, default_value = ".tollgate-dev")]
     pub data_dir: PathBuf,
     /// HTTP ports are P, P+1, P+2; peer ports P+1000 … P+1002; wire (binary
-    /// check) ports P+2000 … P+2002.
+    /// check) ports P+2000 … P+2002; gRPC (Envoy ext_authz) ports P+3000 … P+3002.
     #[arg(long, default_value_t = 8081)]
     pub base_port: u16,
     /// TLS on every listener and mutual TLS between the nodes, with a
@@ -50,8 +50,8 @@ impl Nodes {
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let base = args.base_port;
-    if base > 65535 - 2002 {
-        bail!("--base-port: must leave room for P+2002 (at most 63533)");
+    if base > 65535 - 3002 {
+        bail!("--base-port: must leave room for P+3002 (at most 62533)");
     }
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     // Caught from now on: a Ctrl-C or SIGTERM while the nodes start still
@@ -72,6 +72,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let addr = |i: u16| (format!("127.0.0.1:{}", base + i), format!("127.0.0.1:{}", base + 1000 + i));
     let wire = |i: u16| format!("127.0.0.1:{}", base + 2000 + i);
+    let grpc = |i: u16| format!("127.0.0.1:{}", base + 3000 + i);
     let peers: Vec<String> = (0..3)
         .map(|i| {
             let (http, peer) = addr(i);
@@ -101,6 +102,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         config.insert("http".into(), toml::Value::String(http));
         config.insert("peer".into(), toml::Value::String(peer));
         config.insert("wire".into(), toml::Value::String(wire(i)));
+        config.insert("grpc".into(), toml::Value::String(grpc(i)));
         config.insert("peers".into(), toml::Value::String(peers.clone()));
         config.insert("data_dir".into(), toml::Value::String(dir.display().to_string()));
         if args.tls {
@@ -147,9 +149,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for i in 0..3u16 {
         let (h, p) = addr(i);
         println!(
-            "  node {}: {scheme}://{h}  (wire {}, peer {p}, log {}/node{}/node.log)",
+            "  node {}: {scheme}://{h}  (wire {}, grpc {}, peer {p}, log {}/node{}/node.log)",
             i + 1,
             wire(i),
+            grpc(i),
             args.data_dir.display(),
             i + 1
         );

@@ -75,7 +75,7 @@ pub enum LaunchError {
     },
 }
 
-/// The three listen addresses of a node. Port 0 lets the kernel choose;
+/// The four listen addresses of a node. Port 0 lets the kernel choose;
 /// [`NodeProcess::wait_bound`] then says what it chose.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listen {
@@ -85,13 +85,15 @@ pub struct Listen {
     pub peer: String,
     /// `--wire`: the binary check protocol.
     pub wire: String,
+    /// `--grpc`: Envoy's ext_authz.
+    pub grpc: String,
 }
 
 impl Listen {
     /// On 127.0.0.1, at these ports (0: any free one, chosen at bind).
-    pub fn loopback(http: u16, peer: u16, wire: u16) -> Listen {
+    pub fn loopback(http: u16, peer: u16, wire: u16, grpc: u16) -> Listen {
         let at = |port: u16| format!("127.0.0.1:{port}");
-        Listen { http: at(http), peer: at(peer), wire: at(wire) }
+        Listen { http: at(http), peer: at(peer), wire: at(wire), grpc: at(grpc) }
     }
 }
 
@@ -101,6 +103,7 @@ pub struct Bound {
     pub http: SocketAddr,
     pub peer: SocketAddr,
     pub wire: SocketAddr,
+    pub grpc: SocketAddr,
 }
 
 /// One node's `tollgate serve` command line and environment. Fields left at
@@ -119,7 +122,7 @@ pub struct NodeCommand {
     pub config: Option<PathBuf>,
     /// `--id`.
     pub id: Option<u64>,
-    /// `--http`, `--peer`, `--wire`.
+    /// `--http`, `--peer`, `--wire`, `--grpc`.
     pub listen: Option<Listen>,
     /// `--init true`: start a new cluster of this node alone (the others
     /// join it through the admin API).
@@ -193,6 +196,7 @@ impl NodeCommand {
             flag("--http", (&listen.http).into());
             flag("--peer", (&listen.peer).into());
             flag("--wire", (&listen.wire).into());
+            flag("--grpc", (&listen.grpc).into());
         }
         flag("--data-dir", self.data_dir.as_os_str().into());
         if self.init {
@@ -315,7 +319,7 @@ impl NodeProcess {
         let addr = |name: &str| -> Result<SocketAddr, LaunchError> {
             endpoints[name].as_str().and_then(|a| a.parse().ok()).ok_or_else(|| bad(format!("no {name} address")))
         };
-        Ok(Bound { http: addr("http")?, peer: addr("peer")?, wire: addr("wire")? })
+        Ok(Bound { http: addr("http")?, peer: addr("peer")?, wire: addr("wire")?, grpc: addr("grpc")? })
     }
 
     /// Waits until `base_url/readyz` answers 2xx through `http` (a client
@@ -401,14 +405,15 @@ mod tests {
     #[test]
     fn the_command_line_has_each_setting_once_and_no_secret() {
         let mut command = NodeCommand::new("/bin/tollgate", "/data/n2").id(2);
-        command.listen = Some(Listen::loopback(0, 0, 9000));
+        command.listen = Some(Listen::loopback(0, 0, 9000, 0));
         command.init = true;
         command.admin_token = Some("tga_secret".into());
         command.flags = vec!["--keep-logs".into(), "5".into()];
         let args: Vec<String> = command.args().iter().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(
             args.join(" "),
-            "serve --id 2 --http 127.0.0.1:0 --peer 127.0.0.1:0 --wire 127.0.0.1:9000 --data-dir /data/n2 \
+            "serve --id 2 --http 127.0.0.1:0 --peer 127.0.0.1:0 --wire 127.0.0.1:9000 --grpc 127.0.0.1:0 \
+             --data-dir /data/n2 \
              --init true --keep-logs 5"
         );
         assert_eq!(command.name, "node 2");

@@ -6,7 +6,7 @@
 //! - on any cycle between top-level modules, naming the files that make it;
 //! - on any import from a lower layer into a higher one, for the layers of
 //!   the request path, highest first:
-//!   listeners (`http`, `wire`, `server`) → `app` → `gateway` → `cluster` →
+//!   listeners (`http`, `wire`, `grpc`, `server`) → `app` → `gateway` → `cluster` →
 //!   `metering` → `state` → `store`.
 //!
 //! `metering` ranks below `cluster` in *imports* although the metering calls
@@ -21,7 +21,7 @@ use std::path::Path;
 
 /// Layers of the request path, highest first; modules in one entry share a rank.
 const LAYERS: &[&[&str]] =
-    &[&["http", "wire", "server"], &["app"], &["gateway"], &["cluster"], &["metering"], &["state"], &["store"]];
+    &[&["http", "wire", "grpc", "server"], &["app"], &["gateway"], &["cluster"], &["metering"], &["state"], &["store"]];
 
 /// `from -> to -> [file:line, ...]`
 type Graph = BTreeMap<String, BTreeMap<String, Vec<String>>>;

@@ -5,7 +5,7 @@
 //! Dependencies point one way, along the path of a request:
 //!
 //! ```text
-//! listeners (http, wire, server) -> app -> gateway -> cluster -> metering -> state -> store
+//! listeners (http, wire, grpc, server) -> app -> gateway -> cluster -> metering -> state -> store
 //! ```
 //!
 //! A lower layer gets what it needs through a handle passed down, never by
@@ -15,9 +15,9 @@
 //! (`layers.rs`) fails on any import cycle between these modules and on any
 //! import up the path.
 //!
-//! - [`http`], [`wire`]: the listeners — the axum router (check,
-//!   forward-auth, admin API, health, metrics, OpenAPI) and the binary check
-//!   protocol for `tollgate-client`. [`server`] binds the listeners of a
+//! - [`http`], [`wire`], [`grpc`]: the listeners — the axum router (check,
+//!   forward-auth, admin API, health, metrics, OpenAPI), the binary check
+//!   protocol for `tollgate-client`, and Envoy's gRPC ext_authz. [`server`] binds the listeners of a
 //!   node's [`config`] (grouped by subsystem), starts its tasks and stops it
 //!   within a bound; `server::start` also runs nodes inside a test process.
 //! - [`app`]: a running node's handles, shared by the listeners — a plain
@@ -57,6 +57,7 @@ pub mod cluster;
 pub mod config;
 pub mod dev;
 pub mod gateway;
+pub mod grpc;
 pub mod http;
 pub mod launch;
 #[cfg(test)]

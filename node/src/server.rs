@@ -25,6 +25,8 @@ pub struct Endpoints {
     pub http: SocketAddr,
     pub peer: SocketAddr,
     pub wire: SocketAddr,
+    /// The `--grpc` listener (Envoy's ext_authz).
+    pub grpc: SocketAddr,
     /// The `--metrics-addr` listener, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<SocketAddr>,
@@ -108,6 +110,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Started> {
     let wire_listener = TcpListener::bind(&config.listen.wire)
         .await
         .with_context(|| format!("cannot listen on --wire {}", config.listen.wire))?;
+    let grpc_listener = TcpListener::bind(&config.listen.grpc)
+        .await
+        .with_context(|| format!("cannot listen on --grpc {}", config.listen.grpc))?;
     let metrics_listener = match &config.metrics.addr {
         Some(addr) => {
             Some(TcpListener::bind(addr).await.with_context(|| format!("cannot listen on --metrics-addr {addr}"))?)
@@ -122,6 +127,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Started> {
         http: http_listener.local_addr()?,
         peer: peer_listener.local_addr()?,
         wire: wire_listener.local_addr()?,
+        grpc: grpc_listener.local_addr()?,
         metrics: metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?,
     };
     let addr = NodeAddr {
@@ -147,6 +153,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Started> {
         let router = crate::http::ops::metrics_router(http);
         listener_tasks.push(ended(serve(listener, tls.http.clone(), router, stop_rx.clone())?));
     }
+    let trusted = crate::http::forwarded::TrustedProxies(config.trust.trusted_proxies.clone());
+    let grpc = crate::grpc::serve(grpc_listener, tls.grpc, app.clone(), trusted, stop_rx.clone());
+    listener_tasks.push(tokio::spawn(grpc));
     let wire_tls = tls.wire.map(tokio_rustls::TlsAcceptor::from);
     listener_tasks.push(tokio::spawn(crate::wire::serve(wire_listener, wire_tls, app.clone(), stop_rx.clone())));
     let (disk, leader, data_dir) = (app.disk.clone(), app.leader.clone(), config.storage.data_dir.clone());
@@ -227,7 +236,7 @@ impl Started {
 async fn announce(raft: &typ::Raft, config: &NodeConfig, addr: &NodeAddr, endpoints: &Endpoints) -> anyhow::Result<()> {
     initialise(raft, config, addr).await?;
     write_endpoints(config, endpoints)?;
-    tracing::info!(id = config.id, http = %endpoints.http, peer = %endpoints.peer, wire = %endpoints.wire, "node started");
+    tracing::info!(id = config.id, http = %endpoints.http, peer = %endpoints.peer, wire = %endpoints.wire, grpc = %endpoints.grpc, "node started");
     Ok(())
 }
 
@@ -262,7 +271,11 @@ fn arm_stop_limit() {
 struct Tls {
     http: Option<Arc<rustls::ServerConfig>>,
     peer: Option<Arc<rustls::ServerConfig>>,
+    /// The wire and gRPC listeners': a client certificate the cluster CA
+    /// signed authenticates a proxy, or it presents a token.
     wire: Option<Arc<rustls::ServerConfig>>,
+    /// The wire listener's, offering HTTP/2 by ALPN (gRPC clients insist on it).
+    grpc: Option<Arc<rustls::ServerConfig>>,
     peer_client: Option<crate::tls::PeerTls>,
 }
 
@@ -270,7 +283,7 @@ impl Tls {
     fn of(config: &NodeConfig, outbound_roots: &[reqwest::Certificate]) -> anyhow::Result<Tls> {
         use crate::tls::{server_config, ClientAuth, PeerTls};
         let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
-            return Ok(Tls { http: None, peer: None, wire: None, peer_client: None });
+            return Ok(Tls { http: None, peer: None, wire: None, grpc: None, peer_client: None });
         };
         let ca = config.tls.client_ca.as_deref();
         if ca.is_none() {
@@ -279,10 +292,14 @@ impl Tls {
                  public web roots and --outbound-ca only"
             );
         }
+        let wire = server_config(cert, key, ca.map_or(ClientAuth::None, ClientAuth::Optional))?;
+        let mut grpc = (*wire).clone();
+        grpc.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Tls {
             http: Some(server_config(cert, key, ClientAuth::None)?),
             peer: Some(server_config(cert, key, ca.map_or(ClientAuth::None, ClientAuth::Required))?),
-            wire: Some(server_config(cert, key, ca.map_or(ClientAuth::None, ClientAuth::Optional))?),
+            wire: Some(wire),
+            grpc: Some(Arc::new(grpc)),
             peer_client: Some(PeerTls::new(cert, key, ca, outbound_roots)?),
         })
     }

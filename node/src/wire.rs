@@ -20,11 +20,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use tollgate_proto::model::Scope;
 use tollgate_proto::wire::{self, ClientMessage, ErrorCode, FrameError, Member, ServerMessage};
 
 use crate::app::App;
-use crate::secret;
 
 /// How long a new connection has to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -100,15 +98,6 @@ fn frame(message: &ServerMessage) -> Vec<u8> {
     wire::encode(message).unwrap_or_default()
 }
 
-fn authorized(app: &App, token: &str) -> bool {
-    if app.bootstrap_token.as_ref().is_some_and(|d| d.matches(token)) {
-        return true;
-    }
-    let published = app.published();
-    let stored = published.model.token_by_digest(&secret::sha256(token));
-    stored.is_some_and(|t| t.scopes.iter().any(|s| matches!(s, Scope::Check | Scope::Write)))
-}
-
 /// Serves one connection. `certified`: the proxy presented a client
 /// certificate that the configured CA verified (it then needs no token).
 async fn connection<S>(stream: S, certified: bool, app: Arc<App>, mut stop: watch::Receiver<bool>)
@@ -124,7 +113,7 @@ where
         Ok(Ok(ClientMessage::Hello { versions, token, client: _ })) => {
             if !versions.contains(&wire::VERSION) {
                 Err(refuse(ErrorCode::UnsupportedVersion, format!("this node speaks version {}", wire::VERSION)))
-            } else if !certified && !authorized(&app, &token) {
+            } else if !certified && !app.may_check(&token) {
                 Err(refuse(
                     ErrorCode::Unauthorized,
                     "the token is not valid for checks (and no client certificate)".into(),

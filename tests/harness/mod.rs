@@ -1,7 +1,7 @@
 //! A harness that runs real `tollgate` node processes on loopback.
 //!
 //! No port is ever checked free and bound later (another process could take
-//! it in between): each node binds port 0 for its HTTP, peer and wire
+//! it in between): each node binds port 0 for its HTTP, peer, wire and gRPC
 //! listeners and reports what it bound in `DATA_DIR/node.json`, and every
 //! listener of the harness itself binds port 0 and keeps its socket. While a
 //! killed node is down the harness holds its ports with sockets that are
@@ -148,6 +148,8 @@ pub struct Node {
     pub http_port: u16,
     pub peer_port: u16,
     pub wire_port: u16,
+    /// Envoy's ext_authz over gRPC.
+    pub grpc_port: u16,
     pub dir: PathBuf,
     /// Its HTTP listener speaks TLS.
     pub https: bool,
@@ -171,6 +173,7 @@ impl Node {
             http_port: 0,
             peer_port: 0,
             wire_port: 0,
+            grpc_port: 0,
             dir,
             https,
             init,
@@ -188,6 +191,12 @@ impl Node {
 
     pub fn wire_addr(&self) -> String {
         format!("127.0.0.1:{}", self.wire_port)
+    }
+
+    /// The gRPC listener's URL (`https://` when the node speaks TLS).
+    pub fn grpc_url(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.grpc_port)
     }
 
     pub fn is_running(&self) -> bool {
@@ -226,7 +235,8 @@ impl Node {
         if let Some(child) = self.child.take() {
             // Dropping the process kills and reaps it.
             drop(child);
-            self.held = [self.http_port, self.peer_port, self.wire_port].into_iter().map(hold).collect();
+            self.held =
+                [self.http_port, self.peer_port, self.wire_port, self.grpc_port].into_iter().map(hold).collect();
         }
     }
 
@@ -234,7 +244,7 @@ impl Node {
     /// else on port 0, with Raft timings fit for tests.
     fn command(&self, options: &Options) -> NodeCommand {
         let mut command = NodeCommand::new(&options.bin, &self.dir).id(self.id);
-        command.listen = Some(Listen::loopback(self.http_port, self.peer_port, self.wire_port));
+        command.listen = Some(Listen::loopback(self.http_port, self.peer_port, self.wire_port, self.grpc_port));
         command.init = self.init;
         command.admin_token = Some(TOKEN.into());
         command.cluster_token = Some("test-cluster-token".into());
@@ -270,11 +280,12 @@ impl Node {
     /// and takes its ports from it.
     async fn wait_bound(&mut self) {
         let bound = self.process().wait_bound(Instant::now() + PATIENCE).await.unwrap_or_else(|e| panic!("{e}"));
-        let (http, peer, wire) = (bound.http.port(), bound.peer.port(), bound.wire.port());
+        let (http, peer, wire, grpc) = (bound.http.port(), bound.peer.port(), bound.wire.port(), bound.grpc.port());
         if self.http_port != 0 {
-            assert_eq!((http, peer, wire), (self.http_port, self.peer_port, self.wire_port), "ports changed");
+            let had = (self.http_port, self.peer_port, self.wire_port, self.grpc_port);
+            assert_eq!((http, peer, wire, grpc), had, "ports changed");
         }
-        (self.http_port, self.peer_port, self.wire_port) = (http, peer, wire);
+        (self.http_port, self.peer_port, self.wire_port, self.grpc_port) = (http, peer, wire, grpc);
     }
 
     fn log(&self) -> String {

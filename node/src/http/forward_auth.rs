@@ -29,6 +29,11 @@
 //! decided on one request and served another, or a proxy configured to pass
 //! such headers on, which the operator must hear about.
 //!
+//! The rules after the facts are read ([`check_request`]) and the headers a
+//! decision is answered with ([`decision_headers`]) are shared with Envoy's
+//! ext_authz over gRPC (the `grpc` listener), so a request decides the same
+//! whichever way Envoy asks.
+//!
 //! nginx treats any status of an auth subrequest but 2xx, 401 and 403 as an
 //! error, so in nginx mode every other answer (404, 429, 503, a 400 for a
 //! malformed request, a preflight's 204) is sent as 403 with the real status
@@ -208,13 +213,13 @@ fn original_request(
     request: &Parts,
 ) -> Result<CheckRequest, ApiError> {
     let headers = &request.headers;
-    let (method, uri, method_source, uri_source) = match mode.sources() {
-        Some((method_header, uri_header)) => (
-            required(headers, method_header, mode)?.to_ascii_uppercase(),
-            required(headers, uri_header, mode)?.to_string(),
-            method_header,
-            uri_header,
-        ),
+    let facts = match mode.sources() {
+        Some((method_header, uri_header)) => ProxiedFacts {
+            method: required(headers, method_header, mode)?.to_ascii_uppercase(),
+            uri: required(headers, uri_header, mode)?.to_string(),
+            method_source: method_header,
+            uri_source: uri_header,
+        },
         None => {
             // The path as Envoy sent it, not axum's percent-decoded `rest`: a
             // second decoding would turn `..%2F` into a dot segment the
@@ -225,20 +230,78 @@ fn original_request(
                 Some(q) => format!("/{rest}?{q}"),
                 None => format!("/{rest}"),
             };
-            (request.method.as_str().to_string(), uri, ":method", ":path")
+            ProxiedFacts {
+                method: request.method.as_str().to_string(),
+                uri,
+                method_source: ":method",
+                uri_source: ":path",
+            }
         }
     };
+    let source_ip = || {
+        client_address(headers, address, trusted).map_err(|e| match &e {
+            ChainError::Missing { header } | ChainError::Malformed { header, .. } => {
+                ApiError::field(format!("headers.{header}"), e.to_string())
+            }
+        })
+    };
+    let client_cert = match mode {
+        ProxyMode::Envoy => ClientCertSource::Xfcc,
+        _ => ClientCertSource::SubjectHeader,
+    };
+    check_request(api, stage, facts, source_ip, headers, client_cert)
+}
+
+/// The method and URI a proxy reported, and where each was read from (named
+/// in errors, and skipped when looking for disagreeing spellings).
+pub(crate) struct ProxiedFacts {
+    /// The method, in capitals.
+    pub method: String,
+    /// The origin-form request target: path and query, as the client sent them.
+    pub uri: String,
+    /// The header (or field) the method was read from.
+    pub method_source: &'static str,
+    /// The header (or field) the URI was read from.
+    pub uri_source: &'static str,
+}
+
+/// Where the subject of the client's certificate is read from, if the
+/// proxy terminated mutual TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientCertSource {
+    /// Envoy's `x-forwarded-client-cert`, its first element's `Subject`.
+    Xfcc,
+    /// `x-client-cert-subject`, set by the proxy's configuration.
+    SubjectHeader,
+}
+
+/// The rules every proxied encoding of a check shares (forward-auth and
+/// Envoy's gRPC ext_authz): the reported method and URI must agree with
+/// every other spelling of them in `headers` (else 400 naming the
+/// disagreeing header), the URI must be origin-form, the query is parsed
+/// (a repeated name's values joined by `,`), each header's lines are joined
+/// into one value, and the proxy id, client certificate subject and body
+/// size are read from the one header each. `source_ip` is asked only once
+/// the spellings agree, so a request that is wrong twice names the same
+/// field whichever encoding it came in.
+///
+/// Errors: [`ApiError::field`] naming `headers.NAME` or the facts' sources.
+pub(crate) fn check_request(
+    api: String,
+    stage: String,
+    facts: ProxiedFacts,
+    source_ip: impl FnOnce() -> Result<std::net::IpAddr, ApiError>,
+    headers: &HeaderMap,
+    client_cert: ClientCertSource,
+) -> Result<CheckRequest, ApiError> {
+    let ProxiedFacts { method, uri, method_source, uri_source } = facts;
     agree(headers, METHOD_SPELLINGS, method_source, &method)?;
     agree(headers, URI_SPELLINGS, uri_source, &uri)?;
     if !uri.starts_with('/') {
         return Err(ApiError::field(format!("headers.{uri_source}"), "must be an origin-form URI starting with '/'"));
     }
     let (path, query) = uri.split_once('?').unwrap_or((uri.as_str(), ""));
-    let source_ip = client_address(headers, address, trusted).map_err(|e| match &e {
-        ChainError::Missing { header } | ChainError::Malformed { header, .. } => {
-            ApiError::field(format!("headers.{header}"), e.to_string())
-        }
-    })?;
+    let source_ip = source_ip()?;
     // Every line of a header, as one value (RFC 9110 §5.3): a rule sees all
     // of them, and a singleton such as Authorization given twice decides
     // as the invalid value it is, whichever line the upstream would read.
@@ -252,9 +315,9 @@ fn original_request(
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         add_query_param(&mut query_params, name.into_owned(), value.into_owned());
     }
-    let client_cert_subject = match mode {
-        ProxyMode::Envoy => single(headers, "x-forwarded-client-cert")?.and_then(xfcc_subject),
-        _ => single(headers, "x-client-cert-subject")?.map(str::to_string),
+    let client_cert_subject = match client_cert {
+        ClientCertSource::Xfcc => single(headers, "x-forwarded-client-cert")?.and_then(xfcc_subject),
+        ClientCertSource::SubjectHeader => single(headers, "x-client-cert-subject")?.map(str::to_string),
     };
     Ok(CheckRequest {
         api,
@@ -321,44 +384,55 @@ fn respond(outcome: Result<Decision, ApiError>, mode: Option<ProxyMode>) -> Resp
         (status, Json(body)).into_response()
     };
     let out = response.headers_mut();
-    let mut put = |name: &str, value: &str| {
+    for (name, value) in decision_headers(&decision) {
         if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
             out.append(n, v);
         }
-    };
-    for (name, value) in decision.response_headers.iter().chain(&decision.upstream_headers) {
-        put(name, value);
     }
-    put("x-tollgate-reason", decision.reason.as_str());
-    put("x-tollgate-status", &decision.status.to_string());
+    response
+}
+
+/// The identity headers a proxy copies onto the upstream request on allow.
+pub(crate) const IDENTITY_HEADERS: [&str; 5] = [
+    "x-tollgate-principal",
+    "x-tollgate-key-id",
+    "x-tollgate-plan-id",
+    "x-tollgate-customer-id",
+    "x-tollgate-identity",
+];
+
+/// The headers forward-auth answers a decision with, in order: the
+/// decision's response headers (CORS, `RateLimit-*`, `Retry-After`,
+/// `X-Request-Id`) and upstream headers (the signed identity, who called),
+/// `x-tollgate-reason` and `x-tollgate-status`, and the principal's key,
+/// plan and customer ids. On allow every header of [`IDENTITY_HEADERS`] is
+/// there, empty when unknown, so a proxy never passes on a client's copy or
+/// a placeholder of its own (Caddy 2.6 copies `{…}` for an absent one).
+/// Names are lowercase.
+pub(crate) fn decision_headers(decision: &Decision) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> =
+        decision.response_headers.iter().chain(&decision.upstream_headers).cloned().collect();
+    out.push(("x-tollgate-reason".into(), decision.reason.as_str().to_string()));
+    out.push(("x-tollgate-status".into(), decision.status.to_string()));
     let principal = decision.principal.as_ref();
-    let key_id = principal.and_then(|p| p.key_id.as_deref());
-    let plan_id = principal.and_then(|p| p.plan_id.as_deref());
-    let customer_id = principal.and_then(|p| p.customer_id.as_deref());
+    let key_id = principal.and_then(|p| p.key_id.clone());
+    let plan_id = principal.and_then(|p| p.plan_id.clone());
+    let customer_id = principal.and_then(|p| p.customer_id.clone());
     for (name, value) in
         [("x-tollgate-key-id", key_id), ("x-tollgate-plan-id", plan_id), ("x-tollgate-customer-id", customer_id)]
     {
         if let Some(v) = value {
-            put(name, v);
+            out.push((name.to_string(), v));
         }
     }
     if decision.allowed {
-        // Every header a proxy copies onto the upstream request is there,
-        // empty when unknown, so a proxy never passes on a client's copy or
-        // a placeholder of its own (Caddy 2.6 copies `{…}` for an absent one).
-        for name in [
-            "x-tollgate-principal",
-            "x-tollgate-key-id",
-            "x-tollgate-plan-id",
-            "x-tollgate-customer-id",
-            "x-tollgate-identity",
-        ] {
-            if !response.headers().contains_key(name) {
-                response.headers_mut().insert(name, HeaderValue::from_static(""));
+        for name in IDENTITY_HEADERS {
+            if !out.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                out.push((name.to_string(), String::new()));
             }
         }
     }
-    response
+    out
 }
 
 #[cfg(test)]

@@ -143,6 +143,23 @@ pub fn client_address(
     Ok(client)
 }
 
+/// The client address of a request whose nearest hop is `nearest` (the
+/// address the asking proxy itself accepted the connection from, as Envoy
+/// reports it in ext_authz's `source.address`): that hop, unless it is one
+/// of the trusted proxies; then `X-Forwarded-For` is walked from the right
+/// past the trusted ones, as [`client_address`] does with `nearest`
+/// appended. So `X-Forwarded-For` is read only when the operator said that
+/// the nearest hop is a proxy. `nearest` must be canonical already
+/// ([`canonical::address`]).
+pub fn client_behind(headers: &HeaderMap, nearest: IpAddr, trusted: &TrustedProxies) -> Result<IpAddr, ChainError> {
+    if !trusted.trusts(nearest) {
+        return Ok(nearest);
+    }
+    let mut chain = x_forwarded_for(headers)?;
+    chain.push(nearest);
+    trusted.client_of(&chain).ok_or(ChainError::Missing { header: "x-forwarded-for" })
+}
+
 fn malformed(header: &'static str, why: impl Into<String>) -> ChainError {
     ChainError::Malformed { header, why: why.into() }
 }

@@ -1,0 +1,311 @@
+//! The gRPC listener: Envoy's own APIs on the check pipeline, on a port of
+//! its own (`--grpc`, default 127.0.0.1:11081; `tollgate dev`: 11081-11083).
+//! Today it serves one service, `envoy.service.auth.v3.Authorization`
+//! (Envoy's `ext_authz` filter in gRPC mode, see [`ext_authz`]), built with
+//! tonic on the protos the `envoy-types` crate generates.
+//!
+//! # Who may call
+//!
+//! The asking proxy authenticates as on the wire port, by the one rule
+//! [`App::may_check`]: `authorization: Bearer <token>` metadata naming a
+//! token with the `check` (or `write`) scope, or the bootstrap admin token.
+//! With TLS and `--tls-client-ca`, a client certificate that CA signed
+//! authenticates the proxy instead (the handshake verified it). Any other
+//! call is answered `UNAUTHENTICATED` before its message is even decoded,
+//! and with nothing else: no hint of which tokens exist.
+//!
+//! # Transport
+//!
+//! TLS (the node's certificate, rustls with ring) whenever the node has TLS:
+//! the same acceptor as the HTTP listener's, with handshakes bounded in time
+//! and number ([`crate::tls::TlsListener`]). HTTP/2 only, with keep-alive
+//! pings ([`KEEPALIVE_INTERVAL`], [`KEEPALIVE_TIMEOUT`]), a bound on decoded
+//! messages ([`MAX_MESSAGE_BYTES`]) and on header lists, streams per
+//! connection ([`MAX_CONCURRENT_STREAMS`], also the requests decided at once
+//! per connection) and a time limit per call ([`CALL_TIMEOUT`]). On the
+//! node's stop it accepts no more connections and lets calls in flight
+//! finish for at most [`STOP_GRACE`].
+//!
+//! What this module must never do: log a token or a header, or decide a
+//! request any other way than [`App::decide`] does for every listener.
+
+pub mod ext_authz;
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::stream::{self, BoxStream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tonic::transport::server::Connected;
+
+use crate::app::App;
+use crate::http::forwarded::TrustedProxies;
+
+/// Largest request message decoded, in bytes (a `CheckRequest` with a few
+/// hundred headers fits easily); past it the call fails with
+/// `OUT_OF_RANGE` and nothing is decided.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest HTTP/2 header list (the call's metadata) accepted, in bytes.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// Streams (calls) open at once on one connection; more wait in the
+/// proxy. Also the calls decided at once per connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// How often an idle connection is pinged.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a ping may go unanswered before the connection is closed.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest time one call may take (an HTTP authorizer is the slow step).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long calls in flight may finish once the node stops.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What the listener knows of a caller's connection; every call on it
+/// carries a copy (tonic's `ConnectInfo`).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    /// The address the connection came from.
+    pub addr: Option<SocketAddr>,
+    /// The caller showed a client certificate that `--tls-client-ca`
+    /// verified during the handshake: it needs no token.
+    pub certified: bool,
+}
+
+/// One accepted connection, plain or TLS.
+enum Connection {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Connected for Connection {
+    type ConnectInfo = Caller;
+
+    fn connect_info(&self) -> Caller {
+        match self {
+            Connection::Plain(s) => Caller { addr: s.peer_addr().ok(), certified: false },
+            Connection::Tls(s) => {
+                let (tcp, session) = s.get_ref();
+                let certified = session.peer_certificates().is_some_and(|c| !c.is_empty());
+                Caller { addr: tcp.peer_addr().ok(), certified }
+            }
+        }
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Connection::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Connection::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Connection::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Connection::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Connection::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Connection::Plain(s) => s.is_write_vectored(),
+            Connection::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(s) => Pin::new(s).poll_flush(cx),
+            Connection::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Connection::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The connections `listener` accepts, over TLS when `tls` is given.
+fn incoming(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> io::Result<BoxStream<'static, io::Result<Connection>>> {
+    Ok(match tls {
+        None => stream::unfold(listener, |listener| async move {
+            loop {
+                match listener.accept().await {
+                    Ok((tcp, _)) => {
+                        let _ = tcp.set_nodelay(true);
+                        return Some((Ok(Connection::Plain(tcp)), listener));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors, say: let some close.
+                        tracing::warn!(error = %e, "gRPC accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        })
+        .boxed(),
+        Some(config) => {
+            let listener = crate::tls::TlsListener::new(listener, config)?;
+            stream::unfold(listener, |mut listener| async move {
+                let (tls, _) = axum::serve::Listener::accept(&mut listener).await;
+                Some((Ok(Connection::Tls(Box::new(tls))), listener))
+            })
+            .boxed()
+        }
+    })
+}
+
+/// Whether a call may be answered: a verified client certificate, or a
+/// bearer token [`App::may_check`] accepts. Refused calls get
+/// `UNAUTHENTICATED` and a message that says only what to send.
+fn authenticate(app: &App, request: &tonic::Request<()>) -> Result<(), tonic::Status> {
+    if request.extensions().get::<Caller>().is_some_and(|c| c.certified) {
+        return Ok(());
+    }
+    // Every `authorization` entry: one, or it is ambiguous and counts as none.
+    let mut values = request.metadata().get_all("authorization").iter();
+    let token = match (values.next(), values.next()) {
+        (Some(one), None) => one.to_str().ok().and_then(crate::secret::bearer_token),
+        _ => None,
+    };
+    match token {
+        Some(token) if app.may_check(token) => Ok(()),
+        _ => Err(tonic::Status::unauthenticated(
+            "send `authorization: Bearer <token>` with a token of the check scope (or a client certificate)",
+        )),
+    }
+}
+
+/// tonic answers a request message that does not decode (a string field
+/// that is not UTF-8, or no protobuf at all) with `INTERNAL`, as gRPC's
+/// status guide has it for a server's own parse failures. Here the message
+/// is the caller's input, so it is `INVALID_ARGUMENT`, saying which rule it
+/// broke. Only that error is rewritten: such an answer carries its status
+/// in its headers (trailers-only), before any message.
+fn undecodable_is_invalid_argument<B>(mut response: axum::http::Response<B>) -> axum::http::Response<B> {
+    use axum::http::HeaderValue;
+    let headers = response.headers_mut();
+    let internal = headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"13");
+    // The message is percent-encoded (gRPC over HTTP/2: spaces as `%20`).
+    let why = headers.get("grpc-message").filter(|v| {
+        let text = v.as_bytes();
+        text.starts_with(b"failed%20to%20decode%20Protobuf") || text.starts_with(b"failed to decode Protobuf")
+    });
+    if let (true, Some(why)) = (internal, why.cloned()) {
+        let mut message =
+            b"request:%20not%20a%20valid%20CheckRequest%20(every%20string%20field%20must%20be%20UTF-8):%20".to_vec();
+        message.extend_from_slice(why.as_bytes());
+        headers.insert("grpc-status", HeaderValue::from_static("3"));
+        if let Ok(message) = HeaderValue::from_bytes(&message) {
+            headers.insert("grpc-message", message);
+        }
+    }
+    response
+}
+
+/// Serves the gRPC services on `listener` (over TLS when `tls` is given)
+/// until `stop`; then accepts no more and gives the calls in flight
+/// [`STOP_GRACE`] to finish. `trusted` are the operator's trusted proxies
+/// (`--trusted-proxies`), as forward-auth uses them.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    app: Arc<App>,
+    trusted: TrustedProxies,
+    mut stop: watch::Receiver<bool>,
+) {
+    let connections = match incoming(listener, tls) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "the gRPC listener cannot start");
+            return;
+        }
+    };
+    let authenticating = app.clone();
+    let interceptor = move |request: tonic::Request<()>| authenticate(&authenticating, &request).map(|()| request);
+    let ext_authz = ext_authz::ExtAuthz::new(app, trusted).into_server().max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let service = tonic::service::interceptor::InterceptedService::new(ext_authz, interceptor);
+    let mut stopping = stop.clone();
+    let stopped = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+    };
+    let serving = tonic::transport::Server::builder()
+        .accept_http1(false)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .concurrency_limit_per_connection(MAX_CONCURRENT_STREAMS as usize)
+        .timeout(CALL_TIMEOUT)
+        .layer(tower::util::MapResponseLayer::new(undecodable_is_invalid_argument::<tonic::body::Body>))
+        .add_service(service)
+        .serve_with_incoming_shutdown(connections, stopped);
+    tokio::pin!(serving);
+    // Past the grace period after the stop, calls still open are dropped.
+    let grace_over = async {
+        let _ = stop.wait_for(|s| *s).await;
+        tokio::time::sleep(STOP_GRACE).await;
+    };
+    tokio::select! {
+        served = &mut serving => {
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the gRPC listener failed");
+            }
+        }
+        _ = grace_over => tracing::warn!("gRPC calls still open {} s after the stop; dropped", STOP_GRACE.as_secs()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_undecodable_message_is_invalid_argument_and_nothing_else_changes() {
+        let answer = |status: &'static str, message: &'static str| {
+            let mut response = axum::http::Response::new(());
+            response.headers_mut().insert("grpc-status", axum::http::HeaderValue::from_static(status));
+            response.headers_mut().insert("grpc-message", axum::http::HeaderValue::from_static(message));
+            let response = undecodable_is_invalid_argument(response);
+            let text = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+            (text("grpc-status"), text("grpc-message"))
+        };
+        // As tonic sends it (percent-encoded) and as the gRPC spec allows it (plain).
+        for why in [
+            "failed%20to%20decode%20Protobuf%20message:%20invalid%20string%20value:%20data%20is%20not%20UTF-8",
+            "failed to decode Protobuf message: invalid string value: data is not UTF-8",
+        ] {
+            let (status, message) = answer("13", why);
+            assert_eq!(status.as_deref(), Some("3"), "{why}");
+            let message = message.unwrap_or_default();
+            assert!(message.starts_with("request:%20not%20a%20valid%20CheckRequest") && message.ends_with("UTF-8"));
+        }
+        assert_eq!(answer("13", "something else").0.as_deref(), Some("13"));
+        assert_eq!(answer("16", "failed to decode Protobuf message").0.as_deref(), Some("16"));
+    }
+}
