@@ -372,7 +372,7 @@ async fn a_node_refuses_to_run_with_its_peer_port_open_to_anyone() {
     let run = |envs: &[(&str, &str)], extra: &[&str]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
         cmd.args(["serve", "--id", "1", "--init", "true", "--http", "127.0.0.1:0", "--peer", "127.0.0.1:0"])
-            .args(["--wire", "127.0.0.1:0", "--data-dir"])
+            .args(["--wire", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path().join("node"))
             .args(extra)
             .env_remove("TOLLGATE_CLUSTER_TOKEN")

@@ -171,6 +171,8 @@ fn a_cluster_ca_without_a_cluster_token_is_refused_at_start() {
             "127.0.0.1:0",
             "--wire",
             "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
         ])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
