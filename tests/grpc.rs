@@ -321,6 +321,26 @@ async fn ext_authz_over_tls_answers_every_decision_class_with_its_status() {
     // Decisions are counted with every other check path's.
     let (_, metrics) = cluster_metrics(&cluster, 2).await;
     assert!(metrics.contains("tollgate_check_decisions_total{api=\"pets\",reason=\"throttled\",stage=\"prod\"}"));
+
+    // Guessing tokens costs the same budget as on the admin API (10 failed
+    // authentications a minute per address, shared): past it, even the
+    // right token is refused until it refills, on both.
+    let mut exhausted = None;
+    for _ in 0..12 {
+        let refused = ask(&node, Some("tga_guess-0123456789abcdef0123456789abcd"), open()).await.expect_err("refused");
+        if refused.code() == tonic::Code::ResourceExhausted {
+            exhausted = Some(refused);
+            break;
+        }
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    }
+    let exhausted = exhausted.expect("RESOURCE_EXHAUSTED within 12 wrong tokens");
+    assert!(exhausted.message().contains("retry in"), "{exhausted:?}");
+    let refused = ask(&node, Some(&token), open()).await.expect_err("the right token, past the budget");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    // The admin API of that node (the same address, 127.0.0.1) is locked out too.
+    let admin = cluster.get(2, "/v1/admin/cluster").await;
+    assert_eq!(admin.0, 429, "{admin:?}");
 }
 
 async fn cluster_metrics(cluster: &Cluster, id: u64) -> (u16, String) {
@@ -406,6 +426,17 @@ async fn every_spelling_decides_through_ext_authz_exactly_as_through_forward_aut
         held("/open/a?_method=DELETE", good, &[]),
         held("/admin/users", good, &[("x-api-key", "tgk_nope")]),
         held("/pets/1", good, &[]),
+        // Spellings a backend reads as another request (CGI's `_` for `-`,
+        // `;` query separators, bytes that are not UTF-8): refused on both.
+        held("/open/a", good, &[("x_http_method_override", "DELETE")]),
+        held("/open/a", good, &[("x_original_url", "/admin/users")]),
+        held("/open/a", good, &[("x_tollgate_principal", "key:admin")]),
+        held("/open/a?x=1;_method=DELETE", good, &[]),
+        held("/open/a?_method%3DDELETE", good, &[]),
+        held("/open/a?_method[]=DELETE", good, &[]),
+        held("/open/%ff", good, &[]),
+        held("/open/%c0%ae%c0%ae/admin/users", good, &[]),
+        held("/open/caf%c3%a9", good, &[]),
     ];
     for asked in &table {
         let http = forward_auth(&cluster, 1, asked).await;

@@ -130,11 +130,30 @@ impl Target {
     }
 }
 
-/// One closed-loop phase: answers per second, p50 and p99 (ms).
+/// One closed-loop phase: answers per second, p50 and p99 (ms), and the
+/// server's CPU time per answer (µs; `None` where `/proc` is not readable).
 struct Closed {
     rate: f64,
     p50: f64,
     p99: f64,
+    cpu_us: Option<f64>,
+}
+
+/// CPU time (user + system) `pid` has used so far, in seconds, from
+/// `/proc/PID/stat` (fields 14 and 15, in clock ticks; proc(5)).
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: read after its `)`.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()?.checked_add(fields.get(12)?.parse::<u64>().ok()?)?;
+    // SAFETY: sysconf only reads a system constant.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_sec > 0).then(|| ticks as f64 / per_sec as f64)
+}
+
+/// The CPU time of every process in `pids` together, in seconds.
+fn cpu_of(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|p| cpu_secs(*p)).sum()
 }
 
 /// The `http` run on `cluster`.
@@ -212,13 +231,26 @@ pub async fn run(cluster: Cluster, run: HttpRun) -> anyhow::Result<()> {
     println!("closed loop: {} callers, {} rounds of {:.1} s per target", run.concurrency, run.rounds, run.secs);
     for round in 1..=run.rounds {
         for target in in_round_order(&targets, round) {
-            let phase = closed(target, Instant::now() + secs, run.concurrency).await?;
+            // The server's CPU: every node of the cluster (the follower
+            // asked and what it asks of the others), or the baseline.
+            let servers = match target.kind {
+                Kind::AxumCheck | Kind::AxumForwardAuth => vec![baseline.pid()],
+                Kind::TollgateCheck | Kind::TollgateForwardAuth => cluster.pids(),
+            };
+            let cpu_before = cpu_of(&servers);
+            let mut phase = closed(target, Instant::now() + secs, run.concurrency).await?;
+            let answers = phase.rate * secs.as_secs_f64();
+            phase.cpu_us = match (cpu_before, cpu_of(&servers)) {
+                (Some(before), Some(after)) if answers > 0.0 => Some((after - before) * 1e6 / answers),
+                _ => None,
+            };
             println!(
-                "  round {round}, {:<30} {:>8.0}/s p50={:.2}ms p99={:.2}ms",
+                "  round {round}, {:<30} {:>8.0}/s p50={:.2}ms p99={:.2}ms server CPU {}",
                 target.kind.name(),
                 phase.rate,
                 phase.p50,
-                phase.p99
+                phase.p99,
+                phase.cpu_us.map_or("unknown".into(), |us| format!("{us:.1} µs/request"))
             );
             closed_phases[target.kind.index()].push(phase);
         }
@@ -268,7 +300,7 @@ async fn closed(target: &Arc<Target>, until: Instant, concurrency: usize) -> any
         async move { target.send().await }
     })
     .await?;
-    Ok(Closed { rate: h.len() as f64 / elapsed.as_secs_f64(), p50: ms(&h, 0.5), p99: ms(&h, 0.99) })
+    Ok(Closed { rate: h.len() as f64 / elapsed.as_secs_f64(), p50: ms(&h, 0.5), p99: ms(&h, 0.99), cpu_us: None })
 }
 
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
@@ -343,6 +375,26 @@ fn summary(run: &HttpRun, closed: &[Vec<Closed>], open: &[Vec<OpenLoop>]) {
             "    throughput {what}: x{ratio:.2} (goal >= {THROUGHPUT_GOAL}: {})",
             verdict(ratio >= THROUGHPUT_GOAL)
         );
+    }
+    // When the load generator, not the server, is the limit (one core of
+    // client against one of server), throughput ratios tend to 1 whatever
+    // the server costs: its CPU per request says what it would reach.
+    let cpu = |kind: Kind| {
+        let known: Vec<f64> = closed[kind.index()].iter().filter_map(|p| p.cpu_us).collect();
+        (!known.is_empty()).then(|| median(known))
+    };
+    for (what, tollgate, axum) in [
+        ("check/axum", Kind::TollgateCheck, Kind::AxumCheck),
+        ("forward-auth/axum", Kind::TollgateForwardAuth, Kind::AxumForwardAuth),
+    ] {
+        if let (Some(t), Some(a)) = (cpu(tollgate), cpu(axum)) {
+            let ratio = a / t.max(f64::MIN_POSITIVE);
+            println!(
+                "    server CPU per request {what}: {t:.1} µs vs {a:.1} µs, as throughput x{ratio:.2} \
+                 (goal >= {THROUGHPUT_GOAL}: {})",
+                verdict(ratio >= THROUGHPUT_GOAL)
+            );
+        }
     }
     if run.rate <= 0.0 {
         println!("  no open loop (--rate 0)");

@@ -140,6 +140,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Started> {
         App::open(&config, addr.clone(), tls.peer_client.clone(), &outbound_roots).await?;
     let authority = peer_state.authority.clone();
     let http = HttpState { app: app.clone(), settings: Arc::new(Settings::of(&config)) };
+    let failures = http.settings.admin_auth_failures.clone();
     app.gateway.metering.start_reporting();
     let elections_task = tokio::spawn(app.elections.clone().run());
 
@@ -154,7 +155,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Started> {
         listener_tasks.push(ended(serve(listener, tls.http.clone(), router, stop_rx.clone())?));
     }
     let trusted = crate::http::forwarded::TrustedProxies(config.trust.trusted_proxies.clone());
-    let grpc = crate::grpc::serve(grpc_listener, tls.grpc, app.clone(), trusted, stop_rx.clone());
+    let grpc = crate::grpc::serve(grpc_listener, tls.grpc, app.clone(), trusted, failures, stop_rx.clone());
     listener_tasks.push(tokio::spawn(grpc));
     let wire_tls = tls.wire.map(tokio_rustls::TlsAcceptor::from);
     listener_tasks.push(tokio::spawn(crate::wire::serve(wire_listener, wire_tls, app.clone(), stop_rx.clone())));
@@ -327,6 +328,12 @@ fn serve(
     })
 }
 
+/// Connections one listener keeps open at once (HTTP and gRPC); past it a
+/// new connection is closed as soon as it is accepted. Well under the file
+/// descriptors a node is given, so a flood of idle connections leaves the
+/// other listeners (the peer port: Raft) working.
+pub const MAX_CONNECTIONS: usize = 4096;
+
 /// Accepts connections and serves each with hyper (HTTP/1.1 and HTTP/2),
 /// the peer's address given to handlers as `ConnectInfo`. On `stop`, accepts
 /// no more and lets the connections in flight finish (at most 5 s).
@@ -343,15 +350,23 @@ where
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).max_headers(MAX_REQUEST_HEADERS);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             (io, addr) = listener.accept() => {
+                let Ok(permit) = open.clone().try_acquire_owned() else {
+                    // Full: closed at once, so idle connections cannot take
+                    // every file descriptor (and with them Raft and /readyz).
+                    tracing::debug!(%addr, "connection refused: {MAX_CONNECTIONS} open on this listener");
+                    continue;
+                };
                 let service = axum::Extension(axum::extract::ConnectInfo(addr)).layer(router.clone());
                 let service = hyper_util::service::TowerToHyperService::new(service);
                 let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
                     let _ = connection.await;
+                    drop(permit);
                 });
             }
             _ = stop.wait_for(|s| *s) => break,

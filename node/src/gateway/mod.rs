@@ -71,8 +71,47 @@ struct IdentityClaims<'a> {
 /// Method-override headers (Google's and Microsoft's conventions, Rails,
 /// express `method-override`): if present, they must name the method.
 const METHOD_OVERRIDE_HEADERS: &[&str] = &["x-http-method-override", "x-http-method", "x-method-override"];
-/// Method-override query parameters (Laravel, Symfony, express).
-const METHOD_OVERRIDE_PARAMS: &[&str] = &["_method"];
+/// The method-override query parameter (Laravel, Symfony, express).
+const METHOD_OVERRIDE_PARAM: &str = "_method";
+
+/// The methods a query parameter `name=value` (both decoded) could make a
+/// framework behind the gateway serve: `_method` itself, an array form
+/// (`_method[]`), and one hidden from a parser that splits on `&` only, in
+/// a `;`-separated pair (`a=1;_method=DELETE`, which older Python and Java
+/// servers split) or behind an encoded `=` (`_method%3DDELETE`).
+fn hidden_method_overrides<'a>(name: &'a str, value: &'a str) -> impl Iterator<Item = &'a str> {
+    let whole = [(name, value)];
+    let split = name.contains([';', '&', '=']);
+    let in_name =
+        name.split([';', '&']).filter(move |_| split).map(|piece| piece.split_once('=').unwrap_or((piece, "")));
+    let in_value = value.split([';', '&']).skip(1).map(|piece| piece.split_once('=').unwrap_or((piece, "")));
+    whole.into_iter().chain(in_name).chain(in_value).filter_map(|(n, v)| {
+        let n = n.trim();
+        let base = n.split_once('[').map_or(n, |(b, _)| b);
+        base.eq_ignore_ascii_case(METHOD_OVERRIDE_PARAM).then_some(v)
+    })
+}
+
+/// Headers the check decides on, or that carry a proxy's or the gateway's
+/// word to the backend: their underscore spellings (`x_original_url`) are
+/// the same variable to CGI, PHP, Rack and WSGI backends (`HTTP_X_…`), and
+/// another header to the gateway and the proxy, so they are refused.
+/// `hyphenated`: the name in lowercase with `_` read as `-`.
+fn is_sensitive_header(hyphenated: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "authorization",
+        "x-api-key",
+        "forwarded",
+        "x-real-ip",
+        "true-client-ip",
+        "x-client-ip",
+        "x-rewrite-url",
+        "x-client-cert-subject",
+    ];
+    METHOD_OVERRIDE_HEADERS.contains(&hyphenated)
+        || NAMES.contains(&hyphenated)
+        || ["x-forwarded-", "x-original-", "x-tollgate-"].iter().any(|p| hyphenated.starts_with(p))
+}
 
 /// Headers longer than this (name and value together) are refused.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -167,8 +206,21 @@ fn validate(req: &CheckRequest) -> Result<ValidRequest<'_>, FieldError> {
         if name.len() + value.len() > MAX_HEADER_BYTES {
             return Err(bad(&format!("headers.{name}"), format!("longer than {MAX_HEADER_BYTES} bytes")));
         }
+        let lower = name.to_ascii_lowercase();
+        if lower.contains('_') {
+            let hyphenated = lower.replace('_', "-");
+            if is_sensitive_header(&hyphenated) {
+                return Err(bad(
+                    &format!("headers.{name}"),
+                    format!(
+                        "an underscore spelling of {hyphenated}: CGI, PHP, Rack and WSGI backends read it as that \
+                         header, which the check decides on"
+                    ),
+                ));
+            }
+        }
         // `X-Evil` and `x-evil` are one header: joined, never last-wins.
-        tollgate_proto::check::add_header_line(&mut headers, &name.to_ascii_lowercase(), value.clone());
+        tollgate_proto::check::add_header_line(&mut headers, &lower, value.clone());
     }
     // A method override some framework behind the gateway honours would
     // have it serve another method than the one decided on.
@@ -180,9 +232,7 @@ fn validate(req: &CheckRequest) -> Result<ValidRequest<'_>, FieldError> {
         }
     }
     for (name, v) in &req.query {
-        if METHOD_OVERRIDE_PARAMS.iter().any(|p| name.eq_ignore_ascii_case(p))
-            && !v.trim().eq_ignore_ascii_case(&req.method)
-        {
+        if hidden_method_overrides(name, v).any(|named| !named.trim().eq_ignore_ascii_case(&req.method)) {
             return Err(bad(&format!("query.{name}"), "a method override must name the request's own method"));
         }
     }

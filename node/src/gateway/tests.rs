@@ -847,3 +847,61 @@ async fn an_authorizer_can_name_the_api_key_a_request_is_metered_under() {
     assert_eq!(reason(&g, &req("off", None)).await, ReasonCode::DisabledKey);
     assert_eq!(reason(&g, &req("no-key", Some("tgk_carol"))).await, ReasonCode::MissingKey);
 }
+
+/// Every spelling a framework behind the gateway could read as a method
+/// override, or as a header the check decides on, is held to the same rule
+/// as the plain one: the override must name the request's own method, and
+/// an underscore spelling of a sensitive header is refused. Each row:
+/// method, query (decoded, as the listeners hand it over), headers, and
+/// the field a refusal names (`None`: valid).
+#[test]
+fn every_spelling_of_a_method_override_or_a_sensitive_header_is_held_to_its_rule() {
+    type Row = (
+        &'static str,
+        &'static [(&'static str, &'static str)],
+        &'static [(&'static str, &'static str)],
+        Option<&'static str>,
+    );
+    #[rustfmt::skip]
+    let rows: &[Row] = &[
+        ("POST", &[("_method", "POST")], &[], None),
+        ("POST", &[("_method", " post ")], &[], None),
+        ("POST", &[("_method", "DELETE")], &[], Some("query._method")),
+        ("POST", &[("_METHOD", "DELETE")], &[], Some("query._METHOD")),
+        ("POST", &[("_method[]", "DELETE")], &[], Some("query._method[]")),
+        ("POST", &[("_method[0]", "POST")], &[], None),
+        ("POST", &[("a", "1;_method=DELETE")], &[], Some("query.a")),
+        ("POST", &[("a", "1&_method=DELETE")], &[], Some("query.a")),
+        ("POST", &[("a;_method", "DELETE")], &[], Some("query.a;_method")),
+        ("POST", &[("_method=DELETE", "")], &[], Some("query._method=DELETE")),
+        ("POST", &[("x", "1;_method=POST")], &[], None),
+        ("POST", &[("q", "a;b=c")], &[], None),
+        ("POST", &[("method", "DELETE")], &[], None),
+        ("POST", &[], &[("x-http-method-override", "DELETE")], Some("headers.x-http-method-override")),
+        ("POST", &[], &[("X-HTTP-Method-Override", "POST")], None),
+        ("POST", &[], &[("x_http_method_override", "DELETE")], Some("headers.x_http_method_override")),
+        ("POST", &[], &[("x_http_method_override", "POST")], Some("headers.x_http_method_override")),
+        ("GET", &[], &[("x_method_override", "GET")], Some("headers.x_method_override")),
+        ("GET", &[], &[("x_original_url", "/admin/x")], Some("headers.x_original_url")),
+        ("GET", &[], &[("X_Forwarded_For", "203.0.113.1")], Some("headers.X_Forwarded_For")),
+        ("GET", &[], &[("x_tollgate_principal", "key:admin")], Some("headers.x_tollgate_principal")),
+        ("GET", &[], &[("x_real_ip", "203.0.113.1")], Some("headers.x_real_ip")),
+        ("GET", &[], &[("x_api_key", "tgk_x")], Some("headers.x_api_key")),
+        ("GET", &[], &[("x_custom_thing", "fine")], None),
+        ("GET", &[], &[("user_agent", "fine")], None),
+    ];
+    for (method, query, headers, refused) in rows {
+        let req = CheckRequest {
+            api: "pets".into(),
+            stage: "prod".into(),
+            method: (*method).into(),
+            path: "/pets/1".into(),
+            source_ip: Some("10.1.2.3".into()),
+            headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+            query: query.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        };
+        let got = super::validate(&req).err().map(|e| e.field);
+        assert_eq!(got.as_deref(), *refused, "{method} query {query:?} headers {headers:?}");
+    }
+}

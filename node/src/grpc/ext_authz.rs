@@ -17,6 +17,7 @@
 //! | headers | `attributes.request.http.header_map` (`encode_raw_headers: true`) or `.headers` (lowercase names) | both given; a name or value HTTP does not allow; a value that is not UTF-8 |
 //! | `host` header | `attributes.request.http.host`, when no `host` header came | an `:authority` that disagrees |
 //! | client address | `attributes.source.address.socket_address.address` | missing, not an IP address |
+//! | proxy id (`proxy_id` in policies) | `attributes.context_extensions` `tollgate_proxy_id`; never the client's `x-tollgate-proxy-id` | |
 //! | client certificate | `x-forwarded-client-cert`, its first element's `Subject` (as forward-auth's Envoy mode) | given twice |
 //! | body size | `attributes.request.http.size` (-1: unknown) | below -1; disagreeing with `x-original-content-length` |
 //!
@@ -25,7 +26,7 @@
 //! only when that address is one of the operator's `--trusted-proxies` (a
 //! load balancer in front of Envoy): then the client is the first entry
 //! from the right that is not trusted. The rest (spellings that must
-//! agree, the query, header lines joined, proxy id) is forward-auth's own
+//! agree, the query, header lines joined) is forward-auth's own
 //! code ([`crate::http::forward_auth::check_request`]), so no spelling of a
 //! request is decided differently through gRPC than through forward-auth.
 //!
@@ -70,6 +71,9 @@ use crate::http::forwarded::{client_behind, ChainError, TrustedProxies};
 
 /// The `context_extensions` key naming the API.
 pub const API_KEY: &str = "tollgate_api";
+/// The `context_extensions` key naming the proxy (a policy's `proxy_id`);
+/// optional.
+pub const PROXY_ID_KEY: &str = "tollgate_proxy_id";
 /// The `context_extensions` key naming the stage.
 pub const STAGE_KEY: &str = "tollgate_stage";
 
@@ -260,6 +264,10 @@ pub fn original_request(request: &pb::CheckRequest, trusted: &TrustedProxies) ->
     };
     let mut check =
         check_request(api, stage, facts, source_ip, &headers, ClientCertSource::Xfcc).map_err(from_api_error)?;
+    // The proxy's id is Envoy's configuration, never a request header:
+    // Envoy passes the client's headers on as they came, so a client's
+    // `x-tollgate-proxy-id` would name any proxy a policy trusts.
+    check.proxy_id = attributes.context_extensions.get(PROXY_ID_KEY).filter(|v| !v.is_empty()).cloned();
     match http.size {
         -1 => {}
         size => {
@@ -401,6 +409,20 @@ mod tests {
         let lb = TrustedProxies(vec!["203.0.113.0/24".parse().expect("cidr")]);
         let check = original_request(&request("/", &[("x-forwarded-for", "9.9.9.9, 1.1.1.1")]), &lb).expect("ok");
         assert_eq!(check.source_ip.as_deref(), Some("1.1.1.1"));
+    }
+
+    /// A client's own `x-tollgate-proxy-id` never names the proxy: Envoy
+    /// passes it on as it came. Only the route's context extension does.
+    #[test]
+    fn the_proxy_id_comes_from_envoys_configuration_never_from_a_header() {
+        let none = TrustedProxies::default();
+        let forged = request("/", &[("x-tollgate-proxy-id", "internal-edge")]);
+        assert_eq!(original_request(&forged, &none).expect("ok").proxy_id, None);
+        let mut configured = forged.clone();
+        if let Some(a) = configured.attributes.as_mut() {
+            a.context_extensions.insert(PROXY_ID_KEY.into(), "envoy-edge".into());
+        }
+        assert_eq!(original_request(&configured, &none).expect("ok").proxy_id.as_deref(), Some("envoy-edge"));
     }
 
     #[test]

@@ -41,10 +41,11 @@ use std::time::Duration;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tonic::transport::server::Connected;
 
 use crate::app::App;
+use crate::http::auth_failures::AuthFailures;
 use crate::http::forwarded::TrustedProxies;
 
 /// Largest request message decoded, in bytes (a `CheckRequest` with a few
@@ -76,10 +77,12 @@ pub struct Caller {
     pub certified: bool,
 }
 
-/// One accepted connection, plain or TLS.
+/// One accepted connection, plain or TLS, holding its place among the
+/// listener's [`crate::server::MAX_CONNECTIONS`] until it is dropped.
+/// The permit is held, never read: dropping the connection frees its place.
 enum Connection {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Plain(TcpStream, #[allow(dead_code)] OwnedSemaphorePermit),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, #[allow(dead_code)] OwnedSemaphorePermit),
 }
 
 impl Connected for Connection {
@@ -87,8 +90,8 @@ impl Connected for Connection {
 
     fn connect_info(&self) -> Caller {
         match self {
-            Connection::Plain(s) => Caller { addr: s.peer_addr().ok(), certified: false },
-            Connection::Tls(s) => {
+            Connection::Plain(s, _) => Caller { addr: s.peer_addr().ok(), certified: false },
+            Connection::Tls(s, _) => {
                 let (tcp, session) = s.get_ref();
                 let certified = session.peer_certificates().is_some_and(|c| !c.is_empty());
                 Caller { addr: tcp.peer_addr().ok(), certified }
@@ -100,8 +103,8 @@ impl Connected for Connection {
 impl AsyncRead for Connection {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Connection::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Connection::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Connection::Plain(s, _) => Pin::new(s).poll_read(cx, buf),
+            Connection::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -109,8 +112,8 @@ impl AsyncRead for Connection {
 impl AsyncWrite for Connection {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Connection::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Connection::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Connection::Plain(s, _) => Pin::new(s).poll_write(cx, buf),
+            Connection::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -120,29 +123,29 @@ impl AsyncWrite for Connection {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Connection::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Connection::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Connection::Plain(s, _) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Connection::Tls(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Connection::Plain(s) => s.is_write_vectored(),
-            Connection::Tls(s) => s.is_write_vectored(),
+            Connection::Plain(s, _) => s.is_write_vectored(),
+            Connection::Tls(s, _) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Connection::Plain(s) => Pin::new(s).poll_flush(cx),
-            Connection::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Connection::Plain(s, _) => Pin::new(s).poll_flush(cx),
+            Connection::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Connection::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Connection::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Connection::Plain(s, _) => Pin::new(s).poll_shutdown(cx),
+            Connection::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -152,18 +155,27 @@ fn incoming(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> io::Result<BoxStream<'static, io::Result<Connection>>> {
+    let open = Arc::new(tokio::sync::Semaphore::new(crate::server::MAX_CONNECTIONS));
     Ok(match tls {
-        None => stream::unfold(listener, |listener| async move {
-            loop {
-                match listener.accept().await {
-                    Ok((tcp, _)) => {
-                        let _ = tcp.set_nodelay(true);
-                        return Some((Ok(Connection::Plain(tcp)), listener));
-                    }
-                    Err(e) => {
-                        // Out of file descriptors, say: let some close.
-                        tracing::warn!(error = %e, "gRPC accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+        None => stream::unfold(listener, move |listener| {
+            let open = open.clone();
+            async move {
+                loop {
+                    match listener.accept().await {
+                        Ok((tcp, addr)) => {
+                            let Ok(permit) = open.clone().try_acquire_owned() else {
+                                // Full: closed at once (see MAX_CONNECTIONS).
+                                tracing::debug!(%addr, "gRPC connection refused: too many open");
+                                continue;
+                            };
+                            let _ = tcp.set_nodelay(true);
+                            return Some((Ok(Connection::Plain(tcp, permit)), listener));
+                        }
+                        Err(e) => {
+                            // Out of file descriptors, say: let some close.
+                            tracing::warn!(error = %e, "gRPC accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
                     }
                 }
             }
@@ -171,9 +183,18 @@ fn incoming(
         .boxed(),
         Some(config) => {
             let listener = crate::tls::TlsListener::new(listener, config)?;
-            stream::unfold(listener, |mut listener| async move {
-                let (tls, _) = axum::serve::Listener::accept(&mut listener).await;
-                Some((Ok(Connection::Tls(Box::new(tls))), listener))
+            stream::unfold(listener, move |mut listener| {
+                let open = open.clone();
+                async move {
+                    loop {
+                        let (tls, addr) = axum::serve::Listener::accept(&mut listener).await;
+                        let Ok(permit) = open.clone().try_acquire_owned() else {
+                            tracing::debug!(%addr, "gRPC connection refused: too many open");
+                            continue;
+                        };
+                        return Some((Ok(Connection::Tls(Box::new(tls), permit)), listener));
+                    }
+                }
             })
             .boxed()
         }
@@ -182,10 +203,21 @@ fn incoming(
 
 /// Whether a call may be answered: a verified client certificate, or a
 /// bearer token [`App::may_check`] accepts. Refused calls get
-/// `UNAUTHENTICATED` and a message that says only what to send.
-fn authenticate(app: &App, request: &tonic::Request<()>) -> Result<(), tonic::Status> {
-    if request.extensions().get::<Caller>().is_some_and(|c| c.certified) {
+/// `UNAUTHENTICATED` and a message that says only what to send, and count
+/// against their source address's budget of failed authentications (the
+/// admin API's, `--admin-auth-failures-per-minute`): a source past it gets
+/// `RESOURCE_EXHAUSTED` before its token is looked at.
+fn authenticate(app: &App, failures: &AuthFailures, request: &tonic::Request<()>) -> Result<(), tonic::Status> {
+    let caller = request.extensions().get::<Caller>();
+    if caller.is_some_and(|c| c.certified) {
         return Ok(());
+    }
+    let source = caller.and_then(|c| c.addr).map(|a| a.ip().to_canonical());
+    let now = std::time::Instant::now();
+    if let Some(Err(retry)) = source.map(|s| failures.check(s, now)) {
+        return Err(tonic::Status::resource_exhausted(format!(
+            "too many failed authentications from this address: retry in {retry} s"
+        )));
     }
     // Every `authorization` entry: one, or it is ambiguous and counts as none.
     let mut values = request.metadata().get_all("authorization").iter();
@@ -195,9 +227,15 @@ fn authenticate(app: &App, request: &tonic::Request<()>) -> Result<(), tonic::St
     };
     match token {
         Some(token) if app.may_check(token) => Ok(()),
-        _ => Err(tonic::Status::unauthenticated(
-            "send `authorization: Bearer <token>` with a token of the check scope (or a client certificate)",
-        )),
+        _ => {
+            if let Some(source) = source {
+                failures.fail(source, now);
+                tracing::warn!(%source, "gRPC call refused: no valid token");
+            }
+            Err(tonic::Status::unauthenticated(
+                "send `authorization: Bearer <token>` with a token of the check scope (or a client certificate)",
+            ))
+        }
     }
 }
 
@@ -237,6 +275,7 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     app: Arc<App>,
     trusted: TrustedProxies,
+    failures: Arc<AuthFailures>,
     mut stop: watch::Receiver<bool>,
 ) {
     let connections = match incoming(listener, tls) {
@@ -247,7 +286,8 @@ pub async fn serve(
         }
     };
     let authenticating = app.clone();
-    let interceptor = move |request: tonic::Request<()>| authenticate(&authenticating, &request).map(|()| request);
+    let interceptor =
+        move |request: tonic::Request<()>| authenticate(&authenticating, &failures, &request).map(|()| request);
     let ext_authz = ext_authz::ExtAuthz::new(app, trusted).into_server().max_decoding_message_size(MAX_MESSAGE_BYTES);
     let service = tonic::service::interceptor::InterceptedService::new(ext_authz, interceptor);
     let mut stopping = stop.clone();

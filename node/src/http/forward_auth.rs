@@ -41,7 +41,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, RawPathParams, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -130,12 +130,14 @@ async fn by_headers(
     respond(outcome, named_mode)
 }
 
-async fn envoy(
-    State(http): State<HttpState>,
-    // The decoded tail is not used: see `original_request`.
-    Path((api, stage, _tail)): Path<(String, String, String)>,
-    request: Request,
-) -> Response {
+async fn envoy(State(http): State<HttpState>, params: RawPathParams, request: Request) -> Response {
+    // Read raw: axum's `Path` would decode the tail, and answer a tail that
+    // is not UTF-8 (`%FF`) itself, in plain text. The tail is not used (see
+    // `original_request`): the check's path rule refuses such a path with
+    // the API's error, as every other listener does. An escaped API or
+    // stage name is no API's name.
+    let param = |name: &str| params.iter().find(|(n, _)| *n == name).map_or(String::new(), |(_, v)| v.to_string());
+    let (api, stage) = (param("api"), param("stage"));
     envoy_asks(&http, api, stage, request).await
 }
 

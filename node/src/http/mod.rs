@@ -55,8 +55,10 @@ pub struct Settings {
     pub metrics_token: Option<Digest>,
     /// `/metrics` is served on the HTTP listener (no `--metrics-addr`).
     pub metrics_on_http: bool,
-    /// Failed admin authentications by source address.
-    pub admin_auth_failures: AuthFailures,
+    /// Failed authentications by source address: the admin API's, and the
+    /// gRPC listener's (one budget, so a token cannot be guessed through
+    /// the port that does not count).
+    pub admin_auth_failures: Arc<AuthFailures>,
 }
 
 impl Settings {
@@ -66,7 +68,7 @@ impl Settings {
             trusted_proxies: TrustedProxies(config.trust.trusted_proxies.clone()),
             metrics_token: config.metrics.token.as_deref().map(Digest::of),
             metrics_on_http: config.metrics.addr.is_none(),
-            admin_auth_failures: AuthFailures::per_minute(config.admin.failures_per_minute),
+            admin_auth_failures: Arc::new(AuthFailures::per_minute(config.admin.failures_per_minute)),
         }
     }
 }
