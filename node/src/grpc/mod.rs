@@ -56,7 +56,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Streams (calls) open at once on one connection; more wait in the
 /// proxy. Also the calls decided at once per connection.
-pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// How often an idle connection is pinged.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a ping may go unanswered before the connection is closed.
