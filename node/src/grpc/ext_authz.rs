@@ -14,7 +14,7 @@
 //! | API, stage | `attributes.context_extensions` `tollgate_api`, `tollgate_stage` (the route's `typed_per_filter_config`) | missing or empty |
 //! | method | `attributes.request.http.method` | missing; another spelling (`:method`, `x-original-method`, `x-forwarded-method`) that disagrees |
 //! | path and query | `attributes.request.http.path` (the request target as the client sent it; Envoy decodes nothing) | missing; another spelling (`:path`, `x-original-uri`, `x-forwarded-uri`, `x-original-url`, `x-rewrite-url`) that disagrees |
-//! | headers | `attributes.request.http.header_map` (`encode_raw_headers: true`) or `.headers` (lowercase names) | both given; a name or value HTTP does not allow; a value that is not UTF-8 |
+//! | headers | `attributes.request.http.header_map` (`encode_raw_headers: true`, bytes read as forward-auth reads them) or `.headers` (lowercase names) | both given; a name or value HTTP does not allow |
 //! | `host` header | `attributes.request.http.host`, when no `host` header came | an `:authority` that disagrees |
 //! | client address | `attributes.source.address.socket_address.address` | missing, not an IP address |
 //! | proxy id (`proxy_id` in policies) | `attributes.context_extensions` `tollgate_proxy_id`; never the client's `x-tollgate-proxy-id` | |
@@ -145,8 +145,10 @@ fn from_api_error(e: ApiError) -> tonic::Status {
 
 /// One `context_extensions` value, required.
 fn extension(extensions: &HashMap<String, String>, key: &str) -> Result<String, tonic::Status> {
-    match extensions.get(key).map(|v| v.trim()) {
-        Some(v) if !v.is_empty() => Ok(v.to_string()),
+    // Not trimmed: a name with spaces is no API's or stage's name, as
+    // forward-auth takes them from its path.
+    match extensions.get(key) {
+        Some(v) if !v.is_empty() => Ok(v.clone()),
         _ => Err(invalid(
             &format!("attributes.context_extensions.{key}"),
             "missing: set it in the route's ext_authz typed_per_filter_config check_settings.context_extensions \
@@ -176,14 +178,16 @@ fn request_headers(http: &HttpRequest) -> Result<(HeaderMap, Vec<(String, String
     let mut pseudo = Vec::new();
     for (key, bytes) in lines {
         let field = || format!("attributes.request.http.headers.{}", key.escape_debug());
-        let text = std::str::from_utf8(bytes).map_err(|_| invalid(&field(), "is not UTF-8"))?;
         if key.starts_with(':') {
+            let text = std::str::from_utf8(bytes).map_err(|_| invalid(&field(), "is not UTF-8"))?;
             pseudo.push((key.to_string(), text.to_string()));
             continue;
         }
         let name = HeaderName::from_bytes(key.as_bytes())
             .map_err(|_| invalid("attributes.request.http.headers", &format!("{:?} is not a header name", key)))?;
-        let value = HeaderValue::from_str(text)
+        // Bytes as HTTP allows them (obs-text included, as a client's
+        // Latin-1 `User-Agent`), read as forward-auth reads them.
+        let value = HeaderValue::from_bytes(bytes)
             .map_err(|_| invalid(&field(), "is not a valid header value (control characters)"))?;
         headers.append(name, value);
     }
@@ -204,7 +208,9 @@ pub fn original_request(request: &pb::CheckRequest, trusted: &TrustedProxies) ->
         .as_ref()
         .and_then(|r| r.http.as_ref())
         .ok_or_else(|| invalid("attributes.request.http", "missing: only HTTP requests can be checked"))?;
-    let method = http.method.trim();
+    // Not trimmed: " DELETE" is refused as forward-auth refuses it, never
+    // guessed.
+    let method = http.method.as_str();
     if method.is_empty() {
         return Err(invalid("attributes.request.http.method", "missing"));
     }
@@ -452,17 +458,27 @@ mod tests {
             };
             assert!(message.contains(field), "{path} {headers:?}: {message}");
         }
-        let mut raw = request("/", &[]);
-        if let Some(http) = raw.attributes.as_mut().and_then(|a| a.request.as_mut()).and_then(|r| r.http.as_mut()) {
-            http.header_map = Some(EnvoyHeaderMap {
-                headers: vec![EnvoyHeader {
-                    key: "x-api-key".into(),
-                    value: String::new(),
-                    raw_value: b"\xff".to_vec(),
-                }],
-            });
-        }
-        assert!(refused(&raw, &none).starts_with("attributes.request.http.headers.x-api-key: is not UTF-8"));
+        let raw = |bytes: &[u8]| {
+            let mut raw = request("/", &[]);
+            if let Some(http) = raw.attributes.as_mut().and_then(|a| a.request.as_mut()).and_then(|r| r.http.as_mut()) {
+                http.header_map = Some(EnvoyHeaderMap {
+                    headers: vec![EnvoyHeader {
+                        key: "user-agent".into(),
+                        value: String::new(),
+                        raw_value: bytes.to_vec(),
+                    }],
+                });
+            }
+            raw
+        };
+        // A control character is no header value; a Latin-1 byte (obs-text)
+        // is, and is read as forward-auth reads it.
+        assert!(
+            refused(&raw(b"a\x01b"), &none).starts_with("attributes.request.http.headers.user-agent: is not a valid")
+        );
+        let latin1 = original_request(&raw(b"caf\xe9"), &none).expect("obs-text is allowed");
+        let forward_auth = tollgate_proto::check::header_text(b"caf\xe9");
+        assert_eq!(latin1.headers["user-agent"], forward_auth);
     }
 
     #[test]
