@@ -661,3 +661,63 @@ async fn a_node_whose_disk_fills_up_exits_non_zero_and_comes_back_once_space_is_
     let (status, body) = cluster.post(1, "/v1/admin/plans", plan("after")).await;
     assert_eq!(status, 201, "{body}");
 }
+
+/// Whether the server closed `stream` (end of file or a reset) before
+/// [`harness::PATIENCE`], without sending anything.
+async fn closed_by_the_server(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut byte = [0u8; 1];
+    matches!(tokio::time::timeout(harness::PATIENCE, stream.read(&mut byte)).await, Ok(Ok(0) | Err(_)))
+}
+
+/// A flood of idle connections cannot take a node down: each listener keeps
+/// at most `--max-connections` open and closes the rest as soon as it
+/// accepts them, so the node keeps its file descriptors, its other
+/// listeners and Raft; once the flood ends, the listener serves again.
+/// (Found by a hostile run: 20k idle connections to the gRPC port took
+/// every file descriptor of the leader, and its admin writes with them.)
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_past_the_limit_are_closed_and_the_node_keeps_serving() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+    const LIMIT: usize = 8;
+    let options = Options { extra_args: vec!["--max-connections".into(), LIMIT.to_string()], ..Default::default() };
+    let cluster = Cluster::start_with(1, options).await;
+    let (grpc, wire, http) = (cluster.node(1).grpc_port, cluster.node(1).wire_port, cluster.node(1).http_port);
+    let connect = |port: u16| async move { TcpStream::connect(("127.0.0.1", port)).await.expect("connect") };
+    for (name, port) in [("gRPC", grpc), ("wire", wire)] {
+        let mut idle = Vec::new();
+        for _ in 0..LIMIT {
+            idle.push(connect(port).await);
+        }
+        // Accepted in order: the one past the limit is closed at once.
+        let mut past = connect(port).await;
+        assert!(closed_by_the_server(&mut past).await, "{name}: a connection past the limit stayed open");
+        // The other listeners serve.
+        assert_eq!(cluster.get(1, "/readyz").await.0, 200, "{name} full: /readyz");
+        drop(idle);
+    }
+    // The gRPC listener serves again once the idle ones have gone: an
+    // HTTP/2 preface and SETTINGS get the server's SETTINGS back.
+    wait_until("the gRPC listener answers HTTP/2 again", || async {
+        let mut stream = connect(grpc).await;
+        let hello = [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".as_slice(), &[0, 0, 0, 4, 0, 0, 0, 0, 0]].concat();
+        let mut first = [0u8; 9];
+        stream.write_all(&hello).await.is_ok()
+            && matches!(tokio::time::timeout(harness::PATIENCE, stream.read_exact(&mut first)).await, Ok(Ok(_)))
+            && first[3] == 4
+    })
+    .await;
+    // The HTTP listener too, whose connections the harness's client also holds.
+    let mut idle = Vec::new();
+    for _ in 0..LIMIT {
+        idle.push(connect(http).await);
+    }
+    let mut past = connect(http).await;
+    assert!(closed_by_the_server(&mut past).await, "HTTP: a connection past the limit stayed open");
+    drop(idle);
+    wait_until("/readyz answers once the idle connections are gone", || async {
+        cluster.get(1, "/readyz").await.0 == 200
+    })
+    .await;
+}

@@ -84,6 +84,10 @@ pub const DEFAULT_HTTP: &str = "127.0.0.1:8081";
 pub const DEFAULT_PEER: &str = "127.0.0.1:9081";
 pub const DEFAULT_WIRE: &str = "127.0.0.1:10081";
 pub const DEFAULT_GRPC: &str = "127.0.0.1:11081";
+/// Connections one client-facing listener keeps open at once: well under
+/// the file descriptors a node is given, so a flood of idle connections
+/// leaves the other listeners (the peer port: Raft) working.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
 #[derive(Debug, Clone, Default, Args, Deserialize)]
 pub struct ListenArgs {
@@ -99,6 +103,11 @@ pub struct ListenArgs {
     /// Address of the gRPC listener (Envoy's ext_authz v3).
     #[arg(long, env = "TOLLGATE_GRPC")]
     pub grpc: Option<String>,
+    /// Connections each client-facing listener (HTTP, wire, gRPC) keeps
+    /// open at once; past it a new one is closed as soon as it is accepted
+    /// (default 4096).
+    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: Option<u32>,
     /// Address clients use to reach the wire listener (default: --wire).
     #[arg(long, env = "TOLLGATE_ADVERTISE_WIRE")]
     pub advertise_wire: Option<String>,
@@ -122,6 +131,9 @@ pub struct Listeners {
     /// gRPC listener: Envoy's `envoy.service.auth.v3.Authorization` (ext_authz).
     /// Default [`DEFAULT_GRPC`].
     pub grpc: String,
+    /// Connections each of the HTTP, wire and gRPC listeners keeps open at
+    /// once. Default [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
     /// Address other nodes use for the HTTP listener. Optional: the bound one.
     pub advertise_http: Option<String>,
     /// Address other nodes use for the peer listener. Optional: the bound one.
@@ -137,6 +149,9 @@ impl ListenArgs {
             peer: self.peer.or(file.peer).unwrap_or_else(|| DEFAULT_PEER.into()),
             wire: self.wire.or(file.wire).unwrap_or_else(|| DEFAULT_WIRE.into()),
             grpc: self.grpc.or(file.grpc).unwrap_or_else(|| DEFAULT_GRPC.into()),
+            max_connections: self.max_connections.or(file.max_connections).map_or(DEFAULT_MAX_CONNECTIONS, |n| {
+                usize::try_from(n.clamp(1, 1_000_000)).unwrap_or(DEFAULT_MAX_CONNECTIONS)
+            }),
             advertise_http: self.advertise_http.or(file.advertise_http),
             advertise_peer: self.advertise_peer.or(file.advertise_peer),
             advertise_wire: self.advertise_wire.or(file.advertise_wire),

@@ -141,24 +141,25 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Started> {
     let authority = peer_state.authority.clone();
     let http = HttpState { app: app.clone(), settings: Arc::new(Settings::of(&config)) };
     let failures = http.settings.admin_auth_failures.clone();
+    let max = config.listen.max_connections;
     app.gateway.metering.start_reporting();
     let elections_task = tokio::spawn(app.elections.clone().run());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut listener_tasks = vec![
-        ended(serve(http_listener, tls.http.clone(), crate::http::router(http.clone()), stop_rx.clone())?),
-        ended(serve(peer_listener, tls.peer, crate::cluster::peer::router(peer_state), stop_rx.clone())?),
+        ended(serve(http_listener, tls.http.clone(), crate::http::router(http.clone()), max, stop_rx.clone())?),
+        ended(serve(peer_listener, tls.peer, crate::cluster::peer::router(peer_state), max, stop_rx.clone())?),
     ];
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = %listener.local_addr()?, "metrics on their own listener");
         let router = crate::http::ops::metrics_router(http);
-        listener_tasks.push(ended(serve(listener, tls.http.clone(), router, stop_rx.clone())?));
+        listener_tasks.push(ended(serve(listener, tls.http.clone(), router, max, stop_rx.clone())?));
     }
     let trusted = crate::http::forwarded::TrustedProxies(config.trust.trusted_proxies.clone());
-    let grpc = crate::grpc::serve(grpc_listener, tls.grpc, app.clone(), trusted, failures, stop_rx.clone());
+    let grpc = crate::grpc::serve(grpc_listener, tls.grpc, app.clone(), trusted, failures, max, stop_rx.clone());
     listener_tasks.push(tokio::spawn(grpc));
     let wire_tls = tls.wire.map(tokio_rustls::TlsAcceptor::from);
-    listener_tasks.push(tokio::spawn(crate::wire::serve(wire_listener, wire_tls, app.clone(), stop_rx.clone())));
+    listener_tasks.push(tokio::spawn(crate::wire::serve(wire_listener, wire_tls, app.clone(), max, stop_rx.clone())));
     let (disk, leader, data_dir) = (app.disk.clone(), app.leader.clone(), config.storage.data_dir.clone());
     listener_tasks.push(tokio::spawn(crate::cluster::disk::watch(disk, leader, data_dir, gauges, stop_rx)));
     Ok(Started { app, authority, endpoints, config, addr, kv, stop_tx, elections_task, listener_tasks })
@@ -312,34 +313,33 @@ impl Tls {
 /// turns into a 500.)
 pub const MAX_REQUEST_HEADERS: usize = crate::gateway::MAX_FIELDS + 64;
 
-/// Serves `router` on `listener` (over TLS when `tls` is given) until `stop`.
+/// Serves `router` on `listener` (over TLS when `tls` is given) until
+/// `stop`, with at most `max_connections` open at once.
 fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     router: axum::Router,
+    max_connections: usize,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     Ok(match tls {
         Some(tls) => {
             let listener = crate::tls::TlsListener::new(listener, tls)?;
-            tokio::spawn(serve_connections(listener, router, stop))
+            tokio::spawn(serve_connections(listener, router, max_connections, stop))
         }
-        None => tokio::spawn(serve_connections(listener, router, stop)),
+        None => tokio::spawn(serve_connections(listener, router, max_connections, stop)),
     })
 }
 
-/// Connections one listener keeps open at once (HTTP and gRPC); past it a
-/// new connection is closed as soon as it is accepted. Well under the file
-/// descriptors a node is given, so a flood of idle connections leaves the
-/// other listeners (the peer port: Raft) working.
-pub const MAX_CONNECTIONS: usize = 4096;
-
-/// Accepts connections and serves each with hyper (HTTP/1.1 and HTTP/2),
+/// Accepts connections (at most `max_connections` open; past it a new one
+/// is closed at once, so idle connections cannot take every file
+/// descriptor, and with them Raft and `/readyz`) and serves each with hyper (HTTP/1.1 and HTTP/2),
 /// the peer's address given to handlers as `ConnectInfo`. On `stop`, accepts
 /// no more and lets the connections in flight finish (at most 5 s).
 async fn serve_connections<L>(
     mut listener: L,
     router: axum::Router,
+    max_connections: usize,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()>
 where
@@ -350,14 +350,14 @@ where
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).max_headers(MAX_REQUEST_HEADERS);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let open = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         tokio::select! {
             (io, addr) = listener.accept() => {
                 let Ok(permit) = open.clone().try_acquire_owned() else {
                     // Full: closed at once, so idle connections cannot take
                     // every file descriptor (and with them Raft and /readyz).
-                    tracing::debug!(%addr, "connection refused: {MAX_CONNECTIONS} open on this listener");
+                    tracing::debug!(%addr, "connection refused: {max_connections} open on this listener");
                     continue;
                 };
                 let service = axum::Extension(axum::extract::ConnectInfo(addr)).layer(router.clone());

@@ -33,24 +33,43 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Answers are gathered up to about this many bytes per write.
 const WRITE_BATCH: usize = 64 * 1024;
 
-pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, app: Arc<App>, stop: watch::Receiver<bool>) {
+/// Serves the binary protocol on `listener` until `stop`, with at most
+/// `max_connections` open at once (past it a new one is closed at once).
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: Arc<App>,
+    max_connections: usize,
+    stop: watch::Receiver<bool>,
+) {
     let mut watcher = stop.clone();
     let stopping = async move {
         let _ = watcher.wait_for(|s| *s).await;
     };
     tokio::pin!(stopping);
+    let open = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(permit) = open.clone().try_acquire_owned() else {
+                        // Full: closed at once, so idle connections cannot
+                        // take every file descriptor (`--max-connections`).
+                        tracing::debug!(%peer, "wire connection refused: too many open");
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let (app, stop) = (app.clone(), stop.clone());
                     match tls.clone() {
                         None => {
-                            tokio::spawn(connection(stream, false, app, stop));
+                            tokio::spawn(async move {
+                                connection(stream, false, app, stop).await;
+                                drop(permit);
+                            });
                         }
                         Some(acceptor) => {
                             tokio::spawn(async move {
+                                let _permit = permit;
                                 match tokio::time::timeout(HELLO_TIMEOUT, acceptor.accept(stream)).await {
                                     Ok(Ok(tls)) => {
                                         let certified = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());

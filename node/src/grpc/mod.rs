@@ -78,7 +78,7 @@ pub struct Caller {
 }
 
 /// One accepted connection, plain or TLS, holding its place among the
-/// listener's [`crate::server::MAX_CONNECTIONS`] until it is dropped.
+/// listener's `--max-connections` until it is dropped.
 /// The permit is held, never read: dropping the connection frees its place.
 enum Connection {
     Plain(TcpStream, #[allow(dead_code)] OwnedSemaphorePermit),
@@ -154,8 +154,9 @@ impl AsyncWrite for Connection {
 fn incoming(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
+    max_connections: usize,
 ) -> io::Result<BoxStream<'static, io::Result<Connection>>> {
-    let open = Arc::new(tokio::sync::Semaphore::new(crate::server::MAX_CONNECTIONS));
+    let open = Arc::new(tokio::sync::Semaphore::new(max_connections));
     Ok(match tls {
         None => stream::unfold(listener, move |listener| {
             let open = open.clone();
@@ -164,7 +165,7 @@ fn incoming(
                     match listener.accept().await {
                         Ok((tcp, addr)) => {
                             let Ok(permit) = open.clone().try_acquire_owned() else {
-                                // Full: closed at once (see MAX_CONNECTIONS).
+                                // Full: closed at once (`--max-connections`).
                                 tracing::debug!(%addr, "gRPC connection refused: too many open");
                                 continue;
                             };
@@ -276,9 +277,10 @@ pub async fn serve(
     app: Arc<App>,
     trusted: TrustedProxies,
     failures: Arc<AuthFailures>,
+    max_connections: usize,
     mut stop: watch::Receiver<bool>,
 ) {
-    let connections = match incoming(listener, tls) {
+    let connections = match incoming(listener, tls, max_connections) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "the gRPC listener cannot start");
