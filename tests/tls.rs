@@ -333,3 +333,36 @@ async fn tollgate_dev_stops_its_nodes_on_every_stop_signal() {
         );
     }
 }
+
+/// One client's idle sockets cannot hold every TLS handshake slot: past
+/// `MAX_HANDSHAKES_PER_ADDRESS` handshakes under way from one address, a new
+/// connection from it is closed at once, and clients at other addresses get
+/// their handshakes done meanwhile. (Found by a hostile run: 520 idle
+/// sockets kept every new TLS connection waiting, over and over.)
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_sockets_from_one_address_cannot_hold_every_tls_handshake() {
+    let cluster = Cluster::start_with(1, Options { tls: true, ..Default::default() }).await;
+    let port = cluster.node(1).http_port;
+    let mut idle = Vec::new();
+    for _ in 0..tollgate_node::tls::MAX_HANDSHAKES_PER_ADDRESS {
+        idle.push(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect"));
+    }
+    let ca = std::fs::read(cluster.certs().join("ca.pem")).expect("ca.pem");
+    let from = |address: [u8; 4]| {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("ca"))
+            .local_address(std::net::IpAddr::from(address))
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client")
+    };
+    let url = format!("https://127.0.0.1:{port}/readyz");
+    // From the same address, a new connection is closed before its handshake.
+    let refused = from([127, 0, 0, 1]).get(&url).send().await;
+    assert!(refused.is_err(), "a 17th handshake from one address was served: {refused:?}");
+    // Another address (all of 127/8 is loopback) is served meanwhile.
+    let ready = from([127, 0, 0, 2]).get(&url).send().await.expect("served over TLS");
+    assert_eq!(ready.status().as_u16(), 200);
+    drop(idle);
+    harness::wait_until("this address is served again", || async { cluster.get(1, "/readyz").await.0 == 200 }).await;
+}

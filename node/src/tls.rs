@@ -107,11 +107,52 @@ pub fn server_config(
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes under way at once; past this, connections wait in the kernel's backlog.
 const MAX_HANDSHAKES: usize = 512;
+/// Handshakes under way at once from one address; past this, a new
+/// connection from it is closed as soon as it is accepted, so one client's
+/// idle sockets cannot hold every handshake slot (520 did: new TLS
+/// connections then waited for the 10 s timeouts, over and over).
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 16;
+
+/// Handshakes under way, by the client's address.
+type InHandshake = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+/// One handshake's place among its address's; freed when dropped.
+struct HandshakePlace {
+    by_address: InHandshake,
+    address: std::net::IpAddr,
+}
+
+impl HandshakePlace {
+    /// A place for a handshake from `address`, if it has fewer than
+    /// [`MAX_HANDSHAKES_PER_ADDRESS`] under way.
+    fn take(by_address: &InHandshake, address: std::net::IpAddr) -> Option<Self> {
+        let mut counts = by_address.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(address).or_insert(0);
+        if *count >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(HandshakePlace { by_address: by_address.clone(), address })
+    }
+}
+
+impl Drop for HandshakePlace {
+    fn drop(&mut self) {
+        let mut counts = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
+}
 
 /// A TLS listener for `axum::serve`. Handshakes run in tasks of their own,
 /// so a slow or silent client holds up no other; one that does not finish
 /// within [`HANDSHAKE_TIMEOUT`] is dropped, and at most [`MAX_HANDSHAKES`]
-/// run at once. Dropping the listener stops them all.
+/// run at once, [`MAX_HANDSHAKES_PER_ADDRESS`] from one address. Dropping
+/// the listener stops them all.
 pub struct TlsListener {
     accepted: tokio::sync::mpsc::Receiver<(TlsStream, SocketAddr)>,
     local: SocketAddr,
@@ -127,6 +168,7 @@ impl TlsListener {
         let (tx, accepted) = tokio::sync::mpsc::channel(64);
         let accepting = tokio::spawn(async move {
             let limit = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+            let by_address = InHandshake::default();
             // Owned here: aborted with this task.
             let mut handshakes = tokio::task::JoinSet::new();
             loop {
@@ -141,10 +183,15 @@ impl TlsListener {
                         continue;
                     }
                 };
+                let Some(place) = HandshakePlace::take(&by_address, addr.ip().to_canonical()) else {
+                    tracing::debug!(%addr, "connection closed: {MAX_HANDSHAKES_PER_ADDRESS} TLS handshakes from it under way");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 handshakes.spawn(async move {
                     let _permit = permit;
+                    let _place = place;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, addr)).await;
