@@ -3,6 +3,9 @@
 //! on a plan without limits, and on one with a throttle and a quota (held
 //! here, as a node holds them between grants); and signed identity for one
 //! key against 100k keys asked at random (signing must not scale with keys).
+//! Beside them, `peers/…`: the `limitador` crate's in-memory limiter and
+//! `governor` on the throttle-and-quota scenario, in the same run, for the
+//! ratio (issue 14, goal 5).
 //!
 //! `cargo bench -p tollgate-bench --bench check_path`
 
@@ -156,5 +159,59 @@ fn decide(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, codec, decide);
+/// The scenario of `gateway/check, key with throttle and quota` (one key,
+/// a throttle of 1e9/s with a burst of 1e9, a quota of 1e12 that never
+/// refuses) in the two Rust limiters nearest in purpose. Each answers only
+/// the limiting question: no key lookup, route or identity, so the ratio
+/// says what the rest of Tollgate's pipeline costs beside the counting.
+fn peers(c: &mut Criterion) {
+    use limitador::limit::{Context, Expression, Limit, Namespace};
+    use std::collections::HashMap;
+    use std::num::NonZeroU32;
+    use std::time::Duration;
+
+    let mut group = c.benchmark_group("peers");
+
+    // limitador, in-memory storage: a per-second limit and a per-day limit
+    // (limitador's periods are windows of seconds; no month), each counted
+    // per value of the variable `key`. The context (the request's values)
+    // is built once here; per call, limitador copies the namespace's limits
+    // out of its lock, evaluates `key` (a CEL expression) for each limit,
+    // builds a counter per limit (with a map of its variables) and finds or
+    // creates each counter in its cache.
+    let namespace: Namespace = "bench".into();
+    let key = || [Expression::parse("key").expect("CEL expression")];
+    let limiter = limitador::RateLimiter::new(10_000);
+    limiter.add_limit(Limit::new(namespace.clone(), 1_000_000_000, 1, [], key()));
+    limiter.add_limit(Limit::new(namespace.clone(), 1_000_000_000_000, 86_400, [], key()));
+    let ctx = Context::from(HashMap::from([("key".to_string(), "key_metered".to_string())]));
+    let first = limiter.check_rate_limited_and_update(&namespace, &ctx, 1).expect("limitador check");
+    assert!(!first.limited && first.counters.len() == 2, "limitador: both limits apply and admit");
+    group.bench_function("limitador, key with per-second and per-day limits", |b| {
+        b.iter(|| limiter.check_rate_limited_and_update(black_box(&namespace), black_box(&ctx), 1))
+    });
+
+    // governor: a keyed GCRA of 1e9/s with a burst of 1e9 for the throttle,
+    // and a second one for the quota. Governor has no quota periods (no
+    // day or month that resets) and its burst is a u32, so the "daily
+    // quota" is a GCRA that refills u32::MAX cells evenly over a day: the
+    // same cost per check as a quota would have, not the same rule.
+    let throttle_rate = NonZeroU32::new(1_000_000_000).expect("nonzero");
+    let throttle = governor::RateLimiter::keyed(governor::Quota::per_second(throttle_rate).allow_burst(throttle_rate));
+    let daily = governor::Quota::with_period(Duration::from_secs(86_400) / u32::MAX)
+        .expect("nonzero period")
+        .allow_burst(NonZeroU32::MAX);
+    let daily: governor::DefaultKeyedRateLimiter<String> = governor::RateLimiter::keyed(daily);
+    let key = "key_metered".to_string();
+    assert!(throttle.check_key(&key).is_ok() && daily.check_key(&key).is_ok(), "governor admits");
+    group.bench_function("governor, key with throttle and daily GCRA", |b| {
+        b.iter(|| {
+            let key = black_box(&key);
+            throttle.check_key(key).and_then(|()| daily.check_key(key))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, codec, decide, peers);
 criterion_main!(benches);
