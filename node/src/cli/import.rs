@@ -81,7 +81,16 @@ fn read_jsonl(text: &str) -> anyhow::Result<Vec<Row>> {
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        let spec: ApiKeySpec = serde_json::from_str(trimmed).with_context(|| format!("line {}", i + 1))?;
+        let spec: ApiKeySpec = serde_json::from_str(trimmed).map_err(|e| {
+            // serde_json says where in the text it read ("at line 1 column
+            // 19"): here that text is one line of the file, so say the
+            // file's line and the column in it.
+            let message = e.to_string();
+            let at = format!(" at line {} column {}", e.line(), e.column());
+            let message = message.strip_suffix(&at).unwrap_or(&message);
+            let column = e.column() + (line.len() - line.trim_start().len());
+            anyhow!("line {}, column {column}: {message}", i + 1)
+        })?;
         rows.push(Row { line: i + 1, spec });
     }
     Ok(rows)
@@ -270,7 +279,9 @@ mod tests {
         assert_eq!(rows.iter().map(|r| (r.line, r.spec.name.as_str())).collect::<Vec<_>>(), [(2, "a"), (4, "b")]);
         assert_eq!(rows[0].spec.plan_ids, ["gold"]);
         let err = read_str("{\"name\": \"a\"}\n{\"nmae\": \"b\"}\n", Format::Jsonl).expect_err("unknown field");
-        assert!(format!("{err:#}").starts_with("line 2: unknown field `nmae`"), "{err:#}");
+        let text = format!("{err:#}");
+        assert!(text.starts_with("line 2, column 7: unknown field `nmae`"), "{text}");
+        assert!(!text.contains("line 1"), "one line named, the file's: {text}");
     }
 
     #[test]
@@ -311,7 +322,7 @@ mod tests {
             assert!(format!("{err:#}").starts_with("line 3: 1 fields"), "{what}: {err:#}");
             let jsonl = format!("{prefix}{{\"name\": \"a\"}}{eol}{{\"name\": 5}}{eol}");
             let err = read_str(&jsonl, Format::Jsonl).expect_err(what);
-            assert!(format!("{err:#}").starts_with("line 2: "), "{what}: {err:#}");
+            assert!(format!("{err:#}").starts_with("line 2, column "), "{what}: {err:#}");
         }
         let err = read(b"name\nok\nbad\xff\n", Format::Csv).expect_err("latin-1");
         assert_eq!(format!("{err:#}"), "line 3: not UTF-8 text");
