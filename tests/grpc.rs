@@ -472,5 +472,32 @@ async fn the_other_nodes_answer_when_the_node_the_client_uses_is_killed() {
             ask(&channel, Some(&token), request()).await.is_ok_and(|r| Answer::of(&r).status == 200)
         })
         .await;
+        // Its gRPC health service says SERVING (no token needed), for the
+        // server and for ext_authz.
+        harness::wait_until("a surviving node's health says SERVING", || async {
+            health(&channel, "").await == Some(SERVING) && health(&channel, EXT_AUTHZ).await == Some(SERVING)
+        })
+        .await;
     }
+    // With a second node gone the last one has no quorum, so no leader:
+    // not ready, and its health says NOT_SERVING (a proxy skips it).
+    let second = cluster.leader().await;
+    cluster.kill(second);
+    let last = (1..=3).find(|id| *id != victim && *id != second).expect("a third node");
+    let channel = channel(&cluster, last, false).await.expect("TLS channel");
+    harness::wait_until("the last node's health says NOT_SERVING", || async {
+        health(&channel, EXT_AUTHZ).await == Some(NOT_SERVING)
+    })
+    .await;
+}
+
+const SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+const NOT_SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+const EXT_AUTHZ: &str = "envoy.service.auth.v3.Authorization";
+
+/// The status `grpc.health.v1.Health/Check` answers for `service`, if it answers.
+async fn health(channel: &Channel, service: &str) -> Option<i32> {
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let request = tonic_health::pb::HealthCheckRequest { service: service.into() };
+    client.check(request).await.ok().map(|r| r.into_inner().status)
 }

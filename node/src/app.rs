@@ -216,6 +216,27 @@ impl App {
         stored.is_some_and(|t| t.scopes.iter().any(|s| matches!(s, Scope::Check | Scope::Write)))
     }
 
+    /// Why this node is not ready, or `None` when it is: a member of a
+    /// cluster that has a known leader, whose Raft runs and whose free-space
+    /// guard is off (`/readyz`, and the gRPC listener's health service).
+    pub async fn not_ready(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let member = m.membership_config.membership().nodes().any(|(id, _)| *id == self.id);
+        if let Err(fatal) = &m.running_state {
+            Some(format!("raft stopped: {fatal}; the node exits so that its supervisor starts it again"))
+        } else if self.is_removed() {
+            Some("removed from the cluster by its leader".to_string())
+        } else if !member {
+            Some("not a member of a cluster (yet)".to_string())
+        } else if let Some(low) = self.disk.own() {
+            Some(format!("disk space low: {low}"))
+        } else if m.current_leader.is_none() {
+            Some("no leader is known".to_string())
+        } else {
+            self.elections.out_of_touch().await
+        }
+    }
+
     /// Whether the leader said this node was removed.
     pub fn is_removed(&self) -> bool {
         self.removal.is_removed()

@@ -69,6 +69,8 @@ use crate::http::error::ApiError;
 use crate::http::forward_auth::{check_request, decision_headers, ClientCertSource, ProxiedFacts};
 use crate::http::forwarded::{client_behind, ChainError, TrustedProxies};
 
+/// The gRPC service name Envoy calls (and health-checks).
+pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
 /// The `context_extensions` key naming the API.
 pub const API_KEY: &str = "tollgate_api";
 /// The `context_extensions` key naming the proxy (a policy's `proxy_id`);

@@ -1,8 +1,10 @@
 //! The gRPC listener: Envoy's own APIs on the check pipeline, on a port of
 //! its own (`--grpc`, default 127.0.0.1:11081; `tollgate dev`: 11081-11083).
-//! Today it serves one service, `envoy.service.auth.v3.Authorization`
-//! (Envoy's `ext_authz` filter in gRPC mode, see [`ext_authz`]), built with
-//! tonic on the protos the `envoy-types` crate generates.
+//! Today it serves `envoy.service.auth.v3.Authorization` (Envoy's
+//! `ext_authz` filter in gRPC mode, see [`ext_authz`]), built with tonic on
+//! the protos the `envoy-types` crate generates, and `grpc.health.v1.Health`
+//! (no token needed: it says only what `/readyz` says), `SERVING` while the
+//! node is ready.
 //!
 //! # Who may call
 //!
@@ -63,6 +65,8 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest time one call may take (an HTTP authorizer is the slow step).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the health service (`grpc.health.v1.Health`) reads readiness.
+pub const HEALTH_EVERY: Duration = Duration::from_millis(500);
 /// How long calls in flight may finish once the node stops.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -287,6 +291,27 @@ pub async fn serve(
             return;
         }
     };
+    // grpc.health.v1: SERVING while the node is ready (as `/readyz`), for
+    // the whole server ("") and for ext_authz; NOT_SERVING otherwise, so a
+    // proxy's gRPC health check skips a node that runs but cannot decide.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let watched = app.clone();
+    let mut stopping_health = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let status = match watched.not_ready().await {
+                None => tonic_health::ServingStatus::Serving,
+                Some(_) => tonic_health::ServingStatus::NotServing,
+            };
+            for service in ["", ext_authz::SERVICE_NAME] {
+                health.set_service_status(service, status).await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(HEALTH_EVERY) => {}
+                _ = stopping_health.wait_for(|s| *s) => return,
+            }
+        }
+    });
     let authenticating = app.clone();
     let interceptor =
         move |request: tonic::Request<()>| authenticate(&authenticating, &failures, &request).map(|()| request);
@@ -306,6 +331,7 @@ pub async fn serve(
         .timeout(CALL_TIMEOUT)
         .layer(tower::util::MapResponseLayer::new(undecodable_is_invalid_argument::<tonic::body::Body>))
         .add_service(service)
+        .add_service(health_service)
         .serve_with_incoming_shutdown(connections, stopped);
     tokio::pin!(serving);
     // Past the grace period after the stop, calls still open are dropped.

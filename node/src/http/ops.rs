@@ -41,19 +41,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     let m = app.raft.metrics().borrow().clone();
     let member = m.membership_config.membership().nodes().any(|(id, _)| *id == app.id);
     let removed = app.is_removed();
-    let reason = if let Err(fatal) = &m.running_state {
-        Some(format!("raft stopped: {fatal}; the node exits so that its supervisor starts it again"))
-    } else if removed {
-        Some("removed from the cluster by its leader".to_string())
-    } else if !member {
-        Some("not a member of a cluster (yet)".to_string())
-    } else if let Some(low) = app.disk.own() {
-        Some(format!("disk space low: {low}"))
-    } else if m.current_leader.is_none() {
-        Some("no leader is known".to_string())
-    } else {
-        app.elections.out_of_touch().await
-    };
+    let reason = app.not_ready().await;
     let status = if reason.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body =
         json!({"member": member && !removed, "removed": removed, "leader_id": m.current_leader, "reason": reason});
