@@ -138,46 +138,20 @@ impl Answer {
     }
 }
 
-/// An API with key-protected, open, network-limited and authorizer routes,
-/// CORS and a WAF rule; a plan with a small burst; a key; a check token.
-/// Returns (key id, key secret, check token).
+/// The proxy tests' API ([`harness::pets_api`]) and a check token for
+/// Envoy. Returns (key id, key secret, check token).
 async fn configure(cluster: &Cluster) -> (String, String, String) {
+    let (key_id, secret) = harness::pets_api(cluster).await;
     let leader = cluster.leader().await;
-    let down = json!({"id": "down", "name": "down", "kind": {"http": {"url": "http://127.0.0.1:1/authorize",
-        "identity_sources": ["header:authorization"], "timeout_ms": 500}}});
-    assert_eq!(cluster.post(leader, "/v1/admin/authorizers", down).await.0, 201);
-    let api = json!({"id": "pets", "name": "Pets", "stages": [{"name": "prod"}],
-        "routes": [{"method": "GET", "path": "/pets/*", "api_key_required": true},
-            {"method": "*", "path": "/admin/*", "api_key_required": true}, {"method": "GET", "path": "/ipzone/*"},
-            {"method": "GET", "path": "/open/*"}, {"method": "GET", "path": "/authz/*", "authorizer_id": "down"}],
-        "cors": {"allow_origins": ["https://app.example.com"], "allow_methods": ["GET"], "allow_headers": ["x-api-key"]},
-        "waf": [{"name": "sqli", "action": "block", "condition": {"query_matches": "(?i)union"}}]});
-    assert_eq!(cluster.post(leader, "/v1/admin/apis", api).await.0, 201);
-    let plan = json!({"id": "gold", "name": "Gold", "throttle": {"rate_per_sec": 0.2, "burst": 3},
-        "api_stages": [{"api_id": "pets", "stage": "prod"}]});
-    assert_eq!(cluster.post(leader, "/v1/admin/plans", plan).await.0, 201);
-    let policy = json!({"name": "ipzone", "api_id": "pets", "statements": [
-        {"effect": "Allow", "principals": ["*"], "actions": ["invoke"], "resources": ["pets/*"]},
-        {"effect": "Deny", "principals": ["*"], "actions": ["invoke"], "resources": ["pets/*/GET/ipzone/*"],
-         "conditions": [{"operator": "NotIpAddress", "key": "source_ip", "values": ["203.0.113.0/24"]}]}]});
-    assert_eq!(cluster.post(leader, "/v1/admin/policies", policy).await.0, 201);
-    let (status, key) = cluster.post(leader, "/v1/admin/keys", json!({"name": "alice", "plan_ids": ["gold"]})).await;
-    assert_eq!(status, 201, "{key}");
     let (status, token) = cluster.post(leader, "/v1/admin/tokens", json!({"name": "envoy", "scopes": ["check"]})).await;
     assert_eq!(status, 201, "{token}");
     for node in [1, 2, 3] {
-        harness::wait_until("model replicated", || async {
-            let count = |path: &'static str| async move {
-                cluster.get(node, path).await.1["items"].as_array().map(Vec::len).unwrap_or_default()
-            };
-            count("/v1/admin/keys?stale=true").await == 1
-                && count("/v1/admin/tokens?stale=true").await == 1
-                && count("/v1/admin/policies?stale=true").await == 1
+        harness::wait_until("the token replicated", || async {
+            cluster.get(node, "/v1/admin/tokens?stale=true").await.1["items"].as_array().is_some_and(|t| t.len() == 1)
         })
         .await;
     }
-    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-    (text(&key["id"]), text(&key["secret"]), text(&token["secret"]))
+    (key_id, secret, token["secret"].as_str().unwrap_or_default().to_string())
 }
 
 fn tls_cluster() -> Options {

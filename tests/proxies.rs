@@ -46,45 +46,6 @@ async fn verify(http: &reqwest::Client, jwks_url: &str, token: &str) -> Result<S
     Ok(claims["sub"].as_str().unwrap_or_default().to_string())
 }
 
-/// An API with a key-protected route, a plan with a small burst, and a key in it.
-async fn configure(cluster: &Cluster) -> (String, String) {
-    let leader = cluster.leader().await;
-    // An HTTP authorizer nobody answers for: its route is a 503.
-    let down = json!({"id": "down", "name": "down", "kind": {"http": {"url": "http://127.0.0.1:1/authorize",
-        "identity_sources": ["header:authorization"], "timeout_ms": 500}}});
-    assert_eq!(cluster.post(leader, "/v1/admin/authorizers", down).await.0, 201);
-    let api = json!({"id": "pets", "name": "Pets", "stages": [{"name": "prod"}],
-        "routes": [{"method": "GET", "path": "/pets/*", "api_key_required": true}, {"method": "GET", "path": "/public"},
-            {"method": "*", "path": "/admin/*", "api_key_required": true}, {"method": "GET", "path": "/ipzone/*"},
-            {"method": "GET", "path": "/open/*"},
-            {"method": "GET", "path": "/authz/*", "authorizer_id": "down"}],
-        "cors": {"allow_origins": ["https://app.example.com"], "allow_methods": ["GET", "DELETE"], "allow_headers": ["x-api-key"]},
-        "waf": [{"name": "sqli", "action": "block", "condition": {"query_matches": "(?i)union"}}]});
-    assert_eq!(cluster.post(leader, "/v1/admin/apis", api).await.0, 201);
-    let plan = json!({"id": "gold", "name": "Gold", "throttle": {"rate_per_sec": 0.2, "burst": 3},
-        "api_stages": [{"api_id": "pets", "stage": "prod"}]});
-    assert_eq!(cluster.post(leader, "/v1/admin/plans", plan).await.0, 201);
-    // Only 203.0.113.0/24 may use /ipzone/*.
-    let policy = json!({"name": "ipzone", "api_id": "pets", "statements": [
-        {"effect": "Allow", "principals": ["*"], "actions": ["invoke"], "resources": ["pets/*"]},
-        {"effect": "Deny", "principals": ["*"], "actions": ["invoke"], "resources": ["pets/*/GET/ipzone/*"],
-         "conditions": [{"operator": "NotIpAddress", "key": "source_ip", "values": ["203.0.113.0/24"]}]}]});
-    assert_eq!(cluster.post(leader, "/v1/admin/policies", policy).await.0, 201);
-    let (status, key) = cluster.post(leader, "/v1/admin/keys", json!({"name": "alice", "plan_ids": ["gold"]})).await;
-    assert_eq!(status, 201, "{key}");
-    // Every node must have the model before the proxy asks any of them.
-    for node in [1, 2, 3] {
-        harness::wait_until("model replicated", || async {
-            cluster.get(node, "/v1/admin/keys?stale=true").await.1["items"].as_array().is_some_and(|k| k.len() == 1)
-                && cluster.get(node, "/v1/admin/policies?stale=true").await.1["items"]
-                    .as_array()
-                    .is_some_and(|p| p.len() == 1)
-        })
-        .await;
-    }
-    (key["id"].as_str().unwrap_or_default().to_string(), key["secret"].as_str().unwrap_or_default().to_string())
-}
-
 fn node_ports(cluster: &Cluster) -> Vec<u16> {
     (1..=3).map(|id| cluster.node(id).http_port).collect()
 }
@@ -148,7 +109,7 @@ fn start_caddy(cluster: &Cluster, upstream: u16, port: u16, dir: &Path) -> Proce
 /// only onto the upstream request).
 async fn proxy_protects_the_upstream(start: fn(&Cluster, u16, u16, &Path) -> Process, cors: bool, tls: bool) {
     let cluster = Cluster::start_with(3, harness::Options { tls, ..Default::default() }).await;
-    let (key_id, secret) = configure(&cluster).await;
+    let (key_id, secret) = harness::pets_api(&cluster).await;
     let upstream = start_upstream(format!("{}/.well-known/jwks.json", cluster.url(3)), cluster.http.clone()).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();

@@ -869,6 +869,51 @@ where
     }
 }
 
+/// The proxy tests' API, `pets` (stage `prod`): key-protected routes
+/// (`/pets/*`, `/admin/*`), open ones (`/public`, `/open/*`), `/ipzone/*`
+/// that only 203.0.113.0/24 may use, `/authz/*` behind an HTTP authorizer
+/// nobody answers (503), CORS for `https://app.example.com`, and a WAF rule
+/// blocking `union` in the query; plan `gold` with a burst of 3; key
+/// `alice` in it. Returns (key id, key secret) once every node has them.
+pub async fn pets_api(cluster: &Cluster) -> (String, String) {
+    let leader = cluster.leader().await;
+    // An HTTP authorizer nobody answers for: its route is a 503.
+    let down = serde_json::json!({"id": "down", "name": "down", "kind": {"http": {"url": "http://127.0.0.1:1/authorize",
+        "identity_sources": ["header:authorization"], "timeout_ms": 500}}});
+    assert_eq!(cluster.post(leader, "/v1/admin/authorizers", down).await.0, 201);
+    let api = serde_json::json!({"id": "pets", "name": "Pets", "stages": [{"name": "prod"}],
+        "routes": [{"method": "GET", "path": "/pets/*", "api_key_required": true}, {"method": "GET", "path": "/public"},
+            {"method": "*", "path": "/admin/*", "api_key_required": true}, {"method": "GET", "path": "/ipzone/*"},
+            {"method": "GET", "path": "/open/*"},
+            {"method": "GET", "path": "/authz/*", "authorizer_id": "down"}],
+        "cors": {"allow_origins": ["https://app.example.com"], "allow_methods": ["GET", "DELETE"], "allow_headers": ["x-api-key"]},
+        "waf": [{"name": "sqli", "action": "block", "condition": {"query_matches": "(?i)union"}}]});
+    assert_eq!(cluster.post(leader, "/v1/admin/apis", api).await.0, 201);
+    let plan = serde_json::json!({"id": "gold", "name": "Gold", "throttle": {"rate_per_sec": 0.2, "burst": 3},
+        "api_stages": [{"api_id": "pets", "stage": "prod"}]});
+    assert_eq!(cluster.post(leader, "/v1/admin/plans", plan).await.0, 201);
+    // Only 203.0.113.0/24 may use /ipzone/*.
+    let policy = serde_json::json!({"name": "ipzone", "api_id": "pets", "statements": [
+        {"effect": "Allow", "principals": ["*"], "actions": ["invoke"], "resources": ["pets/*"]},
+        {"effect": "Deny", "principals": ["*"], "actions": ["invoke"], "resources": ["pets/*/GET/ipzone/*"],
+         "conditions": [{"operator": "NotIpAddress", "key": "source_ip", "values": ["203.0.113.0/24"]}]}]});
+    assert_eq!(cluster.post(leader, "/v1/admin/policies", policy).await.0, 201);
+    let (status, key) =
+        cluster.post(leader, "/v1/admin/keys", serde_json::json!({"name": "alice", "plan_ids": ["gold"]})).await;
+    assert_eq!(status, 201, "{key}");
+    // Every node must have the model before the proxy asks any of them.
+    for node in [1, 2, 3] {
+        wait_until("model replicated", || async {
+            cluster.get(node, "/v1/admin/keys?stale=true").await.1["items"].as_array().is_some_and(|k| k.len() == 1)
+                && cluster.get(node, "/v1/admin/policies?stale=true").await.1["items"]
+                    .as_array()
+                    .is_some_and(|p| p.len() == 1)
+        })
+        .await;
+    }
+    (key["id"].as_str().unwrap_or_default().to_string(), key["secret"].as_str().unwrap_or_default().to_string())
+}
+
 /// A plan body with the given id.
 pub fn plan(id: &str) -> Value {
     serde_json::json!({"id": id, "name": format!("plan {id}"), "throttle": {"rate_per_sec": 10.0, "burst": 20}})
