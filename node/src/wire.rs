@@ -47,17 +47,12 @@ pub async fn serve(
         let _ = watcher.wait_for(|s| *s).await;
     };
     tokio::pin!(stopping);
-    let open = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let open = crate::server::OpenConnections::new("wire", max_connections);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let Ok(permit) = open.clone().try_acquire_owned() else {
-                        // Full: closed at once, so idle connections cannot
-                        // take every file descriptor (`--max-connections`).
-                        tracing::debug!(%peer, "wire connection refused: too many open");
-                        continue;
-                    };
+                    let Some(permit) = open.admit(peer) else { continue };
                     let _ = stream.set_nodelay(true);
                     let (app, stop) = (app.clone(), stop.clone());
                     match tls.clone() {

@@ -160,7 +160,7 @@ fn incoming(
     tls: Option<Arc<rustls::ServerConfig>>,
     max_connections: usize,
 ) -> io::Result<BoxStream<'static, io::Result<Connection>>> {
-    let open = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let open = crate::server::OpenConnections::new("gRPC", max_connections);
     Ok(match tls {
         None => stream::unfold(listener, move |listener| {
             let open = open.clone();
@@ -168,11 +168,7 @@ fn incoming(
                 loop {
                     match listener.accept().await {
                         Ok((tcp, addr)) => {
-                            let Ok(permit) = open.clone().try_acquire_owned() else {
-                                // Full: closed at once (`--max-connections`).
-                                tracing::debug!(%addr, "gRPC connection refused: too many open");
-                                continue;
-                            };
+                            let Some(permit) = open.admit(addr) else { continue };
                             let _ = tcp.set_nodelay(true);
                             return Some((Ok(Connection::Plain(tcp, permit)), listener));
                         }
@@ -193,10 +189,7 @@ fn incoming(
                 async move {
                     loop {
                         let (tls, addr) = axum::serve::Listener::accept(&mut listener).await;
-                        let Ok(permit) = open.clone().try_acquire_owned() else {
-                            tracing::debug!(%addr, "gRPC connection refused: too many open");
-                            continue;
-                        };
+                        let Some(permit) = open.admit(addr) else { continue };
                         return Some((Ok(Connection::Tls(Box::new(tls), permit)), listener));
                     }
                 }
