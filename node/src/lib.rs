@@ -42,7 +42,8 @@
 //!
 //! Beside the path: [`metrics`] (Prometheus, bounded labels), [`tls`]
 //! (rustls listeners and `tollgate certs`), [`secret`] (generated secrets and
-//! ids, digests, constant-time comparison), [`clock`] (where time comes from,
+//! ids, digests, constant-time comparison), [`connections`] (the cap on
+//! each listener's open connections), [`clock`] (where time comes from,
 //! and quota periods), [`logging`] (log output whose
 //! failures are counted, never fatal), [`cli`] and [`dev`] (the
 //! `tollgate` command line and `tollgate dev`), and [`launch`] (the one way
@@ -55,6 +56,7 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod connections;
 pub mod dev;
 pub mod gateway;
 pub mod grpc;

@@ -331,36 +331,8 @@ fn serve(
     })
 }
 
-/// The connections one listener keeps open: at most `--max-connections`;
-/// past it a new connection is closed as soon as it is accepted, so idle
-/// connections cannot take every file descriptor (and Raft and `/readyz`
-/// with them). Every listener admits its connections through one.
-#[derive(Clone)]
-pub struct OpenConnections {
-    open: Arc<tokio::sync::Semaphore>,
-    listener: &'static str,
-    max: usize,
-}
-
-impl OpenConnections {
-    /// At most `max` connections open on `listener` (named in the log).
-    pub fn new(listener: &'static str, max: usize) -> Self {
-        OpenConnections { open: Arc::new(tokio::sync::Semaphore::new(max)), listener, max }
-    }
-
-    /// A place for the connection just accepted from `addr`, held while it
-    /// is open; `None` when all are taken: close it.
-    pub fn admit(&self, addr: SocketAddr) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let place = self.open.clone().try_acquire_owned().ok();
-        if place.is_none() {
-            tracing::debug!(%addr, listener = self.listener, max = self.max, "connection closed at once: too many open");
-        }
-        place
-    }
-}
-
 /// Accepts connections (at most `max_connections` open, see
-/// [`OpenConnections`]) and serves each with hyper (HTTP/1.1 and HTTP/2),
+/// [`crate::connections::OpenConnections`]) and serves each with hyper (HTTP/1.1 and HTTP/2),
 /// the peer's address given to handlers as `ConnectInfo`. On `stop`, accepts
 /// no more and lets the connections in flight finish (at most 5 s).
 async fn serve_connections<L>(
@@ -377,7 +349,7 @@ where
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).max_headers(MAX_REQUEST_HEADERS);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let open = OpenConnections::new("HTTP", max_connections);
+    let open = crate::connections::OpenConnections::new("HTTP", max_connections);
     loop {
         tokio::select! {
             (io, addr) = listener.accept() => {

@@ -47,7 +47,7 @@ pub async fn serve(
         let _ = watcher.wait_for(|s| *s).await;
     };
     tokio::pin!(stopping);
-    let open = crate::server::OpenConnections::new("wire", max_connections);
+    let open = crate::connections::OpenConnections::new("wire", max_connections);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {

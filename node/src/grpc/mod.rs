@@ -160,7 +160,7 @@ fn incoming(
     tls: Option<Arc<rustls::ServerConfig>>,
     max_connections: usize,
 ) -> io::Result<BoxStream<'static, io::Result<Connection>>> {
-    let open = crate::server::OpenConnections::new("gRPC", max_connections);
+    let open = crate::connections::OpenConnections::new("gRPC", max_connections);
     Ok(match tls {
         None => stream::unfold(listener, move |listener| {
             let open = open.clone();
