@@ -8,6 +8,8 @@
 //! - [`model`]: what an operator configures — APIs with stages and routes, usage
 //!   plans, API keys, policies, authorizers and admin tokens. The same types are
 //!   stored in the state machine and shown (through views) by the admin API.
+//! - [`descriptors`]: how a request's descriptor finds its limit in a rate
+//!   limit domain (envoyproxy/ratelimit's rules), and the count it is counted in.
 //! - [`validate`]: the rules a model value must satisfy on its own; every
 //!   failure is a [`FieldError`] that names the field and says how to fix it.
 //! - [`canonical`]: the one canonical form of a request's path and client
@@ -40,6 +42,7 @@ pub mod canonical;
 pub mod check;
 pub mod codec;
 pub mod command;
+pub mod descriptors;
 pub mod jwk;
 pub mod metering;
 pub mod model;

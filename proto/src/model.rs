@@ -891,6 +891,168 @@ pub enum Scope {
 }
 
 // ---------------------------------------------------------------------------
+// Descriptor limits (Envoy's rate limit service)
+
+/// The rate limits of one rate limit domain: a tree of descriptors, each a
+/// key with an optional value and an optional rate limit. This is the model
+/// of an envoyproxy/ratelimit configuration file, field for field, so such a
+/// file loads unchanged (`tollgate limits import FILE.yaml`). Envoy names the
+/// domain and the descriptors in each `ShouldRateLimit` call; see
+/// [`crate::descriptors`] for how a request's descriptor finds its limit.
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitDomain {
+    /// 1 to 64 of `A-Z a-z 0-9 _ -`. Empty on create: the node makes one
+    /// (`rld_…`).
+    #[serde(default)]
+    pub id: String,
+    /// The domain Envoy names (`RateLimitRequest.domain`): 1 to 255
+    /// characters, no control characters; unique in the cluster.
+    pub domain: String,
+    /// The descriptors at the top of the tree; at most 10,000 rules in all,
+    /// nested at most 16 deep.
+    #[serde(default)]
+    pub descriptors: Vec<DescriptorRule>,
+    /// When it was created; set by the node, ignored on input.
+    #[serde(default)]
+    pub created_at: Timestamp,
+    /// When it was last changed; set by the node, ignored on input.
+    #[serde(default)]
+    pub updated_at: Timestamp,
+}
+
+/// One descriptor of a [`RateLimitDomain`]'s tree (envoyproxy/ratelimit's
+/// descriptor: `key`, `value`, `rate_limit`, nested `descriptors`).
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DescriptorRule {
+    /// The entry's key, 1 to 255 characters.
+    pub key: String,
+    /// The entry's value, at most 1024 characters; left out (or empty), any
+    /// value matches and each distinct value is counted apart. A `*` matches
+    /// any run of characters (`/api/*`); an exact value is tried first, then
+    /// the patterns in the order written, then the key alone.
+    #[serde(default)]
+    pub value: Option<String>,
+    /// The limit for a request descriptor that ends at this rule.
+    #[serde(default)]
+    pub rate_limit: Option<DescriptorRateLimit>,
+    /// Descriptors one entry deeper.
+    #[serde(default)]
+    pub descriptors: Vec<DescriptorRule>,
+    /// Count, and say in the response what the limit would do, but never
+    /// refuse (the descriptor's status stays `OK`).
+    #[serde(default)]
+    pub shadow_mode: bool,
+    /// A quota descriptor: the request is refused for quota descriptors only
+    /// when every quota descriptor of the request is over its limit.
+    #[serde(default)]
+    pub quota_mode: bool,
+    /// With a pattern value: every value the pattern matches shares one
+    /// count (without it, each value is counted apart).
+    #[serde(default)]
+    pub share_threshold: bool,
+    /// Accepted for envoyproxy/ratelimit files; it names the statistics of
+    /// a value there. Tollgate's metrics have no per-descriptor labels, so
+    /// it changes nothing.
+    #[serde(default)]
+    pub detailed_metric: bool,
+    /// Accepted for envoyproxy/ratelimit files, like `detailed_metric`;
+    /// changes nothing here.
+    #[serde(default)]
+    pub value_to_metric: bool,
+}
+
+/// A descriptor's rate limit: `requests_per_unit` per fixed window of one
+/// `unit`, aligned to the Unix epoch as envoyproxy/ratelimit aligns it.
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DescriptorRateLimit {
+    /// Requests per window, 0 to 2^32 - 1 (0 refuses every request).
+    #[serde(default)]
+    pub requests_per_unit: u32,
+    /// The window; required unless `unlimited`, refused with it.
+    #[serde(default)]
+    pub unit: Option<RateLimitUnit>,
+    /// Never limited (and never counted); the status says `OK`.
+    #[serde(default)]
+    pub unlimited: bool,
+    /// A name that other limits' `replaces` can refer to.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Limits of the same request whose `name` is listed here are skipped
+    /// when this one applies.
+    #[serde(default)]
+    pub replaces: Vec<LimitReplaces>,
+}
+
+/// One entry of [`DescriptorRateLimit::replaces`].
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitReplaces {
+    /// The `name` of the limit replaced.
+    pub name: String,
+}
+
+/// The window of a [`DescriptorRateLimit`] (Envoy's `RateLimitResponse.RateLimit.Unit`).
+/// Windows are fixed and aligned to the Unix epoch: a month is 30 days and
+/// a year 365, as envoyproxy/ratelimit counts them.
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitUnit {
+    /// 1 s.
+    Second,
+    /// 60 s.
+    Minute,
+    /// 3,600 s.
+    Hour,
+    /// 86,400 s.
+    Day,
+    /// 7 days.
+    Week,
+    /// 30 days.
+    Month,
+    /// 365 days.
+    Year,
+}
+
+impl RateLimitUnit {
+    /// The window's length in seconds.
+    pub fn secs(self) -> i64 {
+        match self {
+            RateLimitUnit::Second => 1,
+            RateLimitUnit::Minute => 60,
+            RateLimitUnit::Hour => 3_600,
+            RateLimitUnit::Day => 86_400,
+            RateLimitUnit::Week => 7 * 86_400,
+            RateLimitUnit::Month => 30 * 86_400,
+            RateLimitUnit::Year => 365 * 86_400,
+        }
+    }
+
+    /// The window holding `now_ms`: its start and end (exclusive), ms since
+    /// the Unix epoch.
+    pub fn window(self, now_ms: i64) -> (i64, i64) {
+        let len = self.secs() * 1000;
+        let start = now_ms.div_euclid(len) * len;
+        (start, start.saturating_add(len))
+    }
+
+    /// The unit's name in lower case, as configuration files write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateLimitUnit::Second => "second",
+            RateLimitUnit::Minute => "minute",
+            RateLimitUnit::Hour => "hour",
+            RateLimitUnit::Day => "day",
+            RateLimitUnit::Week => "week",
+            RateLimitUnit::Month => "month",
+            RateLimitUnit::Year => "year",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Signed identity
 
 /// Which key signs the identity tokens backends receive. Not a secret: every
@@ -927,6 +1089,8 @@ pub enum Entity {
     Authorizer(Authorizer),
     /// An admin token (with its digest).
     Token(AdminToken),
+    /// The descriptor limits of one rate limit domain.
+    RateLimit(RateLimitDomain),
 }
 
 /// The kinds of stored object, with the names the admin API uses for them.
@@ -944,17 +1108,20 @@ pub enum EntityKind {
     Authorizer,
     /// Admin tokens, `/v1/admin/tokens`.
     Token,
+    /// Rate limit domains (descriptor limits), `/v1/admin/ratelimits`.
+    RateLimit,
 }
 
 impl EntityKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EntityKind; 6] = [
+    pub const ALL: [EntityKind; 7] = [
         EntityKind::Api,
         EntityKind::Plan,
         EntityKind::Key,
         EntityKind::Policy,
         EntityKind::Authorizer,
         EntityKind::Token,
+        EntityKind::RateLimit,
     ];
 
     /// The singular noun used in messages.
@@ -966,6 +1133,7 @@ impl EntityKind {
             EntityKind::Policy => "policy",
             EntityKind::Authorizer => "authorizer",
             EntityKind::Token => "token",
+            EntityKind::RateLimit => "rate limit domain",
         }
     }
 
@@ -978,6 +1146,7 @@ impl EntityKind {
             EntityKind::Policy => "pol_",
             EntityKind::Authorizer => "auth_",
             EntityKind::Token => "tok_",
+            EntityKind::RateLimit => "rld_",
         }
     }
 }
@@ -992,6 +1161,7 @@ impl Entity {
             Entity::Policy(_) => EntityKind::Policy,
             Entity::Authorizer(_) => EntityKind::Authorizer,
             Entity::Token(_) => EntityKind::Token,
+            Entity::RateLimit(_) => EntityKind::RateLimit,
         }
     }
 
@@ -1004,6 +1174,7 @@ impl Entity {
             Entity::Policy(x) => &x.id,
             Entity::Authorizer(x) => &x.id,
             Entity::Token(x) => &x.id,
+            Entity::RateLimit(x) => &x.id,
         }
     }
 
@@ -1024,6 +1195,7 @@ impl Entity {
             Entity::Policy(x) => set!(x),
             Entity::Authorizer(x) => set!(x),
             Entity::Token(x) => set!(x),
+            Entity::RateLimit(x) => set!(x),
         }
     }
 
@@ -1036,6 +1208,7 @@ impl Entity {
             Entity::Policy(x) => x.created_at,
             Entity::Authorizer(x) => x.created_at,
             Entity::Token(x) => x.created_at,
+            Entity::RateLimit(x) => x.created_at,
         }
     }
 
@@ -1048,6 +1221,7 @@ impl Entity {
             Entity::Policy(x) => serde_json::to_value(x),
             Entity::Authorizer(x) => serde_json::to_value(x),
             Entity::Token(x) => serde_json::to_value(x.view()),
+            Entity::RateLimit(x) => serde_json::to_value(x),
         };
         value.unwrap_or(serde_json::Value::Null)
     }

@@ -603,6 +603,90 @@ pub fn token_spec(t: &AdminTokenSpec) -> Checked {
     non_empty("scopes", &t.scopes)
 }
 
+/// The longest rate limit domain name, in bytes.
+pub const MAX_DOMAIN: usize = 255;
+/// The longest descriptor key (in a rule or a request), in bytes.
+pub const MAX_DESCRIPTOR_KEY: usize = 255;
+/// The longest descriptor value (in a rule or a request), in bytes.
+pub const MAX_DESCRIPTOR_VALUE: usize = 1024;
+/// The most rules in one rate limit domain, at every depth together.
+pub const MAX_DESCRIPTOR_RULES: usize = 10_000;
+/// The deepest a domain's rules (and a request's descriptor entries) nest.
+pub const MAX_DESCRIPTOR_DEPTH: usize = 16;
+
+fn printable(field: &str, value: &str, max: usize, what: &str) -> Checked {
+    if value.is_empty() || value.len() > max {
+        return fail(field, format!("{what} must be 1 to {max} bytes"));
+    }
+    if value.chars().any(char::is_control) {
+        return fail(field, format!("{what} must not hold control characters"));
+    }
+    Ok(())
+}
+
+/// A rate limit domain: its name, and every rule of its tree (keys, values,
+/// limits, nesting). The rules are envoyproxy/ratelimit's load-time checks:
+/// no two sibling rules with the same key and value, a unit unless
+/// `unlimited` (and none with it), `replaces` never empty nor naming its own
+/// limit, `share_threshold` only on a pattern value.
+pub fn rate_limit_domain(d: &RateLimitDomain) -> Checked {
+    if !d.id.is_empty() {
+        id("id", &d.id)?;
+    }
+    printable("domain", &d.domain, MAX_DOMAIN, "a domain")?;
+    let mut count = 0usize;
+    descriptor_rules("descriptors", &d.descriptors, 1, &mut count)
+}
+
+fn descriptor_rules(at: &str, rules: &[DescriptorRule], depth: usize, count: &mut usize) -> Checked {
+    if depth > MAX_DESCRIPTOR_DEPTH && !rules.is_empty() {
+        return fail(at, format!("descriptors nest at most {MAX_DESCRIPTOR_DEPTH} deep"));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let here = format!("{at}[{i}]");
+        *count += 1;
+        if *count > MAX_DESCRIPTOR_RULES {
+            return fail(&here, format!("a domain holds at most {MAX_DESCRIPTOR_RULES} descriptors"));
+        }
+        printable(&format!("{here}.key"), &rule.key, MAX_DESCRIPTOR_KEY, "a key")?;
+        let value = rule.value.as_deref().unwrap_or("");
+        if !value.is_empty() {
+            printable(&format!("{here}.value"), value, MAX_DESCRIPTOR_VALUE, "a value")?;
+        }
+        if !seen.insert((rule.key.as_str(), value)) {
+            let shown = if value.is_empty() { rule.key.clone() } else { format!("{}={value}", rule.key) };
+            return fail(&here, format!("a second descriptor {shown:?} at the same level"));
+        }
+        if rule.share_threshold && !value.contains('*') {
+            return fail(format!("{here}.share_threshold"), "only a value with a '*' pattern can share a count");
+        }
+        if let Some(limit) = &rule.rate_limit {
+            let at = format!("{here}.rate_limit");
+            match (limit.unlimited, limit.unit) {
+                (true, Some(_)) => return fail(format!("{at}.unit"), "an unlimited limit takes no unit"),
+                (false, None) => {
+                    return fail(format!("{at}.unit"), "required: second, minute, hour, day, week, month or year")
+                }
+                _ => {}
+            }
+            if let Some(name) = &limit.name {
+                printable(&format!("{at}.name"), name, MAX_DESCRIPTOR_KEY, "a name")?;
+            }
+            list_len(&format!("{at}.replaces"), &limit.replaces)?;
+            for (j, r) in limit.replaces.iter().enumerate() {
+                let field = format!("{at}.replaces[{j}].name");
+                printable(&field, &r.name, MAX_DESCRIPTOR_KEY, "a name")?;
+                if limit.name.as_deref() == Some(r.name.as_str()) {
+                    return fail(field, "a limit cannot replace itself");
+                }
+            }
+        }
+        descriptor_rules(&format!("{here}.descriptors"), &rule.descriptors, depth + 1, count)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshot
 use serde::{Deserialize, Serialize};
 use tollgate_proto::command::Applied;
 use tollgate_proto::command::QuotaPeriod;
+use tollgate_proto::descriptors::LEDGER_PLAN_PREFIX;
 use tollgate_proto::metering::QuotaLedger;
 use tollgate_proto::model::{Entity, EntityKind, IdentityKeyState};
 use tollgate_proto::{codec, Command, CommandResult, Rejection, RejectionKind};
@@ -82,7 +83,7 @@ impl<K: Kv> StateMachine<K> {
         for bytes in scan_prefix(&*kv, LEDGER_PREFIX)? {
             let (period, ledger): (QuotaPeriod, QuotaLedger) =
                 codec::decode(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?;
-            model.ledgers.insert(period, ledger);
+            model.insert_ledger(period, ledger);
         }
         for (key, bytes) in scan_pairs(&*kv, SESSION_PREFIX)? {
             let id = key.strip_prefix(SESSION_PREFIX).unwrap_or_default();
@@ -127,11 +128,18 @@ impl<K: Kv> StateMachine<K> {
 }
 
 /// The plan whose quota limits a command may change.
-fn limits_changed(command: &Command) -> Option<&str> {
+fn limits_changed(model: &Model, command: &Command) -> Option<String> {
+    // A rate limit domain's counts are leased under `#ratelimit/<domain>`.
+    let domain_ledger = |domain: &str| format!("{LEDGER_PLAN_PREFIX}{domain}");
     match command {
-        Command::Put { entity, .. } if entity.kind() == EntityKind::Plan => Some(entity.id()),
-        Command::Delete { kind: EntityKind::Plan, id } => Some(id),
-        Command::QuotaAdjust { period, .. } => Some(&period.plan_id),
+        Command::Put { entity, .. } if entity.kind() == EntityKind::Plan => Some(entity.id().to_string()),
+        Command::Put { entity: Entity::RateLimit(d), .. } => Some(domain_ledger(&d.domain)),
+        Command::Delete { kind: EntityKind::Plan, id } => Some(id.clone()),
+        Command::Delete { kind: EntityKind::RateLimit, id } => match model.get(EntityKind::RateLimit, id) {
+            Some(Entity::RateLimit(d)) => Some(domain_ledger(&d.domain)),
+            _ => None,
+        },
+        Command::QuotaAdjust { period, .. } => Some(period.plan_id.clone()),
         _ => None,
     }
 }
@@ -173,8 +181,8 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
                             continue;
                         }
                     }
-                    if let Some(plan_id) = limits_changed(&proposal.command) {
-                        self.limits.bump(Some(plan_id));
+                    if let Some(plan_id) = limits_changed(&self.model, &proposal.command) {
+                        self.limits.bump(Some(&plan_id));
                     }
                     if let Command::CreateMany { entities, .. } = &proposal.command {
                         for plan in entities.iter().filter(|e| e.kind() == EntityKind::Plan) {
@@ -243,7 +251,7 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
         for (period, ledger) in image.ledgers {
             let bytes = codec::encode(&(&period, &ledger)).map_err(|e| snap_err(ErrorVerb::Write, e))?;
             ops.push(Op::Put(ledger_key(&period), bytes));
-            model.ledgers.insert(period, ledger);
+            model.insert_ledger(period, ledger);
         }
         for (session, ends) in image.sessions {
             ops.push(Op::Put(session_key(session), codec::encode(&ends).map_err(|e| snap_err(ErrorVerb::Write, e))?));

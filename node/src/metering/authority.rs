@@ -134,8 +134,15 @@ impl LocalAuthority {
         lock(&self.ledgers).entry(period.clone()).or_default().adjust(limit, delta)
     }
 
+    /// The limit of `period`'s ledger: its plan's quota (the key need not
+    /// be in the plan: scenarios meter made-up keys), or a descriptor
+    /// count's limit as the state machine finds it.
     fn plan_limit(&self, period: &QuotaPeriod) -> Option<u64> {
-        self.model.load().model.plan(&period.plan_id).and_then(|p| p.quota).map(|q| q.limit)
+        let published = self.model.load();
+        if tollgate_proto::descriptors::CounterKey::of_period(period).is_some() {
+            return published.model.ledger_limit(period).ok();
+        }
+        published.model.plan(&period.plan_id).and_then(|p| p.quota).map(|q| q.limit)
     }
 }
 

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use imbl::{HashMap, OrdMap};
 use tollgate_proto::command::{Applied, LeaseAsk, PutMode, QuotaPeriod, MAX_CREATE_MANY, MAX_LEASE_ASKS};
+use tollgate_proto::descriptors::CounterKey;
 use tollgate_proto::metering::{renew_session, GrantAsk, QuotaLedger, Sessions};
 use tollgate_proto::model::{
     ApiKey, AuthorizerKind, Entity, EntityKind, IdentityKeyState, KeyFrom, PreviousSecret, SecretDigest, Timestamp,
@@ -33,12 +34,17 @@ pub struct Model {
     /// Objects by id, one table per kind. Each object sits behind an `Arc`:
     /// a write copies the path of tree nodes it changes, and with it up to
     /// 64 objects per node, which should be pointers, not deep copies.
-    tables: [OrdMap<String, Arc<Entity>>; 6],
+    tables: [OrdMap<String, Arc<Entity>>; 7],
     /// API keys by SHA-256 of their secret (the current and, during a
     /// reroll's overlap, the previous one): the check path's one lookup.
     key_by_digest: DigestIndex,
     /// Admin tokens by SHA-256 of their secret.
     token_by_digest: DigestIndex,
+    /// Rate limit domains by their `domain` (unique): `ShouldRateLimit`'s lookup.
+    rate_limit_by_domain: HashMap<String, Arc<Entity>>,
+    /// Descriptor counts' ledgers by the end of their window, to forget
+    /// them once it is long past (see [`DESCRIPTOR_LEDGER_GRACE_MS`]).
+    descriptor_ledger_ends: imbl::OrdSet<(i64, QuotaPeriod)>,
     /// The identity signing key version.
     pub identity: IdentityKeyState,
     /// Quota ledgers by key, plan and period (see `tollgate_proto::metering`).
@@ -107,6 +113,13 @@ impl Recalls {
 /// before a newer one are dropped when that newer one starts.
 pub const LEDGER_RETENTION_MS: i64 = 400 * tollgate_proto::metering::DAY_MS;
 
+/// A descriptor count's ledger is forgotten this long after its window ended
+/// (grants live seconds; a report that comes later finds no ledger, and a
+/// new one for a past window is forgotten again).
+pub const DESCRIPTOR_LEDGER_GRACE_MS: i64 = 10 * 60 * 1000;
+/// The most descriptor ledgers one metering command forgets.
+const FORGET_PER_COMMAND: usize = 1024;
+
 /// Prefix under which quota ledgers are stored; the value holds the period too.
 pub const LEDGER_PREFIX: &[u8] = b"q/";
 
@@ -143,6 +156,7 @@ fn slot(kind: EntityKind) -> usize {
         EntityKind::Policy => 3,
         EntityKind::Authorizer => 4,
         EntityKind::Token => 5,
+        EntityKind::RateLimit => 6,
     }
 }
 
@@ -228,6 +242,72 @@ impl Model {
         }
     }
 
+    /// The rate limit domain named `domain` (not its id), if the model has one.
+    pub fn rate_limit_domain(&self, domain: &str) -> Option<&tollgate_proto::model::RateLimitDomain> {
+        match &**self.rate_limit_by_domain.get(domain)? {
+            Entity::RateLimit(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Adds or replaces a quota ledger (also loading from storage or a snapshot).
+    pub fn insert_ledger(&mut self, period: QuotaPeriod, ledger: QuotaLedger) {
+        if let Some(Ok((_, key))) = CounterKey::of_period(&period) {
+            self.descriptor_ledger_ends.insert((key.window_end_ms(period.start_ms), period.clone()));
+        }
+        self.ledgers.insert(period, ledger);
+    }
+
+    fn remove_ledger(&mut self, period: &QuotaPeriod) {
+        if let Some(Ok((_, key))) = CounterKey::of_period(period) {
+            self.descriptor_ledger_ends.remove(&(key.window_end_ms(period.start_ms), period.clone()));
+        }
+        self.ledgers.remove(period);
+    }
+
+    /// Forgets (a bounded number of) descriptor ledgers whose window ended
+    /// more than [`DESCRIPTOR_LEDGER_GRACE_MS`] before `now_ms`.
+    fn forget_past_descriptor_ledgers(&mut self, now_ms: i64, ops: &mut Vec<Op>) {
+        let cutoff = now_ms.saturating_sub(DESCRIPTOR_LEDGER_GRACE_MS);
+        let past: Vec<QuotaPeriod> = self
+            .descriptor_ledger_ends
+            .iter()
+            .take_while(|(end, _)| *end < cutoff)
+            .take(FORGET_PER_COMMAND)
+            .map(|(_, p)| p.clone())
+            .collect();
+        for period in past {
+            ops.push(Op::Delete(ledger_key(&period)));
+            self.remove_ledger(&period);
+        }
+    }
+
+    /// The limit that bounds the grants of `period`'s ledger: the plan's
+    /// quota (the key must be in the plan), or a descriptor count's limit.
+    pub fn ledger_limit(&self, period: &QuotaPeriod) -> Result<u64, Rejection> {
+        if let Some(counter) = CounterKey::of_period(period) {
+            let (domain, key) = counter.map_err(|message| Rejection::invalid("key_id", message))?;
+            let Some(config) = self.rate_limit_domain(domain) else {
+                return Err(Rejection::invalid("plan_id", format!("no rate limit domain {domain:?}")));
+            };
+            return key.ledger_limit(config).map_err(|message| Rejection::invalid("key_id", message));
+        }
+        let Some(plan) = self.plan(&period.plan_id) else {
+            return Err(Rejection::not_found(EntityKind::Plan, &period.plan_id));
+        };
+        let Some(quota) = plan.quota else {
+            return Err(Rejection::invalid("plan_id", format!("plan {:?} has no quota", period.plan_id)));
+        };
+        match self.get(EntityKind::Key, &period.key_id) {
+            Some(Entity::Key(k)) if k.plan_ids.contains(&period.plan_id) => Ok(quota.limit),
+            Some(_) => Err(Rejection::invalid(
+                "key_id",
+                format!("key {:?} is not in plan {:?}", period.key_id, period.plan_id),
+            )),
+            None => Err(Rejection::not_found(EntityKind::Key, &period.key_id)),
+        }
+    }
+
     /// The authorizer `id`, if the model has one.
     pub fn authorizer(&self, id: &str) -> Option<&tollgate_proto::model::Authorizer> {
         match self.get(EntityKind::Authorizer, id)? {
@@ -256,6 +336,9 @@ impl Model {
     }
 
     fn index(&mut self, entity: &Arc<Entity>) {
+        if let Entity::RateLimit(d) = &**entity {
+            self.rate_limit_by_domain.insert(d.domain.clone(), entity.clone());
+        }
         if let Some((map, digests)) = self.digests(entity) {
             for digest in digests.into_iter().flatten() {
                 map.insert(digest, entity.clone());
@@ -264,6 +347,9 @@ impl Model {
     }
 
     fn unindex(&mut self, entity: &Entity) {
+        if let Entity::RateLimit(d) = entity {
+            self.rate_limit_by_domain.remove(&d.domain);
+        }
         if let Some((map, digests)) = self.digests(entity) {
             for digest in digests.into_iter().flatten() {
                 map.remove(&digest);
@@ -300,6 +386,7 @@ impl Model {
                         ops.extend(writes);
                     }
                 }
+                self.forget_past_descriptor_ledgers(now_ms, &mut ops);
                 Ok((Applied::Nothing, ops))
             }
             Command::QuotaAdjust { period, delta, now_ms } => {
@@ -398,22 +485,7 @@ impl Model {
         period: QuotaPeriod,
         change: impl FnOnce(&mut QuotaLedger, u64) -> Result<u64, Rejection>,
     ) -> Outcome {
-        let Some(plan) = self.plan(&period.plan_id) else {
-            return Err(Rejection::not_found(EntityKind::Plan, &period.plan_id));
-        };
-        let Some(quota) = plan.quota else {
-            return Err(Rejection::invalid("plan_id", format!("plan {:?} has no quota", period.plan_id)));
-        };
-        match self.get(EntityKind::Key, &period.key_id) {
-            Some(Entity::Key(k)) if k.plan_ids.contains(&period.plan_id) => {}
-            Some(_) => {
-                return Err(Rejection::invalid(
-                    "key_id",
-                    format!("key {:?} is not in plan {:?}", period.key_id, period.plan_id),
-                ))
-            }
-            None => return Err(Rejection::not_found(EntityKind::Key, &period.key_id)),
-        }
+        let limit = self.ledger_limit(&period)?;
         let mut ops = Vec::new();
         let (mut ledger, old) = match self.ledgers.get(&period) {
             Some(ledger) => (ledger.clone(), Vec::new()),
@@ -432,14 +504,14 @@ impl Model {
                 (QuotaLedger::default(), old)
             }
         };
-        let granted = change(&mut ledger, quota.limit)?;
+        let granted = change(&mut ledger, limit)?;
         let bytes = codec::encode(&(&period, &ledger)).map_err(|e| Rejection::invalid("period", e.to_string()))?;
         for p in old {
             ops.push(Op::Delete(ledger_key(&p)));
-            self.ledgers.remove(&p);
+            self.remove_ledger(&p);
         }
         ops.push(Op::Put(ledger_key(&period), bytes));
-        self.ledgers.insert(period, ledger.clone());
+        self.insert_ledger(period, ledger.clone());
         Ok((Applied::Quota { granted, ledger }, ops))
     }
 
@@ -485,6 +557,7 @@ impl Model {
                 Err(rejection) => grants.push(Err(rejection)),
             }
         }
+        self.forget_past_descriptor_ledgers(now_ms, &mut ops);
         Ok((Applied::Lease { until_ms: ends, grants }, ops))
     }
 
@@ -529,7 +602,7 @@ impl Model {
             EntityKind::Api => &[EntityKind::Plan, EntityKind::Policy],
             EntityKind::Plan => &[EntityKind::Key],
             EntityKind::Authorizer => &[EntityKind::Api],
-            EntityKind::Key | EntityKind::Policy | EntityKind::Token => &[],
+            EntityKind::Key | EntityKind::Policy | EntityKind::Token | EntityKind::RateLimit => &[],
         };
         let mut users = Vec::new();
         for entity in referrers.iter().flat_map(|k| self.tables[slot(*k)].values()) {
@@ -538,7 +611,7 @@ impl Model {
                 Entity::Policy(p) => p.api_id.as_deref() == Some(id),
                 Entity::Key(k) => k.plan_ids.iter().any(|p| p == id),
                 Entity::Api(a) => a.routes.iter().any(|r| r.authorizer_id.as_deref() == Some(id)),
-                Entity::Authorizer(_) | Entity::Token(_) => false,
+                Entity::Authorizer(_) | Entity::Token(_) | Entity::RateLimit(_) => false,
             };
             if uses {
                 users.push(format!("{} {:?}", entity.kind().noun(), entity.id()));
@@ -626,6 +699,13 @@ impl Model {
                 _ => Ok(()),
             },
             Entity::Authorizer(_) | Entity::Token(_) => Ok(()),
+            Entity::RateLimit(d) => match self.rate_limit_by_domain.get(&d.domain) {
+                Some(other) if other.id() != d.id => Err(Rejection::conflict(
+                    Some("domain"),
+                    format!("domain {:?} is already configured by {:?}", d.domain, other.id()),
+                )),
+                _ => Ok(()),
+            },
         }
     }
 
