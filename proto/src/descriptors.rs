@@ -281,7 +281,8 @@ mod tests {
             ),
             rule("a_b", Some("c"), Some(11), vec![]),
         ]);
-        let table: &[(&[(&str, &str)], Option<u32>)] = &[
+        type Row<'a> = (&'a [(&'a str, &'a str)], Option<u32>);
+        let table: &[Row] = &[
             // Exact value first, then the key alone.
             (&[("database", "users")], Some(500)),
             (&[("database", "orders")], Some(100)),
