@@ -50,7 +50,7 @@ use crate::clock::Clock;
 use crate::metering::{BucketId, Limits, QuotaLimit, Refusal, ThrottleLimit};
 use crate::metering::{Metering, MeteringConfig};
 use crate::secret;
-use crate::state::published::{Published, SharedModel};
+use crate::state::published::{LimitsEpochs, Published, SharedModel};
 use crate::state::Model;
 use limits::Limiter;
 use policy::{RequestFacts, Verdict};
@@ -400,9 +400,11 @@ fn bearer_token(headers: &BTreeMap<String, String>) -> Option<&str> {
 }
 
 /// Which limits apply: the stage's, the key's plan throttle (or the method
-/// override that matches), and the plan's quota for the current period.
+/// override that matches), and the plan's quota for the current period
+/// (under the plan's limits epoch in `epochs`).
 #[allow(clippy::too_many_arguments)]
 fn limits_for(
+    epochs: &LimitsEpochs,
     api: &Api,
     stage: &Stage,
     key: Option<&ApiKey>,
@@ -414,7 +416,7 @@ fn limits_for(
     let mut limits = Limits::default();
     if let Some(t) = stage.throttle {
         let bucket = BucketId::Stage { api: api.id.clone(), stage: stage.name.clone() };
-        limits.stage = Some(ThrottleLimit { bucket, throttle: t });
+        limits.throttles.push(ThrottleLimit::one(bucket, t, ReasonCode::StageThrottled));
     }
     if let (Some(key), Some(plan)) = (key, plan) {
         let overrides = plan
@@ -430,12 +432,13 @@ fn limits_for(
         };
         if let Some((method_override, t)) = throttle {
             let bucket = BucketId::Key { key: key.id.clone(), plan: plan.id.clone(), method_override };
-            limits.key = Some(ThrottleLimit { bucket, throttle: t });
+            limits.throttles.push(ThrottleLimit::one(bucket, t, ReasonCode::Throttled));
         }
         if let Some(q) = plan.quota {
             let (start, ends_ms) = crate::clock::period_bounds(now_ms, q.period, q.offset);
             let period = QuotaPeriod { key_id: key.id.clone(), plan_id: plan.id.clone(), start_ms: start };
-            limits.quota = Some(QuotaLimit { period, quota: q, ends_ms });
+            let epoch = epochs.of(&plan.id);
+            limits.quotas.push(QuotaLimit { period, limit: q.limit, ends_ms, epoch, cost: 1 });
         }
     }
     limits
@@ -741,11 +744,10 @@ impl Gateway {
         c: &ValidRequest<'_>,
         now_ms: i64,
     ) -> Step<Option<LimitState>> {
-        let limits = limits_for(t.api, t.stage, key, plan, c.method, &c.path, now_ms);
-        let epoch = limits.quota.as_ref().map(|q| published.limits.of(&q.period.plan_id)).unwrap_or(0);
-        match self.metering.admit(&limits, now_ms, epoch).await {
-            Ok(state) => Step::Continue(state),
-            Err(Refusal { reason, state }) => {
+        let limits = limits_for(&published.limits, t.api, t.stage, key, plan, c.method, &c.path, now_ms);
+        match self.metering.admit(&limits, now_ms).await {
+            Ok(admitted) => Step::Continue(admitted.tightest()),
+            Err(Refusal { reason, state, .. }) => {
                 let mut d = decision(reason, "rate or quota limit reached");
                 d.limit = Some(state);
                 self.end(d, t, c)

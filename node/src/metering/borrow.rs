@@ -14,18 +14,21 @@
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use tollgate_proto::check::{LimitState, ReasonCode};
+use tollgate_proto::check::LimitState;
 use tollgate_proto::model::Throttle;
 
 use super::lender::{LendRequest, MAX_LENDS};
-use super::limits::{Bucket, BucketId, Limits};
-use super::{lock, one_more, Local, Metering, Need, Refusal, Take, UNAVAILABLE_MS};
+use super::limits::{Bucket, BucketId, LimitAt, Limits};
+use super::{lock, one_more, Local, Metering, Need, Refusal, Stop, UNAVAILABLE_MS};
 
 /// Borrowed tokens cover this long at the bucket's rate.
 const BORROW_FOR_MS: f64 = 50.0;
 /// A node's standing share of a throttle's burst is the burst over this
 /// times the members: all of them together hold at most a quarter of it.
 pub const STANDING_BURST_DIVISOR: u32 = 4;
+/// A node's standing share of a fixed window is the window's limit over
+/// this times the members: the other nodes together hold less than 5% of it.
+pub const STANDING_WINDOW_DIVISOR: u32 = 20;
 /// How long to wait for tokens from the authority before falling back.
 const LEND_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 /// Borrowed tokens and fallback buckets unused this long are forgotten.
@@ -76,8 +79,9 @@ pub(super) enum Source {
     Fallback,
 }
 
-/// Where each throttle of a request takes its token from, by slot (stage, key).
-pub(super) type Sources = [Option<Source>; 2];
+/// Where each throttle of a request takes its tokens from, in the order of
+/// `Limits::throttles`.
+pub(super) type Sources = smallvec::SmallVec<[Source; 2]>;
 
 impl Metering {
     /// Forgets borrowed tokens idle for `quiet_ms` (their time ran out, and
@@ -88,15 +92,18 @@ impl Metering {
         local.fallback.retain(|_, b| b.idle_ms(now_ms) < FORGET_IDLE_MS);
     }
 
-    /// For each throttle, where a token is (borrowed, or this node's share
-    /// while the authority is away); or what to do first: refuse, borrow,
-    /// wait for a loan under way.
-    pub(super) fn find_tokens(&self, local: &mut Local, limits: &Limits, now_ms: i64) -> Result<Sources, Take> {
-        let reasons = [ReasonCode::StageThrottled, ReasonCode::Throttled];
-        let mut sources = [None, None];
-        for (slot, reason) in reasons.into_iter().enumerate() {
-            let Some(limit) = limits.throttle(slot) else { continue };
-            let (id, t) = (&limit.bucket, &limit.throttle);
+    /// For each throttle, where its tokens are (borrowed, or this node's
+    /// share while the authority is away); or what to do first: refuse,
+    /// borrow, wait for a loan under way.
+    pub(super) fn find_tokens(&self, local: &mut Local, limits: &Limits, now_ms: i64) -> Result<Sources, Stop> {
+        let mut sources = Sources::new();
+        for (i, limit) in limits.throttles.iter().enumerate() {
+            let (id, t, cost, reason) = (&limit.bucket, &limit.throttle, limit.cost, limit.reason);
+            let at = Some(LimitAt::Throttle(i));
+            if cost > t.burst {
+                // More than the bucket ever holds: never admitted.
+                return Err(Stop::Refused(Refusal { reason, state: throttled_state(t, 1000), at }));
+            }
             let b = match local.borrowed.get_mut(id) {
                 Some(b) => b,
                 None => local.borrowed.entry(id.clone()).or_insert_with(|| Borrowed::new(now_ms)),
@@ -113,13 +120,13 @@ impl Metering {
                 b.unused = b.unused.saturating_add(std::mem::take(&mut b.tokens));
                 b.denied_until_ms = 0;
             }
-            if b.tokens > 0 {
-                sources[slot] = Some(Source::Borrowed);
+            if b.tokens >= cost {
+                sources.push(Source::Borrowed);
                 continue;
             }
             if now_ms < b.denied_until_ms {
                 let wait = (b.denied_until_ms - now_ms) as u64;
-                return Err(Take::Refused(Refusal { reason, state: throttled_state(t, wait) }));
+                return Err(Stop::Refused(Refusal { reason, state: throttled_state(t, wait), at }));
             }
             if now_ms < b.unavailable_until_ms {
                 let share = self.authority.members().max(1) as f64;
@@ -130,47 +137,44 @@ impl Metering {
                     None => local.fallback.entry(id.clone()).or_insert_with(|| Bucket::full(&local_t, now_ms)),
                 };
                 fb.refill(&local_t, now_ms);
-                if fb.tokens < 1.0 {
+                if fb.tokens < f64::from(cost) {
                     let state = throttled_state(&local_t, fb.wait_ms(&local_t));
-                    return Err(Take::Refused(Refusal { reason, state }));
+                    return Err(Stop::Refused(Refusal { reason, state, at }));
                 }
-                sources[slot] = Some(Source::Fallback);
+                sources.push(Source::Fallback);
                 continue;
             }
             if b.fetching {
-                return Err(Take::Wait(Need::Wait(b.fetched.subscribe())));
+                return Err(Stop::Wait(Need::Wait(b.fetched.subscribe())));
             }
             b.fetching = true;
             let fetched = b.fetched.subscribe();
-            local.lends.push((id.clone(), *t));
+            local.lends.push((id.clone(), *t, cost));
             let start = one_more(&mut local.lending);
-            return Err(Take::Wait(Need::Tokens { start, start_asking: false, fetched }));
+            return Err(Stop::Wait(Need::Tokens { start, fetched }));
         }
         Ok(sources)
     }
 
-    /// Takes the tokens [`Self::find_tokens`] found; answers each
-    /// throttle's state for headers, in slot order, and whether a lend
-    /// round trip must be started for tokens now running low (none is under
-    /// way to take them).
+    /// Takes the tokens [`Self::find_tokens`] found; pushes each
+    /// throttle's state (for headers) onto `states`, in order, and answers
+    /// how many lend round trips must be started for tokens now running
+    /// low (each start is counted in `Local::lending`: one sender each).
     pub(super) fn take_tokens(
         &self,
         local: &mut Local,
         limits: &Limits,
         sources: Sources,
         now_ms: i64,
-    ) -> ([Option<LimitState>; 2], bool) {
-        let mut states = [None, None];
-        let mut start_lending = false;
-        for (slot, source) in sources.into_iter().enumerate() {
-            let (Some(source), Some(limit)) = (source, limits.throttle(slot)) else {
-                continue;
-            };
-            let (id, t) = (&limit.bucket, &limit.throttle);
+        states: &mut smallvec::SmallVec<[LimitState; 3]>,
+    ) -> usize {
+        let mut start_lending = 0;
+        for (source, limit) in sources.into_iter().zip(&limits.throttles) {
+            let (id, t, cost) = (&limit.bucket, &limit.throttle, limit.cost);
             let remaining = match source {
                 Source::Borrowed => {
                     let Some(b) = local.borrowed.get_mut(id) else { continue };
-                    b.tokens -= 1;
+                    b.tokens = b.tokens.saturating_sub(cost);
                     b.last_used_ms = now_ms;
                     // Tokens in use stay usable: they lapse only unused.
                     b.valid_until_ms = now_ms.saturating_add(self.config.quiet_ms);
@@ -183,21 +187,21 @@ impl Metering {
                     let may = now_ms >= b.denied_until_ms && now_ms >= b.unavailable_until_ms;
                     if low && may && !b.fetching {
                         b.fetching = true;
-                        local.lends.push((id.clone(), *t));
-                        start_lending |= one_more(&mut local.lending);
+                        local.lends.push((id.clone(), *t, 1));
+                        start_lending += usize::from(one_more(&mut local.lending));
                     }
                     let Some(b) = local.borrowed.get(id) else { continue };
                     b.left.saturating_add(b.tokens as u64).min(t.burst as u64)
                 }
                 Source::Fallback => {
                     let Some(fb) = local.fallback.get_mut(id) else { continue };
-                    fb.tokens -= 1.0;
+                    fb.tokens -= f64::from(cost);
                     fb.tokens.max(0.0) as u64
                 }
             };
-            states[slot] = Some(bucket_state(t, remaining));
+            states.push(bucket_state(t, remaining));
         }
-        (states, start_lending)
+        start_lending
     }
 
     /// Sends the queued loans (giving back each bucket's unused tokens), at
@@ -213,17 +217,19 @@ impl Metering {
                     return;
                 }
                 let n = local.lends.len().min(MAX_LENDS);
-                let queued: Vec<(BucketId, Throttle)> = local.lends.drain(..n).collect();
+                let queued: Vec<(BucketId, Throttle, u32)> = local.lends.drain(..n).collect();
                 let requests: Vec<LendRequest> = queued
                     .into_iter()
-                    .map(|(bucket, throttle)| {
+                    .map(|(bucket, throttle, need)| {
                         // Topped up to the loan's size: what a node holds
-                        // stays within it, however often it renews.
+                        // stays within it, however often it renews; and at
+                        // least what the request waiting needs.
                         let (returned, held) = match local.borrowed.get_mut(&bucket) {
                             Some(b) => (std::mem::take(&mut b.unused), b.tokens),
                             None => (0, 0),
                         };
-                        let want = loan_size(&throttle, members).saturating_sub(held).max(1);
+                        let size = loan_size(&bucket, &throttle, members);
+                        let want = size.saturating_sub(held).max(need.saturating_sub(held)).max(1);
                         LendRequest { bucket, throttle, want, returned }
                     })
                     .collect();
@@ -299,10 +305,16 @@ impl Metering {
 
 /// Tokens to ask for: about [`BORROW_FOR_MS`] at the rate, and at least this
 /// node's standing share of the burst, so a quiet key is admitted from
-/// memory for a while; within 1 and the burst.
-fn loan_size(t: &Throttle, members: u32) -> u32 {
+/// memory for a while; within 1 and the burst. A fixed window's share is
+/// smaller ([`STANDING_WINDOW_DIVISOR`]): what other nodes hold unused
+/// when a window ends is never admitted, and must stay within 5% of it.
+fn loan_size(bucket: &BucketId, t: &Throttle, members: u32) -> u32 {
     let rate_based = (t.rate_per_sec * BORROW_FOR_MS / 1000.0).ceil();
-    let standing = f64::from(t.burst / STANDING_BURST_DIVISOR.saturating_mul(members));
+    let divisor = match bucket {
+        BucketId::Window { .. } => STANDING_WINDOW_DIVISOR,
+        _ => STANDING_BURST_DIVISOR,
+    };
+    let standing = f64::from(t.burst / divisor.saturating_mul(members));
     rate_based.max(standing).clamp(1.0, f64::from(t.burst.max(1))) as u32
 }
 

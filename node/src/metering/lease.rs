@@ -24,8 +24,8 @@ use tollgate_proto::command::{LeaseAsk, QuotaPeriod, QuotaUsage, MAX_LEASE_ASKS}
 use tollgate_proto::metering::holder_node;
 
 use super::authority::{Grant, LeaseAnswer, LeaseRequest, Unavailable};
-use super::limits::{Limits, QuotaLimit};
-use super::{lock, one_more, Local, Metering, Need, Refusal, Take, EXHAUSTED_RETRY_MS, FLUSH_EVERY, UNAVAILABLE_MS};
+use super::limits::{LimitAt, Limits, QuotaLimit};
+use super::{lock, one_more, Local, Metering, Need, Refusal, Stop, EXHAUSTED_RETRY_MS, FLUSH_EVERY, UNAVAILABLE_MS};
 use crate::state::published::Published;
 
 /// A grant is enough for this long at the key's recent rate.
@@ -73,6 +73,9 @@ pub(super) struct Lease {
     last_used_ms: i64,
     /// Checks waiting for the grant in flight.
     waiting: u64,
+    /// The most units one waiting request needs (its cost, less the units
+    /// here): a grant that leaves fewer spends the quota for it.
+    need: u64,
     /// The ledger's number for the grant this lease admits from (and its
     /// unreported use came from); 0 before the first.
     generation: u64,
@@ -130,6 +133,7 @@ impl Lease {
             window_start_ms: now_ms,
             last_used_ms: now_ms,
             waiting: 0,
+            need: 0,
             generation: 0,
             last_grant: 0,
             granted: false,
@@ -146,8 +150,8 @@ impl Lease {
     }
 
     /// Units to ask for: about [`GRANT_FOR_MS`] at the recent rate, at least
-    /// enough for the checks waiting now, and, far from the limit, at least
-    /// the standing share of `quota_limit`.
+    /// enough for the checks waiting now (and for the costliest of them),
+    /// and, far from the limit, at least the standing share of `quota_limit`.
     fn want(&mut self, now_ms: i64, max: u64, quota_limit: u64) -> u64 {
         let elapsed = (now_ms - self.window_start_ms).max(100) as u64;
         let rate_based = self.admitted.saturating_mul(GRANT_FOR_MS as u64) / elapsed;
@@ -156,7 +160,8 @@ impl Lease {
             self.window_start_ms = now_ms;
         }
         let standing = if self.short { 0 } else { quota_limit / STANDING_SHARE_DIVISOR };
-        rate_based.max(self.waiting + 1).max(standing).clamp(1, max)
+        let need = self.need.saturating_sub(self.units);
+        rate_based.max(self.waiting + 1).max(standing).clamp(1, max).max(need)
     }
 
     /// The lease's quota as rate-limit headers show it.
@@ -178,37 +183,37 @@ impl Metering {
 
     /// A quota known to be spent refuses before any throttle token is
     /// fetched: a refusal takes nothing from any limit.
-    pub(super) fn quota_known_spent(local: &Local, limits: &Limits, now_ms: i64, epoch: u64) -> Option<Refusal> {
-        let q = limits.quota.as_ref()?;
-        let lease = local.leases.get(&q.period)?;
-        let spent = lease.epoch >= epoch && lease.units == 0 && !lease.held_elsewhere;
-        (spent && now_ms < lease.exhausted_until_ms).then(|| quota_exceeded(lease, now_ms, q.ends_ms))
+    pub(super) fn quota_known_spent(local: &Local, limits: &Limits, now_ms: i64) -> Option<Refusal> {
+        limits.quotas.iter().enumerate().find_map(|(i, q)| {
+            let lease = local.leases.get(&q.period)?;
+            let spent = lease.epoch >= q.epoch && lease.units < q.cost && !lease.held_elsewhere;
+            (spent && now_ms < lease.exhausted_until_ms).then(|| quota_exceeded(lease, now_ms, q.ends_ms, i))
+        })
     }
 
-    /// Whether a unit of a grant this node holds is here (`Ok`), or what to
-    /// do first: refuse, ask for a grant, wait for one.
+    /// Whether the units `q` costs, of a grant this node holds, are here
+    /// (`Ok`), or what to do first: refuse, ask for a grant, wait for one.
+    /// `index`: the quota's place in `Limits::quotas`.
     pub(super) fn find_quota_unit(
         self: &Arc<Self>,
         local: &mut Local,
         q: &QuotaLimit,
+        index: usize,
         now_ms: i64,
-        epoch: u64,
-    ) -> Result<(), Take> {
+    ) -> Result<(), Stop> {
+        let (epoch, at) = (q.epoch, Some(LimitAt::Quota(index)));
         loop {
             let lease = match local.leases.get_mut(&q.period) {
                 Some(lease) => lease,
                 None => {
                     let holder = self.holder();
-                    local
-                        .leases
-                        .entry(q.period.clone())
-                        .or_insert_with(|| Lease::new(holder, epoch, now_ms, q.quota.limit))
+                    local.leases.entry(q.period.clone()).or_insert_with(|| Lease::new(holder, epoch, now_ms, q.limit))
                 }
             };
             if epoch > lease.epoch {
                 // The plan's limits changed: hand this grant back (now, so
                 // the new lease can have its units), start a new lease.
-                self.retire(lease, &mut local.retired, &q.period, epoch, now_ms, q.quota.limit, "returned");
+                self.retire(lease, &mut local.retired, &q.period, epoch, now_ms, q.limit, "returned");
                 self.flush_soon();
                 continue;
             }
@@ -217,7 +222,7 @@ impl Metering {
                 // under this holder and go on with a new one, so no unit of
                 // the old grant is mixed with a new grant.
                 let lease_epoch = lease.epoch;
-                self.retire(lease, &mut local.retired, &q.period, lease_epoch, now_ms, q.quota.limit, "expired");
+                self.retire(lease, &mut local.retired, &q.period, lease_epoch, now_ms, q.limit, "expired");
                 self.flush_soon();
                 continue;
             }
@@ -225,32 +230,33 @@ impl Metering {
                 // The session was not renewed in time: wait for the renewal
                 // (with a lease command of its own if none is under way).
                 if now_ms < local.session.retry_at_ms {
-                    return Err(Take::Refused(Refusal::unavailable()));
+                    return Err(Stop::Refused(Refusal::unavailable(at)));
                 }
                 let start = local.asking == 0 && one_more(&mut local.asking);
-                return Err(Take::Wait(Need::Ask { start, fetched: local.leased.subscribe() }));
+                return Err(Stop::Wait(Need::Ask { start, fetched: local.leased.subscribe() }));
             }
-            if lease.units > 0 {
+            if lease.units >= q.cost {
                 return Ok(());
             }
             if now_ms < lease.exhausted_until_ms {
-                let refusal = quota_exceeded(lease, now_ms, q.ends_ms);
+                let refusal = quota_exceeded(lease, now_ms, q.ends_ms, index);
                 if lease.held_elsewhere {
                     // Not spent: wait for the holders to hand units back.
-                    return Err(Take::Wait(Need::Until { at_ms: lease.exhausted_until_ms, otherwise: refusal }));
+                    return Err(Stop::Wait(Need::Until { at_ms: lease.exhausted_until_ms, otherwise: refusal }));
                 }
-                return Err(Take::Refused(refusal));
+                return Err(Stop::Refused(refusal));
             }
             if now_ms < lease.unavailable_until_ms {
-                return Err(Take::Refused(Refusal::unavailable()));
+                return Err(Stop::Refused(Refusal::unavailable(at)));
             }
             lease.waiting += 1;
+            lease.need = lease.need.max(q.cost);
             if lease.fetching {
-                return Err(Take::Wait(Need::Wait(lease.fetched.subscribe())));
+                return Err(Stop::Wait(Need::Wait(lease.fetched.subscribe())));
             }
             let fetched = lease.fetched.subscribe();
             let start = self.queue_ask(local, q, now_ms);
-            return Err(Take::Wait(Need::Ask { start, fetched }));
+            return Err(Stop::Wait(Need::Ask { start, fetched }));
         }
     }
 
@@ -258,12 +264,13 @@ impl Metering {
     /// else (throttle tokens), if its lease has none and none is on its way:
     /// the two round trips then overlap. Whether a lease command must be
     /// started. Takes nothing.
-    pub(super) fn prefetch_quota(&self, local: &mut Local, q: &QuotaLimit, now_ms: i64, epoch: u64) -> bool {
+    pub(super) fn prefetch_quota(&self, local: &mut Local, q: &QuotaLimit, now_ms: i64) -> bool {
+        let epoch = q.epoch;
         let wanted = match local.leases.get(&q.period) {
             None => true,
             Some(l) => {
                 l.epoch >= epoch
-                    && l.units == 0
+                    && l.units < q.cost
                     && !l.fetching
                     && now_ms >= l.exhausted_until_ms
                     && now_ms >= l.unavailable_until_ms
@@ -273,7 +280,7 @@ impl Metering {
             return false;
         }
         if !local.leases.contains_key(&q.period) {
-            let lease = Lease::new(self.holder(), epoch, now_ms, q.quota.limit);
+            let lease = Lease::new(self.holder(), epoch, now_ms, q.limit);
             local.leases.insert(q.period.clone(), lease);
         }
         self.queue_ask(local, q, now_ms)
@@ -285,7 +292,8 @@ impl Metering {
     fn queue_ask(&self, local: &mut Local, q: &QuotaLimit, now_ms: i64) -> bool {
         let Some(lease) = local.leases.get_mut(&q.period) else { return false };
         lease.fetching = true;
-        let want = lease.want(now_ms, self.config.max_grant, q.quota.limit);
+        lease.need = lease.need.max(q.cost);
+        let want = lease.want(now_ms, self.config.max_grant, q.limit);
         local.asks.push(Queued { limit: q.clone(), holder: lease.holder, want });
         one_more(&mut local.asking)
     }
@@ -293,12 +301,12 @@ impl Metering {
     /// Takes the unit [`Self::find_quota_unit`] found.
     pub(super) fn take_quota_unit(&self, local: &mut Local, q: &QuotaLimit, now_ms: i64) -> Option<TakenUnit> {
         let lease = local.leases.get_mut(&q.period)?;
-        lease.units -= 1;
-        lease.unreported += 1;
-        lease.admitted += 1;
+        lease.units = lease.units.saturating_sub(q.cost);
+        lease.unreported = lease.unreported.saturating_add(q.cost);
+        lease.admitted = lease.admitted.saturating_add(q.cost);
         lease.last_used_ms = now_ms;
         lease.recalled = false;
-        lease.remaining = lease.remaining.saturating_sub(1);
+        lease.remaining = lease.remaining.saturating_sub(q.cost);
         let state = lease.state(now_ms, q.ends_ms);
         // Ask for the next grant before this one runs out; near the end of
         // the quota (`short`), only when it has run out.
@@ -443,7 +451,7 @@ impl Metering {
         answer: Result<Grant, Unavailable>,
         now_ms: i64,
     ) {
-        let Queued { limit: QuotaLimit { period, quota, ends_ms }, holder, want } = q;
+        let Queued { limit: QuotaLimit { period, limit: quota_limit, ends_ms, .. }, holder, want } = q;
         let Some(lease) = local.leases.get_mut(&period).filter(|l| l.holder == holder) else {
             // The lease was dropped meanwhile: hand back what came (or may
             // have: a grant that timed out here may still have been made).
@@ -460,7 +468,7 @@ impl Metering {
         };
         match answer {
             Ok(Grant { units: granted, ledger }) => {
-                let limit = ledger.limit(quota.limit);
+                let limit = ledger.limit(quota_limit);
                 lease.limit = limit;
                 let generation = ledger.grants.get(&holder).map_or(0, |g| g.generation);
                 if lease.generation != 0 && generation != 0 && generation != lease.generation {
@@ -490,7 +498,7 @@ impl Metering {
                 // free ones. Units other nodes hold may be spent already, so
                 // they are not counted (RateLimit-Remaining never says more
                 // than is left).
-                lease.remaining = ledger.available(quota.limit).saturating_add(lease.units);
+                lease.remaining = ledger.available(quota_limit).saturating_add(lease.units);
                 lease.last_grant = granted;
                 lease.granted |= granted > 0;
                 if want > 0 {
@@ -499,10 +507,15 @@ impl Metering {
                 let result = if granted > 0 { "granted" } else { "empty" };
                 self.stats.grants.with_label_values(&[result]).inc();
                 self.stats.units.with_label_values(&["granted"]).inc_by(granted);
-                if lease.units == 0 {
-                    // Spent. Others may still hand units back; if none hold
-                    // any, nothing changes before the period ends or a limit
-                    // changes (which starts a new lease).
+                // Grants near the limit are small (a quarter of what is
+                // left): a costly request may need a few, and the quota is
+                // spent for it only when the ledger has none left.
+                let spent = granted == 0 || ledger.available(quota_limit) == 0;
+                if lease.units < lease.need.max(1) && spent {
+                    // Spent (for the costliest request waiting: cheaper ones
+                    // still take what is here). Others may still hand units
+                    // back; if none hold any, nothing changes before the
+                    // period ends or a limit changes (which starts a new lease).
                     let others = ledger.grants.iter().any(|(h, g)| *h != holder && g.units > 0);
                     lease.held_elsewhere = others;
                     lease.exhausted_until_ms = if others { now_ms + EXHAUSTED_RETRY_MS } else { ends_ms };
@@ -519,6 +532,7 @@ impl Metering {
         }
         lease.fetching = false;
         lease.waiting = 0;
+        lease.need = 0;
         lease.fetched.send_modify(|n| *n += 1);
     }
 
@@ -581,9 +595,9 @@ impl Metering {
 /// The refusal of a spent quota: `Retry-After` when units may come back
 /// (other holders hand back what they do not use: soon), else the period's
 /// end, when the count starts again.
-fn quota_exceeded(lease: &Lease, now_ms: i64, ends_ms: i64) -> Refusal {
+fn quota_exceeded(lease: &Lease, now_ms: i64, ends_ms: i64, index: usize) -> Refusal {
     let reset = ((ends_ms - now_ms).max(0) as u64).div_ceil(1000).max(1);
     let retry = if lease.held_elsewhere { 1 } else { reset };
     let state = LimitState { limit: lease.limit, remaining: 0, reset_secs: reset, retry_after_secs: Some(retry) };
-    Refusal { reason: ReasonCode::QuotaExceeded, state }
+    Refusal { reason: ReasonCode::QuotaExceeded, state, at: Some(LimitAt::Quota(index)) }
 }

@@ -5,11 +5,14 @@
 //! fallback buckets and the gateway's per-address WAF counts all use them.
 
 use serde::{Deserialize, Serialize};
-use tollgate_proto::check::LimitState;
+use smallvec::SmallVec;
+use tollgate_proto::check::{LimitState, ReasonCode};
 use tollgate_proto::command::QuotaPeriod;
-use tollgate_proto::model::{Quota, Throttle};
+use tollgate_proto::descriptors::CounterKey;
+use tollgate_proto::model::Throttle;
 
-/// Which bucket: a key's (per plan, or per method override of the plan), or a stage's.
+/// Which bucket: a key's (per plan, or per method override of the plan), a
+/// stage's, a WAF rule's per address, or one window of a descriptor count.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BucketId {
     /// A key's bucket on one plan; `method_override` is the index of the
@@ -19,42 +22,80 @@ pub enum BucketId {
     Stage { api: String, stage: String },
     /// A WAF rate rule's count for one source address.
     WafIp { api: String, rule: usize, ip: std::net::IpAddr },
+    /// One fixed window (starting at `start_ms`) of a descriptor count with
+    /// a window shorter than an hour: a bucket that starts full and never
+    /// refills ([`ThrottleLimit::fixed_window`]); the next window is
+    /// another bucket.
+    Window { domain: String, counter: CounterKey, start_ms: i64 },
 }
 
-/// A throttle that applies to a request: which bucket, at which rate and burst.
+/// A throttle that applies to a request: which bucket, at which rate and
+/// burst, what taking from it costs, and the reason it refuses with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ThrottleLimit {
     pub bucket: BucketId,
     pub throttle: Throttle,
+    /// Tokens one request takes: 1 for a check, `hits_addend` for a
+    /// descriptor; at most the burst (more is refused at once).
+    pub cost: u32,
+    /// `StageThrottled` or `Throttled` (also for a descriptor window).
+    pub reason: ReasonCode,
+}
+
+/// The rate of a fixed window's bucket: about one token per 31 years, so it
+/// never earns a whole token back within the window (at most a minute).
+pub const FIXED_WINDOW_RATE: f64 = 1e-9;
+
+impl ThrottleLimit {
+    /// A throttle taking one token, refusing with `reason`.
+    pub fn one(bucket: BucketId, throttle: Throttle, reason: ReasonCode) -> Self {
+        ThrottleLimit { bucket, throttle, cost: 1, reason }
+    }
+
+    /// A fixed window of `limit` requests, counted as a bucket of `limit`
+    /// tokens that does not refill ([`FIXED_WINDOW_RATE`]); `bucket` names
+    /// the window.
+    pub fn fixed_window(bucket: BucketId, limit: u32, cost: u32) -> Self {
+        let throttle = Throttle { rate_per_sec: FIXED_WINDOW_RATE, burst: limit };
+        ThrottleLimit { bucket, throttle, cost, reason: ReasonCode::Throttled }
+    }
 }
 
 /// A quota that applies to a request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuotaLimit {
-    /// The ledger entry counted: key, plan and the period's start.
+    /// The ledger entry counted: key, plan and the period's start (or a
+    /// descriptor count's window).
     pub period: QuotaPeriod,
-    /// The plan's quota (limit and period kind).
-    pub quota: Quota,
+    /// The period's limit (the ledger's own, adjusted, bounds grants).
+    pub limit: u64,
     /// When the period ends, in ms since the Unix epoch (exclusive).
     pub ends_ms: i64,
+    /// The limits epoch of the period's plan (or domain) in the applied
+    /// model: a lease made under an older one is handed back.
+    pub epoch: u64,
+    /// Units one request takes: 1 for a check, `hits_addend` for a descriptor.
+    pub cost: u64,
 }
 
-/// The limits one request must pass.
+/// The limits one request must pass: it takes from every one or from none.
 #[derive(Debug, Default)]
 pub struct Limits {
-    /// The API stage's throttle, for all keys together.
-    pub stage: Option<ThrottleLimit>,
-    /// The key's plan throttle (or the plan's method override that matched).
-    pub key: Option<ThrottleLimit>,
-    /// The key's quota for the current period.
-    pub quota: Option<QuotaLimit>,
+    /// Throttles in the order checked: for a check, the API stage's (for
+    /// all keys together), then the key's plan throttle (or the plan's
+    /// method override that matched).
+    pub throttles: SmallVec<[ThrottleLimit; 2]>,
+    /// Quotas: for a check, the key's quota for the current period.
+    pub quotas: SmallVec<[QuotaLimit; 1]>,
 }
 
-impl Limits {
-    /// The throttles in the order they are checked: the stage's (slot 0), then the key's (slot 1).
-    pub fn throttle(&self, slot: usize) -> Option<&ThrottleLimit> {
-        if slot == 0 { &self.stage } else { &self.key }.as_ref()
-    }
+/// Which limit of a [`Limits`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitAt {
+    /// `throttles[i]`.
+    Throttle(usize),
+    /// `quotas[i]`.
+    Quota(usize),
 }
 
 /// A token bucket: `tokens` (fractional) refilled at the throttle's rate up

@@ -73,7 +73,7 @@ use tollgate_proto::command::{QuotaPeriod, QuotaUsage};
 
 pub use authority::{Authority, BoxFuture, Grant, LeaseAnswer, LeaseRequest, LocalAuthority, Unavailable};
 pub use lender::{LendRequest, Lent, TokenLender};
-pub use limits::{Bucket, BucketId, Limits, QuotaLimit, ThrottleLimit};
+pub use limits::{Bucket, BucketId, LimitAt, Limits, QuotaLimit, ThrottleLimit};
 
 use crate::clock::Clock;
 use crate::state::published::SharedModel;
@@ -168,20 +168,40 @@ impl Default for MeteringStats {
 }
 
 /// A limit refused the request: which reason (throttled, over quota, quota
-/// unreachable) and the limit's state for headers (with `retry_after_secs`).
+/// unreachable), the limit's state for headers (with `retry_after_secs`),
+/// and which limit it was.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Refusal {
     /// `StageThrottled`, `Throttled`, `QuotaExceeded` or `QuotaUnavailable`.
     pub reason: ReasonCode,
     /// The refusing limit's state; `retry_after_secs` is always set.
     pub state: LimitState,
+    /// The limit that refused (`None`: the authority could not be reached
+    /// to renew the lease session, whatever the limit).
+    pub at: Option<LimitAt>,
 }
 
 impl Refusal {
     /// No grant could be had from the authority: retry in a second.
-    fn unavailable() -> Self {
+    fn unavailable(at: Option<LimitAt>) -> Self {
         let state = LimitState { limit: 0, remaining: 0, reset_secs: 1, retry_after_secs: Some(1) };
-        Refusal { reason: ReasonCode::QuotaUnavailable, state }
+        Refusal { reason: ReasonCode::QuotaUnavailable, state, at }
+    }
+}
+
+/// A request was admitted: the state of each limit after it, throttles
+/// first, then quotas, in the order of [`Limits`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Admitted {
+    /// One state per limit (`throttles`, then `quotas`).
+    pub states: smallvec::SmallVec<[LimitState; 3]>,
+}
+
+impl Admitted {
+    /// The tightest limit's state (the fewest requests left, then the
+    /// lowest limit), for `RateLimit-*` headers.
+    pub fn tightest(&self) -> Option<LimitState> {
+        self.states.iter().copied().min_by_key(|s| (s.remaining, s.limit))
     }
 }
 
@@ -207,7 +227,8 @@ struct Local {
     recall_seq: u64,
     borrowed: FastMap<BucketId, Borrowed>,
     /// Loans wanted, for the next round trip to the lender.
-    lends: Vec<(BucketId, tollgate_proto::model::Throttle)>,
+    /// (bucket, its throttle, tokens the waiting request needs).
+    lends: Vec<(BucketId, tollgate_proto::model::Throttle, u32)>,
     /// Lend round trips under way, at most [`IN_FLIGHT`].
     lending: usize,
     /// Buckets with this node's share of the rate, while the authority is away.
@@ -219,21 +240,37 @@ struct Local {
 
 /// The outcome of one attempt to take from every limit, under the lock.
 enum Take {
-    /// Taken from every limit: the tightest one's state, for headers.
-    Taken(Option<LimitState>),
+    /// Taken from every limit: the state of each.
+    Taken(Admitted),
     /// A limit refuses; nothing was taken.
     Refused(Refusal),
     /// Something must be fetched or waited for before trying again.
     Wait(Need),
 }
 
+/// Why one part of an attempt could not take: a limit refuses, or
+/// something must be fetched first.
+enum Stop {
+    /// A limit refuses; nothing was taken.
+    Refused(Refusal),
+    /// Something must be fetched or waited for before trying again.
+    Wait(Need),
+}
+
+impl From<Stop> for Take {
+    fn from(stop: Stop) -> Take {
+        match stop {
+            Stop::Refused(refusal) => Take::Refused(refusal),
+            Stop::Wait(need) => Take::Wait(need),
+        }
+    }
+}
+
 /// What a check must wait for before it can take.
 enum Need {
     /// Tokens are queued for the next lend round trip (which this check
     /// starts, with `start`); wait for them...
-    /// (`start_asking`: a lease command must be started too, for a grant
-    /// asked ahead meanwhile.)
-    Tokens { start: bool, start_asking: bool, fetched: watch::Receiver<u64> },
+    Tokens { start: bool, fetched: watch::Receiver<u64> },
     /// A grant is queued for the next lease command (which this check
     /// starts, with `start`); wait for it...
     Ask { start: bool, fetched: watch::Receiver<u64> },
@@ -330,21 +367,15 @@ impl Metering {
         });
     }
 
-    /// Takes one unit from every limit, or from none; on success, the state
-    /// of the tightest limit (for `RateLimit-*` headers). `epoch` is the
-    /// quota plan's limits epoch in the applied model (0 without a quota).
+    /// Takes each limit's cost from every limit, or from none; on success,
+    /// the state of each limit after it.
     ///
     /// Waits at most [`FETCH_WAIT`] for a grant or tokens from the authority.
     ///
     /// # Errors
     /// A [`Refusal`] when a limit has no room (nothing is taken), or the
     /// quota's authority could not be reached in time.
-    pub async fn admit(
-        self: &Arc<Self>,
-        limits: &Limits,
-        now_ms: i64,
-        epoch: u64,
-    ) -> Result<Option<LimitState>, Refusal> {
+    pub async fn admit(self: &Arc<Self>, limits: &Limits, now_ms: i64) -> Result<Admitted, Refusal> {
         let deadline = tokio::time::Instant::now() + FETCH_WAIT;
         let mut waited_for_quota = false;
         // Set once the quota's last units were found held elsewhere: what to
@@ -352,7 +383,7 @@ impl Metering {
         let mut held_elsewhere: Option<Refusal> = None;
         let mut now_ms = now_ms;
         loop {
-            let need = match self.try_take(&mut lock(&self.local), limits, now_ms, epoch) {
+            let need = match self.try_take(&mut lock(&self.local), limits, now_ms) {
                 Take::Taken(state) => return Ok(state),
                 Take::Refused(refusal) => return Err(refusal),
                 Take::Wait(need) => need,
@@ -371,13 +402,10 @@ impl Metering {
                     continue;
                 }
                 Need::Wait(fetched) => fetched,
-                Need::Tokens { start, start_asking, fetched } => {
+                Need::Tokens { start, fetched } => {
                     self.stats.round_trips.with_label_values(&["throttle"]).inc();
                     if start {
                         tokio::spawn(self.clone().send_lends());
-                    }
-                    if start_asking {
-                        tokio::spawn(self.clone().send_leases());
                     }
                     fetched
                 }
@@ -393,7 +421,7 @@ impl Metering {
                 }
             };
             if tokio::time::timeout_at(deadline, fetched.changed()).await.is_err() {
-                return Err(held_elsewhere.unwrap_or_else(Refusal::unavailable));
+                return Err(held_elsewhere.unwrap_or_else(|| Refusal::unavailable(None)));
             }
             // Time passed while waiting (the clock may be a test's, never moving).
             now_ms = now_ms.max(self.clock.now_ms());
@@ -403,65 +431,56 @@ impl Metering {
     /// One attempt, under the lock: takes from every limit if each has a
     /// unit here; otherwise says what to fetch, or refuses when a limit is
     /// known to be spent. The parts, in order:
-    fn try_take(self: &Arc<Self>, local: &mut Local, limits: &Limits, now_ms: i64, epoch: u64) -> Take {
+    fn try_take(self: &Arc<Self>, local: &mut Local, limits: &Limits, now_ms: i64) -> Take {
         if now_ms - local.last_sweep_ms > SWEEP_EVERY_MS {
             local.last_sweep_ms = now_ms;
             self.forget_idle_buckets(local, now_ms);
         }
         // 0. A quota known to be spent refuses before any token is fetched.
-        if let Some(refusal) = Self::quota_known_spent(local, limits, now_ms, epoch) {
+        if let Some(refusal) = Self::quota_known_spent(local, limits, now_ms) {
             return Take::Refused(refusal);
         }
-        // 1. Throttles: a token for each, borrowed or this node's share.
+        // 1. Throttles: their tokens, borrowed or this node's share.
         let sources = match self.find_tokens(local, limits, now_ms) {
             Ok(sources) => sources,
-            Err(Take::Wait(Need::Tokens { start, fetched, .. })) => {
-                // While the tokens come, so does the quota's grant.
-                let start_asking = match &limits.quota {
-                    Some(q) => self.prefetch_quota(local, q, now_ms, epoch),
-                    None => false,
-                };
-                return Take::Wait(Need::Tokens { start, start_asking, fetched });
+            Err(Stop::Wait(Need::Tokens { start, fetched })) => {
+                // While the tokens come, so do the quotas' grants (each
+                // lease command started is counted in `asking`: one sender
+                // per start).
+                for q in &limits.quotas {
+                    if self.prefetch_quota(local, q, now_ms) {
+                        tokio::spawn(self.clone().send_leases());
+                    }
+                }
+                return Take::Wait(Need::Tokens { start, fetched });
             }
-            Err(take) => return take,
+            Err(stop) => return stop.into(),
         };
-        // 2. The quota: a unit of a grant this node holds.
-        if let Some(q) = &limits.quota {
-            if let Err(take) = self.find_quota_unit(local, q, now_ms, epoch) {
-                return take;
+        // 2. Quotas: units of grants this node holds.
+        for (i, q) in limits.quotas.iter().enumerate() {
+            if let Err(stop) = self.find_quota_unit(local, q, i, now_ms) {
+                return stop.into();
             }
         }
-        // 3. Every limit has a unit here: take them all.
+        // 3. Every limit has its cost here: take them all.
         self.take_all(local, limits, sources, now_ms)
     }
 
-    /// Takes the units the parts before found; the headers show the
-    /// tightest limit (the one with the fewest requests left).
+    /// Takes what the parts before found; the state of every limit after it.
     fn take_all(self: &Arc<Self>, local: &mut Local, limits: &Limits, sources: borrow::Sources, now_ms: i64) -> Take {
-        let mut tightest: Option<LimitState> = None;
-        let mut consider = |state: LimitState| {
-            let tighter = match tightest {
-                Some(t) => (state.remaining, state.limit) < (t.remaining, t.limit),
-                None => true,
-            };
-            if tighter {
-                tightest = Some(state);
-            }
-        };
-        let (states, start_lending) = self.take_tokens(local, limits, sources, now_ms);
-        states.into_iter().flatten().for_each(&mut consider);
-        if start_lending {
+        let mut admitted = Admitted::default();
+        for _ in 0..self.take_tokens(local, limits, sources, now_ms, &mut admitted.states) {
             tokio::spawn(self.clone().send_lends());
         }
-        if let Some(q) = &limits.quota {
+        for q in &limits.quotas {
             if let Some(lease::TakenUnit { state, start_asking }) = self.take_quota_unit(local, q, now_ms) {
-                consider(state);
+                admitted.states.push(state);
                 if start_asking {
                     tokio::spawn(self.clone().send_leases());
                 }
             }
         }
-        Take::Taken(tightest)
+        Take::Taken(admitted)
     }
 
     /// Reports and releases in a task of its own, now rather than at the

@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use tollgate_proto::check::ReasonCode;
 use tollgate_proto::command::QuotaPeriod;
 use tollgate_proto::metering::QuotaLedger;
-use tollgate_proto::model::{Entity, Period, Quota, Throttle, UsagePlan};
+use tollgate_proto::model::{Entity, Period, Throttle, UsagePlan};
 
 use super::{
     lock, Authority, BoxFuture, BucketId, Limits, LocalAuthority, Metering, MeteringConfig, QuotaLimit, Refusal,
@@ -169,14 +169,15 @@ fn metering(backend: &dyn Backend, subject: &Subject) -> Arc<Metering> {
 fn quota_limits(backend: &dyn Backend, subject: &Subject, plan_id: &str, limit: u64) -> Limits {
     let (start_ms, ends_ms) = period_bounds(backend.clock().now_ms(), Period::Day, 0);
     let period = QuotaPeriod { key_id: subject.key_id.clone(), plan_id: plan_id.into(), start_ms };
-    let quota = Quota { limit, period: Period::Day, offset: 0 };
-    Limits { quota: Some(QuotaLimit { period, quota, ends_ms }), ..Default::default() }
+    let quota = QuotaLimit { period, limit, ends_ms, epoch: 0, cost: 1 };
+    Limits { quotas: [quota].into_iter().collect(), ..Default::default() }
 }
 
 /// Limits with only a key throttle.
 fn throttle_limits(subject: &Subject, plan_id: &str, rate_per_sec: f64, burst: u32) -> Limits {
     let bucket = BucketId::Key { key: subject.key_id.clone(), plan: plan_id.into(), method_override: None };
-    Limits { key: Some(ThrottleLimit { bucket, throttle: Throttle { rate_per_sec, burst } }), ..Default::default() }
+    let throttle = ThrottleLimit::one(bucket, Throttle { rate_per_sec, burst }, ReasonCode::Throttled);
+    Limits { throttles: [throttle].into_iter().collect(), ..Default::default() }
 }
 
 fn now(backend: &dyn Backend) -> i64 {
@@ -189,12 +190,12 @@ pub async fn use_is_reported_exactly_and_an_idle_grant_handed_back(backend: &dyn
     let plan = "scenario-reported-exactly";
     let subject = backend.subject(plan, 1_000).await;
     let limits = quota_limits(backend, &subject, plan, 1_000);
-    let Some(QuotaLimit { period, .. }) = &limits.quota else { unreachable!("a quota") };
+    let Some(QuotaLimit { period, .. }) = limits.quotas.first() else { unreachable!("a quota") };
     let quiet_ms = 3_000;
     let config = MeteringConfig { quiet_ms, ..Default::default() };
     let m = Metering::new(subject.authority.clone(), backend.clock(), config, Default::default());
     for _ in 0..7 {
-        assert!(m.admit(&limits, now(backend), 0).await.is_ok());
+        assert!(m.admit(&limits, now(backend)).await.is_ok());
     }
     // Background refills may still be on their way; let them land.
     tokio::task::yield_now().await;
@@ -221,17 +222,17 @@ pub async fn a_quiet_nodes_standing_share_is_recalled_for_a_busy_one(backend: &d
     let limit = 4_000; // a standing share of 4 units
     let subject = backend.subject(plan, limit).await;
     let limits = quota_limits(backend, &subject, plan, limit);
-    let Some(QuotaLimit { period, .. }) = &limits.quota else { unreachable!("a quota") };
+    let Some(QuotaLimit { period, .. }) = limits.quotas.first() else { unreachable!("a quota") };
     let quiet = metering(backend, &subject);
     let busy = metering(backend, &subject);
-    assert!(quiet.admit(&limits, now(backend), 0).await.is_ok());
+    assert!(quiet.admit(&limits, now(backend)).await.is_ok());
     quiet.flush(now(backend), false).await;
     let held = backend.ledger(&subject, period).await.outstanding();
     assert!(held >= 3, "the quiet node holds its standing share: {held}");
     let mut admitted = 0u64;
     let mut refusals = 0;
     while admitted < limit && refusals < 50 {
-        match busy.admit(&limits, now(backend), 0).await {
+        match busy.admit(&limits, now(backend)).await {
             Ok(_) => admitted += 1,
             Err(_) => {
                 // Held elsewhere: the quiet node sees the recall at its next flush.
@@ -257,9 +258,9 @@ pub async fn a_quiet_key_is_decided_from_memory_after_its_first_check(backend: &
     let counting = Arc::new(super::doubles::Counting::new(subject.authority.clone()));
     let m = metering(backend, &Subject { authority: counting.clone(), key_id: subject.key_id.clone() });
     let mut limits = quota_limits(backend, &subject, plan, 100_000);
-    limits.key = throttle_limits(&subject, plan, 10.0, 240).key;
+    limits.throttles = throttle_limits(&subject, plan, 10.0, 240).throttles;
     for i in 0..8 {
-        assert!(m.admit(&limits, now(backend), 0).await.is_ok(), "check {i}");
+        assert!(m.admit(&limits, now(backend)).await.is_ok(), "check {i}");
         // Background fetches, if any, land before the next check comes.
         tokio::task::yield_now().await;
         backend.pass(300).await;
@@ -275,11 +276,11 @@ pub async fn a_tightened_throttle_spends_nothing_lent_under_the_old_one(backend:
     let subject = backend.subject(plan, 1_000_000).await;
     let m = metering(backend, &subject);
     let loose = throttle_limits(&subject, plan, 1.0, 40);
-    assert!(m.admit(&loose, now(backend), 0).await.is_ok(), "a token under the old throttle");
+    assert!(m.admit(&loose, now(backend)).await.is_ok(), "a token under the old throttle");
     let tight = throttle_limits(&subject, plan, 0.01, 2);
     let mut admitted = 0;
     for _ in 0..10 {
-        if m.admit(&tight, now(backend), 0).await.is_ok() {
+        if m.admit(&tight, now(backend)).await.is_ok() {
             admitted += 1;
         }
     }
@@ -292,11 +293,11 @@ pub async fn a_spent_quota_says_to_come_back_when_the_period_ends(backend: &dyn 
     let subject = backend.subject(plan, 1).await;
     let m = metering(backend, &subject);
     let limits = quota_limits(backend, &subject, plan, 1);
-    let ends_ms = limits.quota.as_ref().map_or(0, |q| q.ends_ms);
-    assert!(m.admit(&limits, now(backend), 0).await.is_ok());
+    let ends_ms = limits.quotas.first().map_or(0, |q| q.ends_ms);
+    assert!(m.admit(&limits, now(backend)).await.is_ok());
     m.flush(now(backend), false).await;
     let asked_ms = now(backend);
-    let Refusal { reason, state } = m.admit(&limits, asked_ms, 0).await.expect_err("spent");
+    let Refusal { reason, state, .. } = m.admit(&limits, asked_ms).await.expect_err("spent");
     let to_period_end = ((ends_ms - asked_ms) as u64).div_ceil(1000);
     assert_eq!(
         (reason, state.retry_after_secs, state.reset_secs),
@@ -312,11 +313,11 @@ pub async fn a_check_given_up_while_it_fetches_does_not_wedge_the_lease(backend:
     let m = metering(backend, &Subject { authority: gated.clone(), key_id: subject.key_id.clone() });
     let limits = quota_limits(backend, &subject, plan, 1_000);
     // The first check starts a grant and is dropped while it waits (its client went away).
-    let given_up = tokio::time::timeout(Duration::from_millis(20), m.admit(&limits, now(backend), 0)).await;
+    let given_up = tokio::time::timeout(Duration::from_millis(20), m.admit(&limits, now(backend))).await;
     assert!(given_up.is_err(), "the grant is held back, so the check cannot finish");
     // The grant goes through: the next check is admitted from it.
     gated.open(100);
-    let next = tokio::time::timeout(Duration::from_millis(1_500), m.admit(&limits, now(backend), 0)).await;
+    let next = tokio::time::timeout(Duration::from_millis(1_500), m.admit(&limits, now(backend))).await;
     assert!(matches!(next, Ok(Ok(_))), "the lease was left waiting for a fetch no one runs: {next:?}");
 }
 
@@ -327,13 +328,13 @@ pub async fn a_booked_token_the_client_never_came_back_for_goes_back_to_the_buck
     let subject = backend.subject(plan, 1).await;
     let m = metering(backend, &subject);
     let limits = throttle_limits(&subject, plan, 0.25, 1);
-    assert!(m.admit(&limits, now(backend), 0).await.is_ok());
+    assert!(m.admit(&limits, now(backend)).await.is_ok());
     backend.pass(100).await;
-    let Refusal { reason, state } = m.admit(&limits, now(backend), 0).await.expect_err("throttled");
+    let Refusal { reason, state, .. } = m.admit(&limits, now(backend)).await.expect_err("throttled");
     assert_eq!((reason, state.retry_after_secs), (ReasonCode::Throttled, Some(4)));
     for round in 0..5 {
         backend.pass((4 + 2) * 1000).await;
-        let answer = m.admit(&limits, now(backend), 0).await;
+        let answer = m.admit(&limits, now(backend)).await;
         assert!(answer.is_ok(), "round {round}: waiting past Retry-After was refused: {answer:?}");
     }
 }
@@ -361,7 +362,7 @@ pub async fn a_client_that_waits_what_the_headers_say_is_admitted(backend: &dyn 
         let spacing_ms = (1000.0 / rate).ceil() as i64 + 1;
         let mut must_pass = false;
         for step in 0..40 {
-            let answer = m.admit(&limits, now(backend), 0).await;
+            let answer = m.admit(&limits, now(backend)).await;
             if must_pass {
                 assert!(answer.is_ok(), "history {history} step {step} ({rate}/s burst {burst}): {answer:?}");
             }
@@ -399,19 +400,19 @@ pub async fn headers_show_the_tightest_limit_and_a_throttle_resets_when_full(bac
     let subject = backend.subject(plan, 1_000_000).await;
     let m = metering(backend, &subject);
     let mut limits = quota_limits(backend, &subject, plan, 1_000_000);
-    limits.key = throttle_limits(&subject, plan, 1.0, 5).key;
+    limits.throttles = throttle_limits(&subject, plan, 1.0, 5).throttles;
     let mut last = None;
     for _ in 0..5 {
-        last = m.admit(&limits, now(backend), 0).await.expect("within the burst");
+        last = m.admit(&limits, now(backend)).await.expect("within the burst").tightest();
     }
     let state = last.expect("a limit state");
     assert_eq!((state.limit, state.remaining, state.reset_secs), (5, 0, 5));
-    assert!(m.admit(&limits, now(backend), 0).await.is_err());
+    assert!(m.admit(&limits, now(backend)).await.is_err());
     // 0.25/s with burst 1: the bucket is full again in 4 s, not 1.
     let plan = "scenario-tightest-slow";
     let subject = backend.subject(plan, 1).await;
     let m = metering(backend, &subject);
     let limits = throttle_limits(&subject, plan, 0.25, 1);
-    let state = m.admit(&limits, now(backend), 0).await.expect("a token").expect("a limit state");
+    let state = m.admit(&limits, now(backend)).await.expect("a token").tightest().expect("a limit state");
     assert_eq!((state.remaining, state.reset_secs), (0, 4));
 }

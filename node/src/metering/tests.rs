@@ -54,23 +54,110 @@ async fn without_the_leader_a_node_refuses_quota_it_does_not_hold_and_shares_thr
     let clock = Arc::new(ManualClock::at(scenarios::T0));
     let m = Metering::new(authority.clone(), clock.clone(), MeteringConfig::default(), Default::default());
     let period = QuotaPeriod { key_id: "k".into(), plan_id: "gold".into(), start_ms: 0 };
-    let quota = tollgate_proto::model::Quota { limit: 1_000, period: tollgate_proto::model::Period::Day, offset: 0 };
-    let limits =
-        Limits { quota: Some(QuotaLimit { period, quota, ends_ms: scenarios::T0 + 86_400_000 }), ..Default::default() };
+    let quota = QuotaLimit { period, limit: 1_000, ends_ms: scenarios::T0 + 86_400_000, epoch: 0, cost: 1 };
+    let limits = Limits { quotas: [quota].into_iter().collect(), ..Default::default() };
     for _ in 0..3 {
-        let Refusal { reason, .. } = m.admit(&limits, clock.now_ms(), 0).await.expect_err("no grant held");
+        let Refusal { reason, .. } = m.admit(&limits, clock.now_ms()).await.expect_err("no grant held");
         assert_eq!(reason, ReasonCode::QuotaUnavailable);
     }
     assert_eq!(authority.asked(), 1, "asked once, then refused from memory");
     // A throttle falls back to this node's share: a third of the burst.
     let throttle = Throttle { rate_per_sec: 30.0, burst: 9 };
     let bucket = BucketId::Stage { api: "a".into(), stage: "s".into() };
-    let limits = Limits { stage: Some(ThrottleLimit { bucket, throttle }), ..Default::default() };
+    let throttle = ThrottleLimit::one(bucket, throttle, ReasonCode::StageThrottled);
+    let limits = Limits { throttles: [throttle].into_iter().collect(), ..Default::default() };
     let mut admitted = 0;
     for _ in 0..9 {
-        if m.admit(&limits, clock.now_ms(), 0).await.is_ok() {
+        if m.admit(&limits, clock.now_ms()).await.is_ok() {
             admitted += 1;
         }
     }
     assert_eq!(admitted, 3);
+}
+
+/// Metering over the in-memory authority of a model with plan `gold`
+/// (daily quota `limit`), on a manual clock.
+fn local_metering(limit: u64) -> (Arc<Metering>, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::at(scenarios::T0));
+    let authority = Arc::new(LocalAuthority::new(scenarios::model_with_plan("gold", limit)));
+    (Metering::new(authority, clock.clone(), MeteringConfig::default(), Default::default()), clock)
+}
+
+fn window(name: &str, limit: u32, cost: u32) -> ThrottleLimit {
+    let bucket = BucketId::Stage { api: name.into(), stage: "window".into() };
+    ThrottleLimit::fixed_window(bucket, limit, cost)
+}
+
+fn quota(limit: u64, cost: u64) -> QuotaLimit {
+    let period = QuotaPeriod { key_id: "k".into(), plan_id: "gold".into(), start_ms: 0 };
+    QuotaLimit { period, limit, ends_ms: scenarios::T0 + 86_400_000, epoch: 0, cost }
+}
+
+#[tokio::test]
+async fn two_throttles_running_low_at_once_each_start_their_own_lend_round_trip() {
+    // Two identical buckets are lent the same loans and run low on the same
+    // check: each queued loan is counted in `lending`, so each needs its own
+    // sender, or the count never comes back down and, once it is stuck at
+    // the most in flight, no loan is ever sent again.
+    let (m, _clock) = local_metering(1);
+    let throttle = Throttle { rate_per_sec: 1.0, burst: 400 };
+    let stage = ThrottleLimit::one(
+        BucketId::Stage { api: "a".into(), stage: "s".into() },
+        throttle,
+        ReasonCode::StageThrottled,
+    );
+    let key = BucketId::Key { key: "k".into(), plan: "gold".into(), method_override: None };
+    let limits = Limits {
+        throttles: [stage, ThrottleLimit::one(key, throttle, ReasonCode::Throttled)].into_iter().collect(),
+        ..Default::default()
+    };
+    for i in 0..300 {
+        assert!(m.admit(&limits, scenarios::T0).await.is_ok(), "check {i}");
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let local = lock(&m.local);
+    assert_eq!((local.lending, local.lends.len()), (0, 0), "every lend sender ended");
+}
+
+#[tokio::test]
+async fn a_request_takes_its_cost_from_every_limit_or_from_none() {
+    let (m, _clock) = local_metering(10);
+    let costly =
+        Limits { throttles: [window("a", 10, 3), window("b", 5, 3)].into_iter().collect(), ..Default::default() };
+    let admitted = m.admit(&costly, scenarios::T0).await.expect("3 of 10 and 3 of 5");
+    assert_eq!(admitted.states.iter().map(|s| s.remaining).collect::<Vec<_>>(), [7, 2]);
+    let refusal = m.admit(&costly, scenarios::T0).await.expect_err("b has 2 left, not 3");
+    assert_eq!(refusal.at, Some(LimitAt::Throttle(1)));
+    // Nothing was taken from `a` for the refused request: its 7 are all there.
+    let a_only = Limits { throttles: [window("a", 10, 7)].into_iter().collect(), ..Default::default() };
+    let admitted = m.admit(&a_only, scenarios::T0).await.expect("a still has 7");
+    assert_eq!(admitted.states[0].remaining, 0);
+    // More than a window ever holds is refused at once.
+    let too_big = Limits { throttles: [window("c", 5, 6)].into_iter().collect(), ..Default::default() };
+    assert_eq!(m.admit(&too_big, scenarios::T0).await.expect_err("6 > 5").at, Some(LimitAt::Throttle(0)));
+
+    // A quota of 10 gives 4 + 4, refuses a third 4, and still gives 2.
+    let take = |cost| Limits { quotas: [quota(10, cost)].into_iter().collect(), ..Default::default() };
+    for _ in 0..2 {
+        m.admit(&take(4), scenarios::T0).await.expect("4 of 10");
+    }
+    let refusal = m.admit(&take(4), scenarios::T0).await.expect_err("2 left");
+    assert_eq!((refusal.reason, refusal.at), (ReasonCode::QuotaExceeded, Some(LimitAt::Quota(0))));
+    m.admit(&take(2), scenarios::T0).await.expect("the last 2");
+    assert!(m.admit(&take(1), scenarios::T0).await.is_err(), "all 10 used");
+    m.flush(scenarios::T0, true).await;
+}
+
+#[tokio::test]
+async fn a_refused_quota_takes_nothing_from_the_throttles_beside_it() {
+    let (m, _clock) = local_metering(2);
+    let both = |cost| Limits {
+        throttles: [window("w", 100, cost as u32)].into_iter().collect(),
+        quotas: [quota(2, cost)].into_iter().collect(),
+    };
+    m.admit(&both(2), scenarios::T0).await.expect("2 of 2, 2 of 100");
+    assert!(m.admit(&both(1), scenarios::T0).await.is_err(), "the quota is spent");
+    let window_only = Limits { throttles: [window("w", 100, 98)].into_iter().collect(), ..Default::default() };
+    m.admit(&window_only, scenarios::T0).await.expect("the window still has its 98");
 }
