@@ -28,6 +28,9 @@
 //! - [`check`]: the check — what an edge proxy asks about one request and
 //!   the decision it gets back; `POST /v1/check`, forward-auth and the
 //!   binary protocol are three encodings of these two types.
+//! - [`ratelimit`]: a descriptor rate limit check (`ShouldRateLimit`) and
+//!   its answer; Envoy's gRPC rate limit service and `POST /v1/ratelimit` are
+//!   two encodings of these types.
 //! - [`wire`]: the binary check protocol between `tollgate-client` and a
 //!   node's wire listener (length-prefixed, versioned bincode frames).
 //! - [`codec`]: bincode 2 encoding used on disk (log, state, snapshots) and
@@ -46,6 +49,7 @@ pub mod descriptors;
 pub mod jwk;
 pub mod metering;
 pub mod model;
+pub mod ratelimit;
 pub mod usage;
 pub mod validate;
 pub mod wire;

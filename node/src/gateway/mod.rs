@@ -33,6 +33,7 @@ pub mod jwt;
 pub mod limits;
 pub mod pattern;
 pub mod policy;
+pub mod ratelimit;
 pub mod waf;
 
 use std::collections::BTreeMap;

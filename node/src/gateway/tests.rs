@@ -16,6 +16,7 @@ use crate::state::published::{LimitsEpochs, Published};
 use crate::state::Model;
 
 mod canonical;
+mod ratelimit;
 
 /// Wednesday 2026-11-25 12:00:00 UTC.
 const NOW_MS: i64 = 1_795_608_000_000;

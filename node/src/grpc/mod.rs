@@ -1,8 +1,10 @@
 //! The gRPC listener: Envoy's own APIs on the check pipeline, on a port of
 //! its own (`--grpc`, default 127.0.0.1:11081; `tollgate dev`: 11081-11083).
-//! Today it serves `envoy.service.auth.v3.Authorization` (Envoy's
-//! `ext_authz` filter in gRPC mode, see [`ext_authz`]), built with tonic on
-//! the protos the `envoy-types` crate generates, and `grpc.health.v1.Health`
+//! It serves `envoy.service.auth.v3.Authorization` (Envoy's `ext_authz`
+//! filter in gRPC mode, see [`ext_authz`]) and
+//! `envoy.service.ratelimit.v3.RateLimitService` (Envoy's `ratelimit`
+//! filters, see [`rls`]), built with tonic on the protos the `envoy-types`
+//! crate generates, and `grpc.health.v1.Health`
 //! (no token needed: it says only what `/readyz` says), `SERVING` while the
 //! node is ready.
 //!
@@ -32,6 +34,7 @@
 //! request any other way than [`App::decide`] does for every listener.
 
 pub mod ext_authz;
+pub mod rls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -296,7 +299,7 @@ pub async fn serve(
                 None => tonic_health::ServingStatus::Serving,
                 Some(_) => tonic_health::ServingStatus::NotServing,
             };
-            for service in ["", ext_authz::SERVICE_NAME] {
+            for service in ["", ext_authz::SERVICE_NAME, rls::SERVICE_NAME] {
                 health.set_service_status(service, status).await;
             }
             tokio::select! {
@@ -308,6 +311,8 @@ pub async fn serve(
     let authenticating = app.clone();
     let interceptor =
         move |request: tonic::Request<()>| authenticate(&authenticating, &failures, &request).map(|()| request);
+    let rls = rls::Rls::new(app.clone()).into_server().max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let rls = tonic::service::interceptor::InterceptedService::new(rls, interceptor.clone());
     let ext_authz = ext_authz::ExtAuthz::new(app, trusted).into_server().max_decoding_message_size(MAX_MESSAGE_BYTES);
     let service = tonic::service::interceptor::InterceptedService::new(ext_authz, interceptor);
     let mut stopping = stop.clone();
@@ -324,6 +329,7 @@ pub async fn serve(
         .timeout(CALL_TIMEOUT)
         .layer(tower::util::MapResponseLayer::new(undecodable_is_invalid_argument::<tonic::body::Body>))
         .add_service(service)
+        .add_service(rls)
         .add_service(health_service)
         .serve_with_incoming_shutdown(connections, stopped);
     tokio::pin!(serving);

@@ -122,6 +122,60 @@ fn admit_admin(
     }
 }
 
+/// A proxy asking for descriptor rate limits (`POST /v1/ratelimit`): a
+/// bearer token [`App::may_check`] accepts (the `check` or `write` scope,
+/// or the bootstrap token), as on the wire and gRPC ports. Unlike a check,
+/// a descriptor names no API key, so an anonymous caller could spend any
+/// client's limits. Failed tokens count against the source address as the
+/// admin routes' do (429 past the budget).
+pub struct ProxyCaller;
+
+impl<S> FromRequestParts<S> for ProxyCaller
+where
+    S: Send + Sync,
+    HttpState: FromRef<S>,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let state = HttpState::from_ref(state);
+        let ConnectInfo(peer) =
+            ConnectInfo::<SocketAddr>::from_request_parts(parts, &state).await.map_err(IntoResponse::into_response)?;
+        let source = tollgate_proto::canonical::unmapped(peer.ip());
+        let now = std::time::Instant::now();
+        let failures = &state.settings.admin_auth_failures;
+        if let Err(retry) = failures.check(source, now) {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                format!("too many failed authentications from {source}; retry in {retry} s"),
+            );
+            e.retry_after = Some(retry);
+            return Err(e.into_response());
+        }
+        let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
+        let one = match (values.next(), values.next()) {
+            (Some(_), None) => secret::bearer(&parts.headers),
+            (None, _) => None,
+            (Some(_), Some(_)) => {
+                return Err(ApiError::unauthorized("send one Authorization header, not several").into_response())
+            }
+        };
+        match one {
+            Some(token) if state.app.may_check(token) => Ok(ProxyCaller),
+            Some(_) => {
+                tracing::warn!(%source, "rate limit request refused: the token is not valid");
+                failures.fail(source, now);
+                Err(ApiError::unauthorized("the token is not valid for the check scope").into_response())
+            }
+            None => {
+                Err(ApiError::unauthorized("a token of the check scope is required: Authorization: Bearer <token>")
+                    .into_response())
+            }
+        }
+    }
+}
+
 /// A caller of `/metrics`: anyone when no metrics token is configured, else
 /// one presenting it as a bearer token. Refused with 401, a
 /// `WWW-Authenticate: Bearer` challenge and a plain-text body (Prometheus

@@ -19,6 +19,7 @@ pub mod forward_auth;
 pub mod forwarded;
 pub mod openapi;
 pub mod ops;
+pub mod ratelimit;
 pub mod usage;
 
 #[cfg(test)]
@@ -115,6 +116,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(admin)
         .merge(ops::routes(state.settings.metrics_on_http))
         .merge(check::routes())
+        .merge(ratelimit::routes())
         .merge(forward_auth::routes())
         .fallback(|| async { ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
