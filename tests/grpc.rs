@@ -290,7 +290,8 @@ async fn ext_authz_over_tls_answers_every_decision_class_with_its_status() {
         http.body = "a".repeat(100_000);
     }
     let refused = ask(&node, Some(&token), oversized).await.expect_err("over the message limit");
-    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("65536 bytes"), "{}", refused.message());
 
     // Decisions are counted with every other check path's.
     let (_, metrics) = cluster_metrics(&cluster, 2).await;

@@ -21,7 +21,9 @@
 //! requests and spellings that try to walk around routes. `client`:
 //! tollgate-client and the binary protocol. `proxies`: nginx and Caddy in
 //! front of a real upstream, configured from `deploy/`. `grpc`: Envoy's ext_authz over gRPC (a tonic client
-//! built from envoy-types) against forward-auth's decisions. `tls`: TLS on every
+//! built from envoy-types) against forward-auth's decisions. `ratelimit`:
+//! Envoy's rate limit service (`ShouldRateLimit`) and `POST /v1/ratelimit`
+//! on a three-node TLS cluster. `tls`: TLS on every
 //! listener, mutual TLS between peers, and `tollgate dev --tls`. `openapi`:
 //! the OpenAPI document a node serves, against its router. `metering`: the
 //! metering scenarios against a real cluster's authority, on nodes run in
@@ -53,4 +55,5 @@ mod metering;
 mod openapi;
 mod proxies;
 mod quotas;
+mod ratelimit;
 mod tls;

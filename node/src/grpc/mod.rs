@@ -54,8 +54,9 @@ use crate::http::auth_failures::AuthFailures;
 use crate::http::forwarded::TrustedProxies;
 
 /// Largest request message decoded, in bytes (a `CheckRequest` with a few
-/// hundred headers fits easily); past it the call fails with
-/// `OUT_OF_RANGE` and nothing is decided.
+/// hundred headers fits easily, as does a `RateLimitRequest` as Envoy's
+/// route actions build it); past it the call fails with `INVALID_ARGUMENT` and nothing
+/// is decided.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Largest HTTP/2 header list (the call's metadata) accepted, in bytes.
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
@@ -241,28 +242,41 @@ fn authenticate(app: &App, failures: &AuthFailures, request: &tonic::Request<()>
 }
 
 /// tonic answers a request message that does not decode (a string field
-/// that is not UTF-8, or no protobuf at all) with `INTERNAL`, as gRPC's
-/// status guide has it for a server's own parse failures. Here the message
-/// is the caller's input, so it is `INVALID_ARGUMENT`, saying which rule it
-/// broke. Only that error is rewritten: such an answer carries its status
-/// in its headers (trailers-only), before any message.
+/// that is not UTF-8, a wrong wire type, or no protobuf at all) with
+/// `INTERNAL`, as gRPC's status guide has it for a server's own parse
+/// failures, and one larger than [`MAX_MESSAGE_BYTES`] with `OUT_OF_RANGE`.
+/// Here the message is the caller's input, so both are `INVALID_ARGUMENT`,
+/// saying which rule it broke. Only those errors are rewritten: such an
+/// answer carries its status in its headers (trailers-only), before any
+/// message.
 fn undecodable_is_invalid_argument<B>(mut response: axum::http::Response<B>) -> axum::http::Response<B> {
     use axum::http::HeaderValue;
     let headers = response.headers_mut();
-    let internal = headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"13");
+    let status = headers.get("grpc-status").map(|v| v.as_bytes().to_vec());
     // The message is percent-encoded (gRPC over HTTP/2: spaces as `%20`).
-    let why = headers.get("grpc-message").filter(|v| {
-        let text = v.as_bytes();
-        text.starts_with(b"failed%20to%20decode%20Protobuf") || text.starts_with(b"failed to decode Protobuf")
-    });
-    if let (true, Some(why)) = (internal, why.cloned()) {
-        let mut message =
-            b"request:%20not%20a%20valid%20CheckRequest%20(every%20string%20field%20must%20be%20UTF-8):%20".to_vec();
-        message.extend_from_slice(why.as_bytes());
-        headers.insert("grpc-status", HeaderValue::from_static("3"));
-        if let Ok(message) = HeaderValue::from_bytes(&message) {
-            headers.insert("grpc-message", message);
+    let said = |prefix: &str| {
+        headers.get("grpc-message").is_some_and(|v| {
+            let text = v.as_bytes();
+            text.starts_with(prefix.replace(' ', "%20").as_bytes()) || text.starts_with(prefix.as_bytes())
+        })
+    };
+    let rule = match status.as_deref() {
+        Some(b"13") if said("failed to decode Protobuf") => {
+            "request: not a valid request message (every string field must be UTF-8, every field of its type)"
         }
+        Some(b"11") if said("Error, decoded message length too large") => {
+            "request: larger than the 65536 bytes a message may have"
+        }
+        _ => return response,
+    };
+    let mut message = rule.replace(' ', "%20").into_bytes();
+    if let Some(why) = headers.get("grpc-message") {
+        message.extend_from_slice(b":%20");
+        message.extend_from_slice(why.as_bytes());
+    }
+    headers.insert("grpc-status", HeaderValue::from_static("3"));
+    if let Ok(message) = HeaderValue::from_bytes(&message) {
+        headers.insert("grpc-message", message);
     }
     response
 }
@@ -370,8 +384,20 @@ mod tests {
             let (status, message) = answer("13", why);
             assert_eq!(status.as_deref(), Some("3"), "{why}");
             let message = message.unwrap_or_default();
-            assert!(message.starts_with("request:%20not%20a%20valid%20CheckRequest") && message.ends_with("UTF-8"));
+            assert!(
+                message.starts_with("request:%20not%20a%20valid%20request%20message") && message.ends_with("UTF-8")
+            );
         }
+        // Past the message bound (tonic's words, percent-encoded or not).
+        for why in [
+            "Error,%20decoded%20message%20length%20too%20large:%20found%20100015%20bytes,%20the%20limit%20is:%2065536%20bytes",
+            "Error, decoded message length too large: found 100015 bytes, the limit is: 65536 bytes",
+        ] {
+            let (status, message) = answer("11", why);
+            assert_eq!(status.as_deref(), Some("3"), "{why}");
+            assert!(message.unwrap_or_default().starts_with("request:%20larger%20than%20the%2065536%20bytes"));
+        }
+        assert_eq!(answer("11", "something else").0.as_deref(), Some("11"));
         assert_eq!(answer("13", "something else").0.as_deref(), Some("13"));
         assert_eq!(answer("16", "failed to decode Protobuf message").0.as_deref(), Some("16"));
     }
