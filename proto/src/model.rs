@@ -939,6 +939,9 @@ pub struct DescriptorRule {
     pub rate_limit: Option<DescriptorRateLimit>,
     /// Descriptors one entry deeper.
     #[serde(default)]
+    // A `$ref` to this same schema: without it utoipa, collecting the
+    // schemas a type uses, recurses into this one for ever.
+    #[schema(no_recursion)]
     pub descriptors: Vec<DescriptorRule>,
     /// Count, and say in the response what the limit would do, but never
     /// refuse (the descriptor's status stays `OK`).

@@ -1,11 +1,16 @@
 //! The admin API's object routes: create, read, replace, delete and list for
-//! every kind of object, under `/v1/admin/{apis,plans,keys,policies,authorizers,tokens}`.
+//! every kind of object, under
+//! `/v1/admin/{apis,plans,keys,policies,authorizers,tokens,ratelimits}`.
+//! Rate limit domains are also found by their domain name
+//! (`GET /v1/admin/ratelimits?domain=NAME`), which is how `tollgate limits`
+//! turns a domain into an id.
 //!
 //! Writes go through Raft (forwarded to the leader when this node is not it).
 //! Reads are linearizable unless `?stale=true`. Input is validated here
 //! (field-level rules) and again by the state machine (rules that need the rest
 //! of the model); either way a failure names the field and changes nothing.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -20,10 +25,11 @@ use tollgate_proto::model::*;
 use tollgate_proto::{validate, Command, FieldError, Rejection};
 
 use super::error::ApiError;
-use super::extract::{JsonBody, ReadOptions, RequestId};
+use super::extract::{JsonBody, QueryMap, ReadOptions, RequestId};
 use super::HttpState;
 use crate::app::App;
 use crate::secret;
+use crate::state::Model;
 
 /// One kind of object as the admin API serves it.
 pub trait Resource: Send + Sync + 'static {
@@ -35,6 +41,14 @@ pub trait Resource: Send + Sync + 'static {
     fn create(input: Self::Input) -> Result<(Entity, Option<String>), FieldError>;
     /// The object that replaces the stored one with this id.
     fn replace(id: &str, input: Self::Input) -> Result<Entity, FieldError>;
+    /// Query parameters the list takes besides `stale`, `limit` and
+    /// `after`, each selecting objects by a field (none for most kinds).
+    const LIST_FILTERS: &'static [&'static str] = &[];
+    /// The objects `query`'s [`Self::LIST_FILTERS`] select, in id order;
+    /// `None` when it gives none of them (the list is then a page of all).
+    fn select<'m>(_model: &'m Model, _query: &HashMap<String, String>) -> Option<Vec<&'m Entity>> {
+        None
+    }
 }
 
 fn path_id(body_id: &mut String, path_id: &str) -> Result<(), FieldError> {
@@ -80,6 +94,34 @@ plain_resource!(
     Authorizer,
     crate::gateway::jwt::validate_authorizer
 );
+
+/// Rate limit domains: the field rules (the state machine adds the one that
+/// needs the rest of the model, a domain name unique in the cluster), and
+/// `?domain=NAME` on the list, the lookup by the name Envoy sends.
+pub struct RateLimits;
+impl Resource for RateLimits {
+    const KIND: EntityKind = EntityKind::RateLimit;
+    const PATH: &'static str = "ratelimits";
+    type Input = RateLimitDomain;
+    fn create(mut input: RateLimitDomain) -> Result<(Entity, Option<String>), FieldError> {
+        if input.id.is_empty() {
+            input.id = secret::new_id(Self::KIND);
+        }
+        validate::rate_limit_domain(&input)?;
+        Ok((Entity::RateLimit(input), None))
+    }
+    fn replace(id: &str, mut input: RateLimitDomain) -> Result<Entity, FieldError> {
+        path_id(&mut input.id, id)?;
+        validate::rate_limit_domain(&input)?;
+        Ok(Entity::RateLimit(input))
+    }
+    const LIST_FILTERS: &'static [&'static str] = &["domain"];
+    fn select<'m>(model: &'m Model, query: &HashMap<String, String>) -> Option<Vec<&'m Entity>> {
+        let domain = query.get("domain")?;
+        let found = model.rate_limit_domain(domain).and_then(|d| model.get(EntityKind::RateLimit, &d.id));
+        Some(found.into_iter().collect())
+    }
+}
 
 pub struct Keys;
 impl Resource for Keys {
@@ -215,10 +257,19 @@ async fn read<R: Resource>(
     }
 }
 
-async fn list<R: Resource>(State(app): State<Arc<App>>, options: ReadOptions) -> Result<Response, ApiError> {
+async fn list<R: Resource>(State(app): State<Arc<App>>, QueryMap(query): QueryMap) -> Result<Response, ApiError> {
+    let options = ReadOptions::parse_with(&query, R::LIST_FILTERS)?;
     barrier(&app, &options).await?;
     let published = app.published();
-    let mut page = published.model.page(R::KIND, options.after.as_deref(), options.limit + 1);
+    let mut page = match R::select(&published.model, &query) {
+        // A selection is paged like the whole collection.
+        Some(selected) => selected
+            .into_iter()
+            .filter(|e| options.after.as_deref().is_none_or(|after| e.id() > after))
+            .take(options.limit + 1)
+            .collect(),
+        None => published.model.page(R::KIND, options.after.as_deref(), options.limit + 1),
+    };
     let next = if page.len() > options.limit {
         page.truncate(options.limit);
         page.last().map(|e| e.id().to_string())

@@ -102,6 +102,7 @@ pub fn router(state: HttpState) -> Router {
     admin = admin::routes::<admin::Policies>(admin);
     admin = admin::routes::<admin::Authorizers>(admin);
     admin = admin::routes::<admin::Tokens>(admin);
+    admin = admin::routes::<admin::RateLimits>(admin);
     admin = admin.route("/v1/admin/keys/{id}/reroll", axum::routing::post(admin::reroll));
     admin = admin.route("/v1/admin/keys/import", axum::routing::post(admin::import_keys));
     admin = admin.route("/v1/admin/identity-key", axum::routing::get(admin::identity_key));

@@ -22,7 +22,10 @@
 use std::sync::OnceLock;
 
 use serde_json::{json, Map, Value};
-use tollgate_proto::validate::{HTTP_METHODS, JWT_ALGORITHMS, MAX_DESCRIPTION, MAX_LIST, MAX_NAME, MAX_REGEX_LEN};
+use tollgate_proto::validate::{
+    HTTP_METHODS, JWT_ALGORITHMS, MAX_DESCRIPTION, MAX_DESCRIPTOR_DEPTH, MAX_DESCRIPTOR_KEY, MAX_DESCRIPTOR_RULES,
+    MAX_DESCRIPTOR_VALUE, MAX_DOMAIN, MAX_LIST, MAX_NAME, MAX_REGEX_LEN,
+};
 use utoipa::OpenApi as _;
 
 use super::admin::MAX_OVERLAP_SECS;
@@ -37,7 +40,7 @@ use tollgate_proto::command::MAX_CREATE_MANY;
         title = "Tollgate",
         description = "The HTTP API of a Tollgate node: the check (`POST /v1/check` and forward-auth for edge \
                        proxies), the admin API (APIs, usage plans, keys, policies, authorizers, admin tokens, \
-                       usage, the identity key and the cluster), health, metrics and this document. Admin \
+                       rate limit domains, usage, the identity key and the cluster), health, metrics and this document. Admin \
                        routes need `Authorization: Bearer <admin token>`; the others are public. Every error \
                        is `{\"error\": {\"code\", \"field\", \"message\"}}` and names the field at fault."
     ),
@@ -50,6 +53,7 @@ use tollgate_proto::command::MAX_CREATE_MANY;
         tollgate_proto::model::Authorizer,
         tollgate_proto::model::AdminTokenSpec,
         tollgate_proto::model::AdminTokenView,
+        tollgate_proto::model::RateLimitDomain,
         tollgate_proto::check::CheckRequest,
         tollgate_proto::check::Decision,
         tollgate_proto::check::Principal,
@@ -84,15 +88,16 @@ pub struct RouteDoc {
 /// Every method a path item can hold: forward-auth answers all of them.
 pub const ANY_METHOD: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 
-/// The six kinds of stored object: path segment, request schema on create,
+/// The seven kinds of stored object: path segment, request schema on create,
 /// on replace, the schema the API shows, and a noun.
-const RESOURCES: [(&str, &str, &str, &str, &str); 6] = [
+const RESOURCES: [(&str, &str, &str, &str, &str); 7] = [
     ("apis", "Api", "ApiReplacement", "Api", "API"),
     ("plans", "UsagePlan", "UsagePlanReplacement", "UsagePlan", "usage plan"),
     ("keys", "ApiKeySpec", "ApiKeySpec", "ApiKeyView", "API key"),
     ("policies", "Policy", "PolicyReplacement", "Policy", "policy"),
     ("authorizers", "Authorizer", "AuthorizerReplacement", "Authorizer", "authorizer"),
     ("tokens", "AdminTokenSpec", "AdminTokenSpec", "AdminTokenView", "admin token"),
+    ("ratelimits", "RateLimitDomain", "RateLimitDomainReplacement", "RateLimitDomain", "rate limit domain"),
 ];
 
 // ---------------------------------------------------------------------------
@@ -124,6 +129,15 @@ fn name_schema() -> Value {
     let pattern = format!("^{NOT_CONTROL}*{VISIBLE}{NOT_CONTROL}*$");
     json!({"minLength": 1, "maxLength": MAX_NAME, "pattern": pattern,
         "description": format!("Not blank, at most {MAX_NAME} characters, no control characters.")})
+}
+
+/// `validate::printable` (a domain, a descriptor key, a limit's name): 1 to
+/// `max` bytes, no control characters. A schema counts characters, so
+/// `maxLength` is the byte limit: a value of that many characters outside
+/// ASCII is longer in bytes, and refused (400).
+fn printable_schema(max: usize, what: &str) -> Value {
+    json!({"minLength": 1, "maxLength": max, "pattern": format!("^{NOT_CONTROL}+$"),
+        "description": format!("{what}: 1 to {max} bytes (UTF-8), no control characters.")})
 }
 
 /// `validate::url`: `http://` or `https://`, a host, no white space.
@@ -301,7 +315,7 @@ fn constraints() -> Vec<Constraint> {
         ),
         merge("Condition/properties/values", non_empty.clone()),
         // Authorizers
-        merge("Authorizer/properties/id", optional_id),
+        merge("Authorizer/properties/id", optional_id.clone()),
         merge("Authorizer/properties/name", name_schema()),
         merge("Authorizer/properties/description", description),
         replace("Authorizer/properties/created_at", timestamp_read_only("Set by the node.")),
@@ -335,6 +349,59 @@ fn constraints() -> Vec<Constraint> {
         ),
         merge("HttpAuthorizer/properties/cache_ttl_secs", json!({"maximum": 3600})),
         merge("HttpAuthorizer/properties/timeout_ms", json!({"minimum": 1, "maximum": 30_000})),
+        // Rate limit domains
+        merge("RateLimitDomain/properties/id", optional_id),
+        merge(
+            "RateLimitDomain/properties/domain",
+            printable_schema(MAX_DOMAIN, "The domain Envoy names; unique in the cluster (a 409 otherwise)"),
+        ),
+        merge(
+            "RateLimitDomain/properties/descriptors",
+            // No `maxItems`: the limit is on the rules of every level
+            // together, which a schema cannot count.
+            json!({"description": format!("At most {MAX_DESCRIPTOR_RULES} rules \
+                in all, nested at most {MAX_DESCRIPTOR_DEPTH} deep; no two rules of one level with the same key \
+                and value (a 400 naming the rule).")}),
+        ),
+        replace("RateLimitDomain/properties/created_at", timestamp_read_only("Set by the node.")),
+        replace("RateLimitDomain/properties/updated_at", timestamp_read_only("Set by the node.")),
+        merge("DescriptorRule/properties/key", printable_schema(MAX_DESCRIPTOR_KEY, "The entry's key")),
+        merge(
+            "DescriptorRule/properties/value",
+            json!({"maxLength": MAX_DESCRIPTOR_VALUE, "pattern": format!("^{NOT_CONTROL}*$")}),
+        ),
+        merge(
+            "DescriptorRule/properties/descriptors",
+            json!({"description": "Rules one entry deeper; they count towards the domain's total."}),
+        ),
+        // `share_threshold` only with a `*` pattern value.
+        merge(
+            "DescriptorRule",
+            json!({"anyOf": [
+                {"properties": {"share_threshold": {"const": false}}},
+                {"required": ["value"], "properties": {"value": {"type": "string", "pattern": "[*]"}}}
+            ]}),
+        ),
+        merge(
+            "DescriptorRateLimit/properties/name",
+            printable_schema(MAX_DESCRIPTOR_KEY, "A name `replaces` can refer to"),
+        ),
+        merge(
+            "DescriptorRateLimit/properties/replaces",
+            json!({"maxItems": MAX_LIST, "description": "Never the limit's own `name` (a 400)."}),
+        ),
+        // A unit unless `unlimited`, and none with it.
+        merge(
+            "DescriptorRateLimit",
+            json!({"anyOf": [
+                {"required": ["unit"], "properties": {"unit": {"type": "string"}, "unlimited": {"const": false}}},
+                {"required": ["unlimited"], "properties": {"unit": {"type": "null"}, "unlimited": {"const": true}}}
+            ]}),
+        ),
+        merge(
+            "LimitReplaces/properties/name",
+            printable_schema(MAX_DESCRIPTOR_KEY, "The `name` of the limit replaced"),
+        ),
         // Admin tokens
         merge("AdminTokenSpec/properties/name", name_schema()),
         merge("AdminTokenSpec/properties/scopes", non_empty),
@@ -501,6 +568,7 @@ fn page_name(segment: &str) -> &'static str {
         "keys" => "ApiKeyPage",
         "policies" => "PolicyPage",
         "authorizers" => "AuthorizerPage",
+        "ratelimits" => "RateLimitDomainPage",
         _ => "AdminTokenPage",
     }
 }
@@ -649,10 +717,20 @@ pub fn routes() -> Vec<RouteDoc> {
         let collection = format!("/v1/admin/{segment}");
         let item = format!("{collection}/{{id}}");
         let [limit, after] = page_params();
+        let mut params = vec![limit, after, stale()];
+        if segment == "ratelimits" {
+            params.push(param(
+                "query",
+                "domain",
+                false,
+                json!({"type": "string"}),
+                "only the rate limit domain with this domain name (a page of one, or none)",
+            ));
+        }
         let list = operation(
             segment,
             &format!("List {noun}s, in id order"),
-            vec![limit, after, stale()],
+            params,
             None,
             vec![("200", response("A page", Some(json_body(schema_ref(page_name(segment)))))), ("400", bad())],
         );
@@ -1168,8 +1246,9 @@ mod tests {
     ];
 
     fn served() -> Vec<(String, String)> {
-        use crate::http::admin::{Apis, Authorizers, Keys, Plans, Policies, Resource, Tokens};
-        let kinds = [Apis::PATH, Plans::PATH, Keys::PATH, Policies::PATH, Authorizers::PATH, Tokens::PATH];
+        use crate::http::admin::{Apis, Authorizers, Keys, Plans, Policies, RateLimits, Resource, Tokens};
+        let kinds =
+            [Apis::PATH, Plans::PATH, Keys::PATH, Policies::PATH, Authorizers::PATH, Tokens::PATH, RateLimits::PATH];
         let mut out = Vec::new();
         for (method, path) in SERVED {
             let methods: Vec<&str> = if *method == "any" { ANY_METHOD.to_vec() } else { vec![method] };
