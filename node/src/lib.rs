@@ -16,15 +16,17 @@
 //! import up the path.
 //!
 //! - [`http`], [`wire`], [`grpc`]: the listeners — the axum router (check,
-//!   forward-auth, admin API, health, metrics, OpenAPI), the binary check
-//!   protocol for `tollgate-client`, and Envoy's gRPC ext_authz. [`server`] binds the listeners of a
+//!   forward-auth, `/v1/ratelimit`, admin API, health, metrics, OpenAPI),
+//!   the binary check protocol for `tollgate-client`, and Envoy's gRPC
+//!   ext_authz and rate limit service. [`server`] binds the listeners of a
 //!   node's [`config`] (grouped by subsystem), starts its tasks and stops it
 //!   within a bound; `server::start` also runs nodes inside a test process.
 //! - [`app`]: a running node's handles, shared by the listeners — a plain
 //!   bag (the leader handle, the gateway, the published model, metrics) —
 //!   and `App::open`, the one place they are made and wired together.
 //! - [`gateway`]: the check pipeline, step by step in the order a request
-//!   meets them; reads the published model, never writes to the log.
+//!   meets them, and the descriptor rate limit check (`gateway::ratelimit`);
+//!   reads the published model, never writes to the log.
 //! - [`cluster`]: consensus — openraft's type configuration, the log store
 //!   and state machine on `Kv`, the peer network (client in `network`, server
 //!   routes in `peer`), leader routing and its one error type (`leader`), the

@@ -82,6 +82,7 @@ impl Metrics {
         let _ = registry.register(Box::new(check_seconds.clone()));
         let gateway = crate::gateway::GatewayStats::default();
         let _ = registry.register(Box::new(gateway.authorizer_cache.clone()));
+        let _ = registry.register(Box::new(gateway.ratelimit.clone()));
         let _ = registry.register(Box::new(gateway.waf_counted.clone()));
         let metering = crate::metering::MeteringStats::default();
         let _ = registry.register(Box::new(metering.grants.clone()));

@@ -25,6 +25,10 @@
 //! machine after each apply). Limits are taken through `crate::metering`
 //! (quota leases, borrowed throttle tokens); the only other shared mutable
 //! state is the WAF's per-address limiter. No lock is held across `.await`.
+//!
+//! Beside the check, [`ratelimit`] decides Envoy's descriptor rate limit
+//! checks (`ShouldRateLimit`) against a rate limit domain's limits, taken
+//! through the same metering.
 
 pub mod authorizer;
 pub mod cors;
@@ -140,6 +144,9 @@ pub struct Gateway {
 pub struct GatewayStats {
     pub authorizer_cache: prometheus::IntCounterVec,
     pub waf_counted: prometheus::IntCounterVec,
+    /// Descriptor rate limit checks by answer: `ok`, `over_limit`,
+    /// `invalid`, `unavailable`.
+    pub ratelimit: prometheus::IntCounterVec,
 }
 
 impl Default for GatewayStats {
@@ -155,6 +162,11 @@ impl Default for GatewayStats {
                 "result",
             ),
             waf_counted: vec("tollgate_waf_counted_total", "Matches of WAF rules in count mode, by rule.", "rule"),
+            ratelimit: vec(
+                "tollgate_ratelimit_checks_total",
+                "Descriptor rate limit checks (ShouldRateLimit, POST /v1/ratelimit) by answer.",
+                "answer",
+            ),
         }
     }
 }

@@ -131,6 +131,18 @@ impl Gateway {
     /// [`RateLimitError::Invalid`] naming the field, with nothing counted;
     /// [`RateLimitError::Unavailable`] when a ledger count could not be had.
     pub async fn should_rate_limit(&self, req: &RateLimitRequest) -> Result<RateLimitResponse, RateLimitError> {
+        let answer = self.decide_rate_limit(req).await;
+        let label = match &answer {
+            Ok(a) if a.overall_code == RateLimitCode::Ok => "ok",
+            Ok(_) => "over_limit",
+            Err(RateLimitError::Invalid(_)) => "invalid",
+            Err(RateLimitError::Unavailable(_)) => "unavailable",
+        };
+        self.stats.ratelimit.with_label_values(&[label]).inc();
+        answer
+    }
+
+    async fn decide_rate_limit(&self, req: &RateLimitRequest) -> Result<RateLimitResponse, RateLimitError> {
         validate(req)?;
         let now_ms = self.clock.now_ms();
         let published: Arc<Published> = self.model.load_full();

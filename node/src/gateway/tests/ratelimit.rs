@@ -223,6 +223,7 @@ async fn bad_input_names_the_field_and_counts_nothing() {
     let mut r = ok.clone();
     r.descriptors[0].hits_addend = Some(u64::MAX);
     cases.push((r, "descriptors[0].hits_addend"));
+    let refused = cases.len() as u64;
     for (req, field) in cases {
         match g.should_rate_limit(&req).await {
             Err(RateLimitError::Invalid(e)) => assert_eq!(e.field, field, "{}", e.message),
@@ -230,4 +231,6 @@ async fn bad_input_names_the_field_and_counts_nothing() {
         }
     }
     assert_eq!(admitted(&g, &ok, 9).await, 5, "nothing was counted");
+    let counted = |answer: &str| g.stats.ratelimit.with_label_values(&[answer]).get();
+    assert_eq!((counted("invalid"), counted("ok"), counted("over_limit")), (refused, 5, 4));
 }
