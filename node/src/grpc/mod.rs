@@ -26,7 +26,10 @@
 //! pings ([`KEEPALIVE_INTERVAL`], [`KEEPALIVE_TIMEOUT`]), a bound on decoded
 //! messages ([`MAX_MESSAGE_BYTES`]) and on header lists, streams per
 //! connection ([`MAX_CONCURRENT_STREAMS`], also the requests decided at once
-//! per connection) and a time limit per call ([`CALL_TIMEOUT`]). On the
+//! per connection), calls under way on the node ([`MAX_CALLS`]), small
+//! flow-control windows ([`STREAM_WINDOW_BYTES`]) so stalled calls cannot
+//! make a node buffer without bound, and a time limit per call
+//! ([`CALL_TIMEOUT`]). On the
 //! node's stop it accepts no more connections and lets calls in flight
 //! finish for at most [`STOP_GRACE`].
 //!
@@ -63,6 +66,16 @@ pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Streams (calls) open at once on one connection; more wait in the
 /// proxy. Also the calls decided at once per connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Calls under way at once on this node, over every connection: past it a
+/// call waits for one to end before its message is read. With the windows
+/// below this bounds what stalled calls can make a node hold: about
+/// `MAX_CALLS` messages, and each connection's window of unread data.
+pub const MAX_CALLS: usize = 1024;
+/// HTTP/2 flow control: what a caller may send on one stream ahead of what
+/// the node has read (a whole message fits), and on one connection (two).
+pub const STREAM_WINDOW_BYTES: u32 = 64 * 1024;
+/// See [`STREAM_WINDOW_BYTES`].
+pub const CONNECTION_WINDOW_BYTES: u32 = 128 * 1024;
 /// How often an idle connection is pinged.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a ping may go unanswered before the connection is closed.
@@ -338,10 +351,13 @@ pub async fn serve(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .concurrency_limit_per_connection(MAX_CONCURRENT_STREAMS as usize)
         .timeout(CALL_TIMEOUT)
         .layer(tower::util::MapResponseLayer::new(undecodable_is_invalid_argument::<tonic::body::Body>))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_CALLS))
         .add_service(service)
         .add_service(rls)
         .add_service(health_service)
