@@ -234,3 +234,112 @@ async fn bad_input_names_the_field_and_counts_nothing() {
     let counted = |answer: &str| g.stats.ratelimit.with_label_values(&[answer]).get();
     assert_eq!((counted("invalid"), counted("ok"), counted("over_limit")), (refused, 5, 4));
 }
+
+// (descriptor entries, its count's name, limit, window in ms)
+type Shape = &'static [(&'static [(&'static str, &'static str)], &'static str, u64, i64)];
+const SHAPES: [Shape; 6] = [
+    &[(&[("a", "v1")], "a:v1", 7, 60_000)],
+    &[(&[("a", "v1"), ("x", "y")], "a:v1/x", 4, 60_000), (&[("a", "v1")], "a:v1", 7, 60_000)],
+    &[(&[("b", "u1")], "b:u1", 5, 3_600_000)],
+    &[(&[("b", "u1")], "b:u1", 5, 3_600_000), (&[("c", "t1")], "c:t1", 3, 1_000)],
+    &[(&[("c", "t1")], "c:t1", 3, 1_000), (&[("c", "t1")], "c:t1", 3, 1_000)],
+    &[(&[("a", "v2")], "a:v2", 7, 60_000), (&[("b", "u1")], "b:u1", 5, 3_600_000)],
+];
+const STEPS_MS: [i64; 5] = [0, 300, 1_100, 61_000, 3_600_000];
+
+/// Over random histories of requests (several descriptors each, random
+/// hits, the clock moving across second, minute and hour windows), one
+/// node admits a request exactly when every count it names has room for
+/// its hits, and then charges each of them, as a plain model of fixed
+/// windows does: all or none, never past a limit, never refusing room.
+///
+/// Exactly, while the node's lease session lives: here no background task
+/// renews it, so a history is run twice, with sessions longer than any
+/// history (the node must decide as the model does), and with the default
+/// 10 s ones, which lapse when the clock jumps a minute: then what the node
+/// held is charged whole until it reports, so it may refuse room the model
+/// sees, but must never admit what the model refuses.
+#[test]
+fn random_histories_are_decided_as_a_model_of_fixed_windows_decides_them() {
+    use proptest::test_runner::{Config, TestRunner};
+
+    let domain: RateLimitDomain = entity(json!({"id": "rld_p", "domain": "edge", "descriptors": [
+        {"key": "a", "rate_limit": {"unit": "minute", "requests_per_unit": 7},
+         "descriptors": [{"key": "x", "rate_limit": {"unit": "minute", "requests_per_unit": 4}}]},
+        {"key": "b", "rate_limit": {"unit": "hour", "requests_per_unit": 5}},
+        {"key": "c", "rate_limit": {"unit": "second", "requests_per_unit": 3}}
+    ]}));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let step = (0..SHAPES.len(), 1..4u64, 0..STEPS_MS.len());
+    let histories = proptest::collection::vec(step, 1..60);
+    let mut runner = TestRunner::new(Config { cases: 64, failure_persistence: None, ..Config::default() });
+    let result = runner.run(&histories, |history| {
+        runtime.block_on(async {
+            for exact in [true, false] {
+                history_as_the_model(&domain, &history, exact).await?;
+            }
+            Ok(())
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// Runs one history on a fresh node against the model; `exact`: sessions
+/// never lapse, and the node must decide as the model does.
+async fn history_as_the_model(
+    domain: &RateLimitDomain,
+    history: &[(usize, u64, usize)],
+    exact: bool,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use proptest::test_runner::TestCaseError;
+
+    use crate::metering::{LocalAuthority, Metering, MeteringConfig};
+
+    let f = Fixture::new().with(Entity::RateLimit(domain.clone()));
+    let published =
+        crate::state::published::Published { model: f.model.clone(), applied: None, limits: Default::default() };
+    let model = Arc::new(arc_swap::ArcSwap::from_pointee(published));
+    let mut config = MeteringConfig::default();
+    if exact {
+        config.lease_ms = 1_000 * 86_400_000;
+    }
+    let authority = Arc::new(LocalAuthority::new(model.clone()));
+    let metering = Metering::new(authority, f.clock.clone(), config, Default::default());
+    let g = Gateway::with_metering(model, f.clock.clone(), Default::default(), None, metering);
+    let mut now = NOW_MS;
+    // Used per (count, window start).
+    let mut used: HashMap<(&str, i64), u64> = HashMap::new();
+    for (i, &(shape, hits, step)) in history.iter().enumerate() {
+        now += STEPS_MS[step];
+        f.clock.set_ms(now);
+        let shape = SHAPES[shape];
+        let mut req = ask(&shape.iter().map(|(entries, ..)| *entries).collect::<Vec<_>>());
+        req.hits_addend = hits;
+        // The model: each count's hits added up, all must fit.
+        let mut wanted: HashMap<(&str, i64), (u64, u64)> = HashMap::new();
+        for (_, count, limit, window) in shape {
+            let key = (*count, now - now.rem_euclid(*window));
+            wanted.entry(key).or_insert((0, *limit)).0 += hits;
+        }
+        let fits = wanted.iter().all(|(k, (n, limit))| used.get(k).copied().unwrap_or(0) + n <= *limit);
+        let answer = g.should_rate_limit(&req).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let admitted = answer.overall_code == RateLimitCode::Ok;
+        if admitted && !fits || exact && admitted != fits {
+            return Err(TestCaseError::fail(format!(
+                        "step {i} (exact: {exact}): {shape:?} x{hits} at +{} ms: admitted {admitted}, the model {fits} ({used:?})",
+                        now - NOW_MS
+                    )));
+        }
+        if admitted {
+            for (k, (n, _)) in wanted {
+                *used.entry(k).or_insert(0) += n;
+            }
+        }
+    }
+    Ok(())
+}
