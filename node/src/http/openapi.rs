@@ -59,6 +59,8 @@ use tollgate_proto::command::MAX_CREATE_MANY;
         tollgate_proto::check::Principal,
         tollgate_proto::check::LimitState,
         tollgate_proto::check::ReasonCode,
+        tollgate_proto::ratelimit::RateLimitRequest,
+        tollgate_proto::ratelimit::RateLimitResponse,
         tollgate_proto::usage::UsageReport,
         tollgate_proto::usage::PeriodUsage,
         tollgate_proto::usage::UsageUpdate
@@ -73,6 +75,8 @@ pub enum Access {
     Public,
     /// A bearer admin token (a `read` token only for GET).
     Admin,
+    /// A bearer token of the `check` scope (an edge proxy's): `/v1/ratelimit`.
+    Proxy,
 }
 
 /// One route the HTTP listener serves, and its operation in the document.
@@ -423,6 +427,18 @@ fn constraints() -> Vec<Constraint> {
         ),
         merge("CheckRequest/properties/query", json!({"maxProperties": MAX_FIELDS})),
         merge("Decision/properties/status", json!({"minimum": 100, "maximum": 599})),
+        // The descriptor rate limit check. Lengths are in bytes there; a
+        // quarter of them in characters always fits (UTF-8: at most 4 bytes).
+        merge("RateLimitRequest/properties/domain", json!({"minLength": 1, "maxLength": MAX_DOMAIN / 4})),
+        merge(
+            "RateLimitRequest/properties/descriptors",
+            json!({"minItems": 1, "maxItems": tollgate_proto::ratelimit::MAX_DESCRIPTORS}),
+        ),
+        merge("RateLimitRequest/properties/hits_addend", json!({"maximum": tollgate_proto::ratelimit::MAX_HITS})),
+        merge("RequestDescriptor/properties/entries", json!({"minItems": 1, "maxItems": MAX_DESCRIPTOR_DEPTH})),
+        merge("RequestDescriptor/properties/hits_addend", json!({"maximum": tollgate_proto::ratelimit::MAX_HITS})),
+        merge("DescriptorEntry/properties/key", json!({"minLength": 1, "maxLength": MAX_DESCRIPTOR_KEY / 4})),
+        merge("DescriptorEntry/properties/value", json!({"maxLength": MAX_DESCRIPTOR_VALUE / 4})),
         // Usage
         merge(
             "UsageUpdate/properties/delta",
@@ -950,6 +966,28 @@ pub fn routes() -> Vec<RouteDoc> {
         ],
     );
     routes.push(route("post", "/v1/check", Access::Public, check));
+    let mut ratelimit = operation(
+        "ratelimit",
+        "Check descriptors against a rate limit domain (Envoy's ShouldRateLimit, in JSON): counted all or none",
+        vec![],
+        Some((schema_ref("RateLimitRequest"), true)),
+        vec![
+            (
+                "200",
+                response(
+                    "The answer, OK or OVER_LIMIT, per descriptor and overall (an unknown domain is OK)",
+                    Some(json_body(schema_ref("RateLimitResponse"))),
+                ),
+            ),
+            ("400", bad()),
+            ("401", error("No token of the check scope, or not a valid one")),
+            ("413", too_large()),
+            ("429", error("Too many wrong tokens from this address; see Retry-After")),
+            ("503", unavailable()),
+        ],
+    );
+    ratelimit["security"] = json!([{"check_token": []}]);
+    routes.push(route("post", "/v1/ratelimit", Access::Proxy, ratelimit));
     let api_stage = || {
         [
             param("path", "api", true, json!({"type": "string", "minLength": 1, "maxLength": 64}), "API id"),
@@ -1163,8 +1201,11 @@ fn build() -> (Value, Vec<String>) {
             schemas[replacement] = schema;
         }
     }
-    doc["components"]["securitySchemes"] =
-        json!({"admin_token": {"type": "http", "scheme": "bearer", "description": "An admin token"}});
+    doc["components"]["securitySchemes"] = json!({
+        "admin_token": {"type": "http", "scheme": "bearer", "description": "An admin token"},
+        "check_token": {"type": "http", "scheme": "bearer",
+            "description": "A token of the check scope (an edge proxy's), or a write admin token"}
+    });
     let mut paths = Map::new();
     for r in routes() {
         let item = paths.entry(r.path.clone()).or_insert_with(|| json!({}));
@@ -1240,6 +1281,7 @@ mod tests {
         ("get", "/metrics"),
         ("get", "/openapi.json"),
         ("post", "/v1/check"),
+        ("post", "/v1/ratelimit"),
         ("get", "/.well-known/jwks.json"),
         ("any", "/v1/forward-auth/{api}/{stage}"),
         ("any", "/v1/forward-auth/{api}/{stage}/{rest}"),
@@ -1286,9 +1328,14 @@ mod tests {
         let doc = document();
         for r in routes() {
             let op = &doc["paths"][&r.path][r.method];
-            let secured = op.get("security").is_some();
-            assert_eq!(secured, r.access == Access::Admin, "{} {}", r.method, r.path);
-            assert_eq!(secured, r.path.starts_with("/v1/admin/"), "{} {}", r.method, r.path);
+            let scheme = op["security"][0].as_object().and_then(|s| s.keys().next().cloned());
+            let expected = match r.access {
+                Access::Admin => Some("admin_token"),
+                Access::Proxy => Some("check_token"),
+                Access::Public => None,
+            };
+            assert_eq!(scheme.as_deref(), expected, "{} {}", r.method, r.path);
+            assert_eq!(r.access == Access::Admin, r.path.starts_with("/v1/admin/"), "{} {}", r.method, r.path);
         }
         assert!(doc.get("security").is_none(), "no document-wide requirement: public routes are public");
     }
