@@ -457,6 +457,10 @@ fn yaml_error(
             message = "metadata is not supported by Tollgate (envoyproxy/ratelimit only copies it into the \
                        response's dynamic metadata): remove it"
                 .into();
+        } else if name == "<<" {
+            message = "merge keys (`<<: *anchor`) are not supported: write the fields out (an alias of a whole \
+                       value, `rate_limit: *hourly`, works)"
+                .into();
         } else if let Some((_, home)) = FIELD_HOMES.iter().find(|(known, _)| *known == name) {
             message.push_str(&format!(" (`{name}` belongs {home})"));
         }

@@ -223,6 +223,14 @@ fn an_unknown_field_is_refused_at_its_line_and_column_at_every_level() {
             "metadata is not supported by Tollgate",
         ),
         ("domain: d\nmetadata: {a: 1}\n", 2, 1, "metadata", "metadata is not supported by Tollgate"),
+        // YAML merge keys: refused with what to write instead.
+        (
+            "domain: d\ndescriptors:\n  - key: a\n    rate_limit: &l {unit: day}\n  - key: b\n    rate_limit:\n      <<: *l\n",
+            7,
+            7,
+            "descriptors[1].rate_limit.<<",
+            "merge keys (`<<: *anchor`) are not supported",
+        ),
     ];
     for (text, line, column, field, says) in table {
         assert_refused(text, line, column, field, says);
