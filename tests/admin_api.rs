@@ -19,7 +19,7 @@ async fn bad_input_on_every_admin_route_is_a_4xx_that_changes_nothing() {
     cluster.leader().await;
     let node = 1;
 
-    let collections = ["apis", "plans", "keys", "policies", "authorizers", "tokens"];
+    let collections = ["apis", "plans", "keys", "policies", "authorizers", "tokens", "ratelimits"];
     let bodies: Vec<(&str, String)> = vec![
         ("empty body", String::new()),
         ("not JSON", "{nope".into()),

@@ -19,7 +19,9 @@
 //! period rollover and the chaos run. `admin_api`: the admin API's bad input,
 //! secrets, tokens and scopes. `check_api`: the check endpoints' malformed
 //! requests and spellings that try to walk around routes. `client`:
-//! tollgate-client and the binary protocol. `proxies`: nginx and Caddy in
+//! tollgate-client and the binary protocol. `rate_limits`: rate limit
+//! domains through the admin API, and `tollgate limits import` of
+//! envoyproxy/ratelimit files. `proxies`: nginx and Caddy in
 //! front of a real upstream, configured from `deploy/`. `grpc`: Envoy's ext_authz over gRPC (a tonic client
 //! built from envoy-types) against forward-auth's decisions. `ratelimit`:
 //! Envoy's rate limit service (`ShouldRateLimit`) and `POST /v1/ratelimit`
@@ -55,5 +57,6 @@ mod metering;
 mod openapi;
 mod proxies;
 mod quotas;
+mod rate_limits;
 mod ratelimit;
 mod tls;

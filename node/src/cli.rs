@@ -1,6 +1,7 @@
 //! The `tollgate` command line: `serve`, `dev`, and admin subcommands that call
 //! the admin HTTP API (`keys`, `plans`, `apis`, `policies`, `authorizers`,
-//! `tokens`, `cluster`).
+//! `tokens`, `limits`, `cluster`). Reading files is in submodules: key
+//! imports (`import`), envoyproxy/ratelimit configuration files (`limits`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -16,6 +17,7 @@ use crate::config::ServeArgs;
 use crate::dev::DevArgs;
 
 mod import;
+mod limits;
 
 #[derive(Parser)]
 #[command(name = "tollgate", version, about = "Distributed rate-limit and API-key metering cluster")]
@@ -68,6 +70,10 @@ enum Top {
     /// Admin tokens.
     #[command(subcommand)]
     Tokens(TokenCmd),
+    /// Descriptor limits for Envoy's rate limit service: rate limit domains,
+    /// loaded from envoyproxy/ratelimit configuration files.
+    #[command(subcommand)]
+    Limits(LimitCmd),
     /// Cluster membership and status.
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -215,6 +221,31 @@ enum TokenCmd {
 }
 
 #[derive(Subcommand)]
+enum LimitCmd {
+    /// Load envoyproxy/ratelimit configuration files (YAML).
+    ///
+    /// One domain per YAML document (`---` between documents). Each domain
+    /// is created, or replaces the stored domain of the same name (keeping
+    /// its id). Every file is read and checked before anything is written;
+    /// an error names the file, line, column and field. `metadata` is
+    /// refused: Tollgate has nowhere to keep it.
+    Import {
+        /// The files (`-`: standard input).
+        #[arg(required = true)]
+        files: Vec<String>,
+        /// Read and check the files, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List rate limit domains, in id order (JSON).
+    List(ListArgs),
+    /// Show the rate limit domain with this domain name (JSON).
+    Get { domain: String },
+    /// Delete the rate limit domain with this domain name.
+    Delete { domain: String },
+}
+
+#[derive(Subcommand)]
 enum ClusterCmd {
     Status,
     /// Add a node (as learner, then voter unless --learner).
@@ -354,6 +385,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Top::Policies(cmd) => objects(&admin()?, "policies", cmd).await,
         Top::Authorizers(cmd) => objects(&admin()?, "authorizers", cmd).await,
         Top::Tokens(cmd) => tokens(&admin()?, cmd).await,
+        Top::Limits(LimitCmd::Import { files, dry_run: true }) => {
+            for loaded in limits::read_files(&files)? {
+                let rules = limits::rule_count(&loaded.domain.descriptors);
+                output(&format!(
+                    "checked {:?} ({}): {rules} descriptors",
+                    loaded.domain.domain,
+                    loaded.source.origin()
+                ))?;
+            }
+            Ok(())
+        }
+        Top::Limits(cmd) => rate_limits(&admin()?, cmd).await,
         Top::Cluster(cmd) => cluster(&admin()?, cmd).await,
     }
 }
@@ -562,6 +605,43 @@ async fn tokens(admin: &Admin, cmd: TokenCmd) -> anyhow::Result<()> {
         }
         TokenCmd::List(args) => admin.list("tokens", &args).await,
         TokenCmd::Delete { id } => admin.print(Method::DELETE, &format!("/v1/admin/tokens/{id}"), None).await,
+    }
+}
+
+async fn rate_limits(admin: &Admin, cmd: LimitCmd) -> anyhow::Result<()> {
+    let client = || admin.client.as_ref().ok_or_else(|| anyhow!("set --token or TOLLGATE_ADMIN_TOKEN"));
+    // The stored domain named `domain`, or an error saying there is none.
+    let stored = |domain: String| async move {
+        limits::find(client()?, &domain).await?.ok_or_else(|| anyhow!("no rate limit domain {domain:?}"))
+    };
+    match cmd {
+        LimitCmd::Import { files, dry_run: _ } => {
+            // Every file is read and checked before the first write.
+            let all = limits::read_files(&files)?;
+            let client = client()?;
+            for (done, loaded) in all.iter().enumerate() {
+                let (id, outcome) = limits::write(client, loaded).await.map_err(|e| match done {
+                    0 => e,
+                    _ => anyhow!(
+                        "{e:#}\n({done} of the {} domains were written before this one; importing again writes the rest)",
+                        all.len()
+                    ),
+                })?;
+                let verb = match outcome {
+                    limits::Outcome::Created => "created",
+                    limits::Outcome::Replaced => "replaced",
+                };
+                output(&format!("{verb} {:?} ({id}) from {}", loaded.domain.domain, loaded.source.origin()))?;
+            }
+            Ok(())
+        }
+        LimitCmd::List(args) => admin.list("ratelimits", &args).await,
+        LimitCmd::Get { domain } => output(&serde_json::to_string_pretty(&stored(domain).await?)?).map_err(Into::into),
+        LimitCmd::Delete { domain } => {
+            let found = stored(domain).await?;
+            let id = found["id"].as_str().unwrap_or_default();
+            admin.print(Method::DELETE, &format!("/v1/admin/ratelimits/{id}"), None).await
+        }
     }
 }
 
