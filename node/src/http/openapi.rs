@@ -427,9 +427,9 @@ fn constraints() -> Vec<Constraint> {
         ),
         merge("CheckRequest/properties/query", json!({"maxProperties": MAX_FIELDS})),
         merge("Decision/properties/status", json!({"minimum": 100, "maximum": 599})),
-        // The descriptor rate limit check. Lengths are in bytes there; a
-        // quarter of them in characters always fits (UTF-8: at most 4 bytes).
-        merge("RateLimitRequest/properties/domain", json!({"minLength": 1, "maxLength": MAX_DOMAIN / 4})),
+        // The descriptor rate limit check. Lengths are in bytes there, in
+        // characters here: a longer string of multi-byte characters is a 400.
+        merge("RateLimitRequest/properties/domain", json!({"minLength": 1, "maxLength": MAX_DOMAIN})),
         merge(
             "RateLimitRequest/properties/descriptors",
             json!({"minItems": 1, "maxItems": tollgate_proto::ratelimit::MAX_DESCRIPTORS}),
@@ -437,8 +437,8 @@ fn constraints() -> Vec<Constraint> {
         merge("RateLimitRequest/properties/hits_addend", json!({"maximum": tollgate_proto::ratelimit::MAX_HITS})),
         merge("RequestDescriptor/properties/entries", json!({"minItems": 1, "maxItems": MAX_DESCRIPTOR_DEPTH})),
         merge("RequestDescriptor/properties/hits_addend", json!({"maximum": tollgate_proto::ratelimit::MAX_HITS})),
-        merge("DescriptorEntry/properties/key", json!({"minLength": 1, "maxLength": MAX_DESCRIPTOR_KEY / 4})),
-        merge("DescriptorEntry/properties/value", json!({"maxLength": MAX_DESCRIPTOR_VALUE / 4})),
+        merge("DescriptorEntry/properties/key", json!({"minLength": 1, "maxLength": MAX_DESCRIPTOR_KEY})),
+        merge("DescriptorEntry/properties/value", json!({"maxLength": MAX_DESCRIPTOR_VALUE})),
         // Usage
         merge(
             "UsageUpdate/properties/delta",
