@@ -275,3 +275,80 @@ async fn a_daily_limit_holds_when_the_node_a_client_uses_is_killed() {
     assert!(after >= 1, "the survivors decide");
     assert!(before + after <= 40, "{before} + {after} admitted of 40");
 }
+
+/// The example configuration (`deploy/ratelimit/example.yaml`, envoyproxy/ratelimit's
+/// format), imported with the CLI, decides as its comments say.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_example_configuration_imported_with_the_cli_decides_as_its_comments_say() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/ratelimit/example.yaml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["--url", &cluster.url(leader), "--token", harness::TOKEN, "limits", "import"])
+        .arg(&example)
+        .output()
+        .expect("tollgate limits import");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let node = cluster.other_than(leader);
+    harness::wait_until("the domain replicated", || async {
+        cluster.get(node, "/v1/admin/ratelimits?domain=storefront&stale=true").await.1["items"]
+            .as_array()
+            .is_some_and(|d| d.len() == 1)
+    })
+    .await;
+    let channel = Channel::from_shared(cluster.node(node).grpc_url()).expect("url").connect().await.expect("channel");
+    let token = harness::TOKEN;
+    let ask_one = |entries: Vec<Vec<(&'static str, &'static str)>>| {
+        let descriptors = entries.iter().map(|e| descriptor(e)).collect();
+        RateLimitRequest { domain: "storefront".into(), descriptors, hits_addend: 0 }
+    };
+    let count_ok = |channel: Channel, req: RateLimitRequest, n: usize| async move {
+        let mut admitted = 0;
+        for _ in 0..n {
+            admitted += usize::from(ok(&channel, token, req.clone()).await);
+        }
+        admitted
+    };
+
+    // "Each client address, 20 requests a second": 25 in one second, 20 pass.
+    // At the start of a second (25 calls take far less than one).
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_millis() as u64;
+    tokio::time::sleep(std::time::Duration::from_millis(1_000 - ms % 1_000 + 10)).await;
+    let one_address = ask_one(vec![vec![("remote_address", "203.0.113.5")]]);
+    let started = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs();
+    let admitted = count_ok(channel.clone(), one_address, 25).await;
+    let ended = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs();
+    if started == ended {
+        assert_eq!(admitted, 20, "20 a second for one address");
+    }
+    // "The load balancer's health checker is never limited."
+    let checker = ask_one(vec![vec![("remote_address", "192.0.2.10")]]);
+    assert_eq!(count_ok(channel.clone(), checker.clone(), 40).await, 40);
+    let answer = ask(&channel, Some(token), checker).await.expect("an answer");
+    assert_eq!((answer.statuses[0].limit_remaining, answer.statuses[0].current_limit.clone()), (u32::MAX, None));
+
+    within_one_window(60, 15).await;
+    // "(api_key, K), (path, P): search paths, 30 a minute per key and path."
+    let search = ask_one(vec![vec![("api_key", "k1"), ("path", "/search?q=shoes")]]);
+    assert_eq!(count_ok(channel.clone(), search, 35).await, 30);
+    let other_path = ask_one(vec![vec![("api_key", "k1"), ("path", "/search/boots")]]);
+    assert_eq!(count_ok(channel.clone(), other_path, 2).await, 2, "another path, another count");
+    // "Exports: every path under /exports/ shares one count per key" (5 a minute).
+    let a = ask_one(vec![vec![("api_key", "k1"), ("path", "/exports/a.csv")]]);
+    let b = ask_one(vec![vec![("api_key", "k1"), ("path", "/exports/b.csv")]]);
+    assert_eq!(count_ok(channel.clone(), a, 3).await + count_ok(channel.clone(), b, 3).await, 5);
+    // "Each API key: 1,000 requests an hour", named key_hourly; a partner's
+    // descriptor "replaces" it with 20,000.
+    let key = ask(&channel, Some(token), ask_one(vec![vec![("api_key", "k2")]])).await.expect("an answer");
+    let limit = key.statuses[0].current_limit.clone().expect("a limit");
+    assert_eq!((limit.requests_per_unit, limit.name.as_str()), (1000, "key_hourly"));
+    let partner = ask_one(vec![vec![("api_key", "k3")], vec![("plan", "partner"), ("api_key", "k3")]]);
+    let answer = ask(&channel, Some(token), partner).await.expect("an answer");
+    assert_eq!(answer.statuses[0].current_limit, None, "key_hourly is replaced");
+    assert_eq!(answer.statuses[1].current_limit.as_ref().map(|l| l.requests_per_unit), Some(20_000));
+    // "Counted, and reported in the answer's statuses, but never refusing" (10 a minute).
+    let checkout = ask_one(vec![vec![("path", "/checkout")]]);
+    assert_eq!(count_ok(channel.clone(), checkout.clone(), 15).await, 15);
+    let answer = ask(&channel, Some(token), checkout).await.expect("an answer");
+    assert_eq!((answer.statuses[0].code, answer.statuses[0].limit_remaining), (Code::Ok as i32, 0));
+}
