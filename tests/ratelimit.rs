@@ -266,6 +266,13 @@ async fn a_daily_limit_holds_when_the_node_a_client_uses_is_killed() {
             ask(&channel, Some(&token), daily()).await.is_ok()
         })
         .await;
+        // Its gRPC health says SERVING for the rate limit service too (what
+        // Envoy's health check of the cluster asks).
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let asked =
+            tonic_health::pb::HealthCheckRequest { service: "envoy.service.ratelimit.v3.RateLimitService".into() };
+        let status = health.check(asked).await.expect("health answers").into_inner().status;
+        assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
         for _ in 0..30 {
             after += usize::from(ok(&channel, &token, daily()).await);
         }
