@@ -316,14 +316,13 @@ fn plan(
             });
         } else {
             let bucket = BucketId::Window { domain: domain.domain.clone(), counter: c.counter.clone(), start_ms };
-            let hits = u32::try_from(c.hits).unwrap_or(u32::MAX);
             at[i] = Some(match limits.throttles.iter().position(|t| t.bucket == bucket) {
                 Some(j) => {
-                    limits.throttles[j].cost = limits.throttles[j].cost.saturating_add(hits);
+                    limits.throttles[j].cost = limits.throttles[j].cost.saturating_add(c.hits);
                     LimitAt::Throttle(j)
                 }
                 None => {
-                    limits.throttles.push(ThrottleLimit::fixed_window(bucket, c.limit.requests_per_unit, hits));
+                    limits.throttles.push(ThrottleLimit::fixed_window(bucket, c.limit.requests_per_unit, c.hits));
                     LimitAt::Throttle(limits.throttles.len() - 1)
                 }
             });

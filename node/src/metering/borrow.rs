@@ -100,7 +100,7 @@ impl Metering {
         for (i, limit) in limits.throttles.iter().enumerate() {
             let (id, t, cost, reason) = (&limit.bucket, &limit.throttle, limit.cost, limit.reason);
             let at = Some(LimitAt::Throttle(i));
-            if cost > t.burst {
+            if cost > u64::from(t.burst) {
                 // More than the bucket ever holds: never admitted.
                 return Err(Stop::Refused(Refusal { reason, state: throttled_state(t, 1000), at }));
             }
@@ -120,7 +120,7 @@ impl Metering {
                 b.unused = b.unused.saturating_add(std::mem::take(&mut b.tokens));
                 b.denied_until_ms = 0;
             }
-            if b.tokens >= cost {
+            if u64::from(b.tokens) >= cost {
                 sources.push(Source::Borrowed);
                 continue;
             }
@@ -137,7 +137,7 @@ impl Metering {
                     None => local.fallback.entry(id.clone()).or_insert_with(|| Bucket::full(&local_t, now_ms)),
                 };
                 fb.refill(&local_t, now_ms);
-                if fb.tokens < f64::from(cost) {
+                if fb.tokens < cost as f64 {
                     let state = throttled_state(&local_t, fb.wait_ms(&local_t));
                     return Err(Stop::Refused(Refusal { reason, state, at }));
                 }
@@ -149,7 +149,8 @@ impl Metering {
             }
             b.fetching = true;
             let fetched = b.fetched.subscribe();
-            local.lends.push((id.clone(), *t, cost));
+            // At most the burst (checked above), so it fits the loan's width.
+            local.lends.push((id.clone(), *t, u32::try_from(cost).unwrap_or(u32::MAX)));
             let start = one_more(&mut local.lending);
             return Err(Stop::Wait(Need::Tokens { start, fetched }));
         }
@@ -174,7 +175,7 @@ impl Metering {
             let remaining = match source {
                 Source::Borrowed => {
                     let Some(b) = local.borrowed.get_mut(id) else { continue };
-                    b.tokens = b.tokens.saturating_sub(cost);
+                    b.tokens = b.tokens.saturating_sub(u32::try_from(cost).unwrap_or(u32::MAX));
                     b.last_used_ms = now_ms;
                     // Tokens in use stay usable: they lapse only unused.
                     b.valid_until_ms = now_ms.saturating_add(self.config.quiet_ms);
@@ -195,7 +196,7 @@ impl Metering {
                 }
                 Source::Fallback => {
                     let Some(fb) = local.fallback.get_mut(id) else { continue };
-                    fb.tokens -= f64::from(cost);
+                    fb.tokens -= cost as f64;
                     fb.tokens.max(0.0) as u64
                 }
             };

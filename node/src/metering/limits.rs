@@ -36,8 +36,9 @@ pub struct ThrottleLimit {
     pub bucket: BucketId,
     pub throttle: Throttle,
     /// Tokens one request takes: 1 for a check, `hits_addend` for a
-    /// descriptor; at most the burst (more is refused at once).
-    pub cost: u32,
+    /// descriptor (summed, never saturated at the burst's width); more
+    /// than the burst is refused at once.
+    pub cost: u64,
     /// `StageThrottled` or `Throttled` (also for a descriptor window).
     pub reason: ReasonCode,
 }
@@ -55,7 +56,7 @@ impl ThrottleLimit {
     /// A fixed window of `limit` requests, counted as a bucket of `limit`
     /// tokens that does not refill ([`FIXED_WINDOW_RATE`]); `bucket` names
     /// the window.
-    pub fn fixed_window(bucket: BucketId, limit: u32, cost: u32) -> Self {
+    pub fn fixed_window(bucket: BucketId, limit: u32, cost: u64) -> Self {
         let throttle = Throttle { rate_per_sec: FIXED_WINDOW_RATE, burst: limit };
         ThrottleLimit { bucket, throttle, cost, reason: ReasonCode::Throttled }
     }

@@ -83,7 +83,7 @@ fn local_metering(limit: u64) -> (Arc<Metering>, Arc<ManualClock>) {
     (Metering::new(authority, clock.clone(), MeteringConfig::default(), Default::default()), clock)
 }
 
-fn window(name: &str, limit: u32, cost: u32) -> ThrottleLimit {
+fn window(name: &str, limit: u32, cost: u64) -> ThrottleLimit {
     let bucket = BucketId::Stage { api: name.into(), stage: "window".into() };
     ThrottleLimit::fixed_window(bucket, limit, cost)
 }
@@ -153,7 +153,7 @@ async fn a_request_takes_its_cost_from_every_limit_or_from_none() {
 async fn a_refused_quota_takes_nothing_from_the_throttles_beside_it() {
     let (m, _clock) = local_metering(2);
     let both = |cost| Limits {
-        throttles: [window("w", 100, cost as u32)].into_iter().collect(),
+        throttles: [window("w", 100, cost)].into_iter().collect(),
         quotas: [quota(2, cost)].into_iter().collect(),
     };
     m.admit(&both(2), scenarios::T0).await.expect("2 of 2, 2 of 100");

@@ -125,6 +125,17 @@ async fn hits_are_charged_per_request_or_per_descriptor() {
     assert_eq!(admitted(&g, &req, 1).await, 0, "6 > 5");
     req.descriptors[0].hits_addend = Some(5);
     assert_eq!(admitted(&g, &req, 2).await, 1, "all 5 at once");
+    // Hits of one count add up past 32 bits: 5 x 10^9 is more than a
+    // window of 2^32 - 1 holds, for a minute window as for an hour.
+    for unit in ["minute", "hour"] {
+        let mut big: RateLimitRequest = entity(json!({"domain": "edge", "descriptors": [{
+            "entries": [{"key": "huge", "value": unit}], "hits_addend": 1_000_000_000_u64,
+            "limit": {"requests_per_unit": u32::MAX, "unit": unit}}]}));
+        big.descriptors = vec![big.descriptors[0].clone(); 5];
+        assert_eq!(admitted(&g, &big, 1).await, 0, "{unit}: 5 x 10^9 > 2^32 - 1");
+        big.descriptors.truncate(4);
+        assert_eq!(admitted(&g, &big, 1).await, 1, "{unit}: 4 x 10^9 fits");
+    }
 }
 
 #[tokio::test]
