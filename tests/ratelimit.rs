@@ -242,6 +242,22 @@ async fn a_request_over_one_limit_is_charged_to_none_and_bad_input_is_invalid_ar
     assert_eq!(refused.status(), 400);
     let refused: serde_json::Value = refused.json().await.expect("JSON");
     assert_eq!(refused["error"]["field"], "descriptors[0].entries[0].key", "{refused}");
+    // Guesses from this address use up its budget: then a guess (or the
+    // bootstrap token) is a 429, but the stored proxy token still passes.
+    let mut locked = false;
+    for _ in 0..12 {
+        let guess = cluster.http.post(&url).bearer_auth("tga_guess").json(&body).send().await.expect("a response");
+        if guess.status() == 429 {
+            locked = true;
+            break;
+        }
+        assert_eq!(guess.status(), 401);
+    }
+    assert!(locked, "429 within 12 wrong tokens");
+    let bootstrap = cluster.http.post(&url).bearer_auth(harness::TOKEN).json(&body).send().await.expect("a response");
+    assert_eq!(bootstrap.status(), 429);
+    let proxy = cluster.http.post(&url).bearer_auth(&token).json(&body).send().await.expect("a response");
+    assert_eq!(proxy.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]
