@@ -67,10 +67,17 @@ pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// proxy. Also the calls decided at once per connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// Calls under way at once on this node, over every connection: past it a
-/// call waits for one to end before its message is read. With the windows
-/// below this bounds what stalled calls can make a node hold: about
+/// call is refused at once (`RESOURCE_EXHAUSTED`), never queued. With the
+/// windows below this bounds what stalled calls can make a node hold: about
 /// `MAX_CALLS` messages, and each connection's window of unread data.
-pub const MAX_CALLS: usize = 1024;
+pub const MAX_CALLS: usize = 4096;
+/// Calls under way at once from one client address: a caller that stalls
+/// its calls (or only sends many) takes at most this many of
+/// [`MAX_CALLS`], and every other address keeps being answered.
+pub const MAX_CALLS_PER_ADDRESS: usize = 1024;
+/// A call whose message stops arriving for this long is ended (its slot
+/// freed): a proxy sends a whole message at once.
+pub const MESSAGE_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// HTTP/2 flow control: what a caller may send on one stream ahead of what
 /// the node has read (a whole message fits), and on one connection (two).
 pub const STREAM_WINDOW_BYTES: u32 = 64 * 1024;
@@ -259,6 +266,105 @@ fn authenticate(app: &App, failures: &AuthFailures, request: &tonic::Request<()>
     }
 }
 
+/// The calls under way, on the node and per client address: a call past
+/// either bound is answered `RESOURCE_EXHAUSTED` at once, so one caller
+/// (stalling its calls, or only sending many) cannot hold every slot and
+/// make the others wait, and no call waits for a slot holding its headers.
+#[derive(Clone)]
+struct CallSlots {
+    under_way: Arc<std::sync::Mutex<SlotCounts>>,
+    max: usize,
+    per_address: usize,
+}
+
+#[derive(Default)]
+struct SlotCounts {
+    total: usize,
+    by_address: std::collections::HashMap<Option<std::net::IpAddr>, usize>,
+}
+
+impl CallSlots {
+    fn new(max: usize, per_address: usize) -> Self {
+        CallSlots { under_way: Arc::default(), max, per_address }
+    }
+
+    /// A slot for a call from `address`, if one is free.
+    fn take(&self, address: Option<std::net::IpAddr>) -> Option<CallSlot> {
+        let mut counts = self.under_way.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = counts.by_address.get(&address).copied().unwrap_or(0);
+        if counts.total >= self.max || mine >= self.per_address {
+            return None;
+        }
+        counts.total += 1;
+        *counts.by_address.entry(address).or_insert(0) += 1;
+        Some(CallSlot { under_way: self.under_way.clone(), address })
+    }
+}
+
+/// A call's slot, given back when the call ends (its future is dropped).
+struct CallSlot {
+    under_way: Arc<std::sync::Mutex<SlotCounts>>,
+    address: Option<std::net::IpAddr>,
+}
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        let mut counts = self.under_way.lock().unwrap_or_else(|p| p.into_inner());
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(n) = counts.by_address.get_mut(&self.address) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.by_address.remove(&self.address);
+            }
+        }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for CallSlots {
+    type Service = SlottedService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        SlottedService { inner, slots: self.clone() }
+    }
+}
+
+/// A service whose calls each hold a [`CallSlot`].
+#[derive(Clone)]
+struct SlottedService<S> {
+    inner: S,
+    slots: CallSlots,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for SlottedService<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        let address = request.extensions().get::<Caller>().and_then(|c| c.addr).map(|a| a.ip().to_canonical());
+        let Some(slot) = self.slots.take(address) else {
+            let refused = tonic::Status::resource_exhausted(
+                "too many calls under way (from this address, or on this node): retry shortly",
+            );
+            return Box::pin(async move { Ok(refused.into_http()) });
+        };
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let answer = call.await;
+            drop(slot);
+            answer
+        })
+    }
+}
+
 /// tonic answers a request message that does not decode (a string field
 /// that is not UTF-8, a wrong wire type, or no protobuf at all) with
 /// `INTERNAL`, as gRPC's status guide has it for a server's own parse
@@ -362,7 +468,11 @@ pub async fn serve(
         .concurrency_limit_per_connection(MAX_CONCURRENT_STREAMS as usize)
         .timeout(CALL_TIMEOUT)
         .layer(tower::util::MapResponseLayer::new(undecodable_is_invalid_argument::<tonic::body::Body>))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_CALLS))
+        .layer(CallSlots::new(MAX_CALLS, MAX_CALLS_PER_ADDRESS))
+        .layer(tower::util::MapRequestLayer::new(|request: axum::http::Request<tonic::body::Body>| {
+            request
+                .map(|body| tonic::body::Body::new(tower_http::timeout::TimeoutBody::new(MESSAGE_IDLE_TIMEOUT, body)))
+        }))
         .add_service(service)
         .add_service(rls)
         .add_service(health_service)
@@ -386,6 +496,22 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_address_takes_at_most_its_share_of_the_call_slots_and_ends_give_them_back() {
+        let slots = CallSlots::new(3, 2);
+        let (a, b, c) = (Some([10, 0, 0, 1].into()), Some([10, 0, 0, 2].into()), None);
+        let a1 = slots.take(a).expect("a's first");
+        let a2 = slots.take(a).expect("a's second");
+        assert!(slots.take(a).is_none(), "a has its two");
+        let b1 = slots.take(b).expect("b still gets one");
+        assert!(slots.take(c).is_none(), "the node has its three");
+        drop(a1);
+        let a3 = slots.take(a).expect("a's first slot came back");
+        drop((a2, a3, b1));
+        let counts = slots.under_way.lock().unwrap_or_else(|p| p.into_inner());
+        assert_eq!((counts.total, counts.by_address.len()), (0, 0), "every slot given back, no address left");
+    }
 
     #[test]
     fn an_undecodable_message_is_invalid_argument_and_nothing_else_changes() {
