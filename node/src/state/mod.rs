@@ -117,6 +117,12 @@ pub const LEDGER_RETENTION_MS: i64 = 400 * tollgate_proto::metering::DAY_MS;
 /// (grants live seconds; a report that comes later finds no ledger, and a
 /// new one for a past window is forgotten again).
 pub const DESCRIPTOR_LEDGER_GRACE_MS: i64 = 10 * 60 * 1000;
+/// The most descriptor counts of an hour and longer the cluster keeps at
+/// once (each a ledger on every node, until 10 minutes after its window):
+/// past it a new one is refused (`ShouldRateLimit` answers `UNAVAILABLE`),
+/// and the counts already kept go on. Values clients choose (addresses,
+/// ids) belong in windows under an hour, which the leader counts in memory.
+pub const MAX_DESCRIPTOR_LEDGERS: usize = 100_000;
 /// The most descriptor ledgers one metering command forgets.
 const FORGET_PER_COMMAND: usize = 1024;
 
@@ -486,6 +492,16 @@ impl Model {
         change: impl FnOnce(&mut QuotaLedger, u64) -> Result<u64, Rejection>,
     ) -> Outcome {
         let limit = self.ledger_limit(&period)?;
+        let full = self.descriptor_ledger_ends.len() >= MAX_DESCRIPTOR_LEDGERS;
+        if full && !self.ledgers.contains_key(&period) && CounterKey::of_period(&period).is_some() {
+            return Err(Rejection::conflict(
+                Some("key_id"),
+                format!(
+                    "the cluster keeps {MAX_DESCRIPTOR_LEDGERS} descriptor counts of an hour or longer already; \
+                     a new one starts when older windows end"
+                ),
+            ));
+        }
         let mut ops = Vec::new();
         let (mut ledger, old) = match self.ledgers.get(&period) {
             Some(ledger) => (ledger.clone(), Vec::new()),
@@ -850,6 +866,55 @@ mod tests {
         // Making "beta" cover prod too would put k1 in two plans for pets/prod.
         let answer = put(&mut m, plan("beta", &[("pets", "beta"), ("pets", "prod")]), PutMode::Replace, 2);
         assert_eq!(rejection(answer), RejectionKind::Conflict);
+    }
+
+    #[test]
+    fn descriptor_counts_of_an_hour_stop_at_the_cap_and_are_forgotten_after_their_window() {
+        use tollgate_proto::descriptors::{CounterKey, CounterPath, CounterStep};
+        let mut m = Model::default();
+        let domain: RateLimitDomain = serde_json::from_value(serde_json::json!({"id": "rld_1", "domain": "edge",
+            "descriptors": [{"key": "user", "rate_limit": {"unit": "hour", "requests_per_unit": 5}}]}))
+        .unwrap_or_else(|e| panic!("{e}"));
+        put(&mut m, Entity::RateLimit(domain), PutMode::Create, 1).unwrap();
+        let period = |i: usize| {
+            let step = CounterStep { key: "user".into(), rule_value: None, value: format!("u{i}") };
+            let key = CounterKey { path: CounterPath(vec![step]), unit: RateLimitUnit::Hour, override_limit: None };
+            key.period("edge", 0)
+        };
+        let session = 1 << 32 | 7;
+        let mut asked = 0;
+        while asked < MAX_DESCRIPTOR_LEDGERS {
+            let n = MAX_LEASE_ASKS.min(MAX_DESCRIPTOR_LEDGERS - asked);
+            let asks = (asked..asked + n).map(|i| LeaseAsk { period: period(i), holder: session, want: 1 }).collect();
+            let (answer, _) = m.apply(Command::QuotaLease { session, until_ms: 10_000, asks, now_ms: 1_000 });
+            let Ok(Applied::Lease { grants, .. }) = answer else { panic!("{answer:?}") };
+            assert!(grants.iter().all(|g| matches!(g, Ok(Applied::Quota { granted: 1, .. }))));
+            asked += n;
+        }
+        // Full: a new count is refused, one kept goes on.
+        let asks = vec![
+            LeaseAsk { period: period(asked), holder: session, want: 1 },
+            LeaseAsk { period: period(0), holder: session, want: 1 },
+        ];
+        let (answer, _) = m.apply(Command::QuotaLease { session, until_ms: 10_000, asks, now_ms: 2_000 });
+        let Ok(Applied::Lease { grants, .. }) = answer else { panic!("{answer:?}") };
+        assert_eq!(grants[0].clone().expect_err("full").field.as_deref(), Some("key_id"));
+        assert!(matches!(grants[1], Ok(Applied::Quota { granted: 1, .. })), "{:?}", grants[1]);
+        // Ten minutes after the hour, each command forgets a batch of them.
+        let later = 3_600_000 + DESCRIPTOR_LEDGER_GRACE_MS + 1;
+        let (_, ops) = m.apply(Command::QuotaLease {
+            session: 2 << 32 | 1,
+            until_ms: later + 10_000,
+            asks: vec![],
+            now_ms: later,
+        });
+        assert_eq!(ops.iter().filter(|op| matches!(op, Op::Delete(_))).count(), FORGET_PER_COMMAND);
+        assert_eq!(m.ledgers.len(), MAX_DESCRIPTOR_LEDGERS - FORGET_PER_COMMAND);
+        let asks = vec![LeaseAsk { period: period(asked).clone(), holder: session, want: 1 }];
+        let (answer, _) =
+            m.apply(Command::QuotaLease { session: 2 << 32 | 1, until_ms: later + 10_000, asks, now_ms: later });
+        let Ok(Applied::Lease { grants, .. }) = answer else { panic!("{answer:?}") };
+        assert!(grants[0].is_ok(), "room again: {:?}", grants[0]);
     }
 
     #[test]
