@@ -333,6 +333,18 @@ mod tests {
     }
 
     #[test]
+    fn units_read_in_lower_case_and_in_envoys_upper_case_and_windows_align_to_the_epoch() {
+        for (text, unit) in
+            [("\"hour\"", RateLimitUnit::Hour), ("\"HOUR\"", RateLimitUnit::Hour), ("\"YEAR\"", RateLimitUnit::Year)]
+        {
+            assert_eq!(serde_json::from_str::<RateLimitUnit>(text).ok(), Some(unit), "{text}");
+        }
+        assert!(serde_json::from_str::<RateLimitUnit>("\"Hour\"").is_err());
+        assert_eq!(RateLimitUnit::Minute.window(125_000), (120_000, 180_000));
+        assert_eq!(RateLimitUnit::Month.window(0), (0, 30 * 86_400_000));
+    }
+
+    #[test]
     fn wildcards_match_as_the_reference_service_does() {
         let table = [
             ("a*", "a", true),

@@ -999,23 +999,31 @@ pub struct LimitReplaces {
 
 /// The window of a [`DescriptorRateLimit`] (Envoy's `RateLimitResponse.RateLimit.Unit`).
 /// Windows are fixed and aligned to the Unix epoch: a month is 30 days and
-/// a year 365, as envoyproxy/ratelimit counts them.
+/// a year 365, as envoyproxy/ratelimit counts them. In JSON, lower case
+/// (`hour`); Envoy's upper-case names (`HOUR`) are read too.
 #[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RateLimitUnit {
     /// 1 s.
+    #[serde(alias = "SECOND")]
     Second,
     /// 60 s.
+    #[serde(alias = "MINUTE")]
     Minute,
     /// 3,600 s.
+    #[serde(alias = "HOUR")]
     Hour,
     /// 86,400 s.
+    #[serde(alias = "DAY")]
     Day,
     /// 7 days.
+    #[serde(alias = "WEEK")]
     Week,
     /// 30 days.
+    #[serde(alias = "MONTH")]
     Month,
     /// 365 days.
+    #[serde(alias = "YEAR")]
     Year,
 }
 

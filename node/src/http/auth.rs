@@ -53,6 +53,8 @@ pub fn required_scope(method: &Method) -> Scope {
 ///   (logged, not counted against the source: no guess was made);
 /// - 401 `unauthorized`, "the admin token is not valid": neither the
 ///   bootstrap token nor a stored one (logged and counted);
+/// - 403 `forbidden`, "this token has only the check scope…": a proxy's
+///   token on any admin route;
 /// - 403 `forbidden`, "this admin token may only read": a `read` token on a
 ///   route that needs `write`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +120,9 @@ fn admit_admin(
     if stored.scopes.contains(&Scope::Write) || stored.scopes.contains(&scope) {
         Ok(AdminCaller { scope })
     } else {
+        if !stored.scopes.contains(&Scope::Read) {
+            return Err(ApiError::forbidden("this token has only the check scope: it may not use the admin API"));
+        }
         Err(ApiError::forbidden("this admin token may only read"))
     }
 }

@@ -427,6 +427,12 @@ fn constraints() -> Vec<Constraint> {
         ),
         merge("CheckRequest/properties/query", json!({"maxProperties": MAX_FIELDS})),
         merge("Decision/properties/status", json!({"minimum": 100, "maximum": 599})),
+        replace(
+            "RateLimitUnit",
+            json!({"type": "string", "description": "A window: lower case, or Envoy's upper-case names.",
+                "enum": ["second", "minute", "hour", "day", "week", "month", "year",
+                         "SECOND", "MINUTE", "HOUR", "DAY", "WEEK", "MONTH", "YEAR"]}),
+        ),
         // The descriptor rate limit check. Lengths are in bytes there, in
         // characters here: a longer string of multi-byte characters is a 400.
         merge("RateLimitRequest/properties/domain", json!({"minLength": 1, "maxLength": MAX_DOMAIN})),
