@@ -115,9 +115,11 @@ def main(binary):
                 assert answer.overall_code in (OK, OVER_LIMIT), answer
                 return answer.overall_code == OK
 
-            def exactly_the_limit_over_three_nodes():
-                wait_for_window(3600, 90)
-                user = descriptor(("user", f"spread-{RUN}"))
+            def spread(value, per_node):
+                """`per_node` requests from each node at once, then round-robin
+                until the limit is spent (or 30 s): exactly the limit admitted,
+                never more at any point; then every node refuses."""
+                user = descriptor(("user", value))
                 total = 0
                 lock = threading.Lock()
                 errors = []
@@ -125,14 +127,13 @@ def main(binary):
                 def sender(node):
                     nonlocal total
                     try:
-                        for _ in range(20):
+                        for _ in range(per_node):
                             if admitted(request(user), node):
                                 with lock:
                                     total += 1
                     except Exception as e:  # noqa: BLE001 - re-raised below
                         errors.append(e)
 
-                # 3 x 20 at once for a limit of 30: never more than 30.
                 threads = [threading.Thread(target=sender, args=(node,)) for node in range(3)]
                 for t in threads:
                     t.start()
@@ -158,7 +159,16 @@ def main(binary):
                     assert answer.overall_code == OVER_LIMIT, (node, answer)
                     assert answer.statuses[0].code == OVER_LIMIT, answer
                     assert answer.statuses[0].limit_remaining == 0, answer
-                print(f"     ({at_once} admitted at once from three nodes, {total} in all)", flush=True)
+                print(f"     ({3 * per_node} asked at once from three nodes, {at_once} admitted; "
+                      f"{total} in all after {turn} more asked round-robin)", flush=True)
+
+            def exactly_the_limit_over_three_nodes():
+                wait_for_window(3600, 90)
+                # More than the limit at once: never more than 30.
+                spread(f"spread-{RUN}", 20)
+                # Less than the limit at once: the nodes keep units they
+                # were lent and did not use, which must come back.
+                spread(f"quiet-{RUN}", 7)
 
             def nested_descriptors():
                 wait_for_window(3600, 30)
