@@ -235,7 +235,7 @@ enum What {
         #[arg(long, default_value_t = 10)]
         hc_limit: u32,
         /// Passes over those values, each from the start of a minute window.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 3)]
         hc_passes: usize,
     },
     /// The bare axum server of `http`, which starts it: binds

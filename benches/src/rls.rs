@@ -31,11 +31,12 @@
 //! fit in a minute, and how many were refused — every refusal is wrong (one
 //! hit of a limit of `--hc-limit`), and the run fails on any. Then the limit
 //! is shown to hold: three fresh values, each asked `--hc-limit` + 5 times
-//! within one window, must be refused past it. With `--hc-passes 2` (the
-//! default) a second pass over the same values starts with the next minute
-//! window: the node's resident memory (and the leader's, which lends the
-//! windows) before and after each pass says whether the ended windows' counts
-//! were let go.
+//! within one window, must be refused past it. With `--hc-passes 3` (the
+//! default) each further pass over the same values starts with the next
+//! minute window, and the node's resident memory (and the leader's, which
+//! lends the windows) after each pass says whether the counts of ended
+//! windows are let go: a node forgets a count idle for a minute, so pass 2
+//! still finds pass 1's; from pass 3 on, memory should level off.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
