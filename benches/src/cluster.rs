@@ -153,6 +153,16 @@ impl Cluster {
         self.member(id).ports.wire.to_string()
     }
 
+    /// Node `id`'s gRPC listener (Envoy's APIs), `127.0.0.1:PORT`.
+    pub fn grpc_addr(&self, id: u64) -> String {
+        self.member(id).ports.grpc.to_string()
+    }
+
+    /// Node `id`'s process id, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.member(id).process.as_ref().map(NodeProcess::pid)
+    }
+
     /// Node `id`'s log file.
     pub fn log(&self, id: u64) -> PathBuf {
         self.dir.path().join(format!("node{id}/node.log"))

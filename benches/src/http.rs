@@ -152,7 +152,7 @@ fn cpu_secs(pid: u32) -> Option<f64> {
 }
 
 /// The CPU time of every process in `pids` together, in seconds.
-fn cpu_of(pids: &[u32]) -> Option<f64> {
+pub fn cpu_of(pids: &[u32]) -> Option<f64> {
     pids.iter().map(|p| cpu_secs(*p)).sum()
 }
 
@@ -338,7 +338,7 @@ fn shortfall(phase: &OpenLoop, rate: f64) -> Option<String> {
 }
 
 /// The median of `values` (the upper one of an even count).
-fn median(mut values: Vec<f64>) -> f64 {
+pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }

@@ -29,6 +29,12 @@
 //!   or better), then an open loop at a fixed rate (10k/s) with latency
 //!   from each request's intended send time, and the p99 ratios (the goal:
 //!   within 1.3x).
+//! - `rls`: Envoy's rate limit service (`ShouldRateLimit` over gRPC, a
+//!   tonic client on envoy-types) against `POST /v1/check` (a throttle and a
+//!   quota) on the same node, in interleaved rounds: throughput, p50, p99,
+//!   the ratio (the goal: RLS at 1.0x the HTTP check or better); then 100k
+//!   distinct `remote_address` values against a per-minute limit: the rate,
+//!   and any value refused wrongly (the run fails on one).
 //! - `chaos`: a history of checks and admin writes recorded while a seeded
 //!   injector kills -9, partitions and clock-shifts nodes, then checked
 //!   offline (invariants Q and U, no acknowledged write lost, reads see
@@ -38,7 +44,7 @@
 //!   `--bin` applies, and `--node-flags` or `--data-dir` is refused.
 //!
 //! Layout: `main` parses the arguments and hands each tool its run —
-//! `writes` (writes, failover, cold start), `check`, `keys`, `http`,
+//! `writes` (writes, failover, cold start), `check`, `keys`, `http`, `rls`,
 //! `throttle`, `quota`, `chaos_run` — over `cluster` (the bench's cluster
 //! on port 0, on the node crate's launcher), `fixture` (the API, plan and
 //! key checked against, one check), `load` (closed-loop workers, the
@@ -74,6 +80,7 @@ mod http;
 mod keys;
 mod load;
 mod quota;
+mod rls;
 mod throttle;
 mod writes;
 
@@ -202,6 +209,35 @@ enum What {
         #[arg(long)]
         pin: bool,
     },
+    /// Envoy's ShouldRateLimit over gRPC against POST /v1/check on the same
+    /// node, in interleaved rounds, and the ratio; then many distinct
+    /// descriptor values against a per-minute limit.
+    Rls {
+        /// Nodes in the cluster: 3, or 1 (then the calls go to the leader).
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Seconds of each phase.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Phases of each target; the summary takes their medians.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Callers sending at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// HTTP/2 connections of the gRPC client.
+        #[arg(long, default_value_t = 2)]
+        connections: usize,
+        /// Distinct remote_address values of the high-cardinality pass (0: none).
+        #[arg(long, default_value_t = 100_000)]
+        values: usize,
+        /// Each of those values' limit per minute.
+        #[arg(long, default_value_t = 10)]
+        hc_limit: u32,
+        /// Passes over those values, each from the start of a minute window.
+        #[arg(long, default_value_t = 3)]
+        hc_passes: usize,
+    },
     /// The bare axum server of `http`, which starts it: binds
     /// 127.0.0.1:0, prints the address, serves until killed.
     #[command(hide = true)]
@@ -293,6 +329,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let run = http::HttpRun { secs, rounds, concurrency, rate, connections, pin };
         return http::run(cluster, run).await;
     }
+    if let What::Rls { nodes, secs, rounds, concurrency, connections, values, hc_limit, hc_passes } = args.what {
+        let cluster = Cluster::start_nodes(args.bin.clone(), &args.node_flags, args.data_dir.clone(), nodes).await?;
+        let run = rls::RlsRun { secs, rounds, concurrency, connections, values, hc_limit, hc_passes };
+        return rls::run(cluster, run).await;
+    }
     if let What::Chaos { secs, seed, quota, max_grant, check_workers, admin_workers } = args.what {
         // The harness decides both for the nodes it starts; say so rather
         // than run without what was asked for.
@@ -362,7 +403,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             throttle::run(cluster, rate, burst, demand, secs, concurrency).await
         }
         What::Quota { count, concurrency } => quota::run(cluster, &args, count, concurrency).await,
-        What::Chaos { .. } | What::Http { .. } | What::BaselineServer { .. } => {
+        What::Chaos { .. } | What::Http { .. } | What::Rls { .. } | What::BaselineServer { .. } => {
             unreachable!("handled before the cluster starts")
         }
     }

@@ -1,7 +1,8 @@
 """Envoy's ext_authz v3 over gRPC against a `tollgate dev --tls` cluster,
 asked through Envoy's own generated stubs (PyPI `xds-protos`, `grpcio`):
 allow and every deny class with its HTTP status, a caller without the
-check token, and bad input. `.ci/run` runs it:
+check token, and bad input, on the cluster `devcluster` starts. `.ci/run`
+runs it:
 
     python tests/python/ext_authz_test.py target/debug/tollgate
 
@@ -10,91 +11,19 @@ failure. Stops the cluster it started (SIGTERM) however it ends.
 """
 
 import json
-import os
-import signal
-import socket
-import ssl
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 
 import grpc
 from envoy.config.core.v3 import address_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 
-ADMIN_TOKEN = "tga_python-ext-authz-test-" + os.urandom(12).hex()
-
-
-def free_base_port():
-    """A base port whose twelve `tollgate dev` ports (P+0..2, +1000.., +2000.., +3000..) are free now."""
-    for base in range(14_100 + os.getpid() % 500, 16_900, 7):
-        ports = [base + off + i for off in (0, 1000, 2000, 3000) for i in range(3)]
-        try:
-            for port in ports:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free ports for tollgate dev")
-
-
-class Cluster:
-    def __init__(self, binary, workdir):
-        self.base = free_base_port()
-        self.out = open(os.path.join(workdir, "dev.out"), "w+")
-        env = dict(os.environ, TOLLGATE_ADMIN_TOKEN=ADMIN_TOKEN, TOLLGATE_LOG="warn")
-        env.pop("TOLLGATE_CLUSTER_TOKEN", None)
-        self.process = subprocess.Popen(
-            [binary, "dev", "--tls", "--base-port", str(self.base), "--data-dir", os.path.join(workdir, "dev")],
-            stdout=self.out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-        )
-        deadline = time.time() + 60
-        while "Ctrl-C stops" not in open(self.out.name).read():
-            if self.process.poll() is not None or time.time() > deadline:
-                raise RuntimeError("tollgate dev did not come up:\n" + open(self.out.name).read())
-            time.sleep(0.2)
-        ca_path = os.path.join(workdir, "dev", "certs", "ca.pem")
-        self.ca = open(ca_path, "rb").read()
-        self.https = ssl.create_default_context(cafile=ca_path)
-
-    def stop(self):
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-
-    def admin(self, method, path, body=None, node=0):
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            f"https://127.0.0.1:{self.base + node}{path}", data=data, method=method,
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, context=self.https, timeout=20) as r:
-                return r.status, json.loads(r.read() or b"null")
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"null")
-
-    def grpc_channel(self, node):
-        credentials = grpc.ssl_channel_credentials(root_certificates=self.ca)
-        return grpc.secure_channel(f"127.0.0.1:{self.base + 3000 + node}", credentials,
-                                   options=[("grpc.ssl_target_name_override", "localhost")])
-
-    def grpc_stub(self, node):
-        return external_auth_pb2_grpc.AuthorizationStub(self.grpc_channel(node))
+from devcluster import Cases, Cluster
 
 
 def configure(cluster):
     """The API, plan, key and check token the checks use; returns (key secret, check token)."""
-    deadline = time.time() + 30
-    while cluster.admin("GET", "/v1/admin/cluster")[0] != 200:
-        if time.time() > deadline:
-            raise RuntimeError("the cluster has no leader")
-        time.sleep(0.2)
+    cluster.wait_leader()
     down = {"id": "down", "name": "down", "kind": {"http": {"url": "http://127.0.0.1:1/authorize",
             "identity_sources": ["header:authorization"], "timeout_ms": 500}}}
     api = {"id": "pets", "name": "Pets", "stages": [{"name": "prod"}],
@@ -116,16 +45,8 @@ def configure(cluster):
     assert status == 201, key
     status, token = cluster.admin("POST", "/v1/admin/tokens", {"name": "envoy", "scopes": ["check"]})
     assert status == 201, token
-    for node in range(3):
-        deadline = time.time() + 30
-        while True:
-            tokens = cluster.admin("GET", "/v1/admin/tokens?stale=true", node=node)[1] or {}
-            keys = cluster.admin("GET", "/v1/admin/keys?stale=true", node=node)[1] or {}
-            if len(tokens.get("items", [])) == 1 and len(keys.get("items", [])) == 1:
-                break
-            if time.time() > deadline:
-                raise RuntimeError(f"node {node + 1} did not get the model")
-            time.sleep(0.2)
+    cluster.wait_every_node("the model", lambda node: cluster.count("tokens", node) == 1
+                            and cluster.count("keys", node) == 1)
     return key["secret"], token["secret"]
 
 
@@ -156,22 +77,14 @@ def outcome(response):
 
 
 def main(binary):
-    results = []
-
-    def case(name, fn):
-        try:
-            fn()
-            results.append((name, None))
-            print(f"ok   {name}")
-        except Exception as e:  # noqa: BLE001 - every failure is reported, then counted
-            results.append((name, e))
-            print(f"FAIL {name}: {e!r}")
+    cases = Cases("ext_authz")
+    case = cases.case
 
     with tempfile.TemporaryDirectory() as workdir:
-        cluster = Cluster(binary, workdir)
+        cluster = Cluster(binary, workdir, "ext-authz")
         try:
             secret, token = configure(cluster)
-            stub = cluster.grpc_stub(1)
+            stub = external_auth_pb2_grpc.AuthorizationStub(cluster.grpc_channel(1))
             auth = [("authorization", f"Bearer {token}")]
 
             def ask(request, metadata=auth):
@@ -256,10 +169,7 @@ def main(binary):
             case("non-UTF-8 string: INVALID_ARGUMENT", not_utf8)
         finally:
             cluster.stop()
-
-    failed = sum(1 for _, e in results if e is not None)
-    print(f"ext_authz: {len(results) - failed} passed, {failed} failed")
-    return 1 if failed else 0
+    return cases.close()
 
 
 if __name__ == "__main__":
