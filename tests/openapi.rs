@@ -107,8 +107,20 @@ async fn the_served_document_is_a_complete_and_consistent_contract() {
             assert!(body["content"]["application/json"]["schema"].is_object(), "{what}: body without a schema");
         }
 
+        // Admin routes need an admin token; /v1/ratelimit a proxy's (check
+        // scope); every other route is public.
         let admin = path.starts_with("/v1/admin/");
-        assert_eq!(op.get("security").is_some(), admin, "{what}: the admin token only on admin routes");
+        let scheme = op["security"][0].as_object().and_then(|s| s.keys().next().cloned());
+        let expected = match (admin, path.as_str()) {
+            (true, _) => Some("admin_token"),
+            (false, "/v1/ratelimit") => Some("check_token"),
+            _ => None,
+        };
+        assert_eq!(scheme.as_deref(), expected, "{what}: its token");
+        if let Some(name) = expected {
+            assert!(doc["components"]["securitySchemes"][name].is_object(), "{what}: {name} is not defined");
+            assert!(responses.contains_key("401"), "{what}: no 401");
+        }
         if admin {
             for status in ["401", "403", "503"] {
                 assert!(responses.contains_key(status), "{what}: no {status}");

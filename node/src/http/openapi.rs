@@ -41,7 +41,8 @@ use tollgate_proto::command::MAX_CREATE_MANY;
         description = "The HTTP API of a Tollgate node: the check (`POST /v1/check` and forward-auth for edge \
                        proxies), the admin API (APIs, usage plans, keys, policies, authorizers, admin tokens, \
                        rate limit domains, usage, the identity key and the cluster), health, metrics and this document. Admin \
-                       routes need `Authorization: Bearer <admin token>`; the others are public. Every error \
+                       routes need `Authorization: Bearer <admin token>`, `/v1/ratelimit` a token of the \
+                       check scope; the others are public. Every error \
                        is `{\"error\": {\"code\", \"field\", \"message\"}}` and names the field at fault."
     ),
     components(schemas(
