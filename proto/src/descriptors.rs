@@ -160,13 +160,19 @@ pub struct CounterKey {
     pub override_limit: Option<u32>,
 }
 
+/// The `plan_id` under which `domain`'s descriptor counts are leased (and
+/// whose limits epoch moves when the domain changes).
+pub fn ledger_plan_id(domain: &str) -> String {
+    format!("{LEDGER_PLAN_PREFIX}{domain}")
+}
+
 impl CounterKey {
     /// The ledger period of this count in `domain` for the window starting
     /// at `start_ms`.
     pub fn period(&self, domain: &str, start_ms: i64) -> QuotaPeriod {
         QuotaPeriod {
             key_id: serde_json::to_string(self).unwrap_or_default(),
-            plan_id: format!("{LEDGER_PLAN_PREFIX}{domain}"),
+            plan_id: ledger_plan_id(domain),
             start_ms,
         }
     }

@@ -16,7 +16,7 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshot
 use serde::{Deserialize, Serialize};
 use tollgate_proto::command::Applied;
 use tollgate_proto::command::QuotaPeriod;
-use tollgate_proto::descriptors::LEDGER_PLAN_PREFIX;
+use tollgate_proto::descriptors::ledger_plan_id;
 use tollgate_proto::metering::QuotaLedger;
 use tollgate_proto::model::{Entity, EntityKind, IdentityKeyState};
 use tollgate_proto::{codec, Command, CommandResult, Rejection, RejectionKind};
@@ -130,13 +130,12 @@ impl<K: Kv> StateMachine<K> {
 /// The plan whose quota limits a command may change.
 fn limits_changed(model: &Model, command: &Command) -> Option<String> {
     // A rate limit domain's counts are leased under `#ratelimit/<domain>`.
-    let domain_ledger = |domain: &str| format!("{LEDGER_PLAN_PREFIX}{domain}");
     match command {
         Command::Put { entity, .. } if entity.kind() == EntityKind::Plan => Some(entity.id().to_string()),
-        Command::Put { entity: Entity::RateLimit(d), .. } => Some(domain_ledger(&d.domain)),
+        Command::Put { entity: Entity::RateLimit(d), .. } => Some(ledger_plan_id(&d.domain)),
         Command::Delete { kind: EntityKind::Plan, id } => Some(id.clone()),
         Command::Delete { kind: EntityKind::RateLimit, id } => match model.get(EntityKind::RateLimit, id) {
-            Some(Entity::RateLimit(d)) => Some(domain_ledger(&d.domain)),
+            Some(Entity::RateLimit(d)) => Some(ledger_plan_id(&d.domain)),
             _ => None,
         },
         Command::QuotaAdjust { period, .. } => Some(period.plan_id.clone()),

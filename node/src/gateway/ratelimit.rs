@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 use tollgate_proto::check::{LimitState, ReasonCode};
-use tollgate_proto::descriptors::{self, CounterKey, CounterPath, CounterStep, Entry, LEDGER_PLAN_PREFIX};
+use tollgate_proto::descriptors::{self, CounterKey, CounterPath, CounterStep, Entry};
 use tollgate_proto::model::{RateLimitDomain, RateLimitUnit};
 use tollgate_proto::ratelimit::{
     CurrentLimit, DescriptorStatus, RateLimitCode, RateLimitRequest, RateLimitResponse, MAX_DESCRIPTORS, MAX_HITS,
@@ -151,7 +151,7 @@ impl Gateway {
             return Ok(RateLimitResponse { overall_code: RateLimitCode::Ok, statuses, response_headers: Vec::new() });
         };
         let found = find_limits(domain, req);
-        let epoch = published.limits.of(&format!("{LEDGER_PLAN_PREFIX}{}", domain.domain));
+        let epoch = published.limits.of(&descriptors::ledger_plan_id(&domain.domain));
 
         // Steps 2 and 3: all or none, quota-mode limits refusing together.
         let mut outcomes = vec![Outcome::Unknown; found.len()];

@@ -79,6 +79,25 @@ where
     }
 }
 
+/// A 429 `too_many_failures` with `Retry-After` once `source` has used up
+/// its failed authentications (`what`: "admin " or "", for the message).
+fn budget_left(
+    failures: &super::auth_failures::AuthFailures,
+    source: std::net::IpAddr,
+    now: std::time::Instant,
+    what: &str,
+) -> Result<(), ApiError> {
+    failures.check(source, now).map_err(|retry| {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_failures",
+            format!("too many failed {what}authentications from {source}; retry in {retry} s"),
+        );
+        e.retry_after = Some(retry);
+        e
+    })
+}
+
 fn admit_admin(
     app: &App,
     settings: &Settings,
@@ -88,15 +107,7 @@ fn admit_admin(
 ) -> Result<AdminCaller, ApiError> {
     let source = tollgate_proto::canonical::unmapped(peer.ip());
     let now = std::time::Instant::now();
-    if let Err(retry) = settings.admin_auth_failures.check(source, now) {
-        let mut e = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_failures",
-            format!("too many failed admin authentications from {source}; retry in {retry} s"),
-        );
-        e.retry_after = Some(retry);
-        return Err(e);
-    }
+    budget_left(&settings.admin_auth_failures, source, now, "admin ")?;
     if parts.headers.get_all(header::AUTHORIZATION).iter().nth(1).is_some() {
         tracing::info!(%source, %route, "admin request with more than one Authorization header");
         return Err(ApiError::unauthorized("send one Authorization header, not several"));
@@ -149,30 +160,18 @@ where
         let source = tollgate_proto::canonical::unmapped(peer.ip());
         let now = std::time::Instant::now();
         let failures = &state.settings.admin_auth_failures;
+        let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
+        let several = matches!((values.next(), values.next()), (Some(_), Some(_)));
+        let one = if several { None } else { secret::bearer(&parts.headers) };
         // A stored token is never locked out by others' guesses at its
         // address (see `App::stored_check_token`).
-        if parts.headers.get_all(header::AUTHORIZATION).iter().count() == 1
-            && secret::bearer(&parts.headers).is_some_and(|t| state.app.stored_check_token(t))
-        {
+        if one.is_some_and(|t| state.app.stored_check_token(t)) {
             return Ok(ProxyCaller);
         }
-        if let Err(retry) = failures.check(source, now) {
-            let mut e = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_failures",
-                format!("too many failed authentications from {source}; retry in {retry} s"),
-            );
-            e.retry_after = Some(retry);
-            return Err(e.into_response());
+        budget_left(failures, source, now, "").map_err(IntoResponse::into_response)?;
+        if several {
+            return Err(ApiError::unauthorized("send one Authorization header, not several").into_response());
         }
-        let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
-        let one = match (values.next(), values.next()) {
-            (Some(_), None) => secret::bearer(&parts.headers),
-            (None, _) => None,
-            (Some(_), Some(_)) => {
-                return Err(ApiError::unauthorized("send one Authorization header, not several").into_response())
-            }
-        };
         match one {
             Some(token) if state.app.may_check(token) => Ok(ProxyCaller),
             Some(_) => {
