@@ -20,17 +20,7 @@ pub async fn check_fixture(cluster: &Cluster, node: u64) -> anyhow::Result<Strin
 /// it) and a key in that plan, created through node `node`; returns the
 /// key's id and secret.
 pub async fn plan_fixture(cluster: &Cluster, node: u64, mut plan: Value) -> anyhow::Result<(String, String)> {
-    let admin = cluster.admin(node)?;
-    let post = |path: &'static str, body: Value| {
-        let admin = admin.clone();
-        async move {
-            let (status, answer) = admin.request(Method::POST, path, Some(&body)).await?;
-            if !(200..300).contains(&status) {
-                bail!("POST {path}: {status} {answer}");
-            }
-            anyhow::Ok(answer)
-        }
-    };
+    let post = |path: &'static str, body: Value| post_admin(cluster, node, path, body);
     post(
         "/v1/admin/apis",
         json!({"id": "bench", "name": "bench", "stages": [{"name": "prod"}],
@@ -48,6 +38,30 @@ pub async fn plan_fixture(cluster: &Cluster, node: u64, mut plan: Value) -> anyh
 }
 
 /// The body of a `POST /v1/check` for `GET /items/1` with the key given.
+/// One admin `POST` through node `node`: the answer, or an error naming the
+/// path and status when it is not a 2xx.
+pub async fn post_admin(cluster: &Cluster, node: u64, path: &str, body: Value) -> anyhow::Result<Value> {
+    let (status, answer) = cluster.admin(node)?.request(Method::POST, path, Some(&body)).await?;
+    if !(200..300).contains(&status) {
+        bail!("POST {path}: {status} {answer}");
+    }
+    Ok(answer)
+}
+
+/// The check path's fixture of the `http` and `rls` runs (a plan with a
+/// throttle and a quota that never refuse, one key), made through node
+/// `node` and known to every node: the key's secret and the
+/// `POST /v1/check` body for it.
+pub async fn never_refusing_check(cluster: &Cluster, node: u64) -> anyhow::Result<(String, Arc<Vec<u8>>)> {
+    let plan = json!({"id": "http", "name": "http",
+        "throttle": {"rate_per_sec": 1e6, "burst": 1_000_000},
+        "quota": {"limit": 1_000_000_000_000_000u64, "period": "day"}});
+    let (_, secret) = plan_fixture(cluster, node, plan).await?;
+    let body = check_body(&secret)?;
+    wait_key_known(cluster, &body).await?;
+    Ok((secret, body))
+}
+
 pub fn check_body(secret: &str) -> anyhow::Result<Arc<Vec<u8>>> {
     Ok(Arc::new(serde_json::to_vec(&json!({"api": "bench", "stage": "prod", "method": "GET",
         "path": "/items/1", "source_ip": "192.0.2.1", "headers": {"x-api-key": secret}}))?))

@@ -28,11 +28,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::baseline::BaselineProcess;
 use crate::cluster::Cluster;
-use crate::fixture::{check_body, plan_fixture, wait_key_known};
+use crate::fixture::never_refusing_check;
 use crate::load::{run_load_until, run_open_loop, OpenLoop};
 
 /// The closed-loop goal: Tollgate at this share of bare axum's throughput, or more.
@@ -169,12 +169,7 @@ pub async fn run(cluster: Cluster, run: HttpRun) -> anyhow::Result<()> {
     }
     let leader = cluster.leader().await?;
     let node = cluster.ids().find(|i| *i != leader).unwrap_or(leader);
-    let plan = json!({"id": "http", "name": "http",
-        "throttle": {"rate_per_sec": 1e6, "burst": 1_000_000},
-        "quota": {"limit": 1_000_000_000_000_000u64, "period": "day"}});
-    let (_, secret) = plan_fixture(&cluster, leader, plan).await?;
-    let body = check_body(&secret)?;
-    wait_key_known(&cluster, &body).await?;
+    let (secret, body) = never_refusing_check(&cluster, leader).await?;
 
     // The node's answer to this check, for the baseline's to match in size.
     let answer = cluster

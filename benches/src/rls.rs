@@ -50,12 +50,11 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::R
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use tollgate_client::admin::Method;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 use crate::cluster::Cluster;
-use crate::fixture::{check_body, plan_fixture, wait_key_known};
+use crate::fixture::{never_refusing_check, post_admin};
 use crate::http::{cpu_of, median};
 use crate::load::run_load_until;
 
@@ -181,25 +180,10 @@ pub async fn run(cluster: Cluster, run: RlsRun) -> anyhow::Result<()> {
     let node = cluster.ids().find(|i| *i != leader).unwrap_or(leader);
 
     // The check path's fixture, as the `http` run makes it.
-    let plan = json!({"id": "http", "name": "http",
-        "throttle": {"rate_per_sec": 1e6, "burst": 1_000_000},
-        "quota": {"limit": 1_000_000_000_000_000u64, "period": "day"}});
-    let (_, secret) = plan_fixture(&cluster, leader, plan).await?;
-    let body = check_body(&secret)?;
-    wait_key_known(&cluster, &body).await?;
+    let (_, body) = never_refusing_check(&cluster, leader).await?;
 
     // The domains, and a token of the check scope for the gRPC calls.
-    let admin = cluster.admin(leader)?;
-    let post = |path: &'static str, body: Value| {
-        let admin = admin.clone();
-        async move {
-            let (status, answer) = admin.request(Method::POST, path, Some(&body)).await?;
-            if !(200..300).contains(&status) {
-                bail!("POST {path}: {status} {answer}");
-            }
-            anyhow::Ok(answer)
-        }
-    };
+    let post = |path: &'static str, body: Value| post_admin(&cluster, leader, path, body);
     post(
         "/v1/admin/ratelimits",
         json!({"domain": "bench", "descriptors": [
