@@ -27,7 +27,9 @@
 //! Envoy's rate limit service (`ShouldRateLimit`) and `POST /v1/ratelimit`
 //! on a three-node TLS cluster. `tls`: TLS on every
 //! listener, mutual TLS between peers, and `tollgate dev --tls`. `openapi`:
-//! the OpenAPI document a node serves, against its router. `metering`: the
+//! the OpenAPI document a node serves, against its router. `operator`: the
+//! audit trail of admin changes, and backups saved, restored onto new nodes
+//! and checked. `metering`: the
 //! metering scenarios against a real cluster's authority, on nodes run in
 //! this process (the one module that does not start node processes: it
 //! needs a node's own handles).
@@ -55,6 +57,7 @@ mod harness;
 mod history;
 mod metering;
 mod openapi;
+mod operator;
 mod proxies;
 mod quotas;
 mod rate_limits;

@@ -16,6 +16,7 @@ use tollgate_client::admin::{AdminClient, AdminError, Method};
 use crate::config::ServeArgs;
 use crate::dev::DevArgs;
 
+mod backup;
 mod import;
 mod limits;
 
@@ -77,6 +78,12 @@ enum Top {
     /// Cluster membership and status.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Backups: save the cluster's state to a file, restore it into a new
+    /// node's data dir, check a file.
+    #[command(subcommand)]
+    Snapshot(backup::SnapshotCmd),
+    /// The audit trail: who changed what, when, from where.
+    Audit(backup::AuditArgs),
 }
 
 #[derive(Subcommand)]
@@ -398,6 +405,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Top::Limits(cmd) => rate_limits(&admin()?, cmd).await,
         Top::Cluster(cmd) => cluster(&admin()?, cmd).await,
+        Top::Snapshot(cmd) => {
+            let client = || admin()?.client.ok_or_else(|| anyhow!("set --token or TOLLGATE_ADMIN_TOKEN"));
+            output(&backup::snapshot(client, cmd).await?)?;
+            Ok(())
+        }
+        Top::Audit(args) => {
+            let client = admin()?.client.ok_or_else(|| anyhow!("set --token or TOLLGATE_ADMIN_TOKEN"))?;
+            for line in backup::audit(&client, &args).await? {
+                output(&line)?;
+            }
+            Ok(())
+        }
     }
 }
 

@@ -1148,6 +1148,20 @@ impl EntityKind {
         }
     }
 
+    /// The admin API's collection (`/v1/admin/{collection}`), as the audit
+    /// trail and its `kind` filter name the kind.
+    pub fn collection(self) -> &'static str {
+        match self {
+            EntityKind::Api => "apis",
+            EntityKind::Plan => "plans",
+            EntityKind::Key => "keys",
+            EntityKind::Policy => "policies",
+            EntityKind::Authorizer => "authorizers",
+            EntityKind::Token => "tokens",
+            EntityKind::RateLimit => "ratelimits",
+        }
+    }
+
     /// The prefix of generated ids.
     pub fn id_prefix(self) -> &'static str {
         match self {

@@ -24,6 +24,7 @@ use tollgate_proto::command::{Applied, PutMode, MAX_CREATE_MANY};
 use tollgate_proto::model::*;
 use tollgate_proto::{validate, Command, FieldError, Rejection};
 
+use super::auth::Audit;
 use super::error::ApiError;
 use super::extract::{JsonBody, QueryMap, ReadOptions, RequestId};
 use super::HttpState;
@@ -197,11 +198,12 @@ fn shown(entity: &Entity, secret: Option<String>) -> Value {
 async fn create<R: Resource>(
     State(app): State<Arc<App>>,
     RequestId(request): RequestId,
+    Audit(audit): Audit,
     JsonBody(input): JsonBody<R::Input>,
 ) -> Result<Response, ApiError> {
     let (entity, secret) = R::create(input)?;
     let proposed_digest = secret_digest(&entity);
-    let command = Command::Put { entity, mode: PutMode::Create, now: Timestamp::now() };
+    let command = Command::Put { entity, mode: PutMode::Create, now: Timestamp::now() }.audited(audit);
     match app.leader.write(request, command).await?? {
         Applied::Put(stored) if secret_digest(&stored) != proposed_digest => {
             // A client retry (same Idempotency-Key) of a create that already
@@ -225,10 +227,11 @@ async fn replace<R: Resource>(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     RequestId(request): RequestId,
+    Audit(audit): Audit,
     JsonBody(input): JsonBody<R::Input>,
 ) -> Result<Response, ApiError> {
     let entity = R::replace(&id, input)?;
-    let command = Command::Put { entity, mode: PutMode::Replace, now: Timestamp::now() };
+    let command = Command::Put { entity, mode: PutMode::Replace, now: Timestamp::now() }.audited(audit);
     match app.leader.write(request, command).await?? {
         Applied::Put(stored) => Ok(Json(shown(&stored, None)).into_response()),
         other => Err(unexpected(other)),
@@ -239,8 +242,9 @@ async fn delete<R: Resource>(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     RequestId(request): RequestId,
+    Audit(audit): Audit,
 ) -> Result<Response, ApiError> {
-    app.leader.write(request, Command::Delete { kind: R::KIND, id }).await??;
+    app.leader.write(request, Command::Delete { kind: R::KIND, id }.audited(audit)).await??;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -308,6 +312,7 @@ pub struct KeyImport {
 pub async fn import_keys(
     State(app): State<Arc<App>>,
     RequestId(request): RequestId,
+    Audit(audit): Audit,
     JsonBody(import): JsonBody<KeyImport>,
 ) -> Result<Response, ApiError> {
     let n = import.items.len();
@@ -324,7 +329,7 @@ pub async fn import_keys(
     }
     let now = Timestamp::now();
     let first_id = entities.first().map(|e| e.id().to_string());
-    let command = Command::CreateMany { entities: entities.clone(), now };
+    let command = Command::CreateMany { entities: entities.clone(), now }.audited(audit);
     match app.leader.write(request, command).await?? {
         Applied::CreatedMany { first_id: created, .. } if created != first_id => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -366,6 +371,7 @@ pub async fn reroll(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     RequestId(request): RequestId,
+    Audit(audit): Audit,
     body: Option<JsonBody<RerollRequest>>,
 ) -> Result<Response, ApiError> {
     // No body: no overlap.
@@ -377,7 +383,7 @@ pub async fn reroll(
     let ours = digest.sha256;
     let now = Timestamp::now();
     let overlap_until = Timestamp(now.0.saturating_add(i64::try_from(input.overlap_secs).unwrap_or(i64::MAX)));
-    let command = Command::RerollKey { id, secret: digest, overlap_until, now };
+    let command = Command::RerollKey { id, secret: digest, overlap_until, now }.audited(audit);
     match app.leader.write(request, command).await?? {
         Applied::Put(stored) if secret_digest(&stored) == Some(ours) => {
             Ok(Json(shown(&stored, Some(plain))).into_response())
@@ -404,8 +410,10 @@ pub async fn identity_key(State(app): State<Arc<App>>, options: ReadOptions) -> 
 pub async fn rotate_identity_key(
     State(app): State<Arc<App>>,
     RequestId(request): RequestId,
+    Audit(audit): Audit,
 ) -> Result<Response, ApiError> {
-    match app.leader.write(request, Command::RotateIdentityKey { now: Timestamp::now() }).await?? {
+    let command = Command::RotateIdentityKey { now: Timestamp::now() }.audited(audit);
+    match app.leader.write(request, command).await?? {
         Applied::IdentityKey(state) => Ok(Json(json!({"version": state.version,
             "kid": crate::gateway::identity::kid(state.version), "rotated_at": state.rotated_at}))
         .into_response()),

@@ -17,10 +17,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRef, FromRequestParts, MatchedPath};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tollgate_proto::audit::{AuditActor, AuditContext};
 use tollgate_proto::model::Scope;
 
 use super::error::ApiError;
@@ -57,10 +59,51 @@ pub fn required_scope(method: &Method) -> Scope {
 ///   token on any admin route;
 /// - 403 `forbidden`, "this admin token may only read": a `read` token on a
 ///   route that needs `write`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminCaller {
     /// The scope this request needed ([`required_scope`]), which the token holds.
     pub scope: Scope,
+    /// Who is asking, as the audit trail records it.
+    pub actor: AuditActor,
+}
+
+/// The admin guard, a layer in front of every admin route: admits the caller
+/// ([`AdminCaller`], or its refusal) and hands it to the route in the
+/// request's extensions, where [`Audit`] finds it.
+pub async fn admin_guard(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    match AdminCaller::from_request_parts(&mut parts, &state).await {
+        Ok(caller) => {
+            parts.extensions.insert(caller);
+            next.run(Request::from_parts(parts, body)).await
+        }
+        Err(refusal) => refusal,
+    }
+}
+
+/// Who made an admin write, from where, through which route, and when: what
+/// a write proposes with its command ([`Command::audited`](tollgate_proto::Command::audited)).
+/// Taken from the caller [`admin_guard`] admitted; a route outside the guard
+/// that asks for it is a bug, answered 500.
+pub struct Audit(pub AuditContext);
+
+impl<S: Send + Sync> FromRequestParts<S> for Audit {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(caller) = parts.extensions.get::<AdminCaller>() else {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "an admin write outside the guard",
+            ));
+        };
+        let route = parts.extensions.get::<MatchedPath>().map_or("", |p| p.as_str());
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        Ok(Audit(AuditContext { actor: caller.actor.clone(), request: format!("{} {route}", parts.method), at_ms }))
+    }
 }
 
 impl<S> FromRequestParts<S> for AdminCaller
@@ -118,7 +161,8 @@ fn admit_admin(
     };
     let scope = required_scope(&parts.method);
     if app.bootstrap_token.as_ref().is_some_and(|d| d.matches(token)) {
-        return Ok(AdminCaller { scope });
+        let actor = AuditActor { token_id: None, token_name: "bootstrap".into(), source: source.to_string() };
+        return Ok(AdminCaller { scope, actor });
     }
     let published = app.published();
     let Some(stored) = published.model.token_by_digest(&secret::sha256(token)) else {
@@ -129,7 +173,12 @@ fn admit_admin(
     };
     // `write` covers reading too.
     if stored.scopes.contains(&Scope::Write) || stored.scopes.contains(&scope) {
-        Ok(AdminCaller { scope })
+        let actor = AuditActor {
+            token_id: Some(stored.id.clone()),
+            token_name: stored.name.clone(),
+            source: source.to_string(),
+        };
+        Ok(AdminCaller { scope, actor })
     } else {
         if !stored.scopes.contains(&Scope::Read) {
             return Err(ApiError::forbidden("this token has only the check scope: it may not use the admin API"));

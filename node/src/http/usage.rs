@@ -29,6 +29,7 @@ use tollgate_proto::model::{EntityKind, Quota, UsagePlan};
 use tollgate_proto::usage::{DayUsage, KeyUsage, PeriodUsage, UsageReport, UsageUpdate};
 use tollgate_proto::{Command, Rejection};
 
+use super::auth::Audit;
 use super::error::ApiError;
 use super::extract::{JsonBody, QueryMap, ReadOptions, RequestId};
 use crate::app::App;
@@ -177,6 +178,7 @@ pub async fn update_usage(
     State(app): State<Arc<App>>,
     Path((plan_id, key_id)): Path<(String, String)>,
     RequestId(request): RequestId,
+    Audit(audit): Audit,
     JsonBody(update): JsonBody<UsageUpdate>,
 ) -> Result<Response, ApiError> {
     // `unsigned_abs`: `abs` of i64::MIN overflows (it once wrapped to a
@@ -191,7 +193,8 @@ pub async fn update_usage(
     let now_ms = app.clock.now_ms();
     let (start_ms, end_ms) = period_bounds(now_ms, quota.period, quota.offset);
     let period = QuotaPeriod { key_id, plan_id, start_ms };
-    match app.leader.write(request, Command::QuotaAdjust { period, delta: update.delta, now_ms }).await?? {
+    let command = Command::QuotaAdjust { period, delta: update.delta, now_ms }.audited(audit);
+    match app.leader.write(request, command).await?? {
         Applied::Quota { ledger, .. } => {
             let sessions = app.published().model.sessions.clone();
             Ok(Json(period_usage(&as_of(Some(&ledger), now_ms, &sessions), &quota, start_ms, end_ms)).into_response())
