@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use tollgate_proto::audit::{AuditAction, AuditEntry, FieldChange};
 use tollgate_proto::model::{EntityKind, Timestamp};
 
+use super::auth::AdminCaller;
 use super::error::ApiError;
 use super::extract::{QueryMap, ReadOptions};
 use crate::app::App;
@@ -53,8 +54,13 @@ pub fn view(e: &AuditEntry) -> Value {
 }
 
 /// `GET /v1/admin/audit`.
-pub async fn list(State(app): State<Arc<App>>, QueryMap(query): QueryMap) -> Result<Response, ApiError> {
+pub async fn list(
+    State(app): State<Arc<App>>,
+    caller: AdminCaller,
+    QueryMap(query): QueryMap,
+) -> Result<Response, ApiError> {
     let options = ReadOptions::parse_with(&query, FILTERS)?;
+    caller.may(&app.published().model, "audit:read", &["audit".to_string()])?;
     let after = match options.after.as_deref() {
         None => 0,
         Some(raw) => raw

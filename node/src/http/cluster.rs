@@ -14,7 +14,7 @@ use serde_json::json;
 use tollgate_proto::audit::{AuditAction, AuditContext};
 use tollgate_proto::Command;
 
-use super::auth::Audit;
+use super::auth::{AdminCaller, Audit};
 use super::error::ApiError;
 use super::extract::JsonBody;
 use super::HttpState;
@@ -32,7 +32,8 @@ pub fn routes(router: Router<HttpState>) -> Router<HttpState> {
         .route("/v1/admin/snapshot", post(snapshot))
 }
 
-async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+async fn status(State(app): State<Arc<App>>, caller: AdminCaller) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.may(&app.published().model, "cluster:read", &cluster_resource())?;
     let m = app.raft.metrics().borrow().clone();
     let (nodes, voters) = app.leader.members();
     let members: Vec<_> = nodes
@@ -42,7 +43,7 @@ async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         })
         .collect();
     let removed = app.is_removed();
-    Json(json!({
+    Ok(Json(json!({
         "node_id": app.id,
         // A removed node hears from no leader: it must not report the last one.
         "removed": removed,
@@ -55,7 +56,7 @@ async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         "snapshot_index": m.snapshot.map(|l| l.index),
         "purged_index": m.purged.map(|l| l.index),
         "members": members,
-    }))
+    })))
 }
 
 #[derive(Deserialize)]
@@ -91,9 +92,11 @@ fn node_id(raw: &str) -> Result<NodeId, ApiError> {
 
 async fn add_node(
     State(app): State<Arc<App>>,
+    caller: AdminCaller,
     Audit(audit): Audit,
     JsonBody(req): JsonBody<AddNode>,
 ) -> Result<Response, ApiError> {
+    caller.may(&app.published().model, "cluster:update", &cluster_resource())?;
     if req.id == 0 {
         return Err(ApiError::field("id", "must be a whole number above 0"));
     }
@@ -117,9 +120,11 @@ async fn add_node(
 
 async fn promote(
     State(app): State<Arc<App>>,
+    caller: AdminCaller,
     Audit(audit): Audit,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    caller.may(&app.published().model, "cluster:update", &cluster_resource())?;
     let id = node_id(&id)?;
     let (nodes, voters) = app.leader.members();
     if !nodes.contains_key(&id) {
@@ -135,9 +140,11 @@ async fn promote(
 
 async fn remove(
     State(app): State<Arc<App>>,
+    caller: AdminCaller,
     Audit(audit): Audit,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    caller.may(&app.published().model, "cluster:update", &cluster_resource())?;
     let id = node_id(&id)?;
     let (nodes, voters) = app.leader.members();
     if !nodes.contains_key(&id) {
@@ -157,7 +164,8 @@ async fn remove(
 /// `application/octet-stream`; `X-Tollgate-Applied-Index` says how far it
 /// reaches. A `POST` because it needs the `write` scope: the file holds
 /// every key's digest.
-async fn snapshot(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+async fn snapshot(State(app): State<Arc<App>>, caller: AdminCaller) -> Result<Response, ApiError> {
+    caller.may(&app.published().model, "snapshot:create", &["snapshot".to_string()])?;
     app.leader.read_barrier().await?;
     let published = app.published();
     let index = published.applied.map_or(0, |l| l.index);
@@ -192,4 +200,9 @@ async fn record(app: &App, context: AuditContext, action: AuditAction, id: NodeI
         }
         Err(e) => tracing::warn!(error = %e, node = id, "membership change not recorded in the audit trail"),
     }
+}
+
+/// What membership and status requests touch, for admin statements.
+fn cluster_resource() -> [String; 1] {
+    ["cluster".to_string()]
 }
