@@ -30,6 +30,10 @@ pub const AUDIT_RETENTION_MS: i64 = 90 * 86_400_000;
 pub const MAX_VALUE_BYTES: usize = 512;
 /// The most fields one entry records; past it the entry says how many more.
 pub const MAX_CHANGES: usize = 64;
+/// The most bytes of values one entry records (so the kept trail stays
+/// under [`MAX_AUDIT_ENTRIES`] × 8 KiB of values); fields past it are named
+/// without their values.
+pub const MAX_ENTRY_VALUE_BYTES: usize = 8 * 1024;
 /// The most ids one bulk import's entry lists (it always gives the count).
 pub const MAX_LISTED_IDS: usize = 100;
 /// Fields of an object's admin view that are never recorded, only named:
@@ -177,8 +181,9 @@ pub fn recorded_value(value: &serde_json::Value) -> String {
 /// The fields that differ between two admin views (JSON objects; `Null`
 /// for an object that did not exist), in field order, with
 /// [`REDACTED_FIELDS`] named but never recorded, `updated_at` left out (the
-/// entry has its own time), and at most [`MAX_CHANGES`] fields: the answer's
-/// second value is how many more changed.
+/// entry has its own time), at most [`MAX_ENTRY_VALUE_BYTES`] of values
+/// (later fields are named without them), and at most [`MAX_CHANGES`]
+/// fields: the answer's second value is how many more changed.
 pub fn diff(before: &serde_json::Value, after: &serde_json::Value) -> (Vec<FieldChange>, usize) {
     let empty = serde_json::Map::new();
     let old = before.as_object().unwrap_or(&empty);
@@ -188,6 +193,7 @@ pub fn diff(before: &serde_json::Value, after: &serde_json::Value) -> (Vec<Field
     fields.dedup();
     let mut changes = Vec::new();
     let mut more = 0;
+    let mut budget = MAX_ENTRY_VALUE_BYTES;
     for field in fields {
         let (b, a) = (old.get(field.as_str()), new.get(field.as_str()));
         if b == a || field == "updated_at" || (b.is_none_or(|v| v.is_null()) && a.is_none_or(|v| v.is_null())) {
@@ -198,14 +204,14 @@ pub fn diff(before: &serde_json::Value, after: &serde_json::Value) -> (Vec<Field
             continue;
         }
         let secret = REDACTED_FIELDS.contains(&field.as_str());
-        let shown = |v: Option<&serde_json::Value>| {
-            if secret {
-                None
-            } else {
-                v.filter(|v| !v.is_null()).map(recorded_value)
-            }
+        let mut shown = |v: Option<&serde_json::Value>| {
+            let text = v.filter(|v| !v.is_null() && !secret).map(recorded_value)?;
+            // Past the entry's budget a value is left out (the field is named).
+            budget = budget.checked_sub(text.len())?;
+            Some(text)
         };
-        changes.push(FieldChange { field: field.clone(), before: shown(b), after: shown(a) });
+        let (before, after) = (shown(b), shown(a));
+        changes.push(FieldChange { field: field.clone(), before, after });
     }
     (changes, more)
 }
@@ -241,5 +247,14 @@ mod tests {
             (0..MAX_CHANGES + 5).map(|i| (format!("f{i:03}"), json!(i))).collect();
         let (changes, more) = diff(&json!({}), &serde_json::Value::Object(many));
         assert_eq!((changes.len(), more), (MAX_CHANGES, 5));
+        // Many long values: the entry keeps to its budget, naming the rest.
+        let long = "y".repeat(MAX_VALUE_BYTES - 10);
+        let wide: serde_json::Map<String, serde_json::Value> =
+            (0..40).map(|i| (format!("f{i:02}"), json!(long))).collect();
+        let (changes, _) = diff(&json!({}), &serde_json::Value::Object(wide));
+        let bytes: usize = changes.iter().filter_map(|c| c.after.as_ref()).map(String::len).sum();
+        assert!(bytes <= MAX_ENTRY_VALUE_BYTES, "{bytes}");
+        assert_eq!(changes.len(), 40);
+        assert!(changes.last().is_some_and(|c| c.after.is_none()));
     }
 }
