@@ -306,7 +306,11 @@ fn constraints() -> Vec<Constraint> {
         merge("Statement/properties/principals", non_empty.clone()),
         merge(
             "Statement/properties/actions",
-            json!({"minItems": 1, "maxItems": MAX_LIST, "items": {"type": "string", "enum": ["invoke", "*"]}}),
+            json!({"minItems": 1, "maxItems": MAX_LIST, "items": {"type": "string", "enum": ["invoke", "*"]},
+                "description": "`invoke` or `*` for the check. An admin statement (principals all `token:…`, \
+                    in a policy without `api_id`) takes admin actions instead, `service:verb` such as \
+                    `keys:create`, `usage:read`, `keys:*` (see the README's \"Who may manage what\"); this \
+                    schema shows the check's form only."}),
         ),
         merge(
             "Statement/properties/resources",
