@@ -30,7 +30,8 @@
 //! the OpenAPI document a node serves, against its router. `metering`: the
 //! metering scenarios against a real cluster's authority, on nodes run in
 //! this process (the one module that does not start node processes: it
-//! needs a node's own handles).
+//! needs a node's own handles). `logs`: a node's log in a file (no colour
+//! codes) and as JSON lines.
 //!
 //! # One process
 //!
@@ -53,6 +54,7 @@ mod grpc;
 mod harness;
 #[path = "harness/history.rs"]
 mod history;
+mod logs;
 mod metering;
 mod openapi;
 mod proxies;

@@ -325,10 +325,6 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    crate::logging::init();
-}
-
 /// Listens for SIGTERM and SIGINT from now on (a signal that arrives while
 /// the node is still starting is kept, not fatal) and completes on the first.
 fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
@@ -368,8 +364,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Top::Serve(args) => {
             let shutdown = shutdown_signal()?;
-            init_logging();
+            // The log format is part of the configuration: resolved first
+            // (its errors go to standard error as any command's), then the
+            // logger, then the node.
             let config = args.resolve()?;
+            crate::logging::init(config.log.format);
             crate::server::run(config, shutdown).await
         }
         Top::Dev(args) => crate::dev::run(args).await,
