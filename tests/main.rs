@@ -30,8 +30,11 @@
 //! the OpenAPI document a node serves, against its router. `metering`: the
 //! metering scenarios against a real cluster's authority, on nodes run in
 //! this process (the one module that does not start node processes: it
-//! needs a node's own handles). `logs`: a node's log in a file (no colour
-//! codes) and as JSON lines.
+//! needs a node's own handles). `cli`: the `tollgate` command line — a
+//! subcommand for every admin route of the OpenAPI document, help text
+//! everywhere, completions, table/JSON/YAML output, key reroll and update,
+//! exit codes. `logs`: a node's log in a file (no colour codes) and as JSON
+//! lines.
 //!
 //! # One process
 //!
@@ -48,6 +51,7 @@ mod admin_api;
 #[path = "harness/chaos.rs"]
 mod chaos;
 mod check_api;
+mod cli;
 mod client;
 mod cluster;
 mod grpc;
