@@ -32,7 +32,11 @@
 //! and checked. `metering`: the
 //! metering scenarios against a real cluster's authority, on nodes run in
 //! this process (the one module that does not start node processes: it
-//! needs a node's own handles).
+//! needs a node's own handles). `cli`: the `tollgate` command line — a
+//! subcommand for every admin route of the OpenAPI document, help text
+//! everywhere, completions, table/JSON/YAML output, key reroll and update,
+//! exit codes. `logs`: a node's log in a file (no colour codes) and as JSON
+//! lines.
 //!
 //! # One process
 //!
@@ -49,12 +53,14 @@ mod admin_api;
 #[path = "harness/chaos.rs"]
 mod chaos;
 mod check_api;
+mod cli;
 mod client;
 mod cluster;
 mod grpc;
 mod harness;
 #[path = "harness/history.rs"]
 mod history;
+mod logs;
 mod metering;
 mod openapi;
 mod operator;

@@ -9,9 +9,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
 use clap::Subcommand;
-use serde_json::Value;
-use tollgate_client::admin::{AdminClient, Method};
+use serde_json::{json, Value};
+use tollgate_client::admin::AdminClient;
 
+use super::api::{query_value, Api, ListArgs};
+use super::exit::{Exit, Failure};
+use super::output::{self, text, Column, View};
 use crate::cluster::backup::{self, Summary};
 
 /// `tollgate snapshot …`.
@@ -60,78 +63,69 @@ pub struct AuditArgs {
     /// remove_node.
     #[arg(long)]
     action: Option<String>,
-    /// The most entries to show (1 to 1000; default 100).
-    #[arg(long)]
-    limit: Option<u32>,
-    /// Show entries after this sequence number (a page's `next_after`).
-    #[arg(long)]
-    after: Option<String>,
+    #[command(flatten)]
+    list: ListArgs,
 }
 
 impl AuditArgs {
-    /// The admin API path these arguments ask for.
+    /// The admin API path these arguments' filters ask for (the list's own
+    /// `limit`, `after` and `stale` are added page by page).
     pub fn path(&self) -> String {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        for (name, value) in [("since", &self.since), ("kind", &self.kind), ("action", &self.action)] {
-            if let Some(v) = value {
-                query.append_pair(name, v);
-            }
+        let filters: Vec<String> = [("since", &self.since), ("kind", &self.kind), ("action", &self.action)]
+            .into_iter()
+            .filter_map(|(name, value)| value.as_ref().map(|v| format!("{name}={}", query_value(v))))
+            .collect();
+        if filters.is_empty() {
+            "/v1/admin/audit".to_string()
+        } else {
+            format!("/v1/admin/audit?{}", filters.join("&"))
         }
-        if let Some(limit) = self.limit {
-            query.append_pair("limit", &limit.to_string());
-        }
-        if let Some(after) = &self.after {
-            query.append_pair("after", after);
-        }
-        format!("/v1/admin/audit?{}", query.finish())
     }
 }
 
-/// One audit entry as a line for a person:
-/// `#12 2026-12-01T10:00:00Z ops (tok_…) from 10.0.0.1 replace plans gold: name "Gold" -> "Golden"`.
-pub fn line(entry: &Value) -> String {
-    let text = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+/// The audit trail's columns in a table.
+pub const AUDIT: &[Column] = &[
+    Column { header: "SEQ", fields: &["seq"], cell: |v| text(&v["seq"]) },
+    Column { header: "AT", fields: &["at"], cell: |v| text(&v["at"]) },
+    Column { header: "TOKEN", fields: &["actor"], cell: who },
+    Column { header: "SOURCE", fields: &[], cell: |v| text(&v["actor"]["source"]) },
+    Column { header: "ACTION", fields: &["action"], cell: |v| text(&v["action"]) },
+    Column { header: "KIND", fields: &["kind"], cell: |v| text(&v["kind"]) },
+    Column { header: "ID", fields: &["id"], cell: |v| text(&v["id"]) },
+    Column { header: "CHANGES", fields: &["changes"], cell: changes },
+];
+
+fn who(entry: &Value) -> String {
     let actor = &entry["actor"];
-    let who = match actor["token_id"].as_str() {
+    match actor["token_id"].as_str() {
         Some(id) => format!("{} ({id})", text(&actor["token_name"])),
         None => text(&actor["token_name"]),
-    };
-    let mut out = format!(
-        "#{} {} {who} from {} {}",
-        entry["seq"],
-        text(&entry["at"]),
-        text(&actor["source"]),
-        text(&entry["action"])
-    );
-    if let Some(kind) = entry["kind"].as_str() {
-        out.push_str(&format!(" {kind}"));
     }
-    if let Some(id) = entry["id"].as_str() {
-        out.push_str(&format!(" {id}"));
-    }
-    let changes: Vec<String> = entry["changes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| match (&c["before"], &c["after"]) {
-            (Value::Null, Value::Null) => format!("{} (changed, not recorded)", text(&c["field"])),
-            (before, after) => format!("{} {before} -> {after}", text(&c["field"])),
-        })
-        .collect();
-    if !changes.is_empty() {
-        out.push_str(&format!(": {}", changes.join("; ")));
-    }
-    if let Some(note) = entry["note"].as_str() {
-        out.push_str(&format!(" ({note})"));
-    }
-    out
 }
 
-/// Takes a backup through `client` and writes it to `file` (mode 0600, via
+fn changes(entry: &Value) -> String {
+    let fields: Vec<String> =
+        entry["changes"].as_array().into_iter().flatten().map(|c| text(&c["field"])).collect();
+    fields.join(", ")
+}
+
+/// What a backup's summary shows in a table.
+const SUMMARY: &[Column] = &[
+    Column { header: "FILE", fields: &["file"], cell: |v| text(&v["file"]) },
+    Column { header: "LOG INDEX", fields: &["applied_index"], cell: |v| text(&v["applied_index"]) },
+    Column { header: "TAKEN", fields: &["taken_at"], cell: |v| text(&v["taken_at"]) },
+    Column { header: "OBJECTS", fields: &["objects"], cell: |v| text(&v["objects"]) },
+    Column { header: "LEDGERS", fields: &["ledgers"], cell: |v| text(&v["ledgers"]) },
+    Column { header: "AUDIT ENTRIES", fields: &["audit_entries"], cell: |v| text(&v["audit_entries"]) },
+    Column { header: "BYTES", fields: &["bytes"], cell: |v| text(&v["bytes"]) },
+];
+
+/// Takes a backup through `api`'s node and writes it to `file` (mode 0600, via
 /// a temporary file renamed into place, so a failed save leaves no partial
 /// file). The download is checked like a restore would check it first.
-pub async fn save(client: &AdminClient, file: &Path) -> anyhow::Result<Summary> {
-    let bytes = client.snapshot().await?;
+pub async fn save(api: &Api, file: &Path) -> anyhow::Result<Summary> {
+    let client: &AdminClient = api.client()?;
+    let bytes = client.snapshot().await.map_err(|e| api.failure(e))?;
     let (_, _, summary) = backup::read(&bytes).context("the node sent a backup that does not check")?;
     let name = file.file_name().ok_or_else(|| anyhow!("{} is not a file name", file.display()))?;
     let tmp = file.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
@@ -160,45 +154,46 @@ pub fn describe(summary: &Summary) -> String {
     )
 }
 
-/// Runs `tollgate snapshot …` (`client`: only `save` needs one).
-pub async fn snapshot(
-    client: impl FnOnce() -> anyhow::Result<AdminClient>,
-    cmd: SnapshotCmd,
-) -> anyhow::Result<String> {
-    match cmd {
+/// A backup file's checks failing: exit code 5, the reason on one line.
+fn refused(e: anyhow::Error) -> anyhow::Error {
+    Failure::new(Exit::Invalid, format!("{e:#}")).into()
+}
+
+/// Runs `tollgate snapshot …`: what the backup holds, printed as `-o` says.
+pub async fn snapshot(api: impl FnOnce() -> anyhow::Result<Api>, format: output::Format, cmd: SnapshotCmd) -> anyhow::Result<()> {
+    let (file, summary, line) = match cmd {
         SnapshotCmd::Save { file } => {
-            let summary = save(&client()?, &file).await?;
-            Ok(format!("saved {}: {}", file.display(), describe(&summary)))
+            let summary = save(&api()?, &file).await?;
+            let line = format!("saved {}: {}", file.display(), describe(&summary));
+            (file, summary, line)
         }
         SnapshotCmd::Restore { file, data_dir, id } => {
-            let summary = backup::restore(&read_file(&file)?, &data_dir, id).await?;
-            Ok(format!(
-                "restored {} into {} for node {id}: {}\nstart it with: tollgate serve --id {id} --data-dir {} …",
+            let bytes = read_file(&file)?;
+            let summary = backup::restore(&bytes, &data_dir, id).await.map_err(refused)?;
+            let line = format!(
+                "restored {} into {} for node {id}: {}; start it with: tollgate serve --id {id} --data-dir {} (no --init)",
                 file.display(),
                 data_dir.display(),
                 describe(&summary),
                 data_dir.display()
-            ))
+            );
+            (file, summary, line)
         }
         SnapshotCmd::Status { file } => {
-            let (_, _, summary) = backup::read(&read_file(&file)?)?;
-            Ok(format!("{}: {}", file.display(), describe(&summary)))
+            let (_, _, summary) = backup::read(&read_file(&file)?).map_err(refused)?;
+            let line = format!("{}: {}", file.display(), describe(&summary));
+            (file, summary, line)
         }
+    };
+    let mut value = serde_json::to_value(&summary)?;
+    value["file"] = json!(file.display().to_string());
+    if format == output::Format::Table {
+        output::note(&line);
     }
+    output::print(format, &value, View::One(SUMMARY))
 }
 
-/// Runs `tollgate audit`: the page's entries, one line each, and how to get
-/// the next page.
-pub async fn audit(client: &AdminClient, args: &AuditArgs) -> anyhow::Result<Vec<String>> {
-    let (status, page) = client.request(Method::GET, &args.path(), None).await?;
-    if !(200..300).contains(&status) {
-        let err = &page["error"];
-        let field = err["field"].as_str().map(|f| format!("{f}: ")).unwrap_or_default();
-        return Err(anyhow!("{status}: {field}{}", err["message"].as_str().unwrap_or_default()));
-    }
-    let mut lines: Vec<String> = page["items"].as_array().into_iter().flatten().map(line).collect();
-    if let Some(next) = page["next_after"].as_str() {
-        lines.push(format!("(more: tollgate audit --after {next})"));
-    }
-    Ok(lines)
+/// Runs `tollgate audit`: the entries the filters select, oldest first.
+pub async fn audit(api: &Api, args: &AuditArgs) -> anyhow::Result<()> {
+    api.show_list(&args.path(), &args.list, AUDIT).await
 }
