@@ -422,17 +422,25 @@ async fn every_admin_write_route_leaves_one_entry_naming_who_and_what_and_never_
         assert_eq!((status, answer["error"]["field"].as_str()), (400, Some(field)), "{query}: {answer}");
     }
 
-    // The CLI shows the same trail, one line per entry.
+    // The CLI shows the same trail: a row per entry in a table, the
+    // API's JSON for scripts.
+    let out = Command::new(harness::default_bin())
+        .args(["audit", "--kind", "keys", "-o", "table", "--url", &cluster.url(2), "--token", &ops_secret])
+        .output()
+        .expect("run tollgate audit");
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{printed} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        printed.lines().any(|l| l.contains("ops-alice") && l.contains("reroll") && l.contains(&key_id)),
+        "{printed}"
+    );
     let out = Command::new(harness::default_bin())
         .args(["audit", "--kind", "keys", "--url", &cluster.url(2), "--token", &ops_secret])
         .output()
         .expect("run tollgate audit");
-    let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{printed} {}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        printed.lines().any(|l| l.contains("ops-alice") && l.contains(&format!("reroll keys {key_id}"))),
-        "{printed}"
-    );
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(keys.len()), "{listed}");
+    let printed = format!("{printed}{listed}");
     assert!(!secrets.iter().any(|s| printed.contains(s.as_str())));
 }
 
@@ -700,6 +708,10 @@ async fn admin_statements_decide_what_a_token_may_manage_route_by_route() {
         assert_eq!(status, 400, "{answer}");
         assert_eq!(answer["error"]["field"], json!(format!("statements[0].{field}")), "{answer}");
     }
+    let header = json!({"name": "bad", "statements": [{"effect": "Deny", "principals": ["token:x"], "actions": ["*"],
+        "resources": ["*"], "conditions": [{"operator": "StringEquals", "key": "header:x-office", "values": ["yes"]}]}]});
+    let (status, answer) = cluster.post(1, "/v1/admin/policies", header).await;
+    assert_eq!((status, answer["error"]["field"].as_str()), (400, Some("statements[0].conditions[0].key")), "{answer}");
     let on_api = json!({"name": "bad", "api_id": "petstore", "statements": [
         {"effect": "Allow", "principals": ["token:x"], "actions": ["*"], "resources": ["*"]}]});
     assert_eq!(cluster.post(1, "/v1/admin/policies", on_api).await.0, 400);
@@ -781,6 +793,22 @@ async fn admin_statements_decide_what_a_token_may_manage_route_by_route() {
     )
     .await;
     assert_eq!(call(&as_token(&cluster, 1, &office), Method::GET, "/v1/admin/cluster", None).await.0, 403);
+
+    // The trail shows a governed token the changes to what it may read.
+    let key_auditor = governed_token(
+        &cluster,
+        "key-auditor",
+        json!(["read"]),
+        vec![allow(json!(["audit:read"]), json!(["audit"])), allow(json!(["keys:read"]), json!(["api/petstore/*"]))],
+    )
+    .await;
+    let (status, page) =
+        call(&as_token(&cluster, 1, &key_auditor), Method::GET, "/v1/admin/audit?limit=1000", None).await;
+    assert_eq!(status, 200, "{page}");
+    let seen: BTreeSet<String> =
+        page["items"].as_array().into_iter().flatten().map(|e| key(&json!({"id": e["id"]}))).collect();
+    assert!(seen.contains(&pet_key) && seen.contains(&key(&made)), "{seen:?}");
+    assert!(!seen.contains(&bill_key) && !seen.contains("gold") && !seen.contains("petstore"), "{seen:?}");
 
     // Route by route: a token allowed only audit:read gets a 403 naming
     // each route's action, before any body is read; the audit route works.

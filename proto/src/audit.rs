@@ -153,7 +153,7 @@ pub struct AuditEntry {
     /// The object changed (the node id for membership changes; the first id
     /// of an import).
     pub id: Option<String>,
-    /// The fields that changed (all set fields on create, none on delete).
+    /// The fields that changed (every set field on create and on delete).
     pub changes: Vec<FieldChange>,
     /// Anything else worth knowing: how many objects an import created and
     /// their ids, how many fields were left out, a usage delta.
@@ -164,6 +164,43 @@ impl AuditEntry {
     /// When it was asked for, in whole seconds.
     pub fn at(&self) -> Timestamp {
         Timestamp(self.at_ms.div_euclid(1000))
+    }
+}
+
+/// Members of an object at any depth whose values are never recorded (a
+/// JSON Web Key's symmetric key `k` and private parts, RFC 7518 §6).
+pub const SECRET_MEMBERS: &[&str] = &["k", "d", "p", "q", "dp", "dq", "qi", "oth"];
+
+/// `value` with every secret member replaced by `"<redacted>"` and the
+/// user information of any URL (`https://user:pass@host`) dropped.
+pub fn scrubbed(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let v = if SECRET_MEMBERS.contains(&k.as_str()) && !v.is_null() {
+                        Value::String("<redacted>".into())
+                    } else {
+                        scrubbed(v)
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(scrubbed).collect()),
+        Value::String(text) => Value::String(without_userinfo(text)),
+        other => other.clone(),
+    }
+}
+
+/// `text` with the user information of a URL left out (RFC 3986 §3.2.1).
+fn without_userinfo(text: &str) -> String {
+    let Some((scheme, rest)) = text.split_once("://") else { return text.to_string() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
+        None => text.to_string(),
     }
 }
 
@@ -180,11 +217,13 @@ pub fn recorded_value(value: &serde_json::Value) -> String {
 
 /// The fields that differ between two admin views (JSON objects; `Null`
 /// for an object that did not exist), in field order, with
-/// [`REDACTED_FIELDS`] named but never recorded, `updated_at` left out (the
+/// [`REDACTED_FIELDS`] named but never recorded, [`SECRET_MEMBERS`] and
+/// URL user information left out at any depth ([`scrubbed`]), `updated_at` left out (the
 /// entry has its own time), at most [`MAX_ENTRY_VALUE_BYTES`] of values
 /// (later fields are named without them), and at most [`MAX_CHANGES`]
 /// fields: the answer's second value is how many more changed.
 pub fn diff(before: &serde_json::Value, after: &serde_json::Value) -> (Vec<FieldChange>, usize) {
+    let (before, after) = (&scrubbed(before), &scrubbed(after));
     let empty = serde_json::Map::new();
     let old = before.as_object().unwrap_or(&empty);
     let new = after.as_object().unwrap_or(&empty);
@@ -236,6 +275,20 @@ mod tests {
         assert_eq!(changes[3].after, None);
         let text = serde_json::to_string(&changes).unwrap_or_default();
         assert!(!text.contains("AAAA") && !text.contains("BBBB"), "{text}");
+    }
+
+    #[test]
+    fn a_jwk_secret_and_url_credentials_are_never_recorded() {
+        let before = json!({"kind": {"jwt": {"jwks": [{"kty": "oct", "k": "c2VjcmV0LWtleQ"}],
+            "jwks_url": "https://user:pa55@idp.example.com/keys"}}});
+        let after = json!({"kind": {"jwt": {"jwks": [{"kty": "oct", "k": "bmV3LXNlY3JldA"}],
+            "jwks_url": "https://idp.example.com/keys"}}});
+        let (changes, _) = diff(&before, &after);
+        let text = serde_json::to_string(&changes).unwrap_or_default();
+        for secret in ["c2VjcmV0LWtleQ", "bmV3LXNlY3JldA", "pa55", "user:"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("idp.example.com"), "{text}");
     }
 
     #[test]

@@ -289,6 +289,9 @@ pub enum RejectionKind {
     /// An `Idempotency-Key` already used for another request (another
     /// body to the same route): 422, and nothing is done.
     IdempotencyKeyReused,
+    /// The admin statements that govern the token that asked do not allow
+    /// the change, as the model stood when it was applied: 403.
+    Forbidden,
 }
 
 impl Rejection {
@@ -300,6 +303,11 @@ impl Rejection {
     /// A clash with the current state (409), naming `field` when one is at fault.
     pub fn conflict(field: Option<&str>, message: impl Into<String>) -> Self {
         Rejection { kind: RejectionKind::Conflict, field: field.map(str::to_string), message: message.into() }
+    }
+
+    /// A change the asking token's admin statements do not allow (403).
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Rejection { kind: RejectionKind::Forbidden, field: None, message: message.into() }
     }
 
     /// A bad value or a reference to something that does not exist (400),

@@ -25,6 +25,8 @@
 //!   changed), recorded by the state machine with the change itself.
 //! - [`metering`]: the replicated quota ledger (grants and consumption per
 //!   key, plan and period) that keeps quotas exact across nodes.
+//! - [`policy`]: IAM-style globs, and the evaluation of admin statements
+//!   (who may manage what), shared by the node's gateway and state machine.
 //! - [`usage`]: quota usage as the admin API reports it (GetUsage), and the
 //!   change an operator makes to it (UpdateUsage).
 //! - [`check`]: the check — what an edge proxy asks about one request and
@@ -52,6 +54,7 @@ pub mod descriptors;
 pub mod jwk;
 pub mod metering;
 pub mod model;
+pub mod policy;
 pub mod ratelimit;
 pub mod usage;
 pub mod validate;

@@ -471,6 +471,12 @@ pub fn policy(p: &Policy) -> Checked {
         list_len(&format!("{at}.conditions"), &s.conditions)?;
         for (j, c) in s.conditions.iter().enumerate() {
             condition(&format!("{at}.conditions[{j}]"), c)?;
+            if admin && c.key != "source_ip" {
+                // An admin request has no key tags, claims or proxy id, and
+                // its headers are the client's own: such a condition could
+                // only ever fail (or, negated, always hold).
+                return fail(format!("{at}.conditions[{j}].key"), "must be source_ip in an admin statement");
+            }
         }
     }
     Ok(())

@@ -104,8 +104,7 @@ fn who(entry: &Value) -> String {
 }
 
 fn changes(entry: &Value) -> String {
-    let fields: Vec<String> =
-        entry["changes"].as_array().into_iter().flatten().map(|c| text(&c["field"])).collect();
+    let fields: Vec<String> = entry["changes"].as_array().into_iter().flatten().map(|c| text(&c["field"])).collect();
     fields.join(", ")
 }
 
@@ -128,7 +127,8 @@ pub async fn save(api: &Api, file: &Path) -> anyhow::Result<Summary> {
     let bytes = client.snapshot().await.map_err(|e| api.failure(e))?;
     let (_, _, summary) = backup::read(&bytes).context("the node sent a backup that does not check")?;
     let name = file.file_name().ok_or_else(|| anyhow!("{} is not a file name", file.display()))?;
-    let tmp = file.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    // A new file of our own (never one that is there, nor a link's target).
+    let tmp = file.with_file_name(format!(".{}.{:016x}.tmp", name.to_string_lossy(), rand::random::<u64>()));
     let mut out = private_file(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     out.write_all(&bytes).and_then(|()| out.sync_all()).with_context(|| format!("cannot write {}", tmp.display()))?;
     drop(out);
@@ -138,11 +138,17 @@ pub async fn save(api: &Api, file: &Path) -> anyhow::Result<Summary> {
 
 fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
 }
 
-/// Reads `file` for `restore` or `status`.
+/// Reads `file` for `restore` or `status`: refused unread past the largest
+/// backup a node can decode.
 pub fn read_file(file: &Path) -> anyhow::Result<Vec<u8>> {
+    let limit = (tollgate_proto::codec::MAX_DECODE_BYTES as u64).saturating_mul(2);
+    let meta = std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if !meta.is_file() || meta.len() > limit {
+        return Err(refused(anyhow!("{} is not a backup file of at most {limit} bytes", file.display())));
+    }
     std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))
 }
 
@@ -160,7 +166,11 @@ fn refused(e: anyhow::Error) -> anyhow::Error {
 }
 
 /// Runs `tollgate snapshot …`: what the backup holds, printed as `-o` says.
-pub async fn snapshot(api: impl FnOnce() -> anyhow::Result<Api>, format: output::Format, cmd: SnapshotCmd) -> anyhow::Result<()> {
+pub async fn snapshot(
+    api: impl FnOnce() -> anyhow::Result<Api>,
+    format: output::Format,
+    cmd: SnapshotCmd,
+) -> anyhow::Result<()> {
     let (file, summary, line) = match cmd {
         SnapshotCmd::Save { file } => {
             let summary = save(&api()?, &file).await?;

@@ -41,6 +41,10 @@ use super::{NodeAddr, NodeId};
 use crate::state::published::Published;
 use crate::store::{SledKv, SledOptions};
 
+/// The highest log index a restore takes (2^62): far past any a cluster
+/// reaches, far from where Raft's index arithmetic would overflow.
+pub const MAX_RESTORED_INDEX: u64 = 1 << 62;
+
 /// The first bytes of a backup file (`TGSNAP`, a zero, format version 1).
 pub const MAGIC: &[u8; 8] = b"TGSNAP\x00\x01";
 
@@ -140,6 +144,14 @@ pub async fn restore(file: &[u8], data_dir: &Path, id: NodeId) -> anyhow::Result
         bail!("--id must be a whole number above 0");
     }
     let (backup, _, summary) = read(file)?;
+    // Raft adds to log indexes; a crafted backup must not bring one near
+    // the end of the range.
+    if backup.applied_index > MAX_RESTORED_INDEX {
+        bail!(
+            "the backup's log index {} is past {MAX_RESTORED_INDEX}: not a backup a node wrote",
+            backup.applied_index
+        );
+    }
     let db = data_dir.join("db");
     if db.exists() {
         bail!("{} already holds a node's data: restore into a new data dir", data_dir.display());

@@ -62,33 +62,7 @@ pub fn best_match<'a, T>(
         })
 }
 
-/// IAM-style glob: `*` any run of characters, `?` exactly one. Iterative with
-/// backtracking to the last `*`: linear in practice, no recursion.
-pub fn glob_matches(pattern: &str, text: &str) -> bool {
-    let p = pattern.as_bytes();
-    let t = text.as_bytes();
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == b'*' {
-        pi += 1;
-    }
-    pi == p.len()
-}
+pub use tollgate_proto::policy::glob_matches;
 
 #[cfg(test)]
 mod tests {

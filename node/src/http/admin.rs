@@ -195,61 +195,19 @@ fn shown(entity: &Entity, secret: Option<String>) -> Value {
     view
 }
 
-/// What an admin request on `entity` touches, as admin statements name it
-/// (see `crate::gateway::policy::evaluate_admin`): `api/ID`, `plan/ID`,
-/// `policy/ID`, `authorizer/ID`, `token/ID`, `ratelimit/ID`; for a key,
-/// `api/API/STAGE/key/ID` for every API stage its plans cover (so
-/// `api/petstore/*` is every key that reaches petstore, and only such a
-/// key), or `key/ID` when they cover none.
-pub fn resources(model: &Model, entity: &Entity) -> Vec<String> {
-    let singular = match entity.kind() {
-        EntityKind::Api => "api",
-        EntityKind::Plan => "plan",
-        EntityKind::Key => "key",
-        EntityKind::Policy => "policy",
-        EntityKind::Authorizer => "authorizer",
-        EntityKind::Token => "token",
-        EntityKind::RateLimit => "ratelimit",
-    };
-    let Entity::Key(key) = entity else { return vec![format!("{singular}/{}", entity.id())] };
-    let mut out: Vec<String> = key
-        .plan_ids
-        .iter()
-        .filter_map(|p| model.plan(p))
-        .flat_map(|plan| &plan.api_stages)
-        .map(|s| format!("api/{}/{}/key/{}", s.api_id, s.stage, key.id))
-        .collect();
-    out.sort();
-    out.dedup();
-    if out.is_empty() {
-        out.push(format!("key/{}", key.id));
-    }
-    out
-}
-
-/// Whether `entity` is about who may manage what: an admin token, or a
-/// policy with admin statements (naming `token:` principals).
-fn grants_admin(entity: &Entity) -> bool {
-    match entity {
-        Entity::Token(_) => true,
-        Entity::Policy(p) => p.statements.iter().any(crate::gateway::policy::is_admin_statement),
-        _ => false,
-    }
-}
-
 /// The one check of an admin write on objects: `action` on the
 /// [`resources`] of each of `entities` (the stored object and what replaces
 /// it, so a key cannot be moved out of what the token may manage). A token
 /// that admin statements govern may not touch admin tokens or policies with
 /// admin statements at all: it could give itself more, or free itself.
 fn may_change(caller: &AdminCaller, model: &Model, action: &str, entities: &[&Entity]) -> Result<(), ApiError> {
-    if entities.iter().any(|e| grants_admin(e)) && caller.governed(model) {
+    if entities.iter().any(|e| crate::state::audit::grants_admin(e)) && caller.governed(model) {
         return Err(ApiError::forbidden(
             "a token that policies govern may not change admin tokens or policies that name them; \
              use a token no policy names",
         ));
     }
-    let all: Vec<String> = entities.iter().flat_map(|e| resources(model, e)).collect();
+    let all: Vec<String> = entities.iter().flat_map(|e| model.admin_resources(e)).collect();
     caller.may(model, action, &all)
 }
 
@@ -328,7 +286,7 @@ async fn read<R: Resource>(
     let published = app.published();
     match published.model.get(R::KIND, &id) {
         Some(entity) => {
-            caller.may(&published.model, &format!("{}:read", R::PATH), &resources(&published.model, entity))?;
+            caller.may(&published.model, &format!("{}:read", R::PATH), &published.model.admin_resources(entity))?;
             Ok(Json(entity.to_view_json()).into_response())
         }
         None => Err(Rejection::not_found(R::KIND, &id).into()),
@@ -351,7 +309,7 @@ async fn list<R: Resource>(
         selected
             .into_iter()
             .filter(|e| options.after.as_deref().is_none_or(|after| e.id() > after))
-            .filter(|e| caller.may(model, &action, &resources(model, e)).is_ok())
+            .filter(|e| caller.may(model, &action, &model.admin_resources(e)).is_ok())
             .take(options.limit + 1)
             .collect()
     } else {

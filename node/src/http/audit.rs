@@ -23,6 +23,8 @@ use super::auth::AdminCaller;
 use super::error::ApiError;
 use super::extract::{QueryMap, ReadOptions};
 use crate::app::App;
+use crate::state::audit::admin_resource;
+use crate::state::Model;
 
 /// The parameters this route takes beside the read options.
 const FILTERS: &[&str] = &["since", "kind", "action"];
@@ -51,6 +53,25 @@ pub fn view(e: &AuditEntry) -> Value {
         "changes": e.changes.iter().map(change).collect::<Vec<_>>(),
         "note": e.note,
     })
+}
+
+/// Whether `caller` may read what `entry` changed: the object's `read`
+/// action on its resources as the model has them now (by kind and id once
+/// it is gone); `identity:read` for a key rotation, `cluster:read` for a
+/// membership change.
+fn may_read(caller: &AdminCaller, model: &Model, entry: &AuditEntry) -> bool {
+    let (action, resources) = match (entry.kind, &entry.id) {
+        (Some(kind), Some(id)) => {
+            let resources = match model.get(kind, id) {
+                Some(object) => model.admin_resources(object),
+                None => vec![admin_resource(kind, id)],
+            };
+            (format!("{}:read", kind.collection()), resources)
+        }
+        _ if entry.action == AuditAction::RotateIdentityKey => ("identity:read".into(), vec!["identity".into()]),
+        _ => ("cluster:read".into(), vec!["cluster".into()]),
+    };
+    caller.may(model, &action, &resources).is_ok()
 }
 
 /// `GET /v1/admin/audit`.
@@ -89,13 +110,16 @@ pub async fn list(
         app.leader.read_barrier().await?;
     }
     let published = app.published();
-    let mut page: Vec<&AuditEntry> = published
-        .model
+    let model = &published.model;
+    let governed = caller.governed(model);
+    let mut page: Vec<&AuditEntry> = model
         .audit
         .after(after)
         .filter(|e| e.at_ms >= since_ms)
         .filter(|e| kind.is_none_or(|k| e.kind == Some(k)))
         .filter(|e| action.is_none_or(|a| e.action == a))
+        // A token that policies govern sees changes to what it may read.
+        .filter(|e| !governed || may_read(&caller, model, e))
         .take(options.limit + 1)
         .collect();
     let next = if page.len() > options.limit {

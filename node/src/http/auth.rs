@@ -29,7 +29,7 @@ use tollgate_proto::validate::ADMIN_ACTIONS;
 use super::error::ApiError;
 use super::{HttpState, Settings};
 use crate::app::App;
-use crate::gateway::policy::{self, AdminRequest, Verdict, ADMIN_PRINCIPAL};
+use crate::gateway::policy::{self, AdminRequest, AdminVerdict, ADMIN_PRINCIPAL};
 use crate::secret;
 use crate::state::Model;
 
@@ -84,7 +84,7 @@ impl AdminCaller {
     pub fn governed(&self, model: &Model) -> bool {
         self.principal().is_some_and(|p| {
             let probe = AdminRequest { principal: &p, action: "", resources: &[], source_ip: None };
-            !matches!(policy::evaluate_admin(model, &probe), Verdict::NotGoverned)
+            policy::evaluate_admin(model, &probe) != AdminVerdict::NotGoverned
         })
     }
 
@@ -97,11 +97,11 @@ impl AdminCaller {
         let Some(principal) = self.principal() else { return Ok(()) };
         let request = AdminRequest { principal: &principal, action, resources, source_ip: Some(self.source_ip) };
         match policy::evaluate_admin(model, &request) {
-            Verdict::NotGoverned | Verdict::Allow => Ok(()),
-            Verdict::Deny { .. } => {
+            AdminVerdict::NotGoverned | AdminVerdict::Allow => Ok(()),
+            AdminVerdict::Deny => {
                 Err(ApiError::forbidden(&format!("a policy denies this token {action} on {}", resources.join(", "))))
             }
-            Verdict::ImplicitDeny { .. } => {
+            AdminVerdict::ImplicitDeny => {
                 Err(ApiError::forbidden(&format!("no policy allows this token {action} on {}", resources.join(", "))))
             }
         }
@@ -257,12 +257,13 @@ fn admit_admin(
         // route's action on nothing learns nothing more than a 403.
         let principal = format!("{ADMIN_PRINCIPAL}{}", stored.id);
         if let Some(action) = admin_action(&parts.method, route) {
-            match policy::admin_action_possible(&published.model, &principal, action, Some(source)) {
-                Verdict::NotGoverned | Verdict::Allow => {}
-                Verdict::Deny { .. } => {
+            let probe = AdminRequest { principal: &principal, action, resources: &[], source_ip: Some(source) };
+            match policy::evaluate_admin(&published.model, &probe) {
+                AdminVerdict::NotGoverned | AdminVerdict::Allow => {}
+                AdminVerdict::Deny => {
                     return Err(ApiError::forbidden(&format!("a policy denies this token {action}")));
                 }
-                Verdict::ImplicitDeny { .. } => {
+                AdminVerdict::ImplicitDeny => {
                     return Err(ApiError::forbidden(&format!("no policy allows this token {action}")));
                 }
             }

@@ -77,6 +77,9 @@ fn yes() -> bool {
 }
 
 fn check_addr(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.len() > 261 || value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ApiError::field(field, "must be host:port: at most 255 characters of host, no spaces or controls"));
+    }
     match value.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => Ok(()),
         _ => Err(ApiError::field(field, "must be host:port with a port from 1 to 65535")),
@@ -111,8 +114,8 @@ async fn add_node(
     let addr = NodeAddr { http: req.http_addr, peer: req.peer_addr, wire: req.wire_addr };
     let peer_addr = addr.peer.clone();
     let note = format!("{addr}, voter: {}", req.voter);
-    app.leader.change_membership(MembershipOp::Add { id: req.id, addr, voter: req.voter }).await?;
-    record(&app, audit, AuditAction::AddNode, req.id, Some(note)).await;
+    let op = MembershipOp::Add { id: req.id, addr, voter: req.voter };
+    change_and_record(&app, op, audit, AuditAction::AddNode, req.id, Some(note)).await?;
     // A node added back after a removal stops saying it was removed.
     let _ = app.leader.tell_removed(&peer_addr, false, std::time::Duration::from_secs(2)).await;
     Ok((StatusCode::CREATED, Json(json!({"id": req.id, "voter": req.voter}))).into_response())
@@ -133,8 +136,7 @@ async fn promote(
     if voters.contains(&id) {
         return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("node {id} is already a voter")));
     }
-    app.leader.change_membership(MembershipOp::Promote { id }).await?;
-    record(&app, audit, AuditAction::PromoteNode, id, None).await;
+    change_and_record(&app, MembershipOp::Promote { id }, audit, AuditAction::PromoteNode, id, None).await?;
     Ok(Json(json!({"id": id, "voter": true})).into_response())
 }
 
@@ -153,8 +155,7 @@ async fn remove(
     if voters.contains(&id) && voters.len() == 1 {
         return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "cannot remove the last voter"));
     }
-    app.leader.change_membership(MembershipOp::Remove { id }).await?;
-    record(&app, audit, AuditAction::RemoveNode, id, None).await;
+    change_and_record(&app, MembershipOp::Remove { id }, audit, AuditAction::RemoveNode, id, None).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -185,6 +186,36 @@ async fn snapshot(State(app): State<Arc<App>>, caller: AdminCaller) -> Result<Re
         file,
     )
         .into_response())
+}
+
+/// Makes a membership change and records it in the audit trail, in a task
+/// of its own: a client that goes away midway cancels neither. A change
+/// that failed is recorded too when it may have taken effect (the cluster
+/// was unavailable midway), with the failure in the note.
+async fn change_and_record(
+    app: &Arc<App>,
+    op: MembershipOp,
+    audit: AuditContext,
+    action: AuditAction,
+    id: NodeId,
+    note: Option<String>,
+) -> Result<(), ApiError> {
+    let app = app.clone();
+    let task = tokio::spawn(async move {
+        let result = app.leader.change_membership(op).await;
+        let note = match (&result, note) {
+            (Ok(()), note) => note,
+            (Err(crate::cluster::leader::ClusterError::Unavailable(why)), note) => {
+                let failed = format!("the call failed and may have taken effect: {why}");
+                Some(note.map_or(failed.clone(), |n| format!("{n}; {failed}")))
+            }
+            (Err(_), _) => return result,
+        };
+        record(&app, audit, action, id, note).await;
+        result
+    });
+    task.await.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    Ok(())
 }
 
 /// Records a membership change in the audit trail once it took effect.

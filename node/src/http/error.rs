@@ -56,6 +56,7 @@ impl From<Rejection> for ApiError {
             RejectionKind::Conflict => (StatusCode::CONFLICT, "conflict"),
             RejectionKind::Invalid => (StatusCode::BAD_REQUEST, "invalid_field"),
             RejectionKind::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+            RejectionKind::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
         };
         ApiError { status, code, field: r.field, message: r.message, retry_after: None }
     }

@@ -11,7 +11,8 @@ use tollgate_proto::audit::{
     diff, AuditAction, AuditContext, AuditEntry, AUDIT_RETENTION_MS, MAX_AUDIT_ENTRIES, MAX_LISTED_IDS,
 };
 use tollgate_proto::command::{Applied, PutMode};
-use tollgate_proto::model::EntityKind;
+use tollgate_proto::model::{Entity, EntityKind, Policy};
+use tollgate_proto::policy::{evaluate_admin, is_admin_statement, AdminRequest, AdminVerdict, ADMIN_PRINCIPAL};
 use tollgate_proto::{codec, Command, CommandResult, Rejection};
 
 use super::Model;
@@ -80,6 +81,124 @@ impl AuditLog {
             }
             self.entries.remove(&seq);
             ops.push(Op::Delete(audit_key(seq)));
+        }
+    }
+}
+
+/// Whether `entity` is about who may manage what: an admin token, or a
+/// policy with admin statements (naming `token:` principals). A token that
+/// admin statements govern may never change one: it could give itself
+/// more, or free itself.
+pub fn grants_admin(entity: &Entity) -> bool {
+    match entity {
+        Entity::Token(_) => true,
+        Entity::Policy(p) => p.statements.iter().any(is_admin_statement),
+        _ => false,
+    }
+}
+
+/// An object's admin resource by its kind alone (`api/ID`, `key/ID`): what
+/// [`Model::admin_resources`] names for any object but a key with plans.
+pub fn admin_resource(kind: EntityKind, id: &str) -> String {
+    let singular = match kind {
+        EntityKind::Api => "api",
+        EntityKind::Plan => "plan",
+        EntityKind::Key => "key",
+        EntityKind::Policy => "policy",
+        EntityKind::Authorizer => "authorizer",
+        EntityKind::Token => "token",
+        EntityKind::RateLimit => "ratelimit",
+    };
+    format!("{singular}/{id}")
+}
+
+impl Model {
+    /// What an admin request on `entity` touches, as admin statements name
+    /// it: `api/ID`, `plan/ID`, `policy/ID`, `authorizer/ID`, `token/ID`,
+    /// `ratelimit/ID`; for a key, `api/API/STAGE/key/ID` for every API stage
+    /// its plans cover (so `api/petstore/*` is every key that reaches
+    /// petstore, and only such a key), or `key/ID` when they cover none.
+    pub fn admin_resources(&self, entity: &Entity) -> Vec<String> {
+        let Entity::Key(key) = entity else { return vec![admin_resource(entity.kind(), entity.id())] };
+        let mut out: Vec<String> = key
+            .plan_ids
+            .iter()
+            .filter_map(|p| self.plan(p))
+            .flat_map(|plan| &plan.api_stages)
+            .map(|s| format!("api/{}/{}/key/{}", s.api_id, s.stage, key.id))
+            .collect();
+        out.sort();
+        out.dedup();
+        if out.is_empty() {
+            out.push(format!("key/{}", key.id));
+        }
+        out
+    }
+
+    fn policies(&self) -> impl Iterator<Item = &Policy> {
+        self.iter(EntityKind::Policy).filter_map(|e| match e {
+            Entity::Policy(p) => Some(p),
+            _ => None,
+        })
+    }
+
+    /// The admin statements' word on `command` asked by `context`'s token,
+    /// as this model stands (the one every node applies it to): the last
+    /// say, after the node that took the request checked the same on the
+    /// model it had. The bootstrap token is never governed.
+    fn authorize(&self, context: &AuditContext, command: &Command) -> Result<(), Rejection> {
+        let Some(token) = &context.actor.token_id else { return Ok(()) };
+        let principal = format!("{ADMIN_PRINCIPAL}{token}");
+        let source_ip = context.actor.source.parse().ok();
+        let probe = AdminRequest { principal: &principal, action: "", resources: &[], source_ip };
+        if evaluate_admin(self.policies(), &probe) == AdminVerdict::NotGoverned {
+            return Ok(());
+        }
+        let stored = |kind: EntityKind, id: &str| self.get(kind, id).cloned();
+        let (action, entities): (String, Vec<Entity>) = match command {
+            Command::Put { entity, mode, .. } => {
+                let verb = if *mode == PutMode::Create { "create" } else { "update" };
+                let before = stored(entity.kind(), entity.id());
+                (format!("{}:{verb}", entity.kind().collection()), before.into_iter().chain([entity.clone()]).collect())
+            }
+            Command::Delete { kind, id } => {
+                (format!("{}:delete", kind.collection()), stored(*kind, id).into_iter().collect())
+            }
+            Command::RerollKey { id, .. } => ("keys:reroll".into(), stored(EntityKind::Key, id).into_iter().collect()),
+            Command::CreateMany { entities, .. } => ("keys:create".into(), entities.clone()),
+            Command::RotateIdentityKey { .. } => {
+                return self.decide(&principal, "identity:rotate", &["identity".into()], source_ip)
+            }
+            Command::QuotaAdjust { period, .. } => {
+                return self.decide(&principal, "usage:update", &[format!("plan/{}", period.plan_id)], source_ip)
+            }
+            _ => return Ok(()),
+        };
+        if entities.iter().any(grants_admin) {
+            return Err(Rejection::forbidden(
+                "a token that policies govern may not change admin tokens or policies that name them",
+            ));
+        }
+        if entities.is_empty() {
+            // Nothing there: the command is refused as not found anyway.
+            return Ok(());
+        }
+        let resources: Vec<String> = entities.iter().flat_map(|e| self.admin_resources(e)).collect();
+        self.decide(&principal, &action, &resources, source_ip)
+    }
+
+    fn decide(
+        &self,
+        principal: &str,
+        action: &str,
+        resources: &[String],
+        source_ip: Option<std::net::IpAddr>,
+    ) -> Result<(), Rejection> {
+        let request = AdminRequest { principal, action, resources, source_ip };
+        match evaluate_admin(self.policies(), &request) {
+            AdminVerdict::NotGoverned | AdminVerdict::Allow => Ok(()),
+            AdminVerdict::Deny => Err(Rejection::forbidden(format!("a policy denies this token {action}"))),
+            AdminVerdict::ImplicitDeny => Err(Rejection::forbidden(format!("no policy allows this token {action}"))),
         }
     }
 }
@@ -184,11 +303,12 @@ impl Pending {
 
 impl Model {
     /// Applies an admin change ([`Command::Audited`], taken apart by the
-    /// caller) at log index `seq`: the answer is the change's own, and when
-    /// it took effect its audit entry is recorded in the same writes. A
-    /// refused change records nothing.
+    /// caller) at log index `seq`: refused (403) if the admin statements
+    /// that govern the asking token do not allow it on this model; else the
+    /// answer is the change's own, and when it took effect its audit entry
+    /// is recorded in the same writes. A refused change records nothing.
     pub fn apply_audited(&mut self, context: AuditContext, command: Command, seq: u64) -> (CommandResult, Vec<Op>) {
-        let pending = match Pending::of(self, &command) {
+        let pending = match Pending::of(self, &command).and_then(|p| self.authorize(&context, &command).map(|()| p)) {
             Ok(p) => p,
             Err(rejection) => return (Err(rejection), Vec::new()),
         };
@@ -272,6 +392,51 @@ mod tests {
         // Metering is never audited.
         let report = Command::QuotaReport { usage: Vec::new(), now_ms: 0 };
         assert!(m.apply_audited(context(4_000), report, 10).0.is_err());
+    }
+
+    fn entity(kind: &str, value: serde_json::Value) -> tollgate_proto::model::Entity {
+        use tollgate_proto::model::Entity;
+        let parsed = match kind {
+            "api" => serde_json::from_value(value).map(Entity::Api),
+            "plan" => serde_json::from_value(value).map(Entity::Plan),
+            _ => serde_json::from_value(value).map(Entity::Policy),
+        };
+        parsed.unwrap_or_else(|e| panic!("{kind}: {e}"))
+    }
+
+    #[test]
+    fn the_state_machine_has_the_last_word_on_a_governed_token() {
+        let mut m = Model::default();
+        let put = |e| Command::Put { entity: e, mode: PutMode::Create, now: Timestamp(1) };
+        for api in ["petstore", "bank"] {
+            let a = serde_json::json!({"id": api, "name": api, "stages": [{"name": "prod"}], "routes": []});
+            assert!(m.apply(put(entity("api", a))).0.is_ok());
+            let p = serde_json::json!({"id": format!("{api}-plan"), "name": "p",
+                "api_stages": [{"api_id": api, "stage": "prod"}]});
+            assert!(m.apply(put(entity("plan", p))).0.is_ok());
+            let spec = serde_json::json!({"name": "k", "plan_ids": [format!("{api}-plan")]});
+            let spec = serde_json::from_value(spec).unwrap_or_else(|e| panic!("spec: {e}"));
+            let digest = tollgate_proto::model::SecretDigest { prefix: "tgk_x".into(), sha256: [api.len() as u8; 32] };
+            let key = tollgate_proto::model::ApiKey::from_spec(format!("{api}-key"), spec, digest, Timestamp(1));
+            assert!(m.apply(put(tollgate_proto::model::Entity::Key(key))).0.is_ok(), "key");
+        }
+        let policy = serde_json::json!({"id": "ops", "name": "ops", "statements": [
+            {"effect": "Allow", "principals": ["token:tok_1"], "actions": ["keys:*"], "resources": ["api/petstore/*"]}]});
+        assert!(m.apply(put(entity("policy", policy))).0.is_ok());
+        let delete = |id: &str| Command::Delete { kind: EntityKind::Key, id: id.into() };
+        // Asked through a node whose model lagged: here, it is refused.
+        let (answer, ops) = m.apply_audited(context(1), delete("bank-key"), 20);
+        let rejection = answer.err().unwrap_or_else(|| panic!("deleted a key the token may not touch"));
+        assert_eq!(rejection.kind, tollgate_proto::RejectionKind::Forbidden);
+        assert!(ops.is_empty() && m.get(EntityKind::Key, "bank-key").is_some());
+        assert!(m.apply_audited(context(2), delete("petstore-key"), 21).0.is_ok());
+        // Nor may it change the policy that governs it, whatever it allows.
+        let freed = Command::Delete { kind: EntityKind::Policy, id: "ops".into() };
+        assert!(m.apply_audited(context(3), freed, 22).0.is_err());
+        // The bootstrap token is never governed.
+        let mut root = context(4);
+        root.actor.token_id = None;
+        assert!(m.apply_audited(root, delete("bank-key"), 23).0.is_ok());
     }
 
     #[test]
