@@ -27,10 +27,11 @@
 //! Envoy's rate limit service (`ShouldRateLimit`) and `POST /v1/ratelimit`
 //! on a three-node TLS cluster. `tls`: TLS on every
 //! listener, mutual TLS between peers, and `tollgate dev --tls`. `openapi`:
-//! the OpenAPI document a node serves, against its router. `metering`: the
-//! metering scenarios against a real cluster's authority, on nodes run in
-//! this process (the one module that does not start node processes: it
-//! needs a node's own handles).
+//! the OpenAPI document a node serves, against its router. `console`: the
+//! admin routes the web console reads. `metering`: the metering scenarios
+//! against a real cluster's authority, on nodes run in this process (the
+//! one module that does not start node processes: it needs a node's own
+//! handles).
 //!
 //! # One process
 //!
@@ -49,6 +50,7 @@ mod chaos;
 mod check_api;
 mod client;
 mod cluster;
+mod console;
 mod grpc;
 mod harness;
 #[path = "harness/history.rs"]

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod auth_failures;
 pub mod check;
 pub mod cluster;
+pub mod decisions;
 pub mod error;
 pub mod extract;
 pub mod forward_auth;
@@ -109,6 +110,7 @@ pub fn router(state: HttpState) -> Router {
     admin = admin.route("/v1/admin/plans/{id}/usage", axum::routing::get(usage::get_usage));
     admin = admin.route("/v1/admin/plans/{id}/usage/{key_id}", axum::routing::post(usage::update_usage));
     admin = admin.route("/v1/admin/identity-key/rotate", axum::routing::post(admin::rotate_identity_key));
+    admin = admin.route("/v1/admin/decisions", axum::routing::get(decisions::decisions));
     let admin = cluster::routes(admin)
         .route_layer(middleware::from_fn(scope_idempotency_key))
         .route_layer(middleware::from_extractor_with_state::<AdminCaller, _>(state.clone()))

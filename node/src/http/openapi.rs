@@ -40,8 +40,9 @@ use tollgate_proto::command::MAX_CREATE_MANY;
         title = "Tollgate",
         description = "The HTTP API of a Tollgate node: the check (`POST /v1/check` and forward-auth for edge \
                        proxies), the admin API (APIs, usage plans, keys, policies, authorizers, admin tokens, \
-                       rate limit domains, usage, the identity key and the cluster), health, metrics and this document. Admin \
-                       routes need `Authorization: Bearer <admin token>`, `/v1/ratelimit` a token of the \
+                       rate limit domains, usage, the identity key, decision counts and the cluster), health, \
+                       metrics and this document. Admin routes need \
+                       `Authorization: Bearer <admin token>`, `/v1/ratelimit` a token of the \
                        check scope; the others are public. Every error \
                        is `{\"error\": {\"code\", \"field\", \"message\"}}` and names the field at fault."
     ),
@@ -564,6 +565,22 @@ fn handwritten_schemas() -> Vec<(&'static str, Value)> {
                             "wire_addr": {"type": "string"}, "voter": {"type": "boolean"}}}}}}),
         ),
         (
+            "DecisionCounts",
+            json!({"type": "object", "required": ["node_id", "uptime_ms", "total", "reasons"], "properties": {
+                "node_id": uint64,
+                "uptime_ms": {"type": "integer", "format": "uint64", "minimum": 0, "maximum": u64::MAX,
+                    "description": "How long the counts have been counting: less than in an earlier answer \
+                    means the node restarted and its counts began again at zero."},
+                "total": {"type": "integer", "format": "uint64", "minimum": 0, "maximum": u64::MAX,
+                    "description": "Every decision counted, the sum of `reasons`."},
+                "reasons": {"type": "object", "propertyNames": schema_ref("ReasonCode"),
+                    "additionalProperties": uint64,
+                    "description": "Decisions by reason; a reason that has not occurred is left out."}},
+                "description": "This node's check decisions since it started, by reason, summed over APIs and \
+                    stages (`tollgate_check_decisions_total`). Cumulative: take the difference of two \
+                    answers for a rate."}),
+        ),
+        (
             "Readiness",
             json!({"type": "object", "required": ["member", "leader_id"], "properties": {
                 "member": {"type": "boolean"}, "leader_id": nullable_uint64,
@@ -914,6 +931,14 @@ pub fn routes() -> Vec<RouteDoc> {
         vec![("200", response("Status", Some(json_body(schema_ref("ClusterStatus")))))],
     );
     routes.push(route("get", "/v1/admin/cluster", Access::Admin, admin(status, false)));
+    let decisions = operation(
+        "decisions",
+        "This node's check decisions by reason since it started (cumulative counts, for rates)",
+        vec![],
+        None,
+        vec![("200", response("The counts", Some(json_body(schema_ref("DecisionCounts")))))],
+    );
+    routes.push(route("get", "/v1/admin/decisions", Access::Admin, admin(decisions, false)));
     let add = operation(
         "cluster",
         "Add a node: a learner, then (unless `voter` is false) a voter",
@@ -1265,8 +1290,9 @@ mod tests {
     use super::*;
 
     /// The routes `super::router` adds, read off the router code (mod.rs,
-    /// admin.rs, cluster.rs, check.rs, forward_auth.rs, ops.rs). A route added
-    /// there and not here, or here and not in [`routes`], fails this test.
+    /// admin.rs, cluster.rs, check.rs, forward_auth.rs, ops.rs, decisions.rs).
+    /// A route added there and not here, or here and not in [`routes`],
+    /// fails this test.
     const SERVED: &[(&str, &str)] = &[
         ("get", "/v1/admin/{kind}"),
         ("post", "/v1/admin/{kind}"),
@@ -1292,6 +1318,7 @@ mod tests {
         ("get", "/.well-known/jwks.json"),
         ("any", "/v1/forward-auth/{api}/{stage}"),
         ("any", "/v1/forward-auth/{api}/{stage}/{rest}"),
+        ("get", "/v1/admin/decisions"),
     ];
 
     fn served() -> Vec<(String, String)> {

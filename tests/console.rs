@@ -1,0 +1,77 @@
+//! The admin routes the web console reads, on real nodes: decision counts
+//! by reason.
+
+use reqwest::header::HeaderMap;
+use serde_json::{json, Value};
+
+use crate::harness::{self, Cluster};
+
+/// One `POST /v1/check` of `GET /pets/1` on node 1 with `key` as the API key.
+async fn check(cluster: &Cluster, api: &str, key: &str) -> Value {
+    let body = json!({"api": api, "stage": "prod", "method": "GET", "path": "/pets/1", "source_ip": "203.0.113.9",
+        "headers": {"x-api-key": key}});
+    let response = cluster.http.post(format!("{}/v1/check", cluster.url(1))).json(&body).send().await.expect("check");
+    response.json().await.expect("a decision")
+}
+
+async fn decisions(cluster: &Cluster, token: Option<&str>) -> (u16, HeaderMap, Value) {
+    let mut request = cluster.http.get(format!("{}/v1/admin/decisions", cluster.url(1)));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("GET /v1/admin/decisions");
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    (status, headers, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn decision_counts_by_reason_need_an_admin_token_and_count_every_check_once() {
+    let cluster = Cluster::start(1).await;
+    for token in [None, Some("tga_not-the-token-at-all")] {
+        let (status, headers, body) = decisions(&cluster, token).await;
+        assert_eq!(status, 401, "{token:?}: {body}");
+        assert_eq!(body["error"]["code"], "unauthorized");
+        assert_eq!(headers.get("www-authenticate").and_then(|v| v.to_str().ok()), Some("Bearer"));
+    }
+    let api = json!({"id": "pets", "name": "Pets", "stages": [{"name": "prod"}],
+        "routes": [{"method": "GET", "path": "/pets/*", "api_key_required": true}]});
+    assert_eq!(cluster.post(1, "/v1/admin/apis", api).await.0, 201);
+    let plan = json!({"id": "open", "name": "Open", "throttle": {"rate_per_sec": 1000, "burst": 1000},
+        "api_stages": [{"api_id": "pets", "stage": "prod"}]});
+    assert_eq!(cluster.post(1, "/v1/admin/plans", plan).await.0, 201);
+    let (status, key) = cluster.post(1, "/v1/admin/keys", json!({"name": "alice", "plan_ids": ["open"]})).await;
+    assert_eq!(status, 201, "{key}");
+    let secret = key["secret"].as_str().expect("the secret");
+
+    let (status, _, before) = decisions(&cluster, Some(harness::TOKEN)).await;
+    assert_eq!(status, 200, "{before}");
+    assert_eq!(before["node_id"], 1);
+    for _ in 0..3 {
+        assert_eq!(check(&cluster, "pets", secret).await["reason"], "allowed");
+    }
+    for _ in 0..2 {
+        assert_eq!(check(&cluster, "pets", "tgk_no-such-key").await["reason"], "unknown_key");
+    }
+    assert_eq!(check(&cluster, "no-such-api", secret).await["reason"], "unknown_api");
+
+    let (status, _, after) = decisions(&cluster, Some(harness::TOKEN)).await;
+    assert_eq!(status, 200, "{after}");
+    let count = |body: &Value, reason: &str| body["reasons"][reason].as_u64().unwrap_or(0);
+    for (reason, more) in [("allowed", 3), ("unknown_key", 2), ("unknown_api", 1), ("throttled", 0)] {
+        assert_eq!(count(&after, reason) - count(&before, reason), more, "{reason}: {before} then {after}");
+    }
+    let total = after["total"].as_u64().expect("total");
+    assert_eq!(total - before["total"].as_u64().expect("total"), 6);
+    let summed: u64 = after["reasons"].as_object().expect("reasons").values().filter_map(Value::as_u64).sum();
+    assert_eq!(summed, total, "total is the sum of the reasons");
+    assert!(after["reasons"].as_object().expect("reasons").values().all(|v| v.as_u64() > Some(0)), "{after}");
+    assert!(after["uptime_ms"].as_u64() >= before["uptime_ms"].as_u64(), "{before} then {after}");
+
+    // A read token may read them; a proxy's check token may not.
+    let (_, reader) = cluster.post(1, "/v1/admin/tokens", json!({"name": "console", "scopes": ["read"]})).await;
+    let (status, _, body) = decisions(&cluster, reader["secret"].as_str()).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, proxy) = cluster.post(1, "/v1/admin/tokens", json!({"name": "envoy", "scopes": ["check"]})).await;
+    let (status, _, body) = decisions(&cluster, proxy["secret"].as_str()).await;
+    assert_eq!((status, &body["error"]["code"]), (403, &json!("forbidden")), "{body}");
+}
