@@ -1,5 +1,5 @@
 //! The admin routes the web console reads, on real nodes: decision counts
-//! by reason.
+//! by reason, and the key search.
 
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
@@ -74,4 +74,55 @@ async fn decision_counts_by_reason_need_an_admin_token_and_count_every_check_onc
     let (_, proxy) = cluster.post(1, "/v1/admin/tokens", json!({"name": "envoy", "scopes": ["check"]})).await;
     let (status, _, body) = decisions(&cluster, proxy["secret"].as_str()).await;
     assert_eq!((status, &body["error"]["code"]), (403, &json!("forbidden")), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_are_found_by_id_name_customer_or_prefix_and_a_search_is_paged() {
+    let cluster = Cluster::start(1).await;
+    let mut keys = Vec::new();
+    for (name, customer) in [("alice", "acme"), ("bob", "globex"), ("carol", "acme"), ("dave", "initech")] {
+        let (status, key) = cluster.post(1, "/v1/admin/keys", json!({"name": name, "customer_id": customer})).await;
+        assert_eq!(status, 201, "{key}");
+        keys.push(key);
+    }
+    let names = |body: &Value| -> Vec<String> {
+        body["items"].as_array().expect("items").iter().map(|k| k["name"].as_str().unwrap_or("?").to_string()).collect()
+    };
+    let node = &cluster;
+    let search = |q: String| async move { node.get(1, &format!("/v1/admin/keys?search={q}")).await };
+
+    let (status, body) = search("ALI".into()).await;
+    assert_eq!((status, names(&body)), (200, vec!["alice".to_string()]), "by name, ignoring case: {body}");
+    let (_, body) = search("acme".into()).await;
+    let mut found = names(&body);
+    found.sort();
+    assert_eq!(found, ["alice", "carol"], "by customer: {body}");
+    let dave = &keys[3];
+    let (_, body) = search(dave["id"].as_str().expect("id").to_string()).await;
+    assert_eq!(names(&body), ["dave"], "by id: {body}");
+    let prefix = dave["prefix"].as_str().expect("prefix");
+    let (_, body) = search(prefix.to_string()).await;
+    assert_eq!(names(&body), ["dave"], "by the secret's visible prefix: {body}");
+    let (_, body) = search("zzz-nobody".into()).await;
+    assert_eq!(names(&body), Vec::<String>::new(), "{body}");
+    // The whole secret finds nothing: a search never tests secrets.
+    let (_, body) = search(dave["secret"].as_str().expect("secret").to_string()).await;
+    assert_eq!(names(&body), Vec::<String>::new(), "{body}");
+    // Empty: every key.
+    let (_, body) = search(String::new()).await;
+    assert_eq!(names(&body).len(), 4, "{body}");
+
+    // Paged like the whole list.
+    let (_, first) = cluster.get(1, "/v1/admin/keys?search=acme&limit=1").await;
+    assert_eq!(first["items"].as_array().map(Vec::len), Some(1), "{first}");
+    let after = first["next_after"].as_str().expect("another page follows");
+    let (_, second) = cluster.get(1, &format!("/v1/admin/keys?search=acme&limit=1&after={after}")).await;
+    assert_eq!(second["items"].as_array().map(Vec::len), Some(1), "{second}");
+    assert_eq!(second["next_after"], Value::Null, "{second}");
+    let mut both = [names(&first), names(&second)].concat();
+    both.sort();
+    assert_eq!(both, ["alice", "carol"]);
+    // Other lists take no `search`.
+    let (status, body) = cluster.get(1, "/v1/admin/plans?search=x").await;
+    assert_eq!((status, &body["error"]["field"]), (400, &json!("search")), "{body}");
 }

@@ -767,6 +767,16 @@ pub fn routes() -> Vec<RouteDoc> {
                 "only the rate limit domain with this domain name (a page of one, or none)",
             ));
         }
+        if segment == "keys" {
+            params.push(param(
+                "query",
+                "search",
+                false,
+                json!({"type": "string"}),
+                "only keys whose id, name, customer id or secret prefix contains this text, ignoring case \
+                 (paged like the whole list; empty: every key)",
+            ));
+        }
         let list = operation(
             segment,
             &format!("List {noun}s, in id order"),
