@@ -1,5 +1,6 @@
 //! The admin routes the web console reads, on real nodes: decision counts
-//! by reason, and the key search.
+//! by reason, the key search, and the leader's view of each member's
+//! replication.
 
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
@@ -125,4 +126,25 @@ async fn keys_are_found_by_id_name_customer_or_prefix_and_a_search_is_paged() {
     // Other lists take no `search`.
     let (status, body) = cluster.get(1, "/v1/admin/plans?search=x").await;
     assert_eq!((status, &body["error"]["field"]), (400, &json!("search")), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_leader_reports_how_far_each_member_has_replicated_and_followers_do_not() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    assert_eq!(cluster.post(leader, "/v1/admin/plans", harness::plan("p")).await.0, 201);
+    harness::wait_until("every member in sync, as the leader reports", || async {
+        let (_, status) = cluster.get(leader, "/v1/admin/cluster").await;
+        let last = status["last_log_index"].as_u64();
+        let members = status["members"].as_array().cloned().unwrap_or_default();
+        members.len() == 3 && members.iter().all(|m| m["matched_index"].as_u64() == last && last.is_some())
+    })
+    .await;
+    let (_, status) = cluster.get(leader, "/v1/admin/cluster").await;
+    assert!(status["millis_since_quorum_ack"].as_u64().is_some(), "{status}");
+    let follower = cluster.other_than(leader);
+    let (_, status) = cluster.get(follower, "/v1/admin/cluster").await;
+    let members = status["members"].as_array().expect("members");
+    assert!(members.iter().all(|m| m["matched_index"].is_null()), "only the leader knows: {status}");
+    assert_eq!(status["millis_since_quorum_ack"], Value::Null, "{status}");
 }

@@ -559,10 +559,19 @@ fn handwritten_schemas() -> Vec<(&'static str, Value)> {
                     "term": uint64, "last_log_index": nullable_uint64, "commit_index": uint64,
                     "applied_index": nullable_uint64, "snapshot_index": nullable_uint64,
                     "purged_index": nullable_uint64,
+                    "millis_since_quorum_ack": {"type": ["integer", "null"], "format": "uint64", "minimum": 0,
+                        "maximum": u64::MAX, "description": "On the leader: milliseconds since a quorum last \
+                        acknowledged it. Null on other nodes, and before a quorum has."},
                     "members": {"type": "array", "items": {"type": "object",
-                        "required": ["id", "http_addr", "peer_addr", "wire_addr", "voter"], "properties": {
+                        "required": ["id", "http_addr", "peer_addr", "wire_addr", "voter", "matched_index"],
+                        "properties": {
                             "id": uint64, "http_addr": {"type": "string"}, "peer_addr": {"type": "string"},
-                            "wire_addr": {"type": "string"}, "voter": {"type": "boolean"}}}}}}),
+                            "wire_addr": {"type": "string"}, "voter": {"type": "boolean"},
+                            "matched_index": {"type": ["integer", "null"], "format": "uint64", "minimum": 0,
+                                "maximum": u64::MAX, "description": "On the leader: the last log index this \
+                                member is known to hold (the leader's own last index for itself), so its lag \
+                                is `last_log_index` minus this. Null on other nodes, and for a member the \
+                                leader has not heard from."}}}}}}),
         ),
         (
             "DecisionCounts",
