@@ -1,11 +1,138 @@
-//! The admin routes the web console reads, on real nodes: decision counts
-//! by reason, the key search, and the leader's view of each member's
-//! replication.
+//! The web console on a real node: `/console` and each of its files served
+//! with their types and security headers, nothing else under `/console`,
+//! no inline script and nothing loaded from elsewhere; and the admin API
+//! additions it reads — decision counts by reason, the key search, and the
+//! leader's view of each member's replication. (The browser itself is
+//! driven by `tests/python/console_test.py`.)
+
+use std::collections::BTreeSet;
 
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 
 use crate::harness::{self, Cluster};
+
+/// Every file of the console and the type it must be served with.
+const FILES: [(&str, &str); 4] = [
+    ("/console", "text/html; charset=utf-8"),
+    ("/console/console.js", "text/javascript; charset=utf-8"),
+    ("/console/console.css", "text/css; charset=utf-8"),
+    ("/console/icon.svg", "image/svg+xml"),
+];
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> &'h str {
+    headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_else(|| panic!("no {name} header"))
+}
+
+/// The security headers every console file carries.
+fn assert_strict(path: &str, headers: &HeaderMap) {
+    let csp = header(headers, "content-security-policy");
+    let directives: BTreeSet<&str> = csp.split(';').map(str::trim).collect();
+    for wanted in [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(directives.contains(wanted), "{path}: CSP {csp:?} lacks {wanted:?}");
+    }
+    for loose in ["'unsafe-inline'", "'unsafe-eval'", "*", "data:", "http:", "https:"] {
+        assert!(!csp.split_whitespace().any(|word| word == loose), "{path}: CSP {csp:?} allows {loose}");
+    }
+    assert_eq!(header(headers, "x-content-type-options"), "nosniff", "{path}");
+    assert_eq!(header(headers, "referrer-policy"), "no-referrer", "{path}");
+    assert_eq!(header(headers, "x-frame-options"), "DENY", "{path}");
+    assert_eq!(header(headers, "cache-control"), "no-cache", "{path}");
+}
+
+/// The values of `attribute="..."` in an HTML text.
+fn attribute_values<'t>(html: &'t str, attribute: &str) -> Vec<&'t str> {
+    let needle = format!(" {attribute}=\"");
+    html.match_indices(&needle)
+        .filter_map(|(at, _)| html[at + needle.len()..].split_once('"').map(|(value, _)| value))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_is_served_with_its_types_and_strict_security_headers() {
+    let cluster = Cluster::start(1).await;
+    let mut bodies = Vec::new();
+    for (path, content_type) in FILES {
+        let response = cluster.http.get(format!("{}{path}", cluster.url(1))).send().await.expect("GET");
+        assert_eq!(response.status(), 200, "{path} is public: no token needed");
+        assert_eq!(header(response.headers(), "content-type"), content_type, "{path}");
+        assert_strict(path, response.headers());
+        let text = response.text().await.expect("body");
+        assert!(!text.is_empty(), "{path} is empty");
+        bodies.push((path, text));
+    }
+    let html = &bodies[0].1;
+    let script = &bodies[1].1;
+
+    // No inline script: every <script> names a file of ours and holds nothing.
+    let scripts: Vec<&str> = html.match_indices("<script").map(|(at, _)| &html[at..]).collect();
+    assert_eq!(scripts.len(), 1, "one script, the console's");
+    for tag in scripts {
+        assert!(tag.starts_with("<script src=\"/console/console.js\""), "{tag:.60}");
+        let inner = tag.split_once('>').map(|(_, rest)| rest).unwrap_or_default();
+        assert!(inner.starts_with("</script>"), "a script with content: {tag:.80}");
+    }
+    for inline in [" onclick=", " onload=", " onerror=", " onsubmit=", "javascript:", " style=", "<style"] {
+        assert!(!html.to_lowercase().contains(inline), "the page has inline code or style: {inline}");
+    }
+    // Everything it loads is one of these files: nothing from elsewhere.
+    let served: BTreeSet<&str> = FILES.iter().map(|(path, _)| *path).collect();
+    for url in attribute_values(html, "src").into_iter().chain(attribute_values(html, "href")) {
+        if url.starts_with('#') || url == "/openapi.json" {
+            continue;
+        }
+        assert!(served.contains(url), "the page loads {url}, which is not a console file");
+    }
+    for (path, text) in &bodies {
+        let external = text.replace("http://www.w3.org/2000/svg", "");
+        assert!(!external.contains("http://") && !external.contains("https://"), "{path} names another site");
+        assert!(!external.contains("@import"), "{path} imports a style sheet");
+    }
+    // The script puts API data on the page as text, keeps the token in
+    // session storage only, and evaluates no strings.
+    for banned in
+        [".innerHTML", ".outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function", "localStorage."]
+    {
+        assert!(!script.contains(banned), "console.js uses {banned}");
+    }
+    assert!(script.contains("sessionStorage.setItem"), "the token is kept in session storage");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_console_files_are_served_under_console() {
+    let cluster = Cluster::start(1).await;
+    for path in [
+        "/console/",
+        "/console/index.html",
+        "/console/nope.js",
+        "/console/console.js.map",
+        "/console/../openapi.json/x",
+        "/console/%2e%2e/Cargo.toml",
+        "/console/node.json",
+        "/consolex",
+    ] {
+        let response = cluster.http.get(format!("{}{path}", cluster.url(1))).send().await.expect("GET");
+        assert_eq!(response.status(), 404, "{path}");
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(body["error"]["code"], "not_found", "{path}: {body}");
+    }
+    for method in [reqwest::Method::POST, reqwest::Method::PUT, reqwest::Method::DELETE] {
+        let response =
+            cluster.http.request(method.clone(), format!("{}/console", cluster.url(1))).send().await.expect("request");
+        assert_eq!(response.status(), 405, "{method} /console");
+    }
+    let head = cluster.http.head(format!("{}/console/console.css", cluster.url(1))).send().await.expect("HEAD");
+    assert_eq!(head.status(), 200);
+    assert_strict("HEAD /console/console.css", head.headers());
+}
 
 /// One `POST /v1/check` of `GET /pets/1` on node 1 with `key` as the API key.
 async fn check(cluster: &Cluster, api: &str, key: &str) -> Value {

@@ -28,10 +28,10 @@
 //! on a three-node TLS cluster. `tls`: TLS on every
 //! listener, mutual TLS between peers, and `tollgate dev --tls`. `openapi`:
 //! the OpenAPI document a node serves, against its router. `console`: the
-//! admin routes the web console reads. `metering`: the metering scenarios
-//! against a real cluster's authority, on nodes run in this process (the
-//! one module that does not start node processes: it needs a node's own
-//! handles).
+//! web console's files and headers, and the admin routes it reads.
+//! `metering`: the metering scenarios against a real cluster's authority,
+//! on nodes run in this process (the one module that does not start node
+//! processes: it needs a node's own handles).
 //!
 //! # One process
 //!

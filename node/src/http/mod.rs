@@ -1,4 +1,5 @@
-//! The HTTP listener: admin API, health, metrics and the OpenAPI document.
+//! The HTTP listener: admin API, health, metrics, the OpenAPI document and
+//! the web console (`/console`, static files: see [`console`]).
 //!
 //! Every admin route requires a bearer admin token: the bootstrap token from
 //! `TOLLGATE_ADMIN_TOKEN`, or one created through `/v1/admin/tokens`. Tokens
@@ -13,6 +14,7 @@ pub mod auth;
 pub mod auth_failures;
 pub mod check;
 pub mod cluster;
+pub mod console;
 pub mod decisions;
 pub mod error;
 pub mod extract;
@@ -121,6 +123,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(check::routes())
         .merge(ratelimit::routes())
         .merge(forward_auth::routes())
+        .merge(console::routes())
         .fallback(|| async { ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         // Refuses a body announced too large before reading any of it.

@@ -41,7 +41,7 @@ use tollgate_proto::command::MAX_CREATE_MANY;
         description = "The HTTP API of a Tollgate node: the check (`POST /v1/check` and forward-auth for edge \
                        proxies), the admin API (APIs, usage plans, keys, policies, authorizers, admin tokens, \
                        rate limit domains, usage, the identity key, decision counts and the cluster), health, \
-                       metrics and this document. Admin routes need \
+                       metrics, the web console (`/console`) and this document. Admin routes need \
                        `Authorization: Bearer <admin token>`, `/v1/ratelimit` a token of the \
                        check scope; the others are public. Every error \
                        is `{\"error\": {\"code\", \"field\", \"message\"}}` and names the field at fault."
@@ -73,7 +73,7 @@ struct Derived;
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// Anyone: the check path, health, metrics, keys and this document.
+    /// Anyone: the check path, health, metrics, keys, the console and this document.
     Public,
     /// A bearer admin token (a `read` token only for GET).
     Admin,
@@ -1172,6 +1172,17 @@ pub fn routes() -> Vec<RouteDoc> {
         responses.extend(extra);
         routes.push(route("get", path, Access::Public, operation("operations", summary, vec![], None, responses)));
     }
+    for asset in &super::console::ASSETS {
+        let media = asset.content_type.split(';').next().unwrap_or(asset.content_type);
+        let mut ok = response("The file", Some(json!({media: {"schema": {"type": "string"}}})));
+        let mut headers = Map::new();
+        for (name, value) in super::console::HEADERS {
+            headers.insert(name.to_string(), json!({"required": true, "schema": {"type": "string", "const": value}}));
+        }
+        ok["headers"] = Value::Object(headers);
+        let op = operation("console", asset.summary, vec![], None, vec![("200", ok)]);
+        routes.push(route("get", asset.path, Access::Public, op));
+    }
     routes
 }
 
@@ -1309,9 +1320,9 @@ mod tests {
     use super::*;
 
     /// The routes `super::router` adds, read off the router code (mod.rs,
-    /// admin.rs, cluster.rs, check.rs, forward_auth.rs, ops.rs, decisions.rs).
-    /// A route added there and not here, or here and not in [`routes`],
-    /// fails this test.
+    /// admin.rs, cluster.rs, check.rs, forward_auth.rs, ops.rs, console.rs,
+    /// decisions.rs). A route added there and not here, or here and not in
+    /// [`routes`], fails this test.
     const SERVED: &[(&str, &str)] = &[
         ("get", "/v1/admin/{kind}"),
         ("post", "/v1/admin/{kind}"),
@@ -1338,6 +1349,10 @@ mod tests {
         ("any", "/v1/forward-auth/{api}/{stage}"),
         ("any", "/v1/forward-auth/{api}/{stage}/{rest}"),
         ("get", "/v1/admin/decisions"),
+        ("get", "/console"),
+        ("get", "/console/console.js"),
+        ("get", "/console/console.css"),
+        ("get", "/console/icon.svg"),
     ];
 
     fn served() -> Vec<(String, String)> {
