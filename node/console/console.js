@@ -925,7 +925,8 @@
 
   /** A tick value with as many decimals as its step needs. */
   function tick(value, step) {
-    const decimals = step >= 1 ? 0 : Math.min(6, Math.ceil(-Math.log10(step)));
+    // As many decimals as the step has (0.25 needs two): every tick is exact.
+    const decimals = step >= 1 ? 0 : Math.min(6, (String(step).split('.')[1] || '').length);
     return decimals ? value.toFixed(decimals) : number(Math.round(value));
   }
 
@@ -1101,7 +1102,7 @@
       } else if (key) {
         const p = items[0].current_period;
         out.append(h('section', {class: 'panel', id: 'usage-period'}, facts([
-          ['Period', `${p.start.slice(0, 10)} to ${p.end.slice(0, 10)}`],
+          ['Period (UTC)', `${p.start.slice(0, 10)} up to ${p.end.slice(0, 10)}`],
           ['Limit', number(p.limit)],
           ['Used', number(p.used)],
           ['Held by nodes', number(p.held)],
