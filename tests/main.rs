@@ -29,9 +29,14 @@
 //! listener, mutual TLS between peers, and `tollgate dev --tls`. `openapi`:
 //! the OpenAPI document a node serves, against its router. `console`: the
 //! web console's files and headers, and the admin routes it reads.
-//! `metering`: the metering scenarios against a real cluster's authority,
-//! on nodes run in this process (the one module that does not start node
-//! processes: it needs a node's own handles).
+//! `operator`: the audit trail of admin changes, and backups saved,
+//! restored onto new nodes and checked. `metering`: the metering scenarios
+//! against a real cluster's authority, on nodes run in this process (the
+//! one module that does not start node processes: it needs a node's own
+//! handles). `cli`: the `tollgate` command line — a subcommand for every
+//! admin route of the OpenAPI document, help text everywhere, completions,
+//! table/JSON/YAML output, key reroll and update, exit codes. `logs`: a
+//! node's log in a file (no colour codes) and as JSON lines.
 //!
 //! # One process
 //!
@@ -48,6 +53,7 @@ mod admin_api;
 #[path = "harness/chaos.rs"]
 mod chaos;
 mod check_api;
+mod cli;
 mod client;
 mod cluster;
 mod console;
@@ -55,8 +61,10 @@ mod grpc;
 mod harness;
 #[path = "harness/history.rs"]
 mod history;
+mod logs;
 mod metering;
 mod openapi;
+mod operator;
 mod proxies;
 mod quotas;
 mod rate_limits;

@@ -173,6 +173,7 @@ fn cli(url: &str, args: &[&str]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["--url", url, "--token", harness::TOKEN, "limits"])
         .args(args)
+        .env_remove("TOLLGATE_OUTPUT")
         .output()
         .expect("tollgate limits")
 }
@@ -211,13 +212,17 @@ async fn the_cli_imports_an_envoy_ratelimit_file_replaces_it_on_reimport_and_nam
     let example = example();
     let out = cli(&url, &["import", example.to_str().unwrap_or_default()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let said = text(&out.stdout);
-    assert!(said.starts_with("created \"storefront\" (rld_") && said.contains("example.yaml: line 13"), "{said}");
+    // What was done, per domain (JSON: standard output is not a terminal).
+    let said: Value = serde_json::from_slice(&out.stdout).expect("import prints JSON");
+    let done = &said["items"][0];
+    assert_eq!((&done["domain"], &done["result"]), (&json!("storefront"), &json!("created")), "{said}");
+    assert!(done["source"].as_str().is_some_and(|s| s.ends_with("example.yaml: line 13")), "{said}");
+    assert_eq!(said["items"].as_array().map(Vec::len), Some(1), "{said}");
     let out = cli(&url, &["get", "storefront"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let shown: Value = serde_json::from_slice(&out.stdout).expect("get prints JSON");
     let id = shown["id"].as_str().unwrap_or_default().to_string();
-    assert!(said.contains(&id), "{said} / {shown}");
+    assert_eq!(done["id"].as_str(), Some(id.as_str()), "{said} / {shown}");
     // The file's features, as stored (read back from the leader too).
     let (_, stored) = cluster.get(leader, &format!("/v1/admin/ratelimits/{id}")).await;
     assert_eq!(stored, shown);
@@ -238,7 +243,8 @@ async fn the_cli_imports_an_envoy_ratelimit_file_replaces_it_on_reimport_and_nam
     std::fs::write(&edited, original.replace("requests_per_unit: 20000", "requests_per_unit: 25000")).expect("write");
     let out = cli(&url, &["import", edited.to_str().unwrap_or_default()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).starts_with(&format!("replaced \"storefront\" ({id})")), "{}", text(&out.stdout));
+    let said: Value = serde_json::from_slice(&out.stdout).expect("import prints JSON");
+    assert_eq!((&said["items"][0]["result"], &said["items"][0]["id"]), (&json!("replaced"), &json!(id)), "{said}");
     let (_, stored) = cluster.get(leader, &format!("/v1/admin/ratelimits/{id}")).await;
     let partner = rule(&stored, &[("plan", Some("partner")), ("api_key", None)]);
     assert_eq!(partner["rate_limit"]["requests_per_unit"], 25_000, "{stored}");
@@ -287,7 +293,8 @@ async fn the_cli_imports_an_envoy_ratelimit_file_replaces_it_on_reimport_and_nam
     // --dry-run reads and checks, and writes nothing.
     let out = cli(&url, &["import", "--dry-run", good.to_str().unwrap_or_default()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).starts_with("checked \"other\""), "{}", text(&out.stdout));
+    let said: Value = serde_json::from_slice(&out.stdout).expect("a dry run prints JSON");
+    assert_eq!((&said["items"][0]["domain"], &said["items"][0]["result"]), (&json!("other"), &json!("checked")));
     assert_eq!(cluster.list_all(leader, "ratelimits", false).await.len(), 1);
 
     // Delete by domain name.

@@ -192,7 +192,7 @@ fn a_cluster_ca_without_a_cluster_token_is_refused_at_start() {
 
 /// `tollgate dev`, stopped with SIGTERM (as Ctrl-C) so it stops its nodes,
 /// also when the test fails or its process dies.
-struct Dev(std::process::Child);
+pub(crate) struct Dev(std::process::Child);
 
 impl Drop for Dev {
     fn drop(&mut self) {
@@ -206,7 +206,7 @@ impl Drop for Dev {
 
 /// Nine ports P..P+2, P+1000.., P+2000.. below the harness's range (20000
 /// and up) and above `tollgate dev`'s default, free now.
-fn dev_base_port() -> u16 {
+pub(crate) fn dev_base_port() -> u16 {
     // Tests run at once: no two calls in this process get overlapping ports.
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
@@ -225,7 +225,7 @@ fn dev_base_port() -> u16 {
 
 /// `tollgate dev` with `extra` flags, its data in DIR/dev, its output in
 /// DIR/dev.out and DIR/dev.err; returned once it says it is up, with its base port.
-async fn start_dev(dir: &std::path::Path, extra: &[&str]) -> (Dev, u16) {
+pub(crate) async fn start_dev(dir: &std::path::Path, extra: &[&str]) -> (Dev, u16) {
     use std::os::unix::process::CommandExt;
     let out = dir.join("dev.out");
     let base = dev_base_port();

@@ -389,6 +389,49 @@ impl AdminClient {
         unavailable.ok_or(AdminError::Unavailable(last))
     }
 
+    /// A backup of the whole replicated state (`POST /v1/admin/snapshot`):
+    /// the file `tollgate snapshot restore` reads, consistent with every
+    /// write acknowledged before the call. Needs a `write` token. Taken on
+    /// the first node that answers (each does a read barrier through the
+    /// leader first); errors as for the typed methods.
+    pub async fn snapshot(&self) -> Result<Vec<u8>, AdminError> {
+        let mut last = String::new();
+        for node in &self.nodes {
+            let request = self.http.post(format!("{node}/v1/admin/snapshot")).bearer_auth(&self.token);
+            let response = match request.send().await {
+                Ok(response) => response,
+                Err(e) => {
+                    last = format!("{node}: {}", error_chain(&e));
+                    continue;
+                }
+            };
+            let status = response.status().as_u16();
+            let body = match response.bytes().await {
+                Ok(body) => body,
+                Err(e) => {
+                    last = format!("{node}: {}", error_chain(&e));
+                    continue;
+                }
+            };
+            if (200..300).contains(&status) {
+                return Ok(body.to_vec());
+            }
+            let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            if status == 503 {
+                last = format!("{node}: {value}");
+                continue;
+            }
+            let text = |name: &str| value["error"][name].as_str().map(str::to_string);
+            return Err(AdminError::Api {
+                status,
+                code: text("code").unwrap_or_else(|| "error".into()),
+                field: text("field"),
+                message: text("message").unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned()),
+            });
+        }
+        Err(AdminError::Unavailable(last))
+    }
+
     /// The answering node's view of the cluster: its role, the leader it
     /// follows and the members. Read on the first node that answers, so
     /// for "who leads?" ask each node (one client per node) and compare.

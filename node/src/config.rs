@@ -16,6 +16,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::cluster::{NodeAddr, NodeId};
+use crate::logging::LogFormat;
 
 /// The flags of `tollgate serve`. Unset ones fall back to the file, then defaults.
 #[derive(Debug, Clone, Default, Args, Deserialize)]
@@ -54,6 +55,9 @@ pub struct ServeArgs {
     #[command(flatten, next_help_heading = "Metrics")]
     #[serde(flatten)]
     pub metrics: MetricsArgs,
+    #[command(flatten, next_help_heading = "Logging")]
+    #[serde(flatten)]
+    pub log: LogArgs,
     /// Keys of the file that are no option: refused (serde's
     /// `deny_unknown_fields` does not work with `flatten`). Last: it gets
     /// what the parts above left.
@@ -76,6 +80,7 @@ pub struct NodeConfig {
     pub trust: TrustConfig,
     pub admin: AdminAuthConfig,
     pub metrics: MetricsConfig,
+    pub log: LogConfig,
 }
 
 // --- Listeners -------------------------------------------------------------
@@ -237,10 +242,13 @@ pub const DEFAULT_KEEP_LOGS: u64 = 1_000;
 
 #[derive(Debug, Clone, Default, Args, Deserialize)]
 pub struct RaftArgs {
+    /// Milliseconds between the leader's heartbeats (default 100).
     #[arg(long, env = "TOLLGATE_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
+    /// Shortest election timeout, ms (default 400; above twice the heartbeat).
     #[arg(long, env = "TOLLGATE_ELECTION_MIN_MS")]
     pub election_min_ms: Option<u64>,
+    /// Longest election timeout, ms (default 800; above the shortest).
     #[arg(long, env = "TOLLGATE_ELECTION_MAX_MS")]
     pub election_max_ms: Option<u64>,
     /// Entries between snapshots.
@@ -527,6 +535,31 @@ impl MetricsArgs {
     }
 }
 
+// --- Logging ---------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+pub struct LogArgs {
+    /// How log lines are written to standard error: `text` (coloured only
+    /// on a terminal, never with NO_COLOR set) or `json` (one object per
+    /// line, for a log shipper). Which lines: TOLLGATE_LOG (default
+    /// `info,openraft=warn,sled=warn`).
+    #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How the node writes its log (`crate::logging`).
+#[derive(Debug, Clone, Default)]
+pub struct LogConfig {
+    /// Text or JSON lines. Optional: text.
+    pub format: LogFormat,
+}
+
+impl LogArgs {
+    fn resolve(self, file: LogArgs) -> LogConfig {
+        LogConfig { format: self.log_format.or(file.log_format).unwrap_or_default() }
+    }
+}
+
 // --- Resolving -------------------------------------------------------------
 
 #[derive(Debug, thiserror::Error)]
@@ -681,6 +714,7 @@ impl ServeArgs {
             trust: self.trust.resolve(file.trust)?,
             admin: self.admin.resolve(file.admin, secret("TOLLGATE_ADMIN_TOKEN")),
             metrics: self.metrics.resolve(file.metrics, secret("TOLLGATE_METRICS_TOKEN")),
+            log: self.log.resolve(file.log),
         };
         let raft = &config.raft;
         if raft.election_min_ms <= raft.heartbeat_ms * 2 || raft.election_max_ms <= raft.election_min_ms {
@@ -908,6 +942,7 @@ mod tests {
             trusted_proxies = "10.0.0.0/8"
             admin_auth_failures_per_minute = 11
             metrics_addr = "m:1"
+            log_format = "json"
         "#;
         std::fs::write(&path, text).unwrap();
         let c = ServeArgs { config: Some(path), ..Default::default() }.resolve_with(&with_secrets).unwrap();
@@ -939,6 +974,7 @@ mod tests {
         assert_eq!(c.admin.failures_per_minute, 11);
         assert!(c.admin.token.is_some());
         assert_eq!((c.metrics.addr.as_deref(), c.metrics.token.as_deref()), (Some("m:1"), None));
+        assert_eq!(c.log.format, LogFormat::Json);
     }
 }
 

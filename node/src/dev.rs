@@ -26,6 +26,11 @@ pub struct DevArgs {
     /// development CA made in DATA_DIR/certs on the first run (`tollgate certs`).
     #[arg(long)]
     pub tls: bool,
+    /// How the nodes write their logs (DATA_DIR/nodeN/node.log): `text`
+    /// (the default; no colours in a file) or `json`, one object per line
+    /// for a log shipper. Written into each node's tollgate.toml.
+    #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<crate::logging::LogFormat>,
 }
 
 /// The three processes; each is killed when dropped, so an early error leaves
@@ -106,6 +111,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         config.insert("grpc".into(), toml::Value::String(grpc(i)));
         config.insert("peers".into(), toml::Value::String(peers.clone()));
         config.insert("data_dir".into(), toml::Value::String(dir.display().to_string()));
+        if let Some(format) = args.log_format {
+            let name = clap::ValueEnum::to_possible_value(&format).map(|v| v.get_name().to_string());
+            config.insert("log_format".into(), toml::Value::String(name.unwrap_or_default()));
+        }
         if args.tls {
             for (key, file) in [("tls_cert", "node.pem"), ("tls_key", "node-key.pem"), ("tls_client_ca", "ca.pem")] {
                 config.insert(key.into(), toml::Value::String(certs.join(file).display().to_string()));

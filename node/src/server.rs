@@ -190,6 +190,9 @@ impl Started {
                 tokio::select! {
                     _ = shutdown => Stop::Asked,
                     reason = &mut stopped => Stop::RaftStopped(reason),
+                    _ = keep_own_address(raft.clone(), self.config.id, self.addr.clone()) => {
+                        Stop::Failed("the own-address task ended".into())
+                    }
                 }
             }
         }
@@ -240,6 +243,39 @@ async fn announce(raft: &typ::Raft, config: &NodeConfig, addr: &NodeAddr, endpoi
     write_endpoints(config, endpoints)?;
     tracing::info!(id = config.id, http = %endpoints.http, peer = %endpoints.peer, wire = %endpoints.wire, grpc = %endpoints.grpc, "node started");
     Ok(())
+}
+
+/// Keeps this node's addresses in the membership true: when it leads and the
+/// membership records other addresses for it (a node restored from a backup
+/// records none, see `cluster::backup`; one started again on other ports), it
+/// sets its own entry with openraft's `SetNodes`, for this node only: the
+/// voters do not change. A follower's stale entry waits until it leads.
+/// Never completes.
+async fn keep_own_address(raft: typ::Raft, id: u64, addr: NodeAddr) {
+    let mut metrics = raft.metrics();
+    loop {
+        let stale = {
+            let m = metrics.borrow_and_update();
+            m.current_leader == Some(id)
+                && m.membership_config.membership().get_node(&id).is_some_and(|recorded| *recorded != addr)
+        };
+        if stale {
+            let change = openraft::ChangeMembers::SetNodes([(id, addr.clone())].into());
+            match raft.change_membership(change, false).await {
+                Ok(_) => tracing::info!(%addr, "this node's addresses updated in the membership"),
+                Err(e) => {
+                    // Another membership change in progress, or leadership
+                    // lost: look again in a moment.
+                    tracing::warn!(error = %e, "could not update this node's addresses in the membership");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
 }
 
 /// Completes with the reason once this node's Raft has stopped on its own

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{AuditAction, AuditContext};
 use crate::model::{Entity, EntityKind, IdentityKeyState, SecretDigest, Timestamp};
 
 /// What a Raft log entry carries: a command and the id of the request that
@@ -132,6 +133,35 @@ pub enum Command {
         /// The proposer's clock, ms since the Unix epoch.
         now_ms: i64,
     },
+    /// An admin change with who asked for it (see [`crate::audit`]): the
+    /// state machine applies `command` as if it came alone and, when it takes
+    /// effect, records an audit entry in the same batch. `command` is never
+    /// itself `Audited` or an `AuditNote` (refused as invalid if it is).
+    Audited {
+        /// Who asked, from where, through which route, when.
+        context: AuditContext,
+        /// The change.
+        command: Box<Command>,
+    },
+    /// An admin change made outside the model (a membership change), recorded
+    /// once it took effect: only an audit entry is written.
+    AuditNote {
+        /// Who asked, from where, through which route, when.
+        context: AuditContext,
+        /// What was done.
+        action: AuditAction,
+        /// What it was done to (a node id).
+        id: Option<String>,
+        /// Anything else worth knowing (a node's addresses).
+        note: Option<String>,
+    },
+}
+
+impl Command {
+    /// `command` wrapped with who asked for it ([`Command::Audited`]).
+    pub fn audited(self, context: AuditContext) -> Command {
+        Command::Audited { context, command: Box::new(self) }
+    }
 }
 
 /// One key's quota in one plan for one period.

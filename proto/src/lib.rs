@@ -21,6 +21,8 @@
 //!   and the answer the state machine gives for it ([`CommandResult`]).
 //!   Business rejections (unknown id, conflict) travel in the answer as a
 //!   [`Rejection`], never as storage errors.
+//! - [`audit`]: the audit trail of admin changes (who, from where, what
+//!   changed), recorded by the state machine with the change itself.
 //! - [`metering`]: the replicated quota ledger (grants and consumption per
 //!   key, plan and period) that keeps quotas exact across nodes.
 //! - [`usage`]: quota usage as the admin API reports it (GetUsage), and the
@@ -41,6 +43,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod canonical;
 pub mod check;
 pub mod codec;

@@ -615,11 +615,19 @@ pub struct Statement {
     pub sid: String,
     /// Allow or deny what the statement matches.
     pub effect: Effect,
-    /// Key ids (`key:ID`), JWT subjects (`sub:…`), groups (`group:…`) or `*`.
+    /// Key ids (`key:ID`), JWT subjects (`sub:…`), groups (`group:…`) or
+    /// `*`; or, in an admin statement of an identity policy (no `api_id`),
+    /// admin tokens only (`token:ID`, `token:*`), never mixed with the others.
     pub principals: Vec<String>,
-    /// `invoke` or `*`.
+    /// `invoke` or `*`; in an admin statement, admin actions `service:verb`
+    /// (`keys:create`, `usage:read`, `keys:*`, `*`; see
+    /// [`crate::validate::ADMIN_ACTIONS`]).
     pub actions: Vec<String>,
-    /// `api/stage/METHOD/path`, each part may use `*`.
+    /// `api/stage/METHOD/path`, each part may use `*`; in an admin
+    /// statement, what the admin API touches: `api/ID`, `plan/ID`,
+    /// `policy/ID`, `authorizer/ID`, `token/ID`, `ratelimit/ID`,
+    /// `api/API/STAGE/key/ID` (a key, once per API stage its plans cover;
+    /// `key/ID` when none), `identity`, `cluster`, `audit`, `snapshot`.
     pub resources: Vec<String>,
     /// Conditions that must all hold for the statement to apply; none: always.
     #[serde(default)]
@@ -1145,6 +1153,20 @@ impl EntityKind {
             EntityKind::Authorizer => "authorizer",
             EntityKind::Token => "token",
             EntityKind::RateLimit => "rate limit domain",
+        }
+    }
+
+    /// The admin API's collection (`/v1/admin/{collection}`), as the audit
+    /// trail and its `kind` filter name the kind.
+    pub fn collection(self) -> &'static str {
+        match self {
+            EntityKind::Api => "apis",
+            EntityKind::Plan => "plans",
+            EntityKind::Key => "keys",
+            EntityKind::Policy => "policies",
+            EntityKind::Authorizer => "authorizers",
+            EntityKind::Token => "tokens",
+            EntityKind::RateLimit => "ratelimits",
         }
     }
 

@@ -439,8 +439,24 @@ pub fn policy(p: &Policy) -> Checked {
         non_empty(&format!("{at}.principals"), &s.principals)?;
         non_empty(&format!("{at}.actions"), &s.actions)?;
         non_empty(&format!("{at}.resources"), &s.resources)?;
+        let tokens = s.principals.iter().filter(|p| p.starts_with("token:")).count();
+        let admin = tokens == s.principals.len();
+        if tokens > 0 && !admin {
+            return fail(
+                format!("{at}.principals"),
+                "name admin tokens (token:…) or callers of the check, not both, in one statement",
+            );
+        }
+        if admin && p.api_id.is_some() {
+            return fail(
+                format!("{at}.principals"),
+                "admin tokens (token:…) are named in identity policies: leave api_id out",
+            );
+        }
         for (j, a) in s.actions.iter().enumerate() {
-            if a != "invoke" && a != "*" {
+            if admin {
+                admin_action(&format!("{at}.actions[{j}]"), a)?;
+            } else if a != "invoke" && a != "*" {
                 return fail(format!("{at}.actions[{j}]"), "must be \"invoke\" or \"*\"");
             }
         }
@@ -458,6 +474,63 @@ pub fn policy(p: &Policy) -> Checked {
         }
     }
     Ok(())
+}
+
+/// The admin API's actions, `service:verb`, that an admin statement (one
+/// naming `token:` principals) may name; each part may also be a glob.
+pub const ADMIN_ACTIONS: &[&str] = &[
+    "apis:read",
+    "apis:create",
+    "apis:update",
+    "apis:delete",
+    "plans:read",
+    "plans:create",
+    "plans:update",
+    "plans:delete",
+    "keys:read",
+    "keys:create",
+    "keys:update",
+    "keys:delete",
+    "keys:reroll",
+    "policies:read",
+    "policies:create",
+    "policies:update",
+    "policies:delete",
+    "authorizers:read",
+    "authorizers:create",
+    "authorizers:update",
+    "authorizers:delete",
+    "tokens:read",
+    "tokens:create",
+    "tokens:update",
+    "tokens:delete",
+    "ratelimits:read",
+    "ratelimits:create",
+    "ratelimits:update",
+    "ratelimits:delete",
+    "usage:read",
+    "usage:update",
+    "identity:read",
+    "identity:rotate",
+    "cluster:read",
+    "cluster:update",
+    "decisions:read",
+    "audit:read",
+    "snapshot:create",
+];
+
+/// An admin statement's action: `*`, one of [`ADMIN_ACTIONS`], or a glob
+/// (`keys:*`, `*:read`) that matches at least one of them.
+fn admin_action(at: &str, action: &str) -> Checked {
+    let matches_one = ADMIN_ACTIONS.iter().any(|known| crate::descriptors::wildcard_match(action, known));
+    let shaped = action == "*" || action.split_once(':').is_some_and(|(s, v)| !s.is_empty() && !v.is_empty());
+    if shaped && matches_one {
+        return Ok(());
+    }
+    fail(
+        at,
+        format!("must be an admin action such as keys:create, keys:* or *; these exist: {}", ADMIN_ACTIONS.join(", ")),
+    )
 }
 
 fn condition(at: &str, c: &Condition) -> Checked {

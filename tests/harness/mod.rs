@@ -346,7 +346,19 @@ impl Cluster {
         Self::start_with(n, Options::default()).await
     }
 
-    pub async fn start_with(n: u64, mut options: Options) -> Cluster {
+    pub async fn start_with(n: u64, options: Options) -> Cluster {
+        Self::start_seeded(n, options, None).await
+    }
+
+    /// Starts `n` nodes as [`Cluster::start_with`] does, but node 1 from a
+    /// backup: `tollgate snapshot restore BACKUP --data-dir … --id 1` seeds
+    /// its data dir, and it starts without `--init` as the only voter of a
+    /// new cluster; the others join it through the admin API.
+    pub async fn start_restored(n: u64, options: Options, backup: &Path) -> Cluster {
+        Self::start_seeded(n, options, Some(backup)).await
+    }
+
+    async fn start_seeded(n: u64, mut options: Options, backup: Option<&Path>) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut http = reqwest::Client::builder().timeout(Duration::from_secs(20));
         if options.tls {
@@ -363,8 +375,23 @@ impl Cluster {
         let links = if options.partitionable { PeerLinks::start(&ids).await } else { PeerLinks::default() };
         let mut nodes: Vec<Node> = ids
             .iter()
-            .map(|&id| Node::new(id, dir.path().join(format!("node{id}")), options.tls, id == 1, links.args_of(id)))
+            .map(|&id| {
+                let init = id == 1 && backup.is_none();
+                Node::new(id, dir.path().join(format!("node{id}")), options.tls, init, links.args_of(id))
+            })
             .collect();
+        if let Some(backup) = backup {
+            let out = Command::new(&options.bin)
+                .args(["snapshot", "restore"])
+                .arg(backup)
+                .arg("--data-dir")
+                .arg(&nodes[0].dir)
+                .args(["--id", "1"])
+                .output()
+                .expect("run tollgate snapshot restore");
+            let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success(), "tollgate snapshot restore failed: {said}");
+        }
         let mut mounts = Vec::new();
         if let Some(mib) = options.tmpfs_mib {
             for node in &nodes {

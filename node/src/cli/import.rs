@@ -22,6 +22,8 @@ use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Map, Value};
 use tollgate_client::admin::{AdminClient, AdminError, ApiKeySpec, MAX_IMPORT};
 
+use super::exit::{Exit, Failure};
+
 /// How the file is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -208,16 +210,36 @@ pub async fn import(
         let lines = format!("lines {}-{}", chunk.first().map_or(0, |r| r.line), chunk.last().map_or(0, |r| r.line));
         let keys = match admin.import_keys(&specs).await {
             Ok(keys) => keys,
-            Err(AdminError::Api { status: 409, code, message, .. }) if code == "already_created" => bail!(
-                "{lines}: the node created these keys but its answer was lost on the way ({message}); their \
-                 secrets cannot be shown again: find the keys by name and reroll them ({created} keys were \
-                 created before them)"
-            ),
+            Err(AdminError::Api { status: 409, code, message, .. }) if code == "already_created" => {
+                return Err(Failure::new(
+                    Exit::Conflict,
+                    format!(
+                        "{lines}: the node created these keys but its answer was lost on the way ({message}); \
+                         their secrets cannot be shown again: find the keys by name and reroll them ({created} \
+                         keys were created before them)"
+                    ),
+                )
+                .into())
+            }
             Err(AdminError::Api { status, field: Some(field), message, .. }) => {
                 let (line, rest) = item_line(chunk, &field);
-                bail!("line {line}: {rest}: {message} ({status}; {created} keys were created before this batch)")
+                return Err(Failure::new(
+                    Exit::of_status(status),
+                    format!("line {line}: {rest}: {message} ({status}; {created} keys were created before this batch)"),
+                )
+                .into());
             }
-            Err(e) => bail!("{lines}: {e} ({created} keys were created before this batch)"),
+            Err(e) => {
+                let exit = match &e {
+                    AdminError::Api { status, .. } => Exit::of_status(*status),
+                    AdminError::Unavailable(_) => Exit::Unavailable,
+                };
+                return Err(Failure::new(
+                    exit,
+                    format!("{lines}: {e} ({created} keys were created before this batch)"),
+                )
+                .into());
+            }
         };
         let written = write_secrets(out, chunk, &keys);
         if let Err(e) = written {

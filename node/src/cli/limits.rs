@@ -44,6 +44,10 @@ use tollgate_client::admin::{AdminClient, AdminError, Method};
 use tollgate_proto::model::{DescriptorRateLimit, DescriptorRule, LimitReplaces, RateLimitDomain, RateLimitUnit};
 use tollgate_proto::validate;
 
+use super::exit::{Exit, Failure};
+
+pub mod commands;
+
 /// Where a file error is, and what it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileError {
@@ -332,7 +336,7 @@ pub fn read_files(files: &[String]) -> anyhow::Result<Vec<LoadedDomain>> {
             let before = &bytes[..e.valid_up_to()];
             let line = 1 + before.iter().filter(|b| **b == b'\n').count();
             let column = 1 + before.iter().rev().take_while(|b| **b != b'\n').count();
-            anyhow!("{file}: line {line}, column {column}: not UTF-8 text")
+            Failure::new(Exit::Invalid, format!("{file}: line {line}, column {column}: not UTF-8 text"))
         })?;
         for loaded in read(file, text)? {
             if let Some(first) = all.iter().find(|d| d.domain.domain == loaded.domain.domain) {
@@ -603,7 +607,8 @@ pub async fn find(client: &AdminClient, domain: &str) -> anyhow::Result<Option<V
         .await
         .map_err(unreachable)?;
     if status != 200 {
-        bail!("looking up domain {domain:?}: {}", refusal(status, &page));
+        let refused = Failure::refused(status, &page);
+        return Err(Failure::new(refused.exit, format!("looking up domain {domain:?}: {}", refused.message)).into());
     }
     Ok(page["items"].as_array().and_then(|items| items.first()).cloned())
 }
@@ -624,8 +629,10 @@ pub async fn write(client: &AdminClient, loaded: &LoadedDomain) -> anyhow::Resul
     };
     let (status, answer) = client.request(method, &path, Some(&body)).await.map_err(unreachable)?;
     if !(200..300).contains(&status) {
+        // Placed in the file, with the exit code of the node's status.
         let field = answer["error"]["field"].as_str().unwrap_or_default();
-        return Err(loaded.source.error_at(field, refusal(status, &answer)).into());
+        let placed = loaded.source.error_at(field, refusal(status, &answer));
+        return Err(Failure::new(Exit::of_status(status), placed.to_string()).into());
     }
     Ok((answer["id"].as_str().unwrap_or_default().to_string(), outcome))
 }
@@ -633,7 +640,7 @@ pub async fn write(client: &AdminClient, loaded: &LoadedDomain) -> anyhow::Resul
 /// No node answered: say so as the other admin subcommands do.
 fn unreachable(error: AdminError) -> anyhow::Error {
     match error {
-        AdminError::Unavailable(why) => anyhow!("cannot reach {why}"),
+        AdminError::Unavailable(why) => Failure::new(Exit::Unavailable, format!("cannot reach {why}")).into(),
         other => other.into(),
     }
 }

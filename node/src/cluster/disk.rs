@@ -85,7 +85,9 @@ pub fn passes_guard(command: &Command) -> bool {
         | Command::Delete { .. }
         | Command::RerollKey { .. }
         | Command::RotateIdentityKey { .. }
-        | Command::QuotaAdjust { .. } => false,
+        | Command::QuotaAdjust { .. }
+        | Command::AuditNote { .. } => false,
+        Command::Audited { command, .. } => passes_guard(command),
     }
 }
 

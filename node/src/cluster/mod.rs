@@ -16,6 +16,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod authority;
+pub mod backup;
 pub mod disk;
 pub mod leader;
 pub mod log_store;

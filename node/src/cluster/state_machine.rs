@@ -14,6 +14,7 @@ use std::sync::Arc;
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
+use tollgate_proto::audit::AuditEntry;
 use tollgate_proto::command::Applied;
 use tollgate_proto::command::QuotaPeriod;
 use tollgate_proto::descriptors::ledger_plan_id;
@@ -23,6 +24,7 @@ use tollgate_proto::{codec, Command, CommandResult, Rejection, RejectionKind};
 
 use super::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
 use super::{storage_err, TypeConfig};
+use crate::state::audit::{audit_key, AUDIT_PREFIX};
 use crate::state::published::{LimitsEpochs, Published, SharedModel};
 use crate::state::requests::{self, RecentRequests, Remembered, Seen};
 use crate::state::{
@@ -34,13 +36,56 @@ const APPLIED: &[u8] = b"m/applied";
 const MEMBERSHIP: &[u8] = b"m/membership";
 const CURRENT_SNAPSHOT: &[u8] = b"current";
 
+/// A snapshot's data: the whole model at its log index. Also the body of a
+/// backup (`tollgate snapshot save`, see [`crate::state`]'s users).
 #[derive(Serialize, Deserialize)]
-struct SnapshotImage {
+pub struct SnapshotImage {
+    pub objects: Vec<Entity>,
+    pub requests: Vec<Remembered>,
+    pub identity: IdentityKeyState,
+    pub ledgers: Vec<(QuotaPeriod, QuotaLedger)>,
+    pub sessions: Vec<(u64, i64)>,
+    /// The audit trail, oldest first.
+    pub audit: Vec<AuditEntry>,
+}
+
+/// A snapshot made before the audit trail existed: read, never written.
+#[derive(Deserialize)]
+struct SnapshotImageBeforeAudit {
     objects: Vec<Entity>,
     requests: Vec<Remembered>,
     identity: IdentityKeyState,
     ledgers: Vec<(QuotaPeriod, QuotaLedger)>,
     sessions: Vec<(u64, i64)>,
+}
+
+impl SnapshotImage {
+    /// Decodes a snapshot's data, of this version or the one before it.
+    pub fn decode(data: &[u8]) -> Result<SnapshotImage, codec::CodecError> {
+        codec::decode::<SnapshotImage>(data).or_else(|e| match codec::decode::<SnapshotImageBeforeAudit>(data) {
+            Ok(old) => Ok(SnapshotImage {
+                objects: old.objects,
+                requests: old.requests,
+                identity: old.identity,
+                ledgers: old.ledgers,
+                sessions: old.sessions,
+                audit: Vec::new(),
+            }),
+            Err(_) => Err(e),
+        })
+    }
+
+    /// The image of `model` (and the request ids remembered with it).
+    pub fn of(model: &Model, requests: Vec<Remembered>) -> SnapshotImage {
+        SnapshotImage {
+            objects: model.all().cloned().collect(),
+            requests,
+            identity: model.identity,
+            ledgers: model.ledgers.iter().map(|(p, l)| (p.clone(), l.clone())).collect(),
+            sessions: model.sessions.iter().map(|(s, end)| (*s, *end)).collect(),
+            audit: model.audit.iter().cloned().collect(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -84,6 +129,9 @@ impl<K: Kv> StateMachine<K> {
             let (period, ledger): (QuotaPeriod, QuotaLedger) =
                 codec::decode(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?;
             model.insert_ledger(period, ledger);
+        }
+        for bytes in scan_prefix(&*kv, AUDIT_PREFIX)? {
+            model.audit.load(codec::decode(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?);
         }
         for (key, bytes) in scan_pairs(&*kv, SESSION_PREFIX)? {
             let id = key.strip_prefix(SESSION_PREFIX).unwrap_or_default();
@@ -180,15 +228,26 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
                             continue;
                         }
                     }
-                    if let Some(plan_id) = limits_changed(&self.model, &proposal.command) {
+                    let (context, command) = match proposal.command {
+                        Command::Audited { context, command } => (Some(context), *command),
+                        command => (None, command),
+                    };
+                    if let Some(plan_id) = limits_changed(&self.model, &command) {
                         self.limits.bump(Some(&plan_id));
                     }
-                    if let Command::CreateMany { entities, .. } = &proposal.command {
+                    if let Command::CreateMany { entities, .. } = &command {
                         for plan in entities.iter().filter(|e| e.kind() == EntityKind::Plan) {
                             self.limits.bump(Some(plan.id()));
                         }
                     }
-                    let (answer, writes) = self.model.apply(proposal.command);
+                    let seq = entry.log_id.index;
+                    let (answer, writes) = match (context, command) {
+                        (Some(context), command) => self.model.apply_audited(context, command, seq),
+                        (None, Command::AuditNote { context, action, id, note }) => {
+                            self.model.note(context, action, id, note, seq)
+                        }
+                        (None, command) => self.model.apply(command),
+                    };
                     ops.extend(writes);
                     // Only what took effect is remembered: a refused write
                     // changed nothing, so its retry (a body fixed after the
@@ -232,7 +291,7 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let image: SnapshotImage = codec::decode(&data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let image = SnapshotImage::decode(&data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         let mut model = Model::default();
         let mut ops: Vec<Op> = self
             .kv
@@ -251,6 +310,10 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
             let bytes = codec::encode(&(&period, &ledger)).map_err(|e| snap_err(ErrorVerb::Write, e))?;
             ops.push(Op::Put(ledger_key(&period), bytes));
             model.insert_ledger(period, ledger);
+        }
+        for entry in image.audit {
+            ops.push(Op::Put(audit_key(entry.seq), codec::encode(&entry).map_err(|e| snap_err(ErrorVerb::Write, e))?));
+            model.audit.load(entry);
         }
         for (session, ends) in image.sessions {
             ops.push(Op::Put(session_key(session), codec::encode(&ends).map_err(|e| snap_err(ErrorVerb::Write, e))?));
@@ -317,13 +380,7 @@ pub struct SnapshotBuilder<K: Kv> {
 
 impl<K: Kv> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<K> {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let image = SnapshotImage {
-            objects: self.model.all().cloned().collect(),
-            requests: self.requests.clone(),
-            identity: self.model.identity,
-            ledgers: self.model.ledgers.iter().map(|(p, l)| (p.clone(), l.clone())).collect(),
-            sessions: self.model.sessions.iter().map(|(s, end)| (*s, *end)).collect(),
-        };
+        let image = SnapshotImage::of(&self.model, self.requests.clone());
         let data = codec::encode(&image).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let unique = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -56,7 +56,8 @@ fn names_principal(statement: &Statement, principals: &[String]) -> bool {
 }
 
 fn applies(statement: &Statement, facts: &RequestFacts<'_>) -> bool {
-    principal_matches(statement, facts.principals)
+    !is_admin_statement(statement)
+        && principal_matches(statement, facts.principals)
         && statement.actions.iter().any(|a| a == "*" || a == "invoke")
         && statement.resources.iter().any(|r| glob_matches(r, facts.resource))
         && statement.conditions.iter().all(|c| condition_holds(c, facts))
@@ -126,7 +127,123 @@ pub fn uses_source_ip(model: &Model, api: &str) -> bool {
     policies(model)
         .filter(|p| !matches!(p.api_id.as_deref(), Some(a) if a != api))
         .flat_map(|p| &p.statements)
+        .filter(|s| !is_admin_statement(s))
         .any(|s| s.conditions.iter().any(|c| c.key == "source_ip"))
+}
+
+/// Whether a statement is about the admin API: its principals are admin
+/// tokens (`token:ID`, globs such as `token:*`), and only they (validation
+/// refuses a mix). Such statements never apply to a check, and only they
+/// apply to an admin request ([`evaluate_admin`]).
+pub fn is_admin_statement(statement: &Statement) -> bool {
+    statement.principals.iter().all(|p| p.starts_with(ADMIN_PRINCIPAL))
+}
+
+/// The prefix of an admin token's principal name: `token:tok_…`.
+pub const ADMIN_PRINCIPAL: &str = "token:";
+
+/// What an admin request is, for [`evaluate_admin`].
+pub struct AdminRequest<'a> {
+    /// The admin token's principal name, `token:tok_…`.
+    pub principal: &'a str,
+    /// `service:verb`, such as `keys:create` or `usage:read`.
+    pub action: &'a str,
+    /// What the request touches: `api/petstore`, `plan/gold`,
+    /// `api/petstore/prod/key/key_…`, `cluster`. Every one must be allowed.
+    pub resources: &'a [String],
+    /// The address of the request's connection.
+    pub source_ip: Option<IpAddr>,
+}
+
+/// Whether `action` could be allowed to `principal` on some resource: the
+/// route-level check made before a request's body is read.
+/// [`Verdict::NotGoverned`] when no admin statement names the principal
+/// (its scopes decide); [`Verdict::Deny`] when a Deny of the action on every
+/// resource (`*`) holds; [`Verdict::Allow`] when some Allow statement names
+/// the action and its conditions hold; else [`Verdict::ImplicitDeny`].
+pub fn admin_action_possible(model: &Model, principal: &str, action: &str, source_ip: Option<IpAddr>) -> Verdict {
+    let principals = [principal.to_string()];
+    let empty = BTreeMap::new();
+    let facts = RequestFacts {
+        resource: "",
+        principals: &principals,
+        source_ip,
+        proxy_id: None,
+        headers: &empty,
+        tags: None,
+        claims: None,
+    };
+    let mut governed = false;
+    let mut allowed = false;
+    for s in policies(model)
+        .filter(|p| p.api_id.is_none())
+        .flat_map(|p| &p.statements)
+        .filter(|s| is_admin_statement(s) && principal_matches(s, &principals))
+    {
+        governed = true;
+        let holds = s.actions.iter().any(|a| glob_matches(a, action))
+            && s.conditions.iter().all(|c| condition_holds(c, &facts));
+        match s.effect {
+            Effect::Deny if holds && s.resources.iter().any(|r| r == "*") => {
+                return Verdict::Deny { resource_policy: false }
+            }
+            Effect::Allow if holds => allowed = true,
+            _ => {}
+        }
+    }
+    match (governed, allowed) {
+        (false, _) => Verdict::NotGoverned,
+        (true, true) => Verdict::Allow,
+        (true, false) => Verdict::ImplicitDeny { resource_policy: false },
+    }
+}
+
+/// Who may manage what, with the check's engine and IAM's rules over the
+/// admin statements of identity policies (those naming `token:` principals):
+/// an explicit Deny on any resource wins; else the request is allowed when
+/// every resource is allowed by some statement; else, if any statement names
+/// the token, it is denied implicitly; else no policy governs the token and
+/// its scopes alone decide ([`Verdict::NotGoverned`]).
+pub fn evaluate_admin(model: &Model, request: &AdminRequest<'_>) -> Verdict {
+    let principals = [request.principal.to_string()];
+    let empty = BTreeMap::new();
+    let statements: Vec<&Statement> = policies(model)
+        .filter(|p| p.api_id.is_none())
+        .flat_map(|p| &p.statements)
+        .filter(|s| is_admin_statement(s) && principal_matches(s, &principals))
+        .collect();
+    if statements.is_empty() {
+        return Verdict::NotGoverned;
+    }
+    let mut all_allowed = true;
+    for resource in request.resources {
+        let facts = RequestFacts {
+            resource,
+            principals: &principals,
+            source_ip: request.source_ip,
+            proxy_id: None,
+            headers: &empty,
+            tags: None,
+            claims: None,
+        };
+        let mut allowed = false;
+        for s in &statements {
+            let matches = s.actions.iter().any(|a| glob_matches(a, request.action))
+                && s.resources.iter().any(|r| glob_matches(r, resource))
+                && s.conditions.iter().all(|c| condition_holds(c, &facts));
+            match (matches, s.effect) {
+                (true, Effect::Deny) => return Verdict::Deny { resource_policy: false },
+                (true, Effect::Allow) => allowed = true,
+                (false, _) => {}
+            }
+        }
+        all_allowed &= allowed;
+    }
+    if all_allowed {
+        Verdict::Allow
+    } else {
+        Verdict::ImplicitDeny { resource_policy: false }
+    }
 }
 
 /// The full evaluation, once the principal is known.
@@ -140,7 +257,7 @@ pub fn evaluate(model: &Model, api: &str, facts: &RequestFacts<'_>) -> Verdict {
             Some(_) => continue,
             None => false,
         };
-        for s in &policy.statements {
+        for s in policy.statements.iter().filter(|s| !is_admin_statement(s)) {
             if is_resource {
                 governed_by_resource = true;
             } else if names_principal(s, facts.principals) {

@@ -24,6 +24,7 @@ use tollgate_proto::command::{Applied, PutMode, MAX_CREATE_MANY};
 use tollgate_proto::model::*;
 use tollgate_proto::{validate, Command, FieldError, Rejection};
 
+use super::auth::{AdminCaller, Audit};
 use super::error::ApiError;
 use super::extract::{JsonBody, QueryMap, ReadOptions, RequestId};
 use super::HttpState;
@@ -209,14 +210,75 @@ fn shown(entity: &Entity, secret: Option<String>) -> Value {
     view
 }
 
+/// What an admin request on `entity` touches, as admin statements name it
+/// (see `crate::gateway::policy::evaluate_admin`): `api/ID`, `plan/ID`,
+/// `policy/ID`, `authorizer/ID`, `token/ID`, `ratelimit/ID`; for a key,
+/// `api/API/STAGE/key/ID` for every API stage its plans cover (so
+/// `api/petstore/*` is every key that reaches petstore, and only such a
+/// key), or `key/ID` when they cover none.
+pub fn resources(model: &Model, entity: &Entity) -> Vec<String> {
+    let singular = match entity.kind() {
+        EntityKind::Api => "api",
+        EntityKind::Plan => "plan",
+        EntityKind::Key => "key",
+        EntityKind::Policy => "policy",
+        EntityKind::Authorizer => "authorizer",
+        EntityKind::Token => "token",
+        EntityKind::RateLimit => "ratelimit",
+    };
+    let Entity::Key(key) = entity else { return vec![format!("{singular}/{}", entity.id())] };
+    let mut out: Vec<String> = key
+        .plan_ids
+        .iter()
+        .filter_map(|p| model.plan(p))
+        .flat_map(|plan| &plan.api_stages)
+        .map(|s| format!("api/{}/{}/key/{}", s.api_id, s.stage, key.id))
+        .collect();
+    out.sort();
+    out.dedup();
+    if out.is_empty() {
+        out.push(format!("key/{}", key.id));
+    }
+    out
+}
+
+/// Whether `entity` is about who may manage what: an admin token, or a
+/// policy with admin statements (naming `token:` principals).
+fn grants_admin(entity: &Entity) -> bool {
+    match entity {
+        Entity::Token(_) => true,
+        Entity::Policy(p) => p.statements.iter().any(crate::gateway::policy::is_admin_statement),
+        _ => false,
+    }
+}
+
+/// The one check of an admin write on objects: `action` on the
+/// [`resources`] of each of `entities` (the stored object and what replaces
+/// it, so a key cannot be moved out of what the token may manage). A token
+/// that admin statements govern may not touch admin tokens or policies with
+/// admin statements at all: it could give itself more, or free itself.
+fn may_change(caller: &AdminCaller, model: &Model, action: &str, entities: &[&Entity]) -> Result<(), ApiError> {
+    if entities.iter().any(|e| grants_admin(e)) && caller.governed(model) {
+        return Err(ApiError::forbidden(
+            "a token that policies govern may not change admin tokens or policies that name them; \
+             use a token no policy names",
+        ));
+    }
+    let all: Vec<String> = entities.iter().flat_map(|e| resources(model, e)).collect();
+    caller.may(model, action, &all)
+}
+
 async fn create<R: Resource>(
     State(app): State<Arc<App>>,
+    caller: AdminCaller,
     RequestId(request): RequestId,
+    Audit(audit): Audit,
     JsonBody(input): JsonBody<R::Input>,
 ) -> Result<Response, ApiError> {
     let (entity, secret) = R::create(input)?;
+    may_change(&caller, &app.published().model, &format!("{}:create", R::PATH), &[&entity])?;
     let proposed_digest = secret_digest(&entity);
-    let command = Command::Put { entity, mode: PutMode::Create, now: Timestamp::now() };
+    let command = Command::Put { entity, mode: PutMode::Create, now: Timestamp::now() }.audited(audit);
     match app.leader.write(request, command).await?? {
         Applied::Put(stored) if secret_digest(&stored) != proposed_digest => {
             // A client retry (same Idempotency-Key) of a create that already
@@ -238,12 +300,18 @@ async fn create<R: Resource>(
 
 async fn replace<R: Resource>(
     State(app): State<Arc<App>>,
+    caller: AdminCaller,
     Path(id): Path<String>,
     RequestId(request): RequestId,
+    Audit(audit): Audit,
     JsonBody(input): JsonBody<R::Input>,
 ) -> Result<Response, ApiError> {
     let entity = R::replace(&id, input)?;
-    let command = Command::Put { entity, mode: PutMode::Replace, now: Timestamp::now() };
+    let published = app.published();
+    let stored = published.model.get(R::KIND, &id);
+    let both: Vec<&Entity> = stored.into_iter().chain([&entity]).collect();
+    may_change(&caller, &published.model, &format!("{}:update", R::PATH), &both)?;
+    let command = Command::Put { entity, mode: PutMode::Replace, now: Timestamp::now() }.audited(audit);
     match app.leader.write(request, command).await?? {
         Applied::Put(stored) => Ok(Json(shown(&stored, None)).into_response()),
         other => Err(unexpected(other)),
@@ -252,38 +320,65 @@ async fn replace<R: Resource>(
 
 async fn delete<R: Resource>(
     State(app): State<Arc<App>>,
+    caller: AdminCaller,
     Path(id): Path<String>,
     RequestId(request): RequestId,
+    Audit(audit): Audit,
 ) -> Result<Response, ApiError> {
-    app.leader.write(request, Command::Delete { kind: R::KIND, id }).await??;
+    let published = app.published();
+    if let Some(stored) = published.model.get(R::KIND, &id) {
+        may_change(&caller, &published.model, &format!("{}:delete", R::PATH), &[stored])?;
+    }
+    app.leader.write(request, Command::Delete { kind: R::KIND, id }.audited(audit)).await??;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn read<R: Resource>(
     State(app): State<Arc<App>>,
+    caller: AdminCaller,
     Path(id): Path<String>,
     options: ReadOptions,
 ) -> Result<Response, ApiError> {
     barrier(&app, &options).await?;
     let published = app.published();
     match published.model.get(R::KIND, &id) {
-        Some(entity) => Ok(Json(entity.to_view_json()).into_response()),
+        Some(entity) => {
+            caller.may(&published.model, &format!("{}:read", R::PATH), &resources(&published.model, entity))?;
+            Ok(Json(entity.to_view_json()).into_response())
+        }
         None => Err(Rejection::not_found(R::KIND, &id).into()),
     }
 }
 
-async fn list<R: Resource>(State(app): State<Arc<App>>, QueryMap(query): QueryMap) -> Result<Response, ApiError> {
+async fn list<R: Resource>(
+    State(app): State<Arc<App>>,
+    caller: AdminCaller,
+    QueryMap(query): QueryMap,
+) -> Result<Response, ApiError> {
     let options = ReadOptions::parse_with(&query, R::LIST_FILTERS)?;
     barrier(&app, &options).await?;
     let published = app.published();
-    let mut page = match R::select(&published.model, &query) {
-        // A selection is paged like the whole collection.
-        Some(selected) => selected
+    let model = &published.model;
+    let action = format!("{}:read", R::PATH);
+    // A token that policies govern sees what they let it read, and only that.
+    let mut page = if caller.governed(model) {
+        let selected = R::select(model, &query).unwrap_or_else(|| model.iter(R::KIND).collect());
+        selected
             .into_iter()
             .filter(|e| options.after.as_deref().is_none_or(|after| e.id() > after))
+            .filter(|e| caller.may(model, &action, &resources(model, e)).is_ok())
             .take(options.limit + 1)
-            .collect(),
-        None => published.model.page(R::KIND, options.after.as_deref(), options.limit + 1),
+            .collect()
+    } else {
+        match R::select(model, &query) {
+            // A selection is paged like the whole collection.
+            Some(selected) => selected
+                .into_iter()
+                .filter(|e| options.after.as_deref().is_none_or(|after| e.id() > after))
+                .take(options.limit + 1)
+                .collect(),
+            None => model.page(R::KIND, options.after.as_deref(), options.limit + 1),
+        }
     };
     let next = if page.len() > options.limit {
         page.truncate(options.limit);
@@ -322,7 +417,9 @@ pub struct KeyImport {
 /// (`items[3].plan_ids`) and creates nothing.
 pub async fn import_keys(
     State(app): State<Arc<App>>,
+    caller: AdminCaller,
     RequestId(request): RequestId,
+    Audit(audit): Audit,
     JsonBody(import): JsonBody<KeyImport>,
 ) -> Result<Response, ApiError> {
     let n = import.items.len();
@@ -337,9 +434,11 @@ pub async fn import_keys(
         entities.push(entity);
         secrets.push(secret);
     }
+    let all: Vec<&Entity> = entities.iter().collect();
+    may_change(&caller, &app.published().model, "keys:create", &all)?;
     let now = Timestamp::now();
     let first_id = entities.first().map(|e| e.id().to_string());
-    let command = Command::CreateMany { entities: entities.clone(), now };
+    let command = Command::CreateMany { entities: entities.clone(), now }.audited(audit);
     match app.leader.write(request, command).await?? {
         Applied::CreatedMany { first_id: created, .. } if created != first_id => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -379,8 +478,10 @@ pub const MAX_OVERLAP_SECS: u64 = 30 * 86_400;
 /// keeps working for `overlap_secs`.
 pub async fn reroll(
     State(app): State<Arc<App>>,
+    caller: AdminCaller,
     Path(id): Path<String>,
     RequestId(request): RequestId,
+    Audit(audit): Audit,
     body: Option<JsonBody<RerollRequest>>,
 ) -> Result<Response, ApiError> {
     // No body: no overlap.
@@ -388,11 +489,15 @@ pub async fn reroll(
     if input.overlap_secs > MAX_OVERLAP_SECS {
         return Err(ApiError::field("overlap_secs", format!("must be at most {MAX_OVERLAP_SECS} (30 days)")));
     }
+    let published = app.published();
+    if let Some(stored) = published.model.get(EntityKind::Key, &id) {
+        may_change(&caller, &published.model, "keys:reroll", &[stored])?;
+    }
     let (plain, digest) = secret::generate("tgk_");
     let ours = digest.sha256;
     let now = Timestamp::now();
     let overlap_until = Timestamp(now.0.saturating_add(i64::try_from(input.overlap_secs).unwrap_or(i64::MAX)));
-    let command = Command::RerollKey { id, secret: digest, overlap_until, now };
+    let command = Command::RerollKey { id, secret: digest, overlap_until, now }.audited(audit);
     match app.leader.write(request, command).await?? {
         Applied::Put(stored) if secret_digest(&stored) == Some(ours) => {
             Ok(Json(shown(&stored, Some(plain))).into_response())
@@ -407,8 +512,13 @@ pub async fn reroll(
 }
 
 /// `GET /v1/admin/identity-key`: the version that signs identity tokens.
-pub async fn identity_key(State(app): State<Arc<App>>, options: ReadOptions) -> Result<Response, ApiError> {
+pub async fn identity_key(
+    State(app): State<Arc<App>>,
+    caller: AdminCaller,
+    options: ReadOptions,
+) -> Result<Response, ApiError> {
     barrier(&app, &options).await?;
+    caller.may(&app.published().model, "identity:read", &["identity".to_string()])?;
     let state = app.published().model.identity;
     Ok(Json(json!({"version": state.version, "kid": crate::gateway::identity::kid(state.version),
         "rotated_at": state.rotated_at, "signing": app.gateway.identity.enabled()}))
@@ -418,9 +528,13 @@ pub async fn identity_key(State(app): State<Arc<App>>, options: ReadOptions) -> 
 /// `POST /v1/admin/identity-key/rotate`: sign with the next key version.
 pub async fn rotate_identity_key(
     State(app): State<Arc<App>>,
+    caller: AdminCaller,
     RequestId(request): RequestId,
+    Audit(audit): Audit,
 ) -> Result<Response, ApiError> {
-    match app.leader.write(request, Command::RotateIdentityKey { now: Timestamp::now() }).await?? {
+    caller.may(&app.published().model, "identity:rotate", &["identity".to_string()])?;
+    let command = Command::RotateIdentityKey { now: Timestamp::now() }.audited(audit);
+    match app.leader.write(request, command).await?? {
         Applied::IdentityKey(state) => Ok(Json(json!({"version": state.version,
             "kid": crate::gateway::identity::kid(state.version), "rotated_at": state.rotated_at}))
         .into_response()),

@@ -17,16 +17,21 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRef, FromRequestParts, MatchedPath};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tollgate_proto::audit::{AuditActor, AuditContext};
 use tollgate_proto::model::Scope;
+use tollgate_proto::validate::ADMIN_ACTIONS;
 
 use super::error::ApiError;
 use super::{HttpState, Settings};
 use crate::app::App;
+use crate::gateway::policy::{self, AdminRequest, Verdict, ADMIN_PRINCIPAL};
 use crate::secret;
+use crate::state::Model;
 
 /// The scope an admin request needs: `write` for the methods that change
 /// something (`POST`, `PUT`, `PATCH`, `DELETE`), `read` for the rest (`GET`,
@@ -57,10 +62,125 @@ pub fn required_scope(method: &Method) -> Scope {
 ///   token on any admin route;
 /// - 403 `forbidden`, "this admin token may only read": a `read` token on a
 ///   route that needs `write`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminCaller {
     /// The scope this request needed ([`required_scope`]), which the token holds.
     pub scope: Scope,
+    /// Who is asking, as the audit trail records it.
+    pub actor: AuditActor,
+    /// The address of the request's connection (IPv4-mapped as IPv4).
+    pub source_ip: std::net::IpAddr,
+}
+
+impl AdminCaller {
+    /// The token's principal name in policies (`token:tok_…`); `None` for
+    /// the bootstrap token, which no policy governs.
+    fn principal(&self) -> Option<String> {
+        self.actor.token_id.as_ref().map(|id| format!("{ADMIN_PRINCIPAL}{id}"))
+    }
+
+    /// Whether admin statements govern this token (some identity policy
+    /// names it): then they, not its scopes alone, decide what it may do.
+    pub fn governed(&self, model: &Model) -> bool {
+        self.principal().is_some_and(|p| {
+            let probe = AdminRequest { principal: &p, action: "", resources: &[], source_ip: None };
+            !matches!(policy::evaluate_admin(model, &probe), Verdict::NotGoverned)
+        })
+    }
+
+    /// Whether this caller may do `action` (`keys:create`) on every one of
+    /// `resources` (`api/petstore/prod/key/key_…`), by the admin statements
+    /// that name its token (see [`policy::evaluate_admin`]); a token no
+    /// statement names, and the bootstrap token, may (their scope was
+    /// checked already). A 403 naming the action and resource otherwise.
+    pub fn may(&self, model: &Model, action: &str, resources: &[String]) -> Result<(), ApiError> {
+        let Some(principal) = self.principal() else { return Ok(()) };
+        let request = AdminRequest { principal: &principal, action, resources, source_ip: Some(self.source_ip) };
+        match policy::evaluate_admin(model, &request) {
+            Verdict::NotGoverned | Verdict::Allow => Ok(()),
+            Verdict::Deny { .. } => {
+                Err(ApiError::forbidden(&format!("a policy denies this token {action} on {}", resources.join(", "))))
+            }
+            Verdict::ImplicitDeny { .. } => {
+                Err(ApiError::forbidden(&format!("no policy allows this token {action} on {}", resources.join(", "))))
+            }
+        }
+    }
+}
+
+/// The admin action a route needs (`keys:create`, `usage:read`; see
+/// `tollgate_proto::validate::ADMIN_ACTIONS`), from its method and route
+/// template; `None` for a route that is not an admin route.
+pub fn admin_action(method: &Method, route: &str) -> Option<&'static str> {
+    let rest = route.strip_prefix("/v1/admin/")?;
+    let action = match (method.as_str(), rest) {
+        ("POST", "keys/{id}/reroll") => "keys:reroll",
+        ("POST", "keys/import") => "keys:create",
+        ("GET", "identity-key") => "identity:read",
+        ("POST", "identity-key/rotate") => "identity:rotate",
+        ("GET", "plans/{id}/usage") => "usage:read",
+        ("POST", "plans/{id}/usage/{key_id}") => "usage:update",
+        ("GET", "cluster") => "cluster:read",
+        ("POST" | "DELETE", r) if r.starts_with("cluster/") => "cluster:update",
+        ("GET", "decisions") => "decisions:read",
+        ("GET", "audit") => "audit:read",
+        ("POST", "snapshot") => "snapshot:create",
+        (method, r) => {
+            let (kind, item) = match r.split_once('/') {
+                Some((kind, "{id}")) => (kind, true),
+                Some(_) => return None,
+                None => (r, false),
+            };
+            let verb = match (method, item) {
+                ("GET", _) => "read",
+                ("POST", false) => "create",
+                ("PUT", true) => "update",
+                ("DELETE", true) => "delete",
+                _ => return None,
+            };
+            return ADMIN_ACTIONS.iter().copied().find(|a| a.split_once(':') == Some((kind, verb)));
+        }
+    };
+    Some(action)
+}
+
+/// The admin guard, a layer in front of every admin route: admits the caller
+/// ([`AdminCaller`], or its refusal) and hands it to the route in the
+/// request's extensions, where [`Audit`] finds it.
+pub async fn admin_guard(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    match AdminCaller::from_request_parts(&mut parts, &state).await {
+        Ok(caller) => {
+            parts.extensions.insert(caller);
+            next.run(Request::from_parts(parts, body)).await
+        }
+        Err(refusal) => refusal,
+    }
+}
+
+/// Who made an admin write, from where, through which route, and when: what
+/// a write proposes with its command ([`Command::audited`](tollgate_proto::Command::audited)).
+/// Taken from the caller [`admin_guard`] admitted; a route outside the guard
+/// that asks for it is a bug, answered 500.
+pub struct Audit(pub AuditContext);
+
+impl<S: Send + Sync> FromRequestParts<S> for Audit {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(caller) = parts.extensions.get::<AdminCaller>() else {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "an admin write outside the guard",
+            ));
+        };
+        let route = parts.extensions.get::<MatchedPath>().map_or("", |p| p.as_str());
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        Ok(Audit(AuditContext { actor: caller.actor.clone(), request: format!("{} {route}", parts.method), at_ms }))
+    }
 }
 
 impl<S> FromRequestParts<S> for AdminCaller
@@ -71,6 +191,10 @@ where
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        // Behind the guard: the caller it admitted (authenticated once).
+        if let Some(caller) = parts.extensions.get::<AdminCaller>() {
+            return Ok(caller.clone());
+        }
         let state = HttpState::from_ref(state);
         let ConnectInfo(peer) =
             ConnectInfo::<SocketAddr>::from_request_parts(parts, &state).await.map_err(IntoResponse::into_response)?;
@@ -118,7 +242,8 @@ fn admit_admin(
     };
     let scope = required_scope(&parts.method);
     if app.bootstrap_token.as_ref().is_some_and(|d| d.matches(token)) {
-        return Ok(AdminCaller { scope });
+        let actor = AuditActor { token_id: None, token_name: "bootstrap".into(), source: source.to_string() };
+        return Ok(AdminCaller { scope, actor, source_ip: source });
     }
     let published = app.published();
     let Some(stored) = published.model.token_by_digest(&secret::sha256(token)) else {
@@ -129,7 +254,26 @@ fn admit_admin(
     };
     // `write` covers reading too.
     if stored.scopes.contains(&Scope::Write) || stored.scopes.contains(&scope) {
-        Ok(AdminCaller { scope })
+        // Before any body is read: a token whose policies allow this
+        // route's action on nothing learns nothing more than a 403.
+        let principal = format!("{ADMIN_PRINCIPAL}{}", stored.id);
+        if let Some(action) = admin_action(&parts.method, route) {
+            match policy::admin_action_possible(&published.model, &principal, action, Some(source)) {
+                Verdict::NotGoverned | Verdict::Allow => {}
+                Verdict::Deny { .. } => {
+                    return Err(ApiError::forbidden(&format!("a policy denies this token {action}")));
+                }
+                Verdict::ImplicitDeny { .. } => {
+                    return Err(ApiError::forbidden(&format!("no policy allows this token {action}")));
+                }
+            }
+        }
+        let actor = AuditActor {
+            token_id: Some(stored.id.clone()),
+            token_name: stored.name.clone(),
+            source: source.to_string(),
+        };
+        Ok(AdminCaller { scope, actor, source_ip: source })
     } else {
         if !stored.scopes.contains(&Scope::Read) {
             return Err(ApiError::forbidden("this token has only the check scope: it may not use the admin API"));
@@ -210,5 +354,26 @@ where
             }
             _ => Ok(MetricsCaller),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::openapi::{routes, Access};
+
+    #[test]
+    fn every_admin_route_needs_one_admin_action_and_every_action_has_a_route() {
+        let mut used = std::collections::BTreeSet::new();
+        for route in routes().into_iter().filter(|r| r.access == Access::Admin) {
+            let method = Method::from_bytes(route.method.to_ascii_uppercase().as_bytes()).unwrap_or(Method::GET);
+            let action = admin_action(&method, &route.path);
+            assert!(action.is_some(), "{} {} has no admin action", route.method, route.path);
+            used.extend(action);
+        }
+        let unused: Vec<&&str> = ADMIN_ACTIONS.iter().filter(|a| !used.contains(*a)).collect();
+        assert!(unused.is_empty(), "admin actions no route needs: {unused:?}");
+        assert_eq!(admin_action(&Method::GET, "/v1/check"), None);
+        assert_eq!(admin_action(&Method::PATCH, "/v1/admin/keys/{id}"), None);
     }
 }

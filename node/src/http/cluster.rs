@@ -4,17 +4,22 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use tollgate_proto::audit::{AuditAction, AuditContext};
+use tollgate_proto::Command;
+
+use super::auth::{AdminCaller, Audit};
 use super::error::ApiError;
 use super::extract::JsonBody;
 use super::HttpState;
 use crate::app::App;
+use crate::cluster::backup;
 use crate::cluster::leader::MembershipOp;
 use crate::cluster::{NodeAddr, NodeId};
 
@@ -24,9 +29,11 @@ pub fn routes(router: Router<HttpState>) -> Router<HttpState> {
         .route("/v1/admin/cluster/nodes", post(add_node))
         .route("/v1/admin/cluster/nodes/{id}/promote", post(promote))
         .route("/v1/admin/cluster/nodes/{id}", delete(remove))
+        .route("/v1/admin/snapshot", post(snapshot))
 }
 
-async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+async fn status(State(app): State<Arc<App>>, caller: AdminCaller) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.may(&app.published().model, "cluster:read", &cluster_resource())?;
     let m = app.raft.metrics().borrow().clone();
     let (nodes, voters) = app.leader.members();
     let removed = app.is_removed();
@@ -49,7 +56,7 @@ async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
                 "voter": voters.contains(id), "matched_index": matched(id)})
         })
         .collect();
-    Json(json!({
+    Ok(Json(json!({
         "node_id": app.id,
         // A removed node hears from no leader: it must not report the last one.
         "removed": removed,
@@ -64,7 +71,7 @@ async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         // On a leader: how long since a quorum last answered it (null elsewhere).
         "millis_since_quorum_ack": if leads { m.millis_since_quorum_ack } else { None },
         "members": members,
-    }))
+    })))
 }
 
 #[derive(Deserialize)]
@@ -98,7 +105,13 @@ fn node_id(raw: &str) -> Result<NodeId, ApiError> {
     }
 }
 
-async fn add_node(State(app): State<Arc<App>>, JsonBody(req): JsonBody<AddNode>) -> Result<Response, ApiError> {
+async fn add_node(
+    State(app): State<Arc<App>>,
+    caller: AdminCaller,
+    Audit(audit): Audit,
+    JsonBody(req): JsonBody<AddNode>,
+) -> Result<Response, ApiError> {
+    caller.may(&app.published().model, "cluster:update", &cluster_resource())?;
     if req.id == 0 {
         return Err(ApiError::field("id", "must be a whole number above 0"));
     }
@@ -112,13 +125,21 @@ async fn add_node(State(app): State<Arc<App>>, JsonBody(req): JsonBody<AddNode>)
     }
     let addr = NodeAddr { http: req.http_addr, peer: req.peer_addr, wire: req.wire_addr };
     let peer_addr = addr.peer.clone();
+    let note = format!("{addr}, voter: {}", req.voter);
     app.leader.change_membership(MembershipOp::Add { id: req.id, addr, voter: req.voter }).await?;
+    record(&app, audit, AuditAction::AddNode, req.id, Some(note)).await;
     // A node added back after a removal stops saying it was removed.
     let _ = app.leader.tell_removed(&peer_addr, false, std::time::Duration::from_secs(2)).await;
     Ok((StatusCode::CREATED, Json(json!({"id": req.id, "voter": req.voter}))).into_response())
 }
 
-async fn promote(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn promote(
+    State(app): State<Arc<App>>,
+    caller: AdminCaller,
+    Audit(audit): Audit,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.may(&app.published().model, "cluster:update", &cluster_resource())?;
     let id = node_id(&id)?;
     let (nodes, voters) = app.leader.members();
     if !nodes.contains_key(&id) {
@@ -128,10 +149,17 @@ async fn promote(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<
         return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("node {id} is already a voter")));
     }
     app.leader.change_membership(MembershipOp::Promote { id }).await?;
+    record(&app, audit, AuditAction::PromoteNode, id, None).await;
     Ok(Json(json!({"id": id, "voter": true})).into_response())
 }
 
-async fn remove(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn remove(
+    State(app): State<Arc<App>>,
+    caller: AdminCaller,
+    Audit(audit): Audit,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.may(&app.published().model, "cluster:update", &cluster_resource())?;
     let id = node_id(&id)?;
     let (nodes, voters) = app.leader.members();
     if !nodes.contains_key(&id) {
@@ -141,5 +169,55 @@ async fn remove(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<R
         return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "cannot remove the last voter"));
     }
     app.leader.change_membership(MembershipOp::Remove { id }).await?;
+    record(&app, audit, AuditAction::RemoveNode, id, None).await;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /v1/admin/snapshot`: a backup of the whole replicated state (see
+/// [`crate::cluster::backup`]), consistent with every write acknowledged
+/// before the request (a read barrier first). The answer is the file,
+/// `application/octet-stream`; `X-Tollgate-Applied-Index` says how far it
+/// reaches. A `POST` because it needs the `write` scope: the file holds
+/// every key's digest.
+async fn snapshot(State(app): State<Arc<App>>, caller: AdminCaller) -> Result<Response, ApiError> {
+    caller.may(&app.published().model, "snapshot:create", &["snapshot".to_string()])?;
+    app.leader.read_barrier().await?;
+    let published = app.published();
+    let index = published.applied.map_or(0, |l| l.index);
+    let node = app.id;
+    // Encoding a large model takes a while: off the request threads.
+    let file = tokio::task::spawn_blocking(move || backup::save(&published, node))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let disposition = format!("attachment; filename=\"tollgate-{index}.snapshot\"");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+            (header::HeaderName::from_static("x-tollgate-applied-index"), index.to_string()),
+        ],
+        file,
+    )
+        .into_response())
+}
+
+/// Records a membership change in the audit trail once it took effect.
+/// Membership lives in Raft's own entries, not in the model, so its record
+/// is a second write: if that one fails (no leader for a moment, a disk
+/// short of space) the change stands and the failure is logged.
+async fn record(app: &App, context: AuditContext, action: AuditAction, id: NodeId, note: Option<String>) {
+    let command = Command::AuditNote { context, action, id: Some(id.to_string()), note };
+    match app.leader.write(rand::random(), command).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(rejection)) => {
+            tracing::warn!(%rejection, node = id, "membership change not recorded in the audit trail")
+        }
+        Err(e) => tracing::warn!(error = %e, node = id, "membership change not recorded in the audit trail"),
+    }
+}
+
+/// What membership and status requests touch, for admin statements.
+fn cluster_resource() -> [String; 1] {
+    ["cluster".to_string()]
 }

@@ -16,17 +16,21 @@ use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::auth::AdminCaller;
+use super::error::ApiError;
 use crate::app::App;
 
-/// `GET /v1/admin/decisions`.
-pub async fn decisions(State(app): State<Arc<App>>) -> Json<Value> {
+/// `GET /v1/admin/decisions`: for a token that admin statements govern,
+/// `decisions:read` on the resource `decisions`.
+pub async fn decisions(State(app): State<Arc<App>>, caller: AdminCaller) -> Result<Json<Value>, ApiError> {
+    caller.may(&app.published().model, "decisions:read", &["decisions".to_string()])?;
     let reasons = app.metrics.decisions_by_reason();
     let total: u64 = reasons.values().sum();
     let uptime_ms = u64::try_from(app.metrics.uptime().as_millis()).unwrap_or(u64::MAX);
-    Json(json!({
+    Ok(Json(json!({
         "node_id": app.id,
         "uptime_ms": uptime_ms,
         "total": total,
         "reasons": reasons,
-    }))
+    })))
 }

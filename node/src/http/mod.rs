@@ -10,6 +10,7 @@
 //! request has a time limit. Nothing here logs a header or a body.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod auth_failures;
 pub mod check;
@@ -40,7 +41,6 @@ use tower_http::timeout::TimeoutLayer;
 use crate::app::App;
 use crate::config::NodeConfig;
 use crate::secret::{self, Digest};
-use auth::AdminCaller;
 use auth_failures::AuthFailures;
 use error::ApiError;
 use forwarded::TrustedProxies;
@@ -112,10 +112,11 @@ pub fn router(state: HttpState) -> Router {
     admin = admin.route("/v1/admin/plans/{id}/usage", axum::routing::get(usage::get_usage));
     admin = admin.route("/v1/admin/plans/{id}/usage/{key_id}", axum::routing::post(usage::update_usage));
     admin = admin.route("/v1/admin/identity-key/rotate", axum::routing::post(admin::rotate_identity_key));
+    admin = admin.route("/v1/admin/audit", axum::routing::get(audit::list));
     admin = admin.route("/v1/admin/decisions", axum::routing::get(decisions::decisions));
     let admin = cluster::routes(admin)
         .route_layer(middleware::from_fn(scope_idempotency_key))
-        .route_layer(middleware::from_extractor_with_state::<AdminCaller, _>(state.clone()))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::admin_guard))
         .route_layer(middleware::from_fn_with_state(state.clone(), count_admin_request));
     Router::new()
         .merge(admin)

@@ -32,7 +32,9 @@ use super::admin::MAX_OVERLAP_SECS;
 use super::extract::MAX_PAGE;
 use super::usage::{MAX_DAYS, MAX_DELTA};
 use crate::gateway::{MAX_FIELDS, MAX_HEADER_BYTES};
+use tollgate_proto::audit::AuditAction;
 use tollgate_proto::command::MAX_CREATE_MANY;
+use tollgate_proto::model::EntityKind;
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -305,7 +307,11 @@ fn constraints() -> Vec<Constraint> {
         merge("Statement/properties/principals", non_empty.clone()),
         merge(
             "Statement/properties/actions",
-            json!({"minItems": 1, "maxItems": MAX_LIST, "items": {"type": "string", "enum": ["invoke", "*"]}}),
+            json!({"minItems": 1, "maxItems": MAX_LIST, "items": {"type": "string", "enum": ["invoke", "*"]},
+                "description": "`invoke` or `*` for the check. An admin statement (principals all `token:…`, \
+                    in a policy without `api_id`) takes admin actions instead, `service:verb` such as \
+                    `keys:create`, `usage:read`, `keys:*` (see the README's \"Who may manage what\"); this \
+                    schema shows the check's form only."}),
         ),
         merge(
             "Statement/properties/resources",
@@ -545,6 +551,37 @@ fn handwritten_schemas() -> Vec<(&'static str, Value)> {
                 "wire_addr": {"anyOf": [{"type": "string", "maxLength": 0}, host_port],
                     "description": "The binary check listener, for client discovery (optional)."},
                 "voter": {"type": "boolean", "default": true}}}),
+        ),
+        (
+            "AuditPage",
+            json!({"type": "object", "required": ["items", "next_after"], "properties": {
+                "items": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEntry"}},
+                "next_after": {"type": ["string", "null"],
+                    "description": "Give as `after` for the next page; null on the last."}}}),
+        ),
+        (
+            "AuditEntry",
+            json!({"type": "object",
+                "required": ["seq", "at", "at_ms", "actor", "request", "action", "kind", "id", "changes", "note"],
+                "description": "One admin change: who asked (the admin token by id and name; the bootstrap \
+                    token has no id), from which address (the connection's, never a forwarded header), through \
+                    which route, and which fields of the object's admin view changed. Never a secret: a key's \
+                    secret prefixes are named, not recorded.",
+                "properties": {
+                    "seq": {"type": "integer", "format": "uint64", "minimum": 1,
+                        "description": "The change's Raft log index: unique and increasing."},
+                    "at": {"type": "string", "format": "date-time"},
+                    "at_ms": {"type": "integer", "format": "int64"},
+                    "actor": {"type": "object", "required": ["token_id", "token_name", "source"], "properties": {
+                        "token_id": {"type": ["string", "null"]}, "token_name": {"type": "string"},
+                        "source": {"type": "string"}}},
+                    "request": {"type": "string", "description": "Method and route."},
+                    "action": {"type": "string", "enum": AuditAction::ALL.map(AuditAction::name)},
+                    "kind": {"type": ["string", "null"], "enum": audit_kinds()},
+                    "id": {"type": ["string", "null"]},
+                    "changes": {"type": "array", "items": {"type": "object", "required": ["field", "before", "after"],
+                        "properties": {"field": {"type": "string"}, "before": {}, "after": {}}}},
+                    "note": {"type": ["string", "null"]}}}),
         ),
         (
             "NodeMembership",
@@ -933,6 +970,61 @@ pub fn routes() -> Vec<RouteDoc> {
         ],
     );
     routes.push(route("post", "/v1/admin/plans/{id}/usage/{key_id}", Access::Admin, guarded(admin(update, true))));
+    let [limit, _] = page_params();
+    let audit = operation(
+        "audit",
+        "The audit trail: every admin change, oldest first (kept: the last 10,000, at most 90 days)",
+        vec![
+            param(
+                "query",
+                "since",
+                false,
+                json!({"type": "string", "format": "date-time"}),
+                "only changes asked for at or after this RFC 3339 time",
+            ),
+            param(
+                "query",
+                "kind",
+                false,
+                json!({"type": "string", "enum": EntityKind::ALL.map(EntityKind::collection)}),
+                "only changes to this kind of object",
+            ),
+            param(
+                "query",
+                "action",
+                false,
+                json!({"type": "string", "enum": AuditAction::ALL.map(AuditAction::name)}),
+                "only this kind of change",
+            ),
+            limit,
+            param(
+                "query",
+                "after",
+                false,
+                json!({"type": "string", "pattern": "^[0-9]{1,20}$"}),
+                "return changes after this sequence number (a page's `next_after`)",
+            ),
+            stale(),
+        ],
+        None,
+        vec![("200", response("A page of changes", Some(json_body(schema_ref("AuditPage"))))), ("400", bad())],
+    );
+    routes.push(route("get", "/v1/admin/audit", Access::Admin, admin(audit, false)));
+    let backup_file = json!({"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}});
+    let mut snapshot = operation(
+        "cluster",
+        "A backup of the whole replicated state, for `tollgate snapshot restore` (needs the write scope: it \
+         holds every key's digest)",
+        vec![],
+        None,
+        vec![("200", response("The backup file; X-Tollgate-Applied-Index says how far it reaches", Some(backup_file)))],
+    );
+    snapshot["description"] = json!(
+        "Consistent with every write acknowledged before the request: the node waits for a read barrier through \
+         the leader, then writes the state it applied. The file: `TGSNAP`, a zero, the format version, the \
+         SHA-256 of the rest, then the state."
+    );
+    routes.push(route("post", "/v1/admin/snapshot", Access::Admin, admin(snapshot, false)));
     let node_id = || {
         param(
             "path",
@@ -1315,6 +1407,13 @@ fn unsigned_integers(value: &mut Value) {
     }
 }
 
+/// The audit entry's `kind` values: a collection name, or null.
+fn audit_kinds() -> Value {
+    let mut kinds: Vec<Value> = EntityKind::ALL.iter().map(|k| Value::from(k.collection())).collect();
+    kinds.push(Value::Null);
+    Value::Array(kinds)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1335,6 +1434,8 @@ mod tests {
         ("get", "/v1/admin/plans/{id}/usage"),
         ("post", "/v1/admin/plans/{id}/usage/{key_id}"),
         ("post", "/v1/admin/identity-key/rotate"),
+        ("get", "/v1/admin/audit"),
+        ("post", "/v1/admin/snapshot"),
         ("get", "/v1/admin/cluster"),
         ("post", "/v1/admin/cluster/nodes"),
         ("post", "/v1/admin/cluster/nodes/{id}/promote"),

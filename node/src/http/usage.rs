@@ -29,6 +29,7 @@ use tollgate_proto::model::{EntityKind, Quota, UsagePlan};
 use tollgate_proto::usage::{DayUsage, KeyUsage, PeriodUsage, UsageReport, UsageUpdate};
 use tollgate_proto::{Command, Rejection};
 
+use super::auth::{AdminCaller, Audit};
 use super::error::ApiError;
 use super::extract::{JsonBody, QueryMap, ReadOptions, RequestId};
 use crate::app::App;
@@ -97,10 +98,12 @@ fn period_usage(ledger: &QuotaLedger, quota: &Quota, start_ms: i64, end_ms: i64)
 /// `GET /v1/admin/plans/{id}/usage`.
 pub async fn get_usage(
     State(app): State<Arc<App>>,
+    caller: AdminCaller,
     Path(plan_id): Path<String>,
     QueryMap(query): QueryMap,
 ) -> Result<Response, ApiError> {
     let options = ReadOptions::parse_with(&query, &["start_date", "end_date", "key_id"])?;
+    caller.may(&app.published().model, "usage:read", &[format!("plan/{plan_id}")])?;
     let now_ms = app.clock.now_ms();
     let today = day_of(now_ms);
     let start = query.get("start_date").map(|s| date(s, "start_date")).transpose()?.unwrap_or(today);
@@ -175,10 +178,13 @@ pub async fn get_usage(
 /// `POST /v1/admin/plans/{id}/usage/{key_id}`.
 pub async fn update_usage(
     State(app): State<Arc<App>>,
+    caller: AdminCaller,
     Path((plan_id, key_id)): Path<(String, String)>,
     RequestId(request): RequestId,
+    Audit(audit): Audit,
     JsonBody(update): JsonBody<UsageUpdate>,
 ) -> Result<Response, ApiError> {
+    caller.may(&app.published().model, "usage:update", &[format!("plan/{plan_id}")])?;
     // `unsigned_abs`: `abs` of i64::MIN overflows (it once wrapped to a
     // negative number and slipped through).
     if update.delta == 0 || update.delta.unsigned_abs() > MAX_DELTA.unsigned_abs() {
@@ -191,7 +197,8 @@ pub async fn update_usage(
     let now_ms = app.clock.now_ms();
     let (start_ms, end_ms) = period_bounds(now_ms, quota.period, quota.offset);
     let period = QuotaPeriod { key_id, plan_id, start_ms };
-    match app.leader.write(request, Command::QuotaAdjust { period, delta: update.delta, now_ms }).await?? {
+    let command = Command::QuotaAdjust { period, delta: update.delta, now_ms }.audited(audit);
+    match app.leader.write(request, command).await?? {
         Applied::Quota { ledger, .. } => {
             let sessions = app.published().model.sessions.clone();
             Ok(Json(period_usage(&as_of(Some(&ledger), now_ms, &sessions), &quota, start_ms, end_ms)).into_response())

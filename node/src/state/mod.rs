@@ -54,6 +54,8 @@ pub struct Model {
     pub sessions: OrdMap<u64, i64>,
     /// Grants the ledger wants back, newest last (see [`Recalls`]).
     pub recalls: Recalls,
+    /// The audit trail of admin changes (see [`audit`]).
+    pub audit: audit::AuditLog,
 }
 
 /// The sessions of a model, as the ledger reads them.
@@ -402,6 +404,11 @@ impl Model {
                     ledger.expire(now_ms, &SessionView(&sessions));
                     Ok(0)
                 })
+            }
+            Command::Audited { .. } | Command::AuditNote { .. } => {
+                // The state machine takes these apart (`apply_audited`, `note`):
+                // one inside another is not a change.
+                Err(Rejection::invalid("command", "an audited command holds one admin change"))
             }
             Command::RotateIdentityKey { now } => {
                 let version = self.identity.version.saturating_add(1);
@@ -764,6 +771,7 @@ impl Model {
 }
 
 type Outcome = Result<(Applied, Vec<Op>), Rejection>;
+pub mod audit;
 pub mod published;
 pub mod requests;
 
