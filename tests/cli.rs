@@ -63,6 +63,7 @@ const ROUTES: &[(&str, &str, &[&str])] = &[
     ("post", "/v1/admin/cluster/nodes", &["cluster add"]),
     ("post", "/v1/admin/cluster/nodes/{id}/promote", &["cluster promote"]),
     ("delete", "/v1/admin/cluster/nodes/{id}", &["cluster remove"]),
+    ("get", "/v1/admin/decisions", &["cluster decisions"]),
     ("get", "/v1/admin/audit", &["audit"]),
     ("post", "/v1/admin/snapshot", &["snapshot save"]),
 ];

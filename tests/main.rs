@@ -27,16 +27,16 @@
 //! Envoy's rate limit service (`ShouldRateLimit`) and `POST /v1/ratelimit`
 //! on a three-node TLS cluster. `tls`: TLS on every
 //! listener, mutual TLS between peers, and `tollgate dev --tls`. `openapi`:
-//! the OpenAPI document a node serves, against its router. `operator`: the
-//! audit trail of admin changes, and backups saved, restored onto new nodes
-//! and checked. `metering`: the
-//! metering scenarios against a real cluster's authority, on nodes run in
-//! this process (the one module that does not start node processes: it
-//! needs a node's own handles). `cli`: the `tollgate` command line — a
-//! subcommand for every admin route of the OpenAPI document, help text
-//! everywhere, completions, table/JSON/YAML output, key reroll and update,
-//! exit codes. `logs`: a node's log in a file (no colour codes) and as JSON
-//! lines.
+//! the OpenAPI document a node serves, against its router. `console`: the
+//! web console's files and headers, and the admin routes it reads.
+//! `operator`: the audit trail of admin changes, and backups saved,
+//! restored onto new nodes and checked. `metering`: the metering scenarios
+//! against a real cluster's authority, on nodes run in this process (the
+//! one module that does not start node processes: it needs a node's own
+//! handles). `cli`: the `tollgate` command line — a subcommand for every
+//! admin route of the OpenAPI document, help text everywhere, completions,
+//! table/JSON/YAML output, key reroll and update, exit codes. `logs`: a
+//! node's log in a file (no colour codes) and as JSON lines.
 //!
 //! # One process
 //!
@@ -56,6 +56,7 @@ mod check_api;
 mod cli;
 mod client;
 mod cluster;
+mod console;
 mod grpc;
 mod harness;
 #[path = "harness/history.rs"]

@@ -631,6 +631,7 @@ const ROUTE_ACTIONS: &[(&str, &str, &str)] = &[
     ("post", "/v1/admin/cluster/nodes", "cluster:update"),
     ("post", "/v1/admin/cluster/nodes/{id}/promote", "cluster:update"),
     ("delete", "/v1/admin/cluster/nodes/{id}", "cluster:update"),
+    ("get", "/v1/admin/decisions", "decisions:read"),
     ("get", "/v1/admin/audit", "audit:read"),
     ("post", "/v1/admin/snapshot", "snapshot:create"),
 ];

@@ -1,7 +1,8 @@
 //! `tollgate dev`: three real node processes on loopback, one folder of data,
-//! the endpoints and a fresh admin token printed; Ctrl-C, SIGTERM or SIGHUP stops all
-//! three. A node that exits is started again (with back-off). Each node's
-//! configuration, but for its secrets, is in `DIR/nodeN/tollgate.toml`.
+//! the endpoints, each node's web console and a fresh admin token printed;
+//! Ctrl-C, SIGTERM or SIGHUP stops all three. A node that exits is started
+//! again (with back-off). Each node's configuration, but for its secrets, is
+//! in `DIR/nodeN/tollgate.toml`.
 //! Running it again on the same folder brings the same cluster back.
 
 use std::path::PathBuf;
@@ -165,6 +166,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             args.data_dir.display(),
             i + 1
         );
+    }
+    println!();
+    println!("Web console (sign in with the admin token below):");
+    for i in 0..3u16 {
+        println!("  node {}: {scheme}://{}/console", i + 1, addr(i).0);
     }
     println!();
     println!("Admin token (valid while this runs):");

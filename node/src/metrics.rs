@@ -1,8 +1,10 @@
 //! Prometheus metrics. Label sets are bounded: routes are the matched route
 //! templates, never raw paths, and nothing is labelled per key or per IP.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
+use prometheus::core::Collector;
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use tollgate_proto::check::{CheckRequest, Decision};
 
@@ -39,6 +41,10 @@ pub struct Metrics {
     pub disk_guard: IntGauge,
     /// 1 once this node's Raft has stopped (it exits to be restarted).
     raft_stopped: IntGauge,
+    /// When these counters started from zero (the process start, in
+    /// practice): a reader that samples [`Self::decisions_by_reason`] tells
+    /// a restart, whose counters start again, from a quiet minute by it.
+    started: Instant,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -115,6 +121,7 @@ impl Metrics {
             ),
             raft_stopped: gauge(&registry, "tollgate_raft_stopped", "1 once Raft has stopped on an error."),
             registry,
+            started: Instant::now(),
         }
     }
 
@@ -128,6 +135,30 @@ impl Metrics {
         };
         self.decisions.with_label_values(&[api, stage, decision.reason.as_str()]).inc();
         self.check_seconds.observe(took.as_secs_f64());
+    }
+
+    /// This node's check decisions since [`Self::uptime`] began, by reason
+    /// (summed over APIs and stages): what `tollgate_check_decisions_total`
+    /// says, read without rendering the whole exposition. Only reasons
+    /// that occurred are present.
+    pub fn decisions_by_reason(&self) -> BTreeMap<String, u64> {
+        let mut by_reason = BTreeMap::new();
+        for family in self.decisions.collect() {
+            for metric in family.get_metric() {
+                let reason = metric.get_label().iter().find(|l| l.name() == "reason");
+                if let Some(reason) = reason {
+                    // Counters only count whole decisions: the f64 is an integer.
+                    *by_reason.entry(reason.value().to_string()).or_insert(0) +=
+                        metric.get_counter().get_value() as u64;
+                }
+            }
+        }
+        by_reason
+    }
+
+    /// How long these counters have been counting.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// The text exposition, with Raft gauges refreshed from `raft`.

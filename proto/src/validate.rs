@@ -520,6 +520,7 @@ pub const ADMIN_ACTIONS: &[&str] = &[
     "identity:rotate",
     "cluster:read",
     "cluster:update",
+    "decisions:read",
     "audit:read",
     "snapshot:create",
 ];

@@ -1,4 +1,5 @@
-//! `tollgate cluster`: status and membership (`/v1/admin/cluster`), and
+//! `tollgate cluster`: status and membership (`/v1/admin/cluster`), the
+//! answering node's check decisions by reason (`/v1/admin/decisions`), and
 //! `tollgate identity-key`: the key version that signs identity tokens
 //! (`/v1/admin/identity-key`), both cluster-wide settings.
 
@@ -45,6 +46,9 @@ pub enum ClusterCmd {
         /// The node's id.
         id: u64,
     },
+    /// The answering node's check decisions by reason since it started
+    /// (cumulative: run it twice for a rate).
+    Decisions,
 }
 
 #[derive(Subcommand)]
@@ -63,6 +67,7 @@ pub enum IdentityKeyCmd {
 pub async fn run(api: &Api, cmd: ClusterCmd) -> anyhow::Result<()> {
     match cmd {
         ClusterCmd::Status => api.show(Method::GET, "/v1/admin/cluster", None, View::Cluster).await,
+        ClusterCmd::Decisions => api.show(Method::GET, "/v1/admin/decisions", None, View::One(views::DECISIONS)).await,
         ClusterCmd::Add { id, http, peer, wire, learner } => {
             let body = json!({"id": id, "http_addr": http, "peer_addr": peer, "wire_addr": wire, "voter": !learner});
             api.show(Method::POST, "/v1/admin/cluster/nodes", Some(body), View::One(views::MEMBER_CHANGE)).await

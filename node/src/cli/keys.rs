@@ -65,7 +65,14 @@ pub enum KeyCmd {
         batch: usize,
     },
     /// List keys in id order (no secrets: each key's visible prefix).
-    List(ListArgs),
+    List {
+        #[command(flatten)]
+        list: ListArgs,
+        /// Only keys whose id, name, customer or secret prefix contains
+        /// this text, ignoring case.
+        #[arg(long)]
+        search: Option<String>,
+    },
     /// Show one key (no secret: its visible prefix).
     Get {
         /// The key's id (`key_…`).
@@ -147,7 +154,13 @@ pub async fn run(api: &Api, cmd: KeyCmd) -> anyhow::Result<()> {
         KeyCmd::Import { file, format, secrets_out, batch } => {
             import_keys(api, &file, format, secrets_out.as_deref(), batch).await
         }
-        KeyCmd::List(args) => api.show_list("/v1/admin/keys", &args, views::KEYS).await,
+        KeyCmd::List { list, search } => {
+            let path = match search {
+                Some(text) => format!("/v1/admin/keys?search={}", super::api::query_value(&text)),
+                None => "/v1/admin/keys".to_string(),
+            };
+            api.show_list(&path, &list, views::KEYS).await
+        }
         KeyCmd::Get { id } => api.show(Method::GET, &item(&id), None, one).await,
         KeyCmd::Update { id, name, description, customer, expires, add_plans, remove_plans, tags, remove_tags } => {
             let mut spec = spec_of(&api.call(Method::GET, &item(&id), None).await?);

@@ -110,6 +110,10 @@ pub const IDENTITY_KEY: &[Column] = &[
     field!("SIGNING", "signing"),
 ];
 
+/// A node's check decisions (`cluster decisions`); `reasons` follows.
+pub const DECISIONS: &[Column] =
+    &[field!("NODE", "node_id"), field!("UPTIME MS", "uptime_ms"), field!("TOTAL", "total")];
+
 /// A membership change's answer.
 pub const MEMBER_CHANGE: &[Column] = &[field!("ID", "id"), field!("VOTER", "voter")];
 

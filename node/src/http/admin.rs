@@ -140,6 +140,21 @@ impl Resource for Keys {
         // The state machine keeps the stored secret digest.
         Ok(Entity::Key(ApiKey::from_spec(id.to_string(), spec, SecretDigest::default(), Timestamp::default())))
     }
+    const LIST_FILTERS: &'static [&'static str] = &["search"];
+    /// `?search=TEXT`: the keys whose id, name, customer id or visible
+    /// secret prefix contains TEXT, ignoring case (how an operator finds a
+    /// key from a support ticket or a log line). Empty: every key.
+    fn select<'m>(model: &'m Model, query: &HashMap<String, String>) -> Option<Vec<&'m Entity>> {
+        let needle = query.get("search").map(|s| s.to_lowercase()).filter(|s| !s.is_empty())?;
+        let found = |text: &str| text.to_lowercase().contains(&needle);
+        let matches = |e: &&Entity| match e {
+            Entity::Key(k) => {
+                found(&k.id) || found(&k.name) || k.customer_id.as_deref().is_some_and(found) || found(&k.secret.prefix)
+            }
+            _ => false,
+        };
+        Some(model.iter(EntityKind::Key).filter(matches).collect())
+    }
 }
 
 pub struct Tokens;

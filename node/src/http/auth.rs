@@ -122,6 +122,7 @@ pub fn admin_action(method: &Method, route: &str) -> Option<&'static str> {
         ("POST", "plans/{id}/usage/{key_id}") => "usage:update",
         ("GET", "cluster") => "cluster:read",
         ("POST" | "DELETE", r) if r.starts_with("cluster/") => "cluster:update",
+        ("GET", "decisions") => "decisions:read",
         ("GET", "audit") => "audit:read",
         ("POST", "snapshot") => "snapshot:create",
         (method, r) => {

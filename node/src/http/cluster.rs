@@ -36,13 +36,26 @@ async fn status(State(app): State<Arc<App>>, caller: AdminCaller) -> Result<Json
     caller.may(&app.published().model, "cluster:read", &cluster_resource())?;
     let m = app.raft.metrics().borrow().clone();
     let (nodes, voters) = app.leader.members();
+    let removed = app.is_removed();
+    // Only a leader knows how far each member's log matches its own
+    // (openraft reports it to the leader alone): elsewhere it is null.
+    let leads = !removed && m.current_leader == Some(app.id);
+    let matched = |id: &NodeId| -> Option<u64> {
+        if !leads {
+            return None;
+        }
+        if *id == app.id {
+            return m.last_log_index;
+        }
+        m.replication.as_ref()?.get(id).copied().flatten().map(|l| l.index)
+    };
     let members: Vec<_> = nodes
         .iter()
         .map(|(id, addr)| {
-            json!({"id": id, "http_addr": addr.http, "peer_addr": addr.peer, "wire_addr": addr.wire, "voter": voters.contains(id)})
+            json!({"id": id, "http_addr": addr.http, "peer_addr": addr.peer, "wire_addr": addr.wire,
+                "voter": voters.contains(id), "matched_index": matched(id)})
         })
         .collect();
-    let removed = app.is_removed();
     Ok(Json(json!({
         "node_id": app.id,
         // A removed node hears from no leader: it must not report the last one.
@@ -55,6 +68,8 @@ async fn status(State(app): State<Arc<App>>, caller: AdminCaller) -> Result<Json
         "applied_index": m.last_applied.map(|l| l.index),
         "snapshot_index": m.snapshot.map(|l| l.index),
         "purged_index": m.purged.map(|l| l.index),
+        // On a leader: how long since a quorum last answered it (null elsewhere).
+        "millis_since_quorum_ack": if leads { m.millis_since_quorum_ack } else { None },
         "members": members,
     })))
 }

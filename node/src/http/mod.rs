@@ -1,4 +1,5 @@
-//! The HTTP listener: admin API, health, metrics and the OpenAPI document.
+//! The HTTP listener: admin API, health, metrics, the OpenAPI document and
+//! the web console (`/console`, static files: see [`console`]).
 //!
 //! Every admin route requires a bearer admin token: the bootstrap token from
 //! `TOLLGATE_ADMIN_TOKEN`, or one created through `/v1/admin/tokens`. Tokens
@@ -14,6 +15,8 @@ pub mod auth;
 pub mod auth_failures;
 pub mod check;
 pub mod cluster;
+pub mod console;
+pub mod decisions;
 pub mod error;
 pub mod extract;
 pub mod forward_auth;
@@ -110,6 +113,7 @@ pub fn router(state: HttpState) -> Router {
     admin = admin.route("/v1/admin/plans/{id}/usage/{key_id}", axum::routing::post(usage::update_usage));
     admin = admin.route("/v1/admin/identity-key/rotate", axum::routing::post(admin::rotate_identity_key));
     admin = admin.route("/v1/admin/audit", axum::routing::get(audit::list));
+    admin = admin.route("/v1/admin/decisions", axum::routing::get(decisions::decisions));
     let admin = cluster::routes(admin)
         .route_layer(middleware::from_fn(scope_idempotency_key))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::admin_guard))
@@ -120,6 +124,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(check::routes())
         .merge(ratelimit::routes())
         .merge(forward_auth::routes())
+        .merge(console::routes())
         .fallback(|| async { ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         // Refuses a body announced too large before reading any of it.

@@ -42,8 +42,9 @@ use tollgate_proto::model::EntityKind;
         title = "Tollgate",
         description = "The HTTP API of a Tollgate node: the check (`POST /v1/check` and forward-auth for edge \
                        proxies), the admin API (APIs, usage plans, keys, policies, authorizers, admin tokens, \
-                       rate limit domains, usage, the identity key and the cluster), health, metrics and this document. Admin \
-                       routes need `Authorization: Bearer <admin token>`, `/v1/ratelimit` a token of the \
+                       rate limit domains, usage, the identity key, decision counts and the cluster), health, \
+                       metrics, the web console (`/console`) and this document. Admin routes need \
+                       `Authorization: Bearer <admin token>`, `/v1/ratelimit` a token of the \
                        check scope; the others are public. Every error \
                        is `{\"error\": {\"code\", \"field\", \"message\"}}` and names the field at fault."
     ),
@@ -74,7 +75,7 @@ struct Derived;
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// Anyone: the check path, health, metrics, keys and this document.
+    /// Anyone: the check path, health, metrics, keys, the console and this document.
     Public,
     /// A bearer admin token (a `read` token only for GET).
     Admin,
@@ -595,10 +596,35 @@ fn handwritten_schemas() -> Vec<(&'static str, Value)> {
                     "term": uint64, "last_log_index": nullable_uint64, "commit_index": uint64,
                     "applied_index": nullable_uint64, "snapshot_index": nullable_uint64,
                     "purged_index": nullable_uint64,
+                    "millis_since_quorum_ack": {"type": ["integer", "null"], "format": "uint64", "minimum": 0,
+                        "maximum": u64::MAX, "description": "On the leader: milliseconds since a quorum last \
+                        acknowledged it. Null on other nodes, and before a quorum has."},
                     "members": {"type": "array", "items": {"type": "object",
-                        "required": ["id", "http_addr", "peer_addr", "wire_addr", "voter"], "properties": {
+                        "required": ["id", "http_addr", "peer_addr", "wire_addr", "voter", "matched_index"],
+                        "properties": {
                             "id": uint64, "http_addr": {"type": "string"}, "peer_addr": {"type": "string"},
-                            "wire_addr": {"type": "string"}, "voter": {"type": "boolean"}}}}}}),
+                            "wire_addr": {"type": "string"}, "voter": {"type": "boolean"},
+                            "matched_index": {"type": ["integer", "null"], "format": "uint64", "minimum": 0,
+                                "maximum": u64::MAX, "description": "On the leader: the last log index this \
+                                member is known to hold (the leader's own last index for itself), so its lag \
+                                is `last_log_index` minus this. Null on other nodes, and for a member the \
+                                leader has not heard from."}}}}}}),
+        ),
+        (
+            "DecisionCounts",
+            json!({"type": "object", "required": ["node_id", "uptime_ms", "total", "reasons"], "properties": {
+                "node_id": uint64,
+                "uptime_ms": {"type": "integer", "format": "uint64", "minimum": 0, "maximum": u64::MAX,
+                    "description": "How long the counts have been counting: less than in an earlier answer \
+                    means the node restarted and its counts began again at zero."},
+                "total": {"type": "integer", "format": "uint64", "minimum": 0, "maximum": u64::MAX,
+                    "description": "Every decision counted, the sum of `reasons`."},
+                "reasons": {"type": "object", "propertyNames": schema_ref("ReasonCode"),
+                    "additionalProperties": uint64,
+                    "description": "Decisions by reason; a reason that has not occurred is left out."}},
+                "description": "This node's check decisions since it started, by reason, summed over APIs and \
+                    stages (`tollgate_check_decisions_total`). Cumulative: take the difference of two \
+                    answers for a rate."}),
         ),
         (
             "Readiness",
@@ -785,6 +811,16 @@ pub fn routes() -> Vec<RouteDoc> {
                 false,
                 json!({"type": "string"}),
                 "only the rate limit domain with this domain name (a page of one, or none)",
+            ));
+        }
+        if segment == "keys" {
+            params.push(param(
+                "query",
+                "search",
+                false,
+                json!({"type": "string"}),
+                "only keys whose id, name, customer id or secret prefix contains this text, ignoring case \
+                 (paged like the whole list; empty: every key)",
             ));
         }
         let list = operation(
@@ -1006,6 +1042,14 @@ pub fn routes() -> Vec<RouteDoc> {
         vec![("200", response("Status", Some(json_body(schema_ref("ClusterStatus")))))],
     );
     routes.push(route("get", "/v1/admin/cluster", Access::Admin, admin(status, false)));
+    let decisions = operation(
+        "decisions",
+        "This node's check decisions by reason since it started (cumulative counts, for rates)",
+        vec![],
+        None,
+        vec![("200", response("The counts", Some(json_body(schema_ref("DecisionCounts")))))],
+    );
+    routes.push(route("get", "/v1/admin/decisions", Access::Admin, admin(decisions, false)));
     let add = operation(
         "cluster",
         "Add a node: a learner, then (unless `voter` is false) a voter",
@@ -1220,6 +1264,17 @@ pub fn routes() -> Vec<RouteDoc> {
         responses.extend(extra);
         routes.push(route("get", path, Access::Public, operation("operations", summary, vec![], None, responses)));
     }
+    for asset in &super::console::ASSETS {
+        let media = asset.content_type.split(';').next().unwrap_or(asset.content_type);
+        let mut ok = response("The file", Some(json!({media: {"schema": {"type": "string"}}})));
+        let mut headers = Map::new();
+        for (name, value) in super::console::HEADERS {
+            headers.insert(name.to_string(), json!({"required": true, "schema": {"type": "string", "const": value}}));
+        }
+        ok["headers"] = Value::Object(headers);
+        let op = operation("console", asset.summary, vec![], None, vec![("200", ok)]);
+        routes.push(route("get", asset.path, Access::Public, op));
+    }
     routes
 }
 
@@ -1364,8 +1419,9 @@ mod tests {
     use super::*;
 
     /// The routes `super::router` adds, read off the router code (mod.rs,
-    /// admin.rs, cluster.rs, check.rs, forward_auth.rs, ops.rs). A route added
-    /// there and not here, or here and not in [`routes`], fails this test.
+    /// admin.rs, cluster.rs, check.rs, forward_auth.rs, ops.rs, console.rs,
+    /// decisions.rs). A route added there and not here, or here and not in
+    /// [`routes`], fails this test.
     const SERVED: &[(&str, &str)] = &[
         ("get", "/v1/admin/{kind}"),
         ("post", "/v1/admin/{kind}"),
@@ -1393,6 +1449,11 @@ mod tests {
         ("get", "/.well-known/jwks.json"),
         ("any", "/v1/forward-auth/{api}/{stage}"),
         ("any", "/v1/forward-auth/{api}/{stage}/{rest}"),
+        ("get", "/v1/admin/decisions"),
+        ("get", "/console"),
+        ("get", "/console/console.js"),
+        ("get", "/console/console.css"),
+        ("get", "/console/icon.svg"),
     ];
 
     fn served() -> Vec<(String, String)> {
