@@ -270,16 +270,21 @@
       showSignIn('This browser keeps no session storage for this page, so the console cannot hold a token.');
       return;
     }
+    let signedIn = false;
     try {
       await api('GET', '/v1/admin/cluster');
     } catch (e) {
       if (e instanceof SignedOut) {
         showSignIn('That token was refused (401): check it and try again.');
+      } else if (e instanceof ApiError && e.status === 403) {
+        // A valid token that policies keep from the cluster page: signed in;
+        // each page says what this token may not see.
+        signedIn = true;
       } else {
         forgetToken();
         showSignIn(describe(e));
       }
-      return;
+      if (!signedIn) return;
     }
     signInSection.hidden = true;
     if (!location.hash.startsWith('#/')) location.hash = '#/cluster';
@@ -880,8 +885,12 @@
     }
 
     function toggle(k) {
-      return act(`Key ${k.name} ${k.enabled ? 'disabled' : 'enabled'}`,
-        () => api('PUT', `/v1/admin/keys/${enc(k.id)}`, keySpec(k, {enabled: !k.enabled})));
+      // The key as it is now, not as the list showed it: a change made
+      // meanwhile (a rename, new plans) is kept, only `enabled` flips.
+      return act(`Key ${k.name} ${k.enabled ? 'disabled' : 'enabled'}`, async () => {
+        const current = await api('GET', `/v1/admin/keys/${enc(k.id)}`);
+        return api('PUT', `/v1/admin/keys/${enc(k.id)}`, keySpec(current, {enabled: !k.enabled}));
+      });
     }
 
     async function reroll(k) {

@@ -179,7 +179,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Some(ca) => crate::tls::outbound_roots(ca)?,
             None => Vec::new(),
         };
-        let http = crate::tls::http_trusting(&roots).build()?;
+        // A node that accepts and never answers must not hang a script:
+        // past these, the call fails with exit code 7.
+        let http = crate::tls::http_trusting(&roots)
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(std::time::Duration::from_secs(60))
+            .build()?;
         let base = cli.url.trim_end_matches('/').to_string();
         // Without a token only a call fails (and says how to give one).
         let client = cli.token.as_ref().map(|token| AdminClient::with_http([base.clone()], token, http)).transpose()?;

@@ -124,6 +124,17 @@ pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// `text` safe to print on a terminal: control characters (escape
+/// sequences that would retitle or clear it, line breaks that would fake a
+/// row) and bidirectional overrides shown escaped, as `\u{1b}`.
+pub fn printable(text: &str) -> String {
+    let unsafe_char = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return text.to_string();
+    }
+    text.chars().map(|c| if unsafe_char(c) { c.escape_unicode().to_string() } else { c.to_string() }).collect()
+}
+
 /// A table without borders (kubectl's look: columns apart by two spaces,
 /// easy to read and to cut), lines trimmed at the end.
 fn table(header: Option<Vec<&str>>, body: Vec<Vec<String>>) -> String {
@@ -134,7 +145,7 @@ fn table(header: Option<Vec<&str>>, body: Vec<Vec<String>>) -> String {
         table.set_header(header);
     }
     for row in body {
-        table.add_row(row);
+        table.add_row(row.into_iter().map(|cell| printable(&cell)).collect::<Vec<_>>());
     }
     for column in table.column_iter_mut() {
         column.set_padding((0, 2));
@@ -200,6 +211,17 @@ fn short(cell: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cell_cannot_drive_the_terminal() {
+        let hostile = "\u{1b}]0;pwned\u{7}\u{1b}[2J\nfake row\u{202e}evil";
+        let shown = printable(hostile);
+        assert!(!shown.chars().any(|c| c.is_control() || c == '\u{202e}'), "{shown:?}");
+        assert!(shown.contains("pwned") && shown.contains("\\u{1b}"), "{shown}");
+        let rendered = table(None, vec![vec!["description".into(), hostile.into()]]);
+        assert_eq!(rendered.lines().count(), 1, "{rendered}");
+        assert_eq!(printable("plain text"), "plain text");
+    }
     use serde_json::json;
 
     const COLUMNS: &[Column] = &[
