@@ -87,6 +87,17 @@ async fn every_admin_write_route_leaves_one_entry_naming_who_and_what_and_never_
     let client = as_token(&cluster, 2, &ops_secret);
     let mut secrets = vec![ops_secret.clone()];
 
+    // Admin answers (a new secret among them) are never cached.
+    let response = cluster
+        .http
+        .get(format!("{}/v1/admin/tokens", cluster.url(1)))
+        .bearer_auth(&ops_secret)
+        .send()
+        .await
+        .expect("list tokens");
+    let cache = response.headers().get("cache-control").and_then(|v| v.to_str().ok()).map(str::to_string);
+    assert_eq!(cache.as_deref(), Some("no-store"));
+
     // A node to add, promote and remove.
     let extra = cluster.spawn_extra(4).await;
     let (extra_http, extra_peer) = (format!("127.0.0.1:{}", extra.http_port), format!("127.0.0.1:{}", extra.peer_port));

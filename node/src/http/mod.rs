@@ -117,7 +117,8 @@ pub fn router(state: HttpState) -> Router {
     let admin = cluster::routes(admin)
         .route_layer(middleware::from_fn(scope_idempotency_key))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::admin_guard))
-        .route_layer(middleware::from_fn_with_state(state.clone(), count_admin_request));
+        .route_layer(middleware::from_fn_with_state(state.clone(), count_admin_request))
+        .route_layer(middleware::map_response(no_store));
     Router::new()
         .merge(admin)
         .merge(ops::routes(state.settings.metrics_on_http))
@@ -192,5 +193,15 @@ async fn count_admin_request(State(app): State<Arc<App>>, request: Request, next
     let method = request.method().clone();
     let response = next.run(request).await;
     app.metrics.admin_requests.with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()]).inc();
+    response
+}
+
+/// Admin answers carry objects and, once, secrets: no cache (a browser's,
+/// a proxy's) may keep them (RFC 9111 §5.2.2.5).
+async fn no_store(mut response: axum::response::Response) -> axum::response::Response {
+    response
+        .headers_mut()
+        .entry(axum::http::header::CACHE_CONTROL)
+        .or_insert(axum::http::HeaderValue::from_static("no-store"));
     response
 }
