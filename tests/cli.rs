@@ -406,6 +406,12 @@ async fn exit_codes_say_what_went_wrong() {
     // 2: the command line (clap's own), or no token.
     assert_eq!(on(&url, &["keys", "get"]).status.code(), Some(2));
     assert_eq!(on(&url, &["plans", "create", "--name", "x", "--rate", "1"]).status.code(), Some(2), "--burst too");
+    assert_eq!(on(&url, &["keys", "list", "--limit", "0"]).status.code(), Some(2), "the API takes 1 and up");
+    for bad in ["not a url", "ftp://127.0.0.1:1"] {
+        let (code, text) = failed(&tollgate(&["--url", bad, "--token", harness::TOKEN, "keys", "list"]));
+        assert_eq!(code, 2, "{bad}: {text}");
+        assert!(text.contains("--url"), "{text}");
+    }
     let (code, text) = failed(&tollgate(&["--url", &url, "keys", "list"]));
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("TOLLGATE_ADMIN_TOKEN"), "{text}");

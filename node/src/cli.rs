@@ -175,6 +175,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let format = output::Format::or_default(cli.output);
     // Only the admin subcommands need it (and `--ca`).
     let api = || -> anyhow::Result<api::Api> {
+        // A URL that is no node's (a typo, another scheme) is a usage error.
+        let scheme_ok = reqwest::Url::parse(&cli.url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+        if !scheme_ok {
+            return Err(exit::Failure::usage(format!("--url {:?}: expected http(s)://host:port", cli.url)).into());
+        }
         let roots = match &cli.ca {
             Some(ca) => crate::tls::outbound_roots(ca)?,
             None => Vec::new(),

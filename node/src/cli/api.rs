@@ -19,8 +19,8 @@ pub const MAX_PAGE: usize = 1000;
 pub struct ListArgs {
     /// At most this many items in all (default: every item, read page by
     /// page). When more follow, JSON and YAML carry `next_after`, and a
-    /// table says on standard error how to go on.
-    #[arg(long)]
+    /// table says on standard error how to go on. At least 1.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     pub limit: Option<usize>,
     /// Start after this id (the `next_after` of an earlier list).
     #[arg(long)]
