@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use tollgate_proto::canonical;
-use tollgate_proto::model::{Condition, ConditionOperator, Effect, Entity, EntityKind, Policy, Statement};
+use tollgate_proto::model::{Condition, ConditionOperator, Effect, Statement};
 
 use super::pattern::glob_matches;
 use crate::state::Model;
@@ -96,13 +96,6 @@ fn condition_holds(c: &Condition, facts: &RequestFacts<'_>) -> bool {
     }
 }
 
-fn policies(model: &Model) -> impl Iterator<Item = &Policy> {
-    model.iter(EntityKind::Policy).filter_map(|e| match e {
-        Entity::Policy(p) => Some(p),
-        _ => None,
-    })
-}
-
 /// Whether a statement can be decided before authentication: it applies to
 /// everyone and its conditions need nothing the caller's identity provides.
 fn decidable_anonymously(statement: &Statement) -> bool {
@@ -114,7 +107,8 @@ fn decidable_anonymously(statement: &Statement) -> bool {
 /// checked before authentication, so a blocked network never reaches it.
 /// Statements on key tags or token claims wait for [`evaluate`].
 pub fn early_deny(model: &Model, api: &str, facts: &RequestFacts<'_>) -> bool {
-    policies(model)
+    model
+        .policies()
         .filter(|p| p.api_id.as_deref() == Some(api))
         .flat_map(|p| &p.statements)
         .any(|s| s.effect == Effect::Deny && decidable_anonymously(s) && applies(s, facts))
@@ -124,7 +118,8 @@ pub fn early_deny(model: &Model, api: &str, facts: &RequestFacts<'_>) -> bool {
 /// policy, and principal policies) has a condition on `source_ip`: a check
 /// without the client address cannot be decided on it.
 pub fn uses_source_ip(model: &Model, api: &str) -> bool {
-    policies(model)
+    model
+        .policies()
         .filter(|p| !matches!(p.api_id.as_deref(), Some(a) if a != api))
         .flat_map(|p| &p.statements)
         .filter(|s| !is_admin_statement(s))
@@ -137,7 +132,7 @@ pub use tollgate_proto::policy::{is_admin_statement, AdminRequest, AdminVerdict,
 /// (see [`tollgate_proto::policy::evaluate_admin`]); with no resources, the
 /// route-level check made before a request's body is read.
 pub fn evaluate_admin(model: &Model, request: &AdminRequest<'_>) -> AdminVerdict {
-    tollgate_proto::policy::evaluate_admin(policies(model), request)
+    tollgate_proto::policy::evaluate_admin(model.policies(), request)
 }
 
 /// The full evaluation, once the principal is known.
@@ -145,7 +140,7 @@ pub fn evaluate(model: &Model, api: &str, facts: &RequestFacts<'_>) -> Verdict {
     let mut governed_by_resource = false;
     let mut governed_by_principal = false;
     let mut allowed = false;
-    for policy in policies(model) {
+    for policy in model.policies() {
         let is_resource = match &policy.api_id {
             Some(a) if a == api => true,
             Some(_) => continue,

@@ -11,7 +11,7 @@ use tollgate_proto::audit::{
     diff, AuditAction, AuditContext, AuditEntry, AUDIT_RETENTION_MS, MAX_AUDIT_ENTRIES, MAX_LISTED_IDS,
 };
 use tollgate_proto::command::{Applied, PutMode};
-use tollgate_proto::model::{Entity, EntityKind, Policy};
+use tollgate_proto::model::{Entity, EntityKind};
 use tollgate_proto::policy::{evaluate_admin, is_admin_statement, AdminRequest, AdminVerdict, ADMIN_PRINCIPAL};
 use tollgate_proto::{codec, Command, CommandResult, Rejection};
 
@@ -133,13 +133,6 @@ impl Model {
             out.push(format!("key/{}", key.id));
         }
         out
-    }
-
-    fn policies(&self) -> impl Iterator<Item = &Policy> {
-        self.iter(EntityKind::Policy).filter_map(|e| match e {
-            Entity::Policy(p) => Some(p),
-            _ => None,
-        })
     }
 
     /// The admin statements' word on `command` asked by `context`'s token,

@@ -317,6 +317,14 @@ impl Model {
     }
 
     /// The authorizer `id`, if the model has one.
+    /// Every policy, in id order: the check's and the admin statements'.
+    pub fn policies(&self) -> impl Iterator<Item = &tollgate_proto::model::Policy> {
+        self.iter(EntityKind::Policy).filter_map(|e| match e {
+            Entity::Policy(p) => Some(p),
+            _ => None,
+        })
+    }
+
     pub fn authorizer(&self, id: &str) -> Option<&tollgate_proto::model::Authorizer> {
         match self.get(EntityKind::Authorizer, id)? {
             Entity::Authorizer(a) => Some(a),
