@@ -149,7 +149,7 @@ impl Backend for InProcess {
         Box::pin(async move {
             let app = &self.members[self.on].app;
             app.leader.read_barrier().await.expect("a read barrier");
-            app.published().model.ledgers.get(period).cloned().unwrap_or_default()
+            app.published().model.ledger(period).cloned().unwrap_or_default()
         })
     }
 

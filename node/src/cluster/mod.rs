@@ -198,7 +198,7 @@ mod ledger_tests {
         let mut builder = sm.get_snapshot_builder().await;
         let snapshot = builder.build_snapshot().await.expect("snapshot");
         let published = |sm_model: &Arc<ArcSwap<crate::state::published::Published>>| {
-            sm_model.load().model.ledgers.get(&period).map(|l| (l.consumed, l.outstanding()))
+            sm_model.load().model.ledger(&period).map(|l| (l.consumed, l.outstanding()))
         };
         let session_end = |sm_model: &Arc<ArcSwap<crate::state::published::Published>>| {
             sm_model.load().model.sessions.get(&SESSION).copied()
@@ -231,7 +231,7 @@ mod ledger_tests {
             .await
             .expect("apply");
         assert!(again[0].is_ok(), "{again:?}");
-        let ledger = shared.load().model.ledgers.get(&period).cloned().unwrap_or_default();
+        let ledger = shared.load().model.ledger(&period).cloned().unwrap_or_default();
         assert_eq!((ledger.consumed, ledger.outstanding()), (10, 0), "reported and released");
     }
 }

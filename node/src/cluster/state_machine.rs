@@ -81,7 +81,7 @@ impl SnapshotImage {
             objects: model.all().cloned().collect(),
             requests,
             identity: model.identity,
-            ledgers: model.ledgers.iter().map(|(p, l)| (p.clone(), l.clone())).collect(),
+            ledgers: model.ledgers().map(|(p, l)| (p.clone(), l.clone())).collect(),
             sessions: model.sessions.iter().map(|(s, end)| (*s, *end)).collect(),
             audit: model.audit.iter().cloned().collect(),
         }

@@ -136,8 +136,8 @@ pub async fn get_usage(
             // so the ids come sorted, each key's ledgers together.
             let mut ids: Vec<String> = Vec::new();
             let matching = model
-                .ledgers
-                .keys()
+                .ledgers()
+                .map(|(p, _)| p)
                 .filter(|p| p.plan_id == plan.id && options.after.as_deref().is_none_or(|a| p.key_id.as_str() > a));
             for p in matching {
                 if ids.last() != Some(&p.key_id) {
@@ -156,7 +156,7 @@ pub async fn get_usage(
     for key_id in key_ids.iter().cloned() {
         let mut per_day: BTreeMap<i64, u64> = BTreeMap::new();
         let from = QuotaPeriod { key_id: key_id.clone(), plan_id: plan.id.clone(), start_ms: i64::MIN };
-        for (period, ledger) in model.ledgers.range(from..) {
+        for (period, ledger) in model.ledgers_from(&from) {
             if period.key_id != key_id || period.plan_id != plan.id {
                 break;
             }
@@ -168,7 +168,7 @@ pub async fn get_usage(
             .map(|d| DayUsage { date: day_of(d * DAY_MS).to_string(), used: per_day.get(&d).copied().unwrap_or(0) })
             .collect();
         let current = QuotaPeriod { key_id: key_id.clone(), plan_id: plan.id.clone(), start_ms: period_start };
-        let ledger = as_of(model.ledgers.get(&current), now_ms, &model.sessions);
+        let ledger = as_of(model.ledger(&current), now_ms, &model.sessions);
         items.push(KeyUsage { key_id, days, current_period: period_usage(&ledger, &quota, period_start, period_end) });
     }
     let report = UsageReport { plan_id, start_date: start.to_string(), end_date: end.to_string(), items, next_after };

@@ -44,11 +44,16 @@ pub struct Model {
     rate_limit_by_domain: HashMap<String, Arc<Entity>>,
     /// Descriptor counts' ledgers by the end of their window, to forget
     /// them once it is long past (see [`DESCRIPTOR_LEDGER_GRACE_MS`]).
-    descriptor_ledger_ends: imbl::OrdSet<(i64, QuotaPeriod)>,
+    descriptor_ledger_ends: imbl::OrdSet<(i64, Arc<QuotaPeriod>)>,
     /// The identity signing key version.
     pub identity: IdentityKeyState,
     /// Quota ledgers by key, plan and period (see `tollgate_proto::metering`).
-    pub ledgers: OrdMap<QuotaPeriod, QuotaLedger>,
+    /// Periods and ledgers sit behind `Arc`s, as objects do: every usage
+    /// report writes ledgers, and each write copies the tree nodes on its
+    /// path with up to 64 entries each, which should be pointers, not deep
+    /// copies of two strings and three collections (with 100k keys at random
+    /// those copies and their drops were most of every node's CPU).
+    ledgers: OrdMap<Arc<QuotaPeriod>, Arc<QuotaLedger>>,
     /// Lease sessions by id: when each ends, ms since the epoch (see
     /// `tollgate_proto::metering::Sessions`).
     pub sessions: OrdMap<u64, i64>,
@@ -260,24 +265,53 @@ impl Model {
 
     /// Adds or replaces a quota ledger (also loading from storage or a snapshot).
     pub fn insert_ledger(&mut self, period: QuotaPeriod, ledger: QuotaLedger) {
+        self.put_ledger(Arc::new(period), Arc::new(ledger));
+    }
+
+    fn put_ledger(&mut self, period: Arc<QuotaPeriod>, ledger: Arc<QuotaLedger>) {
         if let Some(Ok((_, key))) = CounterKey::of_period(&period) {
-            self.descriptor_ledger_ends.insert((key.window_end_ms(period.start_ms), period.clone()));
+            if !self.ledgers.contains_key(&*period) {
+                self.descriptor_ledger_ends.insert((key.window_end_ms(period.start_ms), period.clone()));
+            }
         }
         self.ledgers.insert(period, ledger);
     }
 
     fn remove_ledger(&mut self, period: &QuotaPeriod) {
-        if let Some(Ok((_, key))) = CounterKey::of_period(period) {
-            self.descriptor_ledger_ends.remove(&(key.window_end_ms(period.start_ms), period.clone()));
+        if let Some((period, _)) = self.ledgers.remove_with_key(period) {
+            if let Some(Ok((_, key))) = CounterKey::of_period(&period) {
+                self.descriptor_ledger_ends.remove(&(key.window_end_ms(period.start_ms), period));
+            }
         }
-        self.ledgers.remove(period);
+    }
+
+    /// The ledger of `period`, if it has one.
+    pub fn ledger(&self, period: &QuotaPeriod) -> Option<&QuotaLedger> {
+        self.ledgers.get(period).map(|l| &**l)
+    }
+
+    /// Every quota ledger, ordered by key id, plan id, then period start.
+    pub fn ledgers(&self) -> impl Iterator<Item = (&QuotaPeriod, &QuotaLedger)> {
+        self.ledgers.iter().map(|(p, l)| (&**p, &**l))
+    }
+
+    /// The ledgers from `from` on, in the order of [`Self::ledgers`].
+    pub fn ledgers_from(&self, from: &QuotaPeriod) -> impl Iterator<Item = (&QuotaPeriod, &QuotaLedger)> {
+        self.ledgers
+            .range::<_, QuotaPeriod>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
+            .map(|(p, l)| (&**p, &**l))
+    }
+
+    /// How many quota ledgers the model holds.
+    pub fn ledger_count(&self) -> usize {
+        self.ledgers.len()
     }
 
     /// Forgets (a bounded number of) descriptor ledgers whose window ended
     /// more than [`DESCRIPTOR_LEDGER_GRACE_MS`] before `now_ms`.
     fn forget_past_descriptor_ledgers(&mut self, now_ms: i64, ops: &mut Vec<Op>) {
         let cutoff = now_ms.saturating_sub(DESCRIPTOR_LEDGER_GRACE_MS);
-        let past: Vec<QuotaPeriod> = self
+        let past: Vec<Arc<QuotaPeriod>> = self
             .descriptor_ledger_ends
             .iter()
             .take_while(|(end, _)| *end < cutoff)
@@ -395,7 +429,7 @@ impl Model {
                 let sessions = SessionView(&sessions);
                 let mut ops = Vec::new();
                 for u in usage {
-                    if let Ok((_, writes)) = self.meter(u.period, |ledger, _| {
+                    if let Ok((_, _, writes)) = self.meter_ledger(u.period, |ledger, _| {
                         ledger.report(u.holder, u.generation, u.used, u.release, now_ms, &sessions);
                         Ok(0)
                     }) {
@@ -506,6 +540,17 @@ impl Model {
         period: QuotaPeriod,
         change: impl FnOnce(&mut QuotaLedger, u64) -> Result<u64, Rejection>,
     ) -> Outcome {
+        let (granted, ledger, ops) = self.meter_ledger(period, change)?;
+        Ok((Applied::Quota { granted, ledger: (*ledger).clone() }, ops))
+    }
+
+    /// [`Self::meter`], answering the ledger as stored (no copy for a caller
+    /// that only needs the writes: usage reports).
+    fn meter_ledger(
+        &mut self,
+        period: QuotaPeriod,
+        change: impl FnOnce(&mut QuotaLedger, u64) -> Result<u64, Rejection>,
+    ) -> Result<(u64, Arc<QuotaLedger>, Vec<Op>), Rejection> {
         let limit = self.ledger_limit(&period)?;
         let full = self.descriptor_ledger_ends.len() >= MAX_DESCRIPTOR_LEDGERS;
         if full && !self.ledgers.contains_key(&period) && CounterKey::of_period(&period).is_some() {
@@ -518,32 +563,34 @@ impl Model {
             ));
         }
         let mut ops = Vec::new();
-        let (mut ledger, old) = match self.ledgers.get(&period) {
-            Some(ledger) => (ledger.clone(), Vec::new()),
+        let (period, mut ledger, old) = match self.ledgers.get_key_value(&period) {
+            // The stored period is kept (one allocation shared by every
+            // version of the map), the ledger copied to be changed.
+            Some((stored, ledger)) => (stored.clone(), (**ledger).clone(), Vec::new()),
             None => {
                 // A new period for this key and plan: forget its periods that
                 // began more than the retention ago (usage is kept that long).
                 let from = QuotaPeriod { start_ms: i64::MIN, ..period.clone() };
                 let cutoff = period.start_ms.saturating_sub(LEDGER_RETENTION_MS);
                 let old: Vec<QuotaPeriod> = self
-                    .ledgers
-                    .range(from..)
+                    .ledgers_from(&from)
                     .take_while(|(p, _)| p.key_id == period.key_id && p.plan_id == period.plan_id)
                     .filter(|(p, _)| p.start_ms < cutoff)
                     .map(|(p, _)| p.clone())
                     .collect();
-                (QuotaLedger::default(), old)
+                (Arc::new(period), QuotaLedger::default(), old)
             }
         };
         let granted = change(&mut ledger, limit)?;
-        let bytes = codec::encode(&(&period, &ledger)).map_err(|e| Rejection::invalid("period", e.to_string()))?;
+        let bytes = codec::encode(&(&*period, &ledger)).map_err(|e| Rejection::invalid("period", e.to_string()))?;
         for p in old {
             ops.push(Op::Delete(ledger_key(&p)));
             self.remove_ledger(&p);
         }
         ops.push(Op::Put(ledger_key(&period), bytes));
-        self.insert_ledger(period, ledger.clone());
-        Ok((Applied::Quota { granted, ledger }, ops))
+        let ledger = Arc::new(ledger);
+        self.put_ledger(period, ledger.clone());
+        Ok((granted, ledger, ops))
     }
 
     /// Renews (or opens) `session` until `until_ms`, then makes each grant
@@ -925,7 +972,7 @@ mod tests {
             now_ms: later,
         });
         assert_eq!(ops.iter().filter(|op| matches!(op, Op::Delete(_))).count(), FORGET_PER_COMMAND);
-        assert_eq!(m.ledgers.len(), MAX_DESCRIPTOR_LEDGERS - FORGET_PER_COMMAND);
+        assert_eq!(m.ledger_count(), MAX_DESCRIPTOR_LEDGERS - FORGET_PER_COMMAND);
         let asks = vec![LeaseAsk { period: period(asked).clone(), holder: session, want: 1 }];
         let (answer, _) =
             m.apply(Command::QuotaLease { session: 2 << 32 | 1, until_ms: later + 10_000, asks, now_ms: later });
@@ -959,7 +1006,7 @@ mod tests {
         assert_eq!(m.sessions.get(&a), Some(&1_000));
         // Renewed without asks, the grant lives past its first end.
         assert!(lease(&mut m, a, 2_000, vec![], 900).0.is_ok());
-        let ledger = |m: &Model| m.ledgers.get(&period).cloned().unwrap_or_default();
+        let ledger = |m: &Model| m.ledger(&period).cloned().unwrap_or_default();
         let mut view = ledger(&m);
         view.expire(1_500, &SessionView(&m.sessions));
         assert_eq!(view.outstanding(), 10, "the renewal kept the grant");
@@ -1038,24 +1085,24 @@ mod tests {
         let adjust = m.apply(Command::QuotaAdjust { period: period("gold"), delta: 5, now_ms: 2 });
         assert!(matches!(adjust.0, Ok(Applied::Quota { ledger, .. }) if ledger.available(10) == 5));
         // An adjustment out of bounds is refused whole: no write, no change.
-        let before = m.ledgers.get(&period("gold")).cloned();
+        let before = m.ledger(&period("gold")).cloned();
         for delta in [i64::MIN, i64::MAX, 0] {
             let (answer, ops) = m.apply(Command::QuotaAdjust { period: period("gold"), delta, now_ms: 2 });
             assert_eq!(answer.expect_err("refused").field.as_deref(), Some("delta"));
             assert!(ops.is_empty());
         }
-        assert_eq!(m.ledgers.get(&period("gold")).cloned(), before);
+        assert_eq!(m.ledger(&period("gold")).cloned(), before);
         // Refused in a new period: the old periods' ledgers are not dropped either.
         let far = QuotaPeriod { start_ms: LEDGER_RETENTION_MS + 1, ..period("gold") };
         let (answer, ops) = m.apply(Command::QuotaAdjust { period: far, delta: i64::MIN, now_ms: 3 });
         assert!(answer.is_err() && ops.is_empty());
-        assert!(m.ledgers.contains_key(&period("gold")));
+        assert!(m.ledger(&period("gold")).is_some());
         // A period that starts past the retention drops the ledger of the first.
         let later = QuotaPeriod { start_ms: LEDGER_RETENTION_MS + 1, ..period("gold") };
         let (answer, ops) = m.apply(Command::QuotaAdjust { period: later, delta: 1, now_ms: 3 });
         assert!(answer.is_ok());
         assert_eq!(ops.len(), 2, "the old ledger deleted, the new one stored");
-        assert!(!m.ledgers.contains_key(&period("gold")));
+        assert!(!m.ledger(&period("gold")).is_some());
     }
 
     #[test]
