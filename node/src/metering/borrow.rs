@@ -19,7 +19,7 @@ use tollgate_proto::model::Throttle;
 
 use super::lender::{LendRequest, MAX_LENDS};
 use super::limits::{Bucket, BucketId, LimitAt, Limits};
-use super::{lock, one_more, Local, Metering, Need, Refusal, Stop, UNAVAILABLE_MS};
+use super::{lock, one_more, Local, Metering, Need, Refusal, Stop, FLUSH_EVERY, UNAVAILABLE_MS};
 
 /// Borrowed tokens cover this long at the bucket's rate.
 const BORROW_FOR_MS: f64 = 50.0;
@@ -239,6 +239,7 @@ impl Metering {
             let answer = tokio::time::timeout(LEND_WAIT, self.authority.lend(requests.clone(), asked_ms)).await;
             let now_ms = self.clock.now_ms().max(asked_ms);
             let mut local = lock(&self.local);
+            let local = &mut *local;
             let answers = match answer {
                 Ok(Ok(lent)) if lent.len() == requests.len() => lent.into_iter().map(Some).collect(),
                 _ => vec![None; requests.len()],
@@ -263,6 +264,7 @@ impl Metering {
                             b.tokens = b.tokens.saturating_add(lent.granted);
                             b.last_loan = lent.granted;
                             b.valid_until_ms = now_ms.saturating_add(self.config.quiet_ms);
+                            local.next_give_back_ms = local.next_give_back_ms.min(b.valid_until_ms);
                         } else {
                             // None left now: what is held is spent first,
                             // then the node refuses until the next is due.
@@ -284,19 +286,35 @@ impl Metering {
     pub async fn give_back_unused(&self, now_ms: i64) {
         let returns: Vec<LendRequest> = {
             let mut local = lock(&self.local);
-            local
+            if now_ms < local.next_give_back_ms {
+                // Nothing has run out since the last walk: with many keys
+                // held, walking them all every flush would hold the lock
+                // checks take for milliseconds.
+                return;
+            }
+            let mut next = i64::MAX;
+            let returns = local
                 .borrowed
                 .iter_mut()
-                .filter(|(_, b)| !b.fetching)
                 .filter_map(|(id, b)| {
+                    if b.fetching {
+                        // Looked at again once its loan is in.
+                        next = next.min(now_ms.saturating_add(FLUSH_EVERY.as_millis() as i64));
+                        return None;
+                    }
                     if now_ms >= b.valid_until_ms {
                         b.unused = b.unused.saturating_add(std::mem::take(&mut b.tokens));
+                    }
+                    if b.tokens > 0 {
+                        next = next.min(b.valid_until_ms);
                     }
                     let throttle = b.throttle?;
                     let returned = std::mem::take(&mut b.unused);
                     (returned > 0).then(|| LendRequest { bucket: id.clone(), throttle, want: 0, returned })
                 })
-                .collect()
+                .collect();
+            local.next_give_back_ms = next;
+            returns
         };
         for batch in returns.chunks(MAX_LENDS) {
             let _ = tokio::time::timeout(LEND_WAIT, self.authority.lend(batch.to_vec(), now_ms)).await;

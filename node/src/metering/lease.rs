@@ -65,6 +65,10 @@ pub(super) struct Lease {
     session: u64,
     /// Admitted and not yet reported.
     unreported: u64,
+    /// When the oldest of those was admitted (meaningful while `unreported > 0`).
+    unreported_since_ms: i64,
+    /// Listed in `Local::hot`: looked at by every flush.
+    hot: bool,
     /// The plan's limits epoch when the lease was made: a later one drops the lease.
     epoch: u64,
     /// Admissions since `window_start_ms`: the key's recent rate on this node.
@@ -128,6 +132,8 @@ impl Lease {
             units: 0,
             session: 0,
             unreported: 0,
+            unreported_since_ms: now_ms,
+            hot: false,
             epoch,
             admitted: 0,
             window_start_ms: now_ms,
@@ -302,7 +308,14 @@ impl Metering {
     pub(super) fn take_quota_unit(&self, local: &mut Local, q: &QuotaLimit, now_ms: i64) -> Option<TakenUnit> {
         let lease = local.leases.get_mut(&q.period)?;
         lease.units = lease.units.saturating_sub(q.cost);
+        if lease.unreported == 0 {
+            lease.unreported_since_ms = now_ms;
+        }
         lease.unreported = lease.unreported.saturating_add(q.cost);
+        if !lease.hot {
+            lease.hot = true;
+            local.hot.push(q.period.clone());
+        }
         lease.admitted = lease.admitted.saturating_add(q.cost);
         lease.last_used_ms = now_ms;
         lease.recalled = false;
@@ -504,6 +517,11 @@ impl Metering {
                 if want > 0 {
                     lease.short = granted < want;
                 }
+                if lease.short && !lease.hot {
+                    // Watched by every flush: handed back soon once unused.
+                    lease.hot = true;
+                    local.hot.push(period.clone());
+                }
                 let result = if granted > 0 { "granted" } else { "empty" };
                 self.stats.grants.with_label_values(&[result]).inc();
                 self.stats.units.with_label_values(&["granted"]).inc_by(granted);
@@ -547,13 +565,31 @@ impl Metering {
             if let Some(lease) = local.leases.get_mut(&period).filter(|l| l.holder == holder) {
                 lease.short = true;
                 lease.recalled = now_ms - lease.last_used_ms >= SHORT_IDLE_MS;
+                if !lease.hot {
+                    lease.hot = true;
+                    local.hot.push(period.clone());
+                }
             }
         }
     }
 
-    /// Moves into `usage` what each lease used since the last report, and
-    /// drops (with a release) leases idle for a while, made stale by a limit
-    /// change in `published`, or all of them with `release_all`.
+    /// Moves into `usage` what leases used since the last report, and drops
+    /// (with a release) leases idle for a while, made stale by a limit change
+    /// in `published`, or all of them with `release_all`.
+    ///
+    /// Only the leases in `Local::hot` (used since their last report, near
+    /// the end of their quota, or recalled) are looked at by every flush:
+    /// with a million keys held, walking them all every 200 ms would hold
+    /// the lock checks take for milliseconds. The others are walked every
+    /// [`Metering::scan_every_ms`], and at once when a plan's limits move.
+    ///
+    /// Usage near the limit (a short or recalled lease) is reported at once.
+    /// Far from it, the ledger's count needs no hurry (the grant already
+    /// holds the units: invariant Q does not wait for reports), so at most
+    /// [`REPORTS_PER_FLUSH`] such leases report per flush, the longest
+    /// waiting first, and none waits more than [`REPORT_WITHIN_MS`]: with
+    /// traffic spread over many keys every check would otherwise be a ledger
+    /// write on every node.
     pub(super) fn collect_usage(
         &self,
         local: &mut Local,
@@ -563,34 +599,116 @@ impl Metering {
         release_all: bool,
     ) {
         usage.append(&mut local.retired);
+        let limits_moved = published.is_some_and(|p| p.limits.last() != local.scanned_limits);
+        if release_all || limits_moved || now_ms >= local.next_scan_ms {
+            local.next_scan_ms = now_ms.saturating_add(self.scan_every_ms());
+            if let Some(p) = published {
+                local.scanned_limits = p.limits.last();
+            }
+            let session = local.session.id;
+            local.leases.retain(|period, lease| {
+                let release = release_all || self.releases(lease, period, session, published, now_ms);
+                if release {
+                    self.release(lease, period, usage);
+                }
+                !release
+            });
+        }
         let session = local.session.id;
-        local.leases.retain(|period, lease| {
-            // Granted under a session that ended: those units are gone.
-            let ended = lease.units > 0 && lease.session != session;
-            // Near the end of a quota (the last grant came short) other
-            // nodes may be waiting for the units this one holds.
-            let idle_after = if lease.short { SHORT_IDLE_MS } else { self.config.quiet_ms };
-            let quiet = lease.waiting == 0 && !lease.fetching;
-            let idle = quiet && (lease.recalled || now_ms - lease.last_used_ms >= idle_after);
-            let stale = !lease.fetching && published.is_some_and(|p| p.limits.of(&period.plan_id) > lease.epoch);
-            let release = release_all || idle || stale || ended;
-            if lease.unreported > 0 || (release && lease.granted) {
-                usage.push(QuotaUsage {
-                    period: period.clone(),
-                    holder: lease.holder,
-                    generation: lease.generation,
-                    used: lease.unreported,
-                    release,
-                });
-                lease.unreported = 0;
+        let mut deferred: Vec<(i64, QuotaPeriod)> = Vec::new();
+        let mut reported = 0;
+        for period in std::mem::take(&mut local.hot) {
+            let Some(lease) = local.leases.get_mut(&period) else { continue };
+            if !lease.hot {
+                // Listed twice (retired and listed again): looked at once.
+                continue;
             }
-            if release {
-                self.stats.units.with_label_values(&["returned"]).inc_by(lease.units);
+            lease.hot = false;
+            if self.releases(lease, &period, session, published, now_ms) {
+                self.release(lease, &period, usage);
+                local.leases.remove(&period);
+                continue;
             }
-            !release
-        });
+            let near = lease.short || lease.recalled;
+            if lease.unreported > 0 {
+                if near || now_ms - lease.unreported_since_ms >= REPORT_WITHIN_MS {
+                    usage.push(report(lease, &period, false));
+                    reported += 1;
+                } else {
+                    deferred.push((lease.unreported_since_ms, period));
+                    continue;
+                }
+            }
+            if near {
+                // Watched until handed back.
+                lease.hot = true;
+                local.hot.push(period);
+            }
+        }
+        let budget = REPORTS_PER_FLUSH.saturating_sub(reported);
+        if deferred.len() > budget && budget > 0 {
+            deferred.select_nth_unstable_by_key(budget - 1, |(since, _)| *since);
+        }
+        for (i, (_, period)) in deferred.into_iter().enumerate() {
+            let Some(lease) = local.leases.get_mut(&period) else { continue };
+            if i < budget {
+                usage.push(report(lease, &period, false));
+            } else {
+                lease.hot = true;
+                local.hot.push(period);
+            }
+        }
+    }
+
+    /// How often every lease is looked at (for idle ones to hand back): a
+    /// quarter of the quiet time, within [`FLUSH_EVERY`] and 30 s.
+    pub(super) fn scan_every_ms(&self) -> i64 {
+        (self.config.quiet_ms / 4).clamp(FLUSH_EVERY.as_millis() as i64, 30_000)
+    }
+
+    /// Whether `lease` is handed back now: idle for a while (a short while
+    /// near the end of its quota, or recalled), granted under a session
+    /// that ended, or made stale by a change of its plan's limits.
+    fn releases(
+        &self,
+        lease: &Lease,
+        period: &QuotaPeriod,
+        session: u64,
+        published: Option<&Published>,
+        now_ms: i64,
+    ) -> bool {
+        // Granted under a session that ended: those units are gone.
+        let ended = lease.units > 0 && lease.session != session;
+        // Near the end of a quota (the last grant came short) other
+        // nodes may be waiting for the units this one holds.
+        let idle_after = if lease.short { SHORT_IDLE_MS } else { self.config.quiet_ms };
+        let quiet = lease.waiting == 0 && !lease.fetching;
+        let idle = quiet && (lease.recalled || now_ms - lease.last_used_ms >= idle_after);
+        let stale = !lease.fetching && published.is_some_and(|p| p.limits.of(&period.plan_id) > lease.epoch);
+        idle || stale || ended
+    }
+
+    /// Queues `lease`'s closing report (what it used, and the release of
+    /// the rest) if the ledger may hold anything for it.
+    fn release(&self, lease: &mut Lease, period: &QuotaPeriod, usage: &mut Vec<QuotaUsage>) {
+        if lease.unreported > 0 || lease.granted {
+            usage.push(report(lease, period, true));
+        }
+        self.stats.units.with_label_values(&["returned"]).inc_by(lease.units);
     }
 }
+
+/// `lease`'s use since its last report (now reported), with `release`.
+fn report(lease: &mut Lease, period: &QuotaPeriod, release: bool) -> QuotaUsage {
+    let used = std::mem::take(&mut lease.unreported);
+    QuotaUsage { period: period.clone(), holder: lease.holder, generation: lease.generation, used, release }
+}
+
+/// Far from their limit, at most this many leases report their use per
+/// flush (1,280 a second)...
+pub(super) const REPORTS_PER_FLUSH: usize = 256;
+/// ...and none waits longer than this to report, in ms.
+pub(super) const REPORT_WITHIN_MS: i64 = 30_000;
 
 /// The refusal of a spent quota: `Retry-After` when units may come back
 /// (other holders hand back what they do not use: soon), else the period's

@@ -235,6 +235,18 @@ struct Local {
     fallback: FastMap<BucketId, Bucket>,
     /// Usage of leases dropped (limit changed): reported with their release.
     retired: Vec<QuotaUsage>,
+    /// Leases every flush looks at: used since their last report, near the
+    /// end of their quota, or recalled (see `Metering::collect_usage`).
+    /// May list a lease twice, or one gone: `Lease::hot` says.
+    hot: Vec<QuotaPeriod>,
+    /// When every lease (and every borrowed bucket) is next looked at.
+    next_scan_ms: i64,
+    /// The limits epoch of the last walk over every lease.
+    scanned_limits: u64,
+    /// No borrowed token runs out before this (the earliest
+    /// `valid_until_ms` of a bucket holding tokens at the last walk, or of a
+    /// loan since): `give_back_unused` walks the buckets only from then.
+    next_give_back_ms: i64,
     last_sweep_ms: i64,
 }
 
@@ -331,6 +343,10 @@ impl Metering {
             lending: 0,
             fallback: FastMap::default(),
             retired: Vec::new(),
+            hot: Vec::new(),
+            next_scan_ms: 0,
+            scanned_limits: 0,
+            next_give_back_ms: 0,
             last_sweep_ms: 0,
         };
         Arc::new(Metering {

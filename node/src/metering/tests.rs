@@ -161,3 +161,70 @@ async fn a_refused_quota_takes_nothing_from_the_throttles_beside_it() {
     let window_only = Limits { throttles: [window("w", 100, 98)].into_iter().collect(), ..Default::default() };
     m.admit(&window_only, scenarios::T0).await.expect("the window still has its 98");
 }
+
+/// With many keys far from their limits, each flush reports at most
+/// `REPORTS_PER_FLUSH` leases, those used first; none waits more than
+/// `REPORT_WITHIN_MS`; a lease near its limit reports at once whatever the
+/// backlog; and in the end the ledgers count exactly what was admitted.
+#[tokio::test]
+async fn far_from_their_limits_many_keys_report_within_a_budget_and_a_bound() {
+    use lease::{REPORTS_PER_FLUSH, REPORT_WITHIN_MS};
+    let clock = Arc::new(ManualClock::at(scenarios::T0));
+    // Plan `gold` with a quota of a million, `tin` with one of 8.
+    let model = scenarios::model_with_plan("gold", 1_000_000);
+    let tin = scenarios::model_with_plan("tin", 8);
+    let mut both = (**model.load()).clone();
+    both.model.load(tollgate_proto::model::Entity::Plan(tin.load().model.plan("tin").expect("tin").clone()));
+    model.store(Arc::new(both));
+    let authority = Arc::new(LocalAuthority::new(model));
+    let m = Metering::new(authority.clone(), clock.clone(), MeteringConfig::default(), Default::default());
+    let period_of =
+        |key: usize, plan: &str| QuotaPeriod { key_id: format!("k{key}"), plan_id: plan.into(), start_ms: 0 };
+    let period = |key: usize| period_of(key, "gold");
+    let limits = |key: usize, plan: &str, limit: u64| {
+        let ends_ms = scenarios::T0 + 86_400_000;
+        let quota = QuotaLimit { period: period_of(key, plan), limit, ends_ms, epoch: 0, cost: 1 };
+        Limits { quotas: [quota].into_iter().collect(), ..Default::default() }
+    };
+    let consumed = |key: usize| authority.ledger(&period(key)).consumed;
+    // Each flush interval, more new keys are checked once than a flush may
+    // report: the backlog grows, and the bound must still hold.
+    let per_tick = REPORTS_PER_FLUSH + 44;
+    let mut admitted_at: Vec<i64> = Vec::new();
+    let mut unreported: Vec<usize> = Vec::new();
+    let ticks = (REPORT_WITHIN_MS / FLUSH_EVERY.as_millis() as i64) as usize + 20;
+    for tick in 0..ticks {
+        for _ in 0..per_tick {
+            let key = admitted_at.len();
+            m.admit(&limits(key, "gold", 1_000_000), clock.now_ms()).await.expect("far from the limit");
+            admitted_at.push(clock.now_ms());
+            unreported.push(key);
+        }
+        m.flush(clock.now_ms(), false).await;
+        let now = clock.now_ms();
+        let (newly, waiting): (Vec<usize>, Vec<usize>) = unreported.iter().partition(|k| consumed(**k) == 1);
+        unreported = waiting;
+        assert!(newly.len() <= REPORTS_PER_FLUSH, "tick {tick}: {} reports in one flush", newly.len());
+        if tick == 0 {
+            assert_eq!(newly.len(), REPORTS_PER_FLUSH, "the first flush reports a full budget");
+        }
+        // The longest waiting first...
+        let last_reported = newly.iter().map(|k| admitted_at[*k]).max().unwrap_or(i64::MIN);
+        let first_waiting = unreported.iter().map(|k| admitted_at[*k]).min().unwrap_or(i64::MAX);
+        assert!(last_reported <= first_waiting, "tick {tick}: a key used later was reported first");
+        // ...and none used REPORT_WITHIN_MS ago or more is left waiting.
+        assert!(now - first_waiting < REPORT_WITHIN_MS || unreported.is_empty(), "tick {tick}: over the bound");
+        clock.advance_ms(FLUSH_EVERY.as_millis() as i64);
+    }
+    // A key near its limit (a quota of 8: grants come short) reports at the
+    // next flush, before the backlog.
+    let near = admitted_at.len();
+    for _ in 0..3 {
+        m.admit(&limits(near, "tin", 8), clock.now_ms()).await.expect("3 of 8");
+    }
+    m.flush(clock.now_ms(), false).await;
+    assert_eq!(authority.ledger(&period_of(near, "tin")).consumed, 3, "reported at once, near the limit");
+    // At shutdown everything is reported: the ledgers count exactly what was admitted.
+    m.flush(clock.now_ms(), true).await;
+    assert!((0..admitted_at.len()).all(|k| consumed(k) == 1));
+}

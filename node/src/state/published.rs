@@ -35,6 +35,11 @@ pub struct LimitsEpochs {
 }
 
 impl LimitsEpochs {
+    /// The last epoch handed out: moves whenever any plan's does.
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
     pub fn of(&self, plan_id: &str) -> u64 {
         self.plans.get(plan_id).copied().unwrap_or(0).max(self.base)
     }
