@@ -1102,7 +1102,7 @@ mod tests {
         let (answer, ops) = m.apply(Command::QuotaAdjust { period: later, delta: 1, now_ms: 3 });
         assert!(answer.is_ok());
         assert_eq!(ops.len(), 2, "the old ledger deleted, the new one stored");
-        assert!(!m.ledger(&period("gold")).is_some());
+        assert!(m.ledger(&period("gold")).is_none());
     }
 
     #[test]
