@@ -239,7 +239,7 @@ struct Local {
     /// end of their quota, or recalled (see `Metering::collect_usage`).
     /// May list a lease twice, or one gone: `Lease::hot` says.
     hot: Vec<QuotaPeriod>,
-    /// When every lease (and every borrowed bucket) is next looked at.
+    /// When every lease is next looked at (idle ones handed back).
     next_scan_ms: i64,
     /// The limits epoch of the last walk over every lease.
     scanned_limits: u64,
